@@ -1,0 +1,567 @@
+#!/usr/bin/env python3
+"""The Rust `mtl` model as a plain ``torch.nn.Module``, loadable from a training run.
+
+The module tree, the tensor names and the forward pass mirror ``src/model`` exactly, so a
+checkpoint's ``model.safetensors`` loads with ``load_state_dict(..., strict=True)`` and gives
+the same logits as the Rust forward pass (bit for bit in fp32 on the CPU, when checked
+against models built and run by the Rust crate).
+
+Use from Python (the model takes a *normalised* float ``[N, C, H, W]`` batch; ``normalise``
+turns uint8 images into one the way ``src/data`` does for the run's dataset)::
+
+    import sys; sys.path.insert(0, "scripts")
+    from mtl_torch import build_model, load_run, normalise
+
+    model = load_run("runs/my-run")          # BEST checkpoint, eval mode; or which="LATEST"
+    x = normalise(images_uint8, model.config)
+    with torch.no_grad():
+        out = model(x)                       # {task name: logits}, in config task order
+        seg = out["segment"]                 # [N, classes, H, W]; classification: [N, classes]
+        logits = model.forward_list(x)       # the same tensors as a list, in task order
+
+    model = build_model(yaml.safe_load(open("config.yaml")))   # fresh weights, no checkpoint
+
+From the shell::
+
+    python scripts/mtl_torch.py runs/my-run --check                  # load, print a summary
+    python scripts/mtl_torch.py runs/my-run --checkpoint step-000500 \\
+        --input batch.safetensors --output logits.safetensors        # eval-mode forward
+
+``--input`` reads the tensor named ``input`` (NCHW float); ``--output`` holds one tensor per
+task, named by the task. ``RUN_DIR`` may also be a checkpoint directory (one holding
+``model.safetensors``) or the ``model.safetensors`` file itself.
+
+Only fp32 is modelled: a run trained with ``precision: bf16`` loads and runs here in fp32, so
+its outputs differ from the Rust bf16 forward by bf16 rounding.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MultiTaskModel",
+    "build_model",
+    "load_config",
+    "resolve_checkpoint",
+    "load_run",
+    "predict",
+    "resnet_widths",
+    "input_shape",
+    "normalise",
+]
+
+# The BatchNorm settings of src/model/layers.rs.
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+POINTERS = ("BEST", "LATEST")
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+
+
+def activate(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "relu":
+        return F.relu(x)
+    if kind == "gelu":
+        return F.gelu(x, approximate="none")
+    if kind == "silu":
+        return F.silu(x)
+    raise ValueError(f"unknown activation {kind!r} (relu, gelu, silu)")
+
+
+def conv2d(c_in: int, c_out: int, k: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    """Padding k // 2, as in layers.rs."""
+    return nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=bias)
+
+
+def batch_norm(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class ConvBnAct(nn.Module):
+    """conv3×3 (bias only without norm) – BatchNorm – activation: ``conv.*``, ``bn.*``."""
+
+    def __init__(self, c_in: int, c_out: int, batch_norm_: bool, act: str):
+        super().__init__()
+        self.conv = conv2d(c_in, c_out, 3, 1, bias=not batch_norm_)
+        self.bn = batch_norm(c_out) if batch_norm_ else None
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.bn is not None:
+            y = self.bn(y)
+        return activate(y, self.act)
+
+
+class ConvNet(nn.Module):
+    """Stages of ``depth`` ConvBnAct blocks; every stage after the first starts with a 2×2
+    max-pool. Returns one map per stage, finest first. Names: ``stages.{i}.{j}.conv|bn``."""
+
+    def __init__(self, c_in: int, widths: Sequence[int], depth: int, bn: bool, act: str):
+        super().__init__()
+        self.stages = nn.ModuleList()
+        c = c_in
+        for w in widths:
+            stage = nn.ModuleList()
+            for _ in range(depth):
+                stage.append(ConvBnAct(c, w, bn, act))
+                c = w
+            self.stages.append(stage)
+        self.widths = list(widths)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        h = x
+        maps = []
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                h = F.max_pool2d(h, kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)
+            for block in stage:
+                h = block(h)
+            maps.append(h)
+        return maps
+
+
+class ConvBn(nn.Module):
+    """A conv and its BatchNorm, no activation: the ResNet ``stem`` and ``shortcut``."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int):
+        super().__init__()
+        self.conv = conv2d(c_in, c_out, k, stride, bias=False)
+        self.bn = batch_norm(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class BasicBlock(nn.Module):
+    """``conv1|bn1|conv2|bn2`` and, when the stride or the width changes, ``shortcut.conv|bn``
+    (1×1). The activation follows bn1 and the residual sum."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, act: str):
+        super().__init__()
+        self.conv1 = conv2d(c_in, c_out, 3, stride)
+        self.bn1 = batch_norm(c_out)
+        self.conv2 = conv2d(c_out, c_out, 3, 1)
+        self.bn2 = batch_norm(c_out)
+        self.shortcut = ConvBn(c_in, c_out, 1, stride) if (stride != 1 or c_in != c_out) else None
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = activate(self.bn1(self.conv1(x)), self.act)
+        h = self.bn2(self.conv2(h))
+        skip = self.shortcut(x) if self.shortcut is not None else x
+        return activate(h + skip, self.act)
+
+
+def resnet_widths(widths: Sequence[int]) -> List[int]:
+    """One number w means [w, 2w, 4w, 8w]; a list is taken as it is."""
+    if len(widths) == 1:
+        w = int(widths[0])
+        return [w, 2 * w, 4 * w, 8 * w]
+    return [int(w) for w in widths]
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet: 3×3 stem at stride 1 (``stem.conv|bn``), then stages of basic
+    blocks (``layers.{i}.{j}``), stride 2 at the first block of every stage after the first.
+    Always batch-normalised (``backbone.norm`` does not apply to it, as in backbone.rs)."""
+
+    def __init__(self, c_in: int, widths: Sequence[int], depth: int, act: str):
+        super().__init__()
+        self.stem = ConvBn(c_in, widths[0], 3, 1)
+        self.layers = nn.ModuleList()
+        c = widths[0]
+        for i, w in enumerate(widths):
+            layer = nn.ModuleList()
+            for j in range(depth):
+                layer.append(BasicBlock(c, w, 2 if (i > 0 and j == 0) else 1, act))
+                c = w
+            self.layers.append(layer)
+        self.widths = list(widths)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        h = activate(self.stem(x), self.act)
+        maps = []
+        for layer in self.layers:
+            for block in layer:
+                h = block(h)
+            maps.append(h)
+        return maps
+
+
+class Mlp(nn.Module):
+    """Linear layers on the flattened input (``layers.{i}``), activation after each. Returns
+    a one-element list holding the last hidden vector ``[N, D]``."""
+
+    def __init__(self, in_features: int, widths: Sequence[int], act: str):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        d = in_features
+        for w in widths:
+            self.layers.append(nn.Linear(d, w))
+            d = w
+        self.width = d
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        h = torch.flatten(x, 1)
+        for layer in self.layers:
+            h = activate(layer(h), self.act)
+        return [h]
+
+
+class ClassificationHead(nn.Module):
+    """Mean over H, W of the last feature map (a vector is taken as it is), an optional
+    ``hidden`` Linear + activation, dropout, then ``fc``."""
+
+    def __init__(self, d_in: int, hidden: int, dropout: float, classes: int, act: str):
+        super().__init__()
+        d = d_in
+        self.hidden = None
+        if hidden > 0:
+            self.hidden = nn.Linear(d, hidden)
+            d = hidden
+        self.fc = nn.Linear(d, classes)
+        self.dropout = float(dropout)
+        self.act = act
+
+    def forward(self, features: Sequence[torch.Tensor], out_hw: Tuple[int, int]) -> torch.Tensor:
+        top = features[-1]
+        h = top.mean(dim=(-1, -2)) if top.dim() == 4 else top
+        if self.hidden is not None:
+            h = activate(self.hidden(h), self.act)
+        if self.dropout > 0.0:
+            h = F.dropout(h, self.dropout, self.training)
+        return self.fc(h)
+
+
+class SegmentationHead(nn.Module):
+    """U-Net decoder: from the coarsest map, for each finer map upsample bilinearly
+    (align_corners=False) to its size, concatenate [up, skip] and apply ConvBnAct
+    (``decoder.{k}``); then a 1×1 ``classifier`` with bias. Logits are resized bilinearly to
+    the input size when they differ."""
+
+    def __init__(self, channels: Sequence[int], decoder_width: int, classes: int, bn: bool, act: str):
+        super().__init__()
+        ch = list(channels)
+        c = ch[-1]
+        self.decoder = nn.ModuleList()
+        for k in range(len(ch) - 1):
+            skip = ch[len(ch) - 2 - k]
+            out = decoder_width if decoder_width > 0 else skip
+            self.decoder.append(ConvBnAct(c + skip, out, bn, act))
+            c = out
+        self.classifier = conv2d(c, classes, 1, 1, bias=True)
+
+    def forward(self, features: Sequence[torch.Tensor], out_hw: Tuple[int, int]) -> torch.Tensor:
+        n = len(features)
+        h = features[n - 1]
+        if h.dim() != 4:
+            raise ValueError(
+                "a segmentation head needs a conv or resnet backbone (got a feature vector)"
+            )
+        for k, block in enumerate(self.decoder):
+            skip = features[n - 2 - k]
+            up = F.interpolate(h, size=tuple(skip.shape[-2:]), mode="bilinear", align_corners=False)
+            h = block(torch.cat([up, skip], dim=1))
+        logits = self.classifier(h)
+        if tuple(logits.shape[-2:]) != tuple(out_hw):
+            logits = F.interpolate(logits, size=tuple(out_hw), mode="bilinear", align_corners=False)
+        return logits
+
+
+def _get(d: Optional[dict], key: str, default):
+    if d is None:
+        return default
+    v = d.get(key, default)
+    return default if v is None else v
+
+
+def input_shape(config: dict) -> Tuple[int, int, int]:
+    """``(C, H, W)`` of the images the model sees: 1 channel if ``data.grayscale`` else 3."""
+    data = config.get("data") or {}
+    size = int(_get(data, "image_size", 32))
+    return (1 if _get(data, "grayscale", False) else 3, size, size)
+
+
+class Heads(nn.Module):
+    """``heads.<task name>``: a ModuleDict without its reserved names, so that a task may be
+    called anything a torch module may (``type``, ``train``, ``keys``, …), as in Rust."""
+
+    def add(self, name: str, head: nn.Module) -> None:
+        if not isinstance(name, str) or name == "" or "." in name:
+            raise ValueError(f"task name {name!r} cannot name a torch module (empty or has '.')")
+        if name in self._modules:
+            raise ValueError(f"two tasks are named {name!r}")
+        self._modules[name] = head
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self._modules[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._modules
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def names(self) -> List[str]:
+        return list(self._modules)
+
+
+# Per-channel mean and std of each dataset, applied after dividing uint8 pixels by 255: a copy
+# of src/data/mod.rs `normalisation` (keep in step). One grey channel uses the mean of the
+# three values, as src/data/loader.rs does.
+NORMALISATION = {
+    "shapes": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    "cifar10_seg": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+def normalise(images: torch.Tensor, config: dict) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` images → the float input the model was trained on."""
+    mean, std = NORMALISATION[config["data"]["dataset"]]
+    c = images.shape[1]
+    if c == 1:
+        mean, std = (sum(mean) / 3.0,), (sum(std) / 3.0,)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+    sd = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+    return (images.float() / 255.0 - m) / sd
+
+
+class MultiTaskModel(nn.Module):
+    """One shared ``backbone`` and ``heads.<task>``, one head per task.
+
+    ``forward(x)`` returns an ordered dict task name → fp32 logits (in the config's task
+    order); ``forward_list(x)`` the same tensors as a list; ``features(x)`` the backbone's
+    outputs. ``train()``/``eval()`` switch BatchNorm and dropout as usual.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = config
+        model_cfg = config["model"]
+        bb = model_cfg["backbone"]
+        kind = bb["kind"]
+        widths = [int(w) for w in bb["widths"]]
+        depth = int(_get(bb, "depth", 1))
+        norm = _get(bb, "norm", "batch")
+        if norm not in ("batch", "none"):
+            raise ValueError(f"unknown norm {norm!r} (batch, none)")
+        act = _get(bb, "activation", "relu")
+        activate(torch.zeros(1), act)  # validates the name
+        c_in, h, w = input_shape(config)
+        self.in_channels = c_in
+        self.image_size = h
+        bn = norm == "batch"
+
+        if not widths:
+            raise ValueError("model.backbone.widths is empty")
+        if kind == "conv":
+            self.backbone = ConvNet(c_in, widths, depth, bn, act)
+            channels, spatial = list(widths), True
+        elif kind == "resnet":
+            ws = resnet_widths(widths)
+            self.backbone = ResNet(c_in, ws, depth, act)
+            channels, spatial = ws, True
+        elif kind == "mlp":
+            self.backbone = Mlp(c_in * h * w, widths, act)
+            channels, spatial = [self.backbone.width], False
+        else:
+            raise ValueError(f"unknown backbone kind {kind!r} (conv, resnet, mlp)")
+        self.feature_channels = channels
+        self.spatial = spatial
+
+        heads_cfg = model_cfg.get("heads") or {}
+        self.task_names: List[str] = []
+        self.task_kinds: Dict[str, str] = {}
+        self.heads = Heads()
+        for task in config["tasks"]:
+            name, tkind, classes = task["name"], task["kind"], int(task["classes"])
+            hc = heads_cfg.get(name) or {}
+            if tkind == "classification":
+                head = ClassificationHead(
+                    channels[-1],
+                    int(_get(hc, "hidden", 0)),
+                    float(_get(hc, "dropout", 0.0)),
+                    classes,
+                    act,
+                )
+            elif tkind == "segmentation":
+                head = SegmentationHead(channels, int(_get(hc, "decoder_width", 0)), classes, bn, act)
+            else:
+                raise ValueError(f"unknown task kind {tkind!r} (classification, segmentation)")
+            self.heads.add(name, head)
+            self.task_names.append(name)
+            self.task_kinds[name] = tkind
+
+    def features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        out_hw = (int(x.shape[2]), int(x.shape[3]))
+        feats = self.features(x)
+        return OrderedDict(
+            (name, self.heads[name](feats, out_hw).float()) for name in self.task_names
+        )
+
+    def forward_list(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return list(self.forward(x).values())
+
+    def parameter_count(self) -> int:
+        """Trainable scalars (what the Rust ``parameter_count`` counts)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def build_model(config: dict) -> MultiTaskModel:
+    """A freshly initialised model for a parsed ``config.yaml`` (a dict)."""
+    return MultiTaskModel(config)
+
+
+def load_config(path: Union[str, Path]) -> dict:
+    import yaml
+
+    with open(path, "r", encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def resolve_checkpoint(path: Union[str, Path], which: str = "BEST") -> Tuple[Path, Path]:
+    """``(config.yaml, model.safetensors)`` for a run directory, a checkpoint directory or a
+    ``model.safetensors`` file. For a run directory ``which`` is ``BEST``, ``LATEST`` (read
+    from ``checkpoints/<which>``) or a checkpoint directory name such as ``step-000500``."""
+    p = Path(path)
+    if p.is_file():
+        ckpt = p.parent
+        weights = p
+    elif (p / WEIGHTS).is_file():
+        ckpt = p
+        weights = p / WEIGHTS
+    elif (p / CONFIG).is_file():
+        ckpts = p / "checkpoints"
+        if which in POINTERS:
+            pointer = ckpts / which
+            if not pointer.is_file():
+                raise FileNotFoundError(f"{pointer} does not exist (no {which} checkpoint yet?)")
+            name = pointer.read_text(encoding="utf-8").strip()
+            if not name:
+                raise ValueError(f"{pointer} is empty")
+        else:
+            name = which
+        ckpt = ckpts / name
+        weights = ckpt / WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} does not exist")
+        return p / CONFIG, weights
+    else:
+        raise FileNotFoundError(f"{p} is neither a run directory (with {CONFIG}) nor a checkpoint")
+    # A checkpoint dir: its own config.yaml if it has one, else the run's (<run>/checkpoints/<ckpt>).
+    for cand in (ckpt / CONFIG, ckpt.parent.parent / CONFIG):
+        if cand.is_file():
+            return cand, weights
+    raise FileNotFoundError(f"no {CONFIG} found for {weights}")
+
+
+def load_run(
+    path: Union[str, Path], which: str = "BEST", device: Union[str, torch.device] = "cpu"
+) -> MultiTaskModel:
+    """Builds the run's model and loads a checkpoint with ``strict=True``; eval mode."""
+    from safetensors.torch import load_file
+
+    config_path, weights = resolve_checkpoint(path, which)
+    model = build_model(load_config(config_path))
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    model.checkpoint = str(weights)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def predict(model: MultiTaskModel, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    """Eval-mode forward of a float NCHW batch; contiguous fp32 CPU outputs by task name."""
+    was_training = model.training
+    model.eval()
+    try:
+        dev = next(model.parameters()).device
+        out = model(x.to(device=dev, dtype=torch.float32))
+    finally:
+        model.train(was_training)
+    return OrderedDict((k, v.detach().float().cpu().contiguous()) for k, v in out.items())
+
+
+def _summary(model: MultiTaskModel, config: dict) -> str:
+    sd = model.state_dict()
+    groups: "OrderedDict[str, List[int]]" = OrderedDict()
+    groups["backbone"] = [0, 0]
+    for name in model.task_names:
+        groups[f"heads.{name}"] = [0, 0]
+    for key, t in sd.items():
+        prefix = "backbone" if key.startswith("backbone.") else ".".join(key.split(".")[:2])
+        g = groups.setdefault(prefix, [0, 0])
+        g[0] += 1
+        g[1] += t.numel()
+    bb = config["model"]["backbone"]
+    lines = [
+        f"checkpoint: {getattr(model, 'checkpoint', '-')}",
+        f"backbone: {bb['kind']} widths={list(bb['widths'])} depth={_get(bb, 'depth', 1)} "
+        f"norm={_get(bb, 'norm', 'batch')} activation={_get(bb, 'activation', 'relu')}",
+        f"input: {list(input_shape(config))}",
+        f"parameters: {model.parameter_count()}",
+        f"tensors: {len(sd)}",
+    ]
+    for prefix, (n, numel) in groups.items():
+        lines.append(f"  {prefix}: {n} tensors, {numel} values")
+    c, h, w = input_shape(config)
+    try:
+        out = predict(model, torch.zeros(2, c, h, w))
+    except Exception as e:  # noqa: BLE001 - a summary reports, it does not fail
+        lines.append(f"  forward failed: {e}")
+    else:
+        for name, t in out.items():
+            lines.append(f"  output {name} ({model.task_kinds[name]}): {list(t.shape)}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="run directory, checkpoint directory or model.safetensors")
+    ap.add_argument("--checkpoint", default="BEST", help="BEST, LATEST or a checkpoint name (default BEST)")
+    ap.add_argument("--check", action="store_true", help="load and print a summary")
+    ap.add_argument("--keys", action="store_true", help="with --check: also list every tensor")
+    ap.add_argument("--input", help="safetensors file holding an NCHW float tensor named 'input'")
+    ap.add_argument("--output", help="safetensors file to write each task's logits to")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    if (args.input is None) != (args.output is None):
+        ap.error("--input and --output go together")
+    if not args.check and args.input is None:
+        args.check = True
+
+    from safetensors.torch import load_file, save_file
+
+    config_path, _ = resolve_checkpoint(args.run, args.checkpoint)
+    model = load_run(args.run, args.checkpoint, args.device)
+    if args.check:
+        print(_summary(model, load_config(config_path)))
+        if args.keys:
+            for key, t in model.state_dict().items():
+                print(f"    {key} {list(t.shape)} {str(t.dtype).replace('torch.', '')}")
+    if args.input is not None:
+        tensors = load_file(args.input)
+        if "input" not in tensors:
+            raise SystemExit(f"{args.input} has no tensor named 'input' (has {sorted(tensors)})")
+        out = predict(model, tensors["input"])
+        save_file(dict(out), args.output, metadata={"checkpoint": str(model.checkpoint)})
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in out.items())
+        print(f"wrote {args.output}: {shapes}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+//! Aligned-MTL (Senushkin et al. 2023): eigen-decompose `M = V Λ Vᵀ`, drop eigenvalues
+//! below `λ_max · T · ε_f32`, `B = √λ_min V Λ^{-1/2} Vᵀ`, `α = B 1`, `d = Σ α_i g_i`
+//! (the gradients' condition number becomes 1). Weights: `α`.
+use super::gradient::{Combination, GradientMethod};
+use super::grads::gram;
+use super::solvers::aligned_weights;
+use super::StepContext;
+use tch::Tensor;
+
+/// Aligned-MTL on per-task gradients `[T, P]`.
+pub fn aligned_mtl(grads: &Tensor) -> anyhow::Result<Combination> {
+    Ok(Combination::weighted(grads, &aligned_weights(&gram(grads)?)))
+}
+
+pub struct AlignedMtl;
+
+impl GradientMethod for AlignedMtl {
+    fn name(&self) -> &'static str {
+        "aligned"
+    }
+
+    fn combine_step(&mut self, grads: &Tensor, _losses: &Tensor, _ctx: &StepContext) -> anyhow::Result<Combination> {
+        aligned_mtl(grads)
+    }
+}

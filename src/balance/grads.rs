@@ -1,0 +1,186 @@
+//! Autograd plumbing shared by every method: per-task gradients in either space, the Gram
+//! matrix on the host, and writing a combined direction into `.grad`.
+//!
+//! Writing `.grad`: tch 0.24 has no setter for a tensor's gradient, and the trainer may
+//! leave gradients undefined rather than zero. Backpropagating `Σ (p · d.detach()).sum()`
+//! accumulates exactly `d` into `p.grad` (the backward of a product with a constant is
+//! `1 · d`), creating it when undefined; with the trainer's zeroed gradients that *is* the
+//! update. One such pass over cheap elementwise nodes costs far less than a backbone backward.
+use super::solvers::Mat;
+use super::{GradientSpace, StepContext};
+use anyhow::Context;
+use tch::{Kind, Tensor};
+
+/// Per-task gradients of one step.
+pub struct TaskGrads {
+    /// `[T, P]`: row `i` is the gradient of task `i`'s loss w.r.t. the shared inputs
+    /// (parameters or feature maps, flattened and concatenated in order).
+    pub matrix: Tensor,
+    /// For each task, the gradients of its own head's parameters (zeros where unused).
+    pub heads: Vec<Vec<Tensor>>,
+}
+
+/// The tensors per-task gradients are taken with respect to in `space`.
+fn shared_inputs<'a>(ctx: &StepContext<'a>, space: GradientSpace) -> anyhow::Result<&'a [Tensor]> {
+    match space {
+        GradientSpace::Params => Ok(ctx.shared_params),
+        GradientSpace::Representation => ctx.features.map(|(_, detached)| detached).ok_or_else(missing_features),
+        GradientSpace::Losses => anyhow::bail!("balance: per-task gradients requested in loss space"),
+    }
+}
+
+fn missing_features() -> anyhow::Error {
+    anyhow::anyhow!(
+        "balance: representation space needs StepContext.features (the trainer must run the \
+         heads on detached copies of the backbone's features)"
+    )
+}
+
+/// Gradients of every task's loss w.r.t. the shared inputs and its own head: one
+/// `run_backward` per task, keeping the graph for all but the last one.
+pub fn task_gradients(ctx: &StepContext, space: GradientSpace) -> anyhow::Result<TaskGrads> {
+    let inputs = shared_inputs(ctx, space)?;
+    let t = ctx.losses.len();
+    anyhow::ensure!(t > 0, "balance: no task losses");
+    anyhow::ensure!(ctx.head_params.len() == t, "balance: {t} losses but {} heads", ctx.head_params.len());
+    let sizes: Vec<i64> = inputs.iter().map(|x| x.numel() as i64).collect();
+    let total: i64 = sizes.iter().sum();
+    let device = ctx.losses[0].device();
+    let kind = match inputs.first().map(Tensor::kind) {
+        Some(Kind::Double) => Kind::Double,
+        _ => Kind::Float,
+    };
+    let matrix = Tensor::zeros([t as i64, total], (kind, device));
+    let mut heads = Vec::with_capacity(t);
+    for (i, loss) in ctx.losses.iter().enumerate() {
+        let head = &ctx.head_params[i];
+        let grads: Vec<Tensor> = if loss.requires_grad() {
+            let wrt: Vec<&Tensor> = inputs.iter().chain(head.iter()).collect();
+            Tensor::f_run_backward(&[loss], &wrt, i + 1 < t, false)
+                .with_context(|| format!("balance: gradient of task {i}'s loss"))?
+        } else {
+            Vec::new()
+        };
+        let grad_of = |k: usize, like: &Tensor| match grads.get(k) {
+            Some(g) if g.defined() => g.shallow_clone(),
+            _ => like.zeros_like(),
+        };
+        tch::no_grad(|| {
+            let row = matrix.get(i as i64);
+            let mut offset = 0;
+            for (k, &n) in sizes.iter().enumerate() {
+                if let Some(g) = grads.get(k).filter(|g| g.defined()) {
+                    row.narrow(0, offset, n).copy_(&g.reshape([-1]));
+                }
+                offset += n;
+            }
+        });
+        heads.push(head.iter().enumerate().map(|(k, p)| grad_of(inputs.len() + k, p)).collect());
+    }
+    Ok(TaskGrads { matrix, heads })
+}
+
+/// Writes the update: the shared inputs get `direction` (in params space straight into the
+/// parameters' `.grad`; in representation space backpropagated through the backbone as
+/// `Σ_k (z_k · d_k).sum()`), and each head gets its own gradient times `head_weights[i]`.
+pub fn apply(
+    ctx: &StepContext,
+    space: GradientSpace,
+    direction: &Tensor,
+    heads: &[Vec<Tensor>],
+    head_weights: &Tensor,
+) -> anyhow::Result<()> {
+    let targets: &[Tensor] = match (space, ctx.features) {
+        (GradientSpace::Representation, Some((backbone_out, _))) => backbone_out,
+        (GradientSpace::Representation, None) => return Err(missing_features()),
+        _ => ctx.shared_params,
+    };
+    let sizes: Vec<i64> = targets.iter().map(|x| x.numel() as i64).collect();
+    anyhow::ensure!(
+        direction.numel() as i64 == sizes.iter().sum::<i64>(),
+        "balance: direction has {} entries, the shared inputs {}",
+        direction.numel(),
+        sizes.iter().sum::<i64>()
+    );
+    let mut terms = Vec::new();
+    for (x, d) in targets.iter().zip(direction.detach().split_with_sizes(&sizes, 0)) {
+        if x.requires_grad() {
+            terms.push((x * d.view(x.size().as_slice()).to_kind(x.kind())).sum(x.kind()));
+        }
+    }
+    let head_weights = head_weights.detach().clamp_min(0.0);
+    for (i, (params, grads)) in ctx.head_params.iter().zip(heads).enumerate() {
+        let w = head_weights.get(i as i64);
+        for (p, g) in params.iter().zip(grads) {
+            let scaled = (g * w.to_kind(g.kind())).to_kind(p.kind());
+            terms.push((p * scaled).sum(p.kind()));
+        }
+    }
+    backward_sum(terms)
+}
+
+/// Backpropagates `Σ_i w_i l_i` with detached weights. When the heads ran on detached
+/// features, the gradient that reached those copies is then sent through the backbone, so
+/// loss-level methods work whichever way the trainer ran the heads.
+pub fn backward_weighted(ctx: &StepContext, weights: &Tensor) -> anyhow::Result<()> {
+    anyhow::ensure!(!ctx.losses.is_empty(), "balance: no task losses");
+    let w = weights.detach();
+    let terms: Vec<Tensor> = ctx
+        .losses
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.requires_grad())
+        .map(|(i, l)| l * w.get(i as i64).to_kind(l.kind()))
+        .collect();
+    backward_sum(terms)?;
+    if let Some((backbone_out, detached)) = ctx.features {
+        let terms: Vec<Tensor> = backbone_out
+            .iter()
+            .zip(detached)
+            .filter_map(|(z, h)| {
+                let g = h.grad();
+                (g.defined() && z.requires_grad()).then(|| (z * g.to_kind(z.kind())).sum(z.kind()))
+            })
+            .collect();
+        backward_sum(terms)?;
+    }
+    Ok(())
+}
+
+fn backward_sum(terms: Vec<Tensor>) -> anyhow::Result<()> {
+    if let Some(total) = terms.into_iter().reduce(|a, b| a + b) {
+        total.f_backward().context("balance: backward")?;
+    }
+    Ok(())
+}
+
+/// The Gram matrix `G Gᵀ` of the rows of `grads`, computed in `f64` (near-parallel gradients
+/// need the digits) and brought to the host: the one synchronisation of a gradient method.
+pub fn gram(grads: &Tensor) -> anyhow::Result<Mat> {
+    let g = grads.to_kind(Kind::Double);
+    let m = g.matmul(&g.tr()).to_device(tch::Device::Cpu);
+    let n = grads.size().first().copied().unwrap_or(0) as usize;
+    Ok(Mat::from_rows(n, host_vec(&m)?))
+}
+
+/// A tensor's values as `f64` on the host.
+pub fn host_vec(t: &Tensor) -> anyhow::Result<Vec<f64>> {
+    let flat = t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Double).reshape([-1]);
+    Vec::<f64>::try_from(&flat).context("balance: reading a tensor on the host")
+}
+
+/// `values` as a tensor with `like`'s kind and device.
+pub fn tensor_like(values: &[f64], like: &Tensor) -> Tensor {
+    Tensor::from_slice(values).to_kind(like.kind()).to_device(like.device())
+}
+
+/// `Σ_i coef_i · rows_i` for a `[T, P]` matrix.
+pub fn combine_rows(rows: &Tensor, coef: &[f64]) -> Tensor {
+    tensor_like(coef, rows).unsqueeze(0).matmul(rows).squeeze_dim(0)
+}
+
+/// The losses of a step as one detached `[T]` tensor.
+pub fn stacked_losses(losses: &[Tensor]) -> Tensor {
+    let flat: Vec<Tensor> = losses.iter().map(|l| l.detach().reshape([1])).collect();
+    Tensor::cat(&flat, 0)
+}

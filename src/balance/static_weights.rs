@@ -1,0 +1,41 @@
+//! Static weighting: L = Σ w_i l_i with the configured task weights (EW: all weights 1).
+use super::{grads, Balancer, GradientSpace, StepContext};
+use tch::{Kind, Tensor};
+
+pub struct StaticWeights {
+    equal: bool,
+}
+
+impl StaticWeights {
+    pub fn configured() -> Self {
+        Self { equal: false }
+    }
+
+    pub fn equal() -> Self {
+        Self { equal: true }
+    }
+}
+
+impl Balancer for StaticWeights {
+    fn name(&self) -> &'static str {
+        if self.equal {
+            "ew"
+        } else {
+            "static"
+        }
+    }
+
+    fn space(&self) -> GradientSpace {
+        GradientSpace::Losses
+    }
+
+    fn backward(&mut self, ctx: &StepContext) -> anyhow::Result<Tensor> {
+        let t = ctx.losses.len();
+        anyhow::ensure!(t > 0, "balance: no task losses");
+        let weights: Vec<f64> = if self.equal { vec![1.0; t] } else { ctx.task_weights.to_vec() };
+        anyhow::ensure!(weights.len() == t, "balance: {} task weights for {t} losses", weights.len());
+        let w = Tensor::from_slice(&weights).to_kind(Kind::Float).to_device(ctx.losses[0].device());
+        grads::backward_weighted(ctx, &w)?;
+        Ok(w)
+    }
+}

@@ -1,0 +1,255 @@
+//! The run directory and its checkpoints (layout in ../shared/DESIGN.md):
+//!
+//! ```text
+//! runs/<name>/config.yaml, metrics.jsonl, checkpoints/{step-000500/, LATEST, BEST}
+//! ```
+//! A checkpoint is written into `step-NNNNNN.tmp/`, every file and the directory fsynced,
+//! then renamed into place; `LATEST` and `BEST` are replaced by rename. A reader therefore
+//! never sees a half-written checkpoint, and a crash at any instant leaves the previous one.
+use crate::user_error;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const TRAIN_STATE_FILE: &str = "train_state.safetensors";
+pub const STATE_FILE: &str = "state.json";
+pub const CONFIG_FILE: &str = "config.yaml";
+pub const LATEST: &str = "LATEST";
+pub const BEST: &str = "BEST";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything about a checkpoint that is not a tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format: u32,
+    /// Optimizer updates done (the global step of the next update).
+    pub step: u64,
+    /// The epoch the next step belongs to, and the next step's position in it.
+    pub epoch: u64,
+    pub position: u64,
+    pub best: Option<BestMetric>,
+    /// Hash of the config keys that must not change on resume (model, tasks, data).
+    pub config_fingerprint: String,
+    pub mtl_version: String,
+    /// All randomness is derived from (seed, purpose, step/epoch/index): no generator state
+    /// needs saving. Recorded for readers of the file.
+    pub rng: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestMetric {
+    pub metric: String,
+    pub value: f64,
+    pub step: u64,
+}
+
+/// What a checkpoint holds, ready to write.
+pub struct Snapshot<'a> {
+    pub state: &'a TrainState,
+    /// Model variables by PyTorch state_dict name.
+    pub model: Vec<(String, Tensor)>,
+    /// Optimizer buffers, balancer state, loss accumulators.
+    pub train_tensors: Vec<(String, Tensor)>,
+    pub config_yaml: &'a str,
+}
+
+/// The run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+
+    /// Creates the directories (nothing is overwritten).
+    pub fn create(&self) -> anyhow::Result<()> {
+        fs::create_dir_all(self.checkpoints())
+            .map_err(|e| user_error!("{}: cannot create run directory: {e}", self.root.display()))
+    }
+
+    pub fn checkpoint_name(step: u64) -> String {
+        format!("step-{step:06}")
+    }
+
+    /// Writes a checkpoint atomically and points `LATEST` (and `BEST` when `is_best`) at it.
+    /// Returns its directory.
+    pub fn save(&self, snap: &Snapshot, is_best: bool) -> anyhow::Result<PathBuf> {
+        let dir = self.checkpoints();
+        remove_stale_temporaries(&dir);
+        let name = Self::checkpoint_name(snap.state.step);
+        let final_dir = dir.join(&name);
+        // The same step always holds the same state, so an existing one can stay as it is.
+        if !final_dir.exists() {
+            let tmp = dir.join(format!("{name}.tmp"));
+            write_checkpoint_dir(&tmp, snap).map_err(|e| {
+                let _ = fs::remove_dir_all(&tmp);
+                user_error!("{}: cannot write checkpoint: {e:#}", tmp.display())
+            })?;
+            fs::rename(&tmp, &final_dir)
+                .map_err(|e| user_error!("{}: cannot publish checkpoint: {e}", final_dir.display()))?;
+            sync_dir(&dir)?;
+        }
+        write_pointer(&dir, LATEST, &name)?;
+        if is_best {
+            write_pointer(&dir, BEST, &name)?;
+        }
+        Ok(final_dir)
+    }
+
+    /// The checkpoint a pointer file (`LATEST`/`BEST`) names, if any.
+    pub fn pointed(&self, pointer: &str) -> anyhow::Result<Option<PathBuf>> {
+        let file = self.checkpoints().join(pointer);
+        match fs::read_to_string(&file) {
+            Ok(name) => {
+                let name = name.trim();
+                if name.is_empty() || name.contains('/') || name.contains("..") {
+                    crate::user_bail!("{}: does not name a checkpoint ({name:?})", file.display());
+                }
+                Ok(Some(self.checkpoints().join(name)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(user_error!("{}: cannot read: {e}", file.display())),
+        }
+    }
+
+    /// Complete checkpoints, oldest first.
+    pub fn list(&self) -> Vec<(u64, PathBuf)> {
+        let mut out: Vec<(u64, PathBuf)> = fs::read_dir(self.checkpoints())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let step = name.strip_prefix("step-")?.parse().ok()?;
+                Some((step, e.path()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Deletes all but the `keep_last` newest checkpoints, never the ones LATEST or BEST name.
+    pub fn prune(&self, keep_last: usize) -> anyhow::Result<()> {
+        let keep: Vec<PathBuf> =
+            [LATEST, BEST].iter().filter_map(|p| self.pointed(p).ok().flatten()).collect();
+        let all = self.list();
+        let excess = all.len().saturating_sub(keep_last);
+        for (_, path) in all.into_iter().take(excess) {
+            if !keep.contains(&path) {
+                fs::remove_dir_all(&path).with_context(|| format!("removing old checkpoint {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_checkpoint_dir(tmp: &Path, snap: &Snapshot) -> anyhow::Result<()> {
+    if tmp.exists() {
+        fs::remove_dir_all(tmp)?;
+    }
+    fs::create_dir_all(tmp)?;
+    write_tensors(&tmp.join(MODEL_FILE), &snap.model)?;
+    write_tensors(&tmp.join(TRAIN_STATE_FILE), &snap.train_tensors)?;
+    write_synced(&tmp.join(STATE_FILE), serde_json::to_string_pretty(snap.state)?.as_bytes())?;
+    write_synced(&tmp.join(CONFIG_FILE), snap.config_yaml.as_bytes())?;
+    sync_dir(tmp)
+}
+
+/// Safetensors wants contiguous CPU tensors; views into the flat parameter buffer are copied.
+fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
+    let host: Vec<(String, Tensor)> =
+        tensors.iter().map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+    Tensor::write_safetensors(&host, path).with_context(|| format!("writing {}", path.display()))?;
+    File::open(path)?.sync_all()?;
+    Ok(())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Replaces `dir/pointer` by rename, so readers see the old or the new name, never a mix.
+fn write_pointer(dir: &Path, pointer: &str, name: &str) -> anyhow::Result<()> {
+    let tmp = dir.join(format!("{pointer}.tmp"));
+    write_synced(&tmp, format!("{name}\n").as_bytes())
+        .map_err(|e| user_error!("{}: cannot write: {e:#}", tmp.display()))?;
+    fs::rename(&tmp, dir.join(pointer)).map_err(|e| user_error!("{}: cannot replace: {e}", dir.join(pointer).display()))?;
+    sync_dir(dir)
+}
+
+/// A crash mid-write leaves `*.tmp` behind; they are never read, only cleared.
+fn remove_stale_temporaries(dir: &Path) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        }
+    }
+}
+
+/// A checkpoint read back from disk.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub state: TrainState,
+    pub model: Vec<(String, Tensor)>,
+    pub train_tensors: Vec<(String, Tensor)>,
+    pub config_yaml: String,
+}
+
+/// Reads a checkpoint directory. Missing, truncated or foreign files are user errors naming
+/// the file.
+pub fn load(dir: &Path) -> anyhow::Result<Loaded> {
+    if !dir.is_dir() {
+        crate::user_bail!("{}: no such checkpoint directory", dir.display());
+    }
+    let state_path = dir.join(STATE_FILE);
+    let text = fs::read_to_string(&state_path).map_err(|e| user_error!("{}: cannot read: {e}", state_path.display()))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .map_err(|e| user_error!("{}: not a checkpoint state file: {e}", state_path.display()))?;
+    if state.format != FORMAT_VERSION {
+        crate::user_bail!("{}: checkpoint format {} is not supported (expected {FORMAT_VERSION})", state_path.display(), state.format);
+    }
+    let config_path = dir.join(CONFIG_FILE);
+    let config_yaml =
+        fs::read_to_string(&config_path).map_err(|e| user_error!("{}: cannot read: {e}", config_path.display()))?;
+    Ok(Loaded {
+        dir: dir.to_path_buf(),
+        state,
+        model: read_tensors(&dir.join(MODEL_FILE))?,
+        train_tensors: read_tensors(&dir.join(TRAIN_STATE_FILE))?,
+        config_yaml,
+    })
+}
+
+/// Reads a safetensors file; a damaged one is a user error naming it. libtorch's reader can
+/// abort on some malformed headers, so the header is checked in Rust first.
+pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
+    crate::safetensors_check::check_file(path)?;
+    Tensor::read_safetensors(path).map_err(|e| user_error!("{}: not a valid safetensors file: {e}", path.display()))
+}

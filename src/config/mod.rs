@@ -1,0 +1,73 @@
+//! Configuration: the YAML schema, `--set` overrides and semantic validation.
+//!
+//! Every error is a [`crate::error::UserError`] of one line that names the file (or the
+//! `--set` flag), the key path, and what is expected.
+mod overrides;
+mod schema;
+mod validate;
+
+pub use validate::{parse_device, DeviceChoice};
+
+pub use schema::*;
+
+use crate::user_error;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// The built-in default config (`configs/shapes_seg.yaml`), used when no config file is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/shapes_seg.yaml");
+pub const DEFAULT_CONFIG_NAME: &str = "<built-in configs/shapes_seg.yaml>";
+
+impl Config {
+    /// Reads, overrides and validates a config file.
+    pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| user_error!("{}: cannot read config: {e}", path.display()))?;
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> anyhow::Result<Config> {
+        // First pass on the text itself, so type errors carry the YAML line.
+        let cfg: Config = deserialize(serde_yaml::Deserializer::from_str(text), origin)?;
+        let cfg = if overrides.is_empty() {
+            cfg
+        } else {
+            let mut value: serde_yaml::Value =
+                serde_yaml::from_str(text).map_err(|e| user_error!("{origin}: {e}"))?;
+            for o in overrides {
+                overrides::apply(&mut value, o)?;
+            }
+            deserialize(value, &format!("{origin} with --set {}", overrides.join(" --set ")))?
+        };
+        validate::validate(&cfg).map_err(|e| user_error!("{origin}: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// The resolved config as YAML (what is printed at start and saved in the run directory).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("a Config always serialises")
+    }
+}
+
+/// Deserialises with the failing key's path in the message.
+fn deserialize<'de, D, T>(de: D, origin: &str) -> anyhow::Result<T>
+where
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+    T: DeserializeOwned,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner.lines().next().unwrap_or_default().to_string();
+        if path == "." || path.is_empty() {
+            user_error!("{origin}: {inner}")
+        } else {
+            user_error!("{origin}: {path}: {inner}")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! The typed YAML schema. Every struct denies unknown fields so a typo is an error, not a
+//! silently ignored setting; defaults live here so a config only says what it changes.
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names the run directory `runs/<name>` unless `--run-dir` is given.
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default)]
+    pub precision: Precision,
+    /// CPU threads for libtorch; 0 keeps libtorch's default.
+    #[serde(default)]
+    pub threads: usize,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub tasks: Vec<TaskConfig>,
+    #[serde(default)]
+    pub balance: BalanceConfig,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+fn default_device() -> String {
+    "auto".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `shapes` (generated, no download) or `cifar10_seg` (official CIFAR-10 binaries).
+    pub dataset: DatasetKind,
+    /// Where the files of a real dataset live.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// Number of training samples; for real datasets 0 means all of them.
+    #[serde(default)]
+    pub train_size: usize,
+    #[serde(default)]
+    pub val_size: usize,
+    /// Side of the square images the model sees (shapes renders at this size; 32 for CIFAR).
+    #[serde(default = "default_image_size")]
+    pub image_size: i64,
+    /// Convert images to one grey channel (for the MLP example).
+    #[serde(default)]
+    pub grayscale: bool,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_eval_batch_size")]
+    pub eval_batch_size: usize,
+    #[serde(default)]
+    pub augment: AugmentConfig,
+}
+
+fn default_image_size() -> i64 {
+    32
+}
+fn default_batch_size() -> usize {
+    64
+}
+fn default_eval_batch_size() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    Shapes,
+    Cifar10Seg,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Pixels of padding for the random crop; 0 disables cropping.
+    #[serde(default)]
+    pub crop_padding: i64,
+    #[serde(default)]
+    pub hflip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub backbone: BackboneConfig,
+    /// Head options, keyed by task name; tasks without an entry get the defaults.
+    #[serde(default)]
+    pub heads: BTreeMap<String, HeadConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneConfig {
+    pub kind: BackboneKind,
+    /// Channels per stage (conv, resnet: the first stage's width is used as the base width
+    /// when one number is given) or hidden sizes (mlp).
+    pub widths: Vec<i64>,
+    /// conv: conv blocks per stage; resnet: basic blocks per stage.
+    #[serde(default = "one")]
+    pub depth: usize,
+    #[serde(default)]
+    pub norm: Norm,
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackboneKind {
+    Conv,
+    Resnet,
+    Mlp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    #[default]
+    Batch,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    #[default]
+    Relu,
+    Gelu,
+    Silu,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    /// Classification: width of an optional hidden layer (0: none).
+    #[serde(default)]
+    pub hidden: i64,
+    /// Classification: dropout before the last layer.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Segmentation: channels of every decoder stage (0: the matching backbone width).
+    #[serde(default)]
+    pub decoder_width: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub name: String,
+    pub kind: TaskKind,
+    /// Which of the dataset's targets this task learns.
+    pub target: String,
+    pub classes: i64,
+    #[serde(default = "one_f64")]
+    pub weight: f64,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Segmentation: target value that contributes no loss and no metric.
+    #[serde(default = "default_ignore_index")]
+    pub ignore_index: i64,
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+fn default_ignore_index() -> i64 {
+    255
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    Classification,
+    Segmentation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceConfig {
+    #[serde(default = "default_balance_method")]
+    pub method: String,
+    /// Gradient methods: take per-task gradients w.r.t. the shared parameters or the shared
+    /// representation (one backbone backward).
+    #[serde(default)]
+    pub on: GradientOn,
+    /// Method-specific options, checked by the method itself.
+    #[serde(default)]
+    pub options: BTreeMap<String, serde_yaml::Value>,
+}
+
+fn default_balance_method() -> String {
+    "static".into()
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        Self { method: default_balance_method(), on: GradientOn::default(), options: BTreeMap::new() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradientOn {
+    #[default]
+    Params,
+    Representation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    #[serde(default)]
+    pub kind: OptimKind,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// AdamW.
+    #[serde(default = "default_betas")]
+    pub betas: (f64, f64),
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// SGD.
+    #[serde(default)]
+    pub momentum: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Clip the global gradient norm to this value (0: no clipping).
+    #[serde(default)]
+    pub grad_clip: f64,
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_betas() -> (f64, f64) {
+    (0.9, 0.999)
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimKind::default(),
+            lr: default_lr(),
+            weight_decay: 0.0,
+            betas: default_betas(),
+            eps: default_eps(),
+            momentum: 0.0,
+            nesterov: false,
+            grad_clip: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimKind {
+    #[default]
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    #[serde(default)]
+    pub kind: ScheduleKind,
+    /// Linear warmup from 0 over this many steps, before the schedule proper.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Final LR as a fraction of the peak (cosine, onecycle).
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+    /// step: multiply the LR by `gamma` every `step_size` epochs.
+    #[serde(default = "default_step_size")]
+    pub step_size: u64,
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    /// onecycle: fraction of the run spent rising to the peak.
+    #[serde(default = "default_pct_start")]
+    pub pct_start: f64,
+}
+
+fn default_step_size() -> u64 {
+    30
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+fn default_pct_start() -> f64 {
+    0.3
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::default(),
+            warmup_steps: 0,
+            min_lr_ratio: 0.0,
+            step_size: default_step_size(),
+            gamma: default_gamma(),
+            pct_start: default_pct_start(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    #[default]
+    Constant,
+    Cosine,
+    Step,
+    Onecycle,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default = "default_epochs")]
+    pub epochs: u64,
+    /// Evaluate on the val split every this many epochs (and always after the last).
+    #[serde(default = "one_u64")]
+    pub eval_every: u64,
+    /// Log training losses every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Stop after this many steps in total (0: run all epochs). Used by tests and resume.
+    #[serde(default)]
+    pub max_steps: u64,
+}
+
+fn default_epochs() -> u64 {
+    10
+}
+fn one_u64() -> u64 {
+    1
+}
+fn default_log_every() -> u64 {
+    50
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self { epochs: default_epochs(), eval_every: 1, log_every: default_log_every(), max_steps: 0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Write a checkpoint every this many epochs (and always at the end).
+    #[serde(default = "one_u64")]
+    pub every: u64,
+    /// Also write one every this many steps (0: off).
+    #[serde(default)]
+    pub every_steps: u64,
+    /// Keep this many newest checkpoints (BEST is always kept).
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+    /// `<task>.<metric>` or `loss` (sum of val losses); empty: the first task's main metric.
+    #[serde(default)]
+    pub monitor: String,
+    #[serde(default)]
+    pub mode: MonitorMode,
+}
+
+fn default_keep_last() -> usize {
+    3
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { every: 1, every_steps: 0, keep_last: default_keep_last(), monitor: String::new(), mode: MonitorMode::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorMode {
+    #[default]
+    Max,
+    Min,
+}

@@ -1,0 +1,161 @@
+//! `mtl-train`: the command line. Parses flags, turns errors into one line and an exit code
+//! (2: something the user can fix; 1: an internal failure), and hands over to the library.
+use clap::{Args, Parser, Subcommand};
+use mtl::config::{Config, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
+use mtl::error::is_user_error;
+use mtl::train::{TrainOptions, INTERRUPTED};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mtl-train",
+    version,
+    about = "Multi-task training on libtorch: a shared backbone, one head per task, every choice from YAML.",
+    long_about = "Trains the model a YAML config describes and writes a run directory \
+                  (config.yaml, metrics.jsonl, curves.png, checkpoints/). Without CONFIG, trains the \
+                  built-in default (configs/shapes_seg.yaml: classification + segmentation on generated data).\n\n\
+                  Exit codes: 0 done, 2 a user error (bad config, missing data, incompatible checkpoint), \
+                  1 an internal failure, 130 interrupted by Ctrl-C after writing a checkpoint.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfigArgs {
+    /// YAML config file (default: the built-in configs/shapes_seg.yaml).
+    config: Option<PathBuf>,
+    /// Override any config key, e.g. --set optim.lr=0.01 --set tasks.1.weight=0.5 (repeatable).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    set: Vec<String>,
+    /// Device: auto, cpu, cuda or cuda:N (overrides the config's `device`).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct TrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Run directory (default: runs/<name>). An existing run is only continued with --resume.
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// Continue the run: from the run directory's LATEST checkpoint, or from the checkpoint
+    /// directory given.
+    #[arg(long, value_name = "CHECKPOINT", num_args = 0..=1, default_missing_value = "")]
+    resume: Option<PathBuf>,
+    /// Start from weights saved by PyTorch (safetensors.torch.save_file(model.state_dict(), FILE)).
+    #[arg(long, value_name = "FILE.safetensors")]
+    init_from: Option<PathBuf>,
+    /// With --init-from: heads absent from the file keep their fresh initialisation.
+    #[arg(long, requires = "init_from")]
+    allow_missing_heads: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train (the default when no subcommand is given).
+    Train(TrainArgs),
+}
+
+fn main() -> ExitCode {
+    install_panic_hook();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Train(args)) => train(args),
+        None => train(cli.train),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) if is_user_error(&err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A panic is a bug, but the user still gets one line, not a backtrace.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        let first = msg.lines().next().unwrap_or(msg);
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal failure{place}: {first}");
+        std::process::exit(1);
+    }));
+}
+
+/// Reads the config (file or built-in), applies --set and --device.
+fn load_config(args: &ConfigArgs) -> anyhow::Result<(Config, PathBuf)> {
+    let mut sets = args.set.clone();
+    if let Some(d) = &args.device {
+        sets.push(format!("device={d}"));
+    }
+    match &args.config {
+        Some(path) => {
+            let cfg = Config::load(path, &sets)?;
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            Ok((cfg, dir))
+        }
+        None => Ok((Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME, &sets)?, PathBuf::from("."))),
+    }
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, config_dir) = load_config(&args.config)?;
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let resume = match &args.resume {
+        None => None,
+        Some(p) if p.as_os_str().is_empty() => Some(latest_checkpoint(&run_dir)?),
+        Some(p) => Some(p.clone()),
+    };
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("second Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("Ctrl-C: finishing the current step and writing a checkpoint (Ctrl-C again to abort)");
+    });
+    let opts = TrainOptions {
+        run_dir: Some(run_dir),
+        resume,
+        init_from: args.init_from.clone(),
+        allow_missing_heads: args.allow_missing_heads,
+    };
+    let summary = mtl::train::train(cfg, config_dir, &opts)?;
+    if summary.interrupted {
+        eprintln!("interrupted at step {}; continue with --resume", summary.steps);
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<PathBuf> {
+    let run = mtl::checkpoint::RunDir::new(run_dir);
+    run.pointed(mtl::checkpoint::LATEST)?.ok_or_else(|| {
+        mtl::user_error!("{}: no checkpoint to resume from (no checkpoints/LATEST)", run_dir.display())
+    })
+}

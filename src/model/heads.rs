@@ -1,0 +1,108 @@
+//! Task heads. Each head reads the backbone's feature maps and returns fp32 logits.
+use super::backbone::FeatureInfo;
+use super::layers::{activate, Compute, Conv2d, ConvBnAct, Linear};
+use crate::config::{Activation, HeadConfig};
+use tch::nn::Path;
+use tch::{Kind, Tensor};
+
+#[derive(Debug)]
+pub enum Head {
+    Classification(ClassificationHead),
+    Segmentation(SegmentationHead),
+}
+
+impl Head {
+    /// `features` as the backbone returned them; `out_hw` the input image's size.
+    pub fn forward(&self, features: &[Tensor], out_hw: (i64, i64), train: bool, c: Compute) -> Tensor {
+        match self {
+            Head::Classification(h) => h.forward(features, train, c),
+            Head::Segmentation(h) => h.forward(features, out_hw, train, c),
+        }
+        .to_kind(Kind::Float)
+    }
+}
+
+/// Global average pooling of the coarsest map, an optional hidden layer (`hidden.*`) with
+/// dropout, and a linear layer (`fc.*`).
+#[derive(Debug)]
+pub struct ClassificationHead {
+    hidden: Option<Linear>,
+    fc: Linear,
+    dropout: f64,
+    act: Activation,
+}
+
+impl ClassificationHead {
+    pub fn new(p: &Path, info: &FeatureInfo, cfg: &HeadConfig, classes: i64, act: Activation) -> Self {
+        let mut d = *info.channels.last().expect("a backbone has at least one output");
+        let hidden = (cfg.hidden > 0).then(|| {
+            let l = Linear::new(p / "hidden", d, cfg.hidden);
+            d = cfg.hidden;
+            l
+        });
+        Self { hidden, fc: Linear::new(p / "fc", d, classes), dropout: cfg.dropout, act }
+    }
+
+    fn forward(&self, features: &[Tensor], train: bool, c: Compute) -> Tensor {
+        let top = features.last().expect("a backbone has at least one output");
+        let mut h = if top.dim() == 4 { top.mean_dim(&[-1i64, -2][..], false, None) } else { top.shallow_clone() };
+        if let Some(hidden) = &self.hidden {
+            h = activate(&hidden.forward(&h, c), self.act);
+        }
+        if self.dropout > 0.0 {
+            h = h.dropout(self.dropout, train);
+        }
+        self.fc.forward(&h, c)
+    }
+}
+
+/// A U-Net style decoder: from the coarsest map, repeatedly upsample ×2 (bilinear), concatenate
+/// the next finer map and apply conv–BN–activation (`decoder.{k}.conv|bn`), then a 1×1
+/// classifier (`classifier.*`); logits are resized to the input when the finest map is coarser.
+#[derive(Debug)]
+pub struct SegmentationHead {
+    decoder: Vec<ConvBnAct>,
+    classifier: Conv2d,
+}
+
+impl SegmentationHead {
+    pub fn new(
+        p: &Path,
+        info: &FeatureInfo,
+        cfg: &HeadConfig,
+        classes: i64,
+        batch_norm: bool,
+        act: Activation,
+    ) -> Self {
+        let ch = &info.channels;
+        let mut c = *ch.last().expect("a backbone has at least one output");
+        let decoder = (0..ch.len() - 1)
+            .map(|k| {
+                let skip = ch[ch.len() - 2 - k];
+                let out = if cfg.decoder_width > 0 { cfg.decoder_width } else { skip };
+                let block = ConvBnAct::new(&(p / "decoder" / k), c + skip, out, batch_norm, act);
+                c = out;
+                block
+            })
+            .collect();
+        Self { decoder, classifier: Conv2d::new(p / "classifier", c, classes, 1, 1, true) }
+    }
+
+    fn forward(&self, features: &[Tensor], out_hw: (i64, i64), train: bool, c: Compute) -> Tensor {
+        let n = features.len();
+        let mut h = features[n - 1].shallow_clone();
+        for (k, block) in self.decoder.iter().enumerate() {
+            let skip = &features[n - 2 - k];
+            let size = [skip.size()[2], skip.size()[3]];
+            let up = h.upsample_bilinear2d(size, false, None, None);
+            h = block.forward(&Tensor::cat(&[up, c.cast(skip)], 1), train, c);
+        }
+        let logits = self.classifier.forward(&h, c);
+        let size = logits.size();
+        if (size[2], size[3]) == out_hw {
+            logits
+        } else {
+            logits.upsample_bilinear2d([out_hw.0, out_hw.1], false, None, None)
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The multi-task model: one shared backbone, one head per task.
+pub mod backbone;
+pub mod heads;
+pub mod layers;
+
+use crate::config::{Config, Norm, Precision, TaskKind};
+use backbone::Backbone;
+use heads::{ClassificationHead, Head, SegmentationHead};
+use layers::Compute;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// Prefix of every backbone variable; heads live under `heads.<task name>`.
+pub const BACKBONE: &str = "backbone";
+pub const HEADS: &str = "heads";
+
+pub struct MultiTaskModel {
+    pub vs: VarStore,
+    backbone: Backbone,
+    heads: Vec<Head>,
+    compute: Compute,
+}
+
+impl MultiTaskModel {
+    /// Builds the configured model on `device` with PyTorch's default initialisation, seeded
+    /// from the run seed. `in_channels` and `image_size` describe the input images.
+    pub fn new(cfg: &Config, device: Device, in_channels: i64, image_size: i64) -> Self {
+        tch::manual_seed((crate::rng::derive_seed(cfg.seed, crate::rng::Purpose::Init, 0) >> 1) as i64);
+        let vs = VarStore::new(device);
+        let root = vs.root();
+        let m = &cfg.model;
+        let backbone = Backbone::new(
+            &(&root / BACKBONE),
+            &m.backbone,
+            in_channels,
+            in_channels * image_size * image_size,
+        );
+        let info = backbone.info();
+        let heads = cfg
+            .tasks
+            .iter()
+            .map(|t| {
+                let p = &root / HEADS / t.name.as_str();
+                let hc = m.heads.get(&t.name).cloned().unwrap_or_default();
+                let act = m.backbone.activation;
+                match t.kind {
+                    TaskKind::Classification => {
+                        Head::Classification(ClassificationHead::new(&p, &info, &hc, t.classes, act))
+                    }
+                    TaskKind::Segmentation => Head::Segmentation(SegmentationHead::new(
+                        &p,
+                        &info,
+                        &hc,
+                        t.classes,
+                        m.backbone.norm == Norm::Batch,
+                        act,
+                    )),
+                }
+            })
+            .collect();
+        let kind = match cfg.precision {
+            Precision::Fp32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+        };
+        Self { vs, backbone, heads, compute: Compute(kind) }
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The shared features for a normalised float batch `[N, C, H, W]`.
+    pub fn features(&self, x: &Tensor, train: bool) -> Vec<Tensor> {
+        self.backbone.forward(x, train, self.compute)
+    }
+
+    /// Every head's fp32 logits on the given features.
+    pub fn heads(&self, features: &[Tensor], out_hw: (i64, i64), train: bool) -> Vec<Tensor> {
+        self.heads.iter().map(|h| h.forward(features, out_hw, train, self.compute)).collect()
+    }
+
+    /// Features then heads: one output per task, in task order.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Vec<Tensor> {
+        let s = x.size();
+        self.heads(&self.features(x, train), (s[2], s[3]), train)
+    }
+
+    /// Trainable variables, sorted by name (a stable order for optimizer buffers).
+    pub fn named_trainable(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Trainable backbone variables and each task's trainable head variables.
+    pub fn param_groups(&self, task_names: &[String]) -> (Vec<Tensor>, Vec<Vec<Tensor>>) {
+        let all = self.named_trainable();
+        let shared = all
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("{BACKBONE}.")))
+            .map(|(_, t)| t.shallow_clone())
+            .collect();
+        let heads = task_names
+            .iter()
+            .map(|task| {
+                let prefix = format!("{HEADS}.{task}.");
+                all.iter().filter(|(n, _)| n.starts_with(&prefix)).map(|(_, t)| t.shallow_clone()).collect()
+            })
+            .collect();
+        (shared, heads)
+    }
+
+    /// Every variable (trainable or not), sorted by name: what `model.safetensors` holds.
+    pub fn named_variables(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Number of trainable scalars.
+    pub fn parameter_count(&self) -> i64 {
+        self.named_trainable().iter().map(|(_, t)| t.numel() as i64).sum()
+    }
+}

@@ -1,0 +1,24 @@
+//! Evaluation on the val split: eval mode, no gradients, metrics accumulated on the device.
+use crate::data::loader::Loader;
+use crate::model::MultiTaskModel;
+use crate::tasks::Task;
+
+/// `("<task>.<metric>", value)` for every task, in task order.
+pub fn evaluate(model: &MultiTaskModel, loader: &Loader, tasks: &[Task]) -> Vec<(String, f64)> {
+    let mut meters: Vec<_> = tasks.iter().map(|t| t.meter(model.device())).collect();
+    tch::no_grad(|| {
+        for batch in loader.eval_batches() {
+            let outputs = model.forward(&batch.images, false);
+            for ((task, meter), (logits, target)) in
+                tasks.iter().zip(meters.iter_mut()).zip(outputs.iter().zip(&batch.targets))
+            {
+                meter.update(logits, target, &task.loss(logits, target));
+            }
+        }
+    });
+    tasks
+        .iter()
+        .zip(&meters)
+        .flat_map(|(t, m)| m.finish().into_iter().map(move |(k, v)| (format!("{}.{k}", t.name), v)))
+        .collect()
+}

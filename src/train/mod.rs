@@ -1,0 +1,340 @@
+//! The training loop: data → model → losses → balancer → optimizer, with evaluation,
+//! reporting and checkpoints at their boundaries.
+pub mod evaluate;
+pub mod plot;
+pub mod report;
+pub mod resume;
+pub mod session;
+
+use crate::balance::{self, Balancer, GradientSpace, StepContext};
+use crate::checkpoint::{BestMetric, RunDir, Snapshot, TrainState, FORMAT_VERSION};
+use crate::config::{Config, MonitorMode};
+use crate::data::loader::Loader;
+use crate::model::MultiTaskModel;
+use crate::optim::{flat::FlatParams, schedule::Schedule, Optimizer};
+use crate::tasks::Task;
+use report::{MetricsLog, Progress};
+use session::Session;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::{Kind, Tensor};
+
+/// Set by Ctrl-C: the loop finishes the current step, writes a checkpoint and returns.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// How a run starts.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Where the run lives; default `runs/<name>`.
+    pub run_dir: Option<PathBuf>,
+    /// Continue from this checkpoint directory (resolved from `--resume [PATH]`).
+    pub resume: Option<PathBuf>,
+    /// Initialise weights from a PyTorch-written safetensors file.
+    pub init_from: Option<PathBuf>,
+    /// With `init_from`: heads missing from the file keep their fresh initialisation.
+    pub allow_missing_heads: bool,
+}
+
+/// What a finished (or interrupted) run reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub final_metrics: Vec<(String, f64)>,
+    pub best: Option<BestMetric>,
+    pub interrupted: bool,
+    pub seconds: f64,
+}
+
+/// Position in training: the next step's global index, its epoch and place in the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub step: u64,
+    pub epoch: u64,
+    pub position: u64,
+}
+
+pub struct Trainer {
+    pub cfg: Config,
+    pub session: Session,
+    pub model: MultiTaskModel,
+    pub tasks: Vec<Task>,
+    pub train_loader: Loader,
+    pub val_loader: Loader,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    pub balancer: Box<dyn Balancer>,
+    pub run: RunDir,
+    pub at: Position,
+    pub best: Option<BestMetric>,
+    /// Per-task loss sums on the device: since the last log line, and since the epoch began.
+    window_loss: Tensor,
+    epoch_loss: Tensor,
+    /// Per-task weights the balancer used, summed since the last log line.
+    window_weight: Tensor,
+    shared: Vec<Tensor>,
+    head_params: Vec<Vec<Tensor>>,
+    task_names: Vec<String>,
+}
+
+impl Trainer {
+    /// Loads data, builds the model and optimizer, and restores a checkpoint when resuming.
+    pub fn new(cfg: Config, session: Session, opts: &TrainOptions) -> anyhow::Result<Self> {
+        let splits = crate::data::load(&cfg, &session.config_dir)?;
+        let device = session.device;
+        let train_loader = Loader::new(&cfg, splits.train.to_device(device), true);
+        let val_loader = Loader::new(&cfg, splits.val.to_device(device), false);
+        if train_loader.is_empty() || val_loader.is_empty() {
+            crate::user_bail!("data: the train and val splits must not be empty");
+        }
+        let model = MultiTaskModel::new(&cfg, device, train_loader.channels(), train_loader.image_size());
+        if let Some(path) = &opts.init_from {
+            resume::init_from(&model, path, opts.allow_missing_heads)?;
+        }
+        let tasks: Vec<Task> = cfg.tasks.iter().map(Task::from_config).collect();
+        let task_names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        let (shared, head_params) = model.param_groups(&task_names);
+        let optimizer = Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable()));
+        let spe = train_loader.steps_per_epoch();
+        let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.epochs * spe, spe);
+        let balancer = balance::build(&cfg)?;
+        let t = tasks.len() as i64;
+        let zeros = || Tensor::zeros([t], (Kind::Double, device));
+        let run = RunDir::new(session.run_dir.clone());
+        let mut trainer = Self {
+            cfg,
+            session,
+            model,
+            tasks,
+            train_loader,
+            val_loader,
+            optimizer,
+            schedule,
+            balancer,
+            run,
+            at: Position { step: 0, epoch: 0, position: 0 },
+            best: None,
+            window_loss: zeros(),
+            epoch_loss: zeros(),
+            window_weight: zeros(),
+            shared,
+            head_params,
+            task_names,
+        };
+        if let Some(dir) = &opts.resume {
+            resume::restore(&mut trainer, dir)?;
+        }
+        Ok(trainer)
+    }
+
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.train_loader.steps_per_epoch()
+    }
+
+    /// The step at which training ends.
+    pub fn final_step(&self) -> u64 {
+        let all = self.cfg.train.epochs * self.steps_per_epoch();
+        match self.cfg.train.max_steps {
+            0 => all,
+            m => m.min(all),
+        }
+    }
+
+    /// `<task>.<metric>` the BEST checkpoint follows.
+    pub fn monitor(&self) -> String {
+        match self.cfg.checkpoint.monitor.as_str() {
+            "" => format!("{}.{}", self.tasks[0].name, self.tasks[0].metric_names()[0]),
+            m => m.to_string(),
+        }
+    }
+
+    /// One optimisation step on the next batch. Nothing here reads a value from the device.
+    pub fn step(&mut self) -> anyhow::Result<()> {
+        let Position { step, epoch, position } = self.at;
+        let batch = self.train_loader.train_batch(epoch, position, step);
+        crate::rng::seed_torch(self.cfg.seed, step);
+        self.optimizer.zero_grad();
+        let hw = {
+            let s = batch.images.size();
+            (s[2], s[3])
+        };
+        let features = self.model.features(&batch.images, true);
+        let detached: Option<Vec<Tensor>> = (self.balancer.space() == GradientSpace::Representation)
+            .then(|| features.iter().map(|f| f.detach().set_requires_grad(true)).collect());
+        let outputs = self.model.heads(detached.as_deref().unwrap_or(&features), hw, true);
+        let losses: Vec<Tensor> =
+            self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect();
+        let weights: Vec<f64> = self.cfg.tasks.iter().map(|t| t.weight).collect();
+        let ctx = StepContext {
+            losses: &losses,
+            shared_params: &self.shared,
+            head_params: &self.head_params,
+            features: detached.as_ref().map(|d| (features.as_slice(), d.as_slice())),
+            task_weights: &weights,
+            step,
+            epoch,
+            seed: self.cfg.seed,
+        };
+        let task_weights = self.balancer.backward(&ctx)?;
+        let _ = self.window_weight.g_add_(&task_weights.to_kind(Kind::Double).to_device(self.window_weight.device()));
+        self.optimizer.step(self.schedule.lr(step));
+        let detached_losses = Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
+        let _ = self.window_loss.g_add_(&detached_losses);
+        let _ = self.epoch_loss.g_add_(&detached_losses);
+        self.at.step += 1;
+        self.at.position += 1;
+        if self.at.position == self.steps_per_epoch() {
+            self.at.epoch += 1;
+            self.at.position = 0;
+        }
+        Ok(())
+    }
+
+    /// Mean per-task loss over `count` steps of an accumulator, then zeroes it (reads the device).
+    fn drain(acc: &mut Tensor, names: &[String], metric: &str, count: u64) -> Vec<(String, f64)> {
+        let sums: Vec<f64> = Vec::try_from(acc.to_device(tch::Device::Cpu)).unwrap_or_default();
+        let _ = acc.zero_();
+        names.iter().zip(sums).map(|(n, s)| (format!("{n}.{metric}"), s / count.max(1) as f64)).collect()
+    }
+
+    /// Evaluates, logs, and returns the metrics; updates the best value of the monitored metric.
+    fn evaluate(&mut self, log: &mut MetricsLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
+        let metrics = evaluate::evaluate(&self.model, &self.val_loader, &self.tasks);
+        let monitor = self.monitor();
+        let value = if monitor == "loss" {
+            metrics.iter().filter(|(k, _)| k.ends_with(".loss")).map(|(_, v)| v).sum()
+        } else {
+            metrics.iter().find(|(k, _)| *k == monitor).map(|(_, v)| *v).unwrap_or(f64::NAN)
+        };
+        let better = match (&self.best, self.cfg.checkpoint.mode) {
+            (None, _) => value.is_finite(),
+            (Some(b), MonitorMode::Max) => value > b.value,
+            (Some(b), MonitorMode::Min) => value < b.value,
+        };
+        if better {
+            self.best = Some(BestMetric { metric: monitor, value, step: self.at.step });
+        }
+        log.append(&report::record(self.at.step, self.at.epoch, "val", &metrics))?;
+        progress.println(&report::metrics_table(
+            &format!("eval after epoch {} (step {})", self.at.epoch, self.at.step),
+            &metrics,
+        ));
+        Ok((metrics, better))
+    }
+
+    /// The checkpoint contents for the current position.
+    pub fn train_state(&self) -> TrainState {
+        TrainState {
+            format: FORMAT_VERSION,
+            step: self.at.step,
+            epoch: self.at.epoch,
+            position: self.at.position,
+            best: self.best.clone(),
+            config_fingerprint: resume::fingerprint(&self.cfg),
+            mtl_version: env!("CARGO_PKG_VERSION").to_string(),
+            rng: "derived from (seed, purpose, epoch/step/index); nothing to restore".into(),
+        }
+    }
+
+    fn train_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut t: Vec<(String, Tensor)> =
+            self.optimizer.state().into_iter().map(|(k, v)| (format!("optim.{k}"), v)).collect();
+        t.extend(self.balancer.state().into_iter().map(|(k, v)| (format!("balance.{k}"), v)));
+        t.push(("loop.window_loss".into(), self.window_loss.shallow_clone()));
+        t.push(("loop.epoch_loss".into(), self.epoch_loss.shallow_clone()));
+        t.push(("loop.window_weight".into(), self.window_weight.shallow_clone()));
+        t
+    }
+
+    pub fn save_checkpoint(&self, is_best: bool) -> anyhow::Result<PathBuf> {
+        let state = self.train_state();
+        let yaml = self.cfg.to_yaml();
+        let snap = Snapshot {
+            state: &state,
+            model: self.model.named_variables(),
+            train_tensors: self.train_tensors(),
+            config_yaml: &yaml,
+        };
+        let dir = self.run.save(&snap, is_best)?;
+        self.run.prune(self.cfg.checkpoint.keep_last)?;
+        Ok(dir)
+    }
+
+    /// Trains to the end (or until interrupted), evaluating and checkpointing on schedule.
+    pub fn run(&mut self) -> anyhow::Result<Summary> {
+        let started = std::time::Instant::now();
+        let resumed_at = self.at.step;
+        let mut log = MetricsLog::open(&self.run.metrics(), (resumed_at > 0).then_some(resumed_at))?;
+        let spe = self.steps_per_epoch();
+        let end = self.final_step();
+        let mut progress = Progress::new(end, spe, self.at.step, self.cfg.data.batch_size as u64);
+        let log_every = self.cfg.train.log_every;
+        let mut final_metrics = Vec::new();
+        let mut interrupted = false;
+        while self.at.step < end {
+            let epoch_before = self.at.epoch;
+            self.step()?;
+            progress.step(self.at.step, self.at.epoch);
+            let step = self.at.step;
+            if step % log_every == 0 {
+                let window = (step - 1) % log_every + 1;
+                let losses = Self::drain(&mut self.window_loss, &self.task_names, "loss", window);
+                let weights = Self::drain(&mut self.window_weight, &self.task_names, "weight", window);
+                let lr = self.schedule.lr(step - 1);
+                progress.log(step, epoch_before, &losses, lr);
+                let mut values = losses;
+                values.extend(weights);
+                values.push(("lr".into(), lr));
+                values.push(("images_per_second".into(), progress.images_per_second(step)));
+                log.append(&report::record(step, epoch_before, "train", &values))?;
+            }
+            let epoch_done = self.at.epoch > epoch_before;
+            if epoch_done {
+                let means = Self::drain(&mut self.epoch_loss, &self.task_names, "loss", spe);
+                let means: Vec<f64> = means.into_iter().map(|(_, v)| v).collect();
+                self.balancer.end_epoch(epoch_before, &means);
+            }
+            let last = step == end;
+            let stop = INTERRUPTED.load(Ordering::SeqCst);
+            let mut is_best = false;
+            if (epoch_done && self.at.epoch % self.cfg.train.eval_every == 0) || last {
+                let (metrics, better) = self.evaluate(&mut log, &progress)?;
+                final_metrics = metrics;
+                is_best = better;
+            }
+            let every_steps = self.cfg.checkpoint.every_steps;
+            if (epoch_done && self.at.epoch % self.cfg.checkpoint.every == 0)
+                || last
+                || stop
+                || is_best
+                || (every_steps > 0 && step % every_steps == 0)
+            {
+                let dir = self.save_checkpoint(is_best)?;
+                tracing::info!(checkpoint = %dir.display(), "checkpoint written");
+            }
+            if stop {
+                interrupted = true;
+                break;
+            }
+        }
+        progress.finish();
+        Ok(Summary {
+            run_dir: self.run.root.clone(),
+            steps: self.at.step,
+            final_metrics,
+            best: self.best.clone(),
+            interrupted,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Builds a trainer for the config and runs it; the CLI's `train` command.
+pub fn train(cfg: Config, config_dir: PathBuf, opts: &TrainOptions) -> anyhow::Result<Summary> {
+    let session = Session::start(&cfg, config_dir, opts)?;
+    println!("{}", session.banner(&cfg));
+    let mut trainer = Trainer::new(cfg, session, opts)?;
+    let summary = trainer.run()?;
+    session::finish(&trainer, &summary)?;
+    Ok(summary)
+}

@@ -1,0 +1,168 @@
+//! What the user sees and what is left on disk about progress: a progress bar on a terminal
+//! (periodic log lines otherwise), `metrics.jsonl`, and metric tables.
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Map, Value};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// One row of `metrics.jsonl`.
+pub type Record = Map<String, Value>;
+
+pub fn record(step: u64, epoch: u64, split: &str, values: &[(String, f64)]) -> Record {
+    let mut r = Map::new();
+    r.insert("step".into(), step.into());
+    r.insert("epoch".into(), epoch.into());
+    r.insert("split".into(), split.into());
+    for (k, v) in values {
+        r.insert(k.clone(), serde_json::Number::from_f64(*v).map(Value::Number).unwrap_or(Value::Null));
+    }
+    r
+}
+
+/// Appends records to `metrics.jsonl`, one JSON object per line, flushed each time.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens for appending. With `keep_through = Some(step)` (resume), rows written after the
+    /// checkpoint's step are dropped first: the resumed run writes them again, so the file
+    /// ends up with neither duplicated nor missing steps.
+    pub fn open(path: &Path, keep_through: Option<u64>) -> anyhow::Result<Self> {
+        if let Some(step) = keep_through {
+            let kept: Vec<Record> = read_records(path)?
+                .into_iter()
+                .filter(|r| r.get("step").and_then(Value::as_u64).is_some_and(|s| s <= step))
+                .collect();
+            let tmp = path.with_extension("jsonl.tmp");
+            {
+                let mut f = File::create(&tmp)?;
+                for r in &kept {
+                    writeln!(f, "{}", Value::Object(r.clone()))?;
+                }
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, path)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { path: path.to_path_buf(), file })
+    }
+
+    pub fn append(&mut self, r: &Record) -> anyhow::Result<()> {
+        writeln!(self.file, "{}", Value::Object(r.clone()))?;
+        self.file.flush()?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads `metrics.jsonl` (missing file: no rows; a torn last line from a crash is skipped).
+pub fn read_records(path: &Path) -> anyhow::Result<Vec<Record>> {
+    let Ok(f) = File::open(path) else { return Ok(Vec::new()) };
+    Ok(BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+        .filter_map(|v| v.as_object().cloned())
+        .collect())
+}
+
+/// Formats rows of (task, metric, value) as an aligned table.
+pub fn metrics_table(title: &str, values: &[(String, f64)]) -> String {
+    let rows: Vec<(&str, &str, f64)> = values
+        .iter()
+        .map(|(k, v)| {
+            let (task, metric) = k.split_once('.').unwrap_or(("", k.as_str()));
+            (task, metric, *v)
+        })
+        .collect();
+    let tw = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+    let mw = rows.iter().map(|r| r.1.len()).max().unwrap_or(6).max(6);
+    let mut out = format!("{title}\n  {:<tw$}  {:<mw$}  {:>10}\n", "task", "metric", "value");
+    for (t, m, v) in rows {
+        out.push_str(&format!("  {t:<tw$}  {m:<mw$}  {v:>10.4}\n"));
+    }
+    out
+}
+
+/// The live view of training: an indicatif bar on a terminal, log lines every `log_every`
+/// steps when stdout is not one.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    start_step: u64,
+    total_steps: u64,
+    steps_per_epoch: u64,
+    batch_size: u64,
+}
+
+impl Progress {
+    pub fn new(total_steps: u64, steps_per_epoch: u64, start_step: u64, batch_size: u64) -> Self {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total_steps), ProgressDrawTarget::stdout());
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_position(start_step);
+            bar
+        });
+        Self { bar, started: Instant::now(), start_step, total_steps, steps_per_epoch, batch_size }
+    }
+
+    /// Called every step (cheap: no device values are read).
+    pub fn step(&mut self, step: u64, epoch: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+            bar.set_prefix(format!("epoch {}", epoch + 1));
+        }
+    }
+
+    /// Training images per second since this process started training.
+    pub fn images_per_second(&self, step: u64) -> f64 {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        (step.saturating_sub(self.start_step) * self.batch_size) as f64 / secs
+    }
+
+    /// Called at log boundaries with the window's mean losses.
+    pub fn log(&mut self, step: u64, epoch: u64, losses: &[(String, f64)], lr: f64) {
+        let ips = self.images_per_second(step);
+        let loss_text: Vec<String> = losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        let msg = format!("{} | lr {lr:.2e} | {ips:.0} img/s", loss_text.join(" "));
+        match &self.bar {
+            Some(bar) => bar.set_message(msg),
+            None => {
+                let done = step.saturating_sub(self.start_step).max(1) as f64;
+                let eta = self.started.elapsed().as_secs_f64() / done * self.total_steps.saturating_sub(step) as f64;
+                println!(
+                    "epoch {} step {step}/{} ({}/{} in epoch) | {msg} | ETA {eta:.0}s",
+                    epoch + 1,
+                    self.total_steps,
+                    (step - 1) % self.steps_per_epoch.max(1) + 1,
+                    self.steps_per_epoch
+                );
+            }
+        }
+    }
+
+    /// Prints a block of text without tearing the bar.
+    pub fn println(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| print!("{text}")),
+            None => print!("{text}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Continuing a run from a checkpoint, and starting one from PyTorch weights.
+use super::{Position, Trainer};
+use crate::checkpoint::{self, Loaded};
+use crate::config::Config;
+use crate::model::{MultiTaskModel, HEADS};
+use crate::{user_bail, user_error};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::Tensor;
+
+/// Config keys whose change makes a checkpoint meaningless for this run: the model, the tasks,
+/// the data and everything that decides the random streams. Everything else (epochs, log and
+/// eval frequency, device, threads, checkpoint policy, even optimizer settings) may change on
+/// resume and is logged.
+const MUST_MATCH: &[&str] = &["model", "tasks", "data", "seed", "balance", "precision"];
+/// Keys under `data` that do not affect training.
+const HARMLESS_DATA: &[&str] = &["data.eval_batch_size", "data.root"];
+
+pub fn fingerprint(cfg: &Config) -> String {
+    let flat = flatten(cfg);
+    let mut h = Sha256::new();
+    for (k, v) in flat.iter().filter(|(k, _)| must_match(k)) {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn must_match(key: &str) -> bool {
+    MUST_MATCH.iter().any(|p| key == *p || key.starts_with(&format!("{p}.")) || key.starts_with(&format!("{p}[")))
+        && !HARMLESS_DATA.contains(&key)
+}
+
+/// `key.path -> YAML scalar` for every leaf of the config.
+fn flatten(cfg: &Config) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &serde_yaml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                for (k, v) in m {
+                    let k = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+                    walk(&if prefix.is_empty() { k } else { format!("{prefix}.{k}") }, v, out);
+                }
+            }
+            serde_yaml::Value::Sequence(s) => {
+                for (i, v) in s.iter().enumerate() {
+                    walk(&format!("{prefix}[{i}]"), v, out);
+                }
+                if s.is_empty() {
+                    out.insert(prefix.to_string(), "[]".into());
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), serde_yaml::to_string(other).unwrap_or_default().trim().to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", &serde_yaml::to_value(cfg).expect("a Config always serialises"), &mut out);
+    out
+}
+
+/// Refuses a resume whose config changes what the checkpoint depends on; returns the
+/// harmless changes for the log.
+pub fn compare_configs(saved: &Config, now: &Config, origin: &Path) -> anyhow::Result<Vec<String>> {
+    let (a, b) = (flatten(saved), flatten(now));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let none = "(absent)".to_string();
+    let mut blocking = Vec::new();
+    let mut harmless = Vec::new();
+    for k in keys {
+        let (x, y) = (a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none));
+        if x != y {
+            let line = format!("{k}: {x} -> {y}");
+            if must_match(k) {
+                blocking.push(line);
+            } else {
+                harmless.push(line);
+            }
+        }
+    }
+    if !blocking.is_empty() {
+        let shown: Vec<&str> = blocking.iter().take(3).map(String::as_str).collect();
+        user_bail!(
+            "{}: cannot resume: the config changes {} ({}{})",
+            origin.display(),
+            if blocking.len() == 1 { "a key the checkpoint depends on" } else { "keys the checkpoint depends on" },
+            shown.join("; "),
+            if blocking.len() > 3 { format!("; and {} more", blocking.len() - 3) } else { String::new() }
+        );
+    }
+    Ok(harmless)
+}
+
+/// Restores model, optimizer, balancer and loop state from a checkpoint directory.
+pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
+    let loaded = checkpoint::load(dir)?;
+    let saved_cfg = Config::parse(&loaded.config_yaml, &dir.join(checkpoint::CONFIG_FILE).display().to_string(), &[])?;
+    for change in compare_configs(&saved_cfg, &trainer.cfg, dir)? {
+        tracing::info!("resume: accepted config change {change}");
+    }
+    load_model_tensors(&trainer.model, &loaded.model, &dir.join(checkpoint::MODEL_FILE), false)?;
+    let state_file = dir.join(checkpoint::TRAIN_STATE_FILE);
+    let find = |prefix: &str| {
+        let list: Vec<(String, Tensor)> = loaded
+            .train_tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.shallow_clone())))
+            .collect();
+        list
+    };
+    let optim = find("optim.");
+    let lookup = |k: &str| optim.iter().find(|(n, _)| n == k).map(|(_, t)| t.shallow_clone());
+    trainer
+        .optimizer
+        .load_state(&lookup, loaded.state.step)
+        .map_err(|e| user_error!("{}: {e}", state_file.display()))?;
+    trainer.balancer.load_state(&find("balance.")).map_err(|e| user_error!("{}: {e}", state_file.display()))?;
+    for (name, dst) in [
+        ("loop.window_loss", &trainer.window_loss),
+        ("loop.epoch_loss", &trainer.epoch_loss),
+        ("loop.window_weight", &trainer.window_weight),
+    ] {
+        let src = loaded
+            .train_tensors
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| user_error!("{}: missing tensor '{name}'", state_file.display()))?;
+        if src.size() != dst.size() {
+            user_bail!("{}: tensor '{name}' has shape {:?}, expected {:?}", state_file.display(), src.size(), dst.size());
+        }
+        tch::no_grad(|| dst.shallow_clone().copy_(src));
+    }
+    check_position(&loaded, trainer.steps_per_epoch())?;
+    trainer.at = Position { step: loaded.state.step, epoch: loaded.state.epoch, position: loaded.state.position };
+    trainer.best = loaded.state.best.clone();
+    tracing::info!(step = loaded.state.step, "resumed from {}", dir.display());
+    Ok(())
+}
+
+fn check_position(loaded: &Loaded, steps_per_epoch: u64) -> anyhow::Result<()> {
+    let s = &loaded.state;
+    if s.epoch * steps_per_epoch + s.position != s.step || s.position >= steps_per_epoch {
+        user_bail!(
+            "{}: step {} does not match epoch {} position {} with {steps_per_epoch} steps per epoch",
+            loaded.dir.join(checkpoint::STATE_FILE).display(),
+            s.step,
+            s.epoch,
+            s.position
+        );
+    }
+    Ok(())
+}
+
+/// Copies `tensors` into the model's variables after checking every name, shape and dtype.
+/// With `allow_missing_heads`, head variables absent from the file keep their initialisation.
+pub fn load_model_tensors(
+    model: &MultiTaskModel,
+    tensors: &[(String, Tensor)],
+    file: &Path,
+    allow_missing_heads: bool,
+) -> anyhow::Result<()> {
+    let vars = model.named_variables();
+    let given: BTreeMap<&str, &Tensor> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut problems = Vec::new();
+    for (name, var) in &vars {
+        match given.get(name.as_str()) {
+            None if allow_missing_heads && name.starts_with(&format!("{HEADS}.")) => {}
+            None => problems.push(format!("missing '{name}'")),
+            Some(t) if t.size() != var.size() => {
+                problems.push(format!("'{name}' has shape {:?}, expected {:?}", t.size(), var.size()))
+            }
+            Some(t) if t.kind() != var.kind() => {
+                problems.push(format!("'{name}' has dtype {:?}, expected {:?}", t.kind(), var.kind()))
+            }
+            Some(_) => {}
+        }
+    }
+    let known: std::collections::BTreeSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+    for name in given.keys().filter(|n| !known.contains(*n)) {
+        problems.push(format!("unexpected '{name}'"));
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        user_bail!(
+            "{}: does not fit this model: {}{}",
+            file.display(),
+            problems.iter().take(4).cloned().collect::<Vec<_>>().join("; "),
+            if n > 4 { format!("; and {} more", n - 4) } else { String::new() }
+        );
+    }
+    tch::no_grad(|| {
+        for (name, var) in &vars {
+            if let Some(t) = given.get(name.as_str()) {
+                var.shallow_clone().copy_(t);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `--init-from`: PyTorch-written weights (`safetensors.torch.save_file(model.state_dict())`).
+pub fn init_from(model: &MultiTaskModel, path: &Path, allow_missing_heads: bool) -> anyhow::Result<()> {
+    let tensors = checkpoint::read_tensors(path)?;
+    load_model_tensors(model, &tensors, path, allow_missing_heads)?;
+    tracing::info!("initialised weights from {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Helpers for the end-to-end tests: tiny configs on generated data and a runner for the
+//! real `mtl-train` binary.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mtl-train"))
+}
+
+/// A config small enough to train in a couple of seconds on one core: 16×16 shapes, a
+/// two-stage conv net, classification + segmentation.
+pub fn tiny_config(name: &str) -> String {
+    format!(
+        r#"name: {name}
+seed: 3
+device: cpu
+threads: 1
+data:
+  dataset: shapes
+  train_size: 96
+  val_size: 40
+  image_size: 16
+  batch_size: 16
+  eval_batch_size: 20
+  augment: {{crop_padding: 2, hflip: true}}
+model:
+  backbone: {{kind: conv, widths: [4, 8], depth: 1}}
+  heads:
+    kind: {{hidden: 8, dropout: 0.1}}
+tasks:
+  - {{name: kind, kind: classification, target: kind, classes: 10, label_smoothing: 0.1}}
+  - {{name: seg, kind: segmentation, target: mask, classes: 11}}
+optim: {{kind: adamw, lr: 0.01, weight_decay: 0.01}}
+schedule: {{kind: cosine, warmup_steps: 3}}
+train: {{epochs: 2, eval_every: 1, log_every: 2}}
+checkpoint: {{every: 1, keep_last: 2, monitor: seg.miou}}
+"#
+    )
+}
+
+pub struct Run {
+    pub output: Output,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    /// The error lines (tracing info lines excluded).
+    pub fn error_lines(&self) -> Vec<String> {
+        self.stderr().lines().filter(|l| l.starts_with("error:")).map(str::to_string).collect()
+    }
+    pub fn assert_ok(&self) {
+        assert_eq!(self.code(), 0, "stdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+    }
+    /// Exit code 2, exactly one error line mentioning every `needle`, and no panic text.
+    pub fn assert_user_error(&self, needles: &[&str]) {
+        let stderr = self.stderr();
+        assert_eq!(self.code(), 2, "stderr:\n{stderr}");
+        let lines = self.error_lines();
+        assert_eq!(lines.len(), 1, "expected one error line:\n{stderr}");
+        for n in needles {
+            assert!(lines[0].contains(n), "'{n}' not in: {}", lines[0]);
+        }
+        assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    }
+}
+
+pub fn run_in(dir: &Path, args: &[&str]) -> Run {
+    let output = Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("mtl-train runs");
+    Run { output }
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn checkpoint_pointer(run: &Path, pointer: &str) -> PathBuf {
+    let name = std::fs::read_to_string(run.join("checkpoints").join(pointer)).unwrap();
+    run.join("checkpoints").join(name.trim())
+}
