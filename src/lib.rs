@@ -15,3 +15,4 @@ pub mod rng;
 pub mod safetensors_check;
 pub mod tasks;
 pub mod train;
+pub mod infer;

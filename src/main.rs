@@ -46,9 +46,9 @@ struct TrainArgs {
     /// Run directory (default: runs/<name>). An existing run is only continued with --resume.
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
-    /// Continue the run: from the run directory's LATEST checkpoint, or from the checkpoint
+    /// Continue the run: from the run directory's LATEST checkpoint (`--resume` or `--resume latest`), or from the checkpoint
     /// directory given.
-    #[arg(long, value_name = "CHECKPOINT", num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, value_name = "CHECKPOINT", num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<PathBuf>,
     /// Start from weights saved by PyTorch (safetensors.torch.save_file(model.state_dict(), FILE)).
     #[arg(long, value_name = "FILE.safetensors")]
@@ -62,6 +62,42 @@ struct TrainArgs {
 enum Command {
     /// Train (the default when no subcommand is given).
     Train(TrainArgs),
+    /// Run a trained model: on a folder of PNG/JPEG images (class CSV + colour mask PNGs) or on
+    /// a safetensors file holding an NCHW float batch named `input` (raw outputs per head).
+    Predict(PredictArgs),
+    /// Re-evaluate a checkpoint on its config's val split and print the metrics table.
+    Eval(CheckpointArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct CheckpointArgs {
+    /// A run directory (uses its BEST or LATEST checkpoint) or a checkpoint directory.
+    run: PathBuf,
+    /// Which checkpoint of a run directory: best or latest.
+    #[arg(long, default_value = "best")]
+    checkpoint: String,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["images", "input"])))]
+struct PredictArgs {
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
+    /// A folder of .png/.jpg/.jpeg images; writes predictions.csv and <task>/<image>.png to --out.
+    #[arg(long, value_name = "DIR", requires = "out")]
+    images: Option<PathBuf>,
+    /// Output folder for --images.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// A safetensors file with an NCHW float tensor named `input`, normalised like training inputs.
+    #[arg(long, value_name = "FILE", requires = "output")]
+    input: Option<PathBuf>,
+    /// Where --input's outputs go: a safetensors file with one tensor per task.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +113,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Train(args)) => train(args),
+        Some(Command::Predict(args)) => predict(args),
+        Some(Command::Eval(args)) => eval(args),
         None => train(cli.train),
     };
     match result {
@@ -129,7 +167,7 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let run_dir = args.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
     let resume = match &args.resume {
         None => None,
-        Some(p) if p.as_os_str().is_empty() => Some(latest_checkpoint(&run_dir)?),
+        Some(p) if p.as_os_str() == "latest" => Some(latest_checkpoint(&run_dir)?),
         Some(p) => Some(p.clone()),
     };
     let _ = ctrlc::set_handler(|| {
@@ -158,4 +196,33 @@ fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<PathBuf> {
     run.pointed(mtl::checkpoint::LATEST)?.ok_or_else(|| {
         mtl::user_error!("{}: no checkpoint to resume from (no checkpoints/LATEST)", run_dir.display())
     })
+}
+
+fn restore(args: &CheckpointArgs) -> anyhow::Result<mtl::infer::Restored> {
+    let device = mtl::train::session::resolve_device(&args.device)?;
+    let dir = mtl::infer::resolve_checkpoint(&args.run, &args.checkpoint)?;
+    mtl::infer::restore(&dir, device)
+}
+
+fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
+    let restored = restore(&args.checkpoint)?;
+    if let (Some(input), Some(output)) = (&args.input, &args.output) {
+        let tasks = mtl::infer::predict_tensor_file(&restored, input, output)?;
+        println!("wrote {} ({})", output.display(), tasks.join(", "));
+    }
+    if let (Some(images), Some(out)) = (&args.images, &args.out) {
+        let (done, skipped) = mtl::infer::predict_folder(&restored, images, out)?;
+        for s in &skipped {
+            eprintln!("skipped {s}");
+        }
+        println!("predicted {done} images into {}", out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
+    let restored = restore(&args)?;
+    let metrics = mtl::infer::evaluate(&restored, Path::new("."))?;
+    print!("{}", mtl::train::report::metrics_table(&format!("eval of {}", restored.dir.display()), &metrics));
+    Ok(ExitCode::SUCCESS)
 }

@@ -43,7 +43,7 @@ mod tests;
 
 pub use gradient::{Combination, GradientBalancer, GradientMethod};
 
-use crate::config::Config;
+use crate::config::{BalanceConfig, Config};
 use options::Options;
 use tch::Tensor;
 
@@ -141,12 +141,16 @@ pub const METHODS: &[&str] = &[
 /// Builds the configured method. Unknown names and bad options are user errors naming
 /// `balance.method` / `balance.options.<key>`.
 pub fn build(cfg: &Config) -> anyhow::Result<Box<dyn Balancer>> {
-    let tasks = cfg.tasks.len();
-    let mut o = Options::new(&cfg.balance);
+    build_for(&cfg.balance, cfg.tasks.len())
+}
+
+/// [`build`] from the `balance` section alone, for `tasks` tasks.
+pub fn build_for(balance: &BalanceConfig, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    let mut o = Options::new(balance);
     let positive = |x: f64| x > 0.0;
     let non_negative = |x: f64| x >= 0.0;
     let unit = |x: f64| (0.0..1.0).contains(&x);
-    let balancer: Box<dyn Balancer> = match cfg.balance.method.as_str() {
+    let balancer: Box<dyn Balancer> = match balance.method.as_str() {
         "static" => Box::new(static_weights::StaticWeights::configured()),
         "ew" => Box::new(static_weights::StaticWeights::equal()),
         "uncertainty" => {
@@ -203,12 +207,12 @@ pub fn build(cfg: &Config) -> anyhow::Result<Box<dyn Balancer>> {
     Ok(balancer)
 }
 
-/// Wraps a gradient method with the space chosen by option `on`.
+/// Wraps a gradient method with the space chosen by `balance.on`.
 fn gradient_method<M: GradientMethod + 'static>(
     o: &mut Options,
     method: M,
 ) -> anyhow::Result<Box<dyn Balancer>> {
-    Ok(Box::new(GradientBalancer::new(method, o.space()?)))
+    Ok(Box::new(GradientBalancer::new(method, o.space())))
 }
 
 /// Numerically stable softmax of a few values.

@@ -1,20 +1,23 @@
 //! Reading `balance.options` for one method: typed getters with defaults and range checks,
 //! and [`Options::finish`] rejecting any key the method did not ask for, so a typo or an
-//! option of another method is a user error naming `balance.options.<key>`.
+//! option of another method is a user error naming `balance.options.<key>`. It also checks
+//! that `balance.on: representation` is only given to a gradient method.
 use super::GradientSpace;
-use crate::config::BalanceConfig;
+use crate::config::{BalanceConfig, GradientOn};
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 
 pub struct Options<'a> {
     method: &'a str,
     map: &'a BTreeMap<String, Value>,
+    on: GradientOn,
+    on_used: bool,
     known: Vec<&'static str>,
 }
 
 impl<'a> Options<'a> {
     pub fn new(cfg: &'a BalanceConfig) -> Self {
-        Self { method: &cfg.method, map: &cfg.options, known: Vec::new() }
+        Self { method: &cfg.method, map: &cfg.options, on: cfg.on, on_used: false, known: Vec::new() }
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a Value> {
@@ -68,23 +71,30 @@ impl<'a> Options<'a> {
         }
     }
 
-    /// `on: params | representation` (default `params`): where a gradient method takes the
-    /// per-task gradients.
-    pub fn space(&mut self) -> anyhow::Result<GradientSpace> {
-        Ok(match self.choice("on", &["params", "representation"])? {
-            "representation" => GradientSpace::Representation,
-            _ => GradientSpace::Params,
-        })
+    /// `balance.on`: where a gradient method takes the per-task gradients.
+    pub fn space(&mut self) -> GradientSpace {
+        self.on_used = true;
+        match self.on {
+            GradientOn::Params => GradientSpace::Params,
+            GradientOn::Representation => GradientSpace::Representation,
+        }
     }
 
-    /// Fails on the first key that no getter asked for.
+    /// Fails on the first key that no getter asked for, and on `balance.on: representation`
+    /// for a method that works on the losses alone.
     pub fn finish(self) -> anyhow::Result<()> {
         if let Some(key) = self.map.keys().find(|k| !self.known.contains(&k.as_str())) {
             let accepted =
                 if self.known.is_empty() { "none".to_string() } else { self.known.join(", ") };
-            let hint = if key == "on" { " (it works on the losses alone)" } else { "" };
+            let hint = if key == "on" { " (`on` is `balance.on`, not an option)" } else { "" };
             crate::user_bail!(
                 "balance.options.{key}: not an option of method '{}'{hint}; accepted: {accepted}",
+                self.method
+            );
+        }
+        if !self.on_used && self.on == GradientOn::Representation {
+            crate::user_bail!(
+                "balance.on: method '{}' works on the losses alone; 'representation' applies to gradient methods only",
                 self.method
             );
         }
@@ -102,17 +112,24 @@ mod tests {
     use crate::error::is_user_error;
 
     fn cfg(method: &str, yaml: &str) -> BalanceConfig {
-        BalanceConfig { method: method.into(), options: serde_yaml::from_str(yaml).unwrap() }
+        BalanceConfig { method: method.into(), on: GradientOn::Params, options: serde_yaml::from_str(yaml).unwrap() }
     }
 
     #[test]
     fn reads_defaults_values_and_rejects_unknown() {
-        let c = cfg("cagrad", "{alpha: 0.25, on: representation}");
+        let mut c = cfg("cagrad", "{alpha: 0.25}");
+        c.on = GradientOn::Representation;
         let mut o = Options::new(&c);
         assert_eq!(o.f64("alpha", 0.5, "a number ≥ 0", |x| x >= 0.0).unwrap(), 0.25);
-        assert_eq!(o.space().unwrap(), GradientSpace::Representation);
+        assert_eq!(o.space(), GradientSpace::Representation);
         assert_eq!(o.f64("other", 7.0, "x", |_| true).unwrap(), 7.0);
         o.finish().unwrap();
+
+        // `on: representation` for a loss-level method (which never asks for the space).
+        let mut ew = cfg("ew", "{}");
+        ew.on = GradientOn::Representation;
+        let e = Options::new(&ew).finish().unwrap_err();
+        assert!(is_user_error(&e) && e.to_string().starts_with("balance.on:"), "{e}");
 
         let c = cfg("dwa", "{temperature: 2, tempreature: 3}");
         let mut o = Options::new(&c);
@@ -124,12 +141,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let c = cfg("nash", "{update_every: 0, on: sideways, alpha: fast}");
+        let c = cfg("nash", "{update_every: 0, norm: l3, alpha: fast}");
         let mut o = Options::new(&c);
         let e = o.positive_int("update_every", 1).unwrap_err();
         assert!(e.to_string().starts_with("balance.options.update_every:"), "{e}");
-        let e = o.space().unwrap_err();
-        assert!(e.to_string().contains("params | representation"), "{e}");
+        let e = o.choice("norm", &["l1", "l2"]).unwrap_err();
+        assert!(e.to_string().contains("l1 | l2"), "{e}");
         let e = o.f64("alpha", 0.5, "a number", |_| true).unwrap_err();
         assert!(is_user_error(&e) && e.to_string().contains("'fast'"), "{e}");
     }

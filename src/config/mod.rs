@@ -23,7 +23,16 @@ impl Config {
     pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| user_error!("{}: cannot read config: {e}", path.display()))?;
-        Self::parse(&text, &path.display().to_string(), overrides)
+        let mut cfg = Self::parse(&text, &path.display().to_string(), overrides)?;
+        // A relative data root means "relative to this file"; the resolved config records
+        // where that is, so a run's config.yaml works from any directory.
+        if let Some(root) = cfg.data.root.as_deref().map(Path::new).filter(|r| r.is_relative()) {
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let joined = base.join(root);
+            let absolute = std::path::absolute(&joined).unwrap_or(joined);
+            cfg.data.root = Some(absolute.display().to_string());
+        }
+        Ok(cfg)
     }
 
     /// Parses YAML text; `origin` names it in errors.

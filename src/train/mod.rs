@@ -294,7 +294,10 @@ impl Trainer {
                 let means: Vec<f64> = means.into_iter().map(|(_, v)| v).collect();
                 self.balancer.end_epoch(epoch_before, &means);
             }
-            let last = step == end;
+            // Only the real end of training evaluates; a max_steps stop is a pause, like Ctrl-C,
+            // so a run paused and resumed logs exactly what an uninterrupted one does.
+            let last = step == self.cfg.train.epochs * spe;
+            let paused = step == end && !last;
             let stop = INTERRUPTED.load(Ordering::SeqCst);
             let mut is_best = false;
             if (epoch_done && self.at.epoch % self.cfg.train.eval_every == 0) || last {
@@ -305,6 +308,7 @@ impl Trainer {
             let every_steps = self.cfg.checkpoint.every_steps;
             if (epoch_done && self.at.epoch % self.cfg.checkpoint.every == 0)
                 || last
+                || paused
                 || stop
                 || is_best
                 || (every_steps > 0 && step % every_steps == 0)

@@ -48,8 +48,11 @@ pub fn assert_simplex(w: &[f64]) {
     assert!((w.iter().sum::<f64>() - 1.0).abs() <= 1e-6, "weights do not sum to 1: {w:?}");
 }
 
-/// Random `[t, p]` float64 gradients from a seed (libtorch's generator, seeded here).
-pub fn random_grads(seed: i64, t: i64, p: i64) -> Tensor {
-    tch::manual_seed(seed);
-    Tensor::randn([t, p], (Kind::Double, tch::Device::Cpu))
+/// Random `[t, p]` float64 gradients from a seed (a Rust generator: tests run in parallel and
+/// libtorch's global one is shared).
+pub fn random_grads(seed: u64, t: usize, p: usize) -> Tensor {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let v = super::rlw::standard_normals(&mut rng, t * p);
+    Tensor::from_slice(&v).reshape([t as i64, p as i64])
 }

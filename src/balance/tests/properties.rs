@@ -1,0 +1,447 @@
+//! Properties from MTL_METHODS.md, checked on the pure functions with no reference code:
+//! aligned / opposite / zero gradients, simplex weights, non-conflict, KKT conditions,
+//! permutation equivariance, scale invariance and two-task closed forms.
+use super::*;
+use crate::balance::aligned::aligned_mtl;
+use crate::balance::cagrad::cagrad;
+use crate::balance::dbmtl::DbMtl;
+use crate::balance::dwa::dwa_weights;
+use crate::balance::famo::Famo;
+use crate::balance::gls::gls_weights;
+use crate::balance::gradnorm::GradNorm;
+use crate::balance::gradvac::GradVac;
+use crate::balance::imtl::imtl;
+use crate::balance::mgda::{mgda, MgdaNormalization};
+use crate::balance::nash::nash_mtl;
+use crate::balance::pcgrad::{pcgrad, pcgrad_coefficients, random_orders};
+use crate::balance::rlw::rlw_weights;
+use crate::balance::solvers::{Mat, NASH_RIDGE};
+use crate::balance::uncertainty::Uncertainty;
+use crate::balance::upgrad::upgrad;
+use crate::balance::Combination;
+
+/// `(name, combine)` for every gradient method with default options and fresh state.
+/// PCGrad and GradVac use the natural order (each task's others ascending).
+fn all_methods() -> Vec<(&'static str, Box<dyn Fn(&Tensor, &Tensor) -> Combination>)> {
+    let natural = |t: usize| -> Vec<Vec<usize>> { (0..t).map(|i| (0..t).filter(|&j| j != i).collect()).collect() };
+    vec![
+        ("mgda", Box::new(|g, l| mgda(g, l, MgdaNormalization::None).unwrap())),
+        ("mgda-l2", Box::new(|g, l| mgda(g, l, MgdaNormalization::L2).unwrap())),
+        ("mgda-loss+l2", Box::new(|g, l| mgda(g, l, MgdaNormalization::LossL2).unwrap())),
+        ("pcgrad", Box::new(move |g: &Tensor, _| pcgrad(g, &natural(g.size()[0] as usize)).unwrap())),
+        (
+            "gradvac",
+            Box::new(move |g: &Tensor, _| {
+                let t = g.size()[0] as usize;
+                GradVac::new(t, 0.5).combine(g, &natural(t)).unwrap()
+            }),
+        ),
+        ("cagrad", Box::new(|g, _| cagrad(g, 0.5).unwrap())),
+        ("imtl", Box::new(|g, _| imtl(g).unwrap())),
+        ("nash", Box::new(|g, _| nash_mtl(g).unwrap())),
+        ("aligned", Box::new(|g, _| aligned_mtl(g).unwrap())),
+        ("dbmtl", Box::new(|g: &Tensor, l| DbMtl::new(g.size()[0] as usize, 0.9).combine(g, l).unwrap())),
+        ("upgrad", Box::new(|g, _| upgrad(g, 1e-4).unwrap())),
+        ("gradnorm", Box::new(|g: &Tensor, l| GradNorm::new(g.size()[0] as usize, 1.5, 0.025).combine(g, l).unwrap())),
+    ]
+}
+
+fn ones(t: usize) -> Tensor {
+    Tensor::ones([t as i64], (Kind::Double, tch::Device::Cpu))
+}
+
+fn losses(v: &[f64]) -> Tensor {
+    Tensor::from_slice(v)
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    dot(a, b) / (norm(a) * norm(b))
+}
+
+#[test]
+fn degenerate_gradients_never_give_nan() {
+    let cases = [
+        ("zero", mat(&[vec![0.0; 3], vec![0.0; 3]])),
+        ("one zero", mat(&[vec![1.0, 2.0, 0.0], vec![0.0; 3]])),
+        ("parallel", mat(&[vec![1.0, 2.0, 0.0], vec![2.0, 4.0, 0.0]])),
+        ("identical", mat(&[vec![1.0, -1.0, 3.0], vec![1.0, -1.0, 3.0], vec![1.0, -1.0, 3.0]])),
+        ("opposite", mat(&[vec![1.0, 2.0, 0.0], vec![-1.0, -2.0, 0.0]])),
+        ("opposite+zero", mat(&[vec![1.0, 2.0, 0.0], vec![-1.0, -2.0, 0.0], vec![0.0; 3]])),
+        ("tiny", mat(&[vec![1e-30, 0.0, 0.0], vec![0.0, 1e-30, 0.0]])),
+    ];
+    for (case, g) in &cases {
+        let t = g.size()[0] as usize;
+        for (name, f) in all_methods() {
+            let c = f(g, &ones(t));
+            let (d, w) = (values(&c.direction), values(&c.weights));
+            assert!(d.iter().chain(&w).all(|x| x.is_finite()), "{name} on {case}: d={d:?} w={w:?}");
+            if name.starts_with("mgda") {
+                assert_simplex(&w);
+            }
+        }
+    }
+}
+
+#[test]
+fn aligned_gradients_give_a_parallel_direction() {
+    let g1 = vec![0.3, -1.2, 0.5, 2.0];
+    let g = mat(&[g1.clone(), g1.iter().map(|x| 3.0 * x).collect()]);
+    for (name, f) in all_methods() {
+        let d = values(&f(&g, &losses(&[1.0, 2.0])).direction);
+        assert!(cosine(&d, &g1) > 1.0 - 1e-9, "{name}: {d:?}");
+    }
+}
+
+#[test]
+fn mgda_opposite_gradients_of_equal_norm_cancel() {
+    let g = mat(&[vec![1.0, -2.0, 0.5], vec![-1.0, 2.0, -0.5]]);
+    let c = mgda(&g, &ones(2), MgdaNormalization::None).unwrap();
+    assert_close(&values(&c.direction), &[0.0; 3], 1e-12);
+    assert_close(&values(&c.weights), &[0.5, 0.5], 1e-12);
+}
+
+#[test]
+fn mgda_two_task_closed_form() {
+    let (a, b) = (vec![1.0, 0.5, -0.2], vec![-0.4, 1.0, 0.3]);
+    let (m11, m22, m12) = (dot(&a, &a), dot(&b, &b), dot(&a, &b));
+    let gamma = ((m22 - m12) / (m11 + m22 - 2.0 * m12)).clamp(0.0, 1.0);
+    let c = mgda(&mat(&[a, b]), &ones(2), MgdaNormalization::None).unwrap();
+    assert_close(&values(&c.weights), &[gamma, 1.0 - gamma], 1e-12);
+}
+
+#[test]
+fn mgda_is_the_min_norm_point_kkt() {
+    for seed in 0..20 {
+        let g = random_grads(seed, 4, 6);
+        let c = mgda(&g, &ones(4), MgdaNormalization::None).unwrap();
+        let (d, w) = (values(&c.direction), values(&c.weights));
+        assert_simplex(&w);
+        let d2 = dot(&d, &d);
+        let scale = rows_of(&g).iter().map(|r| dot(r, r)).fold(0.0, f64::max);
+        for (i, gi) in rows_of(&g).iter().enumerate() {
+            let gd = dot(gi, &d);
+            assert!(gd >= d2 - 1e-9 * scale, "seed {seed}: g{i}·d = {gd} < ‖d‖² = {d2}");
+            if w[i] > 1e-7 {
+                assert!((gd - d2).abs() <= 1e-9 * scale, "seed {seed}: support {i}: {gd} vs {d2}");
+            }
+        }
+    }
+}
+
+#[test]
+fn non_conflicting_methods_never_oppose_a_task() {
+    for seed in 0..30 {
+        let g = random_grads(100 + seed, 3, 4);
+        let rows = rows_of(&g);
+        let checks = [
+            ("mgda", mgda(&g, &ones(3), MgdaNormalization::None).unwrap()),
+            ("imtl", imtl(&g).unwrap()),
+            ("upgrad (no ridge)", upgrad(&g, 0.0).unwrap()),
+        ];
+        for (name, c) in checks {
+            let d = values(&c.direction);
+            for gi in &rows {
+                assert!(dot(&d, gi) >= -1e-9 * norm(&d) * norm(gi), "{name} seed {seed}: {}", dot(&d, gi));
+            }
+        }
+        // With TorchJD's ridge the guarantee is approximate: d·g_j ≥ −O(ε).
+        let d = values(&upgrad(&g, 1e-4).unwrap().direction);
+        for gi in &rows {
+            assert!(dot(&d, gi) >= -1e-3 * norm(&d) * norm(gi), "upgrad seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn upgrad_weights_are_at_least_the_preference_and_orthogonal_is_the_mean() {
+    let g = random_grads(7, 4, 5);
+    let w = values(&upgrad(&g, 1e-4).unwrap().weights);
+    assert!(w.iter().all(|v| *v >= 0.25 - 1e-12), "{w:?}");
+    let ortho = mat(&[vec![2.0, 0.0, 0.0], vec![0.0, 0.5, 0.0], vec![0.0, 0.0, 1.0]]);
+    assert_close(&values(&upgrad(&ortho, 1e-4).unwrap().weights), &[1.0 / 3.0; 3], 1e-12);
+}
+
+#[test]
+fn imtl_projections_are_equal() {
+    for seed in 0..20 {
+        let g = random_grads(200 + seed, 4, 7);
+        let c = imtl(&g).unwrap();
+        let (d, w) = (values(&c.direction), values(&c.weights));
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-10);
+        let proj: Vec<f64> = rows_of(&g).iter().map(|r| dot(&d, r) / norm(r)).collect();
+        assert_close(&proj, &vec![proj[0]; 4], 1e-9);
+    }
+}
+
+#[test]
+fn imtl_two_task_closed_form() {
+    let (a, b) = (vec![1.0, 0.5, -0.2], vec![-0.4, 3.0, 0.3]);
+    let (n1, n2) = (norm(&a), norm(&b));
+    let c = imtl(&mat(&[a, b])).unwrap();
+    assert_close(&values(&c.weights), &[n2 / (n1 + n2), n1 / (n1 + n2)], 1e-12);
+}
+
+#[test]
+fn pcgrad_two_task_closed_form_and_no_conflict_after_projection() {
+    let (a, b) = (vec![1.0, 0.2, 0.0], vec![-0.8, 1.0, 0.5]);
+    let g = mat(&[a.clone(), b.clone()]);
+    let ab = dot(&a, &b);
+    assert!(ab < 0.0);
+    let pa: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - ab / dot(&b, &b) * y).collect();
+    let pb: Vec<f64> = b.iter().zip(&a).map(|(y, x)| y - ab / dot(&a, &a) * x).collect();
+    let want: Vec<f64> = pa.iter().zip(&pb).map(|(x, y)| x + y).collect();
+    assert_close(&values(&pcgrad(&g, &[vec![1], vec![0]]).unwrap().direction), &want, 1e-12);
+    for seed in 0..20 {
+        let g = random_grads(300 + seed, 2, 5);
+        let m = crate::balance::grads::gram(&g).unwrap();
+        let c = pcgrad_coefficients(&m, &[vec![1], vec![0]]);
+        for (i, j) in [(0, 1), (1, 0)] {
+            let proj: f64 = (0..2).map(|k| c[i][k] * m[(k, j)]).sum();
+            assert!(proj >= -1e-12 * m.trace(), "seed {seed}: {proj}");
+        }
+    }
+}
+
+#[test]
+fn pcgrad_orders_are_seeded_permutations() {
+    let a = random_orders(5, 3, 10);
+    assert_eq!(a, random_orders(5, 3, 10));
+    assert!((0..20).any(|s| random_orders(5, 3, s) != a));
+    for (i, o) in a.iter().enumerate() {
+        let mut s = o.clone();
+        s.sort_unstable();
+        assert_eq!(s, (0..5).filter(|&j| j != i).collect::<Vec<_>>());
+    }
+    assert!(pcgrad(&random_grads(1, 3, 2), &[vec![1, 2], vec![0, 2], vec![0, 0]]).is_err());
+}
+
+#[test]
+fn gradvac_starts_as_pcgrad_and_tracks_cosines() {
+    let g = random_grads(11, 3, 4);
+    let orders = random_orders(3, 1, 0);
+    let mut gv = GradVac::new(3, 0.5);
+    let a = values(&gv.combine(&g, &orders).unwrap().direction);
+    let b = values(&pcgrad(&g, &orders).unwrap().direction);
+    assert_close(&a, &b, 1e-10);
+    let t = gv.targets();
+    assert!((0..3).all(|i| (0..3).all(|j| i == j || (t[(i, j)].abs() > 0.0 && t[(i, j)].abs() <= 0.5))));
+    // Aligned gradients: the target rises toward 1 and nothing is changed.
+    let g = mat(&[vec![1.0, 1.0], vec![2.0, 2.0]]);
+    let mut gv = GradVac::new(2, 0.5);
+    for _ in 0..3 {
+        let c = gv.combine(&g, &[vec![1], vec![0]]).unwrap();
+        assert_close(&values(&c.weights), &[1.0, 1.0], 1e-12);
+    }
+    assert!((gv.targets()[(0, 1)] - 0.875).abs() < 1e-12);
+}
+
+#[test]
+fn cagrad_maximises_the_worst_improvement_in_the_ball() {
+    let alpha = 0.5;
+    for seed in 0..10 {
+        let g = random_grads(400 + seed, 3, 4);
+        let rows = rows_of(&g);
+        let c = cagrad(&g, alpha).unwrap();
+        let w = values(&c.weights);
+        let d: Vec<f64> = values(&c.direction).iter().map(|x| x * (1.0 + alpha * alpha)).collect();
+        let g0: Vec<f64> = (0..4).map(|k| rows.iter().map(|r| r[k]).sum::<f64>() / 3.0).collect();
+        let radius = alpha * norm(&g0);
+        let worst = |x: &[f64]| rows.iter().map(|r| dot(r, x)).fold(f64::INFINITY, f64::min);
+        let offset: Vec<f64> = d.iter().zip(&g0).map(|(a, b)| a - b).collect();
+        assert!((norm(&offset) - radius).abs() < 1e-9 * radius.max(1e-12), "seed {seed}");
+        assert!(w.iter().sum::<f64>() > 0.0);
+        // No point of the ball does better on the worst task (sampled).
+        let best = worst(&d);
+        for k in 0..200 {
+            let u = values(&random_grads(1000 * seed + k, 1, 4));
+            let x: Vec<f64> = g0.iter().zip(&u).map(|(a, b)| a + radius * b / norm(&u)).collect();
+            assert!(worst(&x) <= best + 1e-9, "seed {seed}: {} > {best}", worst(&x));
+        }
+    }
+}
+
+#[test]
+fn cagrad_without_radius_is_the_scaled_mean() {
+    let g = mat(&[vec![1.0, 0.0], vec![-1.0, 0.0]]);
+    let c = cagrad(&g, 0.5).unwrap();
+    assert_close(&values(&c.direction), &[0.0, 0.0], 1e-12);
+    let c = cagrad(&random_grads(3, 3, 3), 0.0).unwrap();
+    assert_close(&values(&c.weights), &[1.0 / 3.0; 3], 1e-12);
+}
+
+#[test]
+fn nash_solves_the_bargaining_equations() {
+    let g = random_grads(17, 3, 5);
+    let w = values(&nash_mtl(&g).unwrap().weights);
+    let m = crate::balance::grads::gram(&g).unwrap();
+    let mt = m.scaled(1.0 / m.frobenius()).with_ridge(NASH_RIDGE);
+    let mw = mt.mul_vec(&w);
+    for i in 0..3 {
+        assert!((w[i] * mw[i] - 1.0).abs() < 1e-9, "{w:?}");
+    }
+    // Orthogonal gradients: α_i = 1/√(M̃_ii + ridge).
+    let g = mat(&[vec![3.0, 0.0], vec![0.0, 1.0]]);
+    let fro = (81.0f64 + 1.0).sqrt();
+    let want = [1.0 / (9.0 / fro + NASH_RIDGE).sqrt(), 1.0 / (1.0 / fro + NASH_RIDGE).sqrt()];
+    assert_close(&values(&nash_mtl(&g).unwrap().weights), &want, 1e-10);
+}
+
+#[test]
+fn aligned_orthogonal_closed_form() {
+    let g = mat(&[vec![3.0, 0.0], vec![0.0, 1.0]]);
+    let c = aligned_mtl(&g).unwrap();
+    assert_close(&values(&c.weights), &[1.0 / 3.0, 1.0], 1e-12);
+    assert_close(&values(&c.direction), &[1.0, 1.0], 1e-12);
+}
+
+#[test]
+fn dbmtl_single_step_and_ema() {
+    let (g, l) = (mat(&[vec![2.0, 0.0], vec![0.0, 1.0]]), losses(&[2.0, 0.5]));
+    let mut db = DbMtl::new(2, 0.9);
+    let c = db.combine(&g, &l).unwrap();
+    // Log-gradients: [1, 0] and [0, 2]; EMA ×0.1; α = max‖ĝ‖/‖ĝ_i‖ = [2, 1].
+    assert_close(&values(&c.weights), &[2.0, 1.0], 1e-7);
+    assert_close(&values(&c.direction), &[0.2, 0.2], 1e-7);
+    let c = db.combine(&mat(&[vec![0.0, 2.0], vec![0.0, 1.0]]), &l).unwrap();
+    // ĝ1 = 0.9·[0.1, 0] + 0.1·[0, 1]; ĝ2 = 0.9·[0, 0.2] + 0.1·[0, 2].
+    let e1 = [0.09, 0.1];
+    let e2 = [0.0, 0.38];
+    let a1 = norm(&e2) / norm(&e1);
+    assert_close(&values(&c.weights), &[a1, 1.0], 1e-7);
+    assert_close(&values(&c.direction), &[a1 * e1[0], a1 * e1[1] + e2[1]], 1e-7);
+}
+
+#[test]
+fn gradnorm_moves_weight_toward_the_smaller_gradient() {
+    let g = mat(&[vec![4.0, 0.0], vec![0.0, 1.0]]);
+    let mut gn = GradNorm::new(2, 1.5, 0.025);
+    let first = values(&gn.combine(&g, &losses(&[1.0, 1.0])).unwrap().weights);
+    assert_close(&first, &[1.0, 1.0], 1e-12);
+    for _ in 0..20 {
+        gn.combine(&g, &losses(&[1.0, 1.0])).unwrap();
+    }
+    let w = gn.weights().unwrap();
+    assert!((w.iter().sum::<f64>() - 2.0).abs() < 1e-12);
+    assert!(w[0] < 1.0 && w[1] > 1.0, "{w:?}");
+    // Equal gradient norms and equal loss ratios: nothing to balance.
+    let mut gn = GradNorm::new(2, 1.5, 0.025);
+    for _ in 0..5 {
+        gn.combine(&mat(&[vec![1.0, 0.0], vec![0.0, 1.0]]), &losses(&[1.0, 3.0])).unwrap();
+    }
+    assert_close(&gn.weights().unwrap(), &[1.0, 1.0], 1e-12);
+}
+
+#[test]
+fn permuting_tasks_permutes_weights() {
+    let perm = [2usize, 0, 3, 1];
+    for seed in 0..5 {
+        let g = random_grads(500 + seed, 4, 6);
+        let l = losses(&[0.5, 1.0, 2.0, 1.5]);
+        let rows = rows_of(&g);
+        let lv = values(&l);
+        let gp = mat(&perm.iter().map(|&i| rows[i].clone()).collect::<Vec<_>>());
+        let lp = losses(&perm.iter().map(|&i| lv[i]).collect::<Vec<_>>());
+        for (name, f) in all_methods() {
+            if name == "pcgrad" || name == "gradvac" {
+                continue; // order-dependent by design; checked below with permuted orders
+            }
+            let (a, b) = (f(&g, &l), f(&gp, &lp));
+            let wa = values(&a.weights);
+            let want: Vec<f64> = perm.iter().map(|&i| wa[i]).collect();
+            assert_close(&values(&b.weights), &want, 1e-7);
+            assert_close(&values(&b.direction), &values(&a.direction), 1e-7);
+        }
+        let orders = random_orders(4, seed, 0);
+        let inv: Vec<usize> = (0..4).map(|i| perm.iter().position(|&p| p == i).unwrap()).collect();
+        let porders: Vec<Vec<usize>> = perm.iter().map(|&i| orders[i].iter().map(|&j| inv[j]).collect()).collect();
+        let a = values(&pcgrad(&g, &orders).unwrap().direction);
+        let b = values(&pcgrad(&gp, &porders).unwrap().direction);
+        assert_close(&a, &b, 1e-10);
+    }
+}
+
+#[test]
+fn normalised_methods_ignore_the_loss_scale() {
+    let g = random_grads(600, 3, 5);
+    let l = losses(&[0.5, 1.0, 2.0]);
+    let (g10, l10) = (&g * 10.0, &l * 10.0);
+    let checks: Vec<(&str, Box<dyn Fn(&Tensor, &Tensor) -> Combination>)> = vec![
+        ("mgda-l2", Box::new(|g, l| mgda(g, l, MgdaNormalization::L2).unwrap())),
+        ("mgda-loss", Box::new(|g, l| mgda(g, l, MgdaNormalization::Loss).unwrap())),
+        ("imtl", Box::new(|g, _| imtl(g).unwrap())),
+        ("nash", Box::new(|g, _| nash_mtl(g).unwrap())),
+        ("aligned", Box::new(|g, _| aligned_mtl(g).unwrap())),
+        ("upgrad", Box::new(|g, _| upgrad(g, 1e-4).unwrap())),
+        ("cagrad", Box::new(|g, _| cagrad(g, 0.5).unwrap())),
+        ("mgda", Box::new(|g, l| mgda(g, l, MgdaNormalization::None).unwrap())),
+    ];
+    for (name, f) in checks {
+        let (a, b) = (values(&f(&g, &l).weights), values(&f(&g10, &l10).weights));
+        assert_close(&b, &a, 1e-8);
+        let _ = name;
+    }
+    // DB-MTL: log-gradients g/l are unchanged, so is everything.
+    let a = DbMtl::new(3, 0.9).combine(&g, &l).unwrap();
+    let b = DbMtl::new(3, 0.9).combine(&g10, &l10).unwrap();
+    assert_close(&values(&b.direction), &values(&a.direction), 1e-6);
+}
+
+#[test]
+fn dwa_weights_sum_to_t_and_favour_slow_tasks() {
+    let w = dwa_weights(&[1.0, 0.5, 0.9], &[1.0, 1.0, 1.0], 2.0);
+    assert!((w.iter().sum::<f64>() - 3.0).abs() < 1e-12);
+    assert!(w[0] > w[2] && w[2] > w[1]);
+    assert_close(&dwa_weights(&[2.0, 2.0], &[4.0, 4.0], 2.0), &[1.0, 1.0], 1e-12);
+    assert_finite(&dwa_weights(&[1.0, 1.0], &[0.0, f64::NAN], 2.0));
+}
+
+#[test]
+fn gls_weights_are_the_geometric_mean_gradient() {
+    let w = values(&gls_weights(&losses(&[1.0, 4.0])));
+    // L = 2; w_i = L / (2 l_i)
+    assert_close(&w, &[1.0, 0.25], 1e-6);
+    assert_finite(&values(&gls_weights(&losses(&[0.0, 4.0]))));
+}
+
+#[test]
+fn rlw_weights_are_seeded_softmax() {
+    let w = rlw_weights(4, 9, 3);
+    assert_simplex(&w);
+    assert_eq!(w, rlw_weights(4, 9, 3));
+    assert_ne!(w, rlw_weights(4, 9, 4));
+    assert_ne!(w, rlw_weights(4, 10, 3));
+}
+
+#[test]
+fn famo_weights_and_logit_update() {
+    let mut famo = Famo::new(2, 0.025, 1e-3);
+    let w = values(&famo.weights(&losses(&[1.0, 4.0])));
+    assert_close(&w, &[0.8, 0.2], 1e-6);
+    // Task 0 improved a lot, task 1 not at all: the logits shift toward task 1.
+    famo.update(&losses(&[0.5, 4.0]));
+    let xi = values(famo.logits());
+    assert!(xi[1] > xi[0], "{xi:?}");
+    // Without new weights, a second update is a no-op.
+    famo.update(&losses(&[0.1, 4.0]));
+    assert_eq!(values(famo.logits()), xi);
+}
+
+#[test]
+fn uncertainty_log_variance_tracks_the_log_loss() {
+    let mut u = Uncertainty::new(2, 0.05);
+    for _ in 0..600 {
+        let _ = u.weights(&losses(&[4.0, 0.25]));
+    }
+    let s = values(u.log_vars());
+    assert_close(&s, &[4f64.ln(), 0.25f64.ln()], 0.02);
+}
+
+#[test]
+fn solver_weights_mats_are_consistent() {
+    // The Mat helpers used by the methods agree with the tensor Gram matrix.
+    let g = random_grads(5, 3, 4);
+    let m = crate::balance::grads::gram(&g).unwrap();
+    let rows = rows_of(&g);
+    let want = Mat::from_fn(3, |i, j| dot(&rows[i], &rows[j]));
+    assert_close(m.values(), want.values(), 1e-12);
+}
