@@ -168,8 +168,11 @@ fn write_checkpoint_dir(tmp: &Path, snap: &Snapshot) -> anyhow::Result<()> {
     }
     fs::create_dir_all(tmp)?;
     write_tensors(&tmp.join(MODEL_FILE), &snap.model)?;
+    crash_test_pause();
     write_tensors(&tmp.join(TRAIN_STATE_FILE), &snap.train_tensors)?;
+    crash_test_pause();
     write_synced(&tmp.join(STATE_FILE), serde_json::to_string_pretty(snap.state)?.as_bytes())?;
+    crash_test_pause();
     write_synced(&tmp.join(CONFIG_FILE), snap.config_yaml.as_bytes())?;
     sync_dir(tmp)
 }
@@ -181,6 +184,18 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result<()
     Tensor::write_safetensors(&host, path).with_context(|| format!("writing {}", path.display()))?;
     File::open(path)?.sync_all()?;
     Ok(())
+}
+
+/// Fault injection for the crash test: `MTL_CRASH_TEST_PAUSE_MS` stretches checkpoint writes
+/// so that kills at random instants land inside them. Unset in normal use.
+fn crash_test_pause() {
+    static PAUSE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ms = *PAUSE.get_or_init(|| {
+        std::env::var("MTL_CRASH_TEST_PAUSE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+    });
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -50,7 +50,7 @@ impl GradientMethod for NashMtl {
     }
 
     fn reuse(&self, step: u64) -> Option<Vec<f64>> {
-        (step % self.update_every != 0).then(|| self.alpha.clone())
+        (!step.is_multiple_of(self.update_every)).then(|| self.alpha.clone())
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {

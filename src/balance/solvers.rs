@@ -249,15 +249,29 @@ pub fn lstsq_min_norm(a: &Mat, b: &[f64]) -> Vec<f64> {
 
 /// Minimises `½ xᵀ Q x + cᵀ x` subject to `x ≥ 0` and, if `sum_to` is given, `Σ x = sum_to`,
 /// by a primal active-set method (exact: it ends on the optimal face and solves the KKT
-/// system there). `Q` must be symmetric positive semi-definite; a ridge of `1e-12 · tr(Q)/n`
-/// makes it definite, so the solution is unique and the KKT systems are regular.
+/// system there). `Q` must be symmetric positive semi-definite. When a KKT system is
+/// singular (parallel or zero gradients make `Q` singular) the solve restarts with a ridge of
+/// `1e-12 · tr(Q)/n`, which picks one of the optimal points without moving the optimum.
 pub fn qp_nonneg(q: &Mat, c: &[f64], sum_to: Option<f64>) -> Vec<f64> {
     let n = q.n();
+    active_set(q, c, sum_to)
+        .or_else(|| {
+            let ridge = 1e-12 * (q.trace() / n as f64).max(f64::MIN_POSITIVE);
+            active_set(&q.with_ridge(ridge), c, sum_to)
+        })
+        .unwrap_or_else(|| match sum_to {
+            Some(s) => vec![s / n as f64; n],
+            None => vec![0.0; n],
+        })
+}
+
+/// The active-set iteration of [`qp_nonneg`]; `None` on a singular KKT system (or, never
+/// seen, when the iteration cap is reached).
+fn active_set(q: &Mat, c: &[f64], sum_to: Option<f64>) -> Option<Vec<f64>> {
+    let n = q.n();
     if n == 0 {
-        return Vec::new();
+        return Some(Vec::new());
     }
-    let ridge = 1e-12 * (q.trace() / n as f64).max(f64::MIN_POSITIVE);
-    let q = q.with_ridge(ridge);
     let scale = q.max_abs().max(c.iter().fold(0.0, |m: f64, v| m.max(v.abs())));
     let tol = 1e-13 * scale.max(f64::MIN_POSITIVE);
     // Feasible start: the barycentre of the simplex (all free), or the origin (all fixed).
@@ -267,10 +281,7 @@ pub fn qp_nonneg(q: &Mat, c: &[f64], sum_to: Option<f64>) -> Vec<f64> {
     };
     for _ in 0..(50 * n + 100) {
         let idx: Vec<usize> = (0..n).filter(|&i| free[i]).collect();
-        let (xf, nu) = match face_minimiser(&q, c, &idx, sum_to) {
-            Some(sol) => sol,
-            None => break,
-        };
+        let (xf, nu) = face_minimiser(q, c, &idx, sum_to)?;
         if xf.iter().all(|&v| v >= 0.0) {
             for (k, &i) in idx.iter().enumerate() {
                 x[i] = xf[k];
@@ -283,7 +294,7 @@ pub fn qp_nonneg(q: &Mat, c: &[f64], sum_to: Option<f64>) -> Vec<f64> {
                 .min_by(|a, b| a.1.total_cmp(&b.1));
             match worst {
                 Some((j, lam)) if lam < -tol => free[j] = true,
-                _ => return x,
+                _ => return Some(x),
             }
         } else {
             // Move toward the face minimiser until the first free variable hits zero.
@@ -305,8 +316,7 @@ pub fn qp_nonneg(q: &Mat, c: &[f64], sum_to: Option<f64>) -> Vec<f64> {
             }
         }
     }
-    // Unreachable in practice (the method is finite); keep the last feasible iterate.
-    x
+    None
 }
 
 /// Minimiser of the QP on the face where only `idx` are free (the rest fixed at 0), with the

@@ -338,6 +338,11 @@ pub fn train(cfg: Config, config_dir: PathBuf, opts: &TrainOptions) -> anyhow::R
     let session = Session::start(&cfg, config_dir, opts)?;
     println!("{}", session.banner(&cfg));
     let mut trainer = Trainer::new(cfg, session, opts)?;
+    if opts.init_from.is_some() && opts.resume.is_none() {
+        // The imported starting point is kept as checkpoint step-000000: it can be evaluated,
+        // compared with PyTorch, or trained again from.
+        trainer.save_checkpoint(false)?;
+    }
     let summary = trainer.run()?;
     session::finish(&trainer, &summary)?;
     Ok(summary)

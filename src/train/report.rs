@@ -32,8 +32,12 @@ impl MetricsLog {
     /// checkpoint's step are dropped first: the resumed run writes them again, so the file
     /// ends up with neither duplicated nor missing steps.
     pub fn open(path: &Path, keep_through: Option<u64>) -> anyhow::Result<Self> {
+        Self::open_inner(path, keep_through).map_err(|e| crate::user_error!("{}: cannot write: {e}", path.display()))
+    }
+
+    fn open_inner(path: &Path, keep_through: Option<u64>) -> std::io::Result<Self> {
         if let Some(step) = keep_through {
-            let kept: Vec<Record> = read_records(path)?
+            let kept: Vec<Record> = read_records(path)
                 .into_iter()
                 .filter(|r| r.get("step").and_then(Value::as_u64).is_some_and(|s| s <= step))
                 .collect();
@@ -52,9 +56,9 @@ impl MetricsLog {
     }
 
     pub fn append(&mut self, r: &Record) -> anyhow::Result<()> {
-        writeln!(self.file, "{}", Value::Object(r.clone()))?;
-        self.file.flush()?;
-        Ok(())
+        writeln!(self.file, "{}", Value::Object(r.clone()))
+            .and_then(|_| self.file.flush())
+            .map_err(|e| crate::user_error!("{}: cannot write: {e}", self.path.display()))
     }
 
     pub fn path(&self) -> &Path {
@@ -63,14 +67,14 @@ impl MetricsLog {
 }
 
 /// Reads `metrics.jsonl` (missing file: no rows; a torn last line from a crash is skipped).
-pub fn read_records(path: &Path) -> anyhow::Result<Vec<Record>> {
-    let Ok(f) = File::open(path) else { return Ok(Vec::new()) };
-    Ok(BufReader::new(f)
+pub fn read_records(path: &Path) -> Vec<Record> {
+    let Ok(f) = File::open(path) else { return Vec::new() };
+    BufReader::new(f)
         .lines()
         .map_while(Result::ok)
         .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
         .filter_map(|v| v.as_object().cloned())
-        .collect())
+        .collect()
 }
 
 /// Formats rows of (task, metric, value) as an aligned table.

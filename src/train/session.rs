@@ -84,7 +84,7 @@ pub fn finish(trainer: &Trainer, summary: &Summary) -> anyhow::Result<()> {
         text.push_str(&format!("best {} = {:.4} at step {}\n", b.metric, b.value, b.step));
     }
     print!("{text}");
-    let records = report::read_records(&trainer.run.metrics())?;
+    let records = report::read_records(&trainer.run.metrics());
     let series = series_from_records(&records, &trainer.task_names);
     let png = trainer.run.root.join("curves.png");
     if let Err(e) = plot::write_curves_png(&png, &trainer.cfg.name, &series) {
