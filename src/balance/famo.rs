@@ -45,8 +45,15 @@ impl Famo {
     /// The logit update from the losses of the same batch after the optimizer step.
     /// Does nothing when no weights were computed since the last update.
     pub fn update(&mut self, losses_after: &Tensor) {
-        let Some(before) = self.log_d_before.take() else { return };
-        let after = (losses_after.detach().to_kind(Kind::Float).to_device(before.device()) + EPS).log();
+        let Some(before) = self.log_d_before.take() else {
+            return;
+        };
+        let after = (losses_after
+            .detach()
+            .to_kind(Kind::Float)
+            .to_device(before.device())
+            + EPS)
+            .log();
         let delta = before - after;
         let z = self.logits.softmax(0, Kind::Float);
         let grad = &z * (&delta - (&z * &delta).sum(Kind::Float));

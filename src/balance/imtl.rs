@@ -18,7 +18,9 @@ pub fn imtl_weights(m: &Mat) -> Vec<f64> {
     let n = m.n();
     let norms: Vec<f64> = (0..n).map(|i| m[(i, i)].max(0.0).sqrt()).collect();
     let max_norm = norms.iter().copied().fold(0.0, f64::max);
-    let active: Vec<usize> = (0..n).filter(|&i| norms[i] > 1e-10 * max_norm && norms[i] > 0.0).collect();
+    let active: Vec<usize> = (0..n)
+        .filter(|&i| norms[i] > 1e-10 * max_norm && norms[i] > 0.0)
+        .collect();
     let mut alpha = vec![0.0; n];
     if active.is_empty() {
         return vec![1.0 / n as f64; n];
@@ -57,7 +59,12 @@ impl GradientMethod for Imtl {
         "imtl"
     }
 
-    fn combine_step(&mut self, grads: &Tensor, _losses: &Tensor, _ctx: &StepContext) -> anyhow::Result<Combination> {
+    fn combine_step(
+        &mut self,
+        grads: &Tensor,
+        _losses: &Tensor,
+        _ctx: &StepContext,
+    ) -> anyhow::Result<Combination> {
         imtl(grads)
     }
 }

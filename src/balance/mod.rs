@@ -15,7 +15,7 @@
 //! Gradient methods are also plain functions on a `[T, P]` matrix of per-task gradients
 //! returning a [`Combination`] (`mgda::mgda`, `pcgrad::pcgrad`, `cagrad::cagrad`, ...), and
 //! the stateful ones structs with a `combine` method, so they can be used without a trainer.
-pub mod adam;
+pub(crate) mod adam;
 pub mod aligned;
 pub mod cagrad;
 pub mod dbmtl;
@@ -33,7 +33,7 @@ mod options;
 pub mod pcgrad;
 pub mod rlw;
 pub mod solvers;
-pub mod state;
+pub(crate) mod state;
 pub mod static_weights;
 pub mod uncertainty;
 pub mod upgrad;
@@ -153,10 +153,14 @@ pub fn build_for(balance: &BalanceConfig, tasks: usize) -> anyhow::Result<Box<dy
     let balancer: Box<dyn Balancer> = match balance.method.as_str() {
         "static" => Box::new(static_weights::StaticWeights::configured()),
         "ew" => Box::new(static_weights::StaticWeights::equal()),
-        "uncertainty" => {
-            Box::new(uncertainty::Uncertainty::new(tasks, o.f64("lr", 0.025, "a positive number", positive)?))
-        }
-        "dwa" => Box::new(dwa::Dwa::new(tasks, o.f64("temperature", 2.0, "a positive number", positive)?)),
+        "uncertainty" => Box::new(uncertainty::Uncertainty::new(
+            tasks,
+            o.f64("lr", 0.025, "a positive number", positive)?,
+        )),
+        "dwa" => Box::new(dwa::Dwa::new(
+            tasks,
+            o.f64("temperature", 2.0, "a positive number", positive)?,
+        )),
         "gls" => Box::new(gls::Gls),
         "rlw" => Box::new(rlw::Rlw),
         "famo" => Box::new(famo::Famo::new(
@@ -166,8 +170,9 @@ pub fn build_for(balance: &BalanceConfig, tasks: usize) -> anyhow::Result<Box<dy
         )),
         "mgda" => {
             let norm = o.choice("normalization", &mgda::MgdaNormalization::NAMES)?;
-            let normalization = mgda::MgdaNormalization::from_name(norm)
-                .ok_or_else(|| anyhow::anyhow!("balance: mgda normalisation '{norm}' has no variant"))?;
+            let normalization = mgda::MgdaNormalization::from_name(norm).ok_or_else(|| {
+                anyhow::anyhow!("balance: mgda normalisation '{norm}' has no variant")
+            })?;
             gradient_method(&mut o, mgda::Mgda { normalization })?
         }
         "pcgrad" => gradient_method(&mut o, pcgrad::PcGrad)?,
@@ -195,7 +200,12 @@ pub fn build_for(balance: &BalanceConfig, tasks: usize) -> anyhow::Result<Box<dy
             gradient_method(&mut o, gradnorm::GradNorm::new(tasks, asymmetry, lr))?
         }
         "upgrad" => {
-            let reg = o.f64("reg_eps", upgrad::DEFAULT_REG_EPS, "a number ≥ 0", non_negative)?;
+            let reg = o.f64(
+                "reg_eps",
+                upgrad::DEFAULT_REG_EPS,
+                "a number ≥ 0",
+                non_negative,
+            )?;
             gradient_method(&mut o, upgrad::UpGrad { reg_eps: reg })?
         }
         other => crate::user_bail!(

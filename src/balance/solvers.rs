@@ -15,7 +15,10 @@ pub struct Mat {
 
 impl Mat {
     pub fn zeros(n: usize) -> Self {
-        Self { n, a: vec![0.0; n * n] }
+        Self {
+            n,
+            a: vec![0.0; n * n],
+        }
     }
 
     pub fn identity(n: usize) -> Self {
@@ -33,7 +36,10 @@ impl Mat {
     }
 
     pub fn from_fn(n: usize, f: impl Fn(usize, usize) -> f64) -> Self {
-        Self { n, a: (0..n * n).map(|k| f(k / n, k % n)).collect() }
+        Self {
+            n,
+            a: (0..n * n).map(|k| f(k / n, k % n)).collect(),
+        }
     }
 
     pub fn n(&self) -> usize {
@@ -61,7 +67,10 @@ impl Mat {
     }
 
     pub fn scaled(&self, s: f64) -> Self {
-        Self { n: self.n, a: self.a.iter().map(|x| x * s).collect() }
+        Self {
+            n: self.n,
+            a: self.a.iter().map(|x| x * s).collect(),
+        }
     }
 
     /// `M + δ I`.
@@ -92,7 +101,9 @@ impl Mat {
     }
 
     pub fn matmul(&self, other: &Self) -> Self {
-        Self::from_fn(self.n, |i, j| (0..self.n).map(|k| self[(i, k)] * other[(k, j)]).sum())
+        Self::from_fn(self.n, |i, j| {
+            (0..self.n).map(|k| self[(i, k)] * other[(k, j)]).sum()
+        })
     }
 
     /// The principal submatrix on `idx`.
@@ -122,8 +133,8 @@ fn uniform(n: usize) -> Vec<f64> {
     vec![1.0 / n as f64; n]
 }
 
-/// Relative size under which a Gram matrix counts as zero.
-const ZERO_REL: f64 = 1e-300;
+/// A Gram matrix whose trace (or norm) is below this is all zeros: there is nothing to balance.
+const TINY: f64 = 1e-300;
 
 /// Solves `A x = b` by Gaussian elimination with partial pivoting. `None` when a pivot is
 /// below `1e-13 · max|A|` (numerically singular).
@@ -272,7 +283,9 @@ fn active_set(q: &Mat, c: &[f64], sum_to: Option<f64>) -> Option<Vec<f64>> {
     if n == 0 {
         return Some(Vec::new());
     }
-    let scale = q.max_abs().max(c.iter().fold(0.0, |m: f64, v| m.max(v.abs())));
+    let scale = q
+        .max_abs()
+        .max(c.iter().fold(0.0, |m: f64, v| m.max(v.abs())));
     let tol = 1e-13 * scale.max(f64::MIN_POSITIVE);
     // Feasible start: the barycentre of the simplex (all free), or the origin (all fixed).
     let (mut x, mut free) = match sum_to {
@@ -321,7 +334,12 @@ fn active_set(q: &Mat, c: &[f64], sum_to: Option<f64>) -> Option<Vec<f64>> {
 
 /// Minimiser of the QP on the face where only `idx` are free (the rest fixed at 0), with the
 /// multiplier `ν` of the sum constraint (0 without one).
-fn face_minimiser(q: &Mat, c: &[f64], idx: &[usize], sum_to: Option<f64>) -> Option<(Vec<f64>, f64)> {
+fn face_minimiser(
+    q: &Mat,
+    c: &[f64],
+    idx: &[usize],
+    sum_to: Option<f64>,
+) -> Option<(Vec<f64>, f64)> {
     let k = idx.len();
     match sum_to {
         None => {
@@ -355,7 +373,7 @@ fn face_minimiser(q: &Mat, c: &[f64], idx: &[usize], sum_to: Option<f64>) -> Opt
 pub fn min_norm_simplex(m: &Mat) -> Vec<f64> {
     let n = m.n();
     let scale = m.trace();
-    if n <= 1 || scale <= ZERO_REL {
+    if n <= 1 || scale <= TINY {
         return uniform(n);
     }
     if n == 2 {
@@ -412,7 +430,9 @@ pub fn upgrad_weights(m: &Mat) -> Vec<f64> {
 /// direction of `g_w` is undefined and CAGrad reduces to the mean gradient).
 pub fn cagrad_weights(m: &Mat, c: f64) -> Option<Vec<f64>> {
     let n = m.n();
-    let max_norm = (0..n).map(|i| m[(i, i)].max(0.0).sqrt()).fold(0.0, f64::max);
+    let max_norm = (0..n)
+        .map(|i| m[(i, i)].max(0.0).sqrt())
+        .fold(0.0, f64::max);
     if n == 0 || max_norm <= 0.0 || c <= 0.0 {
         return None;
     }
@@ -455,7 +475,7 @@ pub const NASH_RIDGE: f64 = 1e-6;
 pub fn nash_weights(m: &Mat, init: Option<&[f64]>) -> Vec<f64> {
     let n = m.n();
     let fro = m.frobenius();
-    if n == 0 || fro <= ZERO_REL {
+    if n == 0 || fro <= TINY {
         return vec![1.0; n];
     }
     let mt = m.scaled(1.0 / fro).with_ridge(NASH_RIDGE);
@@ -470,12 +490,18 @@ pub fn nash_weights(m: &Mat, init: Option<&[f64]>) -> Vec<f64> {
     for _ in 0..200 {
         let ma = mt.mul_vec(&a);
         let grad: Vec<f64> = (0..n).map(|i| ma[i] - 1.0 / a[i]).collect();
-        let hess = Mat::from_fn(n, |i, j| mt[(i, j)] + if i == j { 1.0 / (a[i] * a[i]) } else { 0.0 });
+        let hess = Mat::from_fn(n, |i, j| {
+            mt[(i, j)] + if i == j { 1.0 / (a[i] * a[i]) } else { 0.0 }
+        });
         let Some(step) = solve_linear(&hess, &grad.iter().map(|g| -g).collect::<Vec<_>>()) else {
             break;
         };
         let decrement = hess.quad(&step, &step).max(0.0).sqrt();
-        let tau = if decrement > 0.25 { 1.0 / (1.0 + decrement) } else { 1.0 };
+        let tau = if decrement > 0.25 {
+            1.0 / (1.0 + decrement)
+        } else {
+            1.0
+        };
         let next: Vec<f64> = (0..n).map(|i| a[i] + tau * step[i]).collect();
         if next.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             break;
@@ -495,7 +521,7 @@ pub fn aligned_weights(m: &Mat) -> Vec<f64> {
     let n = m.n();
     let (lam, v) = sym_eigen(m);
     let lmax = lam.first().copied().unwrap_or(0.0);
-    if lmax <= ZERO_REL {
+    if lmax <= TINY {
         return vec![1.0; n];
     }
     let tol = lmax * n as f64 * f32::EPSILON as f64;
@@ -538,10 +564,16 @@ mod tests {
 
     #[test]
     fn jacobi_reconstructs() {
-        let m = gram(&[vec![1.0, 2.0, 0.5, 0.0], vec![-1.0, 0.3, 2.0, 1.0], vec![0.2, 0.2, -0.1, 3.0]]);
+        let m = gram(&[
+            vec![1.0, 2.0, 0.5, 0.0],
+            vec![-1.0, 0.3, 2.0, 1.0],
+            vec![0.2, 0.2, -0.1, 3.0],
+        ]);
         let (lam, v) = sym_eigen(&m);
         assert!(lam.windows(2).all(|p| p[0] >= p[1]));
-        let rec = Mat::from_fn(3, |i, j| (0..3).map(|k| v[(i, k)] * lam[k] * v[(j, k)]).sum());
+        let rec = Mat::from_fn(3, |i, j| {
+            (0..3).map(|k| v[(i, k)] * lam[k] * v[(j, k)]).sum()
+        });
         for (a, b) in rec.values().iter().zip(m.values()) {
             assert!((a - b).abs() < 1e-12, "{a} vs {b}");
         }
@@ -555,7 +587,12 @@ mod tests {
 
     #[test]
     fn min_norm_matches_two_task_closed_form_and_enumeration() {
-        let rows = [vec![1.0, 0.2, -0.3], vec![-0.5, 1.0, 0.1], vec![0.3, -0.8, 0.9], vec![0.1, 0.1, 0.1]];
+        let rows = [
+            vec![1.0, 0.2, -0.3],
+            vec![-0.5, 1.0, 0.1],
+            vec![0.3, -0.8, 0.9],
+            vec![0.1, 0.1, 0.1],
+        ];
         let m = gram(&rows);
         let w = min_norm_simplex(&m);
         assert_simplex(&w);
@@ -582,8 +619,12 @@ mod tests {
         let same = gram(&[vec![1.0, 0.0], vec![1.0, 0.0], vec![1.0, 0.0]]);
         for m in [&zero, &par, &same] {
             assert_simplex(&min_norm_simplex(m));
-            assert!(upgrad_weights(&m.with_ridge(1e-4)).iter().all(|v| v.is_finite()));
-            assert!(nash_weights(m, None).iter().all(|v| v.is_finite() && *v > 0.0));
+            assert!(upgrad_weights(&m.with_ridge(1e-4))
+                .iter()
+                .all(|v| v.is_finite()));
+            assert!(nash_weights(m, None)
+                .iter()
+                .all(|v| v.is_finite() && *v > 0.0));
             assert!(aligned_weights(m).iter().all(|v| v.is_finite()));
             if let Some(w) = cagrad_weights(m, 0.5) {
                 assert_simplex(&w);
@@ -593,7 +634,11 @@ mod tests {
 
     #[test]
     fn nash_solves_the_bargaining_system() {
-        let m = gram(&[vec![1.0, 0.2, -0.3], vec![-0.5, 1.0, 0.1], vec![0.3, -0.8, 0.9]]);
+        let m = gram(&[
+            vec![1.0, 0.2, -0.3],
+            vec![-0.5, 1.0, 0.1],
+            vec![0.3, -0.8, 0.9],
+        ]);
         let a = nash_weights(&m, None);
         let mt = m.scaled(1.0 / m.frobenius()).with_ridge(NASH_RIDGE);
         let ma = mt.mul_vec(&a);

@@ -16,7 +16,10 @@ pub struct Uncertainty {
 
 impl Uncertainty {
     pub fn new(tasks: usize, lr: f64) -> Self {
-        Self { log_vars: Tensor::zeros([tasks as i64], (Kind::Float, tch::Device::Cpu)), adam: Adam::new(tasks, lr, 0.0, Kind::Float) }
+        Self {
+            log_vars: Tensor::zeros([tasks as i64], (Kind::Float, tch::Device::Cpu)),
+            adam: Adam::new(tasks, lr, 0.0, Kind::Float),
+        }
     }
 
     /// The current log-variances `s`.
@@ -57,7 +60,8 @@ impl Balancer for Uncertainty {
     }
 
     fn load_state(&mut self, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
-        self.log_vars = state::get(tensors, "log_vars", &self.log_vars.size())?.to_kind(Kind::Float);
+        self.log_vars =
+            state::get(tensors, "log_vars", &self.log_vars.size())?.to_kind(Kind::Float);
         self.adam.load_state(tensors, "")
     }
 }

@@ -178,6 +178,17 @@ impl Trainer {
         let task_weights = self.balancer.backward(&ctx)?;
         let _ = self.window_weight.g_add_(&task_weights.to_kind(Kind::Double).to_device(self.window_weight.device()));
         self.optimizer.step(self.schedule.lr(step));
+        if self.balancer.needs_after_step() {
+            // FAMO: the same batch's losses under the updated weights, same dropout stream.
+            // In train mode like the reference implementation (BatchNorm statistics see the
+            // batch twice).
+            crate::rng::seed_torch(self.cfg.seed, step);
+            let after: Vec<Tensor> = tch::no_grad(|| {
+                let outputs = self.model.forward(&batch.images, true);
+                self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect()
+            });
+            self.balancer.after_step(&after)?;
+        }
         let detached_losses = Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
         let _ = self.window_loss.g_add_(&detached_losses);
         let _ = self.epoch_loss.g_add_(&detached_losses);
