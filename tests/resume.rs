@@ -123,3 +123,33 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// Every stateful balancing method resumes exactly (its state rides in train_state.safetensors).
+#[test]
+fn balancing_methods_resume_bit_identically() {
+    let methods = [
+        ("uncertainty", "params"),
+        ("dwa", "params"),
+        ("rlw", "params"),
+        ("famo", "params"),
+        ("pcgrad", "representation"),
+        ("gradvac", "params"),
+        ("nash", "representation"),
+        ("dbmtl", "params"),
+        ("gradnorm", "representation"),
+    ];
+    for (method, on) in methods {
+        let tmp = tempdir().unwrap();
+        let text = config("optim: {kind: adamw, lr: 0.01}")
+            .replace("epochs: 3", "epochs: 4")
+            .replace("train_size: 96", "train_size: 48")
+            + &format!("balance: {{method: {method}, on: {on}}}\n");
+        write(tmp.path(), "m.yaml", &text);
+        run_in(tmp.path(), &["m.yaml", "--run-dir", "straight"]).assert_ok();
+        run_in(tmp.path(), &["m.yaml", "--run-dir", "paused", "--set", "train.max_steps=5"]).assert_ok();
+        run_in(tmp.path(), &["m.yaml", "--run-dir", "paused", "--resume"]).assert_ok();
+        let (a, b) = (tmp.path().join("straight"), tmp.path().join("paused"));
+        assert_eq!(weights(&a), weights(&b), "{method}: resumed weights differ");
+        assert_eq!(metric_rows(&a), metric_rows(&b), "{method}: metrics differ");
+    }
+}
