@@ -16,3 +16,4 @@ pub mod safetensors_check;
 pub mod tasks;
 pub mod train;
 pub mod infer;
+pub mod compare;

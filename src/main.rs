@@ -67,6 +67,39 @@ enum Command {
     Predict(PredictArgs),
     /// Re-evaluate a checkpoint on its config's val split and print the metrics table.
     Eval(CheckpointArgs),
+    /// Train every task of a config alone with the same recipe and store their metrics, the
+    /// single-task baselines that multi-task runs report Δm against (`train.baselines`).
+    Baselines(BaselinesArgs),
+    /// Print a table of runs (method, per-task metrics, Δm, time per step) and draw a chart.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct BaselinesArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Where the single-task runs go (default: runs/); each is <name>-stl-<task>.
+    #[arg(long, value_name = "DIR", default_value = "runs")]
+    runs: PathBuf,
+    /// The baselines file to write (default: <runs>/<name>-baselines.json).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct CompareArgs {
+    /// Run directories to compare.
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Baselines for Δm (otherwise the Δm the runs logged, if any).
+    #[arg(long, value_name = "FILE")]
+    baselines: Option<PathBuf>,
+    /// The chart to write.
+    #[arg(long, value_name = "FILE.png", default_value = "compare.png")]
+    chart: PathBuf,
+    /// Also write the table (Markdown) to this file.
+    #[arg(long, value_name = "FILE.md")]
+    table: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -115,6 +148,8 @@ fn main() -> ExitCode {
         Some(Command::Train(args)) => train(args),
         Some(Command::Predict(args)) => predict(args),
         Some(Command::Eval(args)) => eval(args),
+        Some(Command::Baselines(args)) => baselines(args),
+        Some(Command::Compare(args)) => compare(args),
         None => train(cli.train),
     };
     match result {
@@ -224,5 +259,51 @@ fn eval(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
     let restored = restore(&args)?;
     let metrics = mtl::infer::evaluate(&restored, Path::new("."))?;
     print!("{}", mtl::train::report::metrics_table(&format!("eval of {}", restored.dir.display()), &metrics));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn baselines(args: BaselinesArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, config_dir) = load_config(&args.config)?;
+    let mut result = mtl::compare::Baselines { config: cfg.name.clone(), metrics: Default::default(), runs: Default::default() };
+    for task in &cfg.tasks {
+        let single = mtl::compare::single_task_config(&cfg, &task.name)?;
+        let run_dir = args.runs.join(&single.name);
+        let done = mtl::compare::last_val(&run_dir);
+        let metrics = if !done.is_empty() && run_dir.join("config.yaml").is_file() {
+            println!("baseline {}: reusing the finished run in {}", task.name, run_dir.display());
+            done
+        } else {
+            let opts = TrainOptions { run_dir: Some(run_dir.clone()), ..Default::default() };
+            mtl::train::train(single, config_dir.clone(), &opts)?.final_metrics
+        };
+        for (k, v) in metrics.into_iter().filter(|(k, _)| mtl::compare::is_quality_metric(k)) {
+            result.metrics.insert(k, v);
+        }
+        result.runs.insert(task.name.clone(), run_dir.display().to_string());
+    }
+    let out = args.out.unwrap_or_else(|| args.runs.join(format!("{}-baselines.json", cfg.name)));
+    result.save(&out)?;
+    let rows: Vec<(String, f64)> = result.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    print!("{}", mtl::train::report::metrics_table("single-task baselines", &rows));
+    println!("wrote {} (use it with --set train.baselines={})", out.display(), out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let baselines = args.baselines.as_deref().map(mtl::compare::Baselines::load).transpose()?;
+    let rows = args
+        .runs
+        .iter()
+        .map(|r| mtl::compare::summarise(r, baselines.as_ref()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let table = mtl::compare::table(&rows);
+    print!("{table}");
+    if let Some(path) = &args.table {
+        std::fs::write(path, &table).map_err(|e| mtl::user_error!("{}: cannot write: {e}", path.display()))?;
+    }
+    let series = mtl::compare::comparison_series(&rows);
+    mtl::train::plot::write_curves_png(&args.chart, "comparison (val)", &series)
+        .map_err(|e| mtl::user_error!("{}: cannot write chart: {e:#}", args.chart.display()))?;
+    println!("chart: {}", args.chart.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -354,6 +354,10 @@ pub struct TrainConfig {
     /// Stop after this many steps in total (0: run all epochs). Used by tests and resume.
     #[serde(default)]
     pub max_steps: u64,
+    /// Single-task baselines (written by `mtl-train baselines`): when set, every evaluation
+    /// also reports Δm against them. Relative paths are relative to the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baselines: Option<String>,
 }
 
 fn default_epochs() -> u64 {
@@ -368,7 +372,7 @@ fn default_log_every() -> u64 {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: default_epochs(), eval_every: 1, log_every: default_log_every(), max_steps: 0 }
+        Self { epochs: default_epochs(), eval_every: 1, log_every: default_log_every(), max_steps: 0, baselines: None }
     }
 }
 

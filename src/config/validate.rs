@@ -197,6 +197,9 @@ fn checkpoint(cfg: &Config) -> Check {
     if c.monitor.is_empty() || c.monitor == "loss" {
         return Ok(());
     }
+    if c.monitor == "delta_m" {
+        return ensure(cfg.train.baselines.is_some(), "checkpoint.monitor", "delta_m needs train.baselines");
+    }
     let Some((task, metric)) = c.monitor.split_once('.') else {
         return Err(format!("checkpoint.monitor: '{}' must be <task>.<metric> or loss", c.monitor));
     };

@@ -67,6 +67,8 @@ pub struct Trainer {
     pub run: RunDir,
     pub at: Position,
     pub best: Option<BestMetric>,
+    /// Single-task baselines for Δm, when `train.baselines` is set.
+    baselines: Option<crate::compare::Baselines>,
     /// Per-task loss sums on the device: since the last log line, and since the epoch began.
     window_loss: Tensor,
     epoch_loss: Tensor,
@@ -98,6 +100,10 @@ impl Trainer {
         let spe = train_loader.steps_per_epoch();
         let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.epochs * spe, spe);
         let balancer = balance::build(&cfg)?;
+        let baselines = match &cfg.train.baselines {
+            Some(path) => Some(crate::compare::Baselines::load(std::path::Path::new(path))?),
+            None => None,
+        };
         let t = tasks.len() as i64;
         let zeros = || Tensor::zeros([t], (Kind::Double, device));
         let run = RunDir::new(session.run_dir.clone());
@@ -114,6 +120,7 @@ impl Trainer {
             run,
             at: Position { step: 0, epoch: 0, position: 0 },
             best: None,
+            baselines,
             window_loss: zeros(),
             epoch_loss: zeros(),
             window_weight: zeros(),
@@ -210,7 +217,10 @@ impl Trainer {
 
     /// Evaluates, logs, and returns the metrics; updates the best value of the monitored metric.
     fn evaluate(&mut self, log: &mut MetricsLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
-        let metrics = evaluate::evaluate(&self.model, &self.val_loader, &self.tasks);
+        let mut metrics = evaluate::evaluate(&self.model, &self.val_loader, &self.tasks);
+        if let Some(dm) = self.baselines.as_ref().and_then(|b| crate::compare::delta_m(&metrics, &b.metrics)) {
+            metrics.push(("delta_m".into(), dm));
+        }
         let monitor = self.monitor();
         let value = if monitor == "loss" {
             metrics.iter().filter(|(k, _)| k.ends_with(".loss")).map(|(_, v)| v).sum()

@@ -82,7 +82,7 @@ pub fn metrics_table(title: &str, values: &[(String, f64)]) -> String {
     let rows: Vec<(&str, &str, f64)> = values
         .iter()
         .map(|(k, v)| {
-            let (task, metric) = k.split_once('.').unwrap_or(("", k.as_str()));
+            let (task, metric) = k.split_once('.').unwrap_or(("(all)", k.as_str()));
             (task, metric, *v)
         })
         .collect();

@@ -1,0 +1,47 @@
+//! Single-task baselines, Δm at every eval, and the compare table, through the binary.
+mod common;
+use common::*;
+use tempfile::tempdir;
+
+#[test]
+fn baselines_then_delta_m_then_compare() {
+    let tmp = tempdir().unwrap();
+    write(tmp.path(), "t.yaml", &tiny_config("t"));
+    let run = run_in(tmp.path(), &["baselines", "t.yaml", "--set", "train.epochs=1"]);
+    run.assert_ok();
+    let file = tmp.path().join("runs/t-baselines.json");
+    let b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    for k in ["kind.accuracy", "kind.top5", "seg.miou", "seg.pixel_accuracy"] {
+        assert!(b["metrics"][k].is_number(), "{k} missing from {b}");
+    }
+    assert!(b["metrics"].get("kind.loss").is_none(), "losses are not baselines");
+    assert!(tmp.path().join("runs/t-stl-seg/checkpoints/LATEST").is_file());
+
+    run_in(tmp.path(), &["t.yaml", "--set", "train.baselines=runs/t-baselines.json", "--set", "balance.method=pcgrad"])
+        .assert_ok();
+    let val: Vec<_> = read_lines(&tmp.path().join("runs/t/metrics.jsonl")).into_iter().filter(|r| r["split"] == "val").collect();
+    assert!(val.iter().all(|r| r["delta_m"].is_number()), "Δm at every eval");
+
+    let run = run_in(
+        tmp.path(),
+        &["compare", "runs/t", "runs/t-stl-kind", "--baselines", "runs/t-baselines.json", "--chart", "c.png", "--table", "c.md"],
+    );
+    run.assert_ok();
+    let out = run.stdout();
+    assert!(out.contains("| t | pcgrad (params) |"), "{out}");
+    // A single-task baseline compared with itself: Δm = 0.
+    assert!(out.contains("| t-stl-kind | static |") && out.contains("+0.00"), "{out}");
+    assert!(tmp.path().join("c.png").is_file() && tmp.path().join("c.md").is_file());
+    // Stopping here must not need a rerun: the finished baselines are reused.
+    let again = run_in(tmp.path(), &["baselines", "t.yaml", "--set", "train.epochs=1"]);
+    again.assert_ok();
+    assert!(again.stdout().contains("reusing"), "{}", again.stdout());
+}
+
+#[test]
+fn missing_baselines_file_is_a_clear_error() {
+    let tmp = tempdir().unwrap();
+    write(tmp.path(), "t.yaml", &tiny_config("m"));
+    run_in(tmp.path(), &["t.yaml", "--set", "train.baselines=nope.json"]).assert_user_error(&["nope.json", "baselines"]);
+    run_in(tmp.path(), &["compare", "nowhere"]).assert_user_error(&["nowhere"]);
+}
