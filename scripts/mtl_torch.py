@@ -17,6 +17,7 @@ turns uint8 images into one the way ``src/data`` does for the run's dataset)::
     with torch.no_grad():
         out = model(x)                       # {task name: logits}, in config task order
         seg = out["segment"]                 # [N, classes, H, W]; classification: [N, classes]
+                                             # regression [N, 1, H, W]; normals [N, 3, H, W], unit
         logits = model.forward_list(x)       # the same tensors as a list, in task order
 
     model = build_model(yaml.safe_load(open("config.yaml")))   # fresh weights, no checkpoint
@@ -220,12 +221,15 @@ class Mlp(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """Mean over H, W of the last feature map (a vector is taken as it is), an optional
-    ``hidden`` Linear + activation, dropout, then ``fc``."""
+    """Mean over H, W of the last feature map (``pool: flatten``: the map flattened, C·H·W
+    values; a vector is taken as it is), an optional ``hidden`` Linear + activation, dropout,
+    then ``fc``."""
 
-    def __init__(self, d_in: int, hidden: int, dropout: float, classes: int, act: str):
+    def __init__(self, d_in: int, hidden: int, dropout: float, classes: int, act: str,
+                 flatten: bool = False):
         super().__init__()
         d = d_in
+        self.flatten = flatten
         self.hidden = None
         if hidden > 0:
             self.hidden = nn.Linear(d, hidden)
@@ -236,7 +240,10 @@ class ClassificationHead(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor], out_hw: Tuple[int, int]) -> torch.Tensor:
         top = features[-1]
-        h = top.mean(dim=(-1, -2)) if top.dim() == 4 else top
+        if top.dim() == 4:
+            h = torch.flatten(top, 1) if self.flatten else top.mean(dim=(-1, -2))
+        else:
+            h = top
         if self.hidden is not None:
             h = activate(self.hidden(h), self.act)
         if self.dropout > 0.0:
@@ -277,6 +284,25 @@ class SegmentationHead(nn.Module):
         if tuple(logits.shape[-2:]) != tuple(out_hw):
             logits = F.interpolate(logits, size=tuple(out_hw), mode="bilinear", align_corners=False)
         return logits
+
+
+class DenseHead(SegmentationHead):
+    """The segmentation decoder with ``channels`` outputs: 1 for ``regression`` (depth),
+    3 for ``normals``, whose output is L2-normalised over the channels (``F.normalize``)."""
+
+    def __init__(self, channels: Sequence[int], decoder_width: int, out_channels: int, bn: bool,
+                 act: str, normalise: bool):
+        super().__init__(channels, decoder_width, out_channels, bn, act)
+        self.normalise = normalise
+
+    def forward(self, features: Sequence[torch.Tensor], out_hw: Tuple[int, int]) -> torch.Tensor:
+        out = super().forward(features, out_hw)
+        return F.normalize(out.float(), dim=1, eps=1e-12) if self.normalise else out
+
+
+# Output channels of the dense heads (src/model/heads.rs).
+REGRESSION_CHANNELS = 1
+NORMAL_CHANNELS = 3
 
 
 def _get(d: Optional[dict], key: str, default):
@@ -320,9 +346,14 @@ class Heads(nn.Module):
 # Per-channel mean and std of each dataset, applied after dividing uint8 pixels by 255: a copy
 # of src/data/mod.rs `normalisation` (keep in step). One grey channel uses the mean of the
 # three values, as src/data/loader.rs does.
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 NORMALISATION = {
     "shapes": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
     "cifar10_seg": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "multimnist": ((0.1307,) * 3, (0.3081,) * 3),
+    "pet": _IMAGENET,
+    "nyuv2": _IMAGENET,
+    "folder": _IMAGENET,
 }
 
 
@@ -384,21 +415,45 @@ class MultiTaskModel(nn.Module):
         self.task_names: List[str] = []
         self.task_kinds: Dict[str, str] = {}
         self.heads = Heads()
+        pools = {}
         for task in config["tasks"]:
-            name, tkind, classes = task["name"], task["kind"], int(task["classes"])
+            pool = _get(heads_cfg.get(task["name"]) or {}, "pool", "avg")
+            if pool not in ("avg", "flatten"):
+                raise ValueError(f"unknown pool {pool!r} (avg, flatten)")
+            pools[task["name"]] = pool
+        top_hw = None
+        if spatial and "flatten" in pools.values():
+            # The coarsest map's size, from an eval-mode pass of a blank image (as in Rust).
+            was = self.backbone.training
+            self.backbone.eval()
+            with torch.no_grad():
+                top_hw = tuple(self.backbone(torch.zeros(1, c_in, h, w))[-1].shape[-2:])
+            self.backbone.train(was)
+        for task in config["tasks"]:
+            name, tkind, classes = task["name"], task["kind"], int(task.get("classes") or 0)
             hc = heads_cfg.get(name) or {}
+            width = int(_get(hc, "decoder_width", 0))
             if tkind == "classification":
+                flatten = pools[name] == "flatten" and spatial
+                d_in = channels[-1] * (top_hw[0] * top_hw[1] if flatten else 1)
                 head = ClassificationHead(
-                    channels[-1],
+                    d_in,
                     int(_get(hc, "hidden", 0)),
                     float(_get(hc, "dropout", 0.0)),
                     classes,
                     act,
+                    flatten,
                 )
             elif tkind == "segmentation":
-                head = SegmentationHead(channels, int(_get(hc, "decoder_width", 0)), classes, bn, act)
+                head = SegmentationHead(channels, width, classes, bn, act)
+            elif tkind == "regression":
+                head = DenseHead(channels, width, REGRESSION_CHANNELS, bn, act, normalise=False)
+            elif tkind == "normals":
+                head = DenseHead(channels, width, NORMAL_CHANNELS, bn, act, normalise=True)
             else:
-                raise ValueError(f"unknown task kind {tkind!r} (classification, segmentation)")
+                raise ValueError(
+                    f"unknown task kind {tkind!r} (classification, segmentation, regression, normals)"
+                )
             self.heads.add(name, head)
             self.task_names.append(name)
             self.task_kinds[name] = tkind

@@ -72,7 +72,8 @@ pub fn single_task_config(cfg: &Config, task: &str) -> anyhow::Result<Config> {
     single.train.baselines = None;
     let main = Task::from_config(t).metric_names()[0];
     single.checkpoint.monitor = format!("{task}.{main}");
-    single.checkpoint.mode = crate::config::MonitorMode::Max;
+    single.checkpoint.mode =
+        if Task::higher_is_better(main) { crate::config::MonitorMode::Max } else { crate::config::MonitorMode::Min };
     Ok(single)
 }
 

@@ -89,8 +89,9 @@ pub fn palette(class: u8) -> [u8; 3] {
 }
 
 /// Predicts on every PNG/JPEG in `images`: `predictions.csv` (one row per image: the class and
-/// its probability for each classification task) and `<task>/<image stem>.png` colour masks at
-/// the image's own size for each segmentation task. Unreadable files are listed and skipped.
+/// its probability for each classification task), `<task>/<image stem>.png` colour masks at
+/// the image's own size for each segmentation task, and `<task>/<image stem>.npy` float arrays
+/// (depth `(H, W)`, normals `(H, W, 3)`) for each regression and normals task. Unreadable files are listed and skipped.
 pub fn predict_folder(r: &Restored, images: &Path, out: &Path) -> anyhow::Result<(usize, Vec<String>)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(images)
         .map_err(|e| user_error!("{}: cannot read image folder: {e}", images.display()))?
@@ -143,6 +144,18 @@ pub fn predict_folder(r: &Restored, images: &Path, out: &Path) -> anyhow::Result
                 TaskKind::Segmentation => {
                     let mask = logits.argmax(1, false).to_kind(Kind::Uint8).get(0).to_device(Device::Cpu);
                     write_mask_png(&mask, w, h, &out.join(&t.name).join(format!("{stem}.png")))?;
+                }
+                TaskKind::Regression | TaskKind::Normals => {
+                    // Depth (H, W) or normals (H, W, 3) at the model's resolution, as NumPy reads them.
+                    let hwc = logits.get(0).permute([1, 2, 0]).contiguous().to_device(Device::Cpu);
+                    let mut shape: Vec<usize> = hwc.size().iter().map(|&d| d as usize).collect();
+                    if t.kind == TaskKind::Regression {
+                        shape.pop();
+                    }
+                    let path = out.join(&t.name).join(format!("{stem}.npy"));
+                    std::fs::create_dir_all(out.join(&t.name))?;
+                    let bytes = crate::data::npy::encode_f32(&shape, &Vec::<f32>::try_from(hwc.flatten(0, -1))?);
+                    std::fs::write(&path, bytes).map_err(|e| user_error!("{}: cannot write: {e}", path.display()))?;
                 }
             }
         }

@@ -172,7 +172,11 @@ def ref_forward(cfg, sd, x):
     for t in cfg["tasks"]:
         p = f"heads.{t['name']}"
         if t["kind"] == "classification":
-            h = feats[-1].mean(dim=(2, 3)) if feats[-1].dim() == 4 else feats[-1]
+            pool = (cfg["model"]["heads"].get(t["name"]) or {}).get("pool", "avg")
+            if feats[-1].dim() == 4:
+                h = feats[-1].flatten(1) if pool == "flatten" else feats[-1].mean(dim=(2, 3))
+            else:
+                h = feats[-1]
             if f"{p}.hidden.weight" in sd:
                 h = act(F.linear(h, sd[f"{p}.hidden.weight"], sd[f"{p}.hidden.bias"]))
             out[t["name"]] = F.linear(h, sd[f"{p}.fc.weight"], sd[f"{p}.fc.bias"])
@@ -185,6 +189,8 @@ def ref_forward(cfg, sd, x):
             y = F.conv2d(h, sd[f"{p}.classifier.weight"], sd[f"{p}.classifier.bias"])
             if y.shape[-2:] != x.shape[-2:]:
                 y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            if t["kind"] == "normals":
+                y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
             out[t["name"]] = y
     return out
 
@@ -212,6 +218,19 @@ CASES = {
     "resnet-tiny": dict(kind="resnet", widths=(4,), depth=1, image_size=8, activation="silu"),
     "resnet-depth2": dict(kind="resnet", widths=(4, 6), depth=2, image_size=8,
                           heads={"segment": {"decoder_width": 5}}),
+    "dense-heads": dict(kind="conv", widths=(4, 8), depth=1, norm="batch", image_size=8,
+                        tasks=[{"name": "semantic", "kind": "segmentation", "target": "s", "classes": 5},
+                               {"name": "depth", "kind": "regression", "target": "d", "classes": 0},
+                               {"name": "normal", "kind": "normals", "target": "n", "classes": 0}],
+                        heads={"normal": {"decoder_width": 6}}),
+    "resnet-dense": dict(kind="resnet", widths=(4,), depth=1, image_size=8, activation="gelu",
+                         tasks=[{"name": "depth", "kind": "regression", "target": "d", "classes": 0},
+                                {"name": "normal", "kind": "normals", "target": "n", "classes": 0}]),
+    "lenet-flatten": dict(kind="conv", widths=(3, 5, 6), norm="none", image_size=12, grayscale=True,
+                          tasks=[{"name": "left", "kind": "classification", "target": "l", "classes": 10},
+                                 {"name": "right", "kind": "classification", "target": "r", "classes": 10}],
+                          heads={"left": {"pool": "flatten", "hidden": 7},
+                                 "right": {"pool": "flatten"}}),
     "mlp": dict(kind="mlp", widths=(16, 12), norm="none", image_size=6, grayscale=True,
                 tasks=[{"name": "digit", "kind": "classification", "target": "a", "classes": 10},
                        {"name": "parity", "kind": "classification", "target": "b", "classes": 2}],
@@ -264,7 +283,8 @@ def test_shapes_and_functional_reference(cfg):
         if t["kind"] == "classification":
             assert y.shape == (x.shape[0], t["classes"])
         else:
-            assert y.shape == (x.shape[0], t["classes"], x.shape[2], x.shape[3])
+            c = {"regression": 1, "normals": 3}.get(t["kind"], t["classes"])
+            assert y.shape == (x.shape[0], c, x.shape[2], x.shape[3])
         torch.testing.assert_close(y, ref[t["name"]], rtol=1e-5, atol=1e-5)
     assert [o.shape for o in model.forward_list(x)] == [o.shape for o in out.values()]
 
@@ -456,3 +476,143 @@ def test_normalise():
     grey = mtl_torch.normalise(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8), cfg)
     m, s = (0.4914 + 0.4822 + 0.4465) / 3, (0.2470 + 0.2435 + 0.2616) / 3
     torch.testing.assert_close(grey, torch.full((1, 1, 2, 2), (1 - m) / s))
+
+
+# --- dense heads and flattening pools ----------------------------------------------------
+
+
+def test_dense_heads_reuse_the_decoder_and_normals_are_unit_vectors():
+    cfg = make_config(**CASES["dense-heads"])
+    model = randomise_bn(build_model(cfg)).eval()
+    sd = model.state_dict()
+    # The same decoder tree as a segmentation head, only the classifier's width differs.
+    assert sd["heads.depth.classifier.weight"].shape == (1, 4, 1, 1)
+    assert sd["heads.normal.classifier.weight"].shape == (3, 6, 1, 1)
+    assert sd["heads.semantic.decoder.0.conv.weight"].shape == sd["heads.depth.decoder.0.conv.weight"].shape
+    out = predict(model, batch(cfg, n=2))
+    norms = out["normal"].norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)
+    assert out["depth"].shape == (2, 1, 8, 8)
+    assert (out["depth"].abs() > 0).any()
+
+
+def test_flatten_pool_sees_position():
+    cfg = make_config(**CASES["lenet-flatten"])
+    model = build_model(cfg).eval()
+    # 12 → 6 → 3: the flattened coarsest map has 6·3·3 inputs.
+    assert model.heads["left"].hidden.in_features == 6 * 3 * 3
+    assert model.heads["right"].fc.in_features == 6 * 3 * 3
+    # Mirror an input left-right: average pooling would hardly notice; flattening does.
+    x = batch(cfg, n=1)
+    a, b = predict(model, x)["right"], predict(model, x.flip(-1))["right"]
+    assert not torch.allclose(a, b, atol=1e-4)
+    bad = make_config(**dict(CASES["lenet-flatten"], heads={"left": {"pool": "max"}}))
+    with pytest.raises(ValueError):
+        build_model(bad)
+
+
+def test_normalise_knows_every_dataset():
+    for name in ("shapes", "cifar10_seg", "multimnist", "pet", "nyuv2", "folder"):
+        cfg = make_config()
+        cfg["data"]["dataset"] = name
+        assert mtl_torch.normalise(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), cfg).shape == (1, 3, 2, 2)
+
+
+# --- Rust ↔ PyTorch on the new heads, through the binary -----------------------------------
+
+BINARY = ROOT / "target" / "release" / "mtl-train"
+
+
+def _npy(path, shape, values):
+    """A .npy v1.0 file of little-endian float32, header written as NumPy does."""
+    import struct
+
+    dims = ", ".join(str(d) for d in shape)
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }" % dims
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+                     + struct.pack(f"<{len(values)}f", *values))
+
+
+def _write_nyu(root, h=8, w=12):
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            d = root / split
+            px = [(y, x) for y in range(h) for x in range(w)]
+            cls = [((x // 4) + i) % 3 for y, x in px]
+            _npy(d / "image" / f"{i}.npy", (h, w, 3), [v for c in cls for v in (c / 3, 0.5, 1 - c / 3)])
+            _npy(d / "label" / f"{i}.npy", (h, w), [float(c) if y else -1.0 for (y, x), c in zip(px, cls)])
+            _npy(d / "depth" / f"{i}.npy", (h, w, 1), [1.0 + c + y / 10 if y else 0.0 for (y, x), c in zip(px, cls)])
+            _npy(d / "normal" / f"{i}.npy", (h, w, 3), [v for c in cls for v in (0.0, 0.6 * (c - 1), 0.8)])
+
+
+def _write_mnist(root, n=20):
+    import gzip
+    import struct
+
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        labels = bytes(i % 10 for i in range(n))
+        pixels = bytes((37 * i + p) % 256 if (p // 28) % 10 == i % 10 else 0 for i in range(n) for p in range(784))
+        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(struct.pack(">4I", 0x803, n, 28, 28) + pixels))
+        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2I", 0x801, n) + labels)
+
+
+INTEROP = {
+    "nyuv2-dense": {
+        "data": {"dataset": "nyuv2", "root": "nyu", "image_size": 8, "batch_size": 2,
+                 "augment": {"hflip": True, "max_scale": 1.2}},
+        "model": {"backbone": {"kind": "conv", "widths": [4, 8]}, "heads": {"normal": {"decoder_width": 5}}},
+        "tasks": [{"name": "semantic", "kind": "segmentation", "target": "semantic", "classes": 13},
+                  {"name": "depth", "kind": "regression", "target": "depth"},
+                  {"name": "normal", "kind": "normals", "target": "normal"}],
+        "checkpoint": {"monitor": "semantic.miou"},
+    },
+    "multimnist-flatten": {
+        "data": {"dataset": "multimnist", "root": "mnist", "image_size": 28, "grayscale": True, "batch_size": 5},
+        "model": {"backbone": {"kind": "conv", "widths": [3, 4, 5], "norm": "none"},
+                  "heads": {"left": {"pool": "flatten", "hidden": 6}, "right": {"pool": "flatten"}}},
+        "tasks": [{"name": "left", "kind": "classification", "target": "left", "classes": 10},
+                  {"name": "right", "kind": "classification", "target": "right", "classes": 10}],
+        "checkpoint": {"monitor": "left.accuracy"},
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(INTEROP))
+def test_rust_run_with_new_heads_predicts_like_pytorch(tmp_path, case):
+    import subprocess
+
+    if not BINARY.is_file():
+        pytest.fail(f"{BINARY} is missing: build it with `cargo build --release` (scripts/test.sh does)")
+    if case.startswith("nyuv2"):
+        _write_nyu(tmp_path / "nyu")
+    else:
+        _write_mnist(tmp_path / "mnist")
+    cfg = dict(INTEROP[case], name=case, seed=1, device="cpu", threads=1,
+               optim={"kind": "adamw", "lr": 0.01}, train={"epochs": 2, "log_every": 1})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([str(BINARY), "c.yaml", "--run-dir", "run"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    model = load_run(run, "LATEST")
+    c, h, w = mtl_torch.input_shape(model.config)
+    if case.startswith("nyuv2"):
+        w = 12  # NYUv2 keeps its aspect: height 8 → 8×12
+    x = torch.randn(3, c, h, w, generator=torch.Generator().manual_seed(7))
+    save_file({"input": x}, str(tmp_path / "in.safetensors"))
+    r = subprocess.run([str(BINARY), "predict", "run", "--checkpoint", "latest", "--input", "in.safetensors",
+                        "--output", "out.safetensors"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rust = load_file(str(tmp_path / "out.safetensors"))
+    want = predict(model, x)
+    assert set(rust) == set(want)
+    for k in want:
+        assert rust[k].shape == want[k].shape, k
+        torch.testing.assert_close(rust[k], want[k], rtol=1e-4, atol=1e-5)
+    if case.startswith("nyuv2"):
+        assert rust["depth"].shape == (3, 1, 8, 12) and rust["normal"].shape == (3, 3, 8, 12)
+        norms = rust["normal"].norm(dim=1)
+        torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)

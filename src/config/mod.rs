@@ -32,6 +32,8 @@ impl Config {
             let absolute = std::path::absolute(&joined).unwrap_or(joined);
             cfg.data.root = Some(absolute.display().to_string());
         }
+        // The folder dataset may leave tasks[].classes to the data (0: infer).
+        crate::data::folder::resolve_classes(&mut cfg)?;
         Ok(cfg)
     }
 

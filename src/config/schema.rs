@@ -69,10 +69,126 @@ pub struct DataConfig {
     pub eval_batch_size: usize,
     #[serde(default)]
     pub augment: AugmentConfig,
+    /// Most memory (MB, fractions allowed) the decoded dataset may take when held in memory,
+    /// train and val together. A dataset that needs more streams from disk through the decode
+    /// threads (pet, folder, nyuv2) or is refused with its size (shapes, cifar10_seg, multimnist).
+    #[serde(default = "default_max_memory_mb", skip_serializing_if = "is_default_max_memory_mb")]
+    pub max_memory_mb: f64,
+    /// Threads that decode image and array files, at load time and when streaming
+    /// (0: one per CPU core, at most 16).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub decode_threads: usize,
+    /// Streaming: batches decoded ahead of the trainer (the bound of the decode channel).
+    #[serde(default = "default_prefetch_batches", skip_serializing_if = "is_default_prefetch_batches")]
+    pub prefetch_batches: usize,
+    /// An unreadable, malformed or mislabelled sample file: `skip` lists it once and leaves the
+    /// sample out, `refuse` stops with an error naming it. Unset: `skip` for pet (the published
+    /// archive has a few bad files), `refuse` for folder and nyuv2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_bad_file: Option<OnBadFile>,
+    /// Options of the `pet` dataset.
+    #[serde(default, skip_serializing_if = "PetOptions::is_default")]
+    pub pet: PetOptions,
+    /// Options of the `folder` dataset.
+    #[serde(default, skip_serializing_if = "FolderOptions::is_default")]
+    pub folder: FolderOptions,
+}
+
+impl DataConfig {
+    /// Every setting at its default, for `dataset` (library use and tests).
+    pub fn defaults(dataset: DatasetKind) -> Self {
+        Self {
+            dataset,
+            root: None,
+            train_size: 0,
+            val_size: 0,
+            image_size: default_image_size(),
+            grayscale: false,
+            batch_size: default_batch_size(),
+            eval_batch_size: default_eval_batch_size(),
+            augment: AugmentConfig::default(),
+            max_memory_mb: default_max_memory_mb(),
+            decode_threads: 0,
+            prefetch_batches: default_prefetch_batches(),
+            on_bad_file: None,
+            pet: PetOptions::default(),
+            folder: FolderOptions::default(),
+        }
+    }
 }
 
 fn default_image_size() -> i64 {
     32
+}
+fn default_max_memory_mb() -> f64 {
+    4096.0
+}
+fn is_default_max_memory_mb(v: &f64) -> bool {
+    *v == default_max_memory_mb()
+}
+fn default_prefetch_batches() -> usize {
+    4
+}
+fn is_default_prefetch_batches(v: &usize) -> bool {
+    *v == default_prefetch_batches()
+}
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBadFile {
+    Skip,
+    Refuse,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PetOptions {
+    /// Trimap border pixels (value 3): their own class (`class`, 3 classes: pet, background,
+    /// border) or not scored (`ignore`, 2 classes, border pixels get the task's ignore_index).
+    #[serde(default)]
+    pub border: PetBorder,
+}
+
+impl PetOptions {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PetBorder {
+    #[default]
+    Class,
+    Ignore,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderOptions {
+    /// Fraction of the images that go to the val split when labels.csv has no `split` column;
+    /// an image's split depends only on its file name, so adding images moves no other image.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+}
+
+fn default_val_fraction() -> f64 {
+    0.2
+}
+
+impl Default for FolderOptions {
+    fn default() -> Self {
+        Self { val_fraction: default_val_fraction() }
+    }
+}
+
+impl FolderOptions {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 fn default_batch_size() -> usize {
     64
@@ -86,9 +202,17 @@ fn default_eval_batch_size() -> usize {
 pub enum DatasetKind {
     Shapes,
     Cifar10Seg,
+    /// Two overlapping MNIST digits (Sener & Koltun), from the MNIST idx files.
+    Multimnist,
+    /// Oxford-IIIT Pet: breed, species, trimap segmentation.
+    Pet,
+    /// NYUv2 as preprocessed for the MTL literature: segmentation, depth, surface normals.
+    Nyuv2,
+    /// The user's own images, masks and labels.csv.
+    Folder,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AugmentConfig {
     /// Pixels of padding for the random crop; 0 disables cropping.
@@ -96,6 +220,21 @@ pub struct AugmentConfig {
     pub crop_padding: i64,
     #[serde(default)]
     pub hflip: bool,
+    /// Random scale-crop: zoom each sample by a factor drawn uniformly from [1, max_scale] at
+    /// a random position (1: off). Images and depth are resampled bilinearly, labels and
+    /// normals nearest-neighbour; depth is divided by the zoom.
+    #[serde(default = "one_f64", skip_serializing_if = "is_one")]
+    pub max_scale: f64,
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self { crop_padding: 0, hflip: false, max_scale: 1.0 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +303,25 @@ pub struct HeadConfig {
     /// Segmentation: channels of every decoder stage (0: the matching backbone width).
     #[serde(default)]
     pub decoder_width: i64,
+    /// Classification: how the coarsest feature map becomes a vector: `avg` (global average
+    /// pooling) or `flatten` (every position its own input, as LeNet's fully connected layers;
+    /// keeps where things are, which MultiMNIST's left/right digits need).
+    #[serde(default, skip_serializing_if = "Pool::is_avg")]
+    pub pool: Pool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    #[default]
+    Avg,
+    Flatten,
+}
+
+impl Pool {
+    fn is_avg(&self) -> bool {
+        *self == Pool::Avg
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +331,9 @@ pub struct TaskConfig {
     pub kind: TaskKind,
     /// Which of the dataset's targets this task learns.
     pub target: String,
+    /// Classification and segmentation: number of classes (folder dataset: 0 infers it from
+    /// the data). Regression and normals have none (0).
+    #[serde(default)]
     pub classes: i64,
     #[serde(default = "one_f64")]
     pub weight: f64,
@@ -195,6 +356,10 @@ fn default_ignore_index() -> i64 {
 pub enum TaskKind {
     Classification,
     Segmentation,
+    /// Per-pixel scalar (depth): masked L1 loss; absolute and relative error.
+    Regression,
+    /// Per-pixel unit vectors: 1 − cosine loss; angle error statistics.
+    Normals,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -401,7 +566,13 @@ fn default_keep_last() -> usize {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { every: 1, every_steps: 0, keep_last: default_keep_last(), monitor: String::new(), mode: MonitorMode::default() }
+        Self {
+            every: 1,
+            every_steps: 0,
+            keep_last: default_keep_last(),
+            monitor: String::new(),
+            mode: MonitorMode::default(),
+        }
     }
 }
 

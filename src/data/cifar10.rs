@@ -242,7 +242,7 @@ fn compose(a: &[u8], b: &[u8], rect: &Rect, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AugmentConfig, DatasetKind};
+    use crate::config::DatasetKind;
     use crate::error::is_user_error;
 
     fn cfg(root: &Path, train: usize, val: usize) -> DataConfig {
@@ -255,7 +255,7 @@ mod tests {
             grayscale: false,
             batch_size: 8,
             eval_batch_size: 8,
-            augment: AugmentConfig::default(),
+            ..DataConfig::defaults(DatasetKind::Cifar10Seg)
         }
     }
 

@@ -1,81 +1,130 @@
-//! Batches from an in-memory split that already lives on the device.
+//! Batches from a split held on the device, or streamed from disk.
 //!
 //! The data order of epoch e is a permutation drawn from (seed, e), and a step's augmentation
 //! from (seed, step): a batch is a pure function of (seed, epoch, position, step), which is
-//! what makes resuming mid-epoch exact.
-use super::{augment, normalisation, Split};
+//! what makes resuming mid-epoch exact. A streamed split decodes the very samples of that
+//! permutation ahead of time (see [`super::stream`]), so both modes give identical batches.
+use super::augment::{self, Spatial};
+use super::stream::{Plan, Prefetcher};
+use super::{normalisation, Source, Split, TargetShape, IGNORE_LABEL};
 use crate::config::{Config, TaskKind};
 use crate::rng::{stream, Purpose};
 use rand::seq::SliceRandom;
 use std::cell::RefCell;
-use tch::{Kind, Tensor};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
 
-/// Normalised float images and one target per task, on the device.
+/// Normalised float images and one target per task, on the device: int64 `[N]` classes,
+/// int64 `[N, H, W]` labels (the task's ignore_index where not scored), float `[N, H, W]`
+/// depth and `[N, 3, H, W]` normals (NaN where invalid).
 pub struct Batch {
     pub images: Tensor,
     pub targets: Vec<Tensor>,
 }
 
+/// What the loader needs to know about a task's target.
+struct TaskTarget {
+    name: String,
+    shape: TargetShape,
+    /// The label that means "not scored" for this task (segmentation only).
+    ignore_index: i64,
+}
+
 pub struct Loader {
-    split: Split,
-    /// Target name of each task, in task order.
-    task_targets: Vec<String>,
+    source: Source,
+    tasks: Vec<TaskTarget>,
     mean: Tensor,
     std: Tensor,
     batch_size: i64,
     crop_padding: i64,
     hflip: bool,
-    fill_label: i64,
+    max_scale: f64,
     seed: u64,
+    device: Device,
     /// The permutation of the epoch last asked for (recomputing it every step would be waste).
     order: RefCell<Option<(u64, Tensor)>>,
+    /// Streamed training split: the decode threads working ahead.
+    prefetch: RefCell<Option<Prefetcher>>,
+}
+
+/// The sample order of `epoch`: a permutation of 0..n from `(seed, Shuffle, epoch)`.
+pub fn epoch_permutation(seed: u64, epoch: u64, n: usize) -> Vec<i64> {
+    let mut idx: Vec<i64> = (0..n as i64).collect();
+    idx.shuffle(&mut stream(seed, Purpose::Shuffle, epoch));
+    idx
 }
 
 impl Loader {
     /// `train` enables augmentation; evaluation batches are in dataset order.
-    pub fn new(cfg: &Config, split: Split, train: bool) -> Self {
-        let device = split.images.device();
-        let channels = split.images.size()[1];
+    pub fn new(cfg: &Config, source: Source, train: bool) -> Self {
+        let (device, channels) = match &source {
+            Source::Memory(s) => (s.images.device(), s.images.size()[1]),
+            Source::Stream(s) => (s.device(), s.channels()),
+        };
         let (m, s) = normalisation(cfg.data.dataset);
         let stat = |v: [f64; 3]| {
-            let v: Vec<f32> = if channels == 1 { vec![v.iter().sum::<f64>() as f32 / 3.0] } else { v.map(|x| x as f32).to_vec() };
+            let v: Vec<f32> =
+                if channels == 1 { vec![v.iter().sum::<f64>() as f32 / 3.0] } else { v.map(|x| x as f32).to_vec() };
             Tensor::from_slice(&v).view([1, channels, 1, 1]).to_device(device)
         };
-        let fill_label = cfg
+        let tasks = cfg
             .tasks
             .iter()
-            .find(|t| t.kind == TaskKind::Segmentation)
-            .map(|t| t.ignore_index)
-            .unwrap_or(255);
+            .map(|t| {
+                let shape = match &source {
+                    Source::Memory(s) => s.targets.get(&t.target).and_then(TargetShape::of_tensor),
+                    Source::Stream(s) => s.target_shape(&t.target),
+                };
+                let shape = shape.unwrap_or_else(|| {
+                    panic!("the dataset has no usable target '{}' (validation lets none through)", t.target)
+                });
+                let ignore_index = if t.kind == TaskKind::Segmentation { t.ignore_index } else { IGNORE_LABEL as i64 };
+                TaskTarget { name: t.target.clone(), shape, ignore_index }
+            })
+            .collect();
         let aug = &cfg.data.augment;
         Self {
-            task_targets: cfg.tasks.iter().map(|t| t.target.clone()).collect(),
+            tasks,
             mean: stat(m),
             std: stat(s),
             batch_size: if train { cfg.data.batch_size } else { cfg.data.eval_batch_size } as i64,
             crop_padding: if train { aug.crop_padding } else { 0 },
             hflip: train && aug.hflip,
-            fill_label,
+            max_scale: if train { aug.max_scale } else { 1.0 },
             seed: cfg.seed,
-            split,
+            device,
+            source,
             order: RefCell::new(None),
+            prefetch: RefCell::new(None),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.split.len()
+        self.source.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.split.is_empty()
+        self.source.is_empty()
+    }
+
+    /// Whether batches are decoded from disk while training.
+    pub fn is_streamed(&self) -> bool {
+        self.source.is_streamed()
     }
 
     pub fn channels(&self) -> i64 {
-        self.split.images.size()[1]
+        match &self.source {
+            Source::Memory(s) => s.images.size()[1],
+            Source::Stream(s) => s.channels(),
+        }
     }
 
+    /// Height of the images (their side, for the square ones).
     pub fn image_size(&self) -> i64 {
-        self.split.images.size()[2]
+        match &self.source {
+            Source::Memory(s) => s.images.size()[2],
+            Source::Stream(s) => s.image_hw().0,
+        }
     }
 
     /// Training steps per epoch: full batches only (a ragged last batch would make BatchNorm
@@ -87,31 +136,75 @@ impl Loader {
     /// The training batch at `position` of `epoch`, augmented with the stream of `step`.
     pub fn train_batch(&self, epoch: u64, position: u64, step: u64) -> Batch {
         let b = self.batch_size.min(self.len() as i64);
-        let idx = self.epoch_order(epoch).narrow(0, position as i64 * b, b);
-        let batch = self.gather(&idx);
-        if self.crop_padding == 0 && !self.hflip {
-            return batch;
+        let batch = match &self.source {
+            Source::Memory(split) => {
+                let idx = self.epoch_order(epoch).narrow(0, position as i64 * b, b);
+                self.gather(split, &idx)
+            }
+            Source::Stream(s) => {
+                let spe = self.steps_per_epoch();
+                let g = epoch * spe + position;
+                let mut prefetch = self.prefetch.borrow_mut();
+                if prefetch.as_ref().is_none_or(|p| p.position() != g) {
+                    *prefetch = None; // stops the old threads before new ones start
+                    let (seed, n, b) = (self.seed, self.len(), b as usize);
+                    let plan: Plan = Arc::new(move |g| {
+                        let p = (g % spe) as usize;
+                        epoch_permutation(seed, g / spe, n)[p * b..(p + 1) * b].to_vec()
+                    });
+                    *prefetch = Some(s.prefetch(plan, g, None));
+                }
+                let split = prefetch.as_mut().expect("just started").next_batch().unwrap_or_else(|e| panic!("{e:#}"));
+                self.convert(split)
+            }
+        };
+        if self.crop_padding == 0 && !self.hflip && self.max_scale <= 1.0 {
+            return self.remap_ignored(batch);
         }
-        let spatial: Vec<usize> = (0..batch.targets.len()).filter(|&i| batch.targets[i].dim() == 3).collect();
-        let masks: Vec<Tensor> = spatial.iter().map(|&i| batch.targets[i].shallow_clone()).collect();
+        let slots: Vec<(usize, Spatial)> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t.shape {
+                TargetShape::PerImage => None,
+                TargetShape::PerPixel => Some((i, Spatial::Labels { fill: IGNORE_LABEL as i64 })),
+                TargetShape::PerPixelDepth => Some((i, Spatial::Depth)),
+                TargetShape::PerPixelNormal => Some((i, Spatial::Normals)),
+            })
+            .collect();
+        let spatial: Vec<(Tensor, Spatial)> =
+            slots.iter().map(|&(i, k)| (batch.targets[i].shallow_clone(), k)).collect();
         let mut rng = stream(self.seed, Purpose::Augment, step);
-        let (images, masks) =
-            augment::crop_flip(&batch.images, &masks, self.crop_padding, self.hflip, self.fill_label, &mut rng);
+        let (images, outs) =
+            augment::augment(&batch.images, &spatial, self.crop_padding, self.hflip, self.max_scale, &mut rng);
         let mut targets = batch.targets;
-        for (slot, mask) in spatial.into_iter().zip(masks) {
-            targets[slot] = mask;
+        for ((slot, _), t) in slots.into_iter().zip(outs) {
+            targets[slot] = t;
         }
-        Batch { images, targets }
+        self.remap_ignored(Batch { images, targets })
     }
 
     /// Evaluation batches in dataset order (the last one may be smaller).
-    pub fn eval_batches(&self) -> impl Iterator<Item = Batch> + '_ {
+    pub fn eval_batches(&self) -> Box<dyn Iterator<Item = Batch> + '_> {
         let n = self.len() as i64;
-        let device = self.split.images.device();
-        (0..n).step_by(self.batch_size as usize).map(move |start| {
-            let len = self.batch_size.min(n - start);
-            self.gather(&Tensor::arange_start(start, start + len, (Kind::Int64, device)))
-        })
+        let bs = self.batch_size;
+        match &self.source {
+            Source::Memory(split) => Box::new((0..n).step_by(bs as usize).map(move |start| {
+                let len = bs.min(n - start);
+                self.remap_ignored(
+                    self.gather(split, &Tensor::arange_start(start, start + len, (Kind::Int64, self.device))),
+                )
+            })),
+            Source::Stream(s) => {
+                let batches = ((n + bs - 1) / bs) as u64;
+                let plan: Plan = Arc::new(move |g| ((g as i64 * bs)..((g as i64 + 1) * bs).min(n)).collect());
+                let mut prefetch = s.prefetch(plan, 0, Some(batches));
+                Box::new((0..batches).map(move |_| {
+                    let split = prefetch.next_batch().unwrap_or_else(|e| panic!("{e:#}"));
+                    self.remap_ignored(self.convert(split))
+                }))
+            }
+        }
     }
 
     fn epoch_order(&self, epoch: u64) -> Tensor {
@@ -121,20 +214,47 @@ impl Loader {
                 return order.shallow_clone();
             }
         }
-        let mut idx: Vec<i64> = (0..self.len() as i64).collect();
-        idx.shuffle(&mut stream(self.seed, Purpose::Shuffle, epoch));
-        let order = Tensor::from_slice(&idx).to_device(self.split.images.device());
+        let order = Tensor::from_slice(&epoch_permutation(self.seed, epoch, self.len())).to_device(self.device);
         *cached = Some((epoch, order.shallow_clone()));
         order
     }
 
-    fn gather(&self, idx: &Tensor) -> Batch {
-        let images = (self.split.images.index_select(0, idx).to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std;
+    /// The samples `idx` of an in-memory split, as float images and task targets.
+    fn gather(&self, split: &Split, idx: &Tensor) -> Batch {
+        self.batch_of(split.images.index_select(0, idx), |name| split.targets[name].index_select(0, idx))
+    }
+
+    /// A streamed batch (on the CPU), moved to the device.
+    fn convert(&self, split: Split) -> Batch {
+        self.batch_of(split.images.to_device(self.device), |name| split.targets[name].to_device(self.device))
+    }
+
+    fn batch_of(&self, images: Tensor, target: impl Fn(&str) -> Tensor) -> Batch {
+        let images = (images.to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std;
         let targets = self
-            .task_targets
+            .tasks
             .iter()
-            .map(|name| self.split.targets[name].index_select(0, idx).to_kind(Kind::Int64))
+            .map(|t| {
+                let kind = match t.shape {
+                    TargetShape::PerImage | TargetShape::PerPixel => Kind::Int64,
+                    TargetShape::PerPixelDepth | TargetShape::PerPixelNormal => Kind::Float,
+                };
+                target(&t.name).to_kind(kind)
+            })
             .collect();
         Batch { images, targets }
+    }
+
+    /// Label maps store "not scored" as 255; tasks with another ignore_index get theirs.
+    fn remap_ignored(&self, mut batch: Batch) -> Batch {
+        for (t, target) in self.tasks.iter().zip(batch.targets.iter_mut()) {
+            if t.shape == TargetShape::PerPixel && t.ignore_index != IGNORE_LABEL as i64 {
+                *target = target.masked_fill(
+                    &target.eq_tensor(&Tensor::from(IGNORE_LABEL as i64).to_device(target.device())),
+                    t.ignore_index,
+                );
+            }
+        }
+        batch
     }
 }

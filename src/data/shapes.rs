@@ -219,10 +219,10 @@ struct Shape {
 }
 
 impl Shape {
-    /// A random shape of nominal size `sizes` (at 32 px) fully inside a `side`-px image.
-    fn random(rng: &mut impl Rng, side: usize, sizes: (f32, f32)) -> Shape {
+    /// A random shape of colour `family` and nominal size `sizes` (at 32 px) fully inside a
+    /// `side`-px image.
+    fn random(rng: &mut impl Rng, side: usize, family: u8, sizes: (f32, f32)) -> Shape {
         let kind = Kind::ALL[rng.gen_range(0..Kind::ALL.len())];
-        let family = rng.gen_range(0..COLOR_NAMES.len()) as u8;
         let rgb = family_colour(rng, family);
         let side = side as f32;
         let nominal = rng.gen_range(sizes.0..sizes.1) * side / 32.0;
@@ -264,13 +264,16 @@ struct Scene {
 impl Scene {
     fn random(rng: &mut impl Rng, side: usize) -> Scene {
         let n = rng.gen_range(1..=MAX_SHAPES);
-        let main = Shape::random(rng, side, MAIN_SIZE);
+        // Distinct colour families: two overlapping shapes of one family would show no edge
+        // between them, and no model could split them in the mask.
+        let families = rand::seq::index::sample(rng, COLOR_NAMES.len(), n);
+        let main = Shape::random(rng, side, families.index(0) as u8, MAIN_SIZE);
         let mut owner = vec![0u8; side * side];
         let mut full_areas = vec![main.paint(&mut owner, side, 1)];
         let mut shapes = vec![main];
         for id in 2..=n as u8 {
             for attempt in 0..MAX_PLACEMENT_TRIES {
-                let candidate = Shape::random(rng, side, DISTRACTOR_SIZE);
+                let candidate = Shape::random(rng, side, families.index(id as usize - 1) as u8, DISTRACTOR_SIZE);
                 let mut trial = owner.clone();
                 full_areas.push(candidate.paint(&mut trial, side, id));
                 if attempt + 1 == MAX_PLACEMENT_TRIES || well_separated(&visible_areas(&trial, id), &full_areas) {
@@ -405,7 +408,7 @@ fn paint_image(rng: &mut impl RngCore, scene: &Scene, bg: &Background, side: usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AugmentConfig, DatasetKind};
+    use crate::config::DatasetKind;
     use std::collections::HashSet;
 
     fn cfg(train: usize, val: usize, size: i64) -> DataConfig {
@@ -418,7 +421,7 @@ mod tests {
             grayscale: false,
             batch_size: 8,
             eval_batch_size: 8,
-            augment: AugmentConfig::default(),
+            ..DataConfig::defaults(DatasetKind::Shapes)
         }
     }
 
@@ -447,6 +450,7 @@ mod tests {
             match t.shape {
                 TargetShape::PerImage => assert_eq!((v.size(), v.kind()), (vec![10], tch::Kind::Int64)),
                 TargetShape::PerPixel => assert_eq!((v.size(), v.kind()), (vec![10, 24, 24], tch::Kind::Uint8)),
+                other => panic!("shapes has no {other:?} target"),
             }
         }
     }

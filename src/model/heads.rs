@@ -1,7 +1,7 @@
 //! Task heads. Each head reads the backbone's feature maps and returns fp32 logits.
 use super::backbone::FeatureInfo;
 use super::layers::{activate, Compute, Conv2d, ConvBnAct, Linear};
-use crate::config::{Activation, HeadConfig};
+use crate::config::{Activation, HeadConfig, Pool, TaskConfig, TaskKind};
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
@@ -9,43 +9,101 @@ use tch::{Kind, Tensor};
 pub enum Head {
     Classification(ClassificationHead),
     Segmentation(SegmentationHead),
+    /// A per-pixel scalar (depth): the segmentation decoder with one output channel.
+    Regression(SegmentationHead),
+    /// Per-pixel unit vectors (surface normals): the segmentation decoder with three output
+    /// channels, L2-normalised over the channels.
+    Normals(SegmentationHead),
 }
 
+/// Output channels of the dense regression and normals heads.
+pub const REGRESSION_CHANNELS: i64 = 1;
+pub const NORMAL_CHANNELS: i64 = 3;
+
 impl Head {
+    /// The head of a task, under `p` (`heads.<task name>`). `top_hw` is the size of the
+    /// coarsest feature map (needed by `pool: flatten`).
+    pub fn new(
+        p: &Path,
+        info: &FeatureInfo,
+        cfg: &HeadConfig,
+        task: &TaskConfig,
+        batch_norm: bool,
+        act: Activation,
+        top_hw: Option<(i64, i64)>,
+    ) -> Self {
+        let dense = |channels| SegmentationHead::new(p, info, cfg, channels, batch_norm, act);
+        match task.kind {
+            TaskKind::Classification => {
+                Head::Classification(ClassificationHead::new(p, info, cfg, task.classes, act, top_hw))
+            }
+            TaskKind::Segmentation => Head::Segmentation(dense(task.classes)),
+            TaskKind::Regression => Head::Regression(dense(REGRESSION_CHANNELS)),
+            TaskKind::Normals => Head::Normals(dense(NORMAL_CHANNELS)),
+        }
+    }
+
     /// `features` as the backbone returned them; `out_hw` the input image's size.
     pub fn forward(&self, features: &[Tensor], out_hw: (i64, i64), train: bool, c: Compute) -> Tensor {
-        match self {
+        let out = match self {
             Head::Classification(h) => h.forward(features, train, c),
-            Head::Segmentation(h) => h.forward(features, out_hw, train, c),
+            Head::Segmentation(h) | Head::Regression(h) | Head::Normals(h) => h.forward(features, out_hw, train, c),
         }
-        .to_kind(Kind::Float)
+        .to_kind(Kind::Float);
+        match self {
+            Head::Normals(_) => l2_normalise(&out),
+            _ => out,
+        }
     }
 }
 
-/// Global average pooling of the coarsest map, an optional hidden layer (`hidden.*`) with
-/// dropout, and a linear layer (`fc.*`).
+/// `x / max(‖x‖₂ over dim 1, 1e-12)`, as PyTorch's `F.normalize(x, dim=1)`.
+pub fn l2_normalise(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12)
+}
+
+/// Global average pooling (or flattening, `pool: flatten`) of the coarsest map, an optional
+/// hidden layer (`hidden.*`) with dropout, and a linear layer (`fc.*`).
 #[derive(Debug)]
 pub struct ClassificationHead {
     hidden: Option<Linear>,
     fc: Linear,
     dropout: f64,
     act: Activation,
+    flatten: bool,
 }
 
 impl ClassificationHead {
-    pub fn new(p: &Path, info: &FeatureInfo, cfg: &HeadConfig, classes: i64, act: Activation) -> Self {
+    /// `top_hw`: the coarsest map's size, required with `pool: flatten` on a spatial backbone.
+    pub fn new(
+        p: &Path,
+        info: &FeatureInfo,
+        cfg: &HeadConfig,
+        classes: i64,
+        act: Activation,
+        top_hw: Option<(i64, i64)>,
+    ) -> Self {
         let mut d = *info.channels.last().expect("a backbone has at least one output");
+        let flatten = cfg.pool == Pool::Flatten && info.spatial;
+        if flatten {
+            let (h, w) = top_hw.expect("pool: flatten needs the size of the coarsest feature map");
+            d *= h * w;
+        }
         let hidden = (cfg.hidden > 0).then(|| {
             let l = Linear::new(p / "hidden", d, cfg.hidden);
             d = cfg.hidden;
             l
         });
-        Self { hidden, fc: Linear::new(p / "fc", d, classes), dropout: cfg.dropout, act }
+        Self { hidden, fc: Linear::new(p / "fc", d, classes), dropout: cfg.dropout, act, flatten }
     }
 
     fn forward(&self, features: &[Tensor], train: bool, c: Compute) -> Tensor {
         let top = features.last().expect("a backbone has at least one output");
-        let mut h = if top.dim() == 4 { top.mean_dim(&[-1i64, -2][..], false, None) } else { top.shallow_clone() };
+        let mut h = match top.dim() {
+            4 if self.flatten => top.flatten(1, -1),
+            4 => top.mean_dim(&[-1i64, -2][..], false, None),
+            _ => top.shallow_clone(),
+        };
         if let Some(hidden) = &self.hidden {
             h = activate(&hidden.forward(&h, c), self.act);
         }

@@ -3,9 +3,9 @@ pub mod backbone;
 pub mod heads;
 pub mod layers;
 
-use crate::config::{Config, Norm, Precision, TaskKind};
+use crate::config::{Config, Norm, Precision};
 use backbone::Backbone;
-use heads::{ClassificationHead, Head, SegmentationHead};
+use heads::Head;
 use layers::Compute;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -36,26 +36,21 @@ impl MultiTaskModel {
             in_channels * image_size * image_size,
         );
         let info = backbone.info();
+        // `pool: flatten` heads need the coarsest map's size: one eval-mode pass of a blank
+        // image (eval mode leaves the BatchNorm statistics alone).
+        let top_hw = (info.spatial && m.heads.values().any(|h| h.pool == crate::config::Pool::Flatten)).then(|| {
+            let blank = Tensor::zeros([1, in_channels, image_size, image_size], (Kind::Float, device));
+            let features = tch::no_grad(|| backbone.forward(&blank, false, Compute(Kind::Float)));
+            let s = features.last().expect("a backbone has at least one output").size();
+            (s[2], s[3])
+        });
         let heads = cfg
             .tasks
             .iter()
             .map(|t| {
                 let p = &root / HEADS / t.name.as_str();
                 let hc = m.heads.get(&t.name).cloned().unwrap_or_default();
-                let act = m.backbone.activation;
-                match t.kind {
-                    TaskKind::Classification => {
-                        Head::Classification(ClassificationHead::new(&p, &info, &hc, t.classes, act))
-                    }
-                    TaskKind::Segmentation => Head::Segmentation(SegmentationHead::new(
-                        &p,
-                        &info,
-                        &hc,
-                        t.classes,
-                        m.backbone.norm == Norm::Batch,
-                        act,
-                    )),
-                }
+                Head::new(&p, &info, &hc, t, m.backbone.norm == Norm::Batch, m.backbone.activation, top_hw)
             })
             .collect();
         let kind = match cfg.precision {

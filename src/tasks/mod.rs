@@ -10,6 +10,26 @@ use tch::{Kind, Reduction, Tensor};
 /// What PyTorch's cross_entropy uses for "ignore nothing".
 const NO_IGNORE: i64 = -100;
 
+/// Metrics (of any task kind, and the run-level Δm) for which lower is better.
+pub const LOWER_IS_BETTER: [&str; 6] = ["loss", "abs_error", "rel_error", "mean_angle", "median_angle", "delta_m"];
+
+/// Mean |prediction − target| over the pixels whose target is finite (0 when there are none).
+/// `pred` `[N, 1, H, W]`, `target` `[N, H, W]`.
+pub fn masked_l1(pred: &Tensor, target: &Tensor) -> Tensor {
+    let valid = target.isfinite();
+    let err = (pred.squeeze_dim(1) - target.nan_to_num(0.0, None, None)).abs().where_scalarother(&valid, 0.0);
+    err.sum(Kind::Float) / valid.sum(Kind::Float).clamp_min(1.0)
+}
+
+/// Mean 1 − ⟨prediction, target⟩ over the pixels whose target vector is finite. `pred` and
+/// `target` `[N, 3, H, W]`, the prediction unit-length.
+pub fn cosine_loss(pred: &Tensor, target: &Tensor) -> Tensor {
+    let valid = target.isfinite().all_dim(1, false);
+    let cos = (pred * target.nan_to_num(0.0, None, None)).sum_dim_intlist(1, false, Kind::Float);
+    let loss = (cos.neg() + 1.0).where_scalarother(&valid, 0.0);
+    loss.sum(Kind::Float) / valid.sum(Kind::Float).clamp_min(1.0)
+}
+
 /// One configured task.
 #[derive(Debug, Clone)]
 pub struct Task {
@@ -33,12 +53,17 @@ impl Task {
         }
     }
 
-    /// Mean loss of a batch. `target` is int64 `[N]` (classification) or integer `[N, H, W]`
-    /// (segmentation, pixels equal to `ignore_index` contribute nothing).
+    /// Mean loss of a batch. `target` is int64 `[N]` (classification), integer `[N, H, W]`
+    /// (segmentation, pixels equal to `ignore_index` contribute nothing), float `[N, H, W]`
+    /// (regression: masked L1 over the finite pixels; the head's output is `[N, 1, H, W]`) or
+    /// float `[N, 3, H, W]` (normals: 1 − cosine over the pixels whose three components are
+    /// finite; the head's output is unit-length).
     pub fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
         let ignore = match self.kind {
             TaskKind::Classification => NO_IGNORE,
             TaskKind::Segmentation => self.ignore_index,
+            TaskKind::Regression => return masked_l1(logits, target),
+            TaskKind::Normals => return cosine_loss(logits, target),
         };
         logits.cross_entropy_loss::<Tensor>(
             &target.to_kind(Kind::Int64),
@@ -55,12 +80,16 @@ impl Task {
             TaskKind::Classification if self.classes > 5 => vec!["accuracy", "top5", "loss"],
             TaskKind::Classification => vec!["accuracy", "loss"],
             TaskKind::Segmentation => vec!["miou", "pixel_accuracy", "loss"],
+            TaskKind::Regression => vec!["abs_error", "rel_error", "loss"],
+            TaskKind::Normals => {
+                vec!["mean_angle", "median_angle", "within_11_25", "within_22_5", "within_30", "loss"]
+            }
         }
     }
 
-    /// Whether a higher value of `metric` is better.
+    /// Whether a higher value of `metric` is better (Δm and checkpoint selection use it).
     pub fn higher_is_better(metric: &str) -> bool {
-        metric != "loss"
+        !LOWER_IS_BETTER.contains(&metric)
     }
 
     pub fn meter(&self, device: tch::Device) -> Meter {
@@ -74,14 +103,7 @@ mod tests {
     use crate::config::TaskKind;
 
     fn task(kind: TaskKind, classes: i64) -> Task {
-        Task {
-            name: "t".into(),
-            kind,
-            target: "t".into(),
-            classes,
-            label_smoothing: 0.0,
-            ignore_index: 255,
-        }
+        Task { name: "t".into(), kind, target: "t".into(), classes, label_smoothing: 0.0, ignore_index: 255 }
     }
 
     #[test]
@@ -107,6 +129,37 @@ mod tests {
         let smooth = t.loss(&logits, &target).double_value(&[]);
         t.label_smoothing = 0.0;
         assert!(smooth > t.loss(&logits, &target).double_value(&[]));
+    }
+
+    #[test]
+    fn regression_loss_is_l1_over_valid_pixels() {
+        let t = task(TaskKind::Regression, 0);
+        let pred = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 100.0]).view([1, 1, 2, 2]);
+        let target = Tensor::from_slice(&[1.5f32, 0.0, 3.0, f32::NAN]).view([1, 2, 2]);
+        let loss = t.loss(&pred, &target);
+        assert!((loss.double_value(&[]) - (0.5 + 2.0 + 0.0) / 3.0).abs() < 1e-6);
+        // The invalid pixel gets no gradient; the others ±1/3.
+        let pred = pred.set_requires_grad(true);
+        t.loss(&pred, &target).backward();
+        let g = Vec::<f32>::try_from(pred.grad().flatten(0, -1)).unwrap();
+        assert_eq!(g, [-1.0 / 3.0, 1.0 / 3.0, 0.0, 0.0]);
+        let none = Tensor::full([1, 2, 2], f64::NAN, (Kind::Float, tch::Device::Cpu));
+        assert_eq!(t.loss(&pred, &none).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn normals_loss_is_one_minus_cosine_over_valid_pixels() {
+        let t = task(TaskKind::Normals, 0);
+        // Pixel 0: same direction (0); pixel 1: orthogonal (1); pixel 2: opposite (2), invalid.
+        let pred = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).view([1, 3, 1, 3]);
+        let target = Tensor::from_slice(&[1.0f32, 0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, f32::NAN]).view([1, 3, 1, 3]);
+        assert!((t.loss(&pred, &target).double_value(&[]) - 0.5).abs() < 1e-6);
+        for m in ["abs_error", "rel_error", "mean_angle", "median_angle", "loss", "delta_m"] {
+            assert!(!Task::higher_is_better(m), "{m}");
+        }
+        for m in ["within_11_25", "within_22_5", "within_30", "miou", "accuracy"] {
+            assert!(Task::higher_is_better(m), "{m}");
+        }
     }
 
     #[test]
