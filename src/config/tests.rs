@@ -30,7 +30,7 @@ fn default_config_is_valid_and_round_trips() {
 
 #[test]
 fn unknown_key_names_its_path_and_line() {
-    let msg = error_of(&with("    depth: 1", "    dept: 1"), &[]);
+    let msg = error_of(&with("    depth: 2", "    dept: 2"), &[]);
     assert!(msg.contains("test.yaml: model.backbone"), "{msg}");
     assert!(msg.contains("unknown field `dept`"), "{msg}");
     assert!(msg.contains("line"), "{msg}");
