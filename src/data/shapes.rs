@@ -45,17 +45,18 @@ pub const TARGETS: &[TargetInfo] = &[
 
 /// Nominal shape sizes at 32 px, as the radius of a circle of the same area; scaled with the
 /// image side. The ranges do not overlap, so before occlusion the main shape has at least
-/// (8 / 6.5)² ≈ 1.5× the area of any distractor.
-const MAIN_SIZE: (f32, f32) = (8.0, 11.0);
-const DISTRACTOR_SIZE: (f32, f32) = (5.0, 6.5);
+/// (9 / 7.5)² ≈ 1.44× the area of any distractor. Distractors are kept this large because
+/// labelling their pixels is what makes `mask` hard: smaller ones learn far slower.
+const MAIN_SIZE: (f32, f32) = (9.0, 12.0);
+const DISTRACTOR_SIZE: (f32, f32) = (6.0, 7.5);
 /// The main shape must keep this multiple of every distractor's visible area ...
 const MIN_AREA_RATIO: f32 = 1.4;
 /// ... and this fraction of its own area; each distractor keeps `MIN_DISTRACTOR_VISIBLE`.
 const MIN_MAIN_VISIBLE: f32 = 0.6;
 const MIN_DISTRACTOR_VISIBLE: f32 = 0.5;
-/// Redraws of a distractor before the last one is kept anyway (labels are computed from the
+/// Redraws of a distractor before the best one is kept anyway (labels are computed from the
 /// pixels, so they stay correct; this only bounds the work).
-const MAX_PLACEMENT_TRIES: usize = 32;
+const MAX_PLACEMENT_TRIES: usize = 64;
 
 /// One rendered sample: image uint8 CHW (3 × size × size), mask size × size, and the labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,16 +273,26 @@ impl Scene {
         let mut full_areas = vec![main.paint(&mut owner, side, 1)];
         let mut shapes = vec![main];
         for id in 2..=n as u8 {
-            for attempt in 0..MAX_PLACEMENT_TRIES {
+            // Redraw until the constraints hold; in a crowded image keep the best attempt.
+            let mut best: Option<(f32, Shape, Vec<u8>, usize)> = None;
+            for _ in 0..MAX_PLACEMENT_TRIES {
                 let candidate = Shape::random(rng, side, families.index(id as usize - 1) as u8, DISTRACTOR_SIZE);
                 let mut trial = owner.clone();
-                full_areas.push(candidate.paint(&mut trial, side, id));
-                if attempt + 1 == MAX_PLACEMENT_TRIES || well_separated(&visible_areas(&trial, id), &full_areas) {
-                    owner = trial;
-                    shapes.push(candidate);
+                let full = candidate.paint(&mut trial, side, id);
+                full_areas.push(full);
+                let score = separation(&visible_areas(&trial, id), &full_areas);
+                full_areas.pop();
+                if best.as_ref().is_none_or(|b| score > b.0) {
+                    best = Some((score, candidate, trial, full));
+                }
+                if score >= 1.0 {
                     break;
                 }
-                full_areas.pop();
+            }
+            if let Some((_, candidate, trial, full)) = best {
+                shapes.push(candidate);
+                owner = trial;
+                full_areas.push(full);
             }
         }
         Scene { shapes, owner }
@@ -305,14 +316,18 @@ fn visible_areas(owner: &[u8], n: u8) -> Vec<usize> {
     areas
 }
 
-/// The main shape (index 0) is clearly the largest, mostly visible, and no distractor is
-/// mostly hidden (so `count` matches what can be seen).
-fn well_separated(visible: &[usize], full: &[usize]) -> bool {
+/// How well a scene meets the constraints, ≥ 1 when all hold: the main shape (index 0) is
+/// clearly the largest and mostly visible, and no distractor is mostly hidden (so `count`
+/// matches what can be seen). The value is the tightest ratio of actual to required.
+fn separation(visible: &[usize], full: &[usize]) -> f32 {
     let main = visible[0] as f32;
-    main >= MIN_MAIN_VISIBLE * full[0] as f32
-        && visible[1..].iter().zip(&full[1..]).all(|(&v, &f)| {
-            main >= MIN_AREA_RATIO * v as f32 && v as f32 >= MIN_DISTRACTOR_VISIBLE * f as f32
-        })
+    let main_shown = main / (MIN_MAIN_VISIBLE * full[0] as f32);
+    visible[1..].iter().zip(&full[1..]).fold(main_shown, |worst, (&v, &f)| {
+        let v = v as f32;
+        let largest = main / (MIN_AREA_RATIO * v).max(1.0);
+        let shown = v / (MIN_DISTRACTOR_VISIBLE * f as f32).max(1.0);
+        worst.min(largest).min(shown)
+    })
 }
 
 /// A saturated, bright colour of a family: the family's hue ± 10°, so families never meet.
@@ -495,7 +510,7 @@ mod tests {
 
     #[test]
     fn labels_are_roughly_balanced() {
-        let n = 3000;
+        let n = 4000;
         let mut kinds = [0usize; 10];
         let mut counts = [0usize; MAX_SHAPES];
         let mut colours = [0usize; 6];
@@ -505,9 +520,12 @@ mod tests {
             counts[l.count as usize] += 1;
             colours[l.color as usize] += 1;
         }
+        // Within 5 binomial standard deviations of uniform: a fixed seed never flakes, and a
+        // real bias (say one kind at 1.3× its share) still fails.
         let balanced = |h: &[usize]| {
-            let expected = n as f64 / h.len() as f64;
-            h.iter().all(|&c| (c as f64 - expected).abs() < 0.2 * expected)
+            let p = 1.0 / h.len() as f64;
+            let (expected, sd) = (n as f64 * p, (n as f64 * p * (1.0 - p)).sqrt());
+            h.iter().all(|&c| (c as f64 - expected).abs() < 5.0 * sd)
         };
         assert!(balanced(&kinds), "kind {kinds:?}");
         assert!(balanced(&counts), "count {counts:?}");
@@ -516,7 +534,7 @@ mod tests {
 
     #[test]
     fn main_shape_is_clearly_largest() {
-        // Placement retries should almost never run out.
+        // Only the most crowded three-shape scenes may miss the margin.
         let mut separated = 0;
         for i in 0..1000 {
             let mut rng = rng::stream(8, Purpose::SyntheticTrain, i);
