@@ -149,8 +149,7 @@ impl RunDir {
 
     /// Deletes all but the `keep_last` newest checkpoints, never the ones LATEST or BEST name.
     pub fn prune(&self, keep_last: usize) -> anyhow::Result<()> {
-        let keep: Vec<PathBuf> =
-            [LATEST, BEST].iter().filter_map(|p| self.pointed(p).ok().flatten()).collect();
+        let keep: Vec<PathBuf> = [LATEST, BEST].iter().filter_map(|p| self.pointed(p).ok().flatten()).collect();
         let all = self.list();
         let excess = all.len().saturating_sub(keep_last);
         for (_, path) in all.into_iter().take(excess) {
@@ -190,9 +189,8 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result<()
 /// so that kills at random instants land inside them. Unset in normal use.
 fn crash_test_pause() {
     static PAUSE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let ms = *PAUSE.get_or_init(|| {
-        std::env::var("MTL_CRASH_TEST_PAUSE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
-    });
+    let ms =
+        *PAUSE.get_or_init(|| std::env::var("MTL_CRASH_TEST_PAUSE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
     if ms > 0 {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
@@ -214,7 +212,8 @@ fn write_pointer(dir: &Path, pointer: &str, name: &str) -> anyhow::Result<()> {
     let tmp = dir.join(format!("{pointer}.tmp"));
     write_synced(&tmp, format!("{name}\n").as_bytes())
         .map_err(|e| user_error!("{}: cannot write: {e:#}", tmp.display()))?;
-    fs::rename(&tmp, dir.join(pointer)).map_err(|e| user_error!("{}: cannot replace: {e}", dir.join(pointer).display()))?;
+    fs::rename(&tmp, dir.join(pointer))
+        .map_err(|e| user_error!("{}: cannot replace: {e}", dir.join(pointer).display()))?;
     sync_dir(dir)
 }
 
@@ -244,11 +243,16 @@ pub fn load(dir: &Path) -> anyhow::Result<Loaded> {
         crate::user_bail!("{}: no such checkpoint directory", dir.display());
     }
     let state_path = dir.join(STATE_FILE);
-    let text = fs::read_to_string(&state_path).map_err(|e| user_error!("{}: cannot read: {e}", state_path.display()))?;
+    let text =
+        fs::read_to_string(&state_path).map_err(|e| user_error!("{}: cannot read: {e}", state_path.display()))?;
     let state: TrainState = serde_json::from_str(&text)
         .map_err(|e| user_error!("{}: not a checkpoint state file: {e}", state_path.display()))?;
     if state.format != FORMAT_VERSION {
-        crate::user_bail!("{}: checkpoint format {} is not supported (expected {FORMAT_VERSION})", state_path.display(), state.format);
+        crate::user_bail!(
+            "{}: checkpoint format {} is not supported (expected {FORMAT_VERSION})",
+            state_path.display(),
+            state.format
+        );
     }
     let config_path = dir.join(CONFIG_FILE);
     let config_yaml =

@@ -64,7 +64,9 @@ pub fn predict_tensor_file(r: &Restored, input: &Path, output: &Path) -> anyhow:
     if s.len() != 4 || s[1] != channels {
         user_bail!("{}: 'input' has shape {s:?}, expected [N, {channels}, H, W]", input.display());
     }
-    if r.cfg.model.backbone.kind == crate::config::BackboneKind::Mlp && (s[2], s[3]) != (r.cfg.data.image_size, r.cfg.data.image_size) {
+    if r.cfg.model.backbone.kind == crate::config::BackboneKind::Mlp
+        && (s[2], s[3]) != (r.cfg.data.image_size, r.cfg.data.image_size)
+    {
         let n = r.cfg.data.image_size;
         user_bail!("{}: the MLP model takes {n}×{n} inputs, got {}×{}", input.display(), s[2], s[3]);
     }

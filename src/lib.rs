@@ -6,14 +6,14 @@
 //! ([`checkpoint`]).
 pub mod balance;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod infer;
 pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod safetensors_check;
 pub mod tasks;
 pub mod train;
-pub mod infer;
-pub mod compare;

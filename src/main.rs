@@ -228,9 +228,8 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
 
 fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<PathBuf> {
     let run = mtl::checkpoint::RunDir::new(run_dir);
-    run.pointed(mtl::checkpoint::LATEST)?.ok_or_else(|| {
-        mtl::user_error!("{}: no checkpoint to resume from (no checkpoints/LATEST)", run_dir.display())
-    })
+    run.pointed(mtl::checkpoint::LATEST)?
+        .ok_or_else(|| mtl::user_error!("{}: no checkpoint to resume from (no checkpoints/LATEST)", run_dir.display()))
 }
 
 fn restore(args: &CheckpointArgs) -> anyhow::Result<mtl::infer::Restored> {
@@ -264,7 +263,8 @@ fn eval(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
 
 fn baselines(args: BaselinesArgs) -> anyhow::Result<ExitCode> {
     let (cfg, config_dir) = load_config(&args.config)?;
-    let mut result = mtl::compare::Baselines { config: cfg.name.clone(), metrics: Default::default(), runs: Default::default() };
+    let mut result =
+        mtl::compare::Baselines { config: cfg.name.clone(), metrics: Default::default(), runs: Default::default() };
     for task in &cfg.tasks {
         let single = mtl::compare::single_task_config(&cfg, &task.name)?;
         let run_dir = args.runs.join(&single.name);
@@ -291,11 +291,8 @@ fn baselines(args: BaselinesArgs) -> anyhow::Result<ExitCode> {
 
 fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let baselines = args.baselines.as_deref().map(mtl::compare::Baselines::load).transpose()?;
-    let rows = args
-        .runs
-        .iter()
-        .map(|r| mtl::compare::summarise(r, baselines.as_ref()))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rows =
+        args.runs.iter().map(|r| mtl::compare::summarise(r, baselines.as_ref())).collect::<anyhow::Result<Vec<_>>>()?;
     let table = mtl::compare::table(&rows);
     print!("{table}");
     if let Some(path) = &args.table {

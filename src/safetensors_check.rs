@@ -71,7 +71,8 @@ fn check_entry(name: &str, entry: &serde_json::Value, data_len: u64) -> Result<E
         .map(|o| o.iter().filter_map(|v| v.as_u64()).collect())
         .unwrap_or_default();
     let [begin, end] = offsets[..] else { return Err(bad("no data_offsets")) };
-    let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or_else(|| bad("shape overflows"))?;
+    let numel =
+        shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or_else(|| bad("shape overflows"))?;
     if end < begin || end - begin != numel * size {
         return Err(bad(&format!("data_offsets {begin}..{end} do not fit shape {shape:?} of {dtype}")));
     }

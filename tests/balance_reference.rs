@@ -41,20 +41,12 @@ fn reference() -> Value {
         .arg(root.join("tests/balance_reference.py"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    assert!(
-        out.status.success(),
-        "balance_reference.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "balance_reference.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("balance_reference.py printed invalid JSON")
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .expect("a JSON array")
-        .iter()
-        .map(|x| x.as_f64().expect("a number"))
-        .collect()
+    v.as_array().expect("a JSON array").iter().map(|x| x.as_f64().expect("a number")).collect()
 }
 
 fn matrix(v: &Value) -> Tensor {
@@ -64,11 +56,7 @@ fn matrix(v: &Value) -> Tensor {
 }
 
 fn orders(v: &Value) -> Vec<Vec<usize>> {
-    v.as_array()
-        .expect("orders")
-        .iter()
-        .map(|o| floats(o).iter().map(|x| *x as usize).collect())
-        .collect()
+    v.as_array().expect("orders").iter().map(|o| floats(o).iter().map(|x| *x as usize).collect()).collect()
 }
 
 fn values(t: &Tensor) -> Vec<f64> {
@@ -79,11 +67,7 @@ fn values(t: &Tensor) -> Vec<f64> {
 fn rel_error(got: &[f64], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
     let scale = want.iter().fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max)
-        / scale
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale
 }
 
 #[test]
@@ -98,10 +82,7 @@ fn gradient_methods_match_the_numpy_reference() {
         let g = matrix(&case["grads"]);
         let g2 = matrix(&case["second_grads"]);
         let losses = Tensor::from_slice(&floats(&case["losses"]));
-        let (natural, shuffled) = (
-            orders(&case["orders"]["natural"]),
-            orders(&case["orders"]["shuffled"]),
-        );
+        let (natural, shuffled) = (orders(&case["orders"]["natural"]), orders(&case["orders"]["shuffled"]));
         let gradvac_two_steps = {
             let mut gv = GradVac::new(3, 0.5);
             gv.combine(&g, &shuffled).unwrap();
@@ -119,10 +100,7 @@ fn gradient_methods_match_the_numpy_reference() {
         let ours: Vec<(&str, Combination)> = vec![
             ("mgda", mgda(&g, &losses, MgdaNormalization::None).unwrap()),
             ("mgda_l2", mgda(&g, &losses, MgdaNormalization::L2).unwrap()),
-            (
-                "mgda_loss_l2",
-                mgda(&g, &losses, MgdaNormalization::LossL2).unwrap(),
-            ),
+            ("mgda_loss_l2", mgda(&g, &losses, MgdaNormalization::LossL2).unwrap()),
             ("pcgrad_natural", pcgrad(&g, &natural).unwrap()),
             ("pcgrad_shuffled", pcgrad(&g, &shuffled).unwrap()),
             ("cagrad", cagrad(&g, 0.5).unwrap()),
@@ -135,21 +113,11 @@ fn gradient_methods_match_the_numpy_reference() {
             ("dbmtl_two_steps", dbmtl(2)),
         ];
         let expected = case["results"].as_object().expect("results");
-        assert_eq!(
-            expected.len(),
-            ours.len(),
-            "{name}: the reference has other methods"
-        );
+        assert_eq!(expected.len(), ours.len(), "{name}: the reference has other methods");
         for (method, comb) in &ours {
-            let want = &expected
-                .get(*method)
-                .unwrap_or_else(|| panic!("{name}: no reference for {method}"));
+            let want = &expected.get(*method).unwrap_or_else(|| panic!("{name}: no reference for {method}"));
             for field in ["weights", "direction"] {
-                let got = values(if field == "weights" {
-                    &comb.weights
-                } else {
-                    &comb.direction
-                });
+                let got = values(if field == "weights" { &comb.weights } else { &comb.direction });
                 let err = rel_error(&got, &floats(&want[field]));
                 println!("{name:>14} {method:>18} {field:>9}: relative error {err:.1e}");
                 compared += 1;
@@ -163,9 +131,5 @@ fn gradient_methods_match_the_numpy_reference() {
         }
     }
     assert_eq!(compared, 3 * 13 * 2);
-    assert!(
-        failures.is_empty(),
-        "differences from the reference:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "differences from the reference:\n{}", failures.join("\n"));
 }

@@ -120,7 +120,8 @@ fn an_existing_run_is_not_overwritten() {
 #[test]
 fn the_mlp_two_task_example_trains() {
     let tmp = tempdir().unwrap();
-    let cfg = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/shapes_mlp_two_tasks.yaml")).unwrap();
+    let cfg =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/shapes_mlp_two_tasks.yaml")).unwrap();
     write(tmp.path(), "mlp.yaml", &cfg);
     let run = run_in(
         tmp.path(),

@@ -19,12 +19,23 @@ fn baselines_then_delta_m_then_compare() {
 
     run_in(tmp.path(), &["t.yaml", "--set", "train.baselines=runs/t-baselines.json", "--set", "balance.method=pcgrad"])
         .assert_ok();
-    let val: Vec<_> = read_lines(&tmp.path().join("runs/t/metrics.jsonl")).into_iter().filter(|r| r["split"] == "val").collect();
+    let val: Vec<_> =
+        read_lines(&tmp.path().join("runs/t/metrics.jsonl")).into_iter().filter(|r| r["split"] == "val").collect();
     assert!(val.iter().all(|r| r["delta_m"].is_number()), "Δm at every eval");
 
     let run = run_in(
         tmp.path(),
-        &["compare", "runs/t", "runs/t-stl-kind", "--baselines", "runs/t-baselines.json", "--chart", "c.png", "--table", "c.md"],
+        &[
+            "compare",
+            "runs/t",
+            "runs/t-stl-kind",
+            "--baselines",
+            "runs/t-baselines.json",
+            "--chart",
+            "c.png",
+            "--table",
+            "c.md",
+        ],
     );
     run.assert_ok();
     let out = run.stdout();
@@ -42,6 +53,7 @@ fn baselines_then_delta_m_then_compare() {
 fn missing_baselines_file_is_a_clear_error() {
     let tmp = tempdir().unwrap();
     write(tmp.path(), "t.yaml", &tiny_config("m"));
-    run_in(tmp.path(), &["t.yaml", "--set", "train.baselines=nope.json"]).assert_user_error(&["nope.json", "baselines"]);
+    run_in(tmp.path(), &["t.yaml", "--set", "train.baselines=nope.json"])
+        .assert_user_error(&["nope.json", "baselines"]);
     run_in(tmp.path(), &["compare", "nowhere"]).assert_user_error(&["nowhere"]);
 }

@@ -19,7 +19,8 @@ fn config() -> String {
 fn assert_latest_loads(run: &Path) {
     let Ok(name) = std::fs::read_to_string(run.join("checkpoints/LATEST")) else { return };
     let dir = run.join("checkpoints").join(name.trim());
-    let loaded = mtl::checkpoint::load(&dir).unwrap_or_else(|e| panic!("LATEST {} does not load: {e:#}", dir.display()));
+    let loaded =
+        mtl::checkpoint::load(&dir).unwrap_or_else(|e| panic!("LATEST {} does not load: {e:#}", dir.display()));
     assert_eq!(format!("step-{:06}", loaded.state.step), name.trim());
     assert!(!loaded.model.is_empty() && !loaded.train_tensors.is_empty());
 }
@@ -137,7 +138,10 @@ fn a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint() {
     assert_eq!(checkpoint_pointer(&run, "LATEST"), latest, "LATEST moved after a failed write");
     assert_latest_loads(&run);
     assert!(
-        !std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp")),
+        !std::fs::read_dir(run.join("checkpoints"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".tmp")),
         "a half-written checkpoint was left behind"
     );
     // Once there is room again, the same command continues from that checkpoint.

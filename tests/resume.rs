@@ -6,7 +6,9 @@ use tempfile::tempdir;
 
 /// 96 samples / batch 16 = 6 steps per epoch; 3 epochs = 18 steps.
 fn config(optim: &str) -> String {
-    tiny_config("r").replace("epochs: 2", "epochs: 3").replace("optim: {kind: adamw, lr: 0.01, weight_decay: 0.01}", optim)
+    tiny_config("r")
+        .replace("epochs: 2", "epochs: 3")
+        .replace("optim: {kind: adamw, lr: 0.01, weight_decay: 0.01}", optim)
 }
 
 fn weights(run: &Path) -> Vec<u8> {
@@ -95,12 +97,24 @@ fn damaged_checkpoints_are_refused_by_name() {
     let model = std::fs::read(good.join("model.safetensors")).unwrap();
 
     let damage: Vec<(&str, Box<dyn Fn(&Path)>, Vec<&str>)> = vec![
-        ("truncated", Box::new(|p: &Path| std::fs::write(p, &model[..model.len() / 2]).unwrap()), vec!["model.safetensors", "truncated"]),
+        (
+            "truncated",
+            Box::new(|p: &Path| std::fs::write(p, &model[..model.len() / 2]).unwrap()),
+            vec!["model.safetensors", "truncated"],
+        ),
         ("empty", Box::new(|p: &Path| std::fs::write(p, b"").unwrap()), vec!["model.safetensors", "empty"]),
-        ("garbage", Box::new(|p: &Path| std::fs::write(p, b"\x10\x00\x00\x00\x00\x00\x00\x00{nope: not json}").unwrap()), vec!["model.safetensors", "JSON"]),
-        ("foreign", Box::new(|p: &Path| {
-            std::fs::copy(&foreign, p).unwrap();
-        }), vec!["model.safetensors", "backbone.stages.0.0.bn.bias", "shape"]),
+        (
+            "garbage",
+            Box::new(|p: &Path| std::fs::write(p, b"\x10\x00\x00\x00\x00\x00\x00\x00{nope: not json}").unwrap()),
+            vec!["model.safetensors", "JSON"],
+        ),
+        (
+            "foreign",
+            Box::new(|p: &Path| {
+                std::fs::copy(&foreign, p).unwrap();
+            }),
+            vec!["model.safetensors", "backbone.stages.0.0.bn.bias", "shape"],
+        ),
     ];
     for (what, damage_fn, needles) in damage {
         let copy = tmp.path().join(format!("ckpt-{what}"));

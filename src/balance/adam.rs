@@ -20,16 +20,7 @@ impl Adam {
     /// Adam with the default betas (0.9, 0.999) and eps 1e-8 for a `[n]` parameter.
     pub fn new(n: usize, lr: f64, weight_decay: f64, kind: Kind) -> Self {
         let zeros = || Tensor::zeros([n as i64], (kind, tch::Device::Cpu));
-        Self {
-            lr,
-            weight_decay,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            m: zeros(),
-            v: zeros(),
-            steps: 0,
-        }
+        Self { lr, weight_decay, beta1: 0.9, beta2: 0.999, eps: 1e-8, m: zeros(), v: zeros(), steps: 0 }
     }
 
     /// One update of `param` (replaced by the new value) with gradient `grad`.

@@ -9,10 +9,7 @@ use tch::Tensor;
 
 /// Aligned-MTL on per-task gradients `[T, P]`.
 pub fn aligned_mtl(grads: &Tensor) -> anyhow::Result<Combination> {
-    Ok(Combination::weighted(
-        grads,
-        &aligned_weights(&gram(grads)?),
-    ))
+    Ok(Combination::weighted(grads, &aligned_weights(&gram(grads)?)))
 }
 
 pub struct AlignedMtl;
@@ -22,12 +19,7 @@ impl GradientMethod for AlignedMtl {
         "aligned"
     }
 
-    fn combine_step(
-        &mut self,
-        grads: &Tensor,
-        _losses: &Tensor,
-        _ctx: &StepContext,
-    ) -> anyhow::Result<Combination> {
+    fn combine_step(&mut self, grads: &Tensor, _losses: &Tensor, _ctx: &StepContext) -> anyhow::Result<Combination> {
         aligned_mtl(grads)
     }
 }

@@ -20,11 +20,7 @@ pub struct DbMtl {
 
 impl DbMtl {
     pub fn new(tasks: usize, beta: f64) -> Self {
-        Self {
-            beta,
-            tasks,
-            ema: None,
-        }
+        Self { beta, tasks, ema: None }
     }
 
     /// The EMA of the log-loss gradients, once a step has run.
@@ -35,36 +31,18 @@ impl DbMtl {
     /// One DB-MTL step on the raw per-task gradients `[T, P]` and losses `[T]`.
     pub fn combine(&mut self, grads: &Tensor, losses: &Tensor) -> anyhow::Result<Combination> {
         let t = grads.size()[0];
-        anyhow::ensure!(
-            t as usize == self.tasks,
-            "balance: dbmtl built for {} tasks, got {t}",
-            self.tasks
-        );
-        let scale = (losses
-            .detach()
-            .to_kind(grads.kind())
-            .to_device(grads.device())
-            + EPS)
-            .reciprocal();
+        anyhow::ensure!(t as usize == self.tasks, "balance: dbmtl built for {} tasks, got {t}", self.tasks);
+        let scale = (losses.detach().to_kind(grads.kind()).to_device(grads.device()) + EPS).reciprocal();
         let log_grads = grads * scale.unsqueeze(1);
         let ema = match self.ema.take() {
             Some(e) if e.size() == grads.size() => {
-                e.to_device(grads.device()).to_kind(grads.kind()) * self.beta
-                    + log_grads * (1.0 - self.beta)
+                e.to_device(grads.device()).to_kind(grads.kind()) * self.beta + log_grads * (1.0 - self.beta)
             }
             _ => log_grads * (1.0 - self.beta),
         };
-        let norms = host_vec(
-            &ema.to_kind(Kind::Double)
-                .square()
-                .sum_dim_intlist(1, false, Kind::Double)
-                .sqrt(),
-        )?;
+        let norms = host_vec(&ema.to_kind(Kind::Double).square().sum_dim_intlist(1, false, Kind::Double).sqrt())?;
         let max_norm = norms.iter().copied().fold(0.0, f64::max);
-        let alpha: Vec<f64> = norms
-            .iter()
-            .map(|n| if *n > 0.0 { max_norm / n } else { 1.0 })
-            .collect();
+        let alpha: Vec<f64> = norms.iter().map(|n| if *n > 0.0 { max_norm / n } else { 1.0 }).collect();
         let comb = Combination::weighted(&ema, &alpha);
         self.ema = Some(ema);
         Ok(comb)
@@ -76,21 +54,12 @@ impl GradientMethod for DbMtl {
         "dbmtl"
     }
 
-    fn combine_step(
-        &mut self,
-        grads: &Tensor,
-        losses: &Tensor,
-        _ctx: &StepContext,
-    ) -> anyhow::Result<Combination> {
+    fn combine_step(&mut self, grads: &Tensor, losses: &Tensor, _ctx: &StepContext) -> anyhow::Result<Combination> {
         self.combine(grads, losses)
     }
 
     fn head_weights(&self, comb: &Combination, losses: &Tensor) -> Tensor {
-        (losses
-            .to_kind(comb.weights.kind())
-            .to_device(comb.weights.device())
-            + EPS)
-            .reciprocal()
+        (losses.to_kind(comb.weights.kind()).to_device(comb.weights.device()) + EPS).reciprocal()
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
@@ -99,9 +68,7 @@ impl GradientMethod for DbMtl {
             .ema
             .as_ref()
             .map(Tensor::shallow_clone)
-            .unwrap_or_else(|| {
-                Tensor::zeros([self.tasks as i64, 0], (Kind::Float, tch::Device::Cpu))
-            });
+            .unwrap_or_else(|| Tensor::zeros([self.tasks as i64, 0], (Kind::Float, tch::Device::Cpu)));
         vec![("ema".into(), ema)]
     }
 

@@ -8,21 +8,9 @@ use tch::{Kind, Tensor};
 /// A ratio whose denominator is not positive counts as 1.
 pub fn dwa_weights(previous: &[f64], before: &[f64], temperature: f64) -> Vec<f64> {
     let t = previous.len() as f64;
-    let ratios: Vec<f64> = previous
-        .iter()
-        .zip(before)
-        .map(|(a, b)| {
-            if *b > 0.0 && (a / b).is_finite() {
-                a / b
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    super::softmax(&ratios.iter().map(|r| r / temperature).collect::<Vec<_>>())
-        .iter()
-        .map(|p| t * p)
-        .collect()
+    let ratios: Vec<f64> =
+        previous.iter().zip(before).map(|(a, b)| if *b > 0.0 && (a / b).is_finite() { a / b } else { 1.0 }).collect();
+    super::softmax(&ratios.iter().map(|r| r / temperature).collect::<Vec<_>>()).iter().map(|p| t * p).collect()
 }
 
 pub struct Dwa {
@@ -34,11 +22,7 @@ pub struct Dwa {
 
 impl Dwa {
     pub fn new(tasks: usize, temperature: f64) -> Self {
-        Self {
-            temperature,
-            tasks,
-            history: Vec::new(),
-        }
+        Self { temperature, tasks, history: Vec::new() }
     }
 
     /// The weights for the current epoch.
@@ -66,9 +50,7 @@ impl Balancer for Dwa {
             ctx.losses.len(),
             self.tasks
         );
-        let w = Tensor::from_slice(&self.weights())
-            .to_kind(Kind::Float)
-            .to_device(ctx.losses[0].device());
+        let w = Tensor::from_slice(&self.weights()).to_kind(Kind::Float).to_device(ctx.losses[0].device());
         grads::backward_weighted(ctx, &w)?;
         Ok(w)
     }
@@ -86,14 +68,8 @@ impl Balancer for Dwa {
         let mut rows = self.history.concat();
         rows.resize(2 * self.tasks, 0.0);
         vec![
-            (
-                "loss_history".into(),
-                state::vec(&rows).reshape([2, self.tasks as i64]),
-            ),
-            (
-                "epochs_recorded".into(),
-                state::count(self.history.len() as i64),
-            ),
+            ("loss_history".into(), state::vec(&rows).reshape([2, self.tasks as i64])),
+            ("epochs_recorded".into(), state::count(self.history.len() as i64)),
         ]
     }
 
@@ -101,11 +77,7 @@ impl Balancer for Dwa {
         let t = self.tasks as i64;
         let rows = grads::host_vec(&state::get(tensors, "loss_history", &[2, t])?)?;
         let count = state::get_count(tensors, "epochs_recorded")?.clamp(0, 2) as usize;
-        self.history = rows
-            .chunks(self.tasks)
-            .take(count)
-            .map(<[f64]>::to_vec)
-            .collect();
+        self.history = rows.chunks(self.tasks).take(count).map(<[f64]>::to_vec).collect();
         Ok(())
     }
 }

@@ -48,12 +48,7 @@ impl Famo {
         let Some(before) = self.log_d_before.take() else {
             return;
         };
-        let after = (losses_after
-            .detach()
-            .to_kind(Kind::Float)
-            .to_device(before.device())
-            + EPS)
-            .log();
+        let after = (losses_after.detach().to_kind(Kind::Float).to_device(before.device()) + EPS).log();
         let delta = before - after;
         let z = self.logits.softmax(0, Kind::Float);
         let grad = &z * (&delta - (&z * &delta).sum(Kind::Float));

@@ -19,10 +19,7 @@ pub struct Combination {
 impl Combination {
     /// `direction = Σ_i coef_i · rows_i`, with `weights` as the task weights.
     pub fn from_rows(rows: &Tensor, coef: &[f64], weights: &[f64]) -> Self {
-        Self {
-            direction: grads::combine_rows(rows, coef),
-            weights: grads::tensor_like(weights, rows),
-        }
+        Self { direction: grads::combine_rows(rows, coef), weights: grads::tensor_like(weights, rows) }
     }
 
     /// A method whose task weights are exactly its coefficients.
@@ -37,12 +34,7 @@ pub trait GradientMethod {
 
     /// Combines this step's per-task gradients `grads` (`[T, P]`, rows in task order) given
     /// the detached losses `[T]`.
-    fn combine_step(
-        &mut self,
-        grads: &Tensor,
-        losses: &Tensor,
-        ctx: &StepContext,
-    ) -> anyhow::Result<Combination>;
+    fn combine_step(&mut self, grads: &Tensor, losses: &Tensor, ctx: &StepContext) -> anyhow::Result<Combination>;
 
     /// The factor applied to each head's own-loss gradient. Default: the task weights.
     /// (Negative values are clamped to 0 when applied: a head never ascends its loss.)
@@ -94,9 +86,7 @@ impl<M: GradientMethod> Balancer for GradientBalancer<M> {
         anyhow::ensure!(!ctx.losses.is_empty(), "balance: no task losses");
         let device = ctx.losses[0].device();
         if let Some(w) = self.method.reuse(ctx.step) {
-            let w = Tensor::from_slice(&w)
-                .to_kind(Kind::Float)
-                .to_device(device);
+            let w = Tensor::from_slice(&w).to_kind(Kind::Float).to_device(device);
             grads::backward_weighted(ctx, &w)?;
             return Ok(w);
         }

@@ -47,25 +47,13 @@ impl GradNorm {
         );
         let w = self.weights()?;
         let comb = Combination::weighted(grads, &w);
-        let norms = host_vec(
-            &grads
-                .to_kind(Kind::Double)
-                .square()
-                .sum_dim_intlist(1, false, Kind::Double)
-                .sqrt(),
-        )?;
+        let norms = host_vec(&grads.to_kind(Kind::Double).square().sum_dim_intlist(1, false, Kind::Double).sqrt())?;
         let losses = host_vec(losses)?;
         let initial = self.initial_losses.get_or_insert_with(|| losses.clone());
         let ratios: Vec<f64> = losses
             .iter()
             .zip(initial.iter())
-            .map(|(l, l0)| {
-                if *l0 > 0.0 && (l / l0).is_finite() {
-                    l / l0
-                } else {
-                    1.0
-                }
-            })
+            .map(|(l, l0)| if *l0 > 0.0 && (l / l0).is_finite() { l / l0 } else { 1.0 })
             .collect();
         let mean_ratio = ratios.iter().sum::<f64>() / t as f64;
         let g: Vec<f64> = w.iter().zip(&norms).map(|(wi, n)| wi * n).collect();
@@ -73,11 +61,7 @@ impl GradNorm {
         // ∂/∂w_i of Σ|G_i − target_i|, then through w = T softmax(s).
         let dw: Vec<f64> = (0..t)
             .map(|i| {
-                let r = if mean_ratio > 0.0 {
-                    ratios[i] / mean_ratio
-                } else {
-                    1.0
-                };
+                let r = if mean_ratio > 0.0 { ratios[i] / mean_ratio } else { 1.0 };
                 let diff = g[i] - mean_g * r.powf(self.asymmetry);
                 if diff > 0.0 {
                     norms[i]
@@ -102,12 +86,7 @@ impl GradientMethod for GradNorm {
         "gradnorm"
     }
 
-    fn combine_step(
-        &mut self,
-        grads: &Tensor,
-        losses: &Tensor,
-        _ctx: &StepContext,
-    ) -> anyhow::Result<Combination> {
+    fn combine_step(&mut self, grads: &Tensor, losses: &Tensor, _ctx: &StepContext) -> anyhow::Result<Combination> {
         self.combine(grads, losses)
     }
 
@@ -115,14 +94,8 @@ impl GradientMethod for GradNorm {
         let t = self.logits.size()[0] as usize;
         let mut s = vec![
             ("logits".to_string(), self.logits.shallow_clone()),
-            (
-                "initial_losses".to_string(),
-                state::vec(self.initial_losses.as_deref().unwrap_or(&vec![0.0; t])),
-            ),
-            (
-                "has_initial_losses".to_string(),
-                state::count(self.initial_losses.is_some() as i64),
-            ),
+            ("initial_losses".to_string(), state::vec(self.initial_losses.as_deref().unwrap_or(&vec![0.0; t]))),
+            ("has_initial_losses".to_string(), state::count(self.initial_losses.is_some() as i64)),
         ];
         s.extend(self.adam.state(""));
         s
@@ -132,8 +105,7 @@ impl GradientMethod for GradNorm {
         let t = self.logits.size()[0] as usize;
         self.logits = state::get(tensors, "logits", &[t as i64])?.to_kind(Kind::Double);
         let initial = state::get_vec(tensors, "initial_losses", t)?;
-        self.initial_losses =
-            (state::get_count(tensors, "has_initial_losses")? != 0).then_some(initial);
+        self.initial_losses = (state::get_count(tensors, "has_initial_losses")? != 0).then_some(initial);
         self.adam.load_state(tensors, "")
     }
 }

@@ -24,10 +24,7 @@ pub struct TaskGrads {
 fn shared_inputs<'a>(ctx: &StepContext<'a>, space: GradientSpace) -> anyhow::Result<&'a [Tensor]> {
     match space {
         GradientSpace::Params => Ok(ctx.shared_params),
-        GradientSpace::Representation => ctx
-            .features
-            .map(|(_, detached)| detached)
-            .ok_or_else(missing_features),
+        GradientSpace::Representation => ctx.features.map(|(_, detached)| detached).ok_or_else(missing_features),
         GradientSpace::Losses => {
             anyhow::bail!("balance: per-task gradients requested in loss space")
         }
@@ -47,11 +44,7 @@ pub fn task_gradients(ctx: &StepContext, space: GradientSpace) -> anyhow::Result
     let inputs = shared_inputs(ctx, space)?;
     let t = ctx.losses.len();
     anyhow::ensure!(t > 0, "balance: no task losses");
-    anyhow::ensure!(
-        ctx.head_params.len() == t,
-        "balance: {t} losses but {} heads",
-        ctx.head_params.len()
-    );
+    anyhow::ensure!(ctx.head_params.len() == t, "balance: {t} losses but {} heads", ctx.head_params.len());
     let sizes: Vec<i64> = inputs.iter().map(|x| x.numel() as i64).collect();
     let total: i64 = sizes.iter().sum();
     let device = ctx.losses[0].device();
@@ -84,12 +77,7 @@ pub fn task_gradients(ctx: &StepContext, space: GradientSpace) -> anyhow::Result
                 offset += n;
             }
         });
-        heads.push(
-            head.iter()
-                .enumerate()
-                .map(|(k, p)| grad_of(inputs.len() + k, p))
-                .collect(),
-        );
+        heads.push(head.iter().enumerate().map(|(k, p)| grad_of(inputs.len() + k, p)).collect());
     }
     Ok(TaskGrads { matrix, heads })
 }
@@ -117,10 +105,7 @@ pub fn apply(
         sizes.iter().sum::<i64>()
     );
     let mut terms = Vec::new();
-    for (x, d) in targets
-        .iter()
-        .zip(direction.detach().split_with_sizes(&sizes, 0))
-    {
+    for (x, d) in targets.iter().zip(direction.detach().split_with_sizes(&sizes, 0)) {
         if x.requires_grad() {
             terms.push((x * d.view(x.size().as_slice()).to_kind(x.kind())).sum(x.kind()));
         }
@@ -182,27 +167,18 @@ pub fn gram(grads: &Tensor) -> anyhow::Result<Mat> {
 
 /// A tensor's values as `f64` on the host.
 pub fn host_vec(t: &Tensor) -> anyhow::Result<Vec<f64>> {
-    let flat = t
-        .detach()
-        .to_device(tch::Device::Cpu)
-        .to_kind(Kind::Double)
-        .reshape([-1]);
+    let flat = t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Double).reshape([-1]);
     Vec::<f64>::try_from(&flat).context("balance: reading a tensor on the host")
 }
 
 /// `values` as a tensor with `like`'s kind and device.
 pub fn tensor_like(values: &[f64], like: &Tensor) -> Tensor {
-    Tensor::from_slice(values)
-        .to_kind(like.kind())
-        .to_device(like.device())
+    Tensor::from_slice(values).to_kind(like.kind()).to_device(like.device())
 }
 
 /// `Σ_i coef_i · rows_i` for a `[T, P]` matrix.
 pub fn combine_rows(rows: &Tensor, coef: &[f64]) -> Tensor {
-    tensor_like(coef, rows)
-        .unsqueeze(0)
-        .matmul(rows)
-        .squeeze_dim(0)
+    tensor_like(coef, rows).unsqueeze(0).matmul(rows).squeeze_dim(0)
 }
 
 /// The losses of a step as one detached `[T]` tensor.

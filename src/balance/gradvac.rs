@@ -25,10 +25,7 @@ pub struct GradVac {
 
 impl GradVac {
     pub fn new(tasks: usize, beta: f64) -> Self {
-        Self {
-            beta,
-            targets: Mat::zeros(tasks),
-        }
+        Self { beta, targets: Mat::zeros(tasks) }
     }
 
     /// The current target cosines `φ̂`.
@@ -38,18 +35,10 @@ impl GradVac {
 
     /// One GradVac step on per-task gradients `[T, P]` with the given orders (see
     /// [`random_orders`]); updates the targets.
-    pub fn combine(
-        &mut self,
-        grads: &Tensor,
-        orders: &[Vec<usize>],
-    ) -> anyhow::Result<Combination> {
+    pub fn combine(&mut self, grads: &Tensor, orders: &[Vec<usize>]) -> anyhow::Result<Combination> {
         let m = gram(grads)?;
         let n = m.n();
-        anyhow::ensure!(
-            n == self.targets.n(),
-            "balance: gradvac built for {} tasks, got {n}",
-            self.targets.n()
-        );
+        anyhow::ensure!(n == self.targets.n(), "balance: gradvac built for {} tasks, got {n}", self.targets.n());
         check_orders(orders, n)?;
         let mut c = identity_rows(n);
         for (i, order) in orders.iter().enumerate() {
@@ -78,12 +67,7 @@ impl GradientMethod for GradVac {
         "gradvac"
     }
 
-    fn combine_step(
-        &mut self,
-        grads: &Tensor,
-        _losses: &Tensor,
-        ctx: &StepContext,
-    ) -> anyhow::Result<Combination> {
+    fn combine_step(&mut self, grads: &Tensor, _losses: &Tensor, ctx: &StepContext) -> anyhow::Result<Combination> {
         self.combine(grads, &random_orders(ctx.losses.len(), ctx.seed, ctx.step))
     }
 
@@ -93,10 +77,7 @@ impl GradientMethod for GradVac {
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let n = self.targets.n() as i64;
-        vec![(
-            "targets".into(),
-            state::vec(self.targets.values()).reshape([n, n]),
-        )]
+        vec![("targets".into(), state::vec(self.targets.values()).reshape([n, n]))]
     }
 
     fn load_state(&mut self, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {

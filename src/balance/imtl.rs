@@ -18,9 +18,7 @@ pub fn imtl_weights(m: &Mat) -> Vec<f64> {
     let n = m.n();
     let norms: Vec<f64> = (0..n).map(|i| m[(i, i)].max(0.0).sqrt()).collect();
     let max_norm = norms.iter().copied().fold(0.0, f64::max);
-    let active: Vec<usize> = (0..n)
-        .filter(|&i| norms[i] > 1e-10 * max_norm && norms[i] > 0.0)
-        .collect();
+    let active: Vec<usize> = (0..n).filter(|&i| norms[i] > 1e-10 * max_norm && norms[i] > 0.0).collect();
     let mut alpha = vec![0.0; n];
     if active.is_empty() {
         return vec![1.0 / n as f64; n];
@@ -31,13 +29,7 @@ pub fn imtl_weights(m: &Mat) -> Vec<f64> {
     let first = active[0];
     // proj(i, j) = u_i · g_j / scale
     let proj = |i: usize, j: usize| m[(i, j)] / (norms[i] * scale);
-    let a = Mat::from_fn(k, |r, c| {
-        if r == 0 {
-            1.0
-        } else {
-            proj(active[r], active[c]) - proj(first, active[c])
-        }
-    });
+    let a = Mat::from_fn(k, |r, c| if r == 0 { 1.0 } else { proj(active[r], active[c]) - proj(first, active[c]) });
     let mut b = vec![0.0; k];
     b[0] = 1.0;
     let sol = solve_linear(&a, &b).unwrap_or_else(|| lstsq_min_norm(&a, &b));
@@ -59,12 +51,7 @@ impl GradientMethod for Imtl {
         "imtl"
     }
 
-    fn combine_step(
-        &mut self,
-        grads: &Tensor,
-        _losses: &Tensor,
-        _ctx: &StepContext,
-    ) -> anyhow::Result<Combination> {
+    fn combine_step(&mut self, grads: &Tensor, _losses: &Tensor, _ctx: &StepContext) -> anyhow::Result<Combination> {
         imtl(grads)
     }
 }

@@ -57,11 +57,7 @@ impl MgdaNormalization {
 }
 
 /// MGDA on per-task gradients `[T, P]` and losses `[T]` (used by the loss normalisations).
-pub fn mgda(
-    grads: &Tensor,
-    losses: &Tensor,
-    normalization: MgdaNormalization,
-) -> anyhow::Result<Combination> {
+pub fn mgda(grads: &Tensor, losses: &Tensor, normalization: MgdaNormalization) -> anyhow::Result<Combination> {
     let m = gram(grads)?;
     let norms2: Vec<f64> = (0..m.n()).map(|i| m[(i, i)]).collect();
     let scales = normalization.scales(&norms2, &host_vec(losses)?);
@@ -80,12 +76,7 @@ impl GradientMethod for Mgda {
         "mgda"
     }
 
-    fn combine_step(
-        &mut self,
-        grads: &Tensor,
-        losses: &Tensor,
-        _ctx: &StepContext,
-    ) -> anyhow::Result<Combination> {
+    fn combine_step(&mut self, grads: &Tensor, losses: &Tensor, _ctx: &StepContext) -> anyhow::Result<Combination> {
         mgda(grads, losses, self.normalization)
     }
 }

@@ -153,14 +153,10 @@ pub fn build_for(balance: &BalanceConfig, tasks: usize) -> anyhow::Result<Box<dy
     let balancer: Box<dyn Balancer> = match balance.method.as_str() {
         "static" => Box::new(static_weights::StaticWeights::configured()),
         "ew" => Box::new(static_weights::StaticWeights::equal()),
-        "uncertainty" => Box::new(uncertainty::Uncertainty::new(
-            tasks,
-            o.f64("lr", 0.025, "a positive number", positive)?,
-        )),
-        "dwa" => Box::new(dwa::Dwa::new(
-            tasks,
-            o.f64("temperature", 2.0, "a positive number", positive)?,
-        )),
+        "uncertainty" => {
+            Box::new(uncertainty::Uncertainty::new(tasks, o.f64("lr", 0.025, "a positive number", positive)?))
+        }
+        "dwa" => Box::new(dwa::Dwa::new(tasks, o.f64("temperature", 2.0, "a positive number", positive)?)),
         "gls" => Box::new(gls::Gls),
         "rlw" => Box::new(rlw::Rlw),
         "famo" => Box::new(famo::Famo::new(
@@ -170,9 +166,8 @@ pub fn build_for(balance: &BalanceConfig, tasks: usize) -> anyhow::Result<Box<dy
         )),
         "mgda" => {
             let norm = o.choice("normalization", &mgda::MgdaNormalization::NAMES)?;
-            let normalization = mgda::MgdaNormalization::from_name(norm).ok_or_else(|| {
-                anyhow::anyhow!("balance: mgda normalisation '{norm}' has no variant")
-            })?;
+            let normalization = mgda::MgdaNormalization::from_name(norm)
+                .ok_or_else(|| anyhow::anyhow!("balance: mgda normalisation '{norm}' has no variant"))?;
             gradient_method(&mut o, mgda::Mgda { normalization })?
         }
         "pcgrad" => gradient_method(&mut o, pcgrad::PcGrad)?,
@@ -200,28 +195,19 @@ pub fn build_for(balance: &BalanceConfig, tasks: usize) -> anyhow::Result<Box<dy
             gradient_method(&mut o, gradnorm::GradNorm::new(tasks, asymmetry, lr))?
         }
         "upgrad" => {
-            let reg = o.f64(
-                "reg_eps",
-                upgrad::DEFAULT_REG_EPS,
-                "a number ≥ 0",
-                non_negative,
-            )?;
+            let reg = o.f64("reg_eps", upgrad::DEFAULT_REG_EPS, "a number ≥ 0", non_negative)?;
             gradient_method(&mut o, upgrad::UpGrad { reg_eps: reg })?
         }
-        other => crate::user_bail!(
-            "balance.method: unknown method '{other}' (expected one of: {})",
-            METHODS.join(", ")
-        ),
+        other => {
+            crate::user_bail!("balance.method: unknown method '{other}' (expected one of: {})", METHODS.join(", "))
+        }
     };
     o.finish()?;
     Ok(balancer)
 }
 
 /// Wraps a gradient method with the space chosen by `balance.on`.
-fn gradient_method<M: GradientMethod + 'static>(
-    o: &mut Options,
-    method: M,
-) -> anyhow::Result<Box<dyn Balancer>> {
+fn gradient_method<M: GradientMethod + 'static>(o: &mut Options, method: M) -> anyhow::Result<Box<dyn Balancer>> {
     Ok(Box::new(GradientBalancer::new(method, o.space())))
 }
 

@@ -13,10 +13,7 @@ use tch::Tensor;
 
 /// Nash-MTL on per-task gradients `[T, P]` (no warm start, no reuse).
 pub fn nash_mtl(grads: &Tensor) -> anyhow::Result<Combination> {
-    Ok(Combination::weighted(
-        grads,
-        &nash_weights(&gram(grads)?, None),
-    ))
+    Ok(Combination::weighted(grads, &nash_weights(&gram(grads)?, None)))
 }
 
 pub struct NashMtl {
@@ -27,10 +24,7 @@ pub struct NashMtl {
 
 impl NashMtl {
     pub fn new(tasks: usize, update_every: u64) -> Self {
-        Self {
-            update_every: update_every.max(1),
-            alpha: vec![1.0; tasks],
-        }
+        Self { update_every: update_every.max(1), alpha: vec![1.0; tasks] }
     }
 
     pub fn alpha(&self) -> &[f64] {
@@ -40,12 +34,7 @@ impl NashMtl {
     /// Solves for α on per-task gradients `[T, P]`, warm-started from the last α.
     pub fn combine(&mut self, grads: &Tensor) -> anyhow::Result<Combination> {
         let m = gram(grads)?;
-        anyhow::ensure!(
-            m.n() == self.alpha.len(),
-            "balance: nash built for {} tasks, got {}",
-            self.alpha.len(),
-            m.n()
-        );
+        anyhow::ensure!(m.n() == self.alpha.len(), "balance: nash built for {} tasks, got {}", self.alpha.len(), m.n());
         self.alpha = nash_weights(&m, Some(&self.alpha));
         Ok(Combination::weighted(grads, &self.alpha))
     }
@@ -56,12 +45,7 @@ impl GradientMethod for NashMtl {
         "nash"
     }
 
-    fn combine_step(
-        &mut self,
-        grads: &Tensor,
-        _losses: &Tensor,
-        _ctx: &StepContext,
-    ) -> anyhow::Result<Combination> {
+    fn combine_step(&mut self, grads: &Tensor, _losses: &Tensor, _ctx: &StepContext) -> anyhow::Result<Combination> {
         self.combine(grads)
     }
 

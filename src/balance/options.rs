@@ -17,13 +17,7 @@ pub struct Options<'a> {
 
 impl<'a> Options<'a> {
     pub fn new(cfg: &'a BalanceConfig) -> Self {
-        Self {
-            method: &cfg.method,
-            map: &cfg.options,
-            on: cfg.on,
-            on_used: false,
-            known: Vec::new(),
-        }
+        Self { method: &cfg.method, map: &cfg.options, on: cfg.on, on_used: false, known: Vec::new() }
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a Value> {
@@ -68,11 +62,7 @@ impl<'a> Options<'a> {
     }
 
     /// One of `allowed` (the first is the default).
-    pub fn choice(
-        &mut self,
-        key: &'static str,
-        allowed: &[&'static str],
-    ) -> anyhow::Result<&'static str> {
+    pub fn choice(&mut self, key: &'static str, allowed: &[&'static str]) -> anyhow::Result<&'static str> {
         let Some(v) = self.get(key) else {
             return Ok(allowed[0]);
         };
@@ -100,16 +90,8 @@ impl<'a> Options<'a> {
     /// for a method that works on the losses alone.
     pub fn finish(self) -> anyhow::Result<()> {
         if let Some(key) = self.map.keys().find(|k| !self.known.contains(&k.as_str())) {
-            let accepted = if self.known.is_empty() {
-                "none".to_string()
-            } else {
-                self.known.join(", ")
-            };
-            let hint = if key == "on" {
-                " (`on` is `balance.on`, not an option)"
-            } else {
-                ""
-            };
+            let accepted = if self.known.is_empty() { "none".to_string() } else { self.known.join(", ") };
+            let hint = if key == "on" { " (`on` is `balance.on`, not an option)" } else { "" };
             crate::user_bail!(
                 "balance.options.{key}: not an option of method '{}'{hint}; accepted: {accepted}",
                 self.method
@@ -126,9 +108,7 @@ impl<'a> Options<'a> {
 }
 
 fn show(v: &Value) -> String {
-    serde_yaml::to_string(v)
-        .map(|s| format!("'{}'", s.trim()))
-        .unwrap_or_else(|_| "?".into())
+    serde_yaml::to_string(v).map(|s| format!("'{}'", s.trim())).unwrap_or_else(|_| "?".into())
 }
 
 #[cfg(test)]
@@ -137,11 +117,7 @@ mod tests {
     use crate::error::is_user_error;
 
     fn cfg(method: &str, yaml: &str) -> BalanceConfig {
-        BalanceConfig {
-            method: method.into(),
-            on: GradientOn::Params,
-            options: serde_yaml::from_str(yaml).unwrap(),
-        }
+        BalanceConfig { method: method.into(), on: GradientOn::Params, options: serde_yaml::from_str(yaml).unwrap() }
     }
 
     #[test]
@@ -149,10 +125,7 @@ mod tests {
         let mut c = cfg("cagrad", "{alpha: 0.25}");
         c.on = GradientOn::Representation;
         let mut o = Options::new(&c);
-        assert_eq!(
-            o.f64("alpha", 0.5, "a number ≥ 0", |x| x >= 0.0).unwrap(),
-            0.25
-        );
+        assert_eq!(o.f64("alpha", 0.5, "a number ≥ 0", |x| x >= 0.0).unwrap(), 0.25);
         assert_eq!(o.space(), GradientSpace::Representation);
         assert_eq!(o.f64("other", 7.0, "x", |_| true).unwrap(), 7.0);
         o.finish().unwrap();
@@ -161,20 +134,14 @@ mod tests {
         let mut ew = cfg("ew", "{}");
         ew.on = GradientOn::Representation;
         let e = Options::new(&ew).finish().unwrap_err();
-        assert!(
-            is_user_error(&e) && e.to_string().starts_with("balance.on:"),
-            "{e}"
-        );
+        assert!(is_user_error(&e) && e.to_string().starts_with("balance.on:"), "{e}");
 
         let c = cfg("dwa", "{temperature: 2, tempreature: 3}");
         let mut o = Options::new(&c);
         assert_eq!(o.f64("temperature", 2.0, "x", |x| x > 0.0).unwrap(), 2.0);
         let err = o.finish().unwrap_err();
         assert!(is_user_error(&err));
-        assert!(
-            err.to_string().starts_with("balance.options.tempreature:"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("balance.options.tempreature:"), "{err}");
     }
 
     #[test]
@@ -182,10 +149,7 @@ mod tests {
         let c = cfg("nash", "{update_every: 0, norm: l3, alpha: fast}");
         let mut o = Options::new(&c);
         let e = o.positive_int("update_every", 1).unwrap_err();
-        assert!(
-            e.to_string().starts_with("balance.options.update_every:"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("balance.options.update_every:"), "{e}");
         let e = o.choice("norm", &["l1", "l2"]).unwrap_err();
         assert!(e.to_string().contains("l1 | l2"), "{e}");
         let e = o.f64("alpha", 0.5, "a number", |_| true).unwrap_err();

@@ -31,11 +31,7 @@ pub fn random_orders(tasks: usize, seed: u64, step: u64) -> Vec<Vec<usize>> {
 
 /// Checks that `orders[i]` is a permutation of the tasks other than `i`.
 pub(crate) fn check_orders(orders: &[Vec<usize>], tasks: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        orders.len() == tasks,
-        "balance: {} orders for {tasks} tasks",
-        orders.len()
-    );
+    anyhow::ensure!(orders.len() == tasks, "balance: {} orders for {tasks} tasks", orders.len());
     for (i, order) in orders.iter().enumerate() {
         let mut sorted = order.clone();
         sorted.sort_unstable();
@@ -55,16 +51,12 @@ pub(crate) fn dot_with(row: &[f64], m: &Mat, j: usize) -> f64 {
 
 /// `C = I`: every `g̃_i` starts as `g_i`.
 pub(crate) fn identity_rows(n: usize) -> Vec<Vec<f64>> {
-    (0..n)
-        .map(|i| (0..n).map(|k| if i == k { 1.0 } else { 0.0 }).collect())
-        .collect()
+    (0..n).map(|i| (0..n).map(|k| if i == k { 1.0 } else { 0.0 }).collect()).collect()
 }
 
 /// Sum of each column of `C`: the coefficient of every original gradient in `Σ_i g̃_i`.
 pub(crate) fn column_sums(c: &[Vec<f64>]) -> Vec<f64> {
-    (0..c.len())
-        .map(|k| c.iter().map(|row| row[k]).sum())
-        .collect()
+    (0..c.len()).map(|k| c.iter().map(|row| row[k]).sum()).collect()
 }
 
 /// The PCGrad coefficients `C` (`g̃_i = Σ_k C_ik g_k`) for the Gram matrix `m`.
@@ -97,12 +89,7 @@ impl GradientMethod for PcGrad {
         "pcgrad"
     }
 
-    fn combine_step(
-        &mut self,
-        grads: &Tensor,
-        _losses: &Tensor,
-        ctx: &StepContext,
-    ) -> anyhow::Result<Combination> {
+    fn combine_step(&mut self, grads: &Tensor, _losses: &Tensor, ctx: &StepContext) -> anyhow::Result<Combination> {
         pcgrad(grads, &random_orders(ctx.losses.len(), ctx.seed, ctx.step))
     }
 

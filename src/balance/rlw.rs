@@ -18,10 +18,7 @@ pub fn standard_normals(rng: &mut impl Rng, n: usize) -> Vec<f64> {
 
 /// RLW's weights for `tasks` tasks at `step` of the run seeded `seed`.
 pub fn rlw_weights(tasks: usize, seed: u64, step: u64) -> Vec<f64> {
-    super::softmax(&standard_normals(
-        &mut rng::stream(seed, Purpose::Balance, step),
-        tasks,
-    ))
+    super::softmax(&standard_normals(&mut rng::stream(seed, Purpose::Balance, step), tasks))
 }
 
 pub struct Rlw;
@@ -38,9 +35,7 @@ impl Balancer for Rlw {
     fn backward(&mut self, ctx: &StepContext) -> anyhow::Result<Tensor> {
         anyhow::ensure!(!ctx.losses.is_empty(), "balance: no task losses");
         let w = rlw_weights(ctx.losses.len(), ctx.seed, ctx.step);
-        let w = Tensor::from_slice(&w)
-            .to_kind(Kind::Float)
-            .to_device(ctx.losses[0].device());
+        let w = Tensor::from_slice(&w).to_kind(Kind::Float).to_device(ctx.losses[0].device());
         grads::backward_weighted(ctx, &w)?;
         Ok(w)
     }

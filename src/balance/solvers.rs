@@ -15,10 +15,7 @@ pub struct Mat {
 
 impl Mat {
     pub fn zeros(n: usize) -> Self {
-        Self {
-            n,
-            a: vec![0.0; n * n],
-        }
+        Self { n, a: vec![0.0; n * n] }
     }
 
     pub fn identity(n: usize) -> Self {
@@ -36,10 +33,7 @@ impl Mat {
     }
 
     pub fn from_fn(n: usize, f: impl Fn(usize, usize) -> f64) -> Self {
-        Self {
-            n,
-            a: (0..n * n).map(|k| f(k / n, k % n)).collect(),
-        }
+        Self { n, a: (0..n * n).map(|k| f(k / n, k % n)).collect() }
     }
 
     pub fn n(&self) -> usize {
@@ -67,10 +61,7 @@ impl Mat {
     }
 
     pub fn scaled(&self, s: f64) -> Self {
-        Self {
-            n: self.n,
-            a: self.a.iter().map(|x| x * s).collect(),
-        }
+        Self { n: self.n, a: self.a.iter().map(|x| x * s).collect() }
     }
 
     /// `M + δ I`.
@@ -101,9 +92,7 @@ impl Mat {
     }
 
     pub fn matmul(&self, other: &Self) -> Self {
-        Self::from_fn(self.n, |i, j| {
-            (0..self.n).map(|k| self[(i, k)] * other[(k, j)]).sum()
-        })
+        Self::from_fn(self.n, |i, j| (0..self.n).map(|k| self[(i, k)] * other[(k, j)]).sum())
     }
 
     /// The principal submatrix on `idx`.
@@ -283,9 +272,7 @@ fn active_set(q: &Mat, c: &[f64], sum_to: Option<f64>) -> Option<Vec<f64>> {
     if n == 0 {
         return Some(Vec::new());
     }
-    let scale = q
-        .max_abs()
-        .max(c.iter().fold(0.0, |m: f64, v| m.max(v.abs())));
+    let scale = q.max_abs().max(c.iter().fold(0.0, |m: f64, v| m.max(v.abs())));
     let tol = 1e-13 * scale.max(f64::MIN_POSITIVE);
     // Feasible start: the barycentre of the simplex (all free), or the origin (all fixed).
     let (mut x, mut free) = match sum_to {
@@ -301,10 +288,8 @@ fn active_set(q: &Mat, c: &[f64], sum_to: Option<f64>) -> Option<Vec<f64>> {
             }
             // Multipliers of the bounds x_j ≥ 0 that are held fixed.
             let grad = q.mul_vec(&x);
-            let worst = (0..n)
-                .filter(|&j| !free[j])
-                .map(|j| (j, grad[j] + c[j] - nu))
-                .min_by(|a, b| a.1.total_cmp(&b.1));
+            let worst =
+                (0..n).filter(|&j| !free[j]).map(|j| (j, grad[j] + c[j] - nu)).min_by(|a, b| a.1.total_cmp(&b.1));
             match worst {
                 Some((j, lam)) if lam < -tol => free[j] = true,
                 _ => return Some(x),
@@ -334,12 +319,7 @@ fn active_set(q: &Mat, c: &[f64], sum_to: Option<f64>) -> Option<Vec<f64>> {
 
 /// Minimiser of the QP on the face where only `idx` are free (the rest fixed at 0), with the
 /// multiplier `ν` of the sum constraint (0 without one).
-fn face_minimiser(
-    q: &Mat,
-    c: &[f64],
-    idx: &[usize],
-    sum_to: Option<f64>,
-) -> Option<(Vec<f64>, f64)> {
+fn face_minimiser(q: &Mat, c: &[f64], idx: &[usize], sum_to: Option<f64>) -> Option<(Vec<f64>, f64)> {
     let k = idx.len();
     match sum_to {
         None => {
@@ -378,11 +358,7 @@ pub fn min_norm_simplex(m: &Mat) -> Vec<f64> {
     }
     if n == 2 {
         let denom = m[(0, 0)] + m[(1, 1)] - 2.0 * m[(0, 1)];
-        let gamma = if denom <= 1e-14 * scale {
-            0.5
-        } else {
-            ((m[(1, 1)] - m[(0, 1)]) / denom).clamp(0.0, 1.0)
-        };
+        let gamma = if denom <= 1e-14 * scale { 0.5 } else { ((m[(1, 1)] - m[(0, 1)]) / denom).clamp(0.0, 1.0) };
         return vec![gamma, 1.0 - gamma];
     }
     let mn = m.scaled(n as f64 / scale);
@@ -430,9 +406,7 @@ pub fn upgrad_weights(m: &Mat) -> Vec<f64> {
 /// direction of `g_w` is undefined and CAGrad reduces to the mean gradient).
 pub fn cagrad_weights(m: &Mat, c: f64) -> Option<Vec<f64>> {
     let n = m.n();
-    let max_norm = (0..n)
-        .map(|i| m[(i, i)].max(0.0).sqrt())
-        .fold(0.0, f64::max);
+    let max_norm = (0..n).map(|i| m[(i, i)].max(0.0).sqrt()).fold(0.0, f64::max);
     if n == 0 || max_norm <= 0.0 || c <= 0.0 {
         return None;
     }
@@ -490,18 +464,12 @@ pub fn nash_weights(m: &Mat, init: Option<&[f64]>) -> Vec<f64> {
     for _ in 0..200 {
         let ma = mt.mul_vec(&a);
         let grad: Vec<f64> = (0..n).map(|i| ma[i] - 1.0 / a[i]).collect();
-        let hess = Mat::from_fn(n, |i, j| {
-            mt[(i, j)] + if i == j { 1.0 / (a[i] * a[i]) } else { 0.0 }
-        });
+        let hess = Mat::from_fn(n, |i, j| mt[(i, j)] + if i == j { 1.0 / (a[i] * a[i]) } else { 0.0 });
         let Some(step) = solve_linear(&hess, &grad.iter().map(|g| -g).collect::<Vec<_>>()) else {
             break;
         };
         let decrement = hess.quad(&step, &step).max(0.0).sqrt();
-        let tau = if decrement > 0.25 {
-            1.0 / (1.0 + decrement)
-        } else {
-            1.0
-        };
+        let tau = if decrement > 0.25 { 1.0 / (1.0 + decrement) } else { 1.0 };
         let next: Vec<f64> = (0..n).map(|i| a[i] + tau * step[i]).collect();
         if next.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             break;
@@ -564,16 +532,10 @@ mod tests {
 
     #[test]
     fn jacobi_reconstructs() {
-        let m = gram(&[
-            vec![1.0, 2.0, 0.5, 0.0],
-            vec![-1.0, 0.3, 2.0, 1.0],
-            vec![0.2, 0.2, -0.1, 3.0],
-        ]);
+        let m = gram(&[vec![1.0, 2.0, 0.5, 0.0], vec![-1.0, 0.3, 2.0, 1.0], vec![0.2, 0.2, -0.1, 3.0]]);
         let (lam, v) = sym_eigen(&m);
         assert!(lam.windows(2).all(|p| p[0] >= p[1]));
-        let rec = Mat::from_fn(3, |i, j| {
-            (0..3).map(|k| v[(i, k)] * lam[k] * v[(j, k)]).sum()
-        });
+        let rec = Mat::from_fn(3, |i, j| (0..3).map(|k| v[(i, k)] * lam[k] * v[(j, k)]).sum());
         for (a, b) in rec.values().iter().zip(m.values()) {
             assert!((a - b).abs() < 1e-12, "{a} vs {b}");
         }
@@ -587,12 +549,7 @@ mod tests {
 
     #[test]
     fn min_norm_matches_two_task_closed_form_and_enumeration() {
-        let rows = [
-            vec![1.0, 0.2, -0.3],
-            vec![-0.5, 1.0, 0.1],
-            vec![0.3, -0.8, 0.9],
-            vec![0.1, 0.1, 0.1],
-        ];
+        let rows = [vec![1.0, 0.2, -0.3], vec![-0.5, 1.0, 0.1], vec![0.3, -0.8, 0.9], vec![0.1, 0.1, 0.1]];
         let m = gram(&rows);
         let w = min_norm_simplex(&m);
         assert_simplex(&w);
@@ -619,12 +576,8 @@ mod tests {
         let same = gram(&[vec![1.0, 0.0], vec![1.0, 0.0], vec![1.0, 0.0]]);
         for m in [&zero, &par, &same] {
             assert_simplex(&min_norm_simplex(m));
-            assert!(upgrad_weights(&m.with_ridge(1e-4))
-                .iter()
-                .all(|v| v.is_finite()));
-            assert!(nash_weights(m, None)
-                .iter()
-                .all(|v| v.is_finite() && *v > 0.0));
+            assert!(upgrad_weights(&m.with_ridge(1e-4)).iter().all(|v| v.is_finite()));
+            assert!(nash_weights(m, None).iter().all(|v| v.is_finite() && *v > 0.0));
             assert!(aligned_weights(m).iter().all(|v| v.is_finite()));
             if let Some(w) = cagrad_weights(m, 0.5) {
                 assert_simplex(&w);
@@ -634,11 +587,7 @@ mod tests {
 
     #[test]
     fn nash_solves_the_bargaining_system() {
-        let m = gram(&[
-            vec![1.0, 0.2, -0.3],
-            vec![-0.5, 1.0, 0.1],
-            vec![0.3, -0.8, 0.9],
-        ]);
+        let m = gram(&[vec![1.0, 0.2, -0.3], vec![-0.5, 1.0, 0.1], vec![0.3, -0.8, 0.9]]);
         let a = nash_weights(&m, None);
         let mt = m.scaled(1.0 / m.frobenius()).with_ridge(NASH_RIDGE);
         let ma = mt.mul_vec(&a);

@@ -6,9 +6,7 @@ use tch::{Kind, Tensor};
 /// as an owned copy on the CPU; methods move their state to the step's device when used.
 pub fn get(tensors: &[(String, Tensor)], name: &str, shape: &[i64]) -> anyhow::Result<Tensor> {
     let Some((_, t)) = tensors.iter().find(|(n, _)| n == name) else {
-        crate::user_bail!(
-            "checkpoint: balancer state '{name}' is missing (saved by another method?)"
-        );
+        crate::user_bail!("checkpoint: balancer state '{name}' is missing (saved by another method?)");
     };
     let size = t.size();
     let fits = size.len() == shape.len() && size.iter().zip(shape).all(|(a, b)| *b < 0 || a == b);
@@ -27,9 +25,7 @@ pub fn get_vec(tensors: &[(String, Tensor)], name: &str, n: usize) -> anyhow::Re
 
 /// An integer counter stored as a `[1]` int64 tensor.
 pub fn get_count(tensors: &[(String, Tensor)], name: &str) -> anyhow::Result<i64> {
-    Ok(get(tensors, name, &[1])?
-        .to_kind(Kind::Int64)
-        .int64_value(&[0]))
+    Ok(get(tensors, name, &[1])?.to_kind(Kind::Int64).int64_value(&[0]))
 }
 
 pub fn count(value: i64) -> Tensor {

@@ -32,19 +32,9 @@ impl Balancer for StaticWeights {
     fn backward(&mut self, ctx: &StepContext) -> anyhow::Result<Tensor> {
         let t = ctx.losses.len();
         anyhow::ensure!(t > 0, "balance: no task losses");
-        let weights: Vec<f64> = if self.equal {
-            vec![1.0; t]
-        } else {
-            ctx.task_weights.to_vec()
-        };
-        anyhow::ensure!(
-            weights.len() == t,
-            "balance: {} task weights for {t} losses",
-            weights.len()
-        );
-        let w = Tensor::from_slice(&weights)
-            .to_kind(Kind::Float)
-            .to_device(ctx.losses[0].device());
+        let weights: Vec<f64> = if self.equal { vec![1.0; t] } else { ctx.task_weights.to_vec() };
+        anyhow::ensure!(weights.len() == t, "balance: {} task weights for {t} losses", weights.len());
+        let w = Tensor::from_slice(&weights).to_kind(Kind::Float).to_device(ctx.losses[0].device());
         grads::backward_weighted(ctx, &w)?;
         Ok(w)
     }

@@ -60,8 +60,7 @@ impl Balancer for Uncertainty {
     }
 
     fn load_state(&mut self, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
-        self.log_vars =
-            state::get(tensors, "log_vars", &self.log_vars.size())?.to_kind(Kind::Float);
+        self.log_vars = state::get(tensors, "log_vars", &self.log_vars.size())?.to_kind(Kind::Float);
         self.adam.load_state(tensors, "")
     }
 }

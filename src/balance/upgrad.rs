@@ -17,20 +17,13 @@ pub const DEFAULT_REG_EPS: f64 = 1e-4;
 /// UPGrad's weights for a Gram matrix.
 pub fn upgrad_weights_for(m: &Mat, reg_eps: f64) -> Vec<f64> {
     let tr = m.trace();
-    let mt = if tr > 0.0 {
-        m.scaled(1.0 / tr)
-    } else {
-        Mat::zeros(m.n())
-    };
+    let mt = if tr > 0.0 { m.scaled(1.0 / tr) } else { Mat::zeros(m.n()) };
     upgrad_weights(&mt.with_ridge(reg_eps))
 }
 
 /// UPGrad on per-task gradients `[T, P]`.
 pub fn upgrad(grads: &Tensor, reg_eps: f64) -> anyhow::Result<Combination> {
-    Ok(Combination::weighted(
-        grads,
-        &upgrad_weights_for(&gram(grads)?, reg_eps),
-    ))
+    Ok(Combination::weighted(grads, &upgrad_weights_for(&gram(grads)?, reg_eps)))
 }
 
 pub struct UpGrad {
@@ -42,12 +35,7 @@ impl GradientMethod for UpGrad {
         "upgrad"
     }
 
-    fn combine_step(
-        &mut self,
-        grads: &Tensor,
-        _losses: &Tensor,
-        _ctx: &StepContext,
-    ) -> anyhow::Result<Combination> {
+    fn combine_step(&mut self, grads: &Tensor, _losses: &Tensor, _ctx: &StepContext) -> anyhow::Result<Combination> {
         upgrad(grads, self.reg_eps)
     }
 }

@@ -21,8 +21,8 @@ pub const DEFAULT_CONFIG_NAME: &str = "<built-in configs/shapes_seg.yaml>";
 impl Config {
     /// Reads, overrides and validates a config file.
     pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| user_error!("{}: cannot read config: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| user_error!("{}: cannot read config: {e}", path.display()))?;
         let mut cfg = Self::parse(&text, &path.display().to_string(), overrides)?;
         // A relative data root means "relative to this file"; the resolved config records
         // where that is, so a run's config.yaml works from any directory.
@@ -44,8 +44,7 @@ impl Config {
         let cfg = if overrides.is_empty() {
             cfg
         } else {
-            let mut value: serde_yaml::Value =
-                serde_yaml::from_str(text).map_err(|e| user_error!("{origin}: {e}"))?;
+            let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| user_error!("{origin}: {e}"))?;
             for o in overrides {
                 overrides::apply(&mut value, o)?;
             }

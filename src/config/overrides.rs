@@ -19,9 +19,8 @@ pub fn apply(root: &mut Value, assignment: &str) -> anyhow::Result<()> {
         node = match node {
             Value::Sequence(items) => {
                 let len = items.len();
-                let i: usize = part
-                    .parse()
-                    .map_err(|_| user_error!("--set {assignment}: '{part}' must be a list index"))?;
+                let i: usize =
+                    part.parse().map_err(|_| user_error!("--set {assignment}: '{part}' must be a list index"))?;
                 items
                     .get_mut(i)
                     .ok_or_else(|| user_error!("--set {assignment}: index {i} is out of range (the list has {len})"))?

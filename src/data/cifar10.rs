@@ -342,7 +342,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_fake_cifar_dir(dir.path(), 20).unwrap();
         let c = cfg(dir.path(), 0, 0);
-        let (a, b, other) = (load(&c, 3, dir.path()).unwrap(), load(&c, 3, dir.path()).unwrap(), load(&c, 4, dir.path()).unwrap());
+        let (a, b, other) =
+            (load(&c, 3, dir.path()).unwrap(), load(&c, 3, dir.path()).unwrap(), load(&c, 4, dir.path()).unwrap());
         assert!(a.train.images.equal(&b.train.images) && a.train.targets["mask"].equal(&b.train.targets["mask"]));
         assert!(!a.train.targets["mask"].equal(&other.train.targets["mask"]));
     }

@@ -377,12 +377,7 @@ impl Background {
         } else {
             (0.0, 0.0, 0.0, 0.0)
         };
-        Background {
-            base,
-            slope: (slope * angle.cos(), slope * angle.sin()),
-            stripes,
-            noise: rng.gen_range(2.0..10.0),
-        }
+        Background { base, slope: (slope * angle.cos(), slope * angle.sin()), stripes, noise: rng.gen_range(2.0..10.0) }
     }
 
     /// Brightness offset at pixel (x, y), relative to the centre of the image.
@@ -441,7 +436,8 @@ mod tests {
     }
 
     fn same(a: &Split, b: &Split) -> bool {
-        a.images.equal(&b.images) && a.targets.keys().eq(b.targets.keys())
+        a.images.equal(&b.images)
+            && a.targets.keys().eq(b.targets.keys())
             && a.targets.iter().all(|(k, v)| v.equal(&b.targets[k]))
     }
 

@@ -30,13 +30,9 @@ impl Backbone {
             BackboneKind::Conv => {
                 Backbone::Conv(ConvNet::new(p, in_channels, &cfg.widths, cfg.depth, bn, cfg.activation))
             }
-            BackboneKind::Resnet => Backbone::Resnet(ResNet::new(
-                p,
-                in_channels,
-                &resnet_widths(&cfg.widths),
-                cfg.depth,
-                cfg.activation,
-            )),
+            BackboneKind::Resnet => {
+                Backbone::Resnet(ResNet::new(p, in_channels, &resnet_widths(&cfg.widths), cfg.depth, cfg.activation))
+            }
             BackboneKind::Mlp => Backbone::Mlp(Mlp::new(p, in_features, &cfg.widths, cfg.activation)),
         }
     }

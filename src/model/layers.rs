@@ -87,11 +87,7 @@ impl BatchNorm2d {
             bias: p.var("bias", &[c], Init::Const(0.0)),
             running_mean: p.zeros_no_train("running_mean", &[c]),
             running_var: p.ones_no_train("running_var", &[c]),
-            num_batches_tracked: p.add(
-                "num_batches_tracked",
-                Tensor::zeros([], (Kind::Int64, dev)),
-                false,
-            ),
+            num_batches_tracked: p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, dev)), false),
         }
     }
 

@@ -29,12 +29,8 @@ impl MultiTaskModel {
         let vs = VarStore::new(device);
         let root = vs.root();
         let m = &cfg.model;
-        let backbone = Backbone::new(
-            &(&root / BACKBONE),
-            &m.backbone,
-            in_channels,
-            in_channels * image_size * image_size,
-        );
+        let backbone =
+            Backbone::new(&(&root / BACKBONE), &m.backbone, in_channels, in_channels * image_size * image_size);
         let info = backbone.info();
         // `pool: flatten` heads need the coarsest map's size: one eval-mode pass of a blank
         // image (eval mode leaves the BatchNorm statistics alone).
@@ -82,8 +78,7 @@ impl MultiTaskModel {
 
     /// Trainable variables, sorted by name (a stable order for optimizer buffers).
     pub fn named_trainable(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> =
-            self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }

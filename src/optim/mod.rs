@@ -102,11 +102,7 @@ impl Optimizer {
                 let src = lookup(&key).ok_or_else(|| crate::user_error!("missing optimizer state '{key}'"))?;
                 let mut dst = self.flat.slice_of(buf, i);
                 if src.size() != dst.size() {
-                    crate::user_bail!(
-                        "optimizer state '{key}' has shape {:?}, expected {:?}",
-                        src.size(),
-                        dst.size()
-                    );
+                    crate::user_bail!("optimizer state '{key}' has shape {:?}, expected {:?}", src.size(), dst.size());
                 }
                 tch::no_grad(|| dst.copy_(&src));
             }

@@ -12,7 +12,12 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(cfg: &ScheduleConfig, peak_lr: f64, total_steps: u64, steps_per_epoch: u64) -> Self {
-        Self { cfg: cfg.clone(), peak: peak_lr, total_steps: total_steps.max(1), steps_per_epoch: steps_per_epoch.max(1) }
+        Self {
+            cfg: cfg.clone(),
+            peak: peak_lr,
+            total_steps: total_steps.max(1),
+            steps_per_epoch: steps_per_epoch.max(1),
+        }
     }
 
     /// The LR for the update at 0-based `step`.

@@ -196,7 +196,8 @@ impl Trainer {
             });
             self.balancer.after_step(&after)?;
         }
-        let detached_losses = Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
+        let detached_losses =
+            Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
         let _ = self.window_loss.g_add_(&detached_losses);
         let _ = self.epoch_loss.g_add_(&detached_losses);
         self.at.step += 1;

@@ -105,10 +105,7 @@ pub fn write_curves_png(path: &Path, title: &str, series: &[Series]) -> Result<(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut tmp_name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{} names no file", path.display()))?
-        .to_owned();
+    let mut tmp_name = path.file_name().ok_or_else(|| anyhow!("{} names no file", path.display()))?.to_owned();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
     let write = || -> Result<()> {
@@ -124,29 +121,19 @@ pub fn write_curves_png(path: &Path, title: &str, series: &[Series]) -> Result<(
         Ok(())
     };
     write().with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")
 }
 
-fn render(
-    buf: &mut [u8],
-    (w, h): (u32, u32),
-    title: &str,
-    names: &[&str],
-    series: &[Series],
-) -> Result<()> {
+fn render(buf: &mut [u8], (w, h): (u32, u32), title: &str, names: &[&str], series: &[Series]) -> Result<()> {
     let root = BitMapBackend::with_buffer(buf, (w, h)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let (head, body) = root.split_vertically(TITLE_HEIGHT);
-    let style = TextStyle::from((FAMILY, 26).into_font())
-        .color(&BLACK)
-        .pos(centre());
-    head.draw_text(title, &style, (w as i32 / 2, TITLE_HEIGHT as i32 / 2))
-        .map_err(plot_err)?;
+    let style = TextStyle::from((FAMILY, 26).into_font()).color(&BLACK).pos(centre());
+    head.draw_text(title, &style, (w as i32 / 2, TITLE_HEIGHT as i32 / 2)).map_err(plot_err)?;
 
     let (cols, rows) = grid(names.len());
     let cells = body.split_evenly((rows as usize, cols as usize));
@@ -163,9 +150,7 @@ fn render(
 /// `[lo, hi]` of the finite values, widened when flat; `margin` is a fraction of the span
 /// added on each side.
 fn range(values: impl Iterator<Item = f64>, margin: f64) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if !lo.is_finite() || !hi.is_finite() {
         return (0.0, 1.0);
     }
@@ -182,11 +167,7 @@ fn range(values: impl Iterator<Item = f64>, margin: f64) -> (f64, f64) {
 fn format_tick(v: f64, span: f64, steps: bool) -> String {
     let a = v.abs();
     if steps && a >= 1e3 && span >= 1e4 {
-        return if a >= 1e6 {
-            trim(format!("{:.2}", v / 1e6)) + "M"
-        } else {
-            trim(format!("{:.1}", v / 1e3)) + "k"
-        };
+        return if a >= 1e6 { trim(format!("{:.2}", v / 1e6)) + "M" } else { trim(format!("{:.1}", v / 1e3)) + "k" };
     }
     if a <= span * 1e-9 {
         return "0".into();
@@ -212,20 +193,10 @@ fn trim(s: String) -> String {
     }
 }
 
-fn draw_panel(
-    area: &DrawingArea<BitMapBackend<'_>, Shift>,
-    name: &str,
-    series: &[&Series],
-) -> Result<()> {
+fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, name: &str, series: &[&Series]) -> Result<()> {
     let finite: Vec<Vec<(f64, f64)>> = series
         .iter()
-        .map(|s| {
-            s.points
-                .iter()
-                .copied()
-                .filter(|(x, y)| x.is_finite() && y.is_finite())
-                .collect()
-        })
+        .map(|s| s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect())
         .collect();
     let all = || finite.iter().flatten();
     let (x0, x1) = range(all().map(|p| p.0), 0.0);
@@ -256,15 +227,9 @@ fn draw_panel(
         .map_err(plot_err)?;
 
     if finite.iter().all(|p| p.is_empty()) {
-        let style = TextStyle::from((FAMILY, 16).into_font())
-            .color(&RGBColor(120, 120, 120))
-            .pos(centre());
+        let style = TextStyle::from((FAMILY, 16).into_font()).color(&RGBColor(120, 120, 120)).pos(centre());
         chart
-            .draw_series(std::iter::once(Text::new(
-                "no data",
-                ((x0 + x1) / 2.0, (y0 + y1) / 2.0),
-                style,
-            )))
+            .draw_series(std::iter::once(Text::new("no data", ((x0 + x1) / 2.0, (y0 + y1) / 2.0), style)))
             .map_err(plot_err)?;
     }
     for (i, (s, pts)) in series.iter().zip(&finite).enumerate() {
@@ -273,17 +238,13 @@ fn draw_panel(
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(plot_err)?
             .label(s.label.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     // Markers over every line, so a lone point is not hidden under a later series' line.
     for (i, pts) in finite.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         if pts.len() <= MARKER_MAX_POINTS {
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(plot_err)?;
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(plot_err)?;
         }
     }
     if !series.is_empty() {
@@ -300,11 +261,7 @@ fn draw_panel(
 }
 
 /// The right-hand corner with fewer points under it (losses fall, accuracies rise).
-fn legend_corner(
-    points: &[Vec<(f64, f64)>],
-    (x0, x1): (f64, f64),
-    (y0, y1): (f64, f64),
-) -> SeriesLabelPosition {
+fn legend_corner(points: &[Vec<(f64, f64)>], (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> SeriesLabelPosition {
     let (mut upper, mut lower) = (0usize, 0usize);
     for &(x, y) in points.iter().flatten() {
         let (u, v) = ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0));
@@ -325,14 +282,8 @@ mod tests {
     use super::*;
 
     fn curve(panel: &str, label: &str, n: usize, f: impl Fn(f64) -> f64) -> Series {
-        let points = (0..n)
-            .map(|i| (i as f64 * 50.0, f(i as f64 * 50.0)))
-            .collect();
-        Series {
-            panel: panel.into(),
-            label: label.into(),
-            points,
-        }
+        let points = (0..n).map(|i| (i as f64 * 50.0, f(i as f64 * 50.0))).collect();
+        Series { panel: panel.into(), label: label.into(), points }
     }
 
     #[test]
@@ -366,35 +317,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join("curves.png");
         let series = vec![
-            curve("shape", "train loss", 200, |s| {
-                2.0 * (-s / 3000.0).exp() + 0.1
-            }),
-            curve("shape", "val accuracy", 10, |s| {
-                1.0 - (-s / 200.0).exp() * 0.9
-            }),
+            curve("shape", "train loss", 200, |s| 2.0 * (-s / 3000.0).exp() + 0.1),
+            curve("shape", "val accuracy", 10, |s| 1.0 - (-s / 200.0).exp() * 0.9),
             curve("segment", "train loss", 200, |s| 1.5 * (-s / 4000.0).exp()),
-            curve("segment", "val miou", 10, |s| {
-                0.6 - 0.5 * (-s / 250.0).exp()
-            }),
-            Series {
-                panel: "depth".into(),
-                label: "nan only".into(),
-                points: vec![(0.0, f64::NAN)],
-            },
+            curve("segment", "val miou", 10, |s| 0.6 - 0.5 * (-s / 250.0).exp()),
+            Series { panel: "depth".into(), label: "nan only".into(), points: vec![(0.0, f64::NAN)] },
         ];
         write_curves_png(&path, "run test: curves", &series).unwrap();
         assert!(!path.with_file_name("curves.png.tmp").exists());
 
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
-        let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
-            .unwrap()
-            .to_rgb8();
+        let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), image_size(3));
-        assert_eq!(
-            img.dimensions(),
-            (2 * PANEL_SIZE.0, 2 * PANEL_SIZE.1 + TITLE_HEIGHT)
-        );
+        assert_eq!(img.dimensions(), (2 * PANEL_SIZE.0, 2 * PANEL_SIZE.1 + TITLE_HEIGHT));
 
         let non_white = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
         assert!(non_white > 2000, "only {non_white} drawn pixels");
@@ -420,26 +356,10 @@ mod tests {
         assert_eq!((img.width(), img.height()), image_size(1));
 
         let flat = vec![
-            Series {
-                panel: "a".into(),
-                label: "one point".into(),
-                points: vec![(5.0, 0.3)],
-            },
-            Series {
-                panel: "a".into(),
-                label: "flat".into(),
-                points: vec![(0.0, 0.3), (10.0, 0.3)],
-            },
-            Series {
-                panel: "b".into(),
-                label: "empty".into(),
-                points: vec![],
-            },
-            Series {
-                panel: "b".into(),
-                label: "inf".into(),
-                points: vec![(1.0, f64::INFINITY), (2.0, 1e9)],
-            },
+            Series { panel: "a".into(), label: "one point".into(), points: vec![(5.0, 0.3)] },
+            Series { panel: "a".into(), label: "flat".into(), points: vec![(0.0, 0.3), (10.0, 0.3)] },
+            Series { panel: "b".into(), label: "empty".into(), points: vec![] },
+            Series { panel: "b".into(), label: "inf".into(), points: vec![(1.0, f64::INFINITY), (2.0, 1e9)] },
         ];
         write_curves_png(&path, "flat", &flat).unwrap();
         let img = image::open(&path).unwrap();

@@ -131,7 +131,12 @@ pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
             .map(|(_, t)| t)
             .ok_or_else(|| user_error!("{}: missing tensor '{name}'", state_file.display()))?;
         if src.size() != dst.size() {
-            user_bail!("{}: tensor '{name}' has shape {:?}, expected {:?}", state_file.display(), src.size(), dst.size());
+            user_bail!(
+                "{}: tensor '{name}' has shape {:?}, expected {:?}",
+                state_file.display(),
+                src.size(),
+                dst.size()
+            );
         }
         tch::no_grad(|| dst.shallow_clone().copy_(src));
     }

@@ -77,7 +77,12 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<
 /// Prints the summary table and writes `curves.png` from the whole `metrics.jsonl`.
 pub fn finish(trainer: &Trainer, summary: &Summary) -> anyhow::Result<()> {
     let mut text = report::metrics_table(
-        &format!("summary: {} steps in {:.1}s{}", summary.steps, summary.seconds, if summary.interrupted { " (interrupted)" } else { "" }),
+        &format!(
+            "summary: {} steps in {:.1}s{}",
+            summary.steps,
+            summary.seconds,
+            if summary.interrupted { " (interrupted)" } else { "" }
+        ),
         &summary.final_metrics,
     );
     if let Some(b) = &summary.best {
@@ -97,7 +102,8 @@ pub fn finish(trainer: &Trainer, summary: &Summary) -> anyhow::Result<()> {
 pub fn series_from_records(records: &[report::Record], tasks: &[String]) -> Vec<plot::Series> {
     let mut out: Vec<plot::Series> = Vec::new();
     for r in records {
-        let (Some(step), Some(split)) = (r.get("step").and_then(|v| v.as_f64()), r.get("split").and_then(|v| v.as_str()))
+        let (Some(step), Some(split)) =
+            (r.get("step").and_then(|v| v.as_f64()), r.get("split").and_then(|v| v.as_str()))
         else {
             continue;
         };

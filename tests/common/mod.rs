@@ -74,12 +74,8 @@ impl Run {
 }
 
 pub fn run_in(dir: &Path, args: &[&str]) -> Run {
-    let output = Command::new(binary())
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("mtl-train runs");
+    let output =
+        Command::new(binary()).args(args).current_dir(dir).env("RUST_LOG", "warn").output().expect("mtl-train runs");
     Run { output }
 }
 
@@ -90,11 +86,7 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 pub fn read_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 pub fn checkpoint_pointer(run: &Path, pointer: &str) -> PathBuf {

@@ -14,12 +14,7 @@ pub fn mat(rows: &[Vec<f64>]) -> Tensor {
 }
 
 pub fn values(t: &Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(
-        &t.to_device(tch::Device::Cpu)
-            .to_kind(Kind::Double)
-            .reshape([-1]),
-    )
-    .unwrap()
+    Vec::<f64>::try_from(&t.to_device(tch::Device::Cpu).to_kind(Kind::Double).reshape([-1])).unwrap()
 }
 
 pub fn rows_of(t: &Tensor) -> Vec<Vec<f64>> {
@@ -50,10 +45,7 @@ pub fn assert_finite(v: &[f64]) {
 pub fn assert_simplex(w: &[f64]) {
     assert_finite(w);
     assert!(w.iter().all(|v| *v >= -1e-6), "negative weight: {w:?}");
-    assert!(
-        (w.iter().sum::<f64>() - 1.0).abs() <= 1e-6,
-        "weights do not sum to 1: {w:?}"
-    );
+    assert!((w.iter().sum::<f64>() - 1.0).abs() <= 1e-6, "weights do not sum to 1: {w:?}");
 }
 
 /// Random `[t, p]` float64 gradients from a seed (a Rust generator: tests run in parallel and

@@ -26,28 +26,12 @@ type Method = Box<dyn Fn(&Tensor, &Tensor) -> Combination>;
 /// `(name, combine)` for every gradient method with default options and fresh state.
 /// PCGrad and GradVac use the natural order (each task's others ascending).
 fn all_methods() -> Vec<(&'static str, Method)> {
-    let natural = |t: usize| -> Vec<Vec<usize>> {
-        (0..t)
-            .map(|i| (0..t).filter(|&j| j != i).collect())
-            .collect()
-    };
+    let natural = |t: usize| -> Vec<Vec<usize>> { (0..t).map(|i| (0..t).filter(|&j| j != i).collect()).collect() };
     vec![
-        (
-            "mgda",
-            Box::new(|g, l| mgda(g, l, MgdaNormalization::None).unwrap()),
-        ),
-        (
-            "mgda-l2",
-            Box::new(|g, l| mgda(g, l, MgdaNormalization::L2).unwrap()),
-        ),
-        (
-            "mgda-loss+l2",
-            Box::new(|g, l| mgda(g, l, MgdaNormalization::LossL2).unwrap()),
-        ),
-        (
-            "pcgrad",
-            Box::new(move |g: &Tensor, _| pcgrad(g, &natural(g.size()[0] as usize)).unwrap()),
-        ),
+        ("mgda", Box::new(|g, l| mgda(g, l, MgdaNormalization::None).unwrap())),
+        ("mgda-l2", Box::new(|g, l| mgda(g, l, MgdaNormalization::L2).unwrap())),
+        ("mgda-loss+l2", Box::new(|g, l| mgda(g, l, MgdaNormalization::LossL2).unwrap())),
+        ("pcgrad", Box::new(move |g: &Tensor, _| pcgrad(g, &natural(g.size()[0] as usize)).unwrap())),
         (
             "gradvac",
             Box::new(move |g: &Tensor, _| {
@@ -59,19 +43,9 @@ fn all_methods() -> Vec<(&'static str, Method)> {
         ("imtl", Box::new(|g, _| imtl(g).unwrap())),
         ("nash", Box::new(|g, _| nash_mtl(g).unwrap())),
         ("aligned", Box::new(|g, _| aligned_mtl(g).unwrap())),
-        (
-            "dbmtl",
-            Box::new(|g: &Tensor, l| DbMtl::new(g.size()[0] as usize, 0.9).combine(g, l).unwrap()),
-        ),
+        ("dbmtl", Box::new(|g: &Tensor, l| DbMtl::new(g.size()[0] as usize, 0.9).combine(g, l).unwrap())),
         ("upgrad", Box::new(|g, _| upgrad(g, 1e-4).unwrap())),
-        (
-            "gradnorm",
-            Box::new(|g: &Tensor, l| {
-                GradNorm::new(g.size()[0] as usize, 1.5, 0.025)
-                    .combine(g, l)
-                    .unwrap()
-            }),
-        ),
+        ("gradnorm", Box::new(|g: &Tensor, l| GradNorm::new(g.size()[0] as usize, 1.5, 0.025).combine(g, l).unwrap())),
     ]
 }
 
@@ -93,22 +67,9 @@ fn degenerate_gradients_never_give_nan() {
         ("zero", mat(&[vec![0.0; 3], vec![0.0; 3]])),
         ("one zero", mat(&[vec![1.0, 2.0, 0.0], vec![0.0; 3]])),
         ("parallel", mat(&[vec![1.0, 2.0, 0.0], vec![2.0, 4.0, 0.0]])),
-        (
-            "identical",
-            mat(&[
-                vec![1.0, -1.0, 3.0],
-                vec![1.0, -1.0, 3.0],
-                vec![1.0, -1.0, 3.0],
-            ]),
-        ),
-        (
-            "opposite",
-            mat(&[vec![1.0, 2.0, 0.0], vec![-1.0, -2.0, 0.0]]),
-        ),
-        (
-            "opposite+zero",
-            mat(&[vec![1.0, 2.0, 0.0], vec![-1.0, -2.0, 0.0], vec![0.0; 3]]),
-        ),
+        ("identical", mat(&[vec![1.0, -1.0, 3.0], vec![1.0, -1.0, 3.0], vec![1.0, -1.0, 3.0]])),
+        ("opposite", mat(&[vec![1.0, 2.0, 0.0], vec![-1.0, -2.0, 0.0]])),
+        ("opposite+zero", mat(&[vec![1.0, 2.0, 0.0], vec![-1.0, -2.0, 0.0], vec![0.0; 3]])),
         ("tiny", mat(&[vec![1e-30, 0.0, 0.0], vec![0.0, 1e-30, 0.0]])),
     ];
     for (case, g) in &cases {
@@ -116,10 +77,7 @@ fn degenerate_gradients_never_give_nan() {
         for (name, f) in all_methods() {
             let c = f(g, &ones(t));
             let (d, w) = (values(&c.direction), values(&c.weights));
-            assert!(
-                d.iter().chain(&w).all(|x| x.is_finite()),
-                "{name} on {case}: d={d:?} w={w:?}"
-            );
+            assert!(d.iter().chain(&w).all(|x| x.is_finite()), "{name} on {case}: d={d:?} w={w:?}");
             if name.starts_with("mgda") {
                 assert_simplex(&w);
             }
@@ -165,15 +123,9 @@ fn mgda_is_the_min_norm_point_kkt() {
         let scale = rows_of(&g).iter().map(|r| dot(r, r)).fold(0.0, f64::max);
         for (i, gi) in rows_of(&g).iter().enumerate() {
             let gd = dot(gi, &d);
-            assert!(
-                gd >= d2 - 1e-9 * scale,
-                "seed {seed}: g{i}·d = {gd} < ‖d‖² = {d2}"
-            );
+            assert!(gd >= d2 - 1e-9 * scale, "seed {seed}: g{i}·d = {gd} < ‖d‖² = {d2}");
             if w[i] > 1e-7 {
-                assert!(
-                    (gd - d2).abs() <= 1e-9 * scale,
-                    "seed {seed}: support {i}: {gd} vs {d2}"
-                );
+                assert!((gd - d2).abs() <= 1e-9 * scale, "seed {seed}: support {i}: {gd} vs {d2}");
             }
         }
     }
@@ -192,20 +144,13 @@ fn non_conflicting_methods_never_oppose_a_task() {
         for (name, c) in checks {
             let d = values(&c.direction);
             for gi in &rows {
-                assert!(
-                    dot(&d, gi) >= -1e-9 * norm(&d) * norm(gi),
-                    "{name} seed {seed}: {}",
-                    dot(&d, gi)
-                );
+                assert!(dot(&d, gi) >= -1e-9 * norm(&d) * norm(gi), "{name} seed {seed}: {}", dot(&d, gi));
             }
         }
         // With TorchJD's ridge the guarantee is approximate: d·g_j ≥ −O(ε).
         let d = values(&upgrad(&g, 1e-4).unwrap().direction);
         for gi in &rows {
-            assert!(
-                dot(&d, gi) >= -1e-3 * norm(&d) * norm(gi),
-                "upgrad seed {seed}"
-            );
+            assert!(dot(&d, gi) >= -1e-3 * norm(&d) * norm(gi), "upgrad seed {seed}");
         }
     }
 }
@@ -215,16 +160,8 @@ fn upgrad_weights_are_at_least_the_preference_and_orthogonal_is_the_mean() {
     let g = random_grads(7, 4, 5);
     let w = values(&upgrad(&g, 1e-4).unwrap().weights);
     assert!(w.iter().all(|v| *v >= 0.25 - 1e-12), "{w:?}");
-    let ortho = mat(&[
-        vec![2.0, 0.0, 0.0],
-        vec![0.0, 0.5, 0.0],
-        vec![0.0, 0.0, 1.0],
-    ]);
-    assert_close(
-        &values(&upgrad(&ortho, 1e-4).unwrap().weights),
-        &[1.0 / 3.0; 3],
-        1e-12,
-    );
+    let ortho = mat(&[vec![2.0, 0.0, 0.0], vec![0.0, 0.5, 0.0], vec![0.0, 0.0, 1.0]]);
+    assert_close(&values(&upgrad(&ortho, 1e-4).unwrap().weights), &[1.0 / 3.0; 3], 1e-12);
 }
 
 #[test]
@@ -244,11 +181,7 @@ fn imtl_two_task_closed_form() {
     let (a, b) = (vec![1.0, 0.5, -0.2], vec![-0.4, 3.0, 0.3]);
     let (n1, n2) = (norm(&a), norm(&b));
     let c = imtl(&mat(&[a, b])).unwrap();
-    assert_close(
-        &values(&c.weights),
-        &[n2 / (n1 + n2), n1 / (n1 + n2)],
-        1e-12,
-    );
+    assert_close(&values(&c.weights), &[n2 / (n1 + n2), n1 / (n1 + n2)], 1e-12);
 }
 
 #[test]
@@ -257,22 +190,10 @@ fn pcgrad_two_task_closed_form_and_no_conflict_after_projection() {
     let g = mat(&[a.clone(), b.clone()]);
     let ab = dot(&a, &b);
     assert!(ab < 0.0);
-    let pa: Vec<f64> = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| x - ab / dot(&b, &b) * y)
-        .collect();
-    let pb: Vec<f64> = b
-        .iter()
-        .zip(&a)
-        .map(|(y, x)| y - ab / dot(&a, &a) * x)
-        .collect();
+    let pa: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - ab / dot(&b, &b) * y).collect();
+    let pb: Vec<f64> = b.iter().zip(&a).map(|(y, x)| y - ab / dot(&a, &a) * x).collect();
     let want: Vec<f64> = pa.iter().zip(&pb).map(|(x, y)| x + y).collect();
-    assert_close(
-        &values(&pcgrad(&g, &[vec![1], vec![0]]).unwrap().direction),
-        &want,
-        1e-12,
-    );
+    assert_close(&values(&pcgrad(&g, &[vec![1], vec![0]]).unwrap().direction), &want, 1e-12);
     for seed in 0..20 {
         let g = random_grads(300 + seed, 2, 5);
         let m = crate::balance::grads::gram(&g).unwrap();
@@ -294,11 +215,7 @@ fn pcgrad_orders_are_seeded_permutations() {
         s.sort_unstable();
         assert_eq!(s, (0..5).filter(|&j| j != i).collect::<Vec<_>>());
     }
-    assert!(pcgrad(
-        &random_grads(1, 3, 2),
-        &[vec![1, 2], vec![0, 2], vec![0, 0]]
-    )
-    .is_err());
+    assert!(pcgrad(&random_grads(1, 3, 2), &[vec![1, 2], vec![0, 2], vec![0, 0]]).is_err());
 }
 
 #[test]
@@ -310,9 +227,7 @@ fn gradvac_starts_as_pcgrad_and_tracks_cosines() {
     let b = values(&pcgrad(&g, &orders).unwrap().direction);
     assert_close(&a, &b, 1e-10);
     let t = gv.targets();
-    assert!(
-        (0..3).all(|i| (0..3).all(|j| i == j || (t[(i, j)].abs() > 0.0 && t[(i, j)].abs() <= 0.5)))
-    );
+    assert!((0..3).all(|i| (0..3).all(|j| i == j || (t[(i, j)].abs() > 0.0 && t[(i, j)].abs() <= 0.5))));
     // Aligned gradients: the target rises toward 1 and nothing is changed.
     let g = mat(&[vec![1.0, 1.0], vec![2.0, 2.0]]);
     let mut gv = GradVac::new(2, 0.5);
@@ -331,35 +246,19 @@ fn cagrad_maximises_the_worst_improvement_in_the_ball() {
         let rows = rows_of(&g);
         let c = cagrad(&g, alpha).unwrap();
         let w = values(&c.weights);
-        let d: Vec<f64> = values(&c.direction)
-            .iter()
-            .map(|x| x * (1.0 + alpha * alpha))
-            .collect();
-        let g0: Vec<f64> = (0..4)
-            .map(|k| rows.iter().map(|r| r[k]).sum::<f64>() / 3.0)
-            .collect();
+        let d: Vec<f64> = values(&c.direction).iter().map(|x| x * (1.0 + alpha * alpha)).collect();
+        let g0: Vec<f64> = (0..4).map(|k| rows.iter().map(|r| r[k]).sum::<f64>() / 3.0).collect();
         let radius = alpha * norm(&g0);
         let worst = |x: &[f64]| rows.iter().map(|r| dot(r, x)).fold(f64::INFINITY, f64::min);
         let offset: Vec<f64> = d.iter().zip(&g0).map(|(a, b)| a - b).collect();
-        assert!(
-            (norm(&offset) - radius).abs() < 1e-9 * radius.max(1e-12),
-            "seed {seed}"
-        );
+        assert!((norm(&offset) - radius).abs() < 1e-9 * radius.max(1e-12), "seed {seed}");
         assert!(w.iter().sum::<f64>() > 0.0);
         // No point of the ball does better on the worst task (sampled).
         let best = worst(&d);
         for k in 0..200 {
             let u = values(&random_grads(1000 * seed + k, 1, 4));
-            let x: Vec<f64> = g0
-                .iter()
-                .zip(&u)
-                .map(|(a, b)| a + radius * b / norm(&u))
-                .collect();
-            assert!(
-                worst(&x) <= best + 1e-9,
-                "seed {seed}: {} > {best}",
-                worst(&x)
-            );
+            let x: Vec<f64> = g0.iter().zip(&u).map(|(a, b)| a + radius * b / norm(&u)).collect();
+            assert!(worst(&x) <= best + 1e-9, "seed {seed}: {} > {best}", worst(&x));
         }
     }
 }
@@ -386,10 +285,7 @@ fn nash_solves_the_bargaining_equations() {
     // Orthogonal gradients: α_i = 1/√(M̃_ii + ridge).
     let g = mat(&[vec![3.0, 0.0], vec![0.0, 1.0]]);
     let fro = (81.0f64 + 1.0).sqrt();
-    let want = [
-        1.0 / (9.0 / fro + NASH_RIDGE).sqrt(),
-        1.0 / (1.0 / fro + NASH_RIDGE).sqrt(),
-    ];
+    let want = [1.0 / (9.0 / fro + NASH_RIDGE).sqrt(), 1.0 / (1.0 / fro + NASH_RIDGE).sqrt()];
     assert_close(&values(&nash_mtl(&g).unwrap().weights), &want, 1e-10);
 }
 
@@ -409,19 +305,13 @@ fn dbmtl_single_step_and_ema() {
     // Log-gradients: [1, 0] and [0, 2]; EMA ×0.1; α = max‖ĝ‖/‖ĝ_i‖ = [2, 1].
     assert_close(&values(&c.weights), &[2.0, 1.0], 1e-7);
     assert_close(&values(&c.direction), &[0.2, 0.2], 1e-7);
-    let c = db
-        .combine(&mat(&[vec![0.0, 2.0], vec![0.0, 1.0]]), &l)
-        .unwrap();
+    let c = db.combine(&mat(&[vec![0.0, 2.0], vec![0.0, 1.0]]), &l).unwrap();
     // ĝ1 = 0.9·[0.1, 0] + 0.1·[0, 1]; ĝ2 = 0.9·[0, 0.2] + 0.1·[0, 2].
     let e1 = [0.09, 0.1];
     let e2 = [0.0, 0.38];
     let a1 = norm(&e2) / norm(&e1);
     assert_close(&values(&c.weights), &[a1, 1.0], 1e-7);
-    assert_close(
-        &values(&c.direction),
-        &[a1 * e1[0], a1 * e1[1] + e2[1]],
-        1e-7,
-    );
+    assert_close(&values(&c.direction), &[a1 * e1[0], a1 * e1[1] + e2[1]], 1e-7);
 }
 
 #[test]
@@ -439,11 +329,7 @@ fn gradnorm_moves_weight_toward_the_smaller_gradient() {
     // Equal gradient norms and equal loss ratios: nothing to balance.
     let mut gn = GradNorm::new(2, 1.5, 0.025);
     for _ in 0..5 {
-        gn.combine(
-            &mat(&[vec![1.0, 0.0], vec![0.0, 1.0]]),
-            &losses(&[1.0, 3.0]),
-        )
-        .unwrap();
+        gn.combine(&mat(&[vec![1.0, 0.0], vec![0.0, 1.0]]), &losses(&[1.0, 3.0])).unwrap();
     }
     assert_close(&gn.weights().unwrap(), &[1.0, 1.0], 1e-12);
 }
@@ -469,13 +355,8 @@ fn permuting_tasks_permutes_weights() {
             assert_close(&values(&b.direction), &values(&a.direction), 1e-7);
         }
         let orders = random_orders(4, seed, 0);
-        let inv: Vec<usize> = (0..4)
-            .map(|i| perm.iter().position(|&p| p == i).unwrap())
-            .collect();
-        let porders: Vec<Vec<usize>> = perm
-            .iter()
-            .map(|&i| orders[i].iter().map(|&j| inv[j]).collect())
-            .collect();
+        let inv: Vec<usize> = (0..4).map(|i| perm.iter().position(|&p| p == i).unwrap()).collect();
+        let porders: Vec<Vec<usize>> = perm.iter().map(|&i| orders[i].iter().map(|&j| inv[j]).collect()).collect();
         let a = values(&pcgrad(&g, &orders).unwrap().direction);
         let b = values(&pcgrad(&gp, &porders).unwrap().direction);
         assert_close(&a, &b, 1e-10);
@@ -488,35 +369,19 @@ fn normalised_methods_ignore_the_loss_scale() {
     let l = losses(&[0.5, 1.0, 2.0]);
     let (g10, l10) = (&g * 10.0, &l * 10.0);
     let checks: Vec<(&str, Method)> = vec![
-        (
-            "mgda-l2",
-            Box::new(|g, l| mgda(g, l, MgdaNormalization::L2).unwrap()),
-        ),
-        (
-            "mgda-loss",
-            Box::new(|g, l| mgda(g, l, MgdaNormalization::Loss).unwrap()),
-        ),
+        ("mgda-l2", Box::new(|g, l| mgda(g, l, MgdaNormalization::L2).unwrap())),
+        ("mgda-loss", Box::new(|g, l| mgda(g, l, MgdaNormalization::Loss).unwrap())),
         ("imtl", Box::new(|g, _| imtl(g).unwrap())),
         ("nash", Box::new(|g, _| nash_mtl(g).unwrap())),
         ("aligned", Box::new(|g, _| aligned_mtl(g).unwrap())),
         ("upgrad", Box::new(|g, _| upgrad(g, 1e-4).unwrap())),
         ("cagrad", Box::new(|g, _| cagrad(g, 0.5).unwrap())),
-        (
-            "mgda",
-            Box::new(|g, l| mgda(g, l, MgdaNormalization::None).unwrap()),
-        ),
+        ("mgda", Box::new(|g, l| mgda(g, l, MgdaNormalization::None).unwrap())),
     ];
     for (name, f) in checks {
         let (a, b) = (values(&f(&g, &l).weights), values(&f(&g10, &l10).weights));
-        let err = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max);
-        assert!(
-            err <= 1e-8 * a.iter().fold(1.0f64, |m, v| m.max(v.abs())),
-            "{name}: {a:?} vs {b:?}"
-        );
+        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(err <= 1e-8 * a.iter().fold(1.0f64, |m, v| m.max(v.abs())), "{name}: {a:?} vs {b:?}");
     }
     // DB-MTL: log-gradients g/l are unchanged, so is everything.
     let a = DbMtl::new(3, 0.9).combine(&g, &l).unwrap();
@@ -529,11 +394,7 @@ fn dwa_weights_sum_to_t_and_favour_slow_tasks() {
     let w = dwa_weights(&[1.0, 0.5, 0.9], &[1.0, 1.0, 1.0], 2.0);
     assert!((w.iter().sum::<f64>() - 3.0).abs() < 1e-12);
     assert!(w[0] > w[2] && w[2] > w[1]);
-    assert_close(
-        &dwa_weights(&[2.0, 2.0], &[4.0, 4.0], 2.0),
-        &[1.0, 1.0],
-        1e-12,
-    );
+    assert_close(&dwa_weights(&[2.0, 2.0], &[4.0, 4.0], 2.0), &[1.0, 1.0], 1e-12);
     assert_finite(&dwa_weights(&[1.0, 1.0], &[0.0, f64::NAN], 2.0));
 }
 

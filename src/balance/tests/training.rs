@@ -32,32 +32,17 @@ impl TinyModel {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let shared = nn::linear(&root / "shared", 5, 8, Default::default());
-        let heads = (0..2)
-            .map(|i| nn::linear(&root / format!("head{i}"), 8, 1, Default::default()))
-            .collect();
+        let heads = (0..2).map(|i| nn::linear(&root / format!("head{i}"), 8, 1, Default::default())).collect();
         let x = Tensor::randn([64, 5], (Kind::Float, tch::Device::Cpu)).to_device(device);
         let w = Tensor::randn([5, 2], (Kind::Float, tch::Device::Cpu)).to_device(device);
         // Two related regression targets (partly conflicting through the shared layer).
-        let y = vec![
-            x.matmul(&w.narrow(1, 0, 1)).tanh(),
-            (x.matmul(&w.narrow(1, 1, 1)) * 0.5).sin(),
-        ];
-        Self {
-            vs,
-            shared,
-            heads,
-            x,
-            y,
-        }
+        let y = vec![x.matmul(&w.narrow(1, 0, 1)).tanh(), (x.matmul(&w.narrow(1, 1, 1)) * 0.5).sin()];
+        Self { vs, shared, heads, x, y }
     }
 
     fn params(&self, prefix: &str) -> Vec<Tensor> {
-        let mut v: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(n, _)| n.starts_with(prefix))
-            .collect();
+        let mut v: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(n, _)| n.starts_with(prefix)).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v.into_iter().map(|(_, t)| t).collect()
     }
@@ -74,17 +59,9 @@ impl TinyModel {
         let z = self.shared.forward(&self.x).relu();
         let detached = detach.then(|| z.detach().set_requires_grad(true));
         let input = detached.as_ref().unwrap_or(&z);
-        let losses = self
-            .heads
-            .iter()
-            .zip(&self.y)
-            .map(|(h, y)| h.forward(input).mse_loss(y, tch::Reduction::Mean))
-            .collect();
-        Forward {
-            losses,
-            z,
-            detached,
-        }
+        let losses =
+            self.heads.iter().zip(&self.y).map(|(h, y)| h.forward(input).mse_loss(y, tch::Reduction::Mean)).collect();
+        Forward { losses, z, detached }
     }
 
     pub fn zero_grads(&self) {
@@ -124,23 +101,13 @@ impl TinyModel {
     }
 
     pub fn total_loss(&self) -> f64 {
-        tch::no_grad(|| {
-            self.forward(false)
-                .losses
-                .iter()
-                .map(|l| l.double_value(&[]))
-                .sum()
-        })
+        tch::no_grad(|| self.forward(false).losses.iter().map(|l| l.double_value(&[])).sum())
     }
 
     /// Every trainable variable's gradient, by name.
     pub fn grads(&self) -> Vec<(String, Vec<f64>)> {
-        let mut v: Vec<(String, Vec<f64>)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, values(&t.grad())))
-            .collect();
+        let mut v: Vec<(String, Vec<f64>)> =
+            self.vs.variables().into_iter().map(|(n, t)| (n, values(&t.grad()))).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -178,14 +145,8 @@ fn train(method: &str, options: &str, steps: u64, device: tch::Device) -> (f64, 
             b.after_step(&after).unwrap();
         }
         if step % 4 == 3 {
-            let means: Vec<f64> = tch::no_grad(|| {
-                model
-                    .forward(false)
-                    .losses
-                    .iter()
-                    .map(|l| l.double_value(&[]))
-                    .collect()
-            });
+            let means: Vec<f64> =
+                tch::no_grad(|| model.forward(false).losses.iter().map(|l| l.double_value(&[])).collect());
             b.end_epoch(step / 4, &means);
         }
     }
@@ -194,22 +155,13 @@ fn train(method: &str, options: &str, steps: u64, device: tch::Device) -> (f64, 
 
 /// Trains every method in every space on `device`.
 fn train_all(device: tch::Device) {
-    let gradient_methods = [
-        "mgda", "pcgrad", "gradvac", "cagrad", "imtl", "nash", "aligned", "dbmtl", "gradnorm",
-        "upgrad",
-    ];
+    let gradient_methods =
+        ["mgda", "pcgrad", "gradvac", "cagrad", "imtl", "nash", "aligned", "dbmtl", "gradnorm", "upgrad"];
     for method in METHODS {
-        let spaces: &[&str] = if gradient_methods.contains(method) {
-            &["{}", "{on: representation}"]
-        } else {
-            &["{}"]
-        };
+        let spaces: &[&str] = if gradient_methods.contains(method) { &["{}", "{on: representation}"] } else { &["{}"] };
         for options in spaces {
             let (first, last) = train(method, options, 40, device);
-            assert!(
-                last < 0.9 * first,
-                "{method} {options}: loss {first} -> {last}"
-            );
+            assert!(last < 0.9 * first, "{method} {options}: loss {first} -> {last}");
         }
     }
     let (first, last) = train("nash", "{options: {update_every: 3}}", 40, device);
@@ -241,13 +193,7 @@ fn params_space_writes_the_combined_direction_and_weighted_heads() {
     for (i, l) in fwd.losses.iter().enumerate() {
         let wrt: Vec<&Tensor> = shared.iter().chain(&heads[i]).collect();
         let g = Tensor::run_backward(&[l], &wrt, true, false);
-        rows.push(Tensor::cat(
-            &g[..shared.len()]
-                .iter()
-                .map(|t| t.reshape([-1]))
-                .collect::<Vec<_>>(),
-            0,
-        ));
+        rows.push(Tensor::cat(&g[..shared.len()].iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0));
         head_grads.push(g[shared.len()..].iter().map(values).collect::<Vec<_>>());
     }
     let grads = Tensor::stack(&rows, 0);
