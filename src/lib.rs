@@ -5,6 +5,7 @@
 //! ([`balance`]), optimizers ([`optim`]), the training loop ([`train`]) and checkpoints
 //! ([`checkpoint`]).
 pub mod balance;
+pub mod bench;
 pub mod checkpoint;
 pub mod compare;
 pub mod config;

@@ -72,6 +72,40 @@ enum Command {
     Baselines(BaselinesArgs),
     /// Print a table of runs (method, per-task metrics, Δm, time per step) and draw a chart.
     Compare(CompareArgs),
+    /// Time the training step (warm-up excluded; median of repetitions) and print images/s and
+    /// peak memory; scripts/bench.sh runs it side by side with PyTorch. Set the batch size and
+    /// threads with --set data.batch_size=N --set threads=N.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Steps before timing starts.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Steps per timed repetition.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Timed repetitions (the median is reported, with the minimum and maximum); 0 with
+    /// --export only writes the export.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Write the resolved config, the train split and the initial weights to this directory
+    /// (for scripts/bench_torch.py).
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
+    /// Append the result as one JSON line to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Alternate repetitions with another benchmark process through DIR/first.fifo and
+    /// DIR/second.fifo (scripts/bench.sh sets this up).
+    #[arg(long, value_name = "DIR")]
+    lockstep: Option<PathBuf>,
+    /// With --lockstep: this process takes the second turn (and starts the exchange).
+    #[arg(long, requires = "lockstep")]
+    lockstep_second: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -150,6 +184,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(args)) => eval(args),
         Some(Command::Baselines(args)) => baselines(args),
         Some(Command::Compare(args)) => compare(args),
+        Some(Command::Bench(args)) => bench(args),
         None => train(cli.train),
     };
     match result {
@@ -302,5 +337,33 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     mtl::train::plot::write_curves_png(&args.chart, "comparison (val)", &series)
         .map_err(|e| mtl::user_error!("{}: cannot write chart: {e:#}", args.chart.display()))?;
     println!("chart: {}", args.chart.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, config_dir) = load_config(&args.config)?;
+    let lockstep = args.lockstep.map(|dir| mtl::bench::Lockstep { dir, first: !args.lockstep_second });
+    let opts = mtl::bench::BenchOptions {
+        warmup: args.warmup,
+        steps: args.steps,
+        reps: args.reps,
+        export: args.export,
+        lockstep,
+    };
+    let report = mtl::bench::run(cfg, config_dir, &opts)?;
+    if report.rep_seconds.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}", report.summary());
+    if let Some(path) = &args.json {
+        use std::io::Write;
+        let line = serde_json::to_string(&report)?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}"))
+            .map_err(|e| mtl::user_error!("{}: cannot write: {e}", path.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -96,7 +96,8 @@ fn damaged_checkpoints_are_refused_by_name() {
     let foreign = checkpoint_pointer(&tmp.path().join("runs/w"), "LATEST").join("model.safetensors");
     let model = std::fs::read(good.join("model.safetensors")).unwrap();
 
-    let damage: Vec<(&str, Box<dyn Fn(&Path)>, Vec<&str>)> = vec![
+    type Damage<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, Vec<&'a str>);
+    let damage: Vec<Damage> = vec![
         (
             "truncated",
             Box::new(|p: &Path| std::fs::write(p, &model[..model.len() / 2]).unwrap()),

@@ -1,6 +1,6 @@
 //! Shared backbones. Conv backbones return one feature map per stage, finest first, at
 //! strides 1, 2, 4, …; the MLP returns its last hidden vector.
-use super::layers::{activate, BatchNorm2d, Compute, Conv2d, ConvBnAct, Linear};
+use super::layers::{activate, channels_last, to_channels_last, BatchNorm2d, Compute, Conv2d, ConvBnAct, Linear};
 use crate::config::{Activation, BackboneConfig, BackboneKind, Norm};
 use tch::nn::Path;
 use tch::Tensor;
@@ -54,6 +54,17 @@ impl Backbone {
     }
 }
 
+/// The image batch in the compute dtype, channels-last in training forwards (see
+/// [`super::layers::channels_last`]); every later op keeps the layout it is given.
+fn input(x: &Tensor, train: bool, c: Compute) -> Tensor {
+    let x = c.cast(x);
+    if channels_last(train) {
+        to_channels_last(&x)
+    } else {
+        x
+    }
+}
+
 /// One number is a base width w meaning [w, 2w, 4w, 8w] (ResNet-18's 64 gives the classic
 /// 64-128-256-512); a list is taken as it is.
 pub fn resnet_widths(widths: &[i64]) -> Vec<i64> {
@@ -93,7 +104,7 @@ impl ConvNet {
     }
 
     fn forward(&self, x: &Tensor, train: bool, c: Compute) -> Vec<Tensor> {
-        let mut h = c.cast(x);
+        let mut h = input(x, train, c);
         let mut maps = Vec::with_capacity(self.stages.len());
         for (i, stage) in self.stages.iter().enumerate() {
             if i > 0 {
@@ -183,7 +194,7 @@ impl ResNet {
     }
 
     fn forward(&self, x: &Tensor, train: bool, c: Compute) -> Vec<Tensor> {
-        let mut h = activate(&self.stem_bn.forward(&self.stem_conv.forward(&c.cast(x), c), train), self.act);
+        let mut h = activate(&self.stem_bn.forward(&self.stem_conv.forward(&input(x, train, c), c), train), self.act);
         let mut maps = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             for block in layer {

@@ -2,6 +2,7 @@
 //! which would make exact resume impossible). They update the flat buffers of [`FlatParams`]
 //! following PyTorch's update rules.
 pub mod flat;
+pub mod fused;
 pub mod schedule;
 
 use crate::config::{OptimConfig, OptimKind};
@@ -15,6 +16,9 @@ pub struct Optimizer {
     buffers: Vec<(&'static str, Tensor)>,
     /// Updates done so far (AdamW's bias correction; SGD's first-step momentum rule).
     pub steps: u64,
+    /// Whether CPU buffers take the single-pass path of [`fused`] (the tests turn it off to
+    /// compare it with the tensor-op path CUDA takes).
+    fused: bool,
 }
 
 impl Optimizer {
@@ -25,7 +29,7 @@ impl Optimizer {
             OptimKind::Sgd => &[],
         };
         let buffers = names.iter().map(|&n| (n, flat.params.zeros_like())).collect();
-        Self { cfg: cfg.clone(), flat, buffers, steps: 0 }
+        Self { cfg: cfg.clone(), flat, buffers, steps: 0, fused: true }
     }
 
     pub fn zero_grad(&mut self) {
@@ -44,37 +48,58 @@ impl Optimizer {
         });
     }
 
-    /// torch.optim.AdamW: decoupled decay, then Adam with bias correction.
+    /// torch.optim.AdamW: decoupled decay, then Adam with bias correction. Buffers in CPU
+    /// memory take one pass ([`fused`]); CUDA buffers ten elementwise kernels.
     fn adamw(&mut self, lr: f64) {
         let (b1, b2) = self.cfg.betas;
         let t = self.steps as i32;
+        let bias1 = 1.0 - b1.powi(t);
+        let bias2 = 1.0 - b2.powi(t);
         let p = &mut self.flat.params;
         let g = &self.flat.grads;
+        let [(_, m), (_, v)] = &mut self.buffers[..] else { unreachable!("AdamW has two buffers") };
+        if self.fused && fused::applies(&[p, g, m, v]) {
+            let s = fused::AdamWStep {
+                decay: (1.0 - lr * self.cfg.weight_decay) as f32,
+                one_minus_b1: (1.0 - b1) as f32,
+                b2: b2 as f32,
+                one_minus_b2: (1.0 - b2) as f32,
+                bias2_sqrt: bias2.sqrt() as f32,
+                eps: self.cfg.eps as f32,
+                neg_step_size: (-lr / bias1) as f32,
+            };
+            return fused::adamw(p, g, m, v, s, tch::get_num_threads().max(1) as usize);
+        }
         if self.cfg.weight_decay != 0.0 {
             let _ = p.g_mul_scalar_(1.0 - lr * self.cfg.weight_decay);
         }
-        let [(_, m), (_, v)] = &mut self.buffers[..] else { unreachable!("AdamW has two buffers") };
         let _ = m.lerp_(g, 1.0 - b1);
         let _ = v.g_mul_scalar_(b2);
         let _ = v.addcmul_(&g.g_mul_scalar(1.0 - b2), g);
-        let bias1 = 1.0 - b1.powi(t);
-        let bias2 = 1.0 - b2.powi(t);
         let denom = (v.sqrt() / bias2.sqrt()).g_add_scalar_(self.cfg.eps);
         let _ = p.addcdiv_(&m.g_mul_scalar(-lr / bias1), &denom);
     }
 
     /// torch.optim.SGD: L2 weight decay into the gradient, momentum (buffer = gradient on
-    /// the first step), optional Nesterov.
+    /// the first step), optional Nesterov. One pass in CPU memory, as for AdamW.
     fn sgd(&mut self, lr: f64) {
         let p = &mut self.flat.params;
-        let mut d = if self.cfg.weight_decay != 0.0 {
-            &self.flat.grads + p.g_mul_scalar(self.cfg.weight_decay)
-        } else {
-            self.flat.grads.shallow_clone()
-        };
+        let g = &self.flat.grads;
+        if self.fused && fused::applies(&[&*p, g]) && self.buffers.iter().all(|(_, b)| fused::applies(&[g, b])) {
+            let s = fused::SgdStep {
+                weight_decay: self.cfg.weight_decay as f32,
+                momentum: self.cfg.momentum as f32,
+                nesterov: self.cfg.nesterov,
+                first: self.steps == 1,
+                neg_lr: -lr as f32,
+            };
+            return fused::sgd(p, g, self.buffers.first().map(|(_, b)| b), s, tch::get_num_threads().max(1) as usize);
+        }
+        let mut d =
+            if self.cfg.weight_decay != 0.0 { g + p.g_mul_scalar(self.cfg.weight_decay) } else { g.shallow_clone() };
         if let Some((_, buf)) = self.buffers.first_mut() {
             if self.steps == 1 {
-                let _ = buf.copy_(&d);
+                buf.copy_(&d);
             } else {
                 let _ = buf.g_mul_scalar_(self.cfg.momentum).g_add_(&d);
             }
@@ -170,6 +195,55 @@ mod tests {
             p -= 0.1 * (d + 0.9 * buf);
         }
         assert!((got - p).abs() < 1e-6, "{got} vs {p}");
+    }
+
+    /// The single-pass CPU update and the tensor-op update (CUDA's) compute the same thing, for
+    /// every optimizer variant, over several steps and on a buffer large enough to be split
+    /// across threads.
+    #[test]
+    fn fused_cpu_path_matches_the_tensor_op_path() {
+        let variants = [
+            OptimConfig { weight_decay: 0.01, ..OptimConfig::default() },
+            OptimConfig { weight_decay: 0.0, betas: (0.8, 0.99), eps: 1e-6, ..OptimConfig::default() },
+            OptimConfig { kind: OptimKind::Sgd, ..OptimConfig::default() },
+            OptimConfig { kind: OptimKind::Sgd, weight_decay: 0.1, ..OptimConfig::default() },
+            OptimConfig { kind: OptimKind::Sgd, momentum: 0.9, weight_decay: 5e-4, ..OptimConfig::default() },
+            OptimConfig {
+                kind: OptimKind::Sgd,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-4,
+                ..OptimConfig::default()
+            },
+        ];
+        let n = 300_000i64;
+        for cfg in variants {
+            let make = |fused: bool| {
+                let vs = VarStore::new(tch::Device::Cpu);
+                let a = vs.root().var_copy("a", &Tensor::linspace(-2.0, 3.0, n - 7, (Kind::Float, tch::Device::Cpu)));
+                let b = vs.root().var_copy("b", &Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.0, 1e-3, -7.0, 4.0]));
+                let flat = FlatParams::new(vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())]);
+                let mut opt = Optimizer::new(&cfg, flat);
+                opt.fused = fused;
+                (vs, a, b, opt)
+            };
+            let (_v1, a1, b1, mut o1) = make(true);
+            let (_v2, a2, b2, mut o2) = make(false);
+            for (i, lr) in [0.1, 0.05, 0.02].into_iter().enumerate() {
+                for (a, b, o) in [(&a1, &b1, &mut o1), (&a2, &b2, &mut o2)] {
+                    o.zero_grad();
+                    let k = (i + 1) as f64;
+                    ((a * a).sum(Kind::Float) * k + (b.sin() * b).sum(Kind::Float) - a.mean(Kind::Float)).backward();
+                    o.step(lr);
+                }
+            }
+            let scale = |t: &Tensor| t.abs().max().double_value(&[]).max(1e-12);
+            let err = |x: &Tensor, y: &Tensor| (x - y).abs().max().double_value(&[]) / scale(y);
+            assert!(err(&o1.flat.params, &o2.flat.params) < 1e-6, "{cfg:?}: params");
+            for ((n1, s1), (_, s2)) in o1.buffers.iter().zip(&o2.buffers) {
+                assert!(err(s1, s2) < 1e-6, "{cfg:?}: {n1}");
+            }
+        }
     }
 
     #[test]

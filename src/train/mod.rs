@@ -298,7 +298,7 @@ impl Trainer {
             self.step()?;
             progress.step(self.at.step, self.at.epoch);
             let step = self.at.step;
-            if step % log_every == 0 {
+            if step.is_multiple_of(log_every) {
                 let window = (step - 1) % log_every + 1;
                 let losses = Self::drain(&mut self.window_loss, &self.task_names, "loss", window);
                 let weights = Self::drain(&mut self.window_weight, &self.task_names, "weight", window);
@@ -322,18 +322,18 @@ impl Trainer {
             let paused = step == end && !last;
             let stop = INTERRUPTED.load(Ordering::SeqCst);
             let mut is_best = false;
-            if (epoch_done && self.at.epoch % self.cfg.train.eval_every == 0) || last {
+            if (epoch_done && self.at.epoch.is_multiple_of(self.cfg.train.eval_every)) || last {
                 let (metrics, better) = self.evaluate(&mut log, &progress)?;
                 final_metrics = metrics;
                 is_best = better;
             }
             let every_steps = self.cfg.checkpoint.every_steps;
-            if (epoch_done && self.at.epoch % self.cfg.checkpoint.every == 0)
+            if (epoch_done && self.at.epoch.is_multiple_of(self.cfg.checkpoint.every))
                 || last
                 || paused
                 || stop
                 || is_best
-                || (every_steps > 0 && step % every_steps == 0)
+                || (every_steps > 0 && step.is_multiple_of(every_steps))
             {
                 let dir = self.save_checkpoint(is_best)?;
                 tracing::info!(checkpoint = %dir.display(), "checkpoint written");

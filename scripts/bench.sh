@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Side-by-side speed: mtl's training step (`mtl-train bench`) against an idiomatic PyTorch eager
+# loop (scripts/bench_torch.py) on the same model built from the same config, the same initial
+# weights, the same data resident on the device, the same batch size, optimizer, augmentation
+# (crop + flip on the device, both sides) and thread count. Warm-up excluded. The two sides run
+# as two processes in lockstep: their timed repetitions (STEPS steps each) alternate, one side
+# idle while the other is timed, so drifting machine load hits both alike; ROUNDS rounds, the
+# side that goes first switching each round. The table pools every repetition: median
+# [min–max] images/s per side, the ratio of the medians, and the paired ratios (repetition k of
+# mtl over repetition k of PyTorch): their median and range. Peak RSS (CPU) and device memory
+# (CUDA) per side.
+#
+#   scripts/bench.sh                    # CPU: default config at batch 16 and 128, cifar_seg's model at 16
+#   scripts/bench.sh --device cuda      # CUDA: fp32 and bf16, PyTorch eager and torch.compile (bf16)
+#   THREADS=1 ROUNDS=3 scripts/bench.sh --quick
+#
+# Options: --device cpu|cuda (default cpu), --threads N (default: nproc; both sides),
+#   --rounds N (default 2), --quick (fewer steps), --extra (also PyTorch with channels_last and
+#   with the fused optimizer), --out FILE.jsonl (results; default bench-results/<date>.jsonl),
+#   --no-build. Environment: MTL (binary, default target/release/mtl-train), PY (python with
+#   torch; default .venv/bin/python, else python3), COMPILE_FP32=1 (torch.compile for fp32 too).
+# The default CPU run takes about 3 minutes on a 2-core machine.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+device=cpu
+threads="${THREADS:-$(nproc)}"
+rounds="${ROUNDS:-2}"
+quick=0
+extra=0
+build=1
+out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) device="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --extra) extra=1; shift ;;
+    --out) out="$2"; shift 2 ;;
+    --no-build) build=0; shift ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+MTL="${MTL:-target/release/mtl-train}"
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+if [ "$build" = 1 ] && [ -f scripts/env.sh ] && command -v cargo >/dev/null; then
+  (source scripts/env.sh && cargo build --release --bins -q)
+fi
+[ -x "$MTL" ] || { echo "bench.sh: $MTL not found (build it, or set MTL=...)" >&2; exit 2; }
+
+stamp="$(date -u +%Y%m%d-%H%M%S)"
+out="${out:-bench-results/$stamp-$device.jsonl}"
+mkdir -p "$(dirname "$out")"
+work="$(mktemp -d "${TMPDIR:-/tmp}/mtl-bench.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+export RUST_LOG="${RUST_LOG:-warn}"
+
+# cifar_seg's model (ResNet-18 + U-Net decoder) on generated shapes data: the CIFAR-10 files
+# need a download, and the step's cost does not depend on the pixels.
+cifar=(configs/cifar_seg.yaml --set data.dataset=shapes --set tasks.0.target=kind --set tasks.1.classes=11
+       --set data.train_size=2048 --set data.val_size=256)
+
+# Waits for two background processes; if one fails, stops the other. Fails if either failed.
+wait_pair() {
+  local a="$1" b="$2" ra=0 rb=0
+  while kill -0 "$a" 2>/dev/null && kill -0 "$b" 2>/dev/null; do sleep 0.2; done
+  if ! kill -0 "$a" 2>/dev/null; then
+    wait "$a" || ra=$?
+    [ "$ra" = 0 ] || kill "$b" 2>/dev/null || true
+    wait "$b" || rb=$?
+  else
+    wait "$b" || rb=$?
+    [ "$rb" = 0 ] || kill "$a" 2>/dev/null || true
+    wait "$a" || ra=$?
+  fi
+  [ "$ra" = 0 ] && [ "$rb" = 0 ]
+}
+
+# run_case NAME PRECISION BATCH WARMUP STEPS REPS -- CONFIG ARGS...
+# Every round runs mtl and PyTorch eager side by side in lockstep (their repetitions alternate,
+# the first turn switching sides every round); extra variants run alone afterwards.
+run_case() {
+  local name="$1" prec="$2" batch="$3" warmup="$4" steps="$5" reps="$6"
+  shift 7
+  local dir="$work/$name-$prec-$batch"
+  local dev="$device"
+  local common=(--warmup "$warmup" --steps "$steps" --reps "$reps" --json "$out")
+  local sets=(--set "threads=$threads" --set "data.batch_size=$batch" --set "precision=$prec" --device "$dev")
+  echo "== $name $dev $prec batch $batch threads $threads (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  "$MTL" bench "$@" "${sets[@]}" --warmup 0 --reps 0 --export "$dir"
+  local torch=("$PY" scripts/bench_torch.py "$dir" --device "$dev" --threads "$threads")
+  for ((r = 1; r <= rounds; r++)); do
+    local fifo="$work/fifo"
+    rm -rf "$fifo" && mkdir -p "$fifo" && mkfifo "$fifo/first.fifo" "$fifo/second.fifo"
+    local mflag=() tflag=(--lockstep-second)
+    if [ $((r % 2)) = 0 ]; then mflag=(--lockstep-second); tflag=(); fi
+    "$MTL" bench "$@" "${sets[@]}" "${common[@]}" --lockstep "$fifo" "${mflag[@]}" &
+    local pm=$!
+    "${torch[@]}" "${common[@]}" --lockstep "$fifo" "${tflag[@]}" &
+    local pt=$!
+    wait_pair "$pm" "$pt" || { echo "bench.sh: $name failed" >&2; exit 1; }
+  done
+  if [ "$extra" = 1 ]; then
+    "${torch[@]}" "${common[@]}" --channels-last
+    "${torch[@]}" "${common[@]}" --fused
+  fi
+  if [ "$dev" != cpu ]; then
+    MTL_CHANNELS_LAST=0 "$MTL" bench "$@" "${sets[@]}" "${common[@]}"
+    if [ "$prec" = bf16 ] || [ "${COMPILE_FP32:-0}" = 1 ]; then
+      # torch.compile compiles in its first calls (tens of seconds): a longer warm-up, one run.
+      "${torch[@]}" --warmup $((warmup + 5)) --steps "$steps" --reps "$reps" --json "$out" --compile
+    fi
+  fi
+}
+
+if [ "$device" = cpu ]; then
+  if [ "$quick" = 1 ]; then
+    run_case default fp32 16 2 4 3 --
+    run_case default fp32 128 1 1 3 --
+    run_case cifar_seg fp32 16 1 1 3 -- "${cifar[@]}"
+  else
+    run_case default fp32 16 3 8 5 --
+    run_case default fp32 128 2 2 5 --
+    run_case cifar_seg fp32 16 1 2 3 -- "${cifar[@]}"
+  fi
+else
+  s=20; r=5
+  [ "$quick" = 1 ] && { s=10; r=3; }
+  for prec in fp32 bf16; do
+    run_case default "$prec" 128 10 "$s" "$r" --
+    run_case cifar_seg "$prec" 128 10 "$s" "$r" -- "${cifar[@]}"
+  done
+fi
+
+echo
+echo "mtl vs PyTorch, $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) × $(nproc), torch $("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null)"
+if [ "$device" != cpu ]; then
+  "$PY" -c 'import torch; print("GPU:", torch.cuda.get_device_name(0))' 2>/dev/null || true
+fi
+echo "augmentation: crop+flip on the device on both sides; optimizer as configured (AdamW for the default config, SGD-Nesterov for cifar_seg), foreach=True in PyTorch"
+echo "load average now: $(cut -d' ' -f1-3 /proc/loadavg); results: $out"
+echo
+"$PY" scripts/bench_torch.py --table "$out"

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The GPU check, in one call of under 8 minutes on a CUDA machine: the tests that need CUDA,
+# shapes_seg trained for a few epochs in fp32 and in bf16, the side-by-side benchmark against
+# PyTorch (scripts/bench.sh --device cuda), and one table at the end.
+#
+# Binaries are built on the build machine and carried; nothing is installed on the GPU machine,
+# which only needs python3 with torch 2.11 (the libtorch the binaries were linked against),
+# pyyaml and safetensors:
+#
+#   scripts/gpu_check.sh --prepare     # here: builds target/gpu/{mtl-train,mtl-lib-tests}
+#   scripts/gpu_check.sh               # there, from the repository root (carry target/gpu)
+#
+# Environment: EPOCHS (default 3), BENCH=0 to skip the benchmark, QUICK=1 for a shorter one,
+# OUT (a folder for the logs and results; default a temporary one), DRY=1 to rehearse the whole
+# script on the CPU (small data, quick CPU benchmark) on a machine without a GPU.
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  source scripts/env.sh
+  cargo build --release --bins
+  exe="$(cargo test --release --lib --no-run --message-format=json 2>/dev/null | python -c '
+import json, sys
+for line in sys.stdin:
+    j = json.loads(line)
+    if j.get("reason") == "compiler-artifact" and j.get("executable") and j["target"]["kind"] == ["lib"]:
+        print(j["executable"])')"
+  mkdir -p target/gpu
+  cp target/release/mtl-train target/gpu/mtl-train
+  cp "$exe" target/gpu/mtl-lib-tests
+  ls -la target/gpu
+  echo "carry target/gpu and run: bash scripts/gpu_check.sh"
+  exit 0
+fi
+
+started=$(date +%s)
+out="${OUT:-$(mktemp -d)}"
+mkdir -p "$out"
+log="$out/gpu_check.log"
+exec > >(tee "$log") 2>&1
+export PYTHONUNBUFFERED=1 RUST_LOG="${RUST_LOG:-warn}"
+PY="${PY:-python3}"
+torch_lib="$("$PY" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" || {
+  echo "gpu_check: $PY cannot import torch"; exit 1; }
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+MTL="${MTL:-target/gpu/mtl-train}"
+TESTS="${TESTS:-target/gpu/mtl-lib-tests}"
+[ -x "$MTL" ] || { echo "gpu_check: $MTL is missing: run scripts/gpu_check.sh --prepare here and carry target/gpu"; exit 2; }
+
+echo "== machine"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader || true
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")'
+echo "cpus $(nproc); mtl-train: $("$MTL" --version)"
+ldd "$MTL" | grep -E "libtorch(_cuda)?\.so|not found" || true
+
+dev=cuda
+small=()
+if [ "${DRY:-0}" = 1 ]; then
+  dev=cpu
+  small=(--set data.train_size=512 --set data.val_size=128 --set train.log_every=2)
+  echo "DRY=1: rehearsal on the CPU; the CUDA tests skip themselves"
+fi
+
+rows=()   # "check|result|detail"
+row() { rows+=("$1|$2|$3"); }
+
+echo "== CUDA tests (library unit tests; the cuda_* ones need a GPU, the rest run on its CPU)"
+t0=$(date +%s)
+if [ -x "$TESTS" ]; then
+  "$TESTS" --test-threads=4 2>&1 | tee "$out/tests.log" | grep -E "^test .*(cuda|FAILED)|^test result|panicked" || true
+  summary="$(grep -E '^test result' "$out/tests.log" | tail -1)"
+  cuda_ok=$(grep -cE '^test .*cuda_.* ok$' "$out/tests.log" || true)
+  cuda_failed=$(grep -cE '^test .*cuda_.* FAILED$' "$out/tests.log" || true)
+  skipped=$(grep -c 'skipped: no CUDA' "$out/tests.log" || true)
+  if grep -q 'test result: ok' "$out/tests.log" && { [ "$skipped" = 0 ] || [ "$dev" = cpu ]; }; then res=PASS; else res=FAIL; fi
+  row "unit tests (lib)" "$res" "$cuda_ok cuda tests ok, $cuda_failed failed, $skipped skipped; ${summary#test result: } ($(( $(date +%s) - t0 ))s)"
+else
+  row "unit tests (lib)" "MISSING" "$TESTS not carried"
+fi
+
+echo "== shapes_seg, ${EPOCHS:-3} epochs, fp32 and bf16 on $dev"
+for prec in fp32 bf16; do
+  t0=$(date +%s)
+  dir="$(mktemp -d)/run-$prec"
+  [ "$dev" = cpu ] && [ "$prec" = bf16 ] && continue
+  if "$MTL" configs/shapes_seg.yaml --device "$dev" --run-dir "$dir" --set "precision=$prec" \
+      --set "train.epochs=${EPOCHS:-3}" "${small[@]}" > "$out/train-$prec.log" 2>&1; then
+    cp "$dir/metrics.jsonl" "$out/metrics-$prec.jsonl" 2>/dev/null || true
+    detail="$("$PY" - "$dir/metrics.jsonl" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+val = [r for r in rows if r.get("split") == "val"][-1]
+ips = [r["images_per_second"] for r in rows if r.get("split") == "train" and "images_per_second" in r]
+keys = [k for k in ("kind.accuracy", "seg.miou", "kind.loss", "seg.loss") if k in val]
+speed = f"; {statistics.median(ips):.0f} img/s (median of log rows)" if ips else ""
+print(", ".join(f"{k} {val[k]:.3f}" for k in keys) + speed)
+EOF
+)"
+    row "train shapes_seg $prec" PASS "$detail ($(( $(date +%s) - t0 ))s)"
+  else
+    row "train shapes_seg $prec" FAIL "exit $?; see train-$prec.log: $(tail -1 "$out/train-$prec.log")"
+  fi
+  tail -3 "$out/train-$prec.log"
+done
+
+bench_table=""
+if [ "${BENCH:-1}" = 1 ]; then
+  echo "== benchmark (scripts/bench.sh --device $dev)"
+  t0=$(date +%s)
+  quick=(); [ "${QUICK:-0}" = 1 ] || [ "$dev" = cpu ] && quick=(--quick)
+  [ "$dev" = cpu ] && quick+=(--rounds 1 --threads 1)
+  if MTL="$MTL" PY="$PY" bash scripts/bench.sh --device "$dev" --no-build --out "$out/bench.jsonl" "${quick[@]}" \
+      > "$out/bench.log" 2>&1; then
+    row "benchmark" PASS "$(( $(date +%s) - t0 ))s; results in bench.jsonl"
+  else
+    row "benchmark" FAIL "see bench.log: $(tail -1 "$out/bench.log")"
+  fi
+  grep -vE '^\|' "$out/bench.log" | tail -25
+  [ -s "$out/bench.jsonl" ] && bench_table="$("$PY" scripts/bench_torch.py --table "$out/bench.jsonl")"
+fi
+
+echo
+echo "== gpu_check summary ($(( $(date +%s) - started ))s; logs in $out)"
+printf '| %s | %s | %s |\n' check result detail
+printf '|---|---|---|\n'
+for r in "${rows[@]}"; do
+  IFS='|' read -r a b c <<< "$r"
+  printf '| %s | %s | %s |\n' "$a" "$b" "$c"
+done
+if [ -n "$bench_table" ]; then
+  echo
+  echo "$bench_table"
+fi

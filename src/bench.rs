@@ -1,0 +1,550 @@
+//! Timing the training step: what `mtl-train bench` runs and `scripts/bench.sh` compares with
+//! PyTorch (`scripts/bench_torch.py`).
+//!
+//! The step timed is [`Trainer::step`] itself, on the real data pipeline: a batch gathered from
+//! the split resident on the device, normalised, augmented as configured (crop + flip on the
+//! device), forward, losses, the balancer's backward and the optimizer update. Warm-up steps are
+//! excluded; then `reps` repetitions of `steps` steps are timed, each between two device
+//! synchronisations on CUDA (a CPU step is synchronous), and the median, minimum and maximum
+//! images/s are reported. Nothing in the timed region reads a value from the device.
+//!
+//! Memory: the peak resident set (`VmHWM`, reset through `/proc/self/clear_refs` after the
+//! warm-up, so it is the peak while training with the model and data resident) and, on CUDA,
+//! the device memory in use at the end as `cudaMemGetInfo` reports it (CUDA context plus the
+//! caching allocator's reserve, which never shrinks during a run, so it is the peak). tch has
+//! no binding for the caching allocator's statistics; the PyTorch side reports the same
+//! `cudaMemGetInfo` figure next to its allocator peak.
+use crate::config::{Config, Precision};
+use crate::train::session::{resolve_device, Session};
+use crate::train::{TrainOptions, Trainer};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+/// How much to time.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Steps run before timing (allocator, oneDNN/cuDNN algorithm choice, caches).
+    pub warmup: usize,
+    /// Steps per timed repetition.
+    pub steps: usize,
+    /// Timed repetitions.
+    pub reps: usize,
+    /// Write the resolved config, the train split and the initial weights here, for
+    /// `scripts/bench_torch.py` to train the same model on the same data.
+    pub export: Option<PathBuf>,
+    /// Take turns with another benchmark process, repetition by repetition (see [`Lockstep`]).
+    pub lockstep: Option<Lockstep>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self { warmup: 3, steps: 10, reps: 5, export: None, lockstep: None }
+    }
+}
+
+/// Two benchmark processes (mtl and PyTorch) that alternate repetitions: each waits for a
+/// token on its FIFO before a repetition and passes it on after, so one never runs while the
+/// other is timed, and repetition k of both sides sees nearly the same machine load (the
+/// paired ratios are what `scripts/bench.sh` reports). `dir` holds `first.fifo` and
+/// `second.fifo` (made by the caller with mkfifo); the `second` side hands the first token
+/// over when its warm-up is done.
+#[derive(Debug, Clone)]
+pub struct Lockstep {
+    pub dir: PathBuf,
+    pub first: bool,
+}
+
+struct Turns {
+    wait: std::fs::File,
+    pass: std::fs::File,
+}
+
+impl Turns {
+    fn open(l: &Lockstep) -> anyhow::Result<Self> {
+        // Read-write opens of a FIFO do not block on Linux, whatever the other side does.
+        let open = |name: &str| -> anyhow::Result<std::fs::File> {
+            let path = l.dir.join(name);
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| anyhow::anyhow!("bench: cannot open {}: {e}", path.display()))
+        };
+        let (wait, pass) = if l.first { ("first.fifo", "second.fifo") } else { ("second.fifo", "first.fifo") };
+        Ok(Self { wait: open(wait)?, pass: open(pass)? })
+    }
+
+    fn wait(&mut self) -> anyhow::Result<()> {
+        use std::io::Read;
+        let mut token = [0u8; 1];
+        self.wait.read_exact(&mut token)?;
+        Ok(())
+    }
+
+    fn pass(&mut self) -> anyhow::Result<()> {
+        use std::io::Write;
+        self.pass.write_all(b"t")?;
+        Ok(())
+    }
+}
+
+/// Median, minimum and maximum over the repetitions.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Self {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let median = match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+        };
+        Self { median, min: v.first().copied().unwrap_or(f64::NAN), max: v.last().copied().unwrap_or(f64::NAN) }
+    }
+}
+
+/// One benchmark result; one JSON object per line in the results file (the PyTorch side
+/// writes the same fields).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// "mtl" ("mtl-nchw" with channels-last off; the PyTorch side writes "torch-eager",
+    /// "torch-compile", …).
+    pub side: String,
+    pub config: String,
+    pub device: String,
+    pub precision: String,
+    pub threads: i64,
+    pub batch_size: i64,
+    pub parameters: i64,
+    pub channels_last: bool,
+    pub augment: String,
+    pub optimizer: String,
+    pub warmup: usize,
+    pub steps: usize,
+    pub reps: usize,
+    /// Seconds of each repetition of `steps` steps.
+    pub rep_seconds: Vec<f64>,
+    pub images_per_second: Spread,
+    /// Process CPU time (all threads) of each repetition, seconds: less sensitive than wall
+    /// time to other processes competing for the cores (OpenMP spin-waits do count).
+    pub rep_cpu_seconds: Vec<f64>,
+    /// CUDA: the median share of a repetition the host needed to issue its steps (1.0 means
+    /// the host, not the device, sets the pace); None on the CPU.
+    pub issue_fraction: Option<f64>,
+    /// Peak resident set while training, MiB.
+    pub peak_rss_mib: f64,
+    /// Resident set when timing began, MiB.
+    pub base_rss_mib: f64,
+    /// CUDA: device memory in use at the end (cudaMemGetInfo), MiB.
+    pub device_used_mib: Option<f64>,
+    /// /proc/loadavg (1, 5, 15 minutes) when timing began and ended.
+    pub load_before: Option<[f64; 3]>,
+    pub load_after: Option<[f64; 3]>,
+    /// Seconds to build the trainer (data generation or loading included).
+    pub setup_seconds: f64,
+    /// Whether the repetitions alternated with another process's ([`Lockstep`]).
+    pub lockstep: bool,
+}
+
+impl BenchReport {
+    /// One human-readable line.
+    pub fn summary(&self) -> String {
+        let ips = self.images_per_second;
+        let mut s = format!(
+            "{} {} {} {} bs={} threads={}: {:.1} img/s (min {:.1}, max {:.1}; {} reps × {} steps), peak RSS {:.0} MiB",
+            self.side,
+            self.config,
+            self.device,
+            self.precision,
+            self.batch_size,
+            self.threads,
+            ips.median,
+            ips.min,
+            ips.max,
+            self.reps,
+            self.steps,
+            self.peak_rss_mib
+        );
+        if let Some(m) = self.device_used_mib {
+            s.push_str(&format!(", device memory {m:.0} MiB"));
+        }
+        if let Some(f) = self.issue_fraction {
+            s.push_str(&format!(", host issue {:.0}% of step time", 100.0 * f));
+        }
+        s
+    }
+}
+
+/// Builds a trainer for `cfg` (nothing is written to a run directory) and times its step.
+pub fn run(cfg: Config, config_dir: PathBuf, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(
+        opts.steps > 0 && (opts.reps > 0 || opts.export.is_some()),
+        "bench: steps and reps must be at least 1 (reps 0 only exports)"
+    );
+    let device = resolve_device(&cfg.device)?;
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    if let Some(dir) = &opts.export {
+        export_data(&cfg, &config_dir, dir)?;
+    }
+    let started = Instant::now();
+    // The run directory is never created: the bench only calls `step`.
+    let session = Session { device, run_dir: std::env::temp_dir().join("mtl-bench-unused"), config_dir };
+    let mut trainer = Trainer::new(cfg.clone(), session, &TrainOptions::default())?;
+    if let Some(dir) = &opts.export {
+        let weights: Vec<(String, Tensor)> = trainer
+            .model
+            .named_variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous()))
+            .collect();
+        Tensor::write_safetensors(&weights, dir.join("model.safetensors"))?;
+    }
+    let setup_seconds = started.elapsed().as_secs_f64();
+
+    let mut turns = opts.lockstep.as_ref().map(Turns::open).transpose()?;
+    for _ in 0..opts.warmup {
+        trainer.step()?;
+    }
+    sync(device);
+    if let (Some(t), Some(l)) = (turns.as_mut(), opts.lockstep.as_ref()) {
+        if !l.first {
+            t.pass()?;
+        }
+    }
+    reset_peak_rss();
+    let base_rss_mib = proc_status_kib("VmRSS").unwrap_or(f64::NAN) / 1024.0;
+    let load_before = load_average();
+    let mut rep_seconds = Vec::with_capacity(opts.reps);
+    let mut issue = Vec::with_capacity(opts.reps);
+    let mut rep_cpu = Vec::with_capacity(opts.reps);
+    for _ in 0..opts.reps {
+        if let Some(t) = turns.as_mut() {
+            t.wait()?;
+        }
+        sync(device);
+        let c0 = process_cpu_seconds();
+        let t0 = Instant::now();
+        for _ in 0..opts.steps {
+            trainer.step()?;
+        }
+        let issued = t0.elapsed().as_secs_f64();
+        sync(device);
+        let total = t0.elapsed().as_secs_f64();
+        rep_cpu.push(process_cpu_seconds() - c0);
+        rep_seconds.push(total);
+        issue.push(issued / total);
+        if let Some(t) = turns.as_mut() {
+            t.pass()?;
+        }
+    }
+    let load_after = load_average();
+    let batch = cfg.data.batch_size as f64;
+    let ips: Vec<f64> = rep_seconds.iter().map(|s| batch * opts.steps as f64 / s).collect();
+    let channels_last = crate::model::layers::channels_last(true);
+    Ok(BenchReport {
+        side: if channels_last { "mtl" } else { "mtl-nchw" }.into(),
+        config: cfg.name.clone(),
+        device: format!("{device:?}").to_lowercase(),
+        precision: match cfg.precision {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+        .into(),
+        threads: tch::get_num_threads() as i64,
+        batch_size: cfg.data.batch_size as i64,
+        parameters: trainer.model.parameter_count(),
+        channels_last,
+        augment: augment_label(&cfg),
+        optimizer: format!("{:?}", cfg.optim.kind).to_lowercase(),
+        warmup: opts.warmup,
+        steps: opts.steps,
+        reps: opts.reps,
+        rep_seconds,
+        rep_cpu_seconds: rep_cpu,
+        images_per_second: Spread::of(&ips),
+        issue_fraction: device.is_cuda().then(|| Spread::of(&issue).median),
+        peak_rss_mib: proc_status_kib("VmHWM").unwrap_or(f64::NAN) / 1024.0,
+        base_rss_mib,
+        device_used_mib: if device.is_cuda() { cuda_used_mib() } else { None },
+        load_before,
+        load_after,
+        setup_seconds,
+        lockstep: opts.lockstep.is_some(),
+    })
+}
+
+fn augment_label(cfg: &Config) -> String {
+    let a = &cfg.data.augment;
+    match (a.crop_padding, a.hflip) {
+        (0, false) => "none".into(),
+        (p, f) => format!("crop{p}{}", if f { "+flip" } else { "" }),
+    }
+}
+
+/// Writes `config.yaml` (resolved) and `data.safetensors` (the train split: uint8 `images`
+/// and one `target.<name>` per task target) for the PyTorch side.
+fn export_data(cfg: &Config, config_dir: &Path, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("config.yaml"), cfg.to_yaml())?;
+    let train = match crate::data::load(cfg, config_dir)?.train {
+        crate::data::Source::Memory(split) => split,
+        crate::data::Source::Stream(_) => {
+            crate::user_bail!("bench --export: the PyTorch side needs a dataset held in memory, not a streamed one")
+        }
+    };
+    let mut tensors = vec![("images".to_string(), train.images.contiguous())];
+    for t in &cfg.tasks {
+        let key = format!("target.{}", t.target);
+        if tensors.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        let target = train
+            .targets
+            .get(&t.target)
+            .ok_or_else(|| anyhow::anyhow!("bench: the dataset has no target '{}'", t.target))?;
+        tensors.push((key, target.contiguous()));
+    }
+    Tensor::write_safetensors(&tensors, dir.join("data.safetensors"))?;
+    Ok(())
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// CPU time of this process (all threads), seconds.
+fn process_cpu_seconds() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: a valid pointer to a timespec-shaped struct (64-bit Linux layout).
+    let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc == 0 {
+        ts.sec as f64 + ts.nsec as f64 * 1e-9
+    } else {
+        f64::NAN
+    }
+}
+
+/// A field of /proc/self/status in KiB (`VmHWM`, `VmRSS`).
+fn proc_status_kib(field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// Resets VmHWM to the current RSS (Linux ≥ 4.0); silently does nothing elsewhere.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let v: Vec<f64> = text.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect();
+    (v.len() == 3).then(|| [v[0], v[1], v[2]])
+}
+
+/// Device memory in use (total − free) on the current CUDA device, through the CUDA runtime
+/// that libtorch_cuda already loaded. None when the symbol cannot be found.
+fn cuda_used_mib() -> Option<f64> {
+    use std::ffi::{c_char, c_int, c_void};
+    extern "C" {
+        fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    }
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> c_int;
+    // SAFETY: dlsym with RTLD_DEFAULT (a null handle on glibc) and a NUL-terminated name; the
+    // symbol, when found, is cudaMemGetInfo(size_t* free, size_t* total) -> cudaError_t.
+    unsafe {
+        let sym = dlsym(std::ptr::null_mut(), c"cudaMemGetInfo".as_ptr());
+        if sym.is_null() {
+            return None;
+        }
+        let f: MemGetInfo = std::mem::transmute(sym);
+        let (mut free, mut total) = (0usize, 0usize);
+        (f(&mut free, &mut total) == 0).then(|| (total - free) as f64 / (1024.0 * 1024.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layers;
+    use tch::Kind;
+
+    /// The end-to-end tests' tiny config (16×16 shapes, two-stage conv net, both task kinds).
+    fn tiny(device: &str, precision: &str) -> Config {
+        let yaml = format!(
+            r#"name: bench-tiny
+seed: 3
+device: {device}
+precision: {precision}
+threads: 1
+data:
+  dataset: shapes
+  train_size: 64
+  val_size: 16
+  image_size: 16
+  batch_size: 16
+  eval_batch_size: 16
+  augment: {{crop_padding: 2, hflip: true}}
+model:
+  backbone: {{kind: conv, widths: [4, 8], depth: 1}}
+tasks:
+  - {{name: kind, kind: classification, target: kind, classes: 10}}
+  - {{name: seg, kind: segmentation, target: mask, classes: 11}}
+optim: {{kind: adamw, lr: 0.01, weight_decay: 0.01}}
+train: {{epochs: 2}}
+"#
+        );
+        Config::parse(&yaml, "bench-tiny", &[]).expect("tiny config")
+    }
+
+    fn trainer(cfg: &Config) -> Trainer {
+        let device = resolve_device(&cfg.device).unwrap();
+        let session =
+            Session { device, run_dir: std::env::temp_dir().join("mtl-bench-unused"), config_dir: ".".into() };
+        Trainer::new(cfg.clone(), session, &TrainOptions::default()).unwrap()
+    }
+
+    fn flat(t: &Trainer) -> Tensor {
+        t.optimizer.flat.params.to_device(Device::Cpu)
+    }
+
+    fn rel(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a - b).abs().max().double_value(&[]);
+        d / b.abs().max().double_value(&[]).max(1e-12)
+    }
+
+    #[test]
+    fn spread_takes_the_median() {
+        let s = Spread::of(&[3.0, 1.0, 2.0, f64::NAN]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of(&[1.0, 2.0, 3.0, 4.0]).median, 2.5);
+    }
+
+    #[test]
+    fn bench_runs_and_reports_on_the_cpu() {
+        let opts = BenchOptions { warmup: 1, steps: 2, reps: 2, ..Default::default() };
+        let r = run(tiny("cpu", "fp32"), ".".into(), &opts).unwrap();
+        assert_eq!(r.rep_seconds.len(), 2);
+        assert!(r.images_per_second.median > 0.0 && r.images_per_second.min <= r.images_per_second.max);
+        assert!(r.peak_rss_mib > 0.0 && r.device_used_mib.is_none() && r.issue_fraction.is_none());
+        assert_eq!((r.batch_size, r.threads, r.augment.as_str()), (16, 1, "crop2+flip"));
+    }
+
+    /// Channels-last is a layout, not a different function: the same batch in either layout
+    /// gives the same outputs (to fp32 rounding), and the layout change only ever happens in
+    /// training forwards.
+    #[test]
+    fn channels_last_forward_matches_nchw() {
+        let t = trainer(&tiny("cpu", "fp32"));
+        let x = t.train_loader.train_batch(0, 0, 0).images;
+        assert!(!layers::channels_last(false));
+        let cl = layers::to_channels_last(&x);
+        assert!(cl.equal(&x) && !cl.is_contiguous() && cl.stride()[1] == 1);
+        let a = tch::no_grad(|| t.model.forward(&x, false));
+        let b = tch::no_grad(|| t.model.forward(&cl, false));
+        for (a, b) in a.iter().zip(&b) {
+            assert!(rel(a, b) < 1e-5, "{}", rel(a, b));
+        }
+    }
+
+    fn cuda() -> bool {
+        let ok = tch::Cuda::is_available();
+        if !ok {
+            eprintln!("skipped: no CUDA on this machine");
+        }
+        ok
+    }
+
+    /// The CUDA step computes what the CPU step does: same initial weights, a few steps,
+    /// weights agree to TF32/cuDNN rounding.
+    #[test]
+    fn cuda_fp32_steps_match_the_cpu() {
+        if !cuda() {
+            return;
+        }
+        // Plain SGD: the update is the gradient (Adam's normalised first steps would turn
+        // rounding-level differences of near-zero gradients into full-size ones).
+        let sgd = |device: &str| {
+            let mut cfg = tiny(device, "fp32");
+            cfg.optim.kind = crate::config::OptimKind::Sgd;
+            cfg.optim.weight_decay = 0.0;
+            cfg
+        };
+        let mut cpu = trainer(&sgd("cpu"));
+        let mut gpu = trainer(&sgd("cuda"));
+        // The CUDA generator draws other initial values: start both from the CPU's.
+        tch::no_grad(|| {
+            for ((_, mut g), (_, c)) in gpu.model.named_variables().into_iter().zip(cpu.model.named_variables()) {
+                g.copy_(&c);
+            }
+        });
+        assert!(rel(&flat(&gpu), &flat(&cpu)) == 0.0);
+        let start = flat(&cpu);
+        for _ in 0..3 {
+            cpu.step().unwrap();
+            gpu.step().unwrap();
+        }
+        let moved = rel(&(flat(&cpu) - &start), &start);
+        let diff = rel(&(flat(&gpu) - &start), &(flat(&cpu) - &start));
+        assert!(moved > 0.0);
+        assert!(diff < 0.05, "update on CUDA differs from the CPU's by {diff:.3e} (relative)");
+    }
+
+    /// bf16 compute with fp32 master weights: variables stay fp32, training reduces the loss.
+    #[test]
+    fn cuda_bf16_trains_with_fp32_master_weights() {
+        if !cuda() {
+            return;
+        }
+        let mut t = trainer(&tiny("cuda", "bf16"));
+        assert_eq!(t.optimizer.flat.params.kind(), Kind::Float);
+        let batch = t.train_loader.train_batch(0, 0, 0);
+        let loss = |t: &Trainer| -> f64 {
+            let out = tch::no_grad(|| t.model.forward(&batch.images, false));
+            t.tasks.iter().zip(&out).zip(&batch.targets).map(|((k, o), y)| k.loss(o, y).double_value(&[])).sum()
+        };
+        let before = loss(&t);
+        for _ in 0..12 {
+            t.step().unwrap();
+        }
+        let after = loss(&t);
+        assert!(after.is_finite() && after < before, "loss {before} -> {after}");
+        let outs = tch::no_grad(|| t.model.forward(&batch.images, true));
+        assert!(outs.iter().all(|o| o.kind() == Kind::Float));
+    }
+
+    #[test]
+    fn cuda_bench_reports_device_memory() {
+        if !cuda() {
+            return;
+        }
+        let opts = BenchOptions { warmup: 1, steps: 2, reps: 2, ..Default::default() };
+        let r = run(tiny("cuda", "bf16"), ".".into(), &opts).unwrap();
+        assert!(r.issue_fraction.is_some());
+        assert!(r.device_used_mib.is_some_and(|m| m > 0.0), "cudaMemGetInfo not found: {:?}", r.device_used_mib);
+    }
+}
