@@ -16,9 +16,10 @@
 #
 # Options: --device cpu|cuda (default cpu), --threads N (default: nproc; both sides),
 #   --rounds N (default 2), --quick (fewer steps), --extra (also PyTorch with channels_last and
-#   with the fused optimizer), --out FILE.jsonl (results; default bench-results/<date>.jsonl),
+#   with the fused optimizer), --out FILE.jsonl (results; default runs/bench/<date>-<device>.jsonl),
 #   --no-build. Environment: MTL (binary, default target/release/mtl-train), PY (python with
-#   torch; default .venv/bin/python, else python3), COMPILE_FP32=1 (torch.compile for fp32 too).
+#   torch; default .venv/bin/python, else python3), COMPILE_FP32=1 (torch.compile for fp32 too),
+#   COMPILE_TIMEOUT (seconds for each torch.compile run, default 180).
 # The default CPU run takes about 3 minutes on a 2-core machine.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
     --extra) extra=1; shift ;;
     --out) out="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +56,7 @@ fi
 [ -x "$MTL" ] || { echo "bench.sh: $MTL not found (build it, or set MTL=...)" >&2; exit 2; }
 
 stamp="$(date -u +%Y%m%d-%H%M%S)"
-out="${out:-bench-results/$stamp-$device.jsonl}"
+out="${out:-runs/bench/$stamp-$device.jsonl}"
 mkdir -p "$(dirname "$out")"
 work="$(mktemp -d "${TMPDIR:-/tmp}/mtl-bench.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -113,8 +114,10 @@ run_case() {
   if [ "$dev" != cpu ]; then
     MTL_CHANNELS_LAST=0 "$MTL" bench "$@" "${sets[@]}" "${common[@]}"
     if [ "$prec" = bf16 ] || [ "${COMPILE_FP32:-0}" = 1 ]; then
-      # torch.compile compiles in its first calls (tens of seconds): a longer warm-up, one run.
-      "${torch[@]}" --warmup $((warmup + 5)) --steps "$steps" --reps "$reps" --json "$out" --compile
+      # torch.compile compiles in its first calls (tens of seconds): a longer warm-up, one run,
+      # bounded so a slow compile cannot eat the GPU check's budget.
+      timeout "${COMPILE_TIMEOUT:-180}" "${torch[@]}" --warmup $((warmup + 5)) --steps "$steps" --reps "$reps" \
+        --json "$out" --compile || echo "bench.sh: torch.compile run failed or passed ${COMPILE_TIMEOUT:-180}s; no row" >&2
     fi
   fi
 }

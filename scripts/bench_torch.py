@@ -211,7 +211,7 @@ def table(path: Path) -> str:
                 ratios.append((ra["batch_size"] * ra["steps"] / ta) / (rb["batch_size"] * rb["steps"] / tb))
         return ratios
 
-    out = ["| config | device | prec | batch | threads | side | images/s median [min–max] (n) | vs eager: ratio of medians | paired ratio median [min–max] | CPU ms/img | peak RSS MiB | device MiB | load avg |",
+    out = ["| config | device | prec | batch | threads | side | images/s median [min–max] (n) | vs eager: ratio of medians | paired ratio median [min–max] | CPU ms/img | peak RSS MiB | device MiB; host issue share | load avg |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, sides in groups.items():
         eager = sides.get("torch-eager")
@@ -230,6 +230,9 @@ def table(path: Path) -> str:
             devs = f"{max(dev):.0f}" if dev else "–"
             if rs[0].get("allocator_peak_mib") is not None:
                 devs += f" (alloc {max(r['allocator_peak_mib'] for r in rs):.0f})"
+            issue = [r["issue_fraction"] for r in rs if r.get("issue_fraction") is not None]
+            if issue:
+                devs += f"; host issue {100 * statistics.median(issue):.0f}%"
             loads = [r["load_before"][0] for r in rs if r.get("load_before")] + \
                     [r["load_after"][0] for r in rs if r.get("load_after")]
             load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "–"

@@ -12,8 +12,16 @@ use tempfile::tempdir;
 /// A checkpoint after every step, so a large share of the run is spent writing them.
 fn config() -> String {
     tiny_config("k")
-        .replace("epochs: 2", "epochs: 3")
+        .replace("epochs: 2", "epochs: 4")
         .replace("checkpoint: {every: 1, keep_last: 2,", "checkpoint: {every: 1, every_steps: 1, keep_last: 2,")
+}
+
+/// The step LATEST names, 0 before the first checkpoint.
+fn latest_step(run: &Path) -> u64 {
+    std::fs::read_to_string(run.join("checkpoints/LATEST"))
+        .ok()
+        .and_then(|name| name.trim().strip_prefix("step-")?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn assert_latest_loads(run: &Path) {
@@ -52,13 +60,15 @@ fn sigkill_at_random_instants_never_loses_the_run() {
             cmd.arg("--resume");
         }
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_millis(rng.gen_range(100..1500));
-        while Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        // Kills follow the run's progress, not the clock, so every machine sees the same number of
+        // them: wait for one or two more checkpoints, then kill somewhere in the next step, which
+        // is mostly the (stretched) checkpoint write.
+        let target = latest_step(&killed) + rng.gen_range(1..=2);
+        let give_up = Instant::now() + Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() && latest_step(&killed) < target && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(2));
         }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..100)));
         match child.try_wait().unwrap() {
             Some(status) => {
                 let out = child.wait_with_output().unwrap();
