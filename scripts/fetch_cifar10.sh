@@ -7,6 +7,8 @@
 # Idempotent: does nothing when the six batch files are already complete, reuses an archive
 # whose checksum is right, and never leaves a half-written archive or directory behind.
 set -euo pipefail
+FETCH_NAME=fetch_cifar10
+source "$(dirname "${BASH_SOURCE[0]}")/fetch_lib.sh"
 
 URL="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 MD5="c32a1d4ab5d03f1284b67883e8d87530"
@@ -17,11 +19,6 @@ FILE_BYTES=30730000
 DEST="${1:-data}"
 OUT="$DEST/cifar-10-batches-bin"
 ARCHIVE="$DEST/cifar-10-binary.tar.gz"
-
-die() {
-    echo "fetch_cifar10: error: $*" >&2
-    exit 1
-}
 
 file_size() {
     # GNU stat, then BSD/macOS stat.
@@ -35,51 +32,18 @@ complete() {
     done
 }
 
-md5_of() {
-    if command -v md5sum >/dev/null; then
-        md5sum "$1" | cut -d' ' -f1
-    elif command -v md5 >/dev/null; then
-        md5 -q "$1"
-    else
-        die "neither md5sum nor md5 is installed; cannot verify the download"
-    fi
-}
-
-download() {
-    local part="$ARCHIVE.part"
-    echo "fetch_cifar10: downloading $URL (about 163 MB)"
-    if command -v curl >/dev/null; then
-        curl -fL --retry 3 -o "$part" "$URL" || { rm -f "$part"; die "download failed: $URL"; }
-    elif command -v wget >/dev/null; then
-        wget -O "$part" "$URL" || { rm -f "$part"; die "download failed: $URL"; }
-    else
-        die "neither curl nor wget is installed"
-    fi
-    mv "$part" "$ARCHIVE"
-}
-
 if complete; then
     echo "fetch_cifar10: CIFAR-10 is already in $OUT; nothing to do"
     exit 0
 fi
 
 mkdir -p "$DEST"
-if [[ -f "$ARCHIVE" && "$(md5_of "$ARCHIVE")" == "$MD5" ]]; then
-    echo "fetch_cifar10: reusing $ARCHIVE (checksum ok)"
-else
-    download
-    got="$(md5_of "$ARCHIVE")"
-    if [[ "$got" != "$MD5" ]]; then
-        rm -f "$ARCHIVE"
-        die "checksum mismatch for $URL: expected md5 $MD5, got $got (archive deleted; run again)"
-    fi
-    echo "fetch_cifar10: checksum ok"
-fi
+fetch_md5 "$URL" "$ARCHIVE" "$MD5" || die "could not get $URL with md5 $MD5 (about 163 MB); run again"
 
 # Extract into a scratch directory and move into place, so an interrupted run leaves no
 # partial cifar-10-batches-bin behind.
-tmp="$(mktemp -d "$DEST/.cifar10-extract.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
+scratch_dir "$DEST"
+tmp="$FETCH_SCRATCH"
 tar -xzf "$ARCHIVE" -C "$tmp" || die "could not extract $ARCHIVE"
 [[ -d "$tmp/cifar-10-batches-bin" ]] || die "$ARCHIVE does not contain cifar-10-batches-bin/"
 rm -rf "$OUT"

@@ -12,27 +12,14 @@
 # magic, and it prints the archive's SHA-256. Set NYUV2_SHA256 to that value (for example in CI)
 # to pin the exact bytes on later downloads. Idempotent; never leaves a partial dataset.
 set -euo pipefail
+FETCH_NAME=fetch_nyuv2
+source "$(dirname "${BASH_SOURCE[0]}")/fetch_lib.sh"
 
 URL="https://www.dropbox.com/s/p2nn02wijg7peiy/nyuv2.zip?dl=1"
 DEST="${1:-data}"
 OUT="$DEST/nyuv2"
 ARCHIVE="$DEST/nyuv2.zip"
 declare -A COUNT=([train]=795 [val]=654)
-
-die() {
-    echo "fetch_nyuv2: error: $*" >&2
-    exit 1
-}
-
-sha256_of() {
-    if command -v sha256sum >/dev/null; then
-        sha256sum "$1" | cut -d' ' -f1
-    elif command -v shasum >/dev/null; then
-        shasum -a 256 "$1" | cut -d' ' -f1
-    else
-        die "neither sha256sum nor shasum is installed; cannot verify the download"
-    fi
-}
 
 # complete DIR: the four modality folders of both splits hold the expected sample counts.
 complete() {
@@ -53,15 +40,8 @@ command -v unzip >/dev/null || die "unzip is not installed"
 
 mkdir -p "$DEST"
 if [[ ! -f "$ARCHIVE" ]]; then
-    echo "fetch_nyuv2: downloading $URL (about 420 MB)"
-    if command -v curl >/dev/null; then
-        curl -fL --retry 3 -o "$ARCHIVE.part" "$URL" || { rm -f "$ARCHIVE.part"; die "download failed: $URL"; }
-    elif command -v wget >/dev/null; then
-        wget -O "$ARCHIVE.part" "$URL" || { rm -f "$ARCHIVE.part"; die "download failed: $URL"; }
-    else
-        die "neither curl nor wget is installed"
-    fi
-    mv "$ARCHIVE.part" "$ARCHIVE"
+    say "downloading $URL (about 420 MB)"
+    download "$URL" "$ARCHIVE" || die "download failed: $URL"
 fi
 sum="$(sha256_of "$ARCHIVE")"
 echo "fetch_nyuv2: archive sha256 $sum"
@@ -70,8 +50,8 @@ if [[ -n "${NYUV2_SHA256:-}" && "$sum" != "$NYUV2_SHA256" ]]; then
     die "checksum mismatch: expected sha256 $NYUV2_SHA256 (NYUV2_SHA256), got $sum (archive deleted)"
 fi
 
-tmp="$(mktemp -d "$DEST/.nyuv2-extract.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
+scratch_dir "$DEST"
+tmp="$FETCH_SCRATCH"
 unzip -q "$ARCHIVE" -d "$tmp" || { rm -f "$ARCHIVE"; die "$ARCHIVE is not a valid zip (deleted; run again)"; }
 # The archive holds nyuv2/{train,val}/… (or the splits at its top level).
 found="$(find "$tmp" -type d -path '*/train/image' | head -n1)"

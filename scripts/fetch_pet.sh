@@ -9,6 +9,8 @@
 # Idempotent: reuses archives whose checksum is right; extracts into a scratch directory and
 # moves it into place, so an interrupted run leaves no half-extracted dataset behind.
 set -euo pipefail
+FETCH_NAME=fetch_pet
+source "$(dirname "${BASH_SOURCE[0]}")/fetch_lib.sh"
 
 BASE="https://www.robots.ox.ac.uk/~vgg/data/pets/data"
 ARCHIVES=(images.tar.gz annotations.tar.gz)
@@ -16,21 +18,6 @@ MD5S=(5c4f3ee8e5d25df40f4fd59a7f44e54c 95a8c909bbe2e81eed6a22bccdf3f68f)
 
 DEST="${1:-data}"
 OUT="$DEST/oxford-iiit-pet"
-
-die() {
-    echo "fetch_pet: error: $*" >&2
-    exit 1
-}
-
-md5_of() {
-    if command -v md5sum >/dev/null; then
-        md5sum "$1" | cut -d' ' -f1
-    elif command -v md5 >/dev/null; then
-        md5 -q "$1"
-    else
-        die "neither md5sum nor md5 is installed; cannot verify the download"
-    fi
-}
 
 complete() {
     [[ -f "$OUT/annotations/list.txt" && -f "$OUT/annotations/trainval.txt" && -f "$OUT/annotations/test.txt" \
@@ -45,31 +32,12 @@ fi
 
 mkdir -p "$DEST"
 for k in "${!ARCHIVES[@]}"; do
-    a="${ARCHIVES[$k]}"
-    want="${MD5S[$k]}"
-    if [[ -f "$DEST/$a" && "$(md5_of "$DEST/$a")" == "$want" ]]; then
-        echo "fetch_pet: reusing $DEST/$a (checksum ok)"
-        continue
-    fi
-    echo "fetch_pet: downloading $BASE/$a"
-    if command -v curl >/dev/null; then
-        curl -fL --retry 3 -o "$DEST/$a.part" "$BASE/$a" || { rm -f "$DEST/$a.part"; die "download failed: $BASE/$a"; }
-    elif command -v wget >/dev/null; then
-        wget -O "$DEST/$a.part" "$BASE/$a" || { rm -f "$DEST/$a.part"; die "download failed: $BASE/$a"; }
-    else
-        die "neither curl nor wget is installed"
-    fi
-    got="$(md5_of "$DEST/$a.part")"
-    if [[ "$got" != "$want" ]]; then
-        rm -f "$DEST/$a.part"
-        die "checksum mismatch for $a: expected md5 $want, got $got (deleted; run again)"
-    fi
-    mv "$DEST/$a.part" "$DEST/$a"
-    echo "fetch_pet: $a checksum ok"
+    fetch_md5 "$BASE/${ARCHIVES[$k]}" "$DEST/${ARCHIVES[$k]}" "${MD5S[$k]}" ||
+        die "could not get $BASE/${ARCHIVES[$k]} with md5 ${MD5S[$k]}; run again"
 done
 
-tmp="$(mktemp -d "$DEST/.pet-extract.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
+scratch_dir "$DEST"
+tmp="$FETCH_SCRATCH"
 for a in "${ARCHIVES[@]}"; do
     tar -xzf "$DEST/$a" -C "$tmp" || die "could not extract $DEST/$a"
 done
