@@ -16,8 +16,11 @@
 #
 # Options: --device cpu|cuda (default cpu), --threads N (default: nproc; both sides),
 #   --rounds N (default 2), --quick (fewer steps), --extra (also PyTorch with channels_last and
-#   with the fused optimizer), --out FILE.jsonl (results; default runs/bench/<date>-<device>.jsonl),
-#   --no-build. Environment: MTL (binary, default target/release/mtl-train), PY (python with
+#   with the fused optimizer), --ab (also mtl against itself with channels-last and the fused CPU
+#   optimizer off: the "before" of docs/BENCHMARKS.md), --out FILE.jsonl (results; default
+#   runs/bench/<date>-<device>.jsonl), --no-build, --balance "M1 M2 ..." (instead of the cases
+#   above: static weighting against each gradient method in both spaces, default config at its
+#   own batch size, mtl against itself in lockstep; docs/METHODS.md). Environment: MTL (binary, default target/release/mtl-train), PY (python with
 #   torch; default .venv/bin/python, else python3), COMPILE_FP32=1 (torch.compile for fp32 too),
 #   COMPILE_TIMEOUT (seconds for each torch.compile run, default 180).
 # The default CPU run takes about 3 minutes on a 2-core machine.
@@ -30,6 +33,8 @@ threads="${THREADS:-$(nproc)}"
 rounds="${ROUNDS:-2}"
 quick=0
 extra=0
+ab=0
+balance=""
 build=1
 out=""
 while [ $# -gt 0 ]; do
@@ -39,6 +44,8 @@ while [ $# -gt 0 ]; do
     --rounds) rounds="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --extra) extra=1; shift ;;
+    --ab) ab=1; shift ;;
+    --balance) balance="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -83,6 +90,25 @@ wait_pair() {
   [ "$ra" = 0 ] && [ "$rb" = 0 ]
 }
 
+# lockstep FIFO_DIR ROUND A... :: B... runs the benchmark commands A and B in lockstep
+# (their repetitions alternate through FIFO_DIR, whose name pairs their records); A takes the
+# first turn in odd rounds, B in even ones.
+lockstep() {
+  local fifo="$1" round="$2" a=() b=()
+  shift 2
+  while [ "$1" != "::" ]; do a+=("$1"); shift; done
+  shift
+  b=("$@")
+  mkdir -p "$fifo" && mkfifo "$fifo/first.fifo" "$fifo/second.fifo"
+  local aflag=() bflag=(--lockstep-second)
+  if [ $((round % 2)) = 0 ]; then aflag=(--lockstep-second); bflag=(); fi
+  "${a[@]}" --lockstep "$fifo" "${aflag[@]}" &
+  local pa=$!
+  "${b[@]}" --lockstep "$fifo" "${bflag[@]}" &
+  local pb=$!
+  wait_pair "$pa" "$pb"
+}
+
 # run_case NAME PRECISION BATCH WARMUP STEPS REPS -- CONFIG ARGS...
 # Every round runs mtl and PyTorch eager side by side in lockstep (their repetitions alternate,
 # the first turn switching sides every round); extra variants run alone afterwards.
@@ -96,17 +122,17 @@ run_case() {
   echo "== $name $dev $prec batch $batch threads $threads (load $(cut -d' ' -f1-3 /proc/loadavg))"
   "$MTL" bench "$@" "${sets[@]}" --warmup 0 --reps 0 --export "$dir"
   local torch=("$PY" scripts/bench_torch.py "$dir" --device "$dev" --threads "$threads")
+  local mtl=("$MTL" bench "$@" "${sets[@]}" "${common[@]}")
   for ((r = 1; r <= rounds; r++)); do
-    local fifo="$work/fifo"
-    rm -rf "$fifo" && mkdir -p "$fifo" && mkfifo "$fifo/first.fifo" "$fifo/second.fifo"
-    local mflag=() tflag=(--lockstep-second)
-    if [ $((r % 2)) = 0 ]; then mflag=(--lockstep-second); tflag=(); fi
-    "$MTL" bench "$@" "${sets[@]}" "${common[@]}" --lockstep "$fifo" "${mflag[@]}" &
-    local pm=$!
-    "${torch[@]}" "${common[@]}" --lockstep "$fifo" "${tflag[@]}" &
-    local pt=$!
-    wait_pair "$pm" "$pt" || { echo "bench.sh: $name failed" >&2; exit 1; }
+    lockstep "$dir-eager-$r" "$r" "${mtl[@]}" :: "${torch[@]}" "${common[@]}" || { echo "bench.sh: $name failed" >&2; exit 1; }
   done
+  if [ "$ab" = 1 ]; then
+    # Before/after: mtl against itself with the speed switches off (src/switches.rs).
+    for ((r = 1; r <= rounds; r++)); do
+      lockstep "$dir-ab-$r" "$r" "${mtl[@]}" :: env MTL_CHANNELS_LAST=0 MTL_FUSED_OPTIM=0 "${mtl[@]}" ||
+        { echo "bench.sh: $name (A/B) failed" >&2; exit 1; }
+    done
+  fi
   if [ "$extra" = 1 ]; then
     "${torch[@]}" "${common[@]}" --channels-last
     "${torch[@]}" "${common[@]}" --fused
@@ -122,7 +148,23 @@ run_case() {
   fi
 }
 
-if [ "$device" = cpu ]; then
+# balance_case METHOD: the default config's step with static weighting against METHOD with
+# per-task gradients w.r.t. the parameters and w.r.t. the representation.
+balance_case() {
+  local sets=(--set "threads=$threads" --device "$device") common=(--warmup 2 --steps 4 --reps 5 --json "$out")
+  local static=("$MTL" bench "${sets[@]}" "${common[@]}")
+  echo "== balance: static vs $1 (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  for space in representation params; do
+    for ((r = 1; r <= rounds; r++)); do
+      lockstep "$work/balance-$1-$space-$r" "$r" "${static[@]}" :: "${static[@]}" \
+        --set balance.method="$1" --set balance.on="$space" || { echo "bench.sh: $1 $space failed" >&2; exit 1; }
+    done
+  done
+}
+
+if [ -n "$balance" ]; then
+  for m in $balance; do balance_case "$m"; done
+elif [ "$device" = cpu ]; then
   if [ "$quick" = 1 ]; then
     run_case default fp32 16 2 4 3 --
     run_case default fp32 128 1 1 3 --

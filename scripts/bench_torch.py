@@ -179,7 +179,28 @@ def spread(values):
     return {"median": statistics.median(v), "min": v[0], "max": v[-1]}
 
 
-SIDE_ORDER = ["mtl", "mtl-nchw", "torch-eager", "torch-eager-cl", "torch-eager-fused", "torch-compile"]
+SIDE_ORDER = ["mtl", "mtl-nchw", "mtl-unfused", "mtl-nchw-unfused", "torch-eager", "torch-eager-cl", "torch-eager-fused", "torch-compile"]
+
+
+def profile_table(step, steps: int, sync, top: int = 14) -> str:
+    """Self CPU time per aten op (ms per step, share of the step) over `steps` profiled steps;
+    tch has no profiler binding, so this is how the ops mtl runs are attributed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    ops = [(e.key, e.self_cpu_time_total / 1000 / steps) for e in prof.key_averages()]
+    ops = sorted((o for o in ops if o[1] > 0), key=lambda o: -o[1])
+    total = sum(ms for _, ms in ops)
+    out = ["| op | ms/step | share |", "|---|---|---|"]
+    for name, ms in ops[:top]:
+        out.append(f"| `{name}` | {ms:.1f} | {100 * ms / total:.0f}% |")
+    rest = sum(ms for _, ms in ops[top:])
+    out.append(f"| {len(ops) - top} other ops | {rest:.1f} | {100 * rest / total:.0f}% |")
+    out.append(f"| **total** | {total:.1f} | |")
+    return "\n".join(out)
 
 
 def table(path: Path) -> str:
@@ -202,11 +223,16 @@ def table(path: Path) -> str:
         return statistics.median(v) if v else float("nan")
 
     def paired(a_rs, b_rs):
-        """Ratios of lockstep repetitions: the i-th lockstep run of each side ran interleaved."""
+        """Ratios a/b of the repetitions that ran interleaved (same lockstep FIFO directory)."""
         a = [r for r in a_rs if r.get("lockstep")]
         b = [r for r in b_rs if r.get("lockstep")]
+        if all(isinstance(r["lockstep"], str) for r in a + b):
+            b_by_pair = {r["lockstep"]: r for r in b}
+            matched = [(ra, b_by_pair[ra["lockstep"]]) for ra in a if ra["lockstep"] in b_by_pair]
+        else:  # results written before pairs were named: in order
+            matched = list(zip(a, b))
         ratios = []
-        for ra, rb in zip(a, b):
+        for ra, rb in matched:
             for ta, tb in zip(ra["rep_seconds"], rb["rep_seconds"]):
                 ratios.append((ra["batch_size"] * ra["steps"] / ta) / (rb["batch_size"] * rb["steps"] / tb))
         return ratios
@@ -238,6 +264,15 @@ def table(path: Path) -> str:
             load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "–"
             out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {side} | "
                        f"{sp['median']:.1f} [{sp['min']:.1f}–{sp['max']:.1f}] ({n}) | {ratio} | {pr} | {cpu_ms(rs):.1f} | {rss:.0f} | {devs} | {load} |")
+    # Pairs of mtl against itself (`bench.sh --ab`, `--balance`): speed switches off, or
+    # another balancing method, interleaved with static weighting.
+    for key, sides in groups.items():
+        for side in sides:
+            if side.startswith("mtl-") and "mtl" in sides:
+                pairs = paired(sides["mtl"], sides[side])
+                if pairs:
+                    out.append(f"\n{key[0]} batch {key[3]}: {side} takes {statistics.median(pairs):.2f}× "
+                               f"[{min(pairs):.2f}–{max(pairs):.2f}] mtl's time per step (paired, n={len(pairs)})")
     return "\n".join(out)
 
 
@@ -259,6 +294,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (default mode)")
     ap.add_argument("--fused", action="store_true", help="fused=True optimizer instead of foreach=True")
     ap.add_argument("--json", type=Path, help="append the result as one JSON line")
+    ap.add_argument("--profile", type=int, metavar="STEPS",
+                    help="instead of timing: run STEPS steps under torch.profiler and print where the time goes")
     ap.add_argument("--lockstep", type=Path, metavar="DIR",
                     help="alternate repetitions with mtl-train bench through DIR/first.fifo, DIR/second.fifo")
     ap.add_argument("--lockstep-second", action="store_true", help="take the second turn (starts the exchange)")
@@ -325,6 +362,11 @@ def main(argv=None) -> int:
             torch.cuda.synchronize(device)
 
     setup = time.perf_counter() - started
+    if args.profile:
+        for _ in range(args.warmup):
+            step()
+        print(profile_table(step, args.profile, sync))
+        return 0
     turns = None
     if args.lockstep is not None:
         # O_RDWR: opening a FIFO this way never blocks (see src/bench.rs, Lockstep).
@@ -389,7 +431,7 @@ def main(argv=None) -> int:
         "load_before": load_before,
         "load_after": load_after,
         "setup_seconds": setup,
-        "lockstep": turns is not None,
+        "lockstep": str(args.lockstep) if turns is not None else None,
         "torch": torch.__version__,
     }
     if cuda:

@@ -10,7 +10,7 @@
 #   scripts/gpu_check.sh --prepare     # here: builds target/gpu/{mtl-train,mtl-lib-tests}
 #   scripts/gpu_check.sh               # there, from the repository root (carry target/gpu)
 #
-# Environment: EPOCHS (default 3), BENCH=0 to skip the benchmark, QUICK=1 for a shorter one,
+# Environment: EPOCHS (default: the config's 5), BENCH=0 to skip the benchmark, QUICK=1 for a shorter one,
 # OUT (a folder for the logs and results; default a temporary one), DRY=1 to rehearse the whole
 # script on the CPU (small data, quick CPU benchmark) on a machine without a GPU.
 set -uo pipefail
@@ -80,13 +80,14 @@ else
   row "unit tests (lib)" "MISSING" "$TESTS not carried"
 fi
 
-echo "== shapes_seg, ${EPOCHS:-3} epochs, fp32 and bf16 on $dev"
+epochs=(); [ -n "${EPOCHS:-}" ] && epochs=(--set "train.epochs=$EPOCHS")
+echo "== shapes_seg, ${EPOCHS:-5} epochs, fp32 and bf16 on $dev"
 for prec in fp32 bf16; do
   t0=$(date +%s)
   dir="$(mktemp -d)/run-$prec"
   [ "$dev" = cpu ] && [ "$prec" = bf16 ] && continue
   if "$MTL" configs/shapes_seg.yaml --device "$dev" --run-dir "$dir" --set "precision=$prec" \
-      --set "train.epochs=${EPOCHS:-3}" "${small[@]}" > "$out/train-$prec.log" 2>&1; then
+      "${epochs[@]}" "${small[@]}" > "$out/train-$prec.log" 2>&1; then
     cp "$dir/metrics.jsonl" "$out/metrics-$prec.jsonl" 2>/dev/null || true
     detail="$("$PY" - "$dir/metrics.jsonl" <<'EOF'
 import json, statistics, sys

@@ -14,6 +14,7 @@
 //! caching allocator's reserve, which never shrinks during a run, so it is the peak). tch has
 //! no binding for the caching allocator's statistics; the PyTorch side reports the same
 //! `cudaMemGetInfo` figure next to its allocator peak.
+use crate::balance::GradientSpace;
 use crate::config::{Config, Precision};
 use crate::train::session::{resolve_device, Session};
 use crate::train::{TrainOptions, Trainer};
@@ -111,12 +112,40 @@ impl Spread {
     }
 }
 
+/// "mtl", with the balancing method when it is not static ("-mgda-representation"), "-nchw"
+/// when channels-last training is off and "-unfused" when the CPU optimizer runs as tensor ops
+/// (the "before" of docs/BENCHMARKS.md).
+pub fn side_name(
+    balancer: &dyn crate::balance::Balancer,
+    method: &str,
+    channels_last: bool,
+    fused_optim: bool,
+) -> String {
+    let mut side = String::from("mtl");
+    if method != "static" {
+        side.push('-');
+        side.push_str(method);
+        match balancer.space() {
+            GradientSpace::Losses => {}
+            GradientSpace::Params => side.push_str("-params"),
+            GradientSpace::Representation => side.push_str("-representation"),
+        }
+    }
+    if !channels_last {
+        side.push_str("-nchw");
+    }
+    if !fused_optim {
+        side.push_str("-unfused");
+    }
+    side
+}
+
 /// One benchmark result; one JSON object per line in the results file (the PyTorch side
 /// writes the same fields).
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    /// "mtl" ("mtl-nchw" with channels-last off; the PyTorch side writes "torch-eager",
-    /// "torch-compile", …).
+    /// "mtl" ([`side_name`] marks speed switches turned off; the PyTorch side writes
+    /// "torch-eager", "torch-compile", …).
     pub side: String,
     pub config: String,
     pub device: String,
@@ -150,8 +179,9 @@ pub struct BenchReport {
     pub load_after: Option<[f64; 3]>,
     /// Seconds to build the trainer (data generation or loading included).
     pub setup_seconds: f64,
-    /// Whether the repetitions alternated with another process's ([`Lockstep`]).
-    pub lockstep: bool,
+    /// The FIFO directory when the repetitions alternated with another process's
+    /// ([`Lockstep`]); the two records of a pair name the same one.
+    pub lockstep: Option<String>,
 }
 
 impl BenchReport {
@@ -255,7 +285,12 @@ pub fn run(cfg: Config, config_dir: PathBuf, opts: &BenchOptions) -> anyhow::Res
     let ips: Vec<f64> = rep_seconds.iter().map(|s| batch * opts.steps as f64 / s).collect();
     let channels_last = crate::model::layers::channels_last(true);
     Ok(BenchReport {
-        side: if channels_last { "mtl" } else { "mtl-nchw" }.into(),
+        side: side_name(
+            trainer.balancer.as_ref(),
+            &cfg.balance.method,
+            channels_last,
+            crate::switches::on(crate::switches::FUSED_OPTIM),
+        ),
         config: cfg.name.clone(),
         device: format!("{device:?}").to_lowercase(),
         precision: match cfg.precision {
@@ -282,7 +317,7 @@ pub fn run(cfg: Config, config_dir: PathBuf, opts: &BenchOptions) -> anyhow::Res
         load_before,
         load_after,
         setup_seconds,
-        lockstep: opts.lockstep.is_some(),
+        lockstep: opts.lockstep.as_ref().map(|l| l.dir.display().to_string()),
     })
 }
 

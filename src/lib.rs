@@ -16,5 +16,7 @@ pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod safetensors_check;
+pub mod switches;
 pub mod tasks;
 pub mod train;
+pub mod transfer;

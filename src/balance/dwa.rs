@@ -2,7 +2,8 @@
 //! `w = T · softmax(r / τ)` with `r_i = L̄_i(e−1) / L̄_i(e−2)` (epoch-mean training losses,
 //! fed by [`Balancer::end_epoch`]); all weights 1 before that.
 use super::{grads, state, Balancer, GradientSpace, StepContext};
-use tch::{Kind, Tensor};
+use crate::transfer::f32_values;
+use tch::Tensor;
 
 /// DWA's weights from the mean losses of the last two epochs (`previous` is the newer).
 /// A ratio whose denominator is not positive counts as 1.
@@ -50,7 +51,7 @@ impl Balancer for Dwa {
             ctx.losses.len(),
             self.tasks
         );
-        let w = Tensor::from_slice(&self.weights()).to_kind(Kind::Float).to_device(ctx.losses[0].device());
+        let w = f32_values(&self.weights(), ctx.losses[0].device());
         grads::backward_weighted(ctx, &w)?;
         Ok(w)
     }

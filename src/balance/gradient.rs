@@ -3,6 +3,7 @@
 //! of them in a training step (per-task gradients, combine, write `.grad`).
 use super::grads::{self, TaskGrads};
 use super::{Balancer, GradientSpace, StepContext};
+use crate::transfer::f32_values;
 use tch::{Kind, Tensor};
 
 /// One step's combination of per-task gradients.
@@ -86,7 +87,7 @@ impl<M: GradientMethod> Balancer for GradientBalancer<M> {
         anyhow::ensure!(!ctx.losses.is_empty(), "balance: no task losses");
         let device = ctx.losses[0].device();
         if let Some(w) = self.method.reuse(ctx.step) {
-            let w = Tensor::from_slice(&w).to_kind(Kind::Float).to_device(device);
+            let w = f32_values(&w, device);
             grads::backward_weighted(ctx, &w)?;
             return Ok(w);
         }

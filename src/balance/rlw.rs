@@ -2,8 +2,9 @@
 //! `rng::stream(seed, Balance, step)`, so a resumed run draws the same weights.
 use super::{grads, Balancer, GradientSpace, StepContext};
 use crate::rng::{self, Purpose};
+use crate::transfer::f32_values;
 use rand::Rng;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Standard normal draws by Box–Muller (rand 0.8 has no normal distribution without rand_distr).
 pub fn standard_normals(rng: &mut impl Rng, n: usize) -> Vec<f64> {
@@ -35,7 +36,7 @@ impl Balancer for Rlw {
     fn backward(&mut self, ctx: &StepContext) -> anyhow::Result<Tensor> {
         anyhow::ensure!(!ctx.losses.is_empty(), "balance: no task losses");
         let w = rlw_weights(ctx.losses.len(), ctx.seed, ctx.step);
-        let w = Tensor::from_slice(&w).to_kind(Kind::Float).to_device(ctx.losses[0].device());
+        let w = f32_values(&w, ctx.losses[0].device());
         grads::backward_weighted(ctx, &w)?;
         Ok(w)
     }

@@ -1,6 +1,7 @@
 //! Static weighting: L = Σ w_i l_i with the configured task weights (EW: all weights 1).
 use super::{grads, Balancer, GradientSpace, StepContext};
-use tch::{Kind, Tensor};
+use crate::transfer::f32_values;
+use tch::Tensor;
 
 pub struct StaticWeights {
     equal: bool,
@@ -34,7 +35,7 @@ impl Balancer for StaticWeights {
         anyhow::ensure!(t > 0, "balance: no task losses");
         let weights: Vec<f64> = if self.equal { vec![1.0; t] } else { ctx.task_weights.to_vec() };
         anyhow::ensure!(weights.len() == t, "balance: {} task weights for {t} losses", weights.len());
-        let w = Tensor::from_slice(&weights).to_kind(Kind::Float).to_device(ctx.losses[0].device());
+        let w = f32_values(&weights, ctx.losses[0].device());
         grads::backward_weighted(ctx, &w)?;
         Ok(w)
     }

@@ -7,6 +7,7 @@
 //! the image and every spatial target, which keeps them aligned by construction. The
 //! scale-crop step resamples every tensor through the same sampling grid (`grid_sampler_2d`):
 //! bilinear for images and depth, nearest-neighbour for labels and normals.
+use crate::transfer::upload;
 use rand::Rng;
 use tch::{Kind, Tensor};
 
@@ -77,7 +78,7 @@ pub fn crop_flip_targets(
         panic!("crop_flip expects images [N, C, H, W], got {:?}", images.size());
     };
     let params = draw_params(rng, n, padding, hflip);
-    let flips = Tensor::from_slice(&params[2 * n as usize..]).to_device(images.device());
+    let flips = upload(&Tensor::from_slice(&params[2 * n as usize..]), images.device());
     let index = source_index(params, n, h, w, padding, images.device());
 
     let area = h * w;
@@ -140,7 +141,7 @@ fn draw_params(rng: &mut impl Rng, n: i64, padding: i64, hflip: bool) -> Vec<i64
 /// `ox_k + W − 1 − j` when flipped (crop, then mirror the crop).
 fn source_index(params: Vec<i64>, n: i64, h: i64, w: i64, padding: i64, device: tch::Device) -> Tensor {
     // One small host-to-device copy; the rest is computed where the images are.
-    let params = Tensor::from_slice(&params).view([3, n, 1]).to_device(device);
+    let params = upload(&Tensor::from_slice(&params).view([3, n, 1]), device);
     let (oy, ox, flip) = (params.get(0), params.get(1), params.get(2));
     let rows = oy + Tensor::arange(h, (Kind::Int64, device)).view([1, h]);
     let j = Tensor::arange(w, (Kind::Int64, device)).view([1, w]);
@@ -177,7 +178,7 @@ pub fn scale_crop(
     let zooms = draw_zooms(rng, n, max_scale);
     let grid = zoom_grid(&zooms, h, w, images.device());
     let scales =
-        Tensor::from_slice(&zooms.iter().map(|z| z.scale as f32).collect::<Vec<_>>()).to_device(images.device());
+        upload(&Tensor::from_slice(&zooms.iter().map(|z| z.scale as f32).collect::<Vec<_>>()), images.device());
     (sample(images, &grid, BILINEAR), spatial.iter().map(|(t, kind)| resample(t, *kind, &grid, &scales)).collect())
 }
 
@@ -216,7 +217,7 @@ fn resample(t: &Tensor, kind: Spatial, grid: &Tensor, scales: &Tensor) -> Tensor
 pub fn zoom_grid(zooms: &[Zoom], h: i64, w: i64, device: tch::Device) -> Tensor {
     let n = zooms.len() as i64;
     let col = |f: &dyn Fn(&Zoom) -> f64| {
-        Tensor::from_slice(&zooms.iter().map(|z| f(z) as f32).collect::<Vec<_>>()).view([n, 1]).to_device(device)
+        upload(&Tensor::from_slice(&zooms.iter().map(|z| f(z) as f32).collect::<Vec<_>>()).view([n, 1]), device)
     };
     let inv_s = col(&|z| 1.0 / z.scale);
     let y0 = col(&|z| z.fy * (h as f64 - h as f64 / z.scale));

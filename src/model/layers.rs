@@ -40,7 +40,7 @@ pub fn channels_last(train: bool) -> bool {
         ON => true,
         OFF => false,
         _ => {
-            let on = !matches!(std::env::var("MTL_CHANNELS_LAST").as_deref(), Ok("0") | Ok("false") | Ok("off"));
+            let on = crate::switches::on(crate::switches::CHANNELS_LAST);
             CHANNELS_LAST.store(if on { ON } else { OFF }, Ordering::Relaxed);
             on
         }

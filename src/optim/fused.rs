@@ -101,7 +101,10 @@ fn threads_for(n: usize, threads: usize) -> usize {
 /// # Safety
 /// The caller must not let another slice of the same storage exist at the same time, and must
 /// not run a libtorch op on the tensor while the slice lives.
-unsafe fn slice_mut<'a>(t: &'a Tensor) -> &'a mut [f32] {
+// A `Tensor` is a shared handle to storage that libtorch itself mutates through `&Tensor`
+// (every in-place op does), so a mutable view from a shared reference is the model here.
+#[allow(clippy::mut_from_ref)]
+unsafe fn slice_mut(t: &Tensor) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
 }
 

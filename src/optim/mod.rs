@@ -17,7 +17,7 @@ pub struct Optimizer {
     /// Updates done so far (AdamW's bias correction; SGD's first-step momentum rule).
     pub steps: u64,
     /// Whether CPU buffers take the single-pass path of [`fused`] (the tests turn it off to
-    /// compare it with the tensor-op path CUDA takes).
+    /// compare it with the tensor-op path CUDA takes; `MTL_FUSED_OPTIM=0` for A/B timing).
     fused: bool,
 }
 
@@ -29,7 +29,7 @@ impl Optimizer {
             OptimKind::Sgd => &[],
         };
         let buffers = names.iter().map(|&n| (n, flat.params.zeros_like())).collect();
-        Self { cfg: cfg.clone(), flat, buffers, steps: 0, fused: true }
+        Self { cfg: cfg.clone(), flat, buffers, steps: 0, fused: crate::switches::on(crate::switches::FUSED_OPTIM) }
     }
 
     pub fn zero_grad(&mut self) {
