@@ -100,6 +100,7 @@ pub struct RunSummary {
     pub run: PathBuf,
     pub name: String,
     pub method: String,
+    pub seed: u64,
     pub metrics: Vec<(String, f64)>,
     pub delta_m: Option<f64>,
     /// Median seconds per training step over the logged windows.
@@ -132,6 +133,7 @@ pub fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<Ru
         run: run.to_path_buf(),
         name: cfg.name,
         method,
+        seed: cfg.seed,
         metrics: metrics.into_iter().filter(|(k, _)| is_quality_metric(k)).collect(),
         delta_m,
         seconds_per_step: per_step.get(per_step.len() / 2).copied(),
@@ -150,8 +152,8 @@ pub fn table(rows: &[RunSummary]) -> String {
         }
     }
     let reference = rows.iter().find(|r| r.method == "static").and_then(|r| r.seconds_per_step);
-    let mut out = format!("| run | method | {} | Δm % | s/step | × static |\n", keys.join(" | "));
-    out.push_str(&format!("|{}\n", " --- |".repeat(keys.len() + 5)));
+    let mut out = format!("| run | method | seed | {} | Δm % | s/step | × static |\n", keys.join(" | "));
+    out.push_str(&format!("|{}\n", " --- |".repeat(keys.len() + 6)));
     for r in rows {
         let cells: Vec<String> = keys
             .iter()
@@ -163,7 +165,13 @@ pub fn table(rows: &[RunSummary]) -> String {
             (Some(s), Some(b)) if b > 0.0 => format!("{:.2}", s / b),
             _ => "–".into(),
         };
-        out.push_str(&format!("| {} | {} | {} | {dm} | {sps} | {rel} |\n", r.name, r.method, cells.join(" | ")));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {dm} | {sps} | {rel} |\n",
+            r.name,
+            r.method,
+            r.seed,
+            cells.join(" | ")
+        ));
     }
     out
 }
