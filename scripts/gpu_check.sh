@@ -75,6 +75,7 @@ if [ -x "$TESTS" ]; then
   cuda_failed=$(grep -cE '^test .*cuda_.* FAILED$' "$out/tests.log" || true)
   skipped=$(grep -c 'skipped: no CUDA' "$out/tests.log" || true)
   if grep -q 'test result: ok' "$out/tests.log" && { [ "$skipped" = 0 ] || [ "$dev" = cpu ]; }; then res=PASS; else res=FAIL; fi
+  [ "$dev" = cpu ] && cuda_ok="0 (no GPU: the $cuda_ok cuda_* tests returned early)"
   row "unit tests (lib)" "$res" "$cuda_ok cuda tests ok, $cuda_failed failed, $skipped skipped; ${summary#test result: } ($(( $(date +%s) - t0 ))s)"
 else
   row "unit tests (lib)" "MISSING" "$TESTS not carried"
