@@ -16,7 +16,7 @@
 #
 # Options: --device cpu|cuda (default cpu), --threads N (default: nproc; both sides),
 #   --rounds N (default 2), --quick (fewer steps), --extra (also PyTorch with channels_last and
-#   with the fused optimizer), --ab (also mtl against itself with channels-last and the fused CPU
+#   with the fused optimizer, each in lockstep with mtl), --ab (also mtl against itself with channels-last and the fused CPU
 #   optimizer off: the "before" of docs/BENCHMARKS.md), --out FILE.jsonl (results; default
 #   runs/bench/<date>-<device>.jsonl), --no-build, --balance "M1 M2 ..." (instead of the cases
 #   above: static weighting against each gradient method in both spaces, default config at its
@@ -134,8 +134,13 @@ run_case() {
     done
   fi
   if [ "$extra" = 1 ]; then
-    "${torch[@]}" "${common[@]}" --channels-last
-    "${torch[@]}" "${common[@]}" --fused
+    # Hand-tuned PyTorch variants, each in lockstep with mtl like the eager loop.
+    for variant in --channels-last --fused; do
+      for ((r = 1; r <= rounds; r++)); do
+        lockstep "$dir-$variant-$r" "$r" "${mtl[@]}" :: "${torch[@]}" "${common[@]}" "$variant" ||
+          { echo "bench.sh: $name ($variant) failed" >&2; exit 1; }
+      done
+    done
   fi
   if [ "$dev" != cpu ]; then
     MTL_CHANNELS_LAST=0 "$MTL" bench "$@" "${sets[@]}" "${common[@]}"

@@ -264,6 +264,14 @@ def table(path: Path) -> str:
             load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "–"
             out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {side} | "
                        f"{sp['median']:.1f} [{sp['min']:.1f}–{sp['max']:.1f}] ({n}) | {ratio} | {pr} | {cpu_ms(rs):.1f} | {rss:.0f} | {devs} | {load} |")
+    # mtl against the hand-tuned PyTorch variants (`bench.sh --extra`), interleaved.
+    for key, sides in groups.items():
+        for side in sides:
+            if side.startswith("torch-eager-") and "mtl" in sides:
+                pairs = paired(sides["mtl"], sides[side])
+                if pairs:
+                    out.append(f"\n{key[0]} batch {key[3]}: mtl has {statistics.median(pairs):.2f}× "
+                               f"[{min(pairs):.2f}–{max(pairs):.2f}] {side}'s images/s (paired, n={len(pairs)})")
     # Pairs of mtl against itself (`bench.sh --ab`, `--balance`): speed switches off, or
     # another balancing method, interleaved with static weighting.
     for key, sides in groups.items():
