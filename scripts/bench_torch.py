@@ -264,23 +264,18 @@ def table(path: Path) -> str:
             load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "–"
             out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {side} | "
                        f"{sp['median']:.1f} [{sp['min']:.1f}–{sp['max']:.1f}] ({n}) | {ratio} | {pr} | {cpu_ms(rs):.1f} | {rss:.0f} | {devs} | {load} |")
-    # mtl against the hand-tuned PyTorch variants (`bench.sh --extra`), interleaved.
+    # Sides that ran interleaved with plain mtl, as ratios of mtl's images/s to theirs: the
+    # hand-tuned PyTorch variants (`bench.sh --extra`), and mtl itself with speed switches off
+    # or another balancing method (`--ab`, `--balance`; the ratio is then their relative cost).
+    wording = {"torch-eager-": "mtl has {r} {side}'s images/s", "mtl-": "{side} takes {r} mtl's time per step"}
     for key, sides in groups.items():
         for side in sides:
-            if side.startswith("torch-eager-") and "mtl" in sides:
-                pairs = paired(sides["mtl"], sides[side])
-                if pairs:
-                    out.append(f"\n{key[0]} batch {key[3]}: mtl has {statistics.median(pairs):.2f}× "
-                               f"[{min(pairs):.2f}–{max(pairs):.2f}] {side}'s images/s (paired, n={len(pairs)})")
-    # Pairs of mtl against itself (`bench.sh --ab`, `--balance`): speed switches off, or
-    # another balancing method, interleaved with static weighting.
-    for key, sides in groups.items():
-        for side in sides:
-            if side.startswith("mtl-") and "mtl" in sides:
-                pairs = paired(sides["mtl"], sides[side])
-                if pairs:
-                    out.append(f"\n{key[0]} batch {key[3]}: {side} takes {statistics.median(pairs):.2f}× "
-                               f"[{min(pairs):.2f}–{max(pairs):.2f}] mtl's time per step (paired, n={len(pairs)})")
+            prefix = next((p for p in wording if side.startswith(p)), None)
+            pairs = paired(sides["mtl"], sides[side]) if prefix and "mtl" in sides else []
+            if pairs:
+                r = f"{statistics.median(pairs):.2f}× [{min(pairs):.2f}–{max(pairs):.2f}]"
+                out.append(f"\n{key[0]} batch {key[3]}: " + wording[prefix].format(r=r, side=side) +
+                           f" (paired, n={len(pairs)})")
     return "\n".join(out)
 
 
