@@ -2,7 +2,6 @@
 //! `w = T · softmax(r / τ)` with `r_i = L̄_i(e−1) / L̄_i(e−2)` (epoch-mean training losses,
 //! fed by [`Balancer::end_epoch`]); all weights 1 before that.
 use super::{grads, state, Balancer, GradientSpace, StepContext};
-use crate::transfer::f32_values;
 use tch::Tensor;
 
 /// DWA's weights from the mean losses of the last two epochs (`previous` is the newer).
@@ -51,9 +50,7 @@ impl Balancer for Dwa {
             ctx.losses.len(),
             self.tasks
         );
-        let w = f32_values(&self.weights(), ctx.losses[0].device());
-        grads::backward_weighted(ctx, &w)?;
-        Ok(w)
+        grads::backward_with_weights(ctx, &self.weights())
     }
 
     fn end_epoch(&mut self, _epoch: u64, mean_losses: &[f64]) {

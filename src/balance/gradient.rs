@@ -3,7 +3,6 @@
 //! of them in a training step (per-task gradients, combine, write `.grad`).
 use super::grads::{self, TaskGrads};
 use super::{Balancer, GradientSpace, StepContext};
-use crate::transfer::f32_values;
 use tch::{Kind, Tensor};
 
 /// One step's combination of per-task gradients.
@@ -87,9 +86,7 @@ impl<M: GradientMethod> Balancer for GradientBalancer<M> {
         anyhow::ensure!(!ctx.losses.is_empty(), "balance: no task losses");
         let device = ctx.losses[0].device();
         if let Some(w) = self.method.reuse(ctx.step) {
-            let w = f32_values(&w, device);
-            grads::backward_weighted(ctx, &w)?;
-            return Ok(w);
+            return grads::backward_with_weights(ctx, &w);
         }
         let TaskGrads { matrix, heads } = grads::task_gradients(ctx, self.space)?;
         let losses = grads::stacked_losses(ctx.losses);

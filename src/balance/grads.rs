@@ -8,7 +8,7 @@
 //! update. One such pass over cheap elementwise nodes costs far less than a backbone backward.
 use super::solvers::Mat;
 use super::{GradientSpace, StepContext};
-use crate::transfer::upload;
+use crate::transfer::{f32_values, upload};
 use anyhow::Context;
 use tch::{Kind, Tensor};
 
@@ -120,6 +120,15 @@ pub fn apply(
         }
     }
     backward_sum(terms)
+}
+
+/// [`backward_weighted`] with weights from the host (uploaded without a host sync); returns
+/// them as the step's per-task weights.
+pub fn backward_with_weights(ctx: &StepContext, weights: &[f64]) -> anyhow::Result<Tensor> {
+    anyhow::ensure!(!ctx.losses.is_empty(), "balance: no task losses");
+    let w = f32_values(weights, ctx.losses[0].device());
+    backward_weighted(ctx, &w)?;
+    Ok(w)
 }
 
 /// Backpropagates `Σ_i w_i l_i` with detached weights. When the heads ran on detached

@@ -2,7 +2,6 @@
 //! `rng::stream(seed, Balance, step)`, so a resumed run draws the same weights.
 use super::{grads, Balancer, GradientSpace, StepContext};
 use crate::rng::{self, Purpose};
-use crate::transfer::f32_values;
 use rand::Rng;
 use tch::Tensor;
 
@@ -36,8 +35,6 @@ impl Balancer for Rlw {
     fn backward(&mut self, ctx: &StepContext) -> anyhow::Result<Tensor> {
         anyhow::ensure!(!ctx.losses.is_empty(), "balance: no task losses");
         let w = rlw_weights(ctx.losses.len(), ctx.seed, ctx.step);
-        let w = f32_values(&w, ctx.losses[0].device());
-        grads::backward_weighted(ctx, &w)?;
-        Ok(w)
+        grads::backward_with_weights(ctx, &w)
     }
 }

@@ -1,6 +1,5 @@
 //! Static weighting: L = Σ w_i l_i with the configured task weights (EW: all weights 1).
 use super::{grads, Balancer, GradientSpace, StepContext};
-use crate::transfer::f32_values;
 use tch::Tensor;
 
 pub struct StaticWeights {
@@ -35,8 +34,6 @@ impl Balancer for StaticWeights {
         anyhow::ensure!(t > 0, "balance: no task losses");
         let weights: Vec<f64> = if self.equal { vec![1.0; t] } else { ctx.task_weights.to_vec() };
         anyhow::ensure!(weights.len() == t, "balance: {} task weights for {t} losses", weights.len());
-        let w = f32_values(&weights, ctx.losses[0].device());
-        grads::backward_weighted(ctx, &w)?;
-        Ok(w)
+        grads::backward_with_weights(ctx, &weights)
     }
 }

@@ -1,7 +1,7 @@
 //! The few layers the models are made of, named as PyTorch's modules name their tensors so
 //! that `model.safetensors` loads into the same `torch.nn` tree with `strict=True`.
 use crate::config::Activation;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
@@ -13,38 +13,11 @@ use tch::{Kind, Tensor};
 /// Evaluation and inference forwards stay NCHW, so their outputs are bit for bit those of the
 /// PyTorch mirror (`scripts/mtl_torch.py`) in fp32 on the CPU. Weights stay NCHW (they are
 /// views into the optimizer's flat buffer); the convolution reorders them, which is cheap
-/// next to the activations. Default: on; `MTL_CHANNELS_LAST=0` (or [`set_channels_last`])
-/// turns it off, e.g. for A/B timing.
-static CHANNELS_LAST: AtomicU8 = AtomicU8::new(UNSET);
-const UNSET: u8 = 0;
-const ON: u8 = 1;
-const OFF: u8 = 2;
-
-/// Sets the channels-last policy of training forwards for this process (`None`: the default,
-/// which is on unless `MTL_CHANNELS_LAST=0`).
-pub fn set_channels_last(on: Option<bool>) {
-    let v = match on {
-        None => UNSET,
-        Some(true) => ON,
-        Some(false) => OFF,
-    };
-    CHANNELS_LAST.store(v, Ordering::Relaxed);
-}
-
-/// Whether a forward with this `train` flag runs channels-last.
+/// next to the activations. Default: on; `MTL_CHANNELS_LAST=0` turns it off, e.g. for A/B
+/// timing (read once per process). Asked with `train: false` the answer is always no.
 pub fn channels_last(train: bool) -> bool {
-    if !train {
-        return false;
-    }
-    match CHANNELS_LAST.load(Ordering::Relaxed) {
-        ON => true,
-        OFF => false,
-        _ => {
-            let on = crate::switches::on(crate::switches::CHANNELS_LAST);
-            CHANNELS_LAST.store(if on { ON } else { OFF }, Ordering::Relaxed);
-            on
-        }
-    }
+    static ON: OnceLock<bool> = OnceLock::new();
+    train && *ON.get_or_init(|| crate::switches::on(crate::switches::CHANNELS_LAST))
 }
 
 /// The same values with channels-last strides (`[N, C, H, W]` shape, NHWC in memory); tch has
