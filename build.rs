@@ -2,7 +2,7 @@
 //!
 //! torch-sys tells the linker where libtorch is but gives the final binary no rpath, and the
 //! linker's `--as-needed` drops `libtorch_cuda.so` because no symbol of it is referenced
-//! directly: CUDA would then silently report unavailable (see ../shared/TCH_NOTES.md).
+//! directly: CUDA would then silently report unavailable (docs/DECISIONS.md, "Linking libtorch").
 use std::path::Path;
 
 fn main() {

@@ -127,9 +127,10 @@ run_case() {
     lockstep "$dir-eager-$r" "$r" "${mtl[@]}" :: "${torch[@]}" "${common[@]}" || { echo "bench.sh: $name failed" >&2; exit 1; }
   done
   if [ "$ab" = 1 ]; then
-    # Before/after: mtl against itself with the speed switches off (src/switches.rs).
+    # Before/after: mtl against itself with the speed switches off (config keys speed.*).
+    local off=(--set speed.channels_last=false --set speed.fused_optimizer=false)
     for ((r = 1; r <= rounds; r++)); do
-      lockstep "$dir-ab-$r" "$r" "${mtl[@]}" :: env MTL_CHANNELS_LAST=0 MTL_FUSED_OPTIM=0 "${mtl[@]}" ||
+      lockstep "$dir-ab-$r" "$r" "${mtl[@]}" :: "${mtl[@]}" "${off[@]}" ||
         { echo "bench.sh: $name (A/B) failed" >&2; exit 1; }
     done
   fi
@@ -143,7 +144,7 @@ run_case() {
     done
   fi
   if [ "$dev" != cpu ]; then
-    MTL_CHANNELS_LAST=0 "$MTL" bench "$@" "${sets[@]}" "${common[@]}"
+    "$MTL" bench "$@" "${sets[@]}" "${common[@]}" --set speed.channels_last=false
     if [ "$prec" = bf16 ] || [ "${COMPILE_FP32:-0}" = 1 ]; then
       # torch.compile compiles in its first calls (tens of seconds): a longer warm-up, one run,
       # bounded so a slow compile cannot eat the GPU check's budget.

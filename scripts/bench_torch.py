@@ -6,7 +6,7 @@ the train split as uint8, the initial weights), timed like ``src/bench.rs`` time
 The loop is what a PyTorch engineer would write for a dataset that fits on the device:
 
 * the split lives on the device as uint8; every step gathers a batch by index from a per-epoch
-  ``randperm`` drawn on the device, converts to float and normalises there;
+  ``randperm`` drawn on the device, converts to float and normalizes there;
 * augmentation (when the config asks for it) is the same batched work as mtl's
   ``src/data/augment.rs``: zero-pad the images (labels with the ignore index), then one
   ``gather`` per tensor with an index built from per-sample crop offsets and flip bits, drawn
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mtl_torch import NORMALISATION, build_model  # noqa: E402
+from mtl_torch import NORMALIZATION, build_model  # noqa: E402
 
 
 def lr_lambda(cfg: dict, total_steps: int, steps_per_epoch: int):
@@ -86,7 +86,7 @@ def make_optimizer(model: torch.nn.Module, cfg: dict, fused: bool):
 
 
 class Data:
-    """The train split on the device and the batch pipeline (gather, normalise, crop + flip)."""
+    """The train split on the device and the batch pipeline (gather, normalize, crop + flip)."""
 
     def __init__(self, export: Path, cfg: dict, device: torch.device):
         from safetensors.torch import load_file
@@ -95,7 +95,7 @@ class Data:
         self.images = t["images"].to(device)
         self.targets = [t[f"target.{task['target']}"].to(device) for task in cfg["tasks"]]
         self.spatial = [y.dim() == 3 for y in self.targets]
-        mean, std = NORMALISATION[cfg["data"]["dataset"]]
+        mean, std = NORMALIZATION[cfg["data"]["dataset"]]
         c = self.images.shape[1]
         if c == 1:
             mean, std = (sum(mean) / 3,), (sum(std) / 3,)

@@ -6,14 +6,14 @@ checkpoint's ``model.safetensors`` loads with ``load_state_dict(..., strict=True
 the same logits as the Rust forward pass (bit for bit in fp32 on the CPU, when checked
 against models built and run by the Rust crate).
 
-Use from Python (the model takes a *normalised* float ``[N, C, H, W]`` batch; ``normalise``
+Use from Python (the model takes a *normalized* float ``[N, C, H, W]`` batch; ``normalize``
 turns uint8 images into one the way ``src/data`` does for the run's dataset)::
 
     import sys; sys.path.insert(0, "scripts")
-    from mtl_torch import build_model, load_run, normalise
+    from mtl_torch import build_model, load_run, normalize
 
     model = load_run("runs/my-run")          # BEST checkpoint, eval mode; or which="LATEST"
-    x = normalise(images_uint8, model.config)
+    x = normalize(images_uint8, model.config)
     with torch.no_grad():
         out = model(x)                       # {task name: logits}, in config task order
         seg = out["segment"]                 # [N, classes, H, W]; classification: [N, classes]
@@ -56,7 +56,7 @@ __all__ = [
     "predict",
     "resnet_widths",
     "input_shape",
-    "normalise",
+    "normalize",
 ]
 
 # The BatchNorm settings of src/model/layers.rs.
@@ -173,7 +173,7 @@ def resnet_widths(widths: Sequence[int]) -> List[int]:
 class ResNet(nn.Module):
     """CIFAR-style ResNet: 3×3 stem at stride 1 (``stem.conv|bn``), then stages of basic
     blocks (``layers.{i}.{j}``), stride 2 at the first block of every stage after the first.
-    Always batch-normalised (``backbone.norm`` does not apply to it, as in backbone.rs)."""
+    Always batch-normalized (``backbone.norm`` does not apply to it, as in backbone.rs)."""
 
     def __init__(self, c_in: int, widths: Sequence[int], depth: int, act: str):
         super().__init__()
@@ -288,16 +288,16 @@ class SegmentationHead(nn.Module):
 
 class DenseHead(SegmentationHead):
     """The segmentation decoder with ``channels`` outputs: 1 for ``regression`` (depth),
-    3 for ``normals``, whose output is L2-normalised over the channels (``F.normalize``)."""
+    3 for ``normals``, whose output is L2-normalized over the channels (``F.normalize``)."""
 
     def __init__(self, channels: Sequence[int], decoder_width: int, out_channels: int, bn: bool,
-                 act: str, normalise: bool):
+                 act: str, normalize: bool):
         super().__init__(channels, decoder_width, out_channels, bn, act)
-        self.normalise = normalise
+        self.normalize = normalize
 
     def forward(self, features: Sequence[torch.Tensor], out_hw: Tuple[int, int]) -> torch.Tensor:
         out = super().forward(features, out_hw)
-        return F.normalize(out.float(), dim=1, eps=1e-12) if self.normalise else out
+        return F.normalize(out.float(), dim=1, eps=1e-12) if self.normalize else out
 
 
 # Output channels of the dense heads (src/model/heads.rs).
@@ -344,10 +344,10 @@ class Heads(nn.Module):
 
 
 # Per-channel mean and std of each dataset, applied after dividing uint8 pixels by 255: a copy
-# of src/data/mod.rs `normalisation` (keep in step). One grey channel uses the mean of the
+# of src/data/mod.rs `normalization` (keep in step). One grey channel uses the mean of the
 # three values, as src/data/loader.rs does.
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-NORMALISATION = {
+NORMALIZATION = {
     "shapes": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
     "cifar10_seg": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "multimnist": ((0.1307,) * 3, (0.3081,) * 3),
@@ -357,9 +357,9 @@ NORMALISATION = {
 }
 
 
-def normalise(images: torch.Tensor, config: dict) -> torch.Tensor:
+def normalize(images: torch.Tensor, config: dict) -> torch.Tensor:
     """uint8 ``[N, C, H, W]`` images → the float input the model was trained on."""
-    mean, std = NORMALISATION[config["data"]["dataset"]]
+    mean, std = NORMALIZATION[config["data"]["dataset"]]
     c = images.shape[1]
     if c == 1:
         mean, std = (sum(mean) / 3.0,), (sum(std) / 3.0,)
@@ -447,9 +447,9 @@ class MultiTaskModel(nn.Module):
             elif tkind == "segmentation":
                 head = SegmentationHead(channels, width, classes, bn, act)
             elif tkind == "regression":
-                head = DenseHead(channels, width, REGRESSION_CHANNELS, bn, act, normalise=False)
+                head = DenseHead(channels, width, REGRESSION_CHANNELS, bn, act, normalize=False)
             elif tkind == "normals":
-                head = DenseHead(channels, width, NORMAL_CHANNELS, bn, act, normalise=True)
+                head = DenseHead(channels, width, NORMAL_CHANNELS, bn, act, normalize=True)
             else:
                 raise ValueError(
                     f"unknown task kind {tkind!r} (classification, segmentation, regression, normals)"

@@ -36,3 +36,12 @@ macro_rules! user_bail {
 pub fn is_user_error(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<UserError>())
 }
+
+/// Tests: the text of `err`, after checking it is a user error of exactly one line.
+#[cfg(test)]
+pub(crate) fn one_line_user_error(err: anyhow::Error) -> String {
+    assert!(is_user_error(&err), "not a user error: {err:#}");
+    let msg = err.to_string();
+    assert_eq!(msg.lines().count(), 1, "not one line: {msg}");
+    msg
+}

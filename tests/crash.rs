@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use rand::{Rng, SeedableRng};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::tempdir;
@@ -51,13 +51,15 @@ fn sigkill_at_random_instants_never_loses_the_run() {
             // Killed before its first checkpoint: nothing to resume, start again.
             std::fs::remove_dir_all(&killed).unwrap();
         }
-        let mut cmd = Command::new(binary());
-        cmd.current_dir(tmp.path())
-            .args(["k.yaml", "--run-dir", "killed"])
-            .env("RUST_LOG", "warn")
-            .env("MTL_CRASH_TEST_PAUSE_MS", "25");
+        // The child is this test binary running `training_with_slow_checkpoint_writes`, which
+        // trains through the library like `mtl-train k.yaml --run-dir killed [--resume]` with
+        // checkpoint writes stretched by the test-only fault injection hook.
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["training_with_slow_checkpoint_writes", "--exact", "--ignored", "--test-threads=1"])
+            .env("MTL_CRASH_CHILD_DIR", tmp.path())
+            .env("RUST_LOG", "warn");
         if has_checkpoint {
-            cmd.arg("--resume");
+            cmd.env("MTL_CRASH_CHILD_RESUME", "1");
         }
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         // Kills follow the run's progress, not the clock, so every machine sees the same number of
@@ -108,6 +110,22 @@ fn sigkill_at_random_instants_never_loses_the_run() {
             .collect()
     };
     assert_eq!(rows(&straight), rows(&killed), "metrics.jsonl has duplicated or missing rows");
+}
+
+/// The child process of the crash test (it returns at once when run on its own).
+#[test]
+#[ignore = "a child process of sigkill_at_random_instants_never_loses_the_run"]
+fn training_with_slow_checkpoint_writes() {
+    let Some(dir) = std::env::var_os("MTL_CRASH_CHILD_DIR") else { return };
+    std::env::set_current_dir(dir).unwrap();
+    mtl::checkpoint::set_write_pause_for_tests(Duration::from_millis(25));
+    let resolved = mtl::setup::load(Some(Path::new("k.yaml")), &[]).unwrap();
+    let run_dir = PathBuf::from("killed");
+    let resume = std::env::var_os("MTL_CRASH_CHILD_RESUME")
+        .map(|_| mtl::checkpoint::RunDir::new(&run_dir).pointed(mtl::checkpoint::LATEST).unwrap().unwrap());
+    mtl::setup::init_runtime(&resolved.cfg, tch::Device::Cpu);
+    let opts = mtl::train::TrainOptions { run_dir, resume, ..Default::default() };
+    mtl::train::Trainer::new(resolved, tch::Device::Cpu, &opts).unwrap().run().unwrap();
 }
 
 /// A disk that fills up mid-run: one clear error line, and the previous checkpoint intact.

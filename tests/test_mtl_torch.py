@@ -466,14 +466,14 @@ def test_cli_predict_and_check(tmp_path, capsys, case):
     assert "step-000002" in r.stdout  # BEST by default
 
 
-def test_normalise():
+def test_normalize():
     cfg = make_config()
     img = torch.tensor([0, 255, 128], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
-    x = mtl_torch.normalise(img, cfg)
+    x = mtl_torch.normalize(img, cfg)
     assert x.dtype == torch.float32 and x.shape == (2, 3, 2, 2)
     torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([-2.0, 2.0, (128 / 255 - 0.5) / 0.25]))
     cfg["data"]["dataset"] = "cifar10_seg"
-    grey = mtl_torch.normalise(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8), cfg)
+    grey = mtl_torch.normalize(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8), cfg)
     m, s = (0.4914 + 0.4822 + 0.4465) / 3, (0.2470 + 0.2435 + 0.2616) / 3
     torch.testing.assert_close(grey, torch.full((1, 1, 2, 2), (1 - m) / s))
 
@@ -511,11 +511,11 @@ def test_flatten_pool_sees_position():
         build_model(bad)
 
 
-def test_normalise_knows_every_dataset():
+def test_normalize_knows_every_dataset():
     for name in ("shapes", "cifar10_seg", "multimnist", "pet", "nyuv2", "folder"):
         cfg = make_config()
         cfg["data"]["dataset"] = name
-        assert mtl_torch.normalise(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), cfg).shape == (1, 3, 2, 2)
+        assert mtl_torch.normalize(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), cfg).shape == (1, 3, 2, 2)
 
 
 # --- Rust ↔ PyTorch on the new heads, through the binary -----------------------------------

@@ -3,9 +3,15 @@
 //! (the gradients' condition number becomes 1). Weights: `α`.
 use super::gradient::{Combination, GradientMethod};
 use super::grads::gram;
+use super::options::Options;
 use super::solvers::aligned_weights;
+use super::Balancer;
 use super::StepContext;
 use tch::Tensor;
+
+pub(super) fn build(o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    o.gradient_method(AlignedMtl)
+}
 
 /// Aligned-MTL on per-task gradients `[T, P]`.
 pub fn aligned_mtl(grads: &Tensor) -> anyhow::Result<Combination> {

@@ -7,9 +7,16 @@
 //! direction and `d = g0 / (1 + α_c²)`.
 use super::gradient::{Combination, GradientMethod};
 use super::grads::gram;
+use super::options::Options;
 use super::solvers::cagrad_weights;
+use super::Balancer;
 use super::StepContext;
 use tch::Tensor;
+
+pub(super) fn build(o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    let alpha = o.unit_interval("alpha", 0.5)?;
+    o.gradient_method(CaGrad { alpha })
+}
 
 /// CAGrad on per-task gradients `[T, P]`.
 pub fn cagrad(grads: &Tensor, alpha: f64) -> anyhow::Result<Combination> {
@@ -20,7 +27,7 @@ pub fn cagrad(grads: &Tensor, alpha: f64) -> anyhow::Result<Combination> {
     let rescale = 1.0 / (1.0 + alpha * alpha);
     let mut coef = vec![base * rescale; n];
     if tr > 0.0 {
-        // The weights are invariant to the scale of M; normalising keeps the solver in O(1).
+        // The weights are invariant to the scale of M; normalizing keeps the solver in O(1).
         let mn = m.scaled(n as f64 / tr);
         let g0_norm = mn.quad(&vec![base; n], &vec![base; n]).max(0.0).sqrt();
         let c = alpha * g0_norm;

@@ -7,8 +7,15 @@
 //! The EMA (`[T, P]`) is the checkpointed state.
 use super::gradient::{Combination, GradientMethod};
 use super::grads::host_vec;
+use super::options::Options;
+use super::Balancer;
 use super::{state, StepContext};
 use tch::{Kind, Tensor};
+
+pub(super) fn build(o: &mut Options, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    let beta = o.unit_interval("beta", 0.9)?;
+    o.gradient_method(DbMtl::new(tasks, beta))
+}
 
 pub const EPS: f64 = 1e-8;
 

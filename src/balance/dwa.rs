@@ -1,8 +1,13 @@
 //! Dynamic Weight Average (Liu et al. 2019): from the third epoch on,
 //! `w = T · softmax(r / τ)` with `r_i = L̄_i(e−1) / L̄_i(e−2)` (epoch-mean training losses,
 //! fed by [`Balancer::end_epoch`]); all weights 1 before that.
+use super::options::Options;
 use super::{grads, state, Balancer, GradientSpace, StepContext};
 use tch::Tensor;
+
+pub(super) fn build(o: &mut Options, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    Ok(Box::new(Dwa::new(tasks, o.positive("temperature", 2.0)?)))
+}
 
 /// DWA's weights from the mean losses of the last two epochs (`previous` is the newer).
 /// A ratio whose denominator is not positive counts as 1.

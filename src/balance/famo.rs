@@ -7,8 +7,13 @@
 //! the gradient `J_softmax(ξ)ᵀ δ = z ⊙ (δ − zᵀδ)` and an Adam step (lr 0.025, weight decay
 //! 1e-3 by default, as `torch.optim.Adam`). Everything stays on the device.
 use super::adam::Adam;
+use super::options::Options;
 use super::{grads, state, Balancer, GradientSpace, StepContext};
 use tch::{Kind, Tensor};
+
+pub(super) fn build(o: &mut Options, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    Ok(Box::new(Famo::new(tasks, o.positive("lr", 0.025)?, o.non_negative("weight_decay", 1e-3)?)))
+}
 
 const EPS: f64 = 1e-8;
 

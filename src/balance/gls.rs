@@ -3,8 +3,13 @@
 //! Its gradient is `Σ_i (L / (T l_i)) ∇l_i`, so it is applied as those detached weights
 //! (computed on the device); losses are floored at 1e-12 so a zero loss gives a finite
 //! (zero-gradient) term instead of NaN.
+use super::options::Options;
 use super::{grads, Balancer, GradientSpace, StepContext};
 use tch::{Kind, Tensor};
+
+pub(super) fn build(_o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    Ok(Box::new(Gls))
+}
 
 /// The weights `(Π l)^{1/T} / (T l_i)` for losses `[T]`.
 pub fn gls_weights(losses: &Tensor) -> Tensor {

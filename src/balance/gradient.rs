@@ -12,7 +12,7 @@ pub struct Combination {
     pub direction: Tensor,
     /// The method's task weights, `[T]`, with the gradients' kind and device. For most
     /// methods `direction = Σ_i weights_i · g_i` exactly; each method's doc says what they are
-    /// where it differs (MGDA with normalisation, DB-MTL).
+    /// where it differs (MGDA with normalization, DB-MTL).
     pub weights: Tensor,
 }
 

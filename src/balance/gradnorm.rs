@@ -11,8 +11,16 @@
 use super::adam::Adam;
 use super::gradient::{Combination, GradientMethod};
 use super::grads::{host_vec, tensor_like};
+use super::options::Options;
+use super::Balancer;
 use super::{softmax, state, StepContext};
 use tch::{Kind, Tensor};
+
+pub(super) fn build(o: &mut Options, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    let asymmetry = o.non_negative("alpha", 1.5)?;
+    let lr = o.positive("lr", 0.025)?;
+    o.gradient_method(GradNorm::new(tasks, asymmetry, lr))
+}
 
 pub struct GradNorm {
     asymmetry: f64,

@@ -8,10 +8,17 @@
 //! heads get weight 1. The targets are the checkpointed state.
 use super::gradient::{Combination, GradientMethod};
 use super::grads::{gram, host_vec};
+use super::options::Options;
 use super::pcgrad::{check_orders, column_sums, dot_with, identity_rows, random_orders};
 use super::solvers::Mat;
+use super::Balancer;
 use super::{state, StepContext};
 use tch::Tensor;
+
+pub(super) fn build(o: &mut Options, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    let beta = o.unit_interval("beta", 0.5)?;
+    o.gradient_method(GradVac::new(tasks, beta))
+}
 
 /// Targets are kept below 1 so the adjustment stays finite (at `φ̂ = 1` it would have to
 /// rotate `g̃_i` all the way onto `g_j`).

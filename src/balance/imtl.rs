@@ -9,9 +9,15 @@
 //! Weights: `α` (may be negative for T ≥ 3; heads then get 0).
 use super::gradient::{Combination, GradientMethod};
 use super::grads::gram;
+use super::options::Options;
 use super::solvers::{lstsq_min_norm, solve_linear, Mat};
+use super::Balancer;
 use super::StepContext;
 use tch::Tensor;
+
+pub(super) fn build(o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    o.gradient_method(Imtl)
+}
 
 /// The IMTL-G weights for a Gram matrix.
 pub fn imtl_weights(m: &Mat) -> Vec<f64> {

@@ -1,14 +1,23 @@
 //! MGDA (Sener & Koltun 2018): the minimum-norm point of the convex hull of the task
 //! gradients, `α = argmin_{α ∈ Δ} ‖Σ α_i ĝ_i‖²`, `d = Σ α_i ĝ_i`, where `ĝ_i = g_i / s_i` is
-//! the gradient after the optional normalisation `s_i` (none: 1, l2: ‖g_i‖, loss: l_i,
+//! the gradient after the optional normalization `s_i` (none: 1, l2: ‖g_i‖, loss: l_i,
 //! loss+l2: l_i‖g_i‖). In representation space this is MGDA-UB.
 //!
 //! Weights: `α` (on the simplex). The direction is `Σ (α_i / s_i) g_i`.
 use super::gradient::{Combination, GradientMethod};
 use super::grads::{gram, host_vec};
+use super::options::Options;
 use super::solvers::min_norm_simplex;
+use super::Balancer;
 use super::StepContext;
 use tch::Tensor;
+
+pub(super) fn build(o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    let name = o.choice("normalization", &MgdaNormalization::NAMES)?;
+    let normalization = MgdaNormalization::from_name(name)
+        .ok_or_else(|| anyhow::anyhow!("balance: mgda normalization '{name}' has no variant"))?;
+    o.gradient_method(Mgda { normalization })
+}
 
 /// How MGDA rescales each task's gradient before solving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +65,7 @@ impl MgdaNormalization {
     }
 }
 
-/// MGDA on per-task gradients `[T, P]` and losses `[T]` (used by the loss normalisations).
+/// MGDA on per-task gradients `[T, P]` and losses `[T]` (used by the loss normalizations).
 pub fn mgda(grads: &Tensor, losses: &Tensor, normalization: MgdaNormalization) -> anyhow::Result<Combination> {
     let m = gram(grads)?;
     let norms2: Vec<f64> = (0..m.n()).map(|i| m[(i, i)]).collect();

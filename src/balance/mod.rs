@@ -29,7 +29,7 @@ pub mod gradvac;
 pub mod imtl;
 pub mod mgda;
 pub mod nash;
-mod options;
+pub(crate) mod options;
 pub mod pcgrad;
 pub mod rlw;
 pub mod solvers;
@@ -117,26 +117,38 @@ pub trait Balancer {
     }
 }
 
-/// Every method name `balance.method` accepts.
-pub const METHODS: &[&str] = &[
-    "static",
-    "ew",
-    "uncertainty",
-    "dwa",
-    "gls",
-    "rlw",
-    "famo",
-    "mgda",
-    "pcgrad",
-    "gradvac",
-    "cagrad",
-    "imtl",
-    "nash",
-    "aligned",
-    "dbmtl",
-    "gradnorm",
-    "upgrad",
+/// A balancing method as `balance.method` names it, and how to build it from its options for
+/// a number of tasks.
+pub struct Method {
+    pub name: &'static str,
+    build: fn(&mut Options, usize) -> anyhow::Result<Box<dyn Balancer>>,
+}
+
+/// Every method `balance.method` accepts.
+pub const METHODS: &[Method] = &[
+    Method { name: "static", build: static_weights::build_static },
+    Method { name: "ew", build: static_weights::build_equal },
+    Method { name: "uncertainty", build: uncertainty::build },
+    Method { name: "dwa", build: dwa::build },
+    Method { name: "gls", build: gls::build },
+    Method { name: "rlw", build: rlw::build },
+    Method { name: "famo", build: famo::build },
+    Method { name: "mgda", build: mgda::build },
+    Method { name: "pcgrad", build: pcgrad::build },
+    Method { name: "gradvac", build: gradvac::build },
+    Method { name: "cagrad", build: cagrad::build },
+    Method { name: "imtl", build: imtl::build },
+    Method { name: "nash", build: nash::build },
+    Method { name: "aligned", build: aligned::build },
+    Method { name: "dbmtl", build: dbmtl::build },
+    Method { name: "gradnorm", build: gradnorm::build },
+    Method { name: "upgrad", build: upgrad::build },
 ];
+
+/// The names of every method, in registry order.
+pub fn method_names() -> Vec<&'static str> {
+    METHODS.iter().map(|m| m.name).collect()
+}
 
 /// Builds the configured method. Unknown names and bad options are user errors naming
 /// `balance.method` / `balance.options.<key>`.
@@ -146,69 +158,17 @@ pub fn build(cfg: &Config) -> anyhow::Result<Box<dyn Balancer>> {
 
 /// [`build`] from the `balance` section alone, for `tasks` tasks.
 pub fn build_for(balance: &BalanceConfig, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
-    let mut o = Options::new(balance);
-    let positive = |x: f64| x > 0.0;
-    let non_negative = |x: f64| x >= 0.0;
-    let unit = |x: f64| (0.0..1.0).contains(&x);
-    let balancer: Box<dyn Balancer> = match balance.method.as_str() {
-        "static" => Box::new(static_weights::StaticWeights::configured()),
-        "ew" => Box::new(static_weights::StaticWeights::equal()),
-        "uncertainty" => {
-            Box::new(uncertainty::Uncertainty::new(tasks, o.f64("lr", 0.025, "a positive number", positive)?))
-        }
-        "dwa" => Box::new(dwa::Dwa::new(tasks, o.f64("temperature", 2.0, "a positive number", positive)?)),
-        "gls" => Box::new(gls::Gls),
-        "rlw" => Box::new(rlw::Rlw),
-        "famo" => Box::new(famo::Famo::new(
-            tasks,
-            o.f64("lr", 0.025, "a positive number", positive)?,
-            o.f64("weight_decay", 1e-3, "a number ≥ 0", non_negative)?,
-        )),
-        "mgda" => {
-            let norm = o.choice("normalization", &mgda::MgdaNormalization::NAMES)?;
-            let normalization = mgda::MgdaNormalization::from_name(norm)
-                .ok_or_else(|| anyhow::anyhow!("balance: mgda normalisation '{norm}' has no variant"))?;
-            gradient_method(&mut o, mgda::Mgda { normalization })?
-        }
-        "pcgrad" => gradient_method(&mut o, pcgrad::PcGrad)?,
-        "gradvac" => {
-            let beta = o.f64("beta", 0.5, "a number in [0, 1)", unit)?;
-            gradient_method(&mut o, gradvac::GradVac::new(tasks, beta))?
-        }
-        "cagrad" => {
-            let alpha = o.f64("alpha", 0.5, "a number in [0, 1)", unit)?;
-            gradient_method(&mut o, cagrad::CaGrad { alpha })?
-        }
-        "imtl" => gradient_method(&mut o, imtl::Imtl)?,
-        "nash" => {
-            let every = o.positive_int("update_every", 1)?;
-            gradient_method(&mut o, nash::NashMtl::new(tasks, every))?
-        }
-        "aligned" => gradient_method(&mut o, aligned::AlignedMtl)?,
-        "dbmtl" => {
-            let beta = o.f64("beta", 0.9, "a number in [0, 1)", unit)?;
-            gradient_method(&mut o, dbmtl::DbMtl::new(tasks, beta))?
-        }
-        "gradnorm" => {
-            let asymmetry = o.f64("alpha", 1.5, "a number ≥ 0", non_negative)?;
-            let lr = o.f64("lr", 0.025, "a positive number", positive)?;
-            gradient_method(&mut o, gradnorm::GradNorm::new(tasks, asymmetry, lr))?
-        }
-        "upgrad" => {
-            let reg = o.f64("reg_eps", upgrad::DEFAULT_REG_EPS, "a number ≥ 0", non_negative)?;
-            gradient_method(&mut o, upgrad::UpGrad { reg_eps: reg })?
-        }
-        other => {
-            crate::user_bail!("balance.method: unknown method '{other}' (expected one of: {})", METHODS.join(", "))
-        }
+    let Some(method) = METHODS.iter().find(|m| m.name == balance.method) else {
+        crate::user_bail!(
+            "balance.method: unknown method '{}' (expected one of: {})",
+            balance.method,
+            method_names().join(", ")
+        )
     };
+    let mut o = Options::new(balance);
+    let balancer = (method.build)(&mut o, tasks)?;
     o.finish()?;
     Ok(balancer)
-}
-
-/// Wraps a gradient method with the space chosen by `balance.on`.
-fn gradient_method<M: GradientMethod + 'static>(o: &mut Options, method: M) -> anyhow::Result<Box<dyn Balancer>> {
-    Ok(Box::new(GradientBalancer::new(method, o.space())))
 }
 
 /// Numerically stable softmax of a few values.

@@ -7,9 +7,16 @@
 //! gradients), as in the paper. The last α is the checkpointed state. Weights: `α`.
 use super::gradient::{Combination, GradientMethod};
 use super::grads::gram;
+use super::options::Options;
 use super::solvers::nash_weights;
+use super::Balancer;
 use super::{state, StepContext};
 use tch::Tensor;
+
+pub(super) fn build(o: &mut Options, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    let every = o.positive_int("update_every", 1)?;
+    o.gradient_method(NashMtl::new(tasks, every))
+}
 
 /// Nash-MTL on per-task gradients `[T, P]` (no warm start, no reuse).
 pub fn nash_mtl(grads: &Tensor) -> anyhow::Result<Combination> {

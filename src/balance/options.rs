@@ -2,7 +2,7 @@
 //! and [`Options::finish`] rejecting any key the method did not ask for, so a typo or an
 //! option of another method is a user error naming `balance.options.<key>`. It also checks
 //! that `balance.on: representation` is only given to a gradient method.
-use super::GradientSpace;
+use super::{Balancer, GradientBalancer, GradientMethod, GradientSpace};
 use crate::config::{BalanceConfig, GradientOn};
 use serde_yaml::Value;
 use std::collections::BTreeMap;
@@ -44,6 +44,26 @@ impl<'a> Options<'a> {
                 show(v)
             ),
         }
+    }
+
+    /// A positive number with a default.
+    pub fn positive(&mut self, key: &'static str, default: f64) -> anyhow::Result<f64> {
+        self.f64(key, default, "a positive number", |x| x > 0.0)
+    }
+
+    /// A number ≥ 0 with a default.
+    pub fn non_negative(&mut self, key: &'static str, default: f64) -> anyhow::Result<f64> {
+        self.f64(key, default, "a number ≥ 0", |x| x >= 0.0)
+    }
+
+    /// A number in [0, 1) with a default.
+    pub fn unit_interval(&mut self, key: &'static str, default: f64) -> anyhow::Result<f64> {
+        self.f64(key, default, "a number in [0, 1)", |x| (0.0..1.0).contains(&x))
+    }
+
+    /// A gradient method run in the space `balance.on` names.
+    pub fn gradient_method<M: GradientMethod + 'static>(&mut self, method: M) -> anyhow::Result<Box<dyn Balancer>> {
+        Ok(Box::new(GradientBalancer::new(method, self.space())))
     }
 
     /// A positive integer with a default.

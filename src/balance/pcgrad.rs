@@ -11,11 +11,17 @@
 //! `rng::stream(seed, Balance, step)`.
 use super::gradient::{Combination, GradientMethod};
 use super::grads::gram;
+use super::options::Options;
 use super::solvers::Mat;
+use super::Balancer;
 use super::StepContext;
 use crate::rng::{self, Purpose};
 use rand::seq::SliceRandom;
 use tch::Tensor;
+
+pub(super) fn build(o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    o.gradient_method(PcGrad)
+}
 
 /// For each task `i`, the other tasks in a random order drawn from `(seed, step)`.
 pub fn random_orders(tasks: usize, seed: u64, step: u64) -> Vec<Vec<usize>> {

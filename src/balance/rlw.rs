@@ -1,9 +1,14 @@
 //! Random loss weighting: `w = softmax(z)`, `z ~ N(0, I)` drawn every step from
 //! `rng::stream(seed, Balance, step)`, so a resumed run draws the same weights.
+use super::options::Options;
 use super::{grads, Balancer, GradientSpace, StepContext};
 use crate::rng::{self, Purpose};
 use rand::Rng;
 use tch::Tensor;
+
+pub(super) fn build(_o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    Ok(Box::new(Rlw))
+}
 
 /// Standard normal draws by Box–Muller (rand 0.8 has no normal distribution without rand_distr).
 pub fn standard_normals(rng: &mut impl Rng, n: usize) -> Vec<f64> {

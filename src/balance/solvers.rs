@@ -365,7 +365,7 @@ pub fn min_norm_simplex(m: &Mat) -> Vec<f64> {
     clean_simplex(qp_nonneg(&mn, &vec![0.0; n], Some(1.0)))
 }
 
-/// Clamps rounding-level negatives and renormalises, so a simplex point is exactly on it.
+/// Clamps rounding-level negatives and renormalizes, so a simplex point is exactly on it.
 fn clean_simplex(mut w: Vec<f64>) -> Vec<f64> {
     for v in w.iter_mut() {
         *v = v.max(0.0);
@@ -381,7 +381,7 @@ fn clean_simplex(mut w: Vec<f64>) -> Vec<f64> {
 
 /// UPGrad's projection of each preference row `e_i/T` onto the dual cone:
 /// `v⁽ⁱ⁾ = argmin vᵀ M v s.t. v ≥ e_i/T`, returned as the sum `w = Σ_i v⁽ⁱ⁾`.
-/// `m` should already be normalised and regularised.
+/// `m` should already be normalized and regularised.
 pub fn upgrad_weights(m: &Mat) -> Vec<f64> {
     let n = m.n();
     let mut w = vec![0.0; n];
@@ -436,7 +436,7 @@ pub fn cagrad_weights(m: &Mat, c: f64) -> Option<Vec<f64>> {
     Some(solve((0.5 * (lo + hi)).exp()))
 }
 
-/// Relative ridge added to Nash-MTL's normalised Gram matrix: it keeps the problem bounded
+/// Relative ridge added to Nash-MTL's normalized Gram matrix: it keeps the problem bounded
 /// when gradients are parallel, opposite or zero (weights then stay below ~1/√ridge = 1000).
 pub const NASH_RIDGE: f64 = 1e-6;
 

@@ -1,6 +1,17 @@
 //! Static weighting: L = Σ w_i l_i with the configured task weights (EW: all weights 1).
+use super::options::Options;
 use super::{grads, Balancer, GradientSpace, StepContext};
 use tch::Tensor;
+
+/// `static`: the configured `tasks[].weight`s.
+pub(super) fn build_static(_o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    Ok(Box::new(StaticWeights::configured()))
+}
+
+/// `ew`: every weight 1.
+pub(super) fn build_equal(_o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    Ok(Box::new(StaticWeights::equal()))
+}
 
 pub struct StaticWeights {
     equal: bool,

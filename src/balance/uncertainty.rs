@@ -6,8 +6,13 @@
 //! call, which is the joint update of model and `s` without the trainer's optimizer knowing
 //! about `s`. Everything stays on the device: no host synchronisation.
 use super::adam::Adam;
+use super::options::Options;
 use super::{grads, state, Balancer, GradientSpace, StepContext};
 use tch::{Kind, Tensor};
+
+pub(super) fn build(o: &mut Options, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    Ok(Box::new(Uncertainty::new(tasks, o.positive("lr", 0.025)?)))
+}
 
 pub struct Uncertainty {
     log_vars: Tensor,

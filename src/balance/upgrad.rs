@@ -3,13 +3,20 @@
 //! preference onto the dual cone), `w = Σ_i v⁽ⁱ⁾`, `d = Σ w_j g_j`. Without the ridge,
 //! `d · g_j ≥ 0` for every `j`; the ridge can make it `≥ −O(ε)`. Weights: `w`.
 //!
-//! Unlike TorchJD, `M` is normalised whenever its trace is positive (TorchJD treats traces
+//! Unlike TorchJD, `M` is normalized whenever its trace is positive (TorchJD treats traces
 //! below 1e-4 as zero, which makes the method depend on the loss scale).
 use super::gradient::{Combination, GradientMethod};
 use super::grads::gram;
+use super::options::Options;
 use super::solvers::{upgrad_weights, Mat};
+use super::Balancer;
 use super::StepContext;
 use tch::Tensor;
+
+pub(super) fn build(o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
+    let reg_eps = o.non_negative("reg_eps", DEFAULT_REG_EPS)?;
+    o.gradient_method(UpGrad { reg_eps })
+}
 
 /// UPGrad's default ridge.
 pub const DEFAULT_REG_EPS: f64 = 1e-4;

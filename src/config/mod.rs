@@ -1,4 +1,6 @@
-//! Configuration: the YAML schema, `--set` overrides and semantic validation.
+//! Configuration, the bottom layer: the YAML schema with its defaults, `--set` overrides, and
+//! the checks that need nothing but the config (ranges, names). It reads no dataset and builds
+//! no model; checking a config against those is the resolve step (src/setup.rs).
 //!
 //! Every error is a [`crate::error::UserError`] of one line that names the file (or the
 //! `--set` flag), the key path, and what is expected.
@@ -19,22 +21,12 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../configs/shapes_seg.yaml");
 pub const DEFAULT_CONFIG_NAME: &str = "<built-in configs/shapes_seg.yaml>";
 
 impl Config {
-    /// Reads, overrides and validates a config file.
+    /// Reads, overrides and validates a config file. Paths in it stay as written: resolving
+    /// them against the file's directory is the resolve step's job (src/setup.rs).
     pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Config> {
         let text =
             std::fs::read_to_string(path).map_err(|e| user_error!("{}: cannot read config: {e}", path.display()))?;
-        let mut cfg = Self::parse(&text, &path.display().to_string(), overrides)?;
-        // A relative data root means "relative to this file"; the resolved config records
-        // where that is, so a run's config.yaml works from any directory.
-        if let Some(root) = cfg.data.root.as_deref().map(Path::new).filter(|r| r.is_relative()) {
-            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let joined = base.join(root);
-            let absolute = std::path::absolute(&joined).unwrap_or(joined);
-            cfg.data.root = Some(absolute.display().to_string());
-        }
-        // The folder dataset may leave tasks[].classes to the data (0: infer).
-        crate::data::folder::resolve_classes(&mut cfg)?;
-        Ok(cfg)
+        Self::parse(&text, &path.display().to_string(), overrides)
     }
 
     /// Parses YAML text; `origin` names it in errors.

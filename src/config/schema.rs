@@ -30,6 +30,9 @@ pub struct Config {
     pub train: TrainConfig,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// Speed choices that change no result beyond floating-point rounding.
+    #[serde(default)]
+    pub speed: SpeedConfig,
 }
 
 fn default_device() -> String {
@@ -47,8 +50,9 @@ pub enum Precision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `shapes` (generated, no download) or `cifar10_seg` (official CIFAR-10 binaries).
-    pub dataset: DatasetKind,
+    /// The dataset: `shapes` (generated, no download), `cifar10_seg`, `multimnist`, `pet`,
+    /// `nyuv2` or `folder` (src/data/registry.rs lists them).
+    pub dataset: String,
     /// Where the files of a real dataset live.
     #[serde(default)]
     pub root: Option<String>,
@@ -96,9 +100,9 @@ pub struct DataConfig {
 
 impl DataConfig {
     /// Every setting at its default, for `dataset` (library use and tests).
-    pub fn defaults(dataset: DatasetKind) -> Self {
+    pub fn defaults(dataset: &str) -> Self {
         Self {
-            dataset,
+            dataset: dataset.to_string(),
             root: None,
             train_size: 0,
             val_size: 0,
@@ -195,21 +199,6 @@ fn default_batch_size() -> usize {
 }
 fn default_eval_batch_size() -> usize {
     256
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DatasetKind {
-    Shapes,
-    Cifar10Seg,
-    /// Two overlapping MNIST digits (Sener & Koltun), from the MNIST idx files.
-    Multimnist,
-    /// Oxford-IIIT Pet: breed, species, trimap segmentation.
-    Pet,
-    /// NYUv2 as preprocessed for the MTL literature: segmentation, depth, surface normals.
-    Nyuv2,
-    /// The user's own images, masks and labels.csv.
-    Folder,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,7 +317,8 @@ impl Pool {
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
     pub name: String,
-    pub kind: TaskKind,
+    /// `classification`, `segmentation`, `regression` or `normals` (src/tasks/mod.rs lists them).
+    pub kind: String,
     /// Which of the dataset's targets this task learns.
     pub target: String,
     /// Classification and segmentation: number of classes (folder dataset: 0 infers it from
@@ -349,17 +339,6 @@ fn one_f64() -> f64 {
 }
 fn default_ignore_index() -> i64 {
     255
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskKind {
-    Classification,
-    Segmentation,
-    /// Per-pixel scalar (depth): masked L1 loss; absolute and relative error.
-    Regression,
-    /// Per-pixel unit vectors: 1 − cosine loss; angle error statistics.
-    Normals,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -582,4 +561,69 @@ pub enum MonitorMode {
     #[default]
     Max,
     Min,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedConfig {
+    /// Run the activations of training forwards in channels-last (NHWC) memory: `auto` (on),
+    /// `true` or `false`. Evaluation and inference always run NCHW.
+    #[serde(default)]
+    pub channels_last: Toggle,
+    /// Update CPU parameters in one fused pass instead of tensor ops: `auto` (where the buffers
+    /// are in CPU memory), `true` (the same, refused on CUDA) or `false`.
+    #[serde(default)]
+    pub fused_optimizer: Toggle,
+}
+
+/// A speed switch: `auto` picks what measured fastest; `true` / `false` force it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Toggle {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Toggle {
+    /// Whether the feature is used, given what `auto` means here.
+    pub fn resolve(self, auto: bool) -> bool {
+        match self {
+            Toggle::Auto => auto,
+            Toggle::On => true,
+            Toggle::Off => false,
+        }
+    }
+}
+
+impl Serialize for Toggle {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Toggle::Auto => s.serialize_str("auto"),
+            Toggle::On => s.serialize_bool(true),
+            Toggle::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Toggle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Toggle;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("auto, true or false")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Toggle, E> {
+                Ok(if v { Toggle::On } else { Toggle::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Toggle, E> {
+                match v {
+                    "auto" => Ok(Toggle::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }

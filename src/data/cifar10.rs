@@ -9,22 +9,20 @@
 //! Source: the official binary version under `data.root` (default `data/cifar-10-batches-bin`),
 //! train = `data_batch_1..5.bin`, val = `test_batch.bin`; each record is 1 label byte followed by
 //! 1024 R, 1024 G and 1024 B bytes of a row-major 32×32 image.
-use super::{Split, Splits, TargetInfo, TargetShape};
+use super::{root_dir, Dataset, Loaded, Split, Splits, TargetInfo, TargetShape, Wanted};
 use crate::config::DataConfig;
 use crate::rng::{self, Purpose};
 use crate::{user_bail, user_error};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::Tensor;
 
 pub const SIDE: usize = 32;
 pub const IMAGE_BYTES: usize = 3 * SIDE * SIDE;
 pub const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
 pub const CLASSES: usize = 10;
-pub const CLASS_NAMES: [&str; CLASSES] =
-    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 pub const TRAIN_FILES: [&str; 5] =
     ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 pub const VAL_FILE: &str = "test_batch.bin";
@@ -40,17 +38,45 @@ pub const TARGETS: &[TargetInfo] = &[
     TargetInfo { name: "mask", shape: TargetShape::PerPixel, classes: CLASSES as i64 },
 ];
 
-/// Reads both splits from the CIFAR-10 binaries. A relative `data.root` is resolved against
-/// `config_dir`. `data.train_size` / `data.val_size` 0 take every record, otherwise the first N.
-pub fn load(cfg: &DataConfig, seed: u64, config_dir: &Path) -> anyhow::Result<Splits> {
+/// CIFAR-10 with pasted regions: an image class and a per-pixel class.
+pub struct Cifar10Seg;
+
+impl Dataset for Cifar10Seg {
+    fn name(&self) -> &'static str {
+        "cifar10_seg"
+    }
+
+    fn targets(&self, _d: &DataConfig) -> Option<Vec<TargetInfo>> {
+        Some(TARGETS.to_vec())
+    }
+
+    fn normalization(&self) -> ([f64; 3], [f64; 3]) {
+        ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
+    }
+
+    fn default_root(&self) -> Option<&'static str> {
+        Some(DEFAULT_ROOT)
+    }
+
+    fn check(&self, d: &DataConfig) -> Result<(), String> {
+        if d.image_size != SIDE as i64 {
+            return Err(format!("data.image_size: cifar10_seg images are {SIDE}×{SIDE}; set {SIDE}"));
+        }
+        Ok(())
+    }
+
+    fn load(&self, d: &DataConfig, seed: u64, _wanted: &[Wanted]) -> anyhow::Result<Loaded> {
+        Ok(Loaded::Memory(load(d, seed)?))
+    }
+}
+
+/// Reads both splits from the CIFAR-10 binaries in `data.root`. `data.train_size` /
+/// `data.val_size` 0 take every record, otherwise the first N.
+pub fn load(cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
     if cfg.image_size != SIDE as i64 {
         user_bail!("data.image_size: cifar10_seg images are {SIDE} px, got {}", cfg.image_size);
     }
-    let root = match &cfg.root {
-        Some(r) if Path::new(r).is_absolute() => PathBuf::from(r),
-        Some(r) => config_dir.join(r),
-        None => PathBuf::from(DEFAULT_ROOT),
-    };
+    let root = root_dir(cfg, DEFAULT_ROOT);
     if !root.is_dir() {
         user_bail!("data.root: CIFAR-10 directory {} not found; {FETCH_HINT}", root.display());
     }
@@ -242,12 +268,10 @@ fn compose(a: &[u8], b: &[u8], rect: &Rect, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatasetKind;
     use crate::error::is_user_error;
 
     fn cfg(root: &Path, train: usize, val: usize) -> DataConfig {
         DataConfig {
-            dataset: DatasetKind::Cifar10Seg,
             root: Some(root.display().to_string()),
             train_size: train,
             val_size: val,
@@ -255,7 +279,7 @@ mod tests {
             grayscale: false,
             batch_size: 8,
             eval_batch_size: 8,
-            ..DataConfig::defaults(DatasetKind::Cifar10Seg)
+            ..DataConfig::defaults("cifar10_seg")
         }
     }
 
@@ -275,7 +299,7 @@ mod tests {
     fn written_files_load_back() {
         let dir = tempfile::tempdir().unwrap();
         write_fake_cifar_dir(dir.path(), 12).unwrap();
-        let s = load(&cfg(dir.path(), 0, 0), 1, Path::new("/nonexistent")).unwrap();
+        let s = load(&cfg(dir.path(), 0, 0), 1).unwrap();
         assert_eq!(s.train.images.size(), [60, 3, 32, 32]);
         assert_eq!(s.val.images.size(), [12, 3, 32, 32]);
         assert_eq!(s.train.targets["mask"].size(), [60, 32, 32]);
@@ -285,17 +309,9 @@ mod tests {
         assert_eq!(classes[..3], [0, 1, 2]);
         assert_eq!(classes[12], 1);
 
-        let s2 = load(&cfg(dir.path(), 7, 3), 1, Path::new("/")).unwrap();
+        let s2 = load(&cfg(dir.path(), 7, 3), 1).unwrap();
         assert_eq!((s2.train.len(), s2.val.len()), (7, 3));
         assert!(s2.train.images.equal(&s.train.images.narrow(0, 0, 7)));
-    }
-
-    #[test]
-    fn relative_root_resolves_against_config_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        write_fake_cifar_dir(&dir.path().join("cifar"), 2).unwrap();
-        let c = DataConfig { root: Some("cifar".into()), ..cfg(dir.path(), 0, 0) };
-        assert_eq!(load(&c, 0, dir.path()).unwrap().train.len(), 10);
     }
 
     #[test]
@@ -306,7 +322,7 @@ mod tests {
             let recs: Vec<_> = (0..40).map(|i| tagged(((i * 7 + f) % CLASSES) as u8, (f * 40 + i) as u8)).collect();
             write_cifar_bin(&dir.path().join(name), &recs).unwrap();
         }
-        let s = load(&cfg(dir.path(), 0, 0), 5, dir.path()).unwrap();
+        let s = load(&cfg(dir.path(), 0, 0), 5).unwrap();
         for split in [&s.train, &s.val] {
             let images = Vec::<u8>::try_from(&split.images.flatten(0, -1)).unwrap();
             let masks = Vec::<u8>::try_from(&split.targets["mask"].flatten(0, -1)).unwrap();
@@ -342,8 +358,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_fake_cifar_dir(dir.path(), 20).unwrap();
         let c = cfg(dir.path(), 0, 0);
-        let (a, b, other) =
-            (load(&c, 3, dir.path()).unwrap(), load(&c, 3, dir.path()).unwrap(), load(&c, 4, dir.path()).unwrap());
+        let (a, b, other) = (load(&c, 3).unwrap(), load(&c, 3).unwrap(), load(&c, 4).unwrap());
         assert!(a.train.images.equal(&b.train.images) && a.train.targets["mask"].equal(&b.train.targets["mask"]));
         assert!(!a.train.targets["mask"].equal(&other.train.targets["mask"]));
     }
@@ -362,12 +377,12 @@ mod tests {
     fn missing_directory_or_file_names_the_path_and_the_fetch_script() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let msg = user_error_text(load(&cfg(&missing, 0, 0), 0, dir.path()));
+        let msg = user_error_text(load(&cfg(&missing, 0, 0), 0));
         assert!(msg.contains("nope") && msg.contains("scripts/fetch_cifar10.sh"), "{msg}");
 
         write_fake_cifar_dir(dir.path(), 2).unwrap();
         std::fs::remove_file(dir.path().join("data_batch_4.bin")).unwrap();
-        let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0, dir.path()));
+        let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0));
         assert!(msg.contains("data_batch_4.bin") && msg.contains("scripts/fetch_cifar10.sh"), "{msg}");
     }
 
@@ -378,15 +393,15 @@ mod tests {
         let path = dir.path().join(VAL_FILE);
 
         std::fs::write(&path, []).unwrap();
-        let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0, dir.path()));
+        let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0));
         assert!(msg.contains(VAL_FILE), "{msg}");
 
         std::fs::write(&path, vec![0u8; RECORD_BYTES * 2 + 5]).unwrap();
-        let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0, dir.path()));
+        let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0));
         assert!(msg.contains(VAL_FILE) && msg.contains("3073"), "{msg}");
 
         write_cifar_bin(&path, &[tagged(1, 0), tagged(2, 1), tagged(12, 2)]).unwrap();
-        let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0, dir.path()));
+        let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0));
         assert!(msg.contains(VAL_FILE) && msg.contains("record 2") && msg.contains("12"), "{msg}");
     }
 
@@ -394,13 +409,13 @@ mod tests {
     fn impossible_requests_are_user_errors() {
         let dir = tempfile::tempdir().unwrap();
         write_fake_cifar_dir(dir.path(), 3).unwrap();
-        let msg = user_error_text(load(&cfg(dir.path(), 16, 0), 0, dir.path()));
+        let msg = user_error_text(load(&cfg(dir.path(), 16, 0), 0));
         assert!(msg.contains("data.train_size"), "{msg}");
-        let msg = user_error_text(load(&DataConfig { image_size: 64, ..cfg(dir.path(), 0, 0) }, 0, dir.path()));
+        let msg = user_error_text(load(&DataConfig { image_size: 64, ..cfg(dir.path(), 0, 0) }, 0));
         assert!(msg.contains("data.image_size"), "{msg}");
         // A split whose images are all of one class has no partner to paste.
         write_cifar_bin(&dir.path().join(VAL_FILE), &[tagged(4, 0), tagged(4, 1)]).unwrap();
-        let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0, dir.path()));
+        let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0));
         assert!(msg.contains(VAL_FILE), "{msg}");
     }
 }

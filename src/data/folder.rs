@@ -14,8 +14,8 @@
 //! the file name (stable when images are added).
 use super::decode::{read_mask_png, read_rgb, resize_nearest, rgb_to_chw};
 use super::stream::{FileSources, Sample, SampleSource, TargetSpec, Value};
-use super::{on_bad_file, root_dir, TargetShape, IGNORE_LABEL};
-use crate::config::{Config, DataConfig, DatasetKind, OnBadFile, TaskKind};
+use super::{on_bad_file, Dataset, Loaded, TargetInfo, TargetShape, Wanted, IGNORE_LABEL, IMAGENET};
+use crate::config::{DataConfig, OnBadFile};
 use crate::{user_bail, user_error};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -173,78 +173,133 @@ fn is_val_by_hash(name: &str, fraction: f64) -> bool {
     ((h % 1_000_000) as f64) < fraction * 1_000_000.0
 }
 
-/// The targets the tasks read, in task order, with the classes each must fit in.
-fn wanted_targets(cfg: &Config) -> Vec<(String, TargetShape, i64)> {
-    let mut out: Vec<(String, TargetShape, i64)> = Vec::new();
-    for t in &cfg.tasks {
-        if out.iter().any(|(n, _, _)| *n == t.target) {
-            continue;
-        }
-        let shape = if t.target == MASK { TargetShape::PerPixel } else { TargetShape::PerImage };
-        out.push((t.target.clone(), shape, t.classes));
+/// The folder dataset: the user's own images, masks and labels.csv.
+pub struct Folder;
+
+impl Dataset for Folder {
+    fn name(&self) -> &'static str {
+        "folder"
     }
-    out
+
+    /// The targets are labels.csv's columns and `mask`: see [`Dataset::resolve_targets`].
+    fn targets(&self, _d: &DataConfig) -> Option<Vec<TargetInfo>> {
+        None
+    }
+
+    fn normalization(&self) -> ([f64; 3], [f64; 3]) {
+        IMAGENET
+    }
+
+    fn per_sample_files(&self) -> bool {
+        true
+    }
+
+    fn check(&self, d: &DataConfig) -> Result<(), String> {
+        if d.root.is_none() {
+            return Err(
+                "data.root: the folder dataset needs the directory holding images/ (and masks/, labels.csv)".into()
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks each wanted target against the folder's layout and, when some `classes` are 0
+    /// (infer), against its files, filling those in from the data: largest label + 1 (mask value 255 is "not scored" and does not
+    /// count).
+    fn resolve_targets(&self, d: &DataConfig, wanted: &mut [Wanted]) -> anyhow::Result<()> {
+        check_shapes(wanted)?;
+        if wanted.iter().all(|w| w.classes > 0) {
+            // Nothing to infer: the files are checked when they are read, so a trained model
+            // can be used (predict, eval of another split) without its training folder.
+            return Ok(());
+        }
+        let root = folder_root(d)?;
+        let index = scan(&root)?;
+        check_targets(wanted, &index)?;
+        for (i, w) in wanted.iter_mut().enumerate().filter(|(_, w)| w.classes == 0) {
+            let max = if w.target == MASK {
+                let masks: Vec<PathBuf> = index.images.iter().map(|n| mask_path(&root, n)).collect();
+                let threads = super::decode_threads(d);
+                let per = masks.len().div_ceil(threads).max(1);
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = masks
+                        .chunks(per)
+                        .map(|chunk| {
+                            s.spawn(move || {
+                                chunk
+                                    .iter()
+                                    .filter_map(|p| read_mask_png(p).ok())
+                                    .flat_map(|(_, _, v)| v.into_iter().filter(|&x| x != IGNORE_LABEL).max())
+                                    .max()
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().filter_map(|h| h.join().expect("a mask thread panicked")).max().map(i64::from)
+                })
+            } else {
+                let k = index.columns.iter().position(|c| *c == w.target).expect("checked above");
+                index.rows.values().filter_map(|(_, r)| r.as_ref().ok().and_then(|v| v[k])).max()
+            };
+            let Some(max) = max else {
+                user_bail!(
+                    "tasks[{i}].classes: 0 asks to infer the number of classes, but {} holds no '{}' labels; declare it",
+                    root.display(),
+                    w.target
+                );
+            };
+            w.classes = max + 1;
+            tracing::info!("data: target '{}' has {} classes (inferred from {})", w.target, max + 1, root.display());
+        }
+        Ok(())
+    }
+
+    fn load(&self, d: &DataConfig, _seed: u64, wanted: &[Wanted]) -> anyhow::Result<Loaded> {
+        Ok(Loaded::Files(sources(d, wanted)?))
+    }
 }
 
-/// Fills in `tasks[].classes` that are 0 (infer) from the data: largest label + 1 (mask value
-/// 255 is "not scored" and does not count). Does nothing when every task declares its classes.
-pub fn resolve_classes(cfg: &mut Config) -> anyhow::Result<()> {
-    if cfg.data.dataset != DatasetKind::Folder || cfg.tasks.iter().all(|t| t.classes > 0) {
-        return Ok(());
-    }
-    let root = folder_root(&cfg.data, Path::new("."))?;
-    let index = scan(&root)?;
-    check_targets(cfg, &index)?;
-    for i in 0..cfg.tasks.len() {
-        if cfg.tasks[i].classes > 0 {
-            continue;
+/// The folder's targets are class labels: `mask` per pixel, labels.csv columns per image.
+fn check_shapes(wanted: &[Wanted]) -> anyhow::Result<()> {
+    for (i, w) in wanted.iter().enumerate() {
+        match w.shape {
+            TargetShape::PerPixel if w.target != MASK => {
+                user_bail!("tasks[{i}].target: '{}': a segmentation task learns the folder's 'mask'", w.target)
+            }
+            TargetShape::PerImage if w.target == MASK => {
+                user_bail!("tasks[{i}].target: 'mask' is per-pixel; a classification task learns a labels.csv column")
+            }
+            TargetShape::PerPixelDepth | TargetShape::PerPixelNormal => {
+                user_bail!("tasks[{i}].kind: the folder dataset has class labels only (labels.csv columns and mask)")
+            }
+            _ => {}
         }
-        let target = cfg.tasks[i].target.clone();
-        let max = if target == MASK {
-            let masks: Vec<PathBuf> = index.images.iter().map(|n| mask_path(&root, n)).collect();
-            let threads = super::decode_threads(&cfg.data);
-            let per = masks.len().div_ceil(threads).max(1);
-            std::thread::scope(|s| {
-                let handles: Vec<_> = masks
-                    .chunks(per)
-                    .map(|chunk| {
-                        s.spawn(move || {
-                            chunk
-                                .iter()
-                                .filter_map(|p| read_mask_png(p).ok())
-                                .flat_map(|(_, _, v)| v.into_iter().filter(|&x| x != IGNORE_LABEL).max())
-                                .max()
-                        })
-                    })
-                    .collect();
-                handles.into_iter().filter_map(|h| h.join().expect("a mask thread panicked")).max().map(i64::from)
-            })
-        } else {
-            let k = index.columns.iter().position(|c| *c == target).expect("checked above");
-            index.rows.values().filter_map(|(_, r)| r.as_ref().ok().and_then(|v| v[k])).max()
-        };
-        let Some(max) = max else {
-            user_bail!(
-                "tasks[{i}].classes: 0 asks to infer the number of classes, but {} holds no '{target}' labels; declare it",
-                root.display()
-            );
-        };
-        cfg.tasks[i].classes = max + 1;
-        tracing::info!("data: task '{}' has {} classes (inferred from {})", cfg.tasks[i].name, max + 1, root.display());
     }
     Ok(())
 }
 
-fn folder_root(d: &DataConfig, config_dir: &Path) -> anyhow::Result<PathBuf> {
-    if d.root.is_none() {
-        user_bail!("data.root: the folder dataset needs the directory holding images/ (and masks/, labels.csv)");
+/// The distinct targets, in first-asked order, with the classes each must fit in.
+fn distinct_targets(wanted: &[Wanted]) -> Vec<(String, TargetShape, i64)> {
+    let mut out: Vec<(String, TargetShape, i64)> = Vec::new();
+    for w in wanted {
+        if !out.iter().any(|(n, _, _)| *n == w.target) {
+            out.push((w.target.clone(), w.shape, w.classes));
+        }
     }
-    Ok(root_dir(d, config_dir, "."))
+    out
 }
 
-/// Every task's target exists: `mask` needs masks/, others a labels.csv column.
-fn check_targets(cfg: &Config, index: &Index) -> anyhow::Result<()> {
-    for (i, t) in cfg.tasks.iter().enumerate() {
+fn folder_root(d: &DataConfig) -> anyhow::Result<PathBuf> {
+    match &d.root {
+        Some(r) => Ok(PathBuf::from(r)),
+        None => {
+            user_bail!("data.root: the folder dataset needs the directory holding images/ (and masks/, labels.csv)")
+        }
+    }
+}
+
+/// Every wanted target exists: `mask` needs masks/, others a labels.csv column.
+fn check_targets(wanted: &[Wanted], index: &Index) -> anyhow::Result<()> {
+    for (i, t) in wanted.iter().enumerate() {
         if t.target == MASK {
             if !index.has_masks {
                 user_bail!("tasks[{i}].target: mask, but {} has no masks/ directory", index.root.display());
@@ -290,13 +345,13 @@ pub struct FolderSource {
 
 /// The train and val sources. `data.train_size` / `data.val_size` other than 0 take the first N
 /// images (by name) of each split.
-pub fn sources(cfg: &Config, config_dir: &Path) -> anyhow::Result<FileSources> {
-    let d = &cfg.data;
-    let root = folder_root(d, config_dir)?;
+pub fn sources(d: &DataConfig, wanted: &[Wanted]) -> anyhow::Result<FileSources> {
+    check_shapes(wanted)?;
+    let root = folder_root(d)?;
     let index = scan(&root)?;
-    check_targets(cfg, &index)?;
+    check_targets(wanted, &index)?;
     if let Some(first) = index.stray.first() {
-        match on_bad_file(d) {
+        match on_bad_file(&Folder, d) {
             OnBadFile::Refuse => user_bail!(
                 "{first}{} (data.on_bad_file: refuse)",
                 if index.stray.len() > 1 {
@@ -308,15 +363,10 @@ pub fn sources(cfg: &Config, config_dir: &Path) -> anyhow::Result<FileSources> {
             OnBadFile::Skip => index.stray.iter().for_each(|s| tracing::warn!("data: ignoring {s}")),
         }
     }
-    let wanted = wanted_targets(cfg);
-    for (i, t) in cfg.tasks.iter().enumerate() {
-        if t.classes <= 0 && matches!(t.kind, TaskKind::Classification | TaskKind::Segmentation) {
-            user_bail!(
-                "tasks[{i}].classes: {} is not resolved (load the config with Config::load, which infers it)",
-                t.classes
-            );
-        }
+    if let Some((i, w)) = wanted.iter().enumerate().find(|(_, w)| w.classes <= 0) {
+        anyhow::bail!("data: target '{}' of tasks[{i}] has {} classes: resolve the config first", w.target, w.classes);
     }
+    let wanted = distinct_targets(wanted);
     let per_image: Vec<usize> = wanted
         .iter()
         .filter(|(_, s, _)| *s == TargetShape::PerImage)
@@ -474,13 +524,23 @@ fn row_of(index: &Index, name: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn config(root: &Path, tasks: &str) -> Config {
-        let text = format!(
-            "name: f\ndata: {{dataset: folder, root: {}, image_size: 8, folder: {{val_fraction: 0.5}}}}\n\
-             model: {{backbone: {{kind: conv, widths: [4, 8]}}}}\ntasks: {tasks}\n",
-            root.display()
-        );
-        Config::parse(&text, "f.yaml", &[]).unwrap()
+    fn data(root: &Path) -> DataConfig {
+        DataConfig {
+            root: Some(root.display().to_string()),
+            image_size: 8,
+            folder: crate::config::FolderOptions { val_fraction: 0.5 },
+            ..DataConfig::defaults("folder")
+        }
+    }
+
+    fn want(target: &str, classes: i64) -> Wanted {
+        let shape = if target == MASK { TargetShape::PerPixel } else { TargetShape::PerImage };
+        Wanted { target: target.into(), shape, classes }
+    }
+
+    /// A classification task on `kind` and a segmentation task on `mask`, classes as given.
+    fn tasks(kind: i64, mask: i64) -> Vec<Wanted> {
+        vec![want("kind", kind), want(MASK, mask)]
     }
 
     /// Six 10×6 images, masks with classes 0..=2 (and a 255), labels.csv with `kind` and a split.
@@ -499,16 +559,14 @@ mod tests {
         std::fs::write(root.join(LABELS_FILE), csv).unwrap();
     }
 
-    const TASKS: &str = "[{name: k, kind: classification, target: kind}, {name: m, kind: segmentation, target: mask}]";
-
     #[test]
     fn classes_are_inferred_or_declared() {
         let dir = tempfile::tempdir().unwrap();
         write_folder(dir.path());
-        let mut cfg = config(dir.path(), TASKS);
-        resolve_classes(&mut cfg).unwrap();
-        assert_eq!((cfg.tasks[0].classes, cfg.tasks[1].classes), (4, 3));
-        let s = sources(&cfg, dir.path()).unwrap();
+        let mut wanted = tasks(0, 0);
+        Folder.resolve_targets(&data(dir.path()), &mut wanted).unwrap();
+        assert_eq!((wanted[0].classes, wanted[1].classes), (4, 3));
+        let s = sources(&data(dir.path()), &wanted).unwrap();
         assert_eq!((s.train.len(), s.val.len()), (4, 2));
         let x = s.val.read(1).unwrap();
         assert_eq!(x.targets[0], Value::Class(1));
@@ -516,9 +574,9 @@ mod tests {
         assert_eq!(m.len(), 64);
         assert_eq!(m[0], IGNORE_LABEL);
         // A declared count too small for the data: the sample with the larger label is bad.
-        let mut small = config(dir.path(), &TASKS.replace("target: kind}", "target: kind, classes: 3}"));
-        resolve_classes(&mut small).unwrap();
-        let s = sources(&small, dir.path()).unwrap();
+        let mut small = tasks(3, 0);
+        Folder.resolve_targets(&data(dir.path()), &mut small).unwrap();
+        let s = sources(&data(dir.path()), &small).unwrap();
         let e = s.train.read(3).unwrap_err().to_string();
         assert!(e.contains("labels.csv line 5") && e.contains("kind = 3") && e.contains("3 classes"), "{e}");
         let index = scan(dir.path()).unwrap();
@@ -533,9 +591,9 @@ mod tests {
         image::GrayImage::from_pixel(10, 6, image::Luma([7])).save(dir.path().join("masks/im1.png")).unwrap();
         image::RgbImage::from_pixel(10, 6, image::Rgb([1, 2, 3])).save(dir.path().join("masks/im2.png")).unwrap();
         std::fs::remove_file(dir.path().join("masks/im3.png")).unwrap();
-        let mut cfg = config(dir.path(), &TASKS.replace("target: mask}", "target: mask, classes: 3}"));
-        resolve_classes(&mut cfg).unwrap();
-        let s = sources(&cfg, dir.path()).unwrap();
+        let mut wanted = tasks(0, 3);
+        Folder.resolve_targets(&data(dir.path()), &mut wanted).unwrap();
+        let s = sources(&data(dir.path()), &wanted).unwrap();
         let e = |i| s.train.read(i).unwrap_err().to_string();
         assert!(e(0).contains("masks/im0.png: mask is 9×6 but") && e(0).contains("10×6"), "{}", e(0));
         assert!(e(1).contains("masks/im1.png: value 7 at (0, 0)") && e(1).contains("0..3"), "{}", e(1));
@@ -549,26 +607,24 @@ mod tests {
         write_folder(dir.path());
         let csv = "file,kind,split\nim0.png,1,train\nim1,x,train\nim2.png,1\nghost.png,1,train\nim0.png,2,train\nim4.png,,val\n";
         std::fs::write(dir.path().join(LABELS_FILE), csv).unwrap();
-        let mut cfg = config(dir.path(), "[{name: k, kind: classification, target: kind, classes: 2}]");
-        cfg.data.on_bad_file = Some(OnBadFile::Skip);
-        let s = sources(&cfg, dir.path()).unwrap();
+        let mut d = data(dir.path());
+        d.on_bad_file = Some(OnBadFile::Skip);
+        let s = sources(&d, &[want("kind", 2)]).unwrap();
         // Train by split column: im0, im1 (im2's row is short, so hashed), others hashed.
         let names: Vec<String> =
             (0..s.train.len()).map(|i| format!("{:?}", s.train.read(i).map(|x| x.targets))).collect();
         assert!(names[0].contains("Class(1)"), "{names:?}");
         let e = s.train.read(1).unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("'x' is not a class number"), "{e}");
-        cfg.data.on_bad_file = Some(OnBadFile::Refuse);
-        let e = sources(&cfg, dir.path()).err().unwrap().to_string();
+        d.on_bad_file = Some(OnBadFile::Refuse);
+        let e = sources(&d, &[want("kind", 2)]).err().unwrap().to_string();
         assert!(e.contains("ghost.png") && e.contains("1 more problem"), "{e}");
-        let bad = config(dir.path(), "[{name: k, kind: classification, target: colour, classes: 2}]");
-        let e = sources(&bad, dir.path()).err().unwrap().to_string();
+        let e = sources(&d, &[want("colour", 2)]).err().unwrap().to_string();
         assert!(e.contains("tasks[0].target") && e.contains("no column 'colour'") && e.contains("kind"), "{e}");
         std::fs::remove_dir_all(dir.path().join("masks")).unwrap();
-        let e = sources(&config(dir.path(), TASKS.replace("kind}", "kind, classes: 2}").as_str()), dir.path())
-            .err()
-            .unwrap()
-            .to_string();
+        let e = sources(&data(dir.path()), &tasks(2, 3)).err().unwrap().to_string();
+        assert!(e.contains("tasks[1].target") && e.contains("no masks/"), "{e}");
+        let e = Folder.resolve_targets(&data(dir.path()), &mut tasks(0, 3)).unwrap_err().to_string();
         assert!(e.contains("tasks[1].target") && e.contains("no masks/"), "{e}");
     }
 

@@ -6,15 +6,15 @@
 //! permutation ahead of time (see [`super::stream`]), so both modes give identical batches.
 use super::augment::{self, Spatial};
 use super::stream::{Plan, Prefetcher};
-use super::{normalisation, Source, Split, TargetShape, IGNORE_LABEL};
-use crate::config::{Config, TaskKind};
+use super::{Source, Split, TargetShape, IGNORE_LABEL};
+use crate::config::DataConfig;
 use crate::rng::{stream, Purpose};
 use rand::seq::SliceRandom;
 use std::cell::RefCell;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
-/// Normalised float images and one target per task, on the device: int64 `[N]` classes,
+/// Normalized float images and one target per task, on the device: int64 `[N]` classes,
 /// int64 `[N, H, W]` labels (the task's ignore_index where not scored), float `[N, H, W]`
 /// depth and `[N, 3, H, W]` normals (NaN where invalid).
 pub struct Batch {
@@ -22,11 +22,18 @@ pub struct Batch {
     pub targets: Vec<Tensor>,
 }
 
+/// The target a task reads, and the label that means "not scored" in its per-pixel labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetUse {
+    pub target: String,
+    pub ignore_index: i64,
+}
+
 /// What the loader needs to know about a task's target.
 struct TaskTarget {
     name: String,
     shape: TargetShape,
-    /// The label that means "not scored" for this task (segmentation only).
+    /// The label that means "not scored" (per-pixel labels only).
     ignore_index: i64,
 }
 
@@ -55,20 +62,27 @@ pub fn epoch_permutation(seed: u64, epoch: u64, n: usize) -> Vec<i64> {
 }
 
 impl Loader {
-    /// `train` enables augmentation; evaluation batches are in dataset order.
-    pub fn new(cfg: &Config, source: Source, train: bool) -> Self {
+    /// Batches of `source` for the tasks' `targets`, normalized with the dataset's per-channel
+    /// `(mean, std)`. `train` enables augmentation; evaluation batches are in dataset order.
+    pub fn new(
+        d: &DataConfig,
+        seed: u64,
+        normalization: ([f64; 3], [f64; 3]),
+        targets: &[TargetUse],
+        source: Source,
+        train: bool,
+    ) -> Self {
         let (device, channels) = match &source {
             Source::Memory(s) => (s.images.device(), s.images.size()[1]),
             Source::Stream(s) => (s.device(), s.channels()),
         };
-        let (m, s) = normalisation(cfg.data.dataset);
+        let (m, s) = normalization;
         let stat = |v: [f64; 3]| {
             let v: Vec<f32> =
                 if channels == 1 { vec![v.iter().sum::<f64>() as f32 / 3.0] } else { v.map(|x| x as f32).to_vec() };
             Tensor::from_slice(&v).view([1, channels, 1, 1]).to_device(device)
         };
-        let tasks = cfg
-            .tasks
+        let tasks = targets
             .iter()
             .map(|t| {
                 let shape = match &source {
@@ -78,20 +92,19 @@ impl Loader {
                 let shape = shape.unwrap_or_else(|| {
                     panic!("the dataset has no usable target '{}' (validation lets none through)", t.target)
                 });
-                let ignore_index = if t.kind == TaskKind::Segmentation { t.ignore_index } else { IGNORE_LABEL as i64 };
-                TaskTarget { name: t.target.clone(), shape, ignore_index }
+                TaskTarget { name: t.target.clone(), shape, ignore_index: t.ignore_index }
             })
             .collect();
-        let aug = &cfg.data.augment;
+        let aug = &d.augment;
         Self {
             tasks,
             mean: stat(m),
             std: stat(s),
-            batch_size: if train { cfg.data.batch_size } else { cfg.data.eval_batch_size } as i64,
+            batch_size: if train { d.batch_size } else { d.eval_batch_size } as i64,
             crop_padding: if train { aug.crop_padding } else { 0 },
             hflip: train && aug.hflip,
             max_scale: if train { aug.max_scale } else { 1.0 },
-            seed: cfg.seed,
+            seed,
             device,
             source,
             order: RefCell::new(None),
@@ -121,9 +134,14 @@ impl Loader {
 
     /// Height of the images (their side, for the square ones).
     pub fn image_size(&self) -> i64 {
+        self.image_hw().0
+    }
+
+    /// Height and width of the images.
+    pub fn image_hw(&self) -> (i64, i64) {
         match &self.source {
-            Source::Memory(s) => s.images.size()[2],
-            Source::Stream(s) => s.image_hw().0,
+            Source::Memory(s) => (s.images.size()[2], s.images.size()[3]),
+            Source::Stream(s) => s.image_hw(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! Images are kept as uint8 `[N, C, H, W]` (4× smaller than f32, moved to the device once);
 //! targets are int64 `[N]` for per-image classes, uint8 `[N, H, W]` for per-pixel labels (255:
 //! not scored), and float16 `[N, H, W]` (depth) or `[N, 3, H, W]` (normals) for per-pixel values
-//! with NaN where the data marks a pixel invalid. Converting to float, normalising and augmenting
+//! with NaN where the data marks a pixel invalid. Converting to float, normalizing and augmenting
 //! happen batched on the device (see [`augment`] and [`loader`]).
 //!
 //! A dataset that needs more than `data.max_memory_mb` is streamed instead where its format
@@ -22,11 +22,81 @@ pub mod pet;
 pub mod shapes;
 pub mod stream;
 
-use crate::config::{Config, DataConfig, DatasetKind, OnBadFile};
+use crate::config::{DataConfig, OnBadFile};
 use crate::user_bail;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::{Kind, Tensor};
+
+/// Every dataset `data.dataset` names.
+pub const DATASETS: &[&dyn Dataset] =
+    &[&shapes::Shapes, &cifar10::Cifar10Seg, &multimnist::MultiMnist, &pet::Pet, &nyuv2::Nyuv2, &folder::Folder];
+
+/// The dataset called `name`.
+pub fn dataset_named(name: &str) -> Option<&'static dyn Dataset> {
+    DATASETS.iter().copied().find(|d| d.name() == name)
+}
+
+/// The names of every dataset, for error messages.
+pub fn dataset_names() -> Vec<&'static str> {
+    DATASETS.iter().map(|d| d.name()).collect()
+}
+
+/// A dataset: where its samples come from and the facts the rest of the engine needs.
+pub trait Dataset: Sync {
+    /// The name `data.dataset` uses.
+    fn name(&self) -> &'static str;
+    /// Its targets, known without reading any file; `None` when its files define them
+    /// (then [`Dataset::resolve_targets`] checks what the tasks ask for).
+    fn targets(&self, d: &DataConfig) -> Option<Vec<TargetInfo>>;
+    /// Per-channel mean and std that normalize its images (after dividing by 255).
+    fn normalization(&self) -> ([f64; 3], [f64; 3]);
+    /// Where its files live when `data.root` is unset (relative to the working directory);
+    /// `None` for generated data.
+    fn default_root(&self) -> Option<&'static str> {
+        None
+    }
+    /// Whether samples are separate files read one by one: then a bad file can be skipped
+    /// (`data.on_bad_file`) and the dataset can stream when it does not fit in memory.
+    fn per_sample_files(&self) -> bool {
+        false
+    }
+    /// `data.on_bad_file` when unset.
+    fn default_on_bad_file(&self) -> OnBadFile {
+        OnBadFile::Refuse
+    }
+    /// Its own rules for the `data` settings, as `"<key>: <message>"`.
+    fn check(&self, _d: &DataConfig) -> Result<(), String> {
+        Ok(())
+    }
+    /// For datasets without fixed [`Dataset::targets`]: checks that every wanted target
+    /// exists in the files (errors name `tasks[i]`, `i` the position in `wanted`) and fills
+    /// `classes` 0 from the data.
+    fn resolve_targets(&self, _d: &DataConfig, _wanted: &mut [Wanted]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Reads (or generates) both splits on the CPU; `wanted` are the targets the tasks read.
+    fn load(&self, d: &DataConfig, seed: u64, wanted: &[Wanted]) -> anyhow::Result<Loaded>;
+}
+
+/// What [`Dataset::load`] returns: splits already in memory, or files to decode.
+pub enum Loaded {
+    Memory(Splits),
+    Files(stream::FileSources),
+}
+
+/// A target the tasks ask the dataset for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub target: String,
+    pub shape: TargetShape,
+    /// Its labels must lie in 0..classes (0 for per-pixel values, or "infer" before
+    /// [`Dataset::resolve_targets`]).
+    pub classes: i64,
+}
+
+/// ImageNet's per-channel mean and std, for photographs.
+pub const IMAGENET: ([f64; 3], [f64; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
 
 /// Per-pixel label value that is not scored (NYUv2's −1, an ignored Pet border, a mask's 255).
 /// The loader turns it into each task's `ignore_index`.
@@ -57,11 +127,6 @@ impl TargetShape {
             (Kind::Half | Kind::Float, 4) => Some(TargetShape::PerPixelNormal),
             _ => None,
         }
-    }
-
-    /// Whether the target has a value per pixel (and so is augmented with the image).
-    pub fn is_spatial(self) -> bool {
-        self != TargetShape::PerImage
     }
 }
 
@@ -161,47 +226,16 @@ pub struct Sources {
     pub val: Source,
 }
 
-/// The targets a dataset provides, for config validation before anything is loaded; `None`
-/// for `folder`, whose targets are the columns of its labels.csv (and `mask`).
-pub fn targets_of(cfg: &DataConfig) -> Option<Vec<TargetInfo>> {
-    Some(match cfg.dataset {
-        DatasetKind::Shapes => shapes::TARGETS.to_vec(),
-        DatasetKind::Cifar10Seg => cifar10::TARGETS.to_vec(),
-        DatasetKind::Multimnist => multimnist::TARGETS.to_vec(),
-        DatasetKind::Pet => pet::targets(cfg.pet.border).to_vec(),
-        DatasetKind::Nyuv2 => nyuv2::TARGETS.to_vec(),
-        DatasetKind::Folder => return None,
-    })
-}
-
-/// Per-channel mean and std used to normalise uint8 images (after dividing by 255).
-pub fn normalisation(kind: DatasetKind) -> ([f64; 3], [f64; 3]) {
-    const IMAGENET: ([f64; 3], [f64; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
-    match kind {
-        DatasetKind::Shapes => ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25]),
-        DatasetKind::Cifar10Seg => ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
-        // MNIST's own statistics; one grey channel takes the mean of the three (equal) values.
-        DatasetKind::Multimnist => ([0.1307; 3], [0.3081; 3]),
-        DatasetKind::Pet | DatasetKind::Nyuv2 | DatasetKind::Folder => IMAGENET,
-    }
-}
-
-/// Loads both splits on the CPU, in memory or as streams. `config_dir` resolves a relative
-/// `data.root`. A missing or malformed source is a [`crate::error::UserError`] naming the path.
-pub fn load(cfg: &Config, config_dir: &Path) -> anyhow::Result<Sources> {
-    let d = &cfg.data;
-    let memory = |splits: Splits| -> anyhow::Result<Sources> {
-        let splits = if d.grayscale { to_grayscale(splits) } else { splits };
-        check_memory(d, splits.train.bytes() + splits.val.bytes(), splits.train.len(), splits.val.len(), false)?;
-        Ok(Sources { train: Source::Memory(splits.train), val: Source::Memory(splits.val) })
-    };
-    match d.dataset {
-        DatasetKind::Shapes => memory(shapes::load(d, cfg.seed)?),
-        DatasetKind::Cifar10Seg => memory(cifar10::load(d, cfg.seed, config_dir)?),
-        DatasetKind::Multimnist => memory(multimnist::load(d, cfg.seed, config_dir)?),
-        DatasetKind::Pet => stream::load_files(cfg, &pet::sources(d, config_dir)?),
-        DatasetKind::Nyuv2 => stream::load_files(cfg, &nyuv2::sources(cfg, config_dir)?),
-        DatasetKind::Folder => stream::load_files(cfg, &folder::sources(cfg, config_dir)?),
+/// Loads both splits of `dataset` on the CPU, in memory or as streams. A missing or malformed
+/// source is a [`crate::error::UserError`] naming the path.
+pub fn load(dataset: &dyn Dataset, d: &DataConfig, seed: u64, wanted: &[Wanted]) -> anyhow::Result<Sources> {
+    match dataset.load(d, seed, wanted)? {
+        Loaded::Memory(splits) => {
+            let splits = if d.grayscale { to_grayscale(splits) } else { splits };
+            check_memory(d, splits.train.bytes() + splits.val.bytes(), splits.train.len(), splits.val.len(), false)?;
+            Ok(Sources { train: Source::Memory(splits.train), val: Source::Memory(splits.val) })
+        }
+        Loaded::Files(files) => stream::load_files(dataset, d, &files),
     }
 }
 
@@ -211,7 +245,7 @@ pub fn check_memory(d: &DataConfig, bytes: u64, train: usize, val: usize, stream
     let mb = bytes as f64 / MB;
     if mb > d.max_memory_mb && !streamable {
         user_bail!(
-            "data.max_memory_mb: {:?} needs {} MB in memory ({train} train + {val} val samples), more than \
+            "data.max_memory_mb: {} needs {} MB in memory ({train} train + {val} val samples), more than \
              the limit of {} MB, and it cannot be streamed; raise data.max_memory_mb or lower data.train_size / \
              data.val_size",
             d.dataset,
@@ -220,7 +254,7 @@ pub fn check_memory(d: &DataConfig, bytes: u64, train: usize, val: usize, stream
         );
     }
     tracing::info!(
-        "data: {:?} {train} train + {val} val samples, {} MB held in memory as uint8/float16 \
+        "data: {} {train} train + {val} val samples, {} MB held in memory as uint8/float16 \
          (data.max_memory_mb {})",
         d.dataset,
         show_mb(mb),
@@ -258,22 +292,15 @@ pub fn grayscale_images(images: &Tensor) -> Tensor {
     y.round().clamp(0.0, 255.0).to_kind(Kind::Uint8)
 }
 
-/// `data.root` resolved against the config's directory, or `default` (relative to the
+/// `data.root` (made absolute when the config was resolved), or `default` (relative to the
 /// working directory) when unset.
-pub fn root_dir(d: &DataConfig, config_dir: &Path, default: &str) -> PathBuf {
-    match &d.root {
-        Some(r) if Path::new(r).is_absolute() => PathBuf::from(r),
-        Some(r) => config_dir.join(r),
-        None => PathBuf::from(default),
-    }
+pub fn root_dir(d: &DataConfig, default: &str) -> PathBuf {
+    PathBuf::from(d.root.as_deref().unwrap_or(default))
 }
 
 /// `data.on_bad_file`, or the dataset's default.
-pub fn on_bad_file(d: &DataConfig) -> OnBadFile {
-    d.on_bad_file.unwrap_or(match d.dataset {
-        DatasetKind::Pet => OnBadFile::Skip,
-        _ => OnBadFile::Refuse,
-    })
+pub fn on_bad_file(dataset: &dyn Dataset, d: &DataConfig) -> OnBadFile {
+    d.on_bad_file.unwrap_or_else(|| dataset.default_on_bad_file())
 }
 
 /// Decode threads for `data.decode_threads` (0: one per core, at most 16).

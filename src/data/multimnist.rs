@@ -13,7 +13,7 @@
 //! train = `train-*` (60000), val = `t10k-*` (10000). An idx file is a big-endian header
 //! (magic 0x0000080N with N dimensions, then N u32 sizes) followed by the uint8 data.
 use super::decode::resize_nearest;
-use super::{root_dir, Split, Splits, TargetInfo, TargetShape};
+use super::{root_dir, Dataset, Loaded, Split, Splits, TargetInfo, TargetShape, Wanted};
 use crate::config::DataConfig;
 use crate::rng::{self, Purpose};
 use crate::{user_bail, user_error};
@@ -39,13 +39,49 @@ pub const TARGETS: &[TargetInfo] = &[
     TargetInfo { name: "right", shape: TargetShape::PerImage, classes: 10 },
 ];
 
+/// Two overlapping MNIST digits (Sener & Koltun), from the MNIST idx files.
+pub struct MultiMnist;
+
+impl Dataset for MultiMnist {
+    fn name(&self) -> &'static str {
+        "multimnist"
+    }
+
+    fn targets(&self, _d: &DataConfig) -> Option<Vec<TargetInfo>> {
+        Some(TARGETS.to_vec())
+    }
+
+    /// MNIST's own statistics; one grey channel takes the mean of the three (equal) values.
+    fn normalization(&self) -> ([f64; 3], [f64; 3]) {
+        ([0.1307; 3], [0.3081; 3])
+    }
+
+    fn default_root(&self) -> Option<&'static str> {
+        Some(DEFAULT_ROOT)
+    }
+
+    fn check(&self, d: &DataConfig) -> Result<(), String> {
+        if d.image_size != SIDE as i64 {
+            return Err(format!("data.image_size: multimnist images are {SIDE}×{SIDE}; set {SIDE}"));
+        }
+        if !d.grayscale {
+            return Err("data.grayscale: multimnist digits have one grey channel; set true".into());
+        }
+        Ok(())
+    }
+
+    fn load(&self, d: &DataConfig, seed: u64, _wanted: &[Wanted]) -> anyhow::Result<Loaded> {
+        Ok(Loaded::Memory(load(d, seed)?))
+    }
+}
+
 /// Builds both splits. `data.train_size` / `data.val_size` 0 take every digit as a left digit,
 /// otherwise the first N (partners still come from the whole file).
-pub fn load(cfg: &DataConfig, seed: u64, config_dir: &Path) -> anyhow::Result<Splits> {
+pub fn load(cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
     if cfg.image_size != SIDE as i64 {
         user_bail!("data.image_size: multimnist images are {SIDE} px, got {}", cfg.image_size);
     }
-    let root = root_dir(cfg, config_dir, DEFAULT_ROOT);
+    let root = root_dir(cfg, DEFAULT_ROOT);
     if !root.is_dir() {
         user_bail!("data.root: MNIST directory {} not found; {FETCH_HINT}", root.display());
     }
@@ -208,11 +244,10 @@ fn build(d: &Digits, wanted: usize, key: &str, seed: u64, split_id: u64) -> anyh
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatasetKind;
     use crate::error::is_user_error;
 
     fn cfg(root: &Path) -> DataConfig {
-        let mut c = DataConfig::defaults(DatasetKind::Multimnist);
+        let mut c = DataConfig::defaults("multimnist");
         c.root = Some(root.display().to_string());
         c.image_size = 28;
         c.grayscale = true;
@@ -277,8 +312,8 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         write_mnist(a.path(), 30, false);
         write_mnist(b.path(), 30, true);
-        let sa = load(&cfg(a.path()), 4, a.path()).unwrap();
-        let sb = load(&cfg(b.path()), 4, b.path()).unwrap();
+        let sa = load(&cfg(a.path()), 4).unwrap();
+        let sb = load(&cfg(b.path()), 4).unwrap();
         assert_eq!(sa.train.images.size(), [30, 1, 28, 28]);
         assert!(sa.train.images.equal(&sb.train.images) && sa.val.images.equal(&sb.val.images));
         let left = Vec::<i64>::try_from(&sa.train.targets["left"]).unwrap();
@@ -289,7 +324,7 @@ mod tests {
     fn partners_come_from_the_seed_and_labels_follow_the_pixels() {
         let dir = tempfile::tempdir().unwrap();
         write_mnist(dir.path(), 40, false);
-        let s = load(&cfg(dir.path()), 9, dir.path()).unwrap();
+        let s = load(&cfg(dir.path()), 9).unwrap();
         let d = Digits::read(dir.path(), TRAIN_IMAGES, TRAIN_LABELS).unwrap();
         let right = Vec::<i64>::try_from(&s.train.targets["right"]).unwrap();
         for (i, &r) in right.iter().enumerate() {
@@ -299,9 +334,9 @@ mod tests {
             assert_eq!(img, compose(d.digit(i), d.digit(j)));
         }
         assert!(right.iter().collect::<std::collections::HashSet<_>>().len() > 5, "{right:?}");
-        let other = load(&cfg(dir.path()), 10, dir.path()).unwrap();
+        let other = load(&cfg(dir.path()), 10).unwrap();
         assert!(!other.train.targets["right"].equal(&s.train.targets["right"]));
-        let sized = load(&DataConfig { train_size: 7, val_size: 3, ..cfg(dir.path()) }, 9, dir.path()).unwrap();
+        let sized = load(&DataConfig { train_size: 7, val_size: 3, ..cfg(dir.path()) }, 9).unwrap();
         assert_eq!((sized.train.len(), sized.val.len()), (7, 3));
         assert!(sized.train.images.equal(&s.train.images.narrow(0, 0, 7)));
     }
@@ -318,23 +353,23 @@ mod tests {
         let c = cfg(dir.path());
         let p = dir.path().join(VAL_LABELS);
         std::fs::write(&p, [0, 0, 8, 3, 0]).unwrap();
-        let m = text(load(&c, 0, dir.path()));
+        let m = text(load(&c, 0));
         assert!(m.contains(VAL_LABELS) && m.contains("3 dimensions"), "{m}");
         std::fs::write(&p, encode_idx(&[5], &[1, 2, 3, 4])).unwrap();
-        let m = text(load(&c, 0, dir.path()));
+        let m = text(load(&c, 0));
         assert!(m.contains(VAL_LABELS) && m.contains("need 5"), "{m}");
         std::fs::write(&p, encode_idx(&[5], &[1, 2, 3, 4, 11])).unwrap();
-        let m = text(load(&c, 0, dir.path()));
+        let m = text(load(&c, 0));
         assert!(m.contains(VAL_LABELS) && m.contains("label 4 is 11"), "{m}");
         std::fs::write(&p, encode_idx(&[4], &[1, 2, 3, 4])).unwrap();
-        let m = text(load(&c, 0, dir.path()));
+        let m = text(load(&c, 0));
         assert!(m.contains("4 labels for the 5 images"), "{m}");
         std::fs::write(dir.path().join(format!("{TRAIN_IMAGES}.gz")), [0x1f, 0x8b, 1, 2, 3]).unwrap();
         std::fs::remove_file(dir.path().join(TRAIN_IMAGES)).unwrap();
-        let m = text(load(&c, 0, dir.path()));
+        let m = text(load(&c, 0));
         assert!(m.contains("train-images-idx3-ubyte.gz") && m.contains("gzip"), "{m}");
         std::fs::remove_file(dir.path().join(format!("{TRAIN_IMAGES}.gz"))).unwrap();
-        let m = text(load(&c, 0, dir.path()));
+        let m = text(load(&c, 0));
         assert!(m.contains(TRAIN_IMAGES) && m.contains("fetch_multimnist.sh"), "{m}");
     }
 }

@@ -9,21 +9,20 @@
 //! <root>/{train,val}/normal/<i>.npy   (H, W, 3) unit surface normals, (0, 0, 0) = none
 //! ```
 //! Targets: `semantic` (13 classes; −1 becomes the ignore label), `depth` (pixels without a
-//! measurement are invalid: NaN) and `normal` (zero vectors invalid; the rest renormalised to
+//! measurement are invalid: NaN) and `normal` (zero vectors invalid; the rest renormalized to
 //! unit length). `data.image_size` is the height the model sees; the width keeps the aspect
 //! (288 → 384). Images are stored as uint8 (`round(255·x)`), depth and normals as float16.
 use super::decode::{resize_bilinear, resize_nearest};
 use super::npy;
 use super::stream::{FileSources, Sample, SampleSource, TargetSpec, Value};
-use super::{root_dir, TargetInfo, TargetShape, IGNORE_LABEL};
-use crate::config::{BackboneKind, Config};
+use super::{root_dir, Dataset, Loaded, TargetInfo, TargetShape, Wanted, IGNORE_LABEL, IMAGENET};
+use crate::config::DataConfig;
 use crate::{user_bail, user_error};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const DEFAULT_ROOT: &str = "data/nyuv2";
 pub const CLASSES: i64 = 13;
-pub const MODALITIES: [&str; 4] = ["image", "label", "depth", "normal"];
 const FETCH_HINT: &str = "run scripts/fetch_nyuv2.sh to download the preprocessed NYUv2";
 
 pub const TARGETS: &[TargetInfo] = &[
@@ -43,11 +42,40 @@ pub struct NyuSource {
     targets: Vec<TargetSpec>,
 }
 
+/// NYUv2 as preprocessed for the MTL literature: segmentation, depth, surface normals.
+pub struct Nyuv2;
+
+impl Dataset for Nyuv2 {
+    fn name(&self) -> &'static str {
+        "nyuv2"
+    }
+
+    fn targets(&self, _d: &DataConfig) -> Option<Vec<TargetInfo>> {
+        Some(TARGETS.to_vec())
+    }
+
+    fn normalization(&self) -> ([f64; 3], [f64; 3]) {
+        IMAGENET
+    }
+
+    fn default_root(&self) -> Option<&'static str> {
+        Some(DEFAULT_ROOT)
+    }
+
+    fn per_sample_files(&self) -> bool {
+        true
+    }
+
+    fn load(&self, d: &DataConfig, _seed: u64, _wanted: &[Wanted]) -> anyhow::Result<Loaded> {
+        Ok(Loaded::Files(sources(d)?))
+    }
+}
+
 /// The train and val sources. `data.train_size` / `data.val_size` other than 0 take the first N
-/// sample numbers.
-pub fn sources(cfg: &Config, config_dir: &Path) -> anyhow::Result<FileSources> {
-    let d = &cfg.data;
-    let root = root_dir(d, config_dir, DEFAULT_ROOT);
+/// sample numbers. `data.image_size` is the height; the width keeps the stored aspect (whether
+/// both fit the backbone is checked once the sizes are known, src/train/mod.rs).
+pub fn sources(d: &DataConfig) -> anyhow::Result<FileSources> {
+    let root = root_dir(d, DEFAULT_ROOT);
     if !root.is_dir() {
         user_bail!("data.root: NYUv2 directory {} not found; {FETCH_HINT}", root.display());
     }
@@ -55,23 +83,6 @@ pub fn sources(cfg: &Config, config_dir: &Path) -> anyhow::Result<FileSources> {
     let (val_ids, val_hw) = scan(&root.join("val"), d.val_size, "data.val_size")?;
     let h = d.image_size as usize;
     let w = ((h * train_hw.1) as f64 / train_hw.0 as f64).round() as usize;
-    let stages = match cfg.model.backbone.kind {
-        BackboneKind::Conv => cfg.model.backbone.widths.len(),
-        BackboneKind::Resnet => crate::model::backbone::resnet_widths(&cfg.model.backbone.widths).len(),
-        BackboneKind::Mlp => 1,
-    };
-    let factor = 1usize << (stages - 1);
-    if !h.is_multiple_of(factor) || !w.is_multiple_of(factor) {
-        user_bail!(
-            "data.image_size: NYUv2 images of {}×{} become {h}×{w} at height {h}, which a backbone with {stages} stages \
-             needs divisible by {factor}; choose a height whose width (height·{}/{}) is divisible too, e.g. {}",
-            train_hw.0,
-            train_hw.1,
-            train_hw.1,
-            train_hw.0,
-            train_hw.0
-        );
-    }
     let targets: Vec<TargetSpec> =
         TARGETS.iter().map(|t| TargetSpec { name: t.name.to_string(), shape: t.shape }).collect();
     let source = |split, ids, src_hw| -> Arc<dyn SampleSource> {
@@ -287,13 +298,8 @@ mod tests {
         }
     }
 
-    fn cfg(root: &Path, height: i64) -> Config {
-        let text = format!(
-            "name: t\ndata: {{dataset: nyuv2, root: {}, image_size: {height}}}\nmodel: {{backbone: {{kind: conv, widths: [4, 8]}}}}\n\
-             tasks: [{{name: s, kind: segmentation, target: semantic, classes: 13}}]\n",
-            root.display()
-        );
-        Config::parse(&text, "t.yaml", &[]).unwrap()
+    fn cfg(root: &Path, height: i64) -> DataConfig {
+        DataConfig { root: Some(root.display().to_string()), image_size: height, ..DataConfig::defaults("nyuv2") }
     }
 
     #[test]
@@ -303,7 +309,7 @@ mod tests {
             write_sample(&dir.path().join("train"), i);
         }
         write_sample(&dir.path().join("val"), 0);
-        let s = sources(&cfg(dir.path(), 8), dir.path()).unwrap();
+        let s = sources(&cfg(dir.path(), 8)).unwrap();
         assert_eq!((s.train.len(), s.val.len(), s.train.image_shape()), (3, 1, (3, 8, 12)));
         let x = s.train.read(2).unwrap();
         assert_eq!(x.image[..2], [51, 51]); // round(0.2 · 255)
@@ -313,7 +319,7 @@ mod tests {
         assert_eq!(l[1..4], [3, 4, 5]);
         assert!(d[1].is_nan() && d[0] == 1.0 && d[5] == 6.0);
         assert!(n[2].is_nan() && n[96 + 2].is_nan() && n[192 + 2].is_nan());
-        assert_eq!((n[0], n[96], n[192]), (0.0, 0.0, 1.0), "renormalised to unit length");
+        assert_eq!((n[0], n[96], n[192]), (0.0, 0.0, 1.0), "renormalized to unit length");
     }
 
     #[test]
@@ -322,7 +328,7 @@ mod tests {
         for split in ["train", "val"] {
             write_sample(&dir.path().join(split), 0);
         }
-        let s = sources(&cfg(dir.path(), 16), dir.path()).unwrap();
+        let s = sources(&cfg(dir.path(), 16)).unwrap();
         assert_eq!(s.val.image_shape(), (3, 16, 24));
         let x = s.val.read(0).unwrap();
         let Value::Depth(d) = &x.targets[1] else { panic!() };
@@ -331,8 +337,6 @@ mod tests {
         // whose taps include it are invalid, the far ones keep 1 + x interpolated.
         assert!(d[2].is_nan() && d[3].is_nan());
         assert_eq!(d[23], 12.0);
-        let e = sources(&cfg(dir.path(), 10), dir.path()).err().unwrap().to_string();
-        assert!(e.contains("data.image_size") && e.contains("10×15"), "{e}");
     }
 
     #[test]
@@ -354,7 +358,7 @@ mod tests {
         let mut text = header_v1("<U3", &[H, W]);
         text.extend(vec![0u8; 12 * H * W]);
         put("depth", 5, text);
-        let s = sources(&cfg(dir.path(), 8), dir.path()).unwrap();
+        let s = sources(&cfg(dir.path(), 8)).unwrap();
         let e = |i| s.train.read(i).unwrap_err().to_string();
         assert!(e(0).contains("image/0.npy") && e(0).contains("value 3"), "{}", e(0));
         assert!(e(1).contains("label/1.npy") && e(1).contains("label 20"), "{}", e(1));
@@ -366,7 +370,7 @@ mod tests {
         let e1 = s.train.read(1).unwrap_err().to_string();
         assert!(e1.contains("label/1.npy"), "the first bad file of a sample is named: {e1}");
         std::fs::remove_dir_all(dir.path().join("val")).unwrap();
-        let m = sources(&cfg(dir.path(), 8), dir.path()).err().unwrap().to_string();
+        let m = sources(&cfg(dir.path(), 8)).err().unwrap().to_string();
         assert!(m.contains("val/image") && m.contains("fetch_nyuv2.sh"), "{m}");
     }
 }

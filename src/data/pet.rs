@@ -20,8 +20,8 @@
 //! `data.on_bad_file: refuse`.
 use super::decode::{read_mask_png, read_rgb, resize_nearest, rgb_to_chw};
 use super::stream::{FileSources, Sample, SampleSource, TargetSpec, Value};
-use super::{root_dir, TargetInfo, TargetShape, IGNORE_LABEL};
-use crate::config::{DataConfig, PetBorder};
+use super::{root_dir, Dataset, Loaded, TargetInfo, TargetShape, Wanted, IGNORE_LABEL, IMAGENET};
+use crate::config::{DataConfig, OnBadFile, PetBorder};
 use crate::{user_bail, user_error};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -74,10 +74,44 @@ pub struct PetSource {
     targets: Vec<TargetSpec>,
 }
 
+/// Oxford-IIIT Pet: breed, species, trimap segmentation.
+pub struct Pet;
+
+impl Dataset for Pet {
+    fn name(&self) -> &'static str {
+        "pet"
+    }
+
+    fn targets(&self, d: &DataConfig) -> Option<Vec<TargetInfo>> {
+        Some(targets(d.pet.border).to_vec())
+    }
+
+    fn normalization(&self) -> ([f64; 3], [f64; 3]) {
+        IMAGENET
+    }
+
+    fn default_root(&self) -> Option<&'static str> {
+        Some(DEFAULT_ROOT)
+    }
+
+    fn per_sample_files(&self) -> bool {
+        true
+    }
+
+    /// The published archive has a few broken and grey files.
+    fn default_on_bad_file(&self) -> OnBadFile {
+        OnBadFile::Skip
+    }
+
+    fn load(&self, d: &DataConfig, _seed: u64, _wanted: &[Wanted]) -> anyhow::Result<Loaded> {
+        Ok(Loaded::Files(sources(d)?))
+    }
+}
+
 /// The train (trainval.txt) and val (test.txt) sources; `data.train_size` / `data.val_size`
 /// other than 0 take the first N lines.
-pub fn sources(d: &DataConfig, config_dir: &Path) -> anyhow::Result<FileSources> {
-    let root = root_dir(d, config_dir, DEFAULT_ROOT);
+pub fn sources(d: &DataConfig) -> anyhow::Result<FileSources> {
+    let root = root_dir(d, DEFAULT_ROOT);
     if !root.is_dir() {
         user_bail!("data.root: Oxford-IIIT Pet directory {} not found; {FETCH_HINT}", root.display());
     }
@@ -278,7 +312,6 @@ impl SampleSource for PetSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatasetKind;
 
     /// A three-image Pet directory: two cats of class 1, one dog of class 2.
     fn write_pet(root: &Path) {
@@ -308,7 +341,7 @@ mod tests {
     }
 
     fn cfg(root: &Path, size: i64) -> DataConfig {
-        let mut c = DataConfig::defaults(DatasetKind::Pet);
+        let mut c = DataConfig::defaults("pet");
         c.root = Some(root.display().to_string());
         c.image_size = size;
         c
@@ -318,7 +351,7 @@ mod tests {
     fn labels_and_trimaps_decode_as_documented() {
         let dir = tempfile::tempdir().unwrap();
         write_pet(dir.path());
-        let s = sources(&cfg(dir.path(), 20), dir.path()).unwrap();
+        let s = sources(&cfg(dir.path(), 20)).unwrap();
         assert_eq!((s.train.len(), s.val.len()), (2, 1));
         let dog = s.train.read(1).unwrap();
         assert_eq!(dog.targets[..2], [Value::Class(1), Value::Class(1)]);
@@ -329,7 +362,7 @@ mod tests {
         assert!(dog.image[800..].iter().all(|&b| b.abs_diff(120) <= 12), "{:?}", &dog.image[800..810]);
         let mut ignore = cfg(dir.path(), 20);
         ignore.pet.border = PetBorder::Ignore;
-        let s = sources(&ignore, dir.path()).unwrap();
+        let s = sources(&ignore).unwrap();
         let Value::Labels(t) = &s.train.read(0).unwrap().targets[2] else { panic!() };
         assert_eq!(t[10], IGNORE_LABEL);
         assert_eq!(targets(PetBorder::Ignore)[2].classes, 2);
@@ -345,7 +378,7 @@ mod tests {
             "Abyssinian_1 1 2 1\namerican_bulldog_1 2 2\nAbyssinian_2 1 1 1\namerican_bulldog_1 3 2 1\nAbyssinian_2 40 1 1\n",
         )
         .unwrap();
-        let s = sources(&cfg(dir.path(), 16), dir.path()).unwrap();
+        let s = sources(&cfg(dir.path(), 16)).unwrap();
         let err = |i| s.train.read(i).unwrap_err().to_string();
         assert!(err(0).contains("trainval.txt (Abyssinian_1): SPECIES 2"), "{}", err(0));
         assert!(err(1).contains("trainval.txt line 2") && err(1).contains("expected"), "{}", err(1));
@@ -355,13 +388,13 @@ mod tests {
         // Undecodable image, trimap of the wrong size, trimap with a value outside 1..=3.
         std::fs::write(dir.path().join("images/Abyssinian_2.jpg"), b"\xff\xd8 truncated").unwrap();
         assert!(err(2).contains("images/Abyssinian_2.jpg") && err(2).contains("decode"), "{}", err(2));
-        let s = sources(&cfg(dir.path(), 16), dir.path()).unwrap();
+        let s = sources(&cfg(dir.path(), 16)).unwrap();
         image::GrayImage::from_pixel(20, 11, image::Luma([1])).save(ann.join("trimaps/Abyssinian_2.png")).unwrap();
         std::fs::write(ann.join("test.txt"), "american_bulldog_1 2 2 1\n").unwrap();
         image::GrayImage::from_pixel(20, 12, image::Luma([9]))
             .save(ann.join("trimaps/american_bulldog_1.png"))
             .unwrap();
-        let s2 = sources(&cfg(dir.path(), 16), dir.path()).unwrap();
+        let s2 = sources(&cfg(dir.path(), 16)).unwrap();
         let m = s2.val.read(0).unwrap_err().to_string();
         assert!(m.contains("american_bulldog_1.png") && m.contains("value 9"), "{m}");
         drop(s);
@@ -370,7 +403,7 @@ mod tests {
             std::fs::read(dir.path().join("images/Abyssinian_1.jpg")).unwrap(),
         )
         .unwrap();
-        let s3 = sources(&cfg(dir.path(), 16), dir.path()).unwrap();
+        let s3 = sources(&cfg(dir.path(), 16)).unwrap();
         let m = s3.train.read(2).unwrap_err().to_string();
         assert!(m.contains("Abyssinian_2.png: trimap is 20×11"), "{m}");
     }
@@ -378,11 +411,11 @@ mod tests {
     #[test]
     fn missing_files_are_user_errors_with_the_fetch_hint() {
         let dir = tempfile::tempdir().unwrap();
-        let e = sources(&cfg(&dir.path().join("nope"), 16), dir.path()).err().unwrap().to_string();
+        let e = sources(&cfg(&dir.path().join("nope"), 16)).err().unwrap().to_string();
         assert!(e.contains("nope") && e.contains("fetch_pet.sh"), "{e}");
         write_pet(dir.path());
         std::fs::remove_file(dir.path().join("annotations/test.txt")).unwrap();
-        let e = sources(&cfg(dir.path(), 16), dir.path()).err().unwrap().to_string();
+        let e = sources(&cfg(dir.path(), 16)).err().unwrap().to_string();
         assert!(e.contains("test.txt") && e.contains("fetch_pet.sh"), "{e}");
     }
 }

@@ -11,7 +11,7 @@
 //! the main shape stays clearly the largest by visible area, so `kind` and `color` are
 //! well-defined. Shapes are sized by area rather than radius, so thin kinds (bars, rings) are
 //! not systematically smaller than solid ones.
-use super::{Split, Splits, TargetInfo, TargetShape};
+use super::{Dataset, Loaded, Split, Splits, TargetInfo, TargetShape, Wanted};
 use crate::config::DataConfig;
 use crate::rng::{self, Purpose};
 use crate::user_bail;
@@ -72,6 +72,40 @@ pub struct Labels {
     pub kind: u8,
     pub count: u8,
     pub color: u8,
+}
+
+/// The generated shapes dataset.
+pub struct Shapes;
+
+/// Most samples either split may ask for.
+const MAX_SAMPLES: usize = 1_000_000;
+
+impl Dataset for Shapes {
+    fn name(&self) -> &'static str {
+        "shapes"
+    }
+
+    fn targets(&self, _d: &DataConfig) -> Option<Vec<TargetInfo>> {
+        Some(TARGETS.to_vec())
+    }
+
+    fn normalization(&self) -> ([f64; 3], [f64; 3]) {
+        ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    }
+
+    fn check(&self, d: &DataConfig) -> Result<(), String> {
+        if d.train_size > MAX_SAMPLES {
+            return Err(format!("data.train_size: at most {MAX_SAMPLES} generated samples"));
+        }
+        if d.val_size > MAX_SAMPLES {
+            return Err(format!("data.val_size: at most {MAX_SAMPLES} generated samples"));
+        }
+        Ok(())
+    }
+
+    fn load(&self, d: &DataConfig, seed: u64, _wanted: &[Wanted]) -> anyhow::Result<Loaded> {
+        Ok(Loaded::Memory(load(d, seed)?))
+    }
 }
 
 /// Generates both splits (train: `data.train_size`, val: `data.val_size`, defaults when 0).
@@ -418,12 +452,11 @@ fn paint_image(rng: &mut impl RngCore, scene: &Scene, bg: &Background, side: usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatasetKind;
     use std::collections::HashSet;
 
     fn cfg(train: usize, val: usize, size: i64) -> DataConfig {
         DataConfig {
-            dataset: DatasetKind::Shapes,
+            dataset: "shapes".into(),
             root: None,
             train_size: train,
             val_size: val,
@@ -431,7 +464,7 @@ mod tests {
             grayscale: false,
             batch_size: 8,
             eval_batch_size: 8,
-            ..DataConfig::defaults(DatasetKind::Shapes)
+            ..DataConfig::defaults("shapes")
         }
     }
 

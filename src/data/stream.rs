@@ -8,8 +8,8 @@
 //! `(g − start) mod W`, so batches arrive in order, at most `W · (depth + 1)` are in memory, and
 //! a batch is a pure function of its index: the same bytes the in-memory path gathers, which is
 //! what keeps resume exact in this mode too.
-use super::{decode_threads, grayscale_images, on_bad_file, Source, Sources, Split, TargetShape, MB};
-use crate::config::{Config, OnBadFile};
+use super::{decode_threads, grayscale_images, on_bad_file, Dataset, Source, Sources, Split, TargetShape, MB};
+use crate::config::{DataConfig, OnBadFile};
 use crate::{user_bail, user_error};
 use std::collections::BTreeMap;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -85,15 +85,15 @@ pub fn sample_bytes(src: &dyn SampleSource, grayscale: bool) -> u64 {
 
 /// Loads both splits into memory when they fit in `data.max_memory_mb`, else prepares them for
 /// streaming. Bad samples are listed once and left out, or refused (`data.on_bad_file`).
-pub fn load_files(cfg: &Config, sources: &FileSources) -> anyhow::Result<Sources> {
-    let d = &cfg.data;
+pub fn load_files(dataset: &dyn Dataset, d: &DataConfig, sources: &FileSources) -> anyhow::Result<Sources> {
+    let on_bad = on_bad_file(dataset, d);
     let threads = decode_threads(d);
     let (nt, nv) = (sources.train.len(), sources.val.len());
     let bytes = sample_bytes(&*sources.train, d.grayscale) * (nt + nv) as u64;
     let mb = bytes as f64 / MB;
     if mb <= d.max_memory_mb {
         tracing::info!(
-            "data: {:?} {nt} train + {nv} val samples take {} MB as uint8/float16 (data.max_memory_mb {}): \
+            "data: {} {nt} train + {nv} val samples take {} MB as uint8/float16 (data.max_memory_mb {}): \
              decoding into memory with {threads} threads",
             d.dataset,
             super::show_mb(mb),
@@ -102,7 +102,7 @@ pub fn load_files(cfg: &Config, sources: &FileSources) -> anyhow::Result<Sources
         let load = |src: &Arc<dyn SampleSource>| -> anyhow::Result<Source> {
             let all: Vec<usize> = (0..src.len()).collect();
             let (split, bad) = read_all(&**src, &all, threads);
-            let good = keep_good(cfg, &**src, bad)?;
+            let good = keep_good(on_bad, &**src, bad)?;
             let split = if good.len() == src.len() {
                 split
             } else {
@@ -118,7 +118,7 @@ pub fn load_files(cfg: &Config, sources: &FileSources) -> anyhow::Result<Sources
         return Ok(Sources { train: load(&sources.train)?, val: load(&sources.val)? });
     }
     tracing::info!(
-        "data: {:?} {nt} train + {nv} val samples would take {} MB, more than data.max_memory_mb {}: \
+        "data: {} {nt} train + {nv} val samples would take {} MB, more than data.max_memory_mb {}: \
          streaming from disk with {threads} decode threads, {} batches ahead (checking every file first)",
         d.dataset,
         super::show_mb(mb),
@@ -127,7 +127,7 @@ pub fn load_files(cfg: &Config, sources: &FileSources) -> anyhow::Result<Sources
     );
     let stream = |src: &Arc<dyn SampleSource>| -> anyhow::Result<Source> {
         let bad = verify(&**src, threads);
-        let good = keep_good(cfg, &**src, bad)?;
+        let good = keep_good(on_bad, &**src, bad)?;
         Ok(Source::Stream(Streamed {
             source: src.clone(),
             indices: Arc::new(good),
@@ -141,13 +141,17 @@ pub fn load_files(cfg: &Config, sources: &FileSources) -> anyhow::Result<Sources
 }
 
 /// The indices of the good samples after listing (skip) or refusing (refuse) the bad ones.
-fn keep_good(cfg: &Config, src: &dyn SampleSource, bad: Vec<(usize, anyhow::Error)>) -> anyhow::Result<Vec<usize>> {
+fn keep_good(
+    on_bad: OnBadFile,
+    src: &dyn SampleSource,
+    bad: Vec<(usize, anyhow::Error)>,
+) -> anyhow::Result<Vec<usize>> {
     let good: Vec<usize> = {
         let is_bad: std::collections::BTreeSet<usize> = bad.iter().map(|(i, _)| *i).collect();
         (0..src.len()).filter(|i| !is_bad.contains(i)).collect()
     };
     if let Some((_, first)) = bad.first() {
-        match on_bad_file(&cfg.data) {
+        match on_bad {
             OnBadFile::Refuse => user_bail!(
                 "{first}{} (data.on_bad_file: refuse; set skip to leave bad samples out)",
                 match bad.len() {

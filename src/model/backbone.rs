@@ -1,6 +1,6 @@
 //! Shared backbones. Conv backbones return one feature map per stage, finest first, at
 //! strides 1, 2, 4, …; the MLP returns its last hidden vector.
-use super::layers::{activate, channels_last, to_channels_last, BatchNorm2d, Compute, Conv2d, ConvBnAct, Linear};
+use super::layers::{activate, to_channels_last, BatchNorm2d, Compute, Conv2d, ConvBnAct, Linear};
 use crate::config::{Activation, BackboneConfig, BackboneKind, Norm};
 use tch::nn::Path;
 use tch::Tensor;
@@ -54,15 +54,63 @@ impl Backbone {
     }
 }
 
-/// The image batch in the compute dtype, channels-last in training forwards (see
-/// [`super::layers::channels_last`]); every later op keeps the layout it is given.
+/// The image batch in the compute dtype, channels-last in training forwards when the run
+/// asks for it ([`Compute::channels_last`]); every later op keeps the layout it is given.
 fn input(x: &Tensor, train: bool, c: Compute) -> Tensor {
     let x = c.cast(x);
-    if channels_last(train) {
+    if c.channels_last(train) {
         to_channels_last(&x)
     } else {
         x
     }
+}
+
+/// The number of feature maps (stages) the backbone returns.
+pub fn stages(cfg: &BackboneConfig) -> usize {
+    match cfg.kind {
+        BackboneKind::Conv => cfg.widths.len(),
+        BackboneKind::Resnet => resnet_widths(&cfg.widths).len(),
+        BackboneKind::Mlp => 1,
+    }
+}
+
+/// What the image sides must be divisible by: each stage after the first halves the
+/// resolution, and the decoder needs exact halvings.
+pub fn size_multiple(cfg: &BackboneConfig) -> i64 {
+    match cfg.kind {
+        BackboneKind::Mlp => 1,
+        _ => 1i64 << (stages(cfg).saturating_sub(1)),
+    }
+}
+
+/// Checks images of `h`×`w` against the backbone: `"data.image_size: …"` when a side does not
+/// halve exactly at every stage.
+pub fn check_input_size(cfg: &BackboneConfig, h: i64, w: i64) -> Result<(), String> {
+    let factor = size_multiple(cfg);
+    if h % factor == 0 && w % factor == 0 {
+        return Ok(());
+    }
+    let stages = stages(cfg);
+    let size = if h == w { h.to_string() } else { format!("{h}×{w} (height × width)") };
+    Err(format!("data.image_size: {size} must be divisible by {factor} for a backbone with {stages} stages"))
+}
+
+/// The backbone's own rules for its settings: `"<key>: <message>"`.
+pub fn check(cfg: &BackboneConfig) -> Result<(), String> {
+    match cfg.kind {
+        BackboneKind::Mlp if cfg.norm != Norm::None => {
+            Err("model.backbone.norm: the mlp backbone has no norm layers; set none".into())
+        }
+        BackboneKind::Resnet if cfg.norm != Norm::Batch => {
+            Err("model.backbone.norm: resnet blocks need batch norm".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether the backbone returns spatial maps (which dense heads need) rather than vectors.
+pub fn is_spatial(cfg: &BackboneConfig) -> bool {
+    cfg.kind != BackboneKind::Mlp
 }
 
 /// One number is a base width w meaning [w, 2w, 4w, 8w] (ResNet-18's 64 gives the classic

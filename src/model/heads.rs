@@ -1,64 +1,71 @@
-//! Task heads. Each head reads the backbone's feature maps and returns fp32 logits.
+//! Task heads. Each head reads the backbone's feature maps and returns fp32 outputs.
 use super::backbone::FeatureInfo;
 use super::layers::{activate, Compute, Conv2d, ConvBnAct, Linear};
-use crate::config::{Activation, HeadConfig, Pool, TaskConfig, TaskKind};
+use crate::config::{Activation, HeadConfig, Pool};
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
-#[derive(Debug)]
-pub enum Head {
-    Classification(ClassificationHead),
-    Segmentation(SegmentationHead),
-    /// A per-pixel scalar (depth): the segmentation decoder with one output channel.
-    Regression(SegmentationHead),
-    /// Per-pixel unit vectors (surface normals): the segmentation decoder with three output
-    /// channels, L2-normalised over the channels.
-    Normals(SegmentationHead),
+/// What a head produces; the task kinds (src/tasks/) say which one they need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadKind {
+    /// One vector of `outputs` values per image (class logits), from the coarsest features.
+    Vector { outputs: i64 },
+    /// `channels` values per pixel at the input's resolution, from the U-Net decoder;
+    /// `unit_length` L2-normalizes them over the channels (surface normals).
+    Dense { channels: i64, unit_length: bool },
 }
 
-/// Output channels of the dense regression and normals heads.
-pub const REGRESSION_CHANNELS: i64 = 1;
-pub const NORMAL_CHANNELS: i64 = 3;
+/// A head to build: the task it serves (its variables live under `heads.<task>`) and its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadSpec {
+    pub task: String,
+    pub kind: HeadKind,
+}
+
+#[derive(Debug)]
+pub enum Head {
+    Vector(ClassificationHead),
+    Dense { decoder: SegmentationHead, unit_length: bool },
+}
 
 impl Head {
-    /// The head of a task, under `p` (`heads.<task name>`). `top_hw` is the size of the
-    /// coarsest feature map (needed by `pool: flatten`).
+    /// The head `kind` under `p` (`heads.<task name>`). `top_hw` is the size of the coarsest
+    /// feature map (needed by `pool: flatten`).
     pub fn new(
         p: &Path,
         info: &FeatureInfo,
         cfg: &HeadConfig,
-        task: &TaskConfig,
+        kind: HeadKind,
         batch_norm: bool,
         act: Activation,
         top_hw: Option<(i64, i64)>,
     ) -> Self {
-        let dense = |channels| SegmentationHead::new(p, info, cfg, channels, batch_norm, act);
-        match task.kind {
-            TaskKind::Classification => {
-                Head::Classification(ClassificationHead::new(p, info, cfg, task.classes, act, top_hw))
+        match kind {
+            HeadKind::Vector { outputs } => Head::Vector(ClassificationHead::new(p, info, cfg, outputs, act, top_hw)),
+            HeadKind::Dense { channels, unit_length } => {
+                Head::Dense { decoder: SegmentationHead::new(p, info, cfg, channels, batch_norm, act), unit_length }
             }
-            TaskKind::Segmentation => Head::Segmentation(dense(task.classes)),
-            TaskKind::Regression => Head::Regression(dense(REGRESSION_CHANNELS)),
-            TaskKind::Normals => Head::Normals(dense(NORMAL_CHANNELS)),
         }
     }
 
     /// `features` as the backbone returned them; `out_hw` the input image's size.
     pub fn forward(&self, features: &[Tensor], out_hw: (i64, i64), train: bool, c: Compute) -> Tensor {
-        let out = match self {
-            Head::Classification(h) => h.forward(features, train, c),
-            Head::Segmentation(h) | Head::Regression(h) | Head::Normals(h) => h.forward(features, out_hw, train, c),
-        }
-        .to_kind(Kind::Float);
         match self {
-            Head::Normals(_) => l2_normalise(&out),
-            _ => out,
+            Head::Vector(h) => h.forward(features, train, c).to_kind(Kind::Float),
+            Head::Dense { decoder, unit_length } => {
+                let out = decoder.forward(features, out_hw, train, c).to_kind(Kind::Float);
+                if *unit_length {
+                    l2_normalize(&out)
+                } else {
+                    out
+                }
+            }
         }
     }
 }
 
 /// `x / max(‖x‖₂ over dim 1, 1e-12)`, as PyTorch's `F.normalize(x, dim=1)`.
-pub fn l2_normalise(x: &Tensor) -> Tensor {
+pub fn l2_normalize(x: &Tensor) -> Tensor {
     x / x.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12)
 }
 

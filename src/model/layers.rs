@@ -1,24 +1,8 @@
 //! The few layers the models are made of, named as PyTorch's modules name their tensors so
 //! that `model.safetensors` loads into the same `torch.nn` tree with `strict=True`.
 use crate::config::Activation;
-use std::sync::OnceLock;
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
-
-/// Whether training forwards run their conv activations in channels-last (NHWC) memory.
-/// Measured on the CPU (oneDNN): the default model's step is 10–20% faster, because
-/// convolutions, max-pooling and BatchNorm skip their internal reorders (docs/BENCHMARKS.md);
-/// on CUDA, cuDNN's bf16/TF32 tensor-core kernels want NHWC as well.
-///
-/// Evaluation and inference forwards stay NCHW, so their outputs are bit for bit those of the
-/// PyTorch mirror (`scripts/mtl_torch.py`) in fp32 on the CPU. Weights stay NCHW (they are
-/// views into the optimizer's flat buffer); the convolution reorders them, which is cheap
-/// next to the activations. Default: on; `MTL_CHANNELS_LAST=0` turns it off, e.g. for A/B
-/// timing (read once per process). Asked with `train: false` the answer is always no.
-pub fn channels_last(train: bool) -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    train && *ON.get_or_init(|| crate::switches::on(crate::switches::CHANNELS_LAST))
-}
 
 /// The same values with channels-last strides (`[N, C, H, W]` shape, NHWC in memory); tch has
 /// no memory-format argument, so this is the permute–contiguous–permute idiom.
@@ -29,18 +13,39 @@ pub fn to_channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
-/// The dtype convolutions and matmuls run in. Variables stay fp32 (master weights); under
-/// bf16 they are cast inside the forward pass, which autograd tracks.
+/// How a forward pass computes: the dtype of convolutions and matmuls, and the memory layout
+/// of training activations. Variables stay fp32 (master weights); under bf16 they are cast
+/// inside the forward pass, which autograd tracks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Compute(pub Kind);
+pub struct Compute {
+    pub kind: Kind,
+    /// Training forwards run their conv activations in channels-last (NHWC) memory
+    /// (`speed.channels_last`). Measured on the CPU (oneDNN): the default model's step is
+    /// 10–20% faster, because convolutions, max-pooling and BatchNorm skip their internal
+    /// reorders (docs/BENCHMARKS.md); on CUDA, cuDNN's bf16/TF32 tensor-core kernels want NHWC
+    /// as well. Evaluation and inference forwards stay NCHW, so their outputs are bit for bit
+    /// those of the PyTorch twin (`scripts/mtl_torch.py`) in fp32 on the CPU. Weights stay NCHW
+    /// (they are views into the optimizer's flat buffer); the convolution reorders them, which
+    /// is cheap next to the activations.
+    pub channels_last: bool,
+}
 
 impl Compute {
+    pub fn fp32() -> Self {
+        Self { kind: Kind::Float, channels_last: false }
+    }
+
     pub fn cast(&self, t: &Tensor) -> Tensor {
-        if t.kind() == self.0 {
+        if t.kind() == self.kind {
             t.shallow_clone()
         } else {
-            t.to_kind(self.0)
+            t.to_kind(self.kind)
         }
+    }
+
+    /// Whether this forward uses channels-last activations (training forwards only).
+    pub fn channels_last(&self, train: bool) -> bool {
+        train && self.channels_last
     }
 }
 
@@ -199,7 +204,7 @@ mod tests {
             let x = Tensor::randn([16, c_in, 16, 16], (Kind::Float, Device::Cpu));
             let run = |input: Tensor| {
                 let input = input.set_requires_grad(true);
-                let y = conv.forward(&input, Compute(Kind::Float));
+                let y = conv.forward(&input, Compute::fp32());
                 for v in vs.trainable_variables() {
                     let mut g = v.grad();
                     if g.defined() {

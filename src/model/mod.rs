@@ -3,10 +3,14 @@ pub mod backbone;
 pub mod heads;
 pub mod layers;
 
+pub use heads::{HeadKind, HeadSpec};
+
 use crate::config::{Config, Norm, Precision};
+use crate::user_bail;
 use backbone::Backbone;
 use heads::Head;
 use layers::Compute;
+use std::collections::{BTreeMap, BTreeSet};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -22,9 +26,10 @@ pub struct MultiTaskModel {
 }
 
 impl MultiTaskModel {
-    /// Builds the configured model on `device` with PyTorch's default initialisation, seeded
-    /// from the run seed. `in_channels` and `image_size` describe the input images.
-    pub fn new(cfg: &Config, device: Device, in_channels: i64, image_size: i64) -> Self {
+    /// Builds the configured backbone and the given heads on `device` with PyTorch's default
+    /// initialisation, seeded from the run seed. `in_channels` and `image_size` describe the
+    /// input images.
+    pub fn new(cfg: &Config, heads: &[HeadSpec], device: Device, in_channels: i64, image_size: i64) -> Self {
         tch::manual_seed((crate::rng::derive_seed(cfg.seed, crate::rng::Purpose::Init, 0) >> 1) as i64);
         let vs = VarStore::new(device);
         let root = vs.root();
@@ -36,36 +41,41 @@ impl MultiTaskModel {
         // image (eval mode leaves the BatchNorm statistics alone).
         let top_hw = (info.spatial && m.heads.values().any(|h| h.pool == crate::config::Pool::Flatten)).then(|| {
             let blank = Tensor::zeros([1, in_channels, image_size, image_size], (Kind::Float, device));
-            let features = tch::no_grad(|| backbone.forward(&blank, false, Compute(Kind::Float)));
+            let features = tch::no_grad(|| backbone.forward(&blank, false, Compute::fp32()));
             let s = features.last().expect("a backbone has at least one output").size();
             (s[2], s[3])
         });
-        let heads = cfg
-            .tasks
+        let heads = heads
             .iter()
-            .map(|t| {
-                let p = &root / HEADS / t.name.as_str();
-                let hc = m.heads.get(&t.name).cloned().unwrap_or_default();
-                Head::new(&p, &info, &hc, t, m.backbone.norm == Norm::Batch, m.backbone.activation, top_hw)
+            .map(|h| {
+                let p = &root / HEADS / h.task.as_str();
+                let hc = m.heads.get(&h.task).cloned().unwrap_or_default();
+                Head::new(&p, &info, &hc, h.kind, m.backbone.norm == Norm::Batch, m.backbone.activation, top_hw)
             })
             .collect();
         let kind = match cfg.precision {
             Precision::Fp32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
         };
-        Self { vs, backbone, heads, compute: Compute(kind) }
+        let channels_last = cfg.speed.channels_last.resolve(true);
+        Self { vs, backbone, heads, compute: Compute { kind, channels_last } }
     }
 
     pub fn device(&self) -> Device {
         self.vs.device()
     }
 
-    /// The shared features for a normalised float batch `[N, C, H, W]`.
+    /// How forwards compute (dtype, training layout).
+    pub fn compute(&self) -> Compute {
+        self.compute
+    }
+
+    /// The shared features for a normalized float batch `[N, C, H, W]`.
     pub fn features(&self, x: &Tensor, train: bool) -> Vec<Tensor> {
         self.backbone.forward(x, train, self.compute)
     }
 
-    /// Every head's fp32 logits on the given features.
+    /// Every head's fp32 outputs on the given features.
     pub fn heads(&self, features: &[Tensor], out_hw: (i64, i64), train: bool) -> Vec<Tensor> {
         self.heads.iter().map(|h| h.forward(features, out_hw, train, self.compute)).collect()
     }
@@ -111,5 +121,53 @@ impl MultiTaskModel {
     /// Number of trainable scalars.
     pub fn parameter_count(&self) -> i64 {
         self.named_trainable().iter().map(|(_, t)| t.numel() as i64).sum()
+    }
+
+    /// Copies `tensors` (read from `file`) into the variables after checking every name,
+    /// shape and dtype; any mismatch is a user error naming the first few. With
+    /// `allow_missing_heads`, head variables absent from the file keep their initialisation.
+    pub fn load_tensors(
+        &self,
+        tensors: &[(String, Tensor)],
+        file: &std::path::Path,
+        allow_missing_heads: bool,
+    ) -> anyhow::Result<()> {
+        let vars = self.named_variables();
+        let given: BTreeMap<&str, &Tensor> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut problems = Vec::new();
+        for (name, var) in &vars {
+            match given.get(name.as_str()) {
+                None if allow_missing_heads && name.starts_with(&format!("{HEADS}.")) => {}
+                None => problems.push(format!("missing '{name}'")),
+                Some(t) if t.size() != var.size() => {
+                    problems.push(format!("'{name}' has shape {:?}, expected {:?}", t.size(), var.size()))
+                }
+                Some(t) if t.kind() != var.kind() => {
+                    problems.push(format!("'{name}' has dtype {:?}, expected {:?}", t.kind(), var.kind()))
+                }
+                Some(_) => {}
+            }
+        }
+        let known: BTreeSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        for name in given.keys().filter(|n| !known.contains(*n)) {
+            problems.push(format!("unexpected '{name}'"));
+        }
+        if !problems.is_empty() {
+            let n = problems.len();
+            user_bail!(
+                "{}: does not fit this model: {}{}",
+                file.display(),
+                problems.iter().take(4).cloned().collect::<Vec<_>>().join("; "),
+                if n > 4 { format!("; and {} more", n - 4) } else { String::new() }
+            );
+        }
+        tch::no_grad(|| {
+            for (name, var) in &vars {
+                if let Some(t) = given.get(name.as_str()) {
+                    var.shallow_clone().copy_(t);
+                }
+            }
+        });
+        Ok(())
     }
 }

@@ -96,11 +96,11 @@ fn threads_for(n: usize, threads: usize) -> usize {
     threads.min(n / MIN_PER_THREAD).max(1)
 }
 
-/// The fp32 contents of a contiguous CPU tensor.
+/// The fp32 contents of a non-empty, contiguous CPU tensor, to write.
 ///
 /// # Safety
-/// The caller must not let another slice of the same storage exist at the same time, and must
-/// not run a libtorch op on the tensor while the slice lives.
+/// The tensor must pass [`assert_disjoint`] together with every other buffer sliced at the
+/// same time; the caller must not run a libtorch op on it while the slice lives.
 // A `Tensor` is a shared handle to storage that libtorch itself mutates through `&Tensor`
 // (every in-place op does), so a mutable view from a shared reference is the model here.
 #[allow(clippy::mut_from_ref)]
@@ -108,22 +108,42 @@ unsafe fn slice_mut(t: &Tensor) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
 }
 
-/// Whether the buffers can take the CPU path: fp32, contiguous, in CPU memory, same length.
+/// The fp32 contents of a non-empty, contiguous CPU tensor, to read.
+///
+/// # Safety
+/// As [`slice_mut`]: no mutable slice of the same memory may exist while this one lives.
+unsafe fn slice(t: &Tensor) -> &[f32] {
+    std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel())
+}
+
+/// What the slices above rely on: every buffer fp32, contiguous, in CPU memory, of the same
+/// non-zero length (a null or dangling pointer is never sliced), and no two overlapping.
+fn assert_disjoint(buffers: &[&Tensor]) {
+    assert!(applies(buffers), "fused optimizer: buffers must be non-empty, contiguous fp32 CPU tensors of one length");
+    let bytes = buffers[0].numel() * std::mem::size_of::<f32>();
+    let mut spans: Vec<usize> = buffers.iter().map(|t| t.data_ptr() as usize).collect();
+    spans.sort_unstable();
+    assert!(spans.windows(2).all(|w| w[0] + bytes <= w[1]), "fused optimizer: buffers overlap");
+}
+
+/// Whether the buffers can take the CPU path: fp32, contiguous, in CPU memory, of one
+/// non-zero length.
 pub fn applies(buffers: &[&Tensor]) -> bool {
     let n = buffers.first().map(|t| t.numel());
-    buffers
-        .iter()
-        .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && Some(t.numel()) == n)
+    n.is_some_and(|n| n > 0)
+        && buffers
+            .iter()
+            .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && Some(t.numel()) == n)
 }
 
 /// One AdamW update of `params` from `grads`, moments `exp_avg`, `exp_avg_sq`, in place.
-/// The four buffers must pass [`applies`] and be distinct tensors. Large buffers are split
+/// The four buffers must pass [`applies`], be non-empty and not overlap (asserted). Large buffers are split
 /// over up to `threads` threads (the result does not depend on the split).
 pub fn adamw(params: &Tensor, grads: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor, s: AdamWStep, threads: usize) {
-    assert!(applies(&[params, grads, exp_avg, exp_avg_sq]), "fused AdamW needs contiguous fp32 CPU buffers");
-    // SAFETY: four distinct contiguous fp32 CPU buffers of the same length (asserted; the
-    // optimizer owns them separately), and no libtorch op runs on them until we return.
-    let (p, g, m, v) = unsafe { (slice_mut(params), &*slice_mut(grads), slice_mut(exp_avg), slice_mut(exp_avg_sq)) };
+    assert_disjoint(&[params, grads, exp_avg, exp_avg_sq]);
+    // SAFETY: four non-empty, disjoint, contiguous fp32 CPU buffers of one length (asserted),
+    // and no libtorch op runs on them until we return.
+    let (p, g, m, v) = unsafe { (slice_mut(params), slice(grads), slice_mut(exp_avg), slice_mut(exp_avg_sq)) };
     let threads = threads_for(p.len(), threads);
     if threads == 1 {
         return adamw_chunk(p, g, m, v, s);
@@ -144,9 +164,9 @@ pub fn adamw(params: &Tensor, grads: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Ten
 pub fn sgd(params: &Tensor, grads: &Tensor, momentum_buffer: Option<&Tensor>, s: SgdStep, threads: usize) {
     let mut all = vec![params, grads];
     all.extend(momentum_buffer);
-    assert!(applies(&all), "fused SGD needs contiguous fp32 CPU buffers");
+    assert_disjoint(&all);
     // SAFETY: as in `adamw`.
-    let (p, g) = unsafe { (slice_mut(params), &*slice_mut(grads)) };
+    let (p, g) = unsafe { (slice_mut(params), slice(grads)) };
     let buf = momentum_buffer.map(|b| unsafe { slice_mut(b) });
     let threads = threads_for(p.len(), threads);
     if threads == 1 {
@@ -181,6 +201,23 @@ mod tests {
     fn buffers(n: i64) -> Vec<Tensor> {
         let t = Tensor::linspace(-3.0, 2.0, n, (Kind::Float, Device::Cpu));
         vec![t.sin(), t.cos() * 0.1, t.g_mul_scalar(0.01), (t.g_mul_scalar(0.3)).square()]
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    fn overlapping_buffers_are_refused() {
+        let [p, _, m, v] = &buffers(64)[..] else { unreachable!() };
+        let s = SgdStep { weight_decay: 0.0, momentum: 0.9, nesterov: false, first: true, neg_lr: -0.1 };
+        sgd(p, &p.shallow_clone(), Some(m), s, 1);
+        let _ = v;
+    }
+
+    #[test]
+    #[should_panic(expected = "non-empty")]
+    fn empty_buffers_are_refused() {
+        let e = || Tensor::zeros([0], (Kind::Float, Device::Cpu));
+        let s = SgdStep { weight_decay: 0.0, momentum: 0.0, nesterov: false, first: true, neg_lr: -0.1 };
+        sgd(&e(), &e(), None, s, 1);
     }
 
     /// Elementwise, so splitting over threads changes nothing, bit for bit.

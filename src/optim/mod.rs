@@ -16,20 +16,21 @@ pub struct Optimizer {
     buffers: Vec<(&'static str, Tensor)>,
     /// Updates done so far (AdamW's bias correction; SGD's first-step momentum rule).
     pub steps: u64,
-    /// Whether CPU buffers take the single-pass path of [`fused`] (the tests turn it off to
-    /// compare it with the tensor-op path CUDA takes; `MTL_FUSED_OPTIM=0` for A/B timing).
+    /// Whether CPU buffers take the single-pass path of [`fused`] (`speed.fused_optimizer`;
+    /// the tests turn it off to compare it with the tensor-op path CUDA takes).
     fused: bool,
 }
 
 impl Optimizer {
-    pub fn new(cfg: &OptimConfig, flat: FlatParams) -> Self {
+    /// `fused`: update CPU buffers in one pass ([`fused`]); buffers elsewhere take tensor ops.
+    pub fn new(cfg: &OptimConfig, flat: FlatParams, fused: bool) -> Self {
         let names: &[&'static str] = match cfg.kind {
             OptimKind::Adamw => &["exp_avg", "exp_avg_sq"],
             OptimKind::Sgd if cfg.momentum > 0.0 => &["momentum_buffer"],
             OptimKind::Sgd => &[],
         };
         let buffers = names.iter().map(|&n| (n, flat.params.zeros_like())).collect();
-        Self { cfg: cfg.clone(), flat, buffers, steps: 0, fused: crate::switches::on(crate::switches::FUSED_OPTIM) }
+        Self { cfg: cfg.clone(), flat, buffers, steps: 0, fused }
     }
 
     pub fn zero_grad(&mut self) {
@@ -152,7 +153,7 @@ mod tests {
 
     fn run(cfg: OptimConfig, grads: &[f64]) -> f64 {
         let (_vs, w, flat) = one_param(1.0);
-        let mut opt = Optimizer::new(&cfg, flat);
+        let mut opt = Optimizer::new(&cfg, flat, true);
         for &g in grads {
             opt.zero_grad();
             (w.sum(Kind::Float) * g).backward();
@@ -223,9 +224,7 @@ mod tests {
                 let a = vs.root().var_copy("a", &Tensor::linspace(-2.0, 3.0, n - 7, (Kind::Float, tch::Device::Cpu)));
                 let b = vs.root().var_copy("b", &Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.0, 1e-3, -7.0, 4.0]));
                 let flat = FlatParams::new(vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())]);
-                let mut opt = Optimizer::new(&cfg, flat);
-                opt.fused = fused;
-                (vs, a, b, opt)
+                (vs, a, b, Optimizer::new(&cfg, flat, fused))
             };
             let (_v1, a1, b1, mut o1) = make(true);
             let (_v2, a2, b2, mut o2) = make(false);
@@ -249,14 +248,14 @@ mod tests {
     #[test]
     fn state_round_trips_by_variable_name() {
         let (_vs, w, flat) = one_param(1.0);
-        let mut opt = Optimizer::new(&OptimConfig::default(), flat);
+        let mut opt = Optimizer::new(&OptimConfig::default(), flat, true);
         opt.zero_grad();
         (w.sum(Kind::Float) * 3.0).backward();
         opt.step(0.1);
         let state: Vec<(String, Tensor)> = opt.state().into_iter().map(|(k, t)| (k, t.copy())).collect();
         assert_eq!(state[0].0, "exp_avg.w");
         let (_vs2, _w2, flat2) = one_param(1.0);
-        let mut opt2 = Optimizer::new(&OptimConfig::default(), flat2);
+        let mut opt2 = Optimizer::new(&OptimConfig::default(), flat2, true);
         let lookup = |k: &str| state.iter().find(|(n, _)| n == k).map(|(_, t)| t.shallow_clone());
         opt2.load_state(&lookup, 1).unwrap();
         assert_eq!(opt2.state()[1].1.double_value(&[0]), state[1].1.double_value(&[0]));

@@ -1,40 +1,106 @@
-//! Task kinds: how a head's logits are scored against its target (loss) and measured
-//! (metrics accumulated on the device, read once per evaluation).
-mod metrics;
+//! Task kinds: what a head's output is scored against (its target), how (the loss), and what is
+//! measured (metrics with their direction, accumulated on the device and read once per
+//! evaluation). Each kind is one file behind [`TaskKind`]; [`KINDS`] is the registry that
+//! `tasks[].kind` names. Everything downstream (config resolution, heads, the loader, Δm,
+//! checkpoint selection, `predict`) asks the kind, so a new kind is one file plus one line here.
+mod classification;
+pub mod delta_m;
+mod normals;
+mod regression;
+mod segmentation;
 
-pub use metrics::Meter;
+pub use delta_m::{delta_m, is_quality_metric, Baselines};
+pub use normals::{median_of_histogram, ANGLE_BIN, ANGLE_THRESHOLDS};
+pub use segmentation::iou_from_confusion;
 
-use crate::config::{TaskConfig, TaskKind};
-use tch::{Kind, Reduction, Tensor};
+use crate::config::TaskConfig;
+use crate::data::TargetShape;
+use crate::model::HeadKind;
+use tch::{Device, Kind, Reduction, Tensor};
 
-/// What PyTorch's cross_entropy uses for "ignore nothing".
-const NO_IGNORE: i64 = -100;
+/// Every task kind `tasks[].kind` accepts.
+pub const KINDS: &[&dyn TaskKind] =
+    &[&classification::Classification, &segmentation::Segmentation, &regression::Regression, &normals::Normals];
 
-/// Metrics (of any task kind, and the run-level Δm) for which lower is better.
-pub const LOWER_IS_BETTER: [&str; 6] = ["loss", "abs_error", "rel_error", "mean_angle", "median_angle", "delta_m"];
-
-/// Mean |prediction − target| over the pixels whose target is finite (0 when there are none).
-/// `pred` `[N, 1, H, W]`, `target` `[N, H, W]`.
-pub fn masked_l1(pred: &Tensor, target: &Tensor) -> Tensor {
-    let valid = target.isfinite();
-    let err = (pred.squeeze_dim(1) - target.nan_to_num(0.0, None, None)).abs().where_scalarother(&valid, 0.0);
-    err.sum(Kind::Float) / valid.sum(Kind::Float).clamp_min(1.0)
+/// The kind called `name`.
+pub fn kind_named(name: &str) -> Option<&'static dyn TaskKind> {
+    KINDS.iter().copied().find(|k| k.name() == name)
 }
 
-/// Mean 1 − ⟨prediction, target⟩ over the pixels whose target vector is finite. `pred` and
-/// `target` `[N, 3, H, W]`, the prediction unit-length.
-pub fn cosine_loss(pred: &Tensor, target: &Tensor) -> Tensor {
-    let valid = target.isfinite().all_dim(1, false);
-    let cos = (pred * target.nan_to_num(0.0, None, None)).sum_dim_intlist(1, false, Kind::Float);
-    let loss = (cos.neg() + 1.0).where_scalarother(&valid, 0.0);
-    loss.sum(Kind::Float) / valid.sum(Kind::Float).clamp_min(1.0)
+/// The names of every kind, for error messages.
+pub fn kind_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name()).collect()
+}
+
+/// A metric and the direction in which it improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub higher_is_better: bool,
+}
+
+impl Metric {
+    pub const fn higher(name: &'static str) -> Self {
+        Self { name, higher_is_better: true }
+    }
+    pub const fn lower(name: &'static str) -> Self {
+        Self { name, higher_is_better: false }
+    }
+}
+
+/// Every task reports its mean loss besides its kind's metrics.
+pub const LOSS: Metric = Metric::lower("loss");
+
+/// How `mtl-train predict --images` writes a kind's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// One class per image and its probability: two CSV columns.
+    Class,
+    /// One class per pixel: a colour mask PNG.
+    ClassMask,
+    /// Values per pixel: a float `.npy` array `(H, W)`, or `(H, W, C)` with several channels.
+    Values,
+}
+
+/// A task kind. The methods are the facts the rest of the engine needs about it.
+pub trait TaskKind: std::fmt::Debug + Send + Sync {
+    /// The name `tasks[].kind` uses.
+    fn name(&self) -> &'static str;
+    /// The shape of dataset target it learns.
+    fn target_shape(&self) -> TargetShape;
+    /// Whether it predicts classes: `tasks[].classes` is then required and label smoothing
+    /// applies; otherwise both must stay unset.
+    fn has_classes(&self) -> bool;
+    /// The head that produces its output.
+    fn head(&self, task: &Task) -> HeadKind;
+    /// The batch's mean loss, an fp32 scalar attached to the output's graph.
+    fn loss(&self, task: &Task, output: &Tensor, target: &Tensor) -> Tensor;
+    /// Its quality metrics, the main one first ([`LOSS`] is added by [`Task::metrics`]).
+    fn metrics(&self, task: &Task) -> Vec<Metric>;
+    /// An accumulator of [`TaskKind::metrics`] on `device`.
+    fn meter(&self, task: &Task, device: Device) -> Box<dyn QualityMeter>;
+    /// How `predict --images` writes its output.
+    fn prediction(&self) -> Prediction;
+    /// The kind's own rules for its config entry, as `"<key>: <message>"` relative to the
+    /// task's entry (e.g. `ignore_index: 3 collides with a class label`).
+    fn check(&self, _task: &TaskConfig) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Accumulates a kind's quality metrics on the device; only [`QualityMeter::finish`] reads
+/// values back.
+pub trait QualityMeter {
+    fn update(&mut self, output: &Tensor, target: &Tensor);
+    /// `(metric, value)` in the order of [`TaskKind::metrics`].
+    fn finish(&self) -> Vec<(&'static str, f64)>;
 }
 
 /// One configured task.
 #[derive(Debug, Clone)]
 pub struct Task {
     pub name: String,
-    pub kind: TaskKind,
+    pub kind: &'static dyn TaskKind,
     pub target: String,
     pub classes: i64,
     pub label_smoothing: f64,
@@ -42,134 +108,130 @@ pub struct Task {
 }
 
 impl Task {
-    pub fn from_config(t: &TaskConfig) -> Self {
-        Self {
+    /// The task of a config entry; `None` when its kind is unknown.
+    pub fn new(t: &TaskConfig) -> Option<Self> {
+        Some(Self {
             name: t.name.clone(),
-            kind: t.kind,
+            kind: kind_named(&t.kind)?,
             target: t.target.clone(),
             classes: t.classes,
             label_smoothing: t.label_smoothing,
             ignore_index: t.ignore_index,
-        }
+        })
     }
 
-    /// Mean loss of a batch. `target` is int64 `[N]` (classification), integer `[N, H, W]`
-    /// (segmentation, pixels equal to `ignore_index` contribute nothing), float `[N, H, W]`
-    /// (regression: masked L1 over the finite pixels; the head's output is `[N, 1, H, W]`) or
-    /// float `[N, 3, H, W]` (normals: 1 − cosine over the pixels whose three components are
-    /// finite; the head's output is unit-length).
-    pub fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
-        let ignore = match self.kind {
-            TaskKind::Classification => NO_IGNORE,
-            TaskKind::Segmentation => self.ignore_index,
-            TaskKind::Regression => return masked_l1(logits, target),
-            TaskKind::Normals => return cosine_loss(logits, target),
-        };
-        logits.cross_entropy_loss::<Tensor>(
-            &target.to_kind(Kind::Int64),
-            None,
-            Reduction::Mean,
-            ignore,
-            self.label_smoothing,
-        )
+    /// Mean loss of a batch (see each kind for the target it expects).
+    pub fn loss(&self, output: &Tensor, target: &Tensor) -> Tensor {
+        self.kind.loss(self, output, target)
     }
 
-    /// The metrics this task reports, in table order; the first is its main metric.
+    /// Every metric this task reports, in table order: the kind's (main first), then the loss.
+    pub fn metrics(&self) -> Vec<Metric> {
+        let mut m = self.kind.metrics(self);
+        m.push(LOSS);
+        m
+    }
+
     pub fn metric_names(&self) -> Vec<&'static str> {
-        match self.kind {
-            TaskKind::Classification if self.classes > 5 => vec!["accuracy", "top5", "loss"],
-            TaskKind::Classification => vec!["accuracy", "loss"],
-            TaskKind::Segmentation => vec!["miou", "pixel_accuracy", "loss"],
-            TaskKind::Regression => vec!["abs_error", "rel_error", "loss"],
-            TaskKind::Normals => {
-                vec!["mean_angle", "median_angle", "within_11_25", "within_22_5", "within_30", "loss"]
-            }
-        }
+        self.metrics().iter().map(|m| m.name).collect()
     }
 
-    /// Whether a higher value of `metric` is better (Δm and checkpoint selection use it).
-    pub fn higher_is_better(metric: &str) -> bool {
-        !LOWER_IS_BETTER.contains(&metric)
+    /// The metric whose value decides which checkpoint is best by default.
+    pub fn main_metric(&self) -> Metric {
+        self.metrics()[0]
     }
 
-    pub fn meter(&self, device: tch::Device) -> Meter {
-        Meter::new(self, device)
+    /// Whether a higher `metric` is better; `None` when the task has no such metric.
+    pub fn higher_is_better(&self, metric: &str) -> Option<bool> {
+        self.metrics().iter().find(|m| m.name == metric).map(|m| m.higher_is_better)
+    }
+
+    pub fn head(&self) -> HeadKind {
+        self.kind.head(self)
+    }
+
+    pub fn meter(&self, device: Device) -> Meter {
+        Meter { quality: self.kind.meter(self, device), loss_sum: Tensor::zeros([], (Kind::Double, device)), count: 0 }
+    }
+}
+
+/// A task's metrics over an evaluation: its kind's quality metrics and the mean loss.
+pub struct Meter {
+    quality: Box<dyn QualityMeter>,
+    loss_sum: Tensor,
+    count: i64,
+}
+
+impl Meter {
+    /// Adds one batch: `loss` is the batch's mean loss (a detached scalar).
+    pub fn update(&mut self, output: &Tensor, target: &Tensor, loss: &Tensor) {
+        let n = output.size()[0];
+        self.quality.update(output, target);
+        self.loss_sum += loss.to_kind(Kind::Double) * n as f64;
+        self.count += n;
+    }
+
+    /// `(metric, value)` in the order of [`Task::metrics`].
+    pub fn finish(&self) -> Vec<(&'static str, f64)> {
+        let mut out = self.quality.finish();
+        out.push((LOSS.name, self.loss_sum.double_value(&[]) / self.count.max(1) as f64));
+        out
+    }
+}
+
+/// What PyTorch's cross_entropy uses for "ignore nothing".
+pub const NO_IGNORE: i64 = -100;
+
+/// Cross-entropy over classes in dim 1, targets of any integer kind.
+fn cross_entropy(task: &Task, logits: &Tensor, target: &Tensor, ignore: i64) -> Tensor {
+    logits.cross_entropy_loss::<Tensor>(
+        &target.to_kind(Kind::Int64),
+        None,
+        Reduction::Mean,
+        ignore,
+        task.label_smoothing,
+    )
+}
+
+#[cfg(test)]
+pub(crate) fn test_task(kind: &str, classes: i64) -> Task {
+    Task {
+        name: "t".into(),
+        kind: kind_named(kind).expect("a registered kind"),
+        target: "t".into(),
+        classes,
+        label_smoothing: 0.0,
+        ignore_index: 255,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TaskKind;
-
-    fn task(kind: TaskKind, classes: i64) -> Task {
-        Task { name: "t".into(), kind, target: "t".into(), classes, label_smoothing: 0.0, ignore_index: 255 }
-    }
 
     #[test]
-    fn classification_loss_matches_log_softmax() {
-        let t = task(TaskKind::Classification, 3);
-        let logits = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5]).view([2, 3]);
-        let target = Tensor::from_slice(&[2i64, 0]);
-        let got = t.loss(&logits, &target).double_value(&[]);
-        let lse1 = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
-        let expected = ((lse1 - 3.0) + 3f64.ln()) / 2.0;
-        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
-    }
-
-    #[test]
-    fn label_smoothing_spreads_mass() {
-        let mut t = task(TaskKind::Classification, 2);
-        t.label_smoothing = 0.2;
-        let logits = Tensor::from_slice(&[0.0f32, 0.0]).view([1, 2]);
-        let target = Tensor::from_slice(&[0i64]);
-        // Uniform logits: the loss is ln 2 whatever the smoothing.
-        assert!((t.loss(&logits, &target).double_value(&[]) - 2f64.ln()).abs() < 1e-6);
-        let logits = Tensor::from_slice(&[10.0f32, 0.0]).view([1, 2]);
-        let smooth = t.loss(&logits, &target).double_value(&[]);
-        t.label_smoothing = 0.0;
-        assert!(smooth > t.loss(&logits, &target).double_value(&[]));
-    }
-
-    #[test]
-    fn regression_loss_is_l1_over_valid_pixels() {
-        let t = task(TaskKind::Regression, 0);
-        let pred = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 100.0]).view([1, 1, 2, 2]);
-        let target = Tensor::from_slice(&[1.5f32, 0.0, 3.0, f32::NAN]).view([1, 2, 2]);
-        let loss = t.loss(&pred, &target);
-        assert!((loss.double_value(&[]) - (0.5 + 2.0 + 0.0) / 3.0).abs() < 1e-6);
-        // The invalid pixel gets no gradient; the others ±1/3.
-        let pred = pred.set_requires_grad(true);
-        t.loss(&pred, &target).backward();
-        let g = Vec::<f32>::try_from(pred.grad().flatten(0, -1)).unwrap();
-        assert_eq!(g, [-1.0 / 3.0, 1.0 / 3.0, 0.0, 0.0]);
-        let none = Tensor::full([1, 2, 2], f64::NAN, (Kind::Float, tch::Device::Cpu));
-        assert_eq!(t.loss(&pred, &none).double_value(&[]), 0.0);
-    }
-
-    #[test]
-    fn normals_loss_is_one_minus_cosine_over_valid_pixels() {
-        let t = task(TaskKind::Normals, 0);
-        // Pixel 0: same direction (0); pixel 1: orthogonal (1); pixel 2: opposite (2), invalid.
-        let pred = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).view([1, 3, 1, 3]);
-        let target = Tensor::from_slice(&[1.0f32, 0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, f32::NAN]).view([1, 3, 1, 3]);
-        assert!((t.loss(&pred, &target).double_value(&[]) - 0.5).abs() < 1e-6);
-        for m in ["abs_error", "rel_error", "mean_angle", "median_angle", "loss", "delta_m"] {
-            assert!(!Task::higher_is_better(m), "{m}");
-        }
-        for m in ["within_11_25", "within_22_5", "within_30", "miou", "accuracy"] {
-            assert!(Task::higher_is_better(m), "{m}");
+    fn registry_names_are_unique_and_metrics_have_a_direction() {
+        let names = kind_names();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        for k in KINDS {
+            let t = test_task(k.name(), if k.has_classes() { 7 } else { 0 });
+            let m = t.metrics();
+            assert_eq!(m.last(), Some(&LOSS));
+            assert_eq!(t.main_metric(), m[0]);
+            assert_eq!(t.higher_is_better("loss"), Some(false));
+            assert_eq!(t.higher_is_better("nope"), None);
         }
     }
 
     #[test]
-    fn segmentation_loss_skips_ignored_pixels() {
-        let t = task(TaskKind::Segmentation, 2);
-        // One image 1×2: pixel 0 is class 0, pixel 1 ignored with very wrong logits.
-        let logits = Tensor::from_slice(&[5.0f32, -5.0, -5.0, 5.0]).view([1, 2, 1, 2]);
-        let target = Tensor::from_slice(&[0u8, 255]).view([1, 1, 2]);
-        let with_ignore = t.loss(&logits, &target).double_value(&[]);
-        let expected = (1.0 + (-10f64).exp()).ln();
-        assert!((with_ignore - expected).abs() < 1e-6);
+    fn meter_names_follow_the_metric_list() {
+        for k in KINDS {
+            let t = test_task(k.name(), if k.has_classes() { 7 } else { 0 });
+            let names: Vec<&str> = t.meter(Device::Cpu).finish().iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, t.metric_names(), "{}", k.name());
+        }
     }
 }

@@ -3,21 +3,22 @@
 pub mod evaluate;
 pub mod plot;
 pub mod report;
+pub mod restore;
 pub mod resume;
-pub mod session;
 
 use crate::balance::{self, Balancer, GradientSpace, StepContext};
 use crate::checkpoint::{BestMetric, RunDir, Snapshot, TrainState, FORMAT_VERSION};
-use crate::config::{Config, MonitorMode};
+use crate::config::Config;
 use crate::data::loader::Loader;
-use crate::model::MultiTaskModel;
+use crate::model::{backbone, MultiTaskModel};
 use crate::optim::{flat::FlatParams, schedule::Schedule, Optimizer};
-use crate::tasks::Task;
+use crate::setup::{Monitor, Resolved};
+use crate::tasks::{Baselines, Task};
+use crate::{user_bail, user_error};
 use report::{MetricsLog, Progress};
-use session::Session;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Set by Ctrl-C: the loop finishes the current step, writes a checkpoint and returns.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -25,8 +26,8 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// How a run starts.
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
-    /// Where the run lives; default `runs/<name>`.
-    pub run_dir: Option<PathBuf>,
+    /// Where the run lives (the CLI's default is [`Resolved::default_run_dir`]).
+    pub run_dir: PathBuf,
     /// Continue from this checkpoint directory (resolved from `--resume [PATH]`).
     pub resume: Option<PathBuf>,
     /// Initialise weights from a PyTorch-written safetensors file.
@@ -56,7 +57,7 @@ pub struct Position {
 
 pub struct Trainer {
     pub cfg: Config,
-    pub session: Session,
+    pub device: Device,
     pub model: MultiTaskModel,
     pub tasks: Vec<Task>,
     pub train_loader: Loader,
@@ -67,8 +68,11 @@ pub struct Trainer {
     pub run: RunDir,
     pub at: Position,
     pub best: Option<BestMetric>,
+    pub monitor: Monitor,
+    /// Writes the import of `--init-from` as checkpoint `step-000000` when the run starts.
+    save_initial: bool,
     /// Single-task baselines for Δm, when `train.baselines` is set.
-    baselines: Option<crate::compare::Baselines>,
+    baselines: Option<Baselines>,
     /// Per-task loss sums on the device: since the last log line, and since the epoch began.
     window_loss: Tensor,
     epoch_loss: Tensor,
@@ -80,36 +84,50 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Loads data, builds the model and optimizer, and restores a checkpoint when resuming.
-    pub fn new(cfg: Config, session: Session, opts: &TrainOptions) -> anyhow::Result<Self> {
-        let splits = crate::data::load(&cfg, &session.config_dir)?;
-        let device = session.device;
-        let train_loader = Loader::new(&cfg, splits.train.to_device(device), true);
-        let val_loader = Loader::new(&cfg, splits.val.to_device(device), false);
-        if train_loader.is_empty() || val_loader.is_empty() {
-            crate::user_bail!("data: the train and val splits must not be empty");
+    /// Loads the data, builds the model and the optimizer, and restores a checkpoint when
+    /// resuming. Writes nothing: everything a run could refuse is checked before
+    /// [`Trainer::run`] touches the run directory.
+    pub fn new(r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
+        let Resolved { cfg, dataset, tasks, .. } = &r;
+        let run = RunDir::new(&opts.run_dir);
+        if opts.resume.is_none() && (run.metrics().exists() || !run.list().is_empty()) {
+            user_bail!(
+                "{}: run directory already holds a run; continue it with --resume or choose another --run-dir",
+                opts.run_dir.display()
+            );
         }
-        let model = MultiTaskModel::new(&cfg, device, train_loader.channels(), train_loader.image_size());
+        let sources = crate::data::load(*dataset, &cfg.data, cfg.seed, &r.wanted())?;
+        let loader = |source: crate::data::Source, train: bool| {
+            Loader::new(&cfg.data, cfg.seed, dataset.normalization(), &r.target_uses(), source.to_device(device), train)
+        };
+        let train_loader = loader(sources.train, true);
+        let val_loader = loader(sources.val, false);
+        if train_loader.is_empty() || val_loader.is_empty() {
+            user_bail!("data: the train and val splits must not be empty");
+        }
+        let (h, w) = train_loader.image_hw();
+        backbone::check_input_size(&cfg.model.backbone, h, w).map_err(|e| user_error!("{e}"))?;
+        let model = MultiTaskModel::new(cfg, &r.heads(), device, train_loader.channels(), train_loader.image_size());
         if let Some(path) = &opts.init_from {
             resume::init_from(&model, path, opts.allow_missing_heads)?;
         }
-        let tasks: Vec<Task> = cfg.tasks.iter().map(Task::from_config).collect();
-        let task_names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        let task_names = r.task_names();
         let (shared, head_params) = model.param_groups(&task_names);
-        let optimizer = Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable()));
+        let fused = cfg.speed.fused_optimizer.resolve(true);
+        if cfg.speed.fused_optimizer == crate::config::Toggle::On && device != Device::Cpu {
+            user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
+        }
+        let optimizer = Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable()), fused);
         let spe = train_loader.steps_per_epoch();
         let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.epochs * spe, spe);
-        let balancer = balance::build(&cfg)?;
-        let baselines = match &cfg.train.baselines {
-            Some(path) => Some(crate::compare::Baselines::load(std::path::Path::new(path))?),
-            None => None,
-        };
+        let balancer = balance::build(cfg)?;
+        let baselines = cfg.train.baselines.as_deref().map(|p| Baselines::load(std::path::Path::new(p))).transpose()?;
         let t = tasks.len() as i64;
         let zeros = || Tensor::zeros([t], (Kind::Double, device));
-        let run = RunDir::new(session.run_dir.clone());
+        let Resolved { cfg, tasks, monitor, .. } = r;
         let mut trainer = Self {
             cfg,
-            session,
+            device,
             model,
             tasks,
             train_loader,
@@ -120,6 +138,8 @@ impl Trainer {
             run,
             at: Position { step: 0, epoch: 0, position: 0 },
             best: None,
+            monitor,
+            save_initial: opts.init_from.is_some() && opts.resume.is_none(),
             baselines,
             window_loss: zeros(),
             epoch_loss: zeros(),
@@ -144,14 +164,6 @@ impl Trainer {
         match self.cfg.train.max_steps {
             0 => all,
             m => m.min(all),
-        }
-    }
-
-    /// `<task>.<metric>` the BEST checkpoint follows.
-    pub fn monitor(&self) -> String {
-        match self.cfg.checkpoint.monitor.as_str() {
-            "" => format!("{}.{}", self.tasks[0].name, self.tasks[0].metric_names()[0]),
-            m => m.to_string(),
         }
     }
 
@@ -219,22 +231,23 @@ impl Trainer {
     /// Evaluates, logs, and returns the metrics; updates the best value of the monitored metric.
     fn evaluate(&mut self, log: &mut MetricsLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
         let mut metrics = evaluate::evaluate(&self.model, &self.val_loader, &self.tasks);
-        if let Some(dm) = self.baselines.as_ref().and_then(|b| crate::compare::delta_m(&metrics, &b.metrics)) {
+        if let Some(dm) = self.baselines.as_ref().and_then(|b| crate::tasks::delta_m(&metrics, &b.metrics, &self.tasks))
+        {
             metrics.push(("delta_m".into(), dm));
         }
-        let monitor = self.monitor();
-        let value = if monitor == "loss" {
+        let key = &self.monitor.key;
+        let value = if key == "loss" {
             metrics.iter().filter(|(k, _)| k.ends_with(".loss")).map(|(_, v)| v).sum()
         } else {
-            metrics.iter().find(|(k, _)| *k == monitor).map(|(_, v)| *v).unwrap_or(f64::NAN)
+            metrics.iter().find(|(k, _)| k == key).map(|(_, v)| *v).unwrap_or(f64::NAN)
         };
-        let better = match (&self.best, self.cfg.checkpoint.mode) {
-            (None, _) => value.is_finite(),
-            (Some(b), MonitorMode::Max) => value > b.value,
-            (Some(b), MonitorMode::Min) => value < b.value,
+        let better = match &self.best {
+            None => value.is_finite(),
+            Some(b) if self.monitor.higher_is_better => value > b.value,
+            Some(b) => value < b.value,
         };
         if better {
-            self.best = Some(BestMetric { metric: monitor, value, step: self.at.step });
+            self.best = Some(BestMetric { metric: key.clone(), value, step: self.at.step });
         }
         log.append(&report::record(self.at.step, self.at.epoch, "val", &metrics))?;
         progress.println(&report::metrics_table(
@@ -282,8 +295,23 @@ impl Trainer {
         Ok(dir)
     }
 
-    /// Trains to the end (or until interrupted), evaluating and checkpointing on schedule.
+    /// Creates the run directory (or continues it), records the config, then trains to the
+    /// end (or until interrupted), evaluating and checkpointing on schedule, and draws
+    /// `curves.png`.
     pub fn run(&mut self) -> anyhow::Result<Summary> {
+        self.run.create()?;
+        crate::checkpoint::write_atomically(&self.run.config(), self.cfg.to_yaml().as_bytes())?;
+        if std::mem::take(&mut self.save_initial) {
+            // The imported starting point is kept as checkpoint step-000000: it can be evaluated,
+            // compared with PyTorch, or trained again from.
+            self.save_checkpoint(false)?;
+        }
+        let summary = self.train_loop()?;
+        self.draw_curves();
+        Ok(summary)
+    }
+
+    fn train_loop(&mut self) -> anyhow::Result<Summary> {
         let started = std::time::Instant::now();
         let resumed_at = self.at.step;
         let mut log = MetricsLog::open(&self.run.metrics(), (resumed_at > 0).then_some(resumed_at))?;
@@ -355,17 +383,18 @@ impl Trainer {
     }
 }
 
-/// Builds a trainer for the config and runs it; the CLI's `train` command.
-pub fn train(cfg: Config, config_dir: PathBuf, opts: &TrainOptions) -> anyhow::Result<Summary> {
-    let session = Session::start(&cfg, config_dir, opts)?;
-    println!("{}", session.banner(&cfg));
-    let mut trainer = Trainer::new(cfg, session, opts)?;
-    if opts.init_from.is_some() && opts.resume.is_none() {
-        // The imported starting point is kept as checkpoint step-000000: it can be evaluated,
-        // compared with PyTorch, or trained again from.
-        trainer.save_checkpoint(false)?;
+impl Trainer {
+    /// `curves.png` from the whole `metrics.jsonl`: one panel per task with its training loss
+    /// and every val metric. A failure is logged, never fatal: the run itself is done.
+    fn draw_curves(&self) {
+        let records = report::read_records(&self.run.metrics());
+        let series = plot::task_series(&records, &self.task_names);
+        let png = self.run.root.join("curves.png");
+        if let Err(e) = plot::write_curves_png(&png, &self.cfg.name, &series) {
+            tracing::warn!("could not draw {}: {e:#}", png.display());
+        }
     }
-    let summary = trainer.run()?;
-    session::finish(&trainer, &summary)?;
-    Ok(summary)
 }
+
+#[cfg(test)]
+mod tests;

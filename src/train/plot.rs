@@ -277,6 +277,31 @@ fn legend_corner(points: &[Vec<(f64, f64)>], (x0, x1): (f64, f64), (y0, y1): (f6
     }
 }
 
+/// One panel per task: its training loss and every val metric, against the step, from the
+/// rows of `metrics.jsonl`.
+pub fn task_series(records: &[super::report::Record], tasks: &[String]) -> Vec<Series> {
+    let mut out: Vec<Series> = Vec::new();
+    for r in records {
+        let (Some(step), Some(split)) =
+            (r.get("step").and_then(|v| v.as_f64()), r.get("split").and_then(|v| v.as_str()))
+        else {
+            continue;
+        };
+        for (key, value) in r {
+            let (Some((task, metric)), Some(v)) = (key.split_once('.'), value.as_f64()) else { continue };
+            if !tasks.iter().any(|t| t == task) {
+                continue;
+            }
+            let label = format!("{split} {metric}");
+            match out.iter_mut().find(|s| s.panel == task && s.label == label) {
+                Some(s) => s.points.push((step, v)),
+                None => out.push(Series { panel: task.to_string(), label, points: vec![(step, v)] }),
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -170,3 +170,20 @@ impl Progress {
         }
     }
 }
+
+/// The last val row of a run directory's `metrics.jsonl`, as `(key, value)`.
+pub fn last_val(run: &Path) -> Vec<(String, f64)> {
+    read_records(&crate::checkpoint::RunDir::new(run).metrics())
+        .into_iter()
+        .rfind(|r| r.get("split").and_then(|s| s.as_str()) == Some("val"))
+        .map(|r| metric_values(&r))
+        .unwrap_or_default()
+}
+
+/// A row's `<task>.<metric>` values and `delta_m`.
+pub fn metric_values(r: &Record) -> Vec<(String, f64)> {
+    r.iter()
+        .filter(|(k, _)| k.contains('.') || k.as_str() == "delta_m")
+        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+        .collect()
+}

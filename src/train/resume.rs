@@ -2,7 +2,7 @@
 use super::{Position, Trainer};
 use crate::checkpoint::{self, Loaded};
 use crate::config::Config;
-use crate::model::{MultiTaskModel, HEADS};
+use crate::model::MultiTaskModel;
 use crate::{user_bail, user_error};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -102,7 +102,7 @@ pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
     for change in compare_configs(&saved_cfg, &trainer.cfg, dir)? {
         tracing::info!("resume: accepted config change {change}");
     }
-    load_model_tensors(&trainer.model, &loaded.model, &dir.join(checkpoint::MODEL_FILE), false)?;
+    trainer.model.load_tensors(&loaded.model, &dir.join(checkpoint::MODEL_FILE), false)?;
     let state_file = dir.join(checkpoint::TRAIN_STATE_FILE);
     let find = |prefix: &str| {
         let list: Vec<(String, Tensor)> = loaded
@@ -161,57 +161,10 @@ fn check_position(loaded: &Loaded, steps_per_epoch: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies `tensors` into the model's variables after checking every name, shape and dtype.
-/// With `allow_missing_heads`, head variables absent from the file keep their initialisation.
-pub fn load_model_tensors(
-    model: &MultiTaskModel,
-    tensors: &[(String, Tensor)],
-    file: &Path,
-    allow_missing_heads: bool,
-) -> anyhow::Result<()> {
-    let vars = model.named_variables();
-    let given: BTreeMap<&str, &Tensor> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut problems = Vec::new();
-    for (name, var) in &vars {
-        match given.get(name.as_str()) {
-            None if allow_missing_heads && name.starts_with(&format!("{HEADS}.")) => {}
-            None => problems.push(format!("missing '{name}'")),
-            Some(t) if t.size() != var.size() => {
-                problems.push(format!("'{name}' has shape {:?}, expected {:?}", t.size(), var.size()))
-            }
-            Some(t) if t.kind() != var.kind() => {
-                problems.push(format!("'{name}' has dtype {:?}, expected {:?}", t.kind(), var.kind()))
-            }
-            Some(_) => {}
-        }
-    }
-    let known: std::collections::BTreeSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
-    for name in given.keys().filter(|n| !known.contains(*n)) {
-        problems.push(format!("unexpected '{name}'"));
-    }
-    if !problems.is_empty() {
-        let n = problems.len();
-        user_bail!(
-            "{}: does not fit this model: {}{}",
-            file.display(),
-            problems.iter().take(4).cloned().collect::<Vec<_>>().join("; "),
-            if n > 4 { format!("; and {} more", n - 4) } else { String::new() }
-        );
-    }
-    tch::no_grad(|| {
-        for (name, var) in &vars {
-            if let Some(t) = given.get(name.as_str()) {
-                var.shallow_clone().copy_(t);
-            }
-        }
-    });
-    Ok(())
-}
-
 /// `--init-from`: PyTorch-written weights (`safetensors.torch.save_file(model.state_dict())`).
 pub fn init_from(model: &MultiTaskModel, path: &Path, allow_missing_heads: bool) -> anyhow::Result<()> {
     let tensors = checkpoint::read_tensors(path)?;
-    load_model_tensors(model, &tensors, path, allow_missing_heads)?;
+    model.load_tensors(&tensors, path, allow_missing_heads)?;
     tracing::info!("initialised weights from {}", path.display());
     Ok(())
 }

@@ -364,7 +364,7 @@ fn permuting_tasks_permutes_weights() {
 }
 
 #[test]
-fn normalised_methods_ignore_the_loss_scale() {
+fn normalized_methods_ignore_the_loss_scale() {
     let g = random_grads(600, 3, 5);
     let l = losses(&[0.5, 1.0, 2.0]);
     let (g10, l10) = (&g * 10.0, &l * 10.0);

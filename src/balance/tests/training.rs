@@ -3,7 +3,7 @@
 //! every space the method supports. Also checks the `.grad` plumbing against the pure
 //! functions.
 use super::*;
-use crate::balance::{build_for, Balancer, GradientSpace, StepContext, METHODS};
+use crate::balance::{build_for, method_names, Balancer, GradientSpace, StepContext};
 use crate::config::BalanceConfig;
 use tch::nn::{self, Module};
 
@@ -155,10 +155,9 @@ fn train(method: &str, options: &str, steps: u64, device: tch::Device) -> (f64, 
 
 /// Trains every method in every space on `device`.
 fn train_all(device: tch::Device) {
-    let gradient_methods =
-        ["mgda", "pcgrad", "gradvac", "cagrad", "imtl", "nash", "aligned", "dbmtl", "gradnorm", "upgrad"];
-    for method in METHODS {
-        let spaces: &[&str] = if gradient_methods.contains(method) { &["{}", "{on: representation}"] } else { &["{}"] };
+    for method in method_names() {
+        let gradient = build(method, "{}").unwrap().space() != GradientSpace::Losses;
+        let spaces: &[&str] = if gradient { &["{}", "{on: representation}"] } else { &["{}"] };
         for options in spaces {
             let (first, last) = train(method, options, 40, device);
             assert!(last < 0.9 * first, "{method} {options}: loss {first} -> {last}");

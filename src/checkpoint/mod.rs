@@ -1,4 +1,4 @@
-//! The run directory and its checkpoints (layout in ../shared/DESIGN.md):
+//! The run directory and its checkpoints (docs/ARCHITECTURE.md shows the layout):
 //!
 //! ```text
 //! runs/<name>/config.yaml, metrics.jsonl, checkpoints/{step-000500/, LATEST, BEST}
@@ -6,6 +6,8 @@
 //! A checkpoint is written into `step-NNNNNN.tmp/`, every file and the directory fsynced,
 //! then renamed into place; `LATEST` and `BEST` are replaced by rename. A reader therefore
 //! never sees a half-written checkpoint, and a crash at any instant leaves the previous one.
+pub mod safetensors_check;
+
 use crate::user_error;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -185,12 +187,19 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result<()
     Ok(())
 }
 
-/// Fault injection for the crash test: `MTL_CRASH_TEST_PAUSE_MS` stretches checkpoint writes
-/// so that kills at random instants land inside them. Unset in normal use.
+/// Milliseconds to pause between the files of a checkpoint write; 0 in normal use.
+static WRITE_PAUSE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Fault injection for the crash test (tests/crash.rs): stretches every checkpoint write by
+/// pausing between its files, so that kills at random instants land inside writes. No command
+/// of the binary calls it; only a test harness can.
+#[doc(hidden)]
+pub fn set_write_pause_for_tests(pause: std::time::Duration) {
+    WRITE_PAUSE_MS.store(pause.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn crash_test_pause() {
-    static PAUSE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let ms =
-        *PAUSE.get_or_init(|| std::env::var("MTL_CRASH_TEST_PAUSE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    let ms = WRITE_PAUSE_MS.load(std::sync::atomic::Ordering::Relaxed);
     if ms > 0 {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
@@ -205,6 +214,18 @@ fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Writes `path` through a synced temporary file and a rename: a reader sees the old contents
+/// or the new, never a part.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    write_synced(&tmp, bytes).map_err(|e| user_error!("{}: cannot write: {e:#}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| user_error!("{}: cannot write: {e}", path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Replaces `dir/pointer` by rename, so readers see the old or the new name, never a mix.
@@ -269,6 +290,6 @@ pub fn load(dir: &Path) -> anyhow::Result<Loaded> {
 /// Reads a safetensors file; a damaged one is a user error naming it. libtorch's reader can
 /// abort on some malformed headers, so the header is checked in Rust first.
 pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
-    crate::safetensors_check::check_file(path)?;
+    safetensors_check::check_file(path)?;
     Tensor::read_safetensors(path).map_err(|e| user_error!("{}: not a valid safetensors file: {e}", path.display()))
 }

@@ -1,7 +1,7 @@
 //! Checks a safetensors file's header and sizes before libtorch reads it, so a truncated,
 //! corrupted or foreign file gives a one-line error naming the file and the first bad key
 //! instead of an abort inside C++.
-use crate::{user_bail, user_error};
+use crate::user_error;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -85,14 +85,6 @@ fn check_entry(name: &str, entry: &serde_json::Value, data_len: u64) -> Result<E
 /// Reads a file only as far as needed to list its entries (for `--init-from` checks).
 pub fn entries(path: &Path) -> anyhow::Result<BTreeMap<String, Entry>> {
     check_file(path)
-}
-
-/// Asserts nothing else: a convenience for callers that want a missing file named clearly.
-pub fn require_exists(path: &Path) -> anyhow::Result<()> {
-    if !path.is_file() {
-        user_bail!("{}: no such file", path.display());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,87 @@
+//! `mtl-train baselines`: each task of a config trained alone with the same recipe, and their
+//! metrics written as the single-task baselines Δm is measured against.
+use super::ConfigArgs;
+use clap::Args;
+use mtl::config::{Config, MonitorMode};
+use mtl::setup::Resolved;
+use mtl::tasks::{is_quality_metric, Baselines};
+use mtl::train::TrainOptions;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Args, Debug, Clone)]
+pub struct BaselinesArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Where the single-task runs go (default: runs/); each is <name>-stl-<task>.
+    #[arg(long, value_name = "DIR", default_value = mtl::setup::RUNS_DIR)]
+    runs: PathBuf,
+    /// The baselines file to write (default: <runs>/<name>-baselines.json).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: BaselinesArgs) -> anyhow::Result<ExitCode> {
+    let resolved = args.config.resolve()?;
+    let device = mtl::setup::device(&resolved.cfg.device)?;
+    mtl::setup::init_runtime(&resolved.cfg, device);
+    let name = resolved.cfg.name.clone();
+    let mut result = Baselines { config: name.clone(), metrics: Default::default(), runs: Default::default() };
+    for task in resolved.task_names() {
+        let single = single_task(&resolved, &task)?;
+        let run_dir = args.runs.join(&single.cfg.name);
+        let done = mtl::train::report::last_val(&run_dir);
+        let metrics = if !done.is_empty() && run_dir.join("config.yaml").is_file() {
+            println!("baseline {task}: reusing the finished run in {}", run_dir.display());
+            done
+        } else {
+            let opts = TrainOptions { run_dir: run_dir.clone(), ..Default::default() };
+            super::train::train(single, device, &opts)?.final_metrics
+        };
+        result.metrics.extend(metrics.into_iter().filter(|(k, _)| is_quality_metric(k)));
+        result.runs.insert(task, run_dir.display().to_string());
+    }
+    let out = args.out.unwrap_or_else(|| args.runs.join(format!("{name}-baselines.json")));
+    mtl::checkpoint::write_atomically(&out, result.to_json().as_bytes())?;
+    let rows: Vec<(String, f64)> = result.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    print!("{}", mtl::train::report::metrics_table("single-task baselines", &rows));
+    println!("wrote {} (use it with --set train.baselines={})", out.display(), out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run that trains `task` alone with the same recipe: that task only, static weighting,
+/// no Δm, BEST following the task's main metric.
+fn single_task(r: &Resolved, task: &str) -> anyhow::Result<Resolved> {
+    let Some(i) = r.tasks.iter().position(|t| t.name == task) else {
+        mtl::user_bail!("no task named '{task}' in {}", r.cfg.name);
+    };
+    let cfg = &r.cfg;
+    let mut single: Config = cfg.clone();
+    single.name = format!("{}-stl-{task}", cfg.name);
+    single.tasks = vec![cfg.tasks[i].clone()];
+    single.model.heads.retain(|k, _| k == task);
+    single.balance = Default::default();
+    single.train.baselines = None;
+    let main = r.tasks[i].main_metric();
+    single.checkpoint.monitor = format!("{task}.{}", main.name);
+    single.checkpoint.mode = if main.higher_is_better { MonitorMode::Max } else { MonitorMode::Min };
+    mtl::setup::resolve(single, &format!("{} (single-task {task})", cfg.name), Path::new("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_task_config_keeps_the_recipe() {
+        let r = mtl::setup::load(None, &["balance.method=pcgrad".into()]).unwrap();
+        let s = single_task(&r, "seg").unwrap();
+        assert_eq!(s.tasks.len(), 1);
+        assert_eq!(s.cfg.tasks[0].name, "seg");
+        assert_eq!(s.cfg.optim, r.cfg.optim);
+        assert_eq!(s.cfg.balance.method, "static");
+        assert_eq!(s.cfg.checkpoint.monitor, "seg.miou");
+        assert!(!s.cfg.model.heads.contains_key("kind"));
+        assert!(single_task(&r, "nope").is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! The command line: parses flags, hands each subcommand to its file, and turns errors into
+//! one line and an exit code (2: something the user can fix; 1: an internal failure).
+mod baselines;
+mod bench;
+mod compare;
+mod eval;
+mod predict;
+mod train;
+
+use clap::{Args, Parser, Subcommand};
+use mtl::error::is_user_error;
+use mtl::setup::Resolved;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mtl-train",
+    version,
+    about = "Multi-task training on libtorch: a shared backbone, one head per task, every choice from YAML.",
+    long_about = "Trains the model a YAML config describes and writes a run directory \
+                  (config.yaml, metrics.jsonl, curves.png, checkpoints/). Without CONFIG, trains the \
+                  built-in default (configs/shapes_seg.yaml: classification + segmentation on generated data).\n\n\
+                  Exit codes: 0 done, 2 a user error (bad config, missing data, incompatible checkpoint), \
+                  1 an internal failure, 130 interrupted by Ctrl-C after writing a checkpoint.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: train::TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train (the default when no subcommand is given).
+    Train(train::TrainArgs),
+    /// Run a trained model: on a folder of PNG/JPEG images (class CSV + colour mask PNGs) or on
+    /// a safetensors file holding an NCHW float batch named `input` (raw outputs per head).
+    Predict(predict::PredictArgs),
+    /// Re-evaluate a checkpoint on its config's val split and print the metrics table.
+    Eval(CheckpointArgs),
+    /// Train every task of a config alone with the same recipe and store their metrics, the
+    /// single-task baselines that multi-task runs report Δm against (`train.baselines`).
+    Baselines(baselines::BaselinesArgs),
+    /// Print a table of runs (method, per-task metrics, Δm, time per step) and draw a chart.
+    Compare(compare::CompareArgs),
+    /// Time the training step (warm-up excluded; median of repetitions) and print images/s and
+    /// peak memory; scripts/bench.sh runs it side by side with PyTorch. Set the batch size and
+    /// threads with --set data.batch_size=N --set threads=N.
+    Bench(bench::BenchArgs),
+}
+
+/// The config a command reads.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// YAML config file (default: the built-in configs/shapes_seg.yaml).
+    config: Option<PathBuf>,
+    /// Override any config key, e.g. --set optim.lr=0.01 --set tasks.1.weight=0.5 (repeatable).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    set: Vec<String>,
+    /// Device: auto, cpu, cuda or cuda:N (overrides the config's `device`).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Reads the config (file or built-in), applies --set and --device, and resolves it.
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        let mut sets = self.set.clone();
+        if let Some(d) = &self.device {
+            sets.push(format!("device={d}"));
+        }
+        mtl::setup::load(self.config.as_deref(), &sets)
+    }
+}
+
+/// A trained model to use.
+#[derive(Args, Debug, Clone)]
+pub struct CheckpointArgs {
+    /// A run directory (uses its BEST or LATEST checkpoint) or a checkpoint directory.
+    run: PathBuf,
+    /// Which checkpoint of a run directory: best or latest.
+    #[arg(long, default_value = "best")]
+    checkpoint: String,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+impl CheckpointArgs {
+    pub fn restore(&self) -> anyhow::Result<mtl::train::restore::Restored> {
+        let device = mtl::setup::device(&self.device)?;
+        let dir = mtl::train::restore::checkpoint_dir(&self.run, &self.checkpoint)?;
+        mtl::train::restore::restore(&dir, device)
+    }
+}
+
+pub fn main() -> ExitCode {
+    install_panic_hook();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Train(args)) => train::run(args),
+        Some(Command::Predict(args)) => predict::run(args),
+        Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Baselines(args)) => baselines::run(args),
+        Some(Command::Compare(args)) => compare::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
+        None => train::run(cli.train),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) if is_user_error(&err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A panic is a bug, but the user still gets one line, not a backtrace.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        let first = msg.lines().next().unwrap_or(msg);
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal failure{place}: {first}");
+        std::process::exit(1);
+    }));
+}
+
+/// Writes a text file a command produced, naming it when that fails.
+pub fn write_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).map_err(|e| mtl::user_error!("{}: cannot write: {e}", path.display()))
+}

@@ -1,0 +1,100 @@
+//! `mtl-train [train] CONFIG`: train, resume, or start from PyTorch weights.
+use super::ConfigArgs;
+use clap::Args;
+use mtl::train::{report, Summary, TrainOptions, Trainer, INTERRUPTED};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Run directory (default: runs/<name>). An existing run is only continued with --resume.
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// Continue the run: from the run directory's LATEST checkpoint (`--resume` or `--resume latest`), or from the checkpoint
+    /// directory given.
+    #[arg(long, value_name = "CHECKPOINT", num_args = 0..=1, default_missing_value = "latest")]
+    resume: Option<PathBuf>,
+    /// Start from weights saved by PyTorch (safetensors.torch.save_file(model.state_dict(), FILE)).
+    #[arg(long, value_name = "FILE.safetensors")]
+    init_from: Option<PathBuf>,
+    /// With --init-from: heads absent from the file keep their fresh initialisation.
+    #[arg(long, requires = "init_from")]
+    allow_missing_heads: bool,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let resolved = args.config.resolve()?;
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| resolved.default_run_dir());
+    let resume = match &args.resume {
+        None => None,
+        Some(p) if p.as_os_str() == "latest" => Some(latest_checkpoint(&run_dir)?),
+        Some(p) => Some(p.clone()),
+    };
+    let device = mtl::setup::device(&resolved.cfg.device)?;
+    mtl::setup::init_runtime(&resolved.cfg, device);
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("second Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("Ctrl-C: finishing the current step and writing a checkpoint (Ctrl-C again to abort)");
+    });
+    let opts = TrainOptions {
+        run_dir,
+        resume,
+        init_from: args.init_from.clone(),
+        allow_missing_heads: args.allow_missing_heads,
+    };
+    let summary = train(resolved, device, &opts)?;
+    if summary.interrupted {
+        eprintln!("interrupted at step {}; continue with --resume", summary.steps);
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the trainer, prints the banner, trains, and prints the summary; `baselines` trains
+/// each single-task run the same way.
+pub fn train(resolved: mtl::setup::Resolved, device: tch::Device, opts: &TrainOptions) -> anyhow::Result<Summary> {
+    let mut trainer = Trainer::new(resolved, device, opts)?;
+    println!("{}", banner(&trainer));
+    let summary = trainer.run()?;
+    print!("{}", closing_table(&summary));
+    Ok(summary)
+}
+
+fn banner(t: &Trainer) -> String {
+    format!(
+        "mtl-train {} | device {:?} | threads {} | run dir {}\n--- resolved config ---\n{}-----------------------",
+        env!("CARGO_PKG_VERSION"),
+        t.device,
+        tch::get_num_threads(),
+        t.run.root.display(),
+        t.cfg.to_yaml()
+    )
+}
+
+fn closing_table(summary: &Summary) -> String {
+    let mut text = report::metrics_table(
+        &format!(
+            "summary: {} steps in {:.1}s{}",
+            summary.steps,
+            summary.seconds,
+            if summary.interrupted { " (interrupted)" } else { "" }
+        ),
+        &summary.final_metrics,
+    );
+    if let Some(b) = &summary.best {
+        text.push_str(&format!("best {} = {:.4} at step {}\n", b.metric, b.value, b.step));
+    }
+    text
+}
+
+fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<PathBuf> {
+    let run = mtl::checkpoint::RunDir::new(run_dir);
+    run.pointed(mtl::checkpoint::LATEST)?
+        .ok_or_else(|| mtl::user_error!("{}: no checkpoint to resume from (no checkpoints/LATEST)", run_dir.display()))
+}

@@ -1,0 +1,296 @@
+//! The resolve step: a parsed [`Config`] checked against what it names (the dataset and its
+//! targets, the task kinds and their metrics, the backbone), with paths made absolute and
+//! derived values filled in. Its result, [`Resolved`], is what the trainer, `predict` / `eval`,
+//! `baselines`, `compare` and `bench` take: nothing after this step re-checks the config.
+//!
+//! Every error is one line, `<origin>: <key>: <what is wrong>`, as the config's own are.
+use crate::config::{Config, MonitorMode, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
+use crate::data::loader::TargetUse;
+use crate::data::{dataset_named, dataset_names, Dataset, TargetShape, Wanted};
+use crate::model::{backbone, HeadKind, HeadSpec};
+use crate::tasks::{kind_names, Task};
+use crate::{user_bail, user_error};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// Where runs go unless told otherwise: `runs/<name>`.
+pub const RUNS_DIR: &str = "runs";
+
+/// A config that has been checked against everything it names.
+pub struct Resolved {
+    /// The config with `data.root` absolute and `tasks[].classes` filled in: what a run's
+    /// `config.yaml` records, so `predict`, `eval` and `--resume` need no dataset to rebuild it.
+    pub cfg: Config,
+    pub dataset: &'static dyn Dataset,
+    /// One per `tasks[]` entry, in order.
+    pub tasks: Vec<Task>,
+    /// What the BEST checkpoint follows.
+    pub monitor: Monitor,
+}
+
+/// The value `BEST` follows: `<task>.<metric>`, `loss` (sum of val losses) or `delta_m`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Monitor {
+    pub key: String,
+    pub higher_is_better: bool,
+}
+
+impl Resolved {
+    pub fn task_names(&self) -> Vec<String> {
+        self.tasks.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// The head each task needs, in task order.
+    pub fn heads(&self) -> Vec<HeadSpec> {
+        self.tasks.iter().map(|t| HeadSpec { task: t.name.clone(), kind: t.head() }).collect()
+    }
+
+    /// What the data must provide, one entry per task.
+    pub fn wanted(&self) -> Vec<Wanted> {
+        self.tasks
+            .iter()
+            .map(|t| Wanted { target: t.target.clone(), shape: t.kind.target_shape(), classes: t.classes })
+            .collect()
+    }
+
+    /// What the loader hands each task.
+    pub fn target_uses(&self) -> Vec<TargetUse> {
+        self.tasks.iter().map(|t| TargetUse { target: t.target.clone(), ignore_index: t.ignore_index }).collect()
+    }
+
+    /// Image channels the model sees.
+    pub fn in_channels(&self) -> i64 {
+        if self.cfg.data.grayscale {
+            1
+        } else {
+            3
+        }
+    }
+
+    /// `runs/<name>`, where a run goes when no directory is given.
+    pub fn default_run_dir(&self) -> PathBuf {
+        PathBuf::from(RUNS_DIR).join(&self.cfg.name)
+    }
+}
+
+/// Reads a config file (the built-in default without one), applies `--set` overrides and
+/// resolves it. Relative paths in a file are relative to the file's directory; in the
+/// built-in default, to the working directory.
+pub fn load(path: Option<&Path>, overrides: &[String]) -> anyhow::Result<Resolved> {
+    match path {
+        Some(path) => {
+            let cfg = Config::load(path, overrides)?;
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            resolve(cfg, &path.display().to_string(), dir)
+        }
+        None => {
+            resolve(Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME, overrides)?, DEFAULT_CONFIG_NAME, Path::new("."))
+        }
+    }
+}
+
+/// Resolves a parsed config; `origin` names it in errors, `dir` anchors relative paths.
+pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Resolved> {
+    let at = |e: String| user_error!("{origin}: {e}");
+    let dataset = dataset_named(&cfg.data.dataset).ok_or_else(|| {
+        at(format!(
+            "data.dataset: unknown dataset '{}' (expected one of: {})",
+            cfg.data.dataset,
+            dataset_names().join(", ")
+        ))
+    })?;
+    check_data(&cfg, dataset).map_err(at)?;
+    cfg.data.root = root(&cfg, dataset, dir);
+    let b = &cfg.model.backbone;
+    backbone::check(b).map_err(at)?;
+    backbone::check_input_size(b, cfg.data.image_size, cfg.data.image_size).map_err(at)?;
+    let mut tasks = Vec::with_capacity(cfg.tasks.len());
+    for (i, t) in cfg.tasks.iter().enumerate() {
+        let task = Task::new(t).ok_or_else(|| {
+            at(format!("tasks[{i}].kind: unknown kind '{}' (expected one of: {})", t.kind, kind_names().join(", ")))
+        })?;
+        check_task(&cfg, i, &task).map_err(at)?;
+        task.kind.check(t).map_err(|e| at(format!("tasks[{i}].{e}")))?;
+        tasks.push(task);
+    }
+    resolve_targets(&cfg, dataset, &mut tasks).map_err(|e| match crate::error::is_user_error(&e) {
+        true => user_error!("{origin}: {e}"),
+        false => e,
+    })?;
+    for (t, task) in cfg.tasks.iter_mut().zip(&tasks) {
+        t.classes = task.classes;
+    }
+    let monitor = monitor(&cfg, &tasks).map_err(at)?;
+    Ok(Resolved { cfg, dataset, tasks, monitor })
+}
+
+/// The `data` rules that depend on the dataset.
+fn check_data(cfg: &Config, dataset: &dyn Dataset) -> Result<(), String> {
+    dataset.check(&cfg.data)?;
+    if cfg.data.on_bad_file.is_some() && !dataset.per_sample_files() {
+        return Err(format!(
+            "data.on_bad_file: {} is read whole, not file by file: there is nothing to skip; remove the key",
+            dataset.name()
+        ));
+    }
+    Ok(())
+}
+
+/// `data.root` made absolute: relative to the config's directory when given, else the
+/// dataset's default relative to the working directory (none for generated data).
+fn root(cfg: &Config, dataset: &dyn Dataset, dir: &Path) -> Option<String> {
+    let path = match (&cfg.data.root, dataset.default_root()) {
+        (Some(r), _) if Path::new(r).is_absolute() => return Some(r.clone()),
+        (Some(r), _) => dir.join(r),
+        (None, Some(default)) => PathBuf::from(default),
+        (None, None) => return None,
+    };
+    Some(std::path::absolute(&path).unwrap_or(path).display().to_string())
+}
+
+/// The kind's facts against the task's entry and the backbone.
+fn check_task(cfg: &Config, i: usize, task: &Task) -> Result<(), String> {
+    let t = &cfg.tasks[i];
+    let kind = task.kind.name();
+    if !task.kind.has_classes() {
+        if t.classes != 0 {
+            return Err(format!("tasks[{i}].classes: {}: a {kind} task has no classes; remove the key", t.classes));
+        }
+        if t.label_smoothing != 0.0 {
+            return Err(format!("tasks[{i}].label_smoothing: only applies to classes, not {kind}"));
+        }
+    }
+    if matches!(task.head(), HeadKind::Dense { .. }) && !backbone::is_spatial(&cfg.model.backbone) {
+        return Err(format!(
+            "tasks[{i}].kind: {kind} needs a conv or resnet backbone (model.backbone.kind) for its per-pixel output"
+        ));
+    }
+    Ok(())
+}
+
+/// Matches every task with a target of the dataset and fills `classes` 0 from it (or, for
+/// datasets whose files define the targets, from the files).
+fn resolve_targets(cfg: &Config, dataset: &dyn Dataset, tasks: &mut [Task]) -> anyhow::Result<()> {
+    let Some(available) = dataset.targets(&cfg.data) else {
+        let mut wanted: Vec<Wanted> = tasks
+            .iter()
+            .map(|t| Wanted { target: t.target.clone(), shape: t.kind.target_shape(), classes: t.classes })
+            .collect();
+        dataset.resolve_targets(&cfg.data, &mut wanted)?;
+        for (t, w) in tasks.iter_mut().zip(wanted) {
+            if t.kind.has_classes() {
+                t.classes = w.classes;
+            }
+        }
+        return Ok(());
+    };
+    for (i, t) in tasks.iter_mut().enumerate() {
+        let Some(target) = available.iter().find(|a| a.name == t.target) else {
+            let names: Vec<&str> = available.iter().map(|a| a.name).collect();
+            user_bail!(
+                "tasks[{i}].target: dataset {} has no target '{}' (it has: {})",
+                dataset.name(),
+                t.target,
+                names.join(", ")
+            );
+        };
+        if target.shape != t.kind.target_shape() {
+            user_bail!(
+                "tasks[{i}].target: '{}' is {}, which a {} task cannot learn",
+                t.target,
+                describe(target.shape),
+                t.kind.name()
+            );
+        }
+        if t.kind.has_classes() {
+            if t.classes == 0 {
+                t.classes = target.classes;
+            } else if t.classes != target.classes {
+                user_bail!(
+                    "tasks[{i}].classes: {} does not match target '{}', which has {} classes",
+                    t.classes,
+                    t.target,
+                    target.classes
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe(shape: TargetShape) -> &'static str {
+    match shape {
+        TargetShape::PerImage => "a class per image",
+        TargetShape::PerPixel => "a class per pixel",
+        TargetShape::PerPixelDepth => "a value per pixel",
+        TargetShape::PerPixelNormal => "a unit vector per pixel",
+    }
+}
+
+/// The monitored value and its direction; a lower-is-better value with `mode: max` would keep
+/// the worst checkpoint as BEST and is refused.
+fn monitor(cfg: &Config, tasks: &[Task]) -> Result<Monitor, String> {
+    let c = &cfg.checkpoint;
+    let (monitor, shown) = match c.monitor.as_str() {
+        "" => {
+            let t = &tasks[0];
+            let key = format!("{}.{}", t.name, t.main_metric().name);
+            let shown = format!("{key} (the first task's main metric, monitored by default)");
+            (Monitor { key, higher_is_better: t.main_metric().higher_is_better }, shown)
+        }
+        m @ ("loss" | "delta_m") => (Monitor { key: m.into(), higher_is_better: false }, m.to_string()),
+        m => {
+            let (task, metric) =
+                m.split_once('.').ok_or_else(|| format!("checkpoint.monitor: '{m}' must be <task>.<metric>"))?;
+            let t = tasks
+                .iter()
+                .find(|t| t.name == task)
+                .ok_or_else(|| format!("checkpoint.monitor: there is no task named '{task}'"))?;
+            let higher = t.higher_is_better(metric).ok_or_else(|| {
+                format!(
+                    "checkpoint.monitor: task '{task}' has no metric '{metric}' (it has: {})",
+                    t.metric_names().join(", ")
+                )
+            })?;
+            (Monitor { key: m.into(), higher_is_better: higher }, m.to_string())
+        }
+    };
+    if !monitor.higher_is_better && c.mode == MonitorMode::Max {
+        return Err(format!("checkpoint.mode: max, but {shown} is better when lower; set checkpoint.mode: min"));
+    }
+    Ok(monitor)
+}
+
+/// The device a config asks for. Asking for CUDA where there is none is a user error, not a
+/// silent fall-back to the CPU.
+pub fn device(choice: &str) -> anyhow::Result<Device> {
+    use crate::config::{parse_device, DeviceChoice};
+    let Some(choice) = parse_device(choice) else { user_bail!("device: '{choice}' must be auto, cpu, cuda or cuda:N") };
+    Ok(match choice {
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Auto => Device::cuda_if_available(),
+        DeviceChoice::Cuda(i) => {
+            if !tch::Cuda::is_available() {
+                user_bail!("device: CUDA was requested but is not available on this machine (use device: cpu or auto)");
+            }
+            let n = tch::Cuda::device_count() as usize;
+            if i >= n {
+                user_bail!("device: cuda:{i} does not exist (this machine has {n} CUDA device(s))");
+            }
+            Device::Cuda(i)
+        }
+    })
+}
+
+/// Applies the process-wide settings of a run: libtorch's CPU threads, cuDNN's autotuner.
+pub fn init_runtime(cfg: &Config, device: Device) {
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! The trainer on tiny configs: layouts, devices and precisions compute the same thing.
+use super::*;
+use crate::model::layers;
+
+/// The built-in default config shrunk to train in a blink: 16×16 shapes, a two-stage conv net
+/// with one block per stage, classification + segmentation, one thread.
+fn tiny(device: &str, precision: &str, sets: &[&str]) -> Resolved {
+    let mut all: Vec<String> = [
+        "data.train_size=64",
+        "data.val_size=16",
+        "data.image_size=16",
+        "data.batch_size=16",
+        "data.eval_batch_size=16",
+        "model.backbone.widths=[4, 8]",
+        "model.backbone.depth=1",
+        "threads=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    all.push(format!("device={device}"));
+    all.push(format!("precision={precision}"));
+    all.extend(sets.iter().map(|s| s.to_string()));
+    crate::setup::load(None, &all).unwrap()
+}
+
+fn trainer(r: Resolved) -> Trainer {
+    let device = crate::setup::device(&r.cfg.device).unwrap();
+    let opts = TrainOptions { run_dir: std::env::temp_dir().join("mtl-unused-run"), ..Default::default() };
+    Trainer::new(r, device, &opts).unwrap()
+}
+
+fn flat(t: &Trainer) -> Tensor {
+    t.optimizer.flat.params.to_device(Device::Cpu).copy()
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let d = (a - b).abs().max().double_value(&[]);
+    d / b.abs().max().double_value(&[]).max(1e-12)
+}
+
+/// Channels-last is a layout, not a different function: the same batch in either layout gives
+/// the same outputs (to fp32 rounding), and the layout change only ever happens in training
+/// forwards.
+#[test]
+fn channels_last_forward_matches_nchw() {
+    let t = trainer(tiny("cpu", "fp32", &[]));
+    assert!(t.model.compute().channels_last(true) && !t.model.compute().channels_last(false));
+    let x = t.train_loader.train_batch(0, 0, 0).images;
+    let cl = layers::to_channels_last(&x);
+    assert!(cl.equal(&x) && !cl.is_contiguous() && cl.stride()[1] == 1);
+    let a = tch::no_grad(|| t.model.forward(&x, false));
+    let b = tch::no_grad(|| t.model.forward(&cl, false));
+    for (a, b) in a.iter().zip(&b) {
+        assert!(rel(a, b) < 1e-5, "{}", rel(a, b));
+    }
+    let off = trainer(tiny("cpu", "fp32", &["speed.channels_last=false"]));
+    assert!(!off.model.compute().channels_last(true));
+}
+
+/// The speed switches change speed only: a few SGD steps with them off end at the same weights
+/// (to rounding) as with them on.
+#[test]
+fn speed_switches_keep_the_numbers() {
+    let sgd = ["optim.kind=sgd", "optim.weight_decay=0"];
+    let mut on = trainer(tiny("cpu", "fp32", &sgd));
+    let off_sets = [&sgd[..], &["speed.channels_last=false", "speed.fused_optimizer=false"]].concat();
+    let mut off = trainer(tiny("cpu", "fp32", &off_sets));
+    assert!(flat(&on).equal(&flat(&off)));
+    let start = flat(&on);
+    for _ in 0..3 {
+        on.step().unwrap();
+        off.step().unwrap();
+    }
+    let (d_on, d_off) = (flat(&on) - &start, flat(&off) - &start);
+    let moved = d_on.abs().max().double_value(&[]);
+    let diff = rel(&d_off, &d_on);
+    assert!(moved > 0.0 && diff < 1e-3, "moved {moved:.3e}, updates differ by {diff:.3e}");
+}
+
+fn cuda() -> bool {
+    let ok = tch::Cuda::is_available();
+    if !ok {
+        eprintln!("skipped: no CUDA on this machine");
+    }
+    ok
+}
+
+/// The CUDA step computes what the CPU step does: same initial weights, a few steps, weights
+/// agree to TF32/cuDNN rounding.
+#[test]
+fn cuda_fp32_steps_match_the_cpu() {
+    if !cuda() {
+        return;
+    }
+    // Plain SGD: the update is the gradient (Adam's normalized first steps would turn
+    // rounding-level differences of near-zero gradients into full-size ones).
+    let sgd = ["optim.kind=sgd", "optim.weight_decay=0"];
+    let mut cpu = trainer(tiny("cpu", "fp32", &sgd));
+    let mut gpu = trainer(tiny("cuda", "fp32", &sgd));
+    // The CUDA generator draws other initial values: start both from the CPU's.
+    tch::no_grad(|| {
+        for ((_, mut g), (_, c)) in gpu.model.named_variables().into_iter().zip(cpu.model.named_variables()) {
+            g.copy_(&c);
+        }
+    });
+    assert!(rel(&flat(&gpu), &flat(&cpu)) == 0.0);
+    let start = flat(&cpu);
+    for _ in 0..3 {
+        cpu.step().unwrap();
+        gpu.step().unwrap();
+    }
+    let (d_cpu, d_gpu) = (flat(&cpu) - &start, flat(&gpu) - &start);
+    assert!(d_cpu.abs().max().double_value(&[]) > 0.0);
+    let diff = rel(&d_gpu, &d_cpu);
+    assert!(diff < 0.05, "update on CUDA differs from the CPU's by {diff:.3e} (relative)");
+}
+
+/// bf16 compute with fp32 master weights: variables stay fp32, training reduces the loss.
+#[test]
+fn cuda_bf16_trains_with_fp32_master_weights() {
+    if !cuda() {
+        return;
+    }
+    let mut t = trainer(tiny("cuda", "bf16", &[]));
+    assert_eq!(t.optimizer.flat.params.kind(), Kind::Float);
+    let batch = t.train_loader.train_batch(0, 0, 0);
+    let loss = |t: &Trainer| -> f64 {
+        let out = tch::no_grad(|| t.model.forward(&batch.images, false));
+        t.tasks.iter().zip(&out).zip(&batch.targets).map(|((k, o), y)| k.loss(o, y).double_value(&[])).sum()
+    };
+    let before = loss(&t);
+    for _ in 0..12 {
+        t.step().unwrap();
+    }
+    let after = loss(&t);
+    assert!(after.is_finite() && after < before, "loss {before} -> {after}");
+    let outs = tch::no_grad(|| t.model.forward(&batch.images, true));
+    assert!(outs.iter().all(|o| o.kind() == Kind::Float));
+}
