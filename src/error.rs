@@ -45,3 +45,21 @@ pub(crate) fn one_line_user_error(err: anyhow::Error) -> String {
     assert_eq!(msg.lines().count(), 1, "not one line: {msg}");
     msg
 }
+
+/// Training diverged: a loss, gradient or weight became NaN or infinite. The CLI exits with
+/// code 3; the run directory keeps its last finite checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diverged(pub String);
+
+impl fmt::Display for Diverged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Diverged {}
+
+/// True when the error (or any error in its chain) is a [`Diverged`].
+pub fn is_divergence(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<Diverged>())
+}

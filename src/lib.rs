@@ -1,8 +1,8 @@
 //! mtl: a multi-task learning training engine on libtorch.
 //!
 //! The library is the engine; the `mtl-train` binary's commands live in `src/cli/` on top of
-//! it. Layers, from the bottom (docs/ARCHITECTURE.md): the base ([`error`], [`rng`],
-//! [`transfer`]); the config ([`config`], a leaf); the engine's parts ([`data`], [`model`],
+//! it. Layers, from the bottom (docs/ARCHITECTURE.md): the base ([`error`], [`files`],
+//! [`rng`], [`transfer`]); the config ([`config`], a leaf); the engine's parts ([`data`], [`model`],
 //! [`tasks`], [`balance`], [`optim`], [`checkpoint`]); the resolve step ([`setup`]); the
 //! training loop ([`train`]).
 pub mod balance;
@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod files;
 pub mod model;
 pub mod optim;
 pub mod rng;

@@ -121,6 +121,8 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
         t.classes = task.classes;
     }
     let monitor = monitor(&cfg, &tasks).map_err(at)?;
+    // The method and its options, checked now rather than when training starts.
+    crate::balance::build(&cfg).map_err(|e| user_error!("{origin}: {e}"))?;
     Ok(Resolved { cfg, dataset, tasks, monitor })
 }
 
@@ -280,6 +282,45 @@ pub fn device(choice: &str) -> anyhow::Result<Device> {
             Device::Cuda(i)
         }
     })
+}
+
+/// Free and total bytes of `device`'s memory: MemAvailable and MemTotal for the CPU (Linux),
+/// `cudaMemGetInfo` through the CUDA runtime libtorch loaded for a GPU. None where unknown.
+pub fn device_memory(device: Device) -> Option<(u64, u64)> {
+    match device {
+        Device::Cpu => host_memory(),
+        Device::Cuda(_) => cuda_memory(),
+        _ => None,
+    }
+}
+
+fn host_memory() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        Some(line[name.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024)
+    };
+    Some((field("MemAvailable:")?, field("MemTotal:")?))
+}
+
+#[cfg(target_os = "linux")]
+fn cuda_memory() -> Option<(u64, u64)> {
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> std::ffi::c_int;
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cudaMemGetInfo".as_ptr()) };
+    if sym.is_null() {
+        return None;
+    }
+    // SAFETY: the symbol is the CUDA runtime's cudaMemGetInfo(size_t* free, size_t* total) ->
+    // cudaError_t, called with two valid, exclusive pointers.
+    let (mut free, mut total) = (0usize, 0usize);
+    let rc = unsafe { std::mem::transmute::<*mut std::ffi::c_void, MemGetInfo>(sym)(&mut free, &mut total) };
+    (rc == 0).then_some((free as u64, total as u64))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cuda_memory() -> Option<(u64, u64)> {
+    None
 }
 
 /// Applies the process-wide settings of a run: libtorch's CPU threads, cuDNN's autotuner.

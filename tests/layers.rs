@@ -7,6 +7,7 @@ use std::path::Path;
 /// Each engine module's layer, from the bottom; a module may use any module of a lower layer.
 const LAYERS: &[(&str, u32)] = &[
     ("error", 0),
+    ("files", 0),
     ("rng", 0),
     ("transfer", 0),
     ("config", 1),

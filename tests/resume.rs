@@ -76,10 +76,14 @@ fn resume_refuses_model_task_or_data_changes_and_accepts_harmless_ones() {
 }
 
 #[test]
-fn resume_without_a_checkpoint_is_a_clear_error() {
+fn resume_without_a_checkpoint_starts_from_step_zero() {
+    // A requeued job passes --resume every time, the first time too.
     let tmp = tempdir().unwrap();
     write(tmp.path(), "r.yaml", &tiny_config("n"));
-    run_in(tmp.path(), &["r.yaml", "--resume"]).assert_user_error(&["runs/n", "no checkpoint"]);
+    let run = run_in(tmp.path(), &["r.yaml", "--resume", "--set", "train.max_steps=2"]);
+    run.assert_ok();
+    assert!(run.stderr().contains("no checkpoint to resume from yet; starting from step 0"), "{}", run.stderr());
+    assert!(checkpoint_pointer(&tmp.path().join("runs/n"), "LATEST").ends_with("step-000002"));
     run_in(tmp.path(), &["r.yaml", "--resume", "nowhere/step-000001"]).assert_user_error(&["nowhere/step-000001"]);
 }
 

@@ -82,6 +82,13 @@ impl RunDir {
         self.root.join(CONFIG_FILE)
     }
 
+    /// Takes the run directory for this process: an advisory lock (`flock`) on the directory
+    /// itself, so taking it writes nothing. A second process is refused with the holder's PID;
+    /// the lock dies with its process, so a crashed run's directory is free again at once.
+    pub fn lock(&self) -> anyhow::Result<RunLock> {
+        RunLock::take(&self.root)
+    }
+
     /// Creates the directories (nothing is overwritten).
     pub fn create(&self) -> anyhow::Result<()> {
         fs::create_dir_all(self.checkpoints())
@@ -161,6 +168,54 @@ impl RunDir {
         }
         Ok(())
     }
+}
+
+/// An exclusive hold on a run directory; released when dropped (or when the process ends).
+#[derive(Debug)]
+pub struct RunLock {
+    _dir: File,
+}
+
+impl RunLock {
+    #[cfg(unix)]
+    fn take(dir: &Path) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let file = File::open(dir).map_err(|e| user_error!("{}: cannot open run directory: {e}", dir.display()))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = lock_holder(dir).map(|pid| format!("process {pid}")).unwrap_or("another process".into());
+                crate::user_bail!(
+                    "{}: run directory is in use by {holder} (one mtl-train per run directory); wait for it or \
+                     choose another --run-dir",
+                    dir.display()
+                );
+            }
+            crate::user_bail!("{}: cannot lock the run directory: {err}", dir.display());
+        }
+        Ok(Self { _dir: file })
+    }
+
+    #[cfg(not(unix))]
+    fn take(dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self { _dir: File::open(dir)? })
+    }
+}
+
+/// The PID holding a `flock` on `dir`, from /proc/locks (Linux); None where it cannot be told.
+#[cfg(unix)]
+fn lock_holder(dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir).ok()?;
+    let dev = meta.dev();
+    // /proc/locks names a file as MAJOR:MINOR:INODE, the device numbers in hex.
+    let id = format!("{:02x}:{:02x}:{}", libc::major(dev), libc::minor(dev), meta.ino());
+    let text = fs::read_to_string("/proc/locks").ok()?;
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&id.as_str())).then(|| f.get(4)?.parse().ok()).flatten()
+    })
 }
 
 fn write_checkpoint_dir(tmp: &Path, snap: &Snapshot) -> anyhow::Result<()> {

@@ -24,6 +24,7 @@ fn dtype_size(dtype: &str) -> Option<u64> {
 
 /// Parses and checks the header; returns the entries by name.
 pub fn check_file(path: &Path) -> anyhow::Result<BTreeMap<String, Entry>> {
+    crate::files::regular_len(path)?;
     let bytes = std::fs::read(path).map_err(|e| user_error!("{}: cannot read: {e}", path.display()))?;
     check_bytes(&bytes).map_err(|msg| user_error!("{}: {msg}", path.display()))
 }

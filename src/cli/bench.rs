@@ -126,7 +126,7 @@ impl Turns {
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(|e| anyhow::anyhow!("bench: cannot open {}: {e}", path.display()))
+                .map_err(|e| mtl::user_error!("--lockstep: cannot open {}: {e}", path.display()))
         };
         let (wait, pass) = if l.first { ("first.fifo", "second.fifo") } else { ("second.fifo", "first.fifo") };
         Ok(Self { wait: open(wait)?, pass: open(pass)? })
@@ -270,19 +270,24 @@ impl BenchReport {
 
 /// Builds a trainer for the config (nothing is written to a run directory) and times its step.
 pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchReport> {
-    anyhow::ensure!(
-        opts.steps > 0 && (opts.reps > 0 || opts.export.is_some()),
-        "bench: steps and reps must be at least 1 (reps 0 only exports)"
-    );
+    if opts.steps == 0 {
+        mtl::user_bail!("--steps: must be at least 1");
+    }
+    if opts.reps == 0 && opts.export.is_none() {
+        mtl::user_bail!("--reps: must be at least 1 (0 only with --export, which then only exports)");
+    }
+    let mut turns = opts.lockstep.as_ref().map(Turns::open).transpose()?;
     let cfg = resolved.cfg.clone();
     let device = mtl::setup::device(&cfg.device)?;
     mtl::setup::init_runtime(&cfg, device);
     if let Some(dir) = &opts.export {
-        export_data(&resolved, dir)?;
+        export_data(&resolved, dir).map_err(|e| mtl::user_error!("--export {}: {e:#}", dir.display()))?;
     }
     let started = Instant::now();
-    // The run directory is never created: the bench only calls `step`.
-    let opts_unused = TrainOptions { run_dir: std::env::temp_dir().join("mtl-bench-unused"), ..Default::default() };
+    // The run directory is never created (the bench only calls `step`); one per process, so
+    // two benches never meet in it.
+    let unused = std::env::temp_dir().join(format!("mtl-bench-unused-{}", std::process::id()));
+    let opts_unused = TrainOptions { run_dir: unused, ..Default::default() };
     let mut trainer = Trainer::new(resolved, device, &opts_unused)?;
     if let Some(dir) = &opts.export {
         let weights: Vec<(String, Tensor)> = trainer
@@ -291,11 +296,12 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
             .into_iter()
             .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous()))
             .collect();
-        Tensor::write_safetensors(&weights, dir.join("model.safetensors"))?;
+        let file = dir.join("model.safetensors");
+        Tensor::write_safetensors(&weights, &file)
+            .map_err(|e| mtl::user_error!("--export: cannot write {}: {e}", file.display()))?;
     }
     let setup_seconds = started.elapsed().as_secs_f64();
 
-    let mut turns = opts.lockstep.as_ref().map(Turns::open).transpose()?;
     for _ in 0..opts.warmup {
         trainer.step()?;
     }
@@ -364,7 +370,7 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
         issue_fraction: device.is_cuda().then(|| Spread::of(&issue).median),
         peak_rss_mib: proc_status_kib("VmHWM").unwrap_or(f64::NAN) / 1024.0,
         base_rss_mib,
-        device_used_mib: if device.is_cuda() { cuda_used_mib() } else { None },
+        device_used_mib: if device.is_cuda() { cuda_used_mib(device) } else { None },
         load_before,
         load_after,
         setup_seconds,
@@ -450,26 +456,10 @@ fn load_average() -> Option<[f64; 3]> {
     (v.len() == 3).then(|| [v[0], v[1], v[2]])
 }
 
-/// Device memory in use (total − free) on the current CUDA device, through the CUDA runtime
-/// that libtorch_cuda already loaded. None when the symbol cannot be found.
-#[cfg(target_os = "linux")]
-fn cuda_used_mib() -> Option<f64> {
-    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> std::ffi::c_int;
-    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
-    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cudaMemGetInfo".as_ptr()) };
-    if sym.is_null() {
-        return None;
-    }
-    // SAFETY: the symbol is the CUDA runtime's cudaMemGetInfo(size_t* free, size_t* total) ->
-    // cudaError_t, called with two valid, exclusive pointers.
-    let (mut free, mut total) = (0usize, 0usize);
-    let rc = unsafe { std::mem::transmute::<*mut std::ffi::c_void, MemGetInfo>(sym)(&mut free, &mut total) };
-    (rc == 0).then(|| total.saturating_sub(free) as f64 / (1024.0 * 1024.0))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn cuda_used_mib() -> Option<f64> {
-    None
+/// Device memory in use (total − free) on the CUDA device, MiB.
+fn cuda_used_mib(device: Device) -> Option<f64> {
+    let (free, total) = mtl::setup::device_memory(device)?;
+    Some(total.saturating_sub(free) as f64 / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@ mod baselines;
 mod bench;
 mod compare;
 mod eval;
+mod logs;
 mod predict;
+mod signals;
 mod train;
 
 use clap::{Args, Parser, Subcommand};
-use mtl::error::is_user_error;
+use mtl::error::{is_divergence, is_user_error};
 use mtl::setup::Resolved;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +24,8 @@ use std::process::ExitCode;
                   (config.yaml, metrics.jsonl, curves.png, checkpoints/). Without CONFIG, trains the \
                   built-in default (configs/shapes_seg.yaml: classification + segmentation on generated data).\n\n\
                   Exit codes: 0 done, 2 a user error (bad config, missing data, incompatible checkpoint), \
-                  1 an internal failure, 130 interrupted by Ctrl-C after writing a checkpoint.",
+                  1 an internal failure, 3 training diverged (a non-finite loss or gradient; LATEST is the \
+                  last finite checkpoint), 130 stopped by Ctrl-C and 143 by SIGTERM after writing a checkpoint.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -99,16 +102,11 @@ impl CheckpointArgs {
 
 pub fn main() -> ExitCode {
     install_panic_hook();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-    let cli = Cli::parse();
+    logs::init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return flag_error(e),
+    };
     let result = match cli.command {
         Some(Command::Train(args)) => train::run(args),
         Some(Command::Predict(args)) => predict::run(args),
@@ -119,7 +117,14 @@ pub fn main() -> ExitCode {
         None => train::run(cli.train),
     };
     match result {
-        Ok(code) => code,
+        Ok(code) => {
+            logs::release();
+            code
+        }
+        Err(err) if is_divergence(&err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(3)
+        }
         Err(err) if is_user_error(&err) => {
             eprintln!("error: {err}");
             ExitCode::from(2)
@@ -129,6 +134,24 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--help` and `--version` as clap prints them; a flag mistake as one line (exit code 2).
+fn flag_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    // clap's message is its first paragraph; usage and tips follow it.
+    let text = e.render().to_string();
+    let message: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    let message = message.join(" ");
+    eprintln!("error: {} (see mtl-train --help)", message.trim_start_matches("error: "));
+    ExitCode::from(2)
 }
 
 /// A panic is a bug, but the user still gets one line, not a backtrace.

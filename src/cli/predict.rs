@@ -59,11 +59,25 @@ fn predict_tensor_file(r: &Restored, input: &Path, output: &Path) -> anyhow::Res
     if s.len() != 4 || s[1] != channels {
         user_bail!("{}: 'input' has shape {s:?}, expected [N, {channels}, H, W]", input.display());
     }
-    if !mtl::model::backbone::is_spatial(&cfg.model.backbone)
-        && (s[2], s[3]) != (cfg.data.image_size, cfg.data.image_size)
-    {
+    if s[0] == 0 {
+        user_bail!("{}: 'input' holds an empty batch (shape {s:?})", input.display());
+    }
+    let min = mtl::model::backbone::size_multiple(&cfg.model.backbone);
+    if s[2] < min || s[3] < min {
+        user_bail!(
+            "{}: 'input' is {}×{}, smaller than the {min}×{min} this model's backbone needs ({} stages)",
+            input.display(),
+            s[2],
+            s[3],
+            mtl::model::backbone::stages(&cfg.model.backbone)
+        );
+    }
+    // An MLP, and a head that flattens the coarsest map, have a fixed input size.
+    let fixed = !mtl::model::backbone::is_spatial(&cfg.model.backbone)
+        || cfg.model.heads.values().any(|h| h.pool == mtl::config::Pool::Flatten);
+    if fixed && (s[2], s[3]) != (cfg.data.image_size, cfg.data.image_size) {
         let n = cfg.data.image_size;
-        user_bail!("{}: the MLP model takes {n}×{n} inputs, got {}×{}", input.display(), s[2], s[3]);
+        user_bail!("{}: this model takes {n}×{n} inputs only, got {}×{}", input.display(), s[2], s[3]);
     }
     let x = x.to_kind(Kind::Float).to_device(r.model.device());
     let outputs = tch::no_grad(|| r.model.forward(&x, false));
@@ -98,11 +112,20 @@ fn predict_folder(r: &Restored, images: &Path, out: &Path) -> anyhow::Result<(us
                 .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
         })
         .collect();
+    // A FIFO or device named like an image would block the reader forever: list, skip.
+    let mut skipped: Vec<String> = Vec::new();
+    files.retain(|p| {
+        let regular = mtl::files::is_regular(p);
+        if !regular {
+            skipped.push(format!("{}: not a regular file", p.display()));
+        }
+        regular
+    });
     files.sort();
     if files.is_empty() {
-        user_bail!("{}: no .png, .jpg or .jpeg images", images.display());
+        let why = skipped.first().map(|s| format!(" ({s})")).unwrap_or_default();
+        user_bail!("{}: no readable .png, .jpg or .jpeg images{why}", images.display());
     }
-    std::fs::create_dir_all(out).map_err(|e| user_error!("{}: cannot create: {e}", out.display()))?;
     let cfg = &r.run.cfg;
     let size = cfg.data.image_size as u32;
     let grey = cfg.data.grayscale;
@@ -114,7 +137,7 @@ fn predict_folder(r: &Restored, images: &Path, out: &Path) -> anyhow::Result<(us
         header.push(format!("{}_probability", t.name));
     }
     let mut rows = vec![header.join(",")];
-    let mut skipped = Vec::new();
+    let mut done = 0;
     for file in &files {
         let img = match image::open(file) {
             Ok(i) => i,
@@ -123,6 +146,10 @@ fn predict_folder(r: &Restored, images: &Path, out: &Path) -> anyhow::Result<(us
                 continue;
             }
         };
+        if done == 0 {
+            // Created only once there is something to write into it.
+            std::fs::create_dir_all(out).map_err(|e| user_error!("{}: cannot create: {e}", out.display()))?;
+        }
         let (w, h) = (img.width(), img.height());
         let resized = img.resize_exact(size, size, image::imageops::FilterType::Triangle);
         let x = to_input(&resized, grey, &mean, &std).to_device(r.model.device());
@@ -157,9 +184,18 @@ fn predict_folder(r: &Restored, images: &Path, out: &Path) -> anyhow::Result<(us
             }
         }
         rows.push(row.join(","));
+        done += 1;
+    }
+    if done == 0 {
+        user_bail!(
+            "{}: none of its {} image file(s) could be read ({})",
+            images.display(),
+            skipped.len(),
+            skipped.first().map(String::as_str).unwrap_or("")
+        );
     }
     super::write_file(&out.join("predictions.csv"), &(rows.join("\n") + "\n"))?;
-    Ok((files.len() - skipped.len(), skipped))
+    Ok((done, skipped))
 }
 
 fn to_input(img: &image::DynamicImage, grey: bool, mean: &[f64; 3], std: &[f64; 3]) -> Tensor {

@@ -1,10 +1,10 @@
 //! `mtl-train [train] CONFIG`: train, resume, or start from PyTorch weights.
 use super::ConfigArgs;
 use clap::Args;
-use mtl::train::{report, Summary, TrainOptions, Trainer, INTERRUPTED};
+use mtl::train::{report, Summary, TrainOptions, Trainer};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -30,18 +30,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let run_dir = args.run_dir.clone().unwrap_or_else(|| resolved.default_run_dir());
     let resume = match &args.resume {
         None => None,
-        Some(p) if p.as_os_str() == "latest" => Some(latest_checkpoint(&run_dir)?),
+        Some(p) if p.as_os_str() == "latest" => latest_checkpoint(&run_dir)?,
         Some(p) => Some(p.clone()),
     };
     let device = mtl::setup::device(&resolved.cfg.device)?;
     mtl::setup::init_runtime(&resolved.cfg, device);
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            eprintln!("second Ctrl-C: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("Ctrl-C: finishing the current step and writing a checkpoint (Ctrl-C again to abort)");
-    });
+    let grace = resolved.cfg.train.stop_grace_seconds;
+    super::signals::install((grace > 0.0).then(|| Duration::from_secs_f64(grace)))?;
     let opts = TrainOptions {
         run_dir,
         resume,
@@ -50,8 +45,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     let summary = train(resolved, device, &opts)?;
     if summary.interrupted {
-        eprintln!("interrupted at step {}; continue with --resume", summary.steps);
-        return Ok(ExitCode::from(130));
+        eprintln!("stopped at step {}; continue with --resume", summary.steps);
+        let signal = super::signals::received().unwrap_or(signal_hook::consts::SIGINT);
+        return Ok(ExitCode::from(super::signals::exit_code(signal)));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -60,6 +56,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 /// each single-task run the same way.
 pub fn train(resolved: mtl::setup::Resolved, device: tch::Device, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let mut trainer = Trainer::new(resolved, device, opts)?;
+    super::logs::release();
     println!("{}", banner(&trainer));
     let summary = trainer.run()?;
     print!("{}", closing_table(&summary));
@@ -93,8 +90,12 @@ fn closing_table(summary: &Summary) -> String {
     text
 }
 
-fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<PathBuf> {
-    let run = mtl::checkpoint::RunDir::new(run_dir);
-    run.pointed(mtl::checkpoint::LATEST)?
-        .ok_or_else(|| mtl::user_error!("{}: no checkpoint to resume from (no checkpoints/LATEST)", run_dir.display()))
+/// The checkpoint `--resume` continues from. A run that never wrote one (stopped before its
+/// first, or not started yet: a requeued job passes `--resume` every time) starts from step 0.
+fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let latest = mtl::checkpoint::RunDir::new(run_dir).pointed(mtl::checkpoint::LATEST)?;
+    if latest.is_none() {
+        tracing::warn!("{}: no checkpoint to resume from yet; starting from step 0", run_dir.display());
+    }
+    Ok(latest)
 }

@@ -24,13 +24,13 @@ impl Config {
     /// Reads, overrides and validates a config file. Paths in it stay as written: resolving
     /// them against the file's directory is the resolve step's job (src/setup.rs).
     pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Config> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| user_error!("{}: cannot read config: {e}", path.display()))?;
+        let text = crate::files::read_to_string(path, crate::files::TEXT_LIMIT)?;
         Self::parse(&text, &path.display().to_string(), overrides)
     }
 
     /// Parses YAML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> anyhow::Result<Config> {
+        check_nesting(text).map_err(|e| user_error!("{origin}: {e}"))?;
         // First pass on the text itself, so type errors carry the YAML line.
         let cfg: Config = deserialize(serde_yaml::Deserializer::from_str(text), origin)?;
         let cfg = if overrides.is_empty() {
@@ -50,6 +50,45 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("a Config always serialises")
     }
+}
+
+/// Deepest nesting a config may have; the real ones have 4.
+const MAX_NESTING: usize = 32;
+
+/// Refuses text nested deeper than [`MAX_NESTING`] in one linear pass: the YAML parser takes
+/// quadratic time on deep nesting before it gives up.
+fn check_nesting(text: &str) -> Result<(), String> {
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let content = line.trim_start();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - content.len();
+        if flow == 0 {
+            while indents.last().is_some_and(|&i| i >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+        }
+        let mut quote: Option<char> = None;
+        for c in content.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => flow += 1,
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            if flow + indents.len() > MAX_NESTING {
+                return Err(format!("line {}: nested more than {MAX_NESTING} levels deep", n + 1));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deserialises with the failing key's path in the message.

@@ -502,6 +502,32 @@ pub struct TrainConfig {
     /// also reports Δm against them. Relative paths are relative to the working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baselines: Option<String>,
+    /// What a non-finite loss or gradient does: `stop` (the run ends with exit code 3 and the
+    /// last finite checkpoint as LATEST; costs nothing per step) or `skip_step` (the step's
+    /// update is dropped and counted, as PyTorch's AMP scaler does; reads one flag per step,
+    /// which on CUDA waits for the step to finish).
+    #[serde(default)]
+    pub on_nonfinite: OnNonFinite,
+    /// With `skip_step`: stop (exit code 3) after this many skipped steps in a row.
+    #[serde(default = "default_max_consecutive_skips")]
+    pub max_consecutive_skips: u64,
+    /// After SIGTERM or Ctrl-C the run finishes its step and writes a checkpoint; if that takes
+    /// longer than this many seconds it exits without one (LATEST stays the previous
+    /// checkpoint). Set it a little below your scheduler's grace period; 0: no limit.
+    #[serde(default)]
+    pub stop_grace_seconds: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    #[default]
+    Stop,
+    SkipStep,
+}
+
+fn default_max_consecutive_skips() -> u64 {
+    10
 }
 
 fn default_epochs() -> u64 {
@@ -516,7 +542,16 @@ fn default_log_every() -> u64 {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: default_epochs(), eval_every: 1, log_every: default_log_every(), max_steps: 0, baselines: None }
+        Self {
+            epochs: default_epochs(),
+            eval_every: 1,
+            log_every: default_log_every(),
+            max_steps: 0,
+            baselines: None,
+            on_nonfinite: OnNonFinite::default(),
+            max_consecutive_skips: default_max_consecutive_skips(),
+            stop_grace_seconds: 0.0,
+        }
     }
 }
 

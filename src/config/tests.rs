@@ -93,3 +93,16 @@ fn new_data_keys_are_not_written_when_left_at_their_defaults() {
     let cfg = parse(DEFAULT_CONFIG, &["data.max_memory_mb=12.5", "data.augment.max_scale=1.5"]).unwrap();
     assert_eq!(parse(&cfg.to_yaml(), &[]).unwrap(), cfg);
 }
+
+#[test]
+fn deep_nesting_is_refused_quickly() {
+    let flow = format!("name: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(error_of(&flow, &[]).contains("nested more than"));
+    let mut block = String::new();
+    for i in 0..200 {
+        block.push_str(&format!("{}k{i}:\n", " ".repeat(i)));
+    }
+    assert!(error_of(&block, &[]).contains("nested more than"));
+    // The default config, and flow maps in it, are far from the limit.
+    parse(DEFAULT_CONFIG, &[]).unwrap();
+}

@@ -61,8 +61,10 @@ pub enum DeviceChoice {
 fn data(cfg: &Config) -> Check {
     let d = &cfg.data;
     ensure(is_identifier(&d.dataset), "data.dataset", format!("'{}' must be a dataset name", d.dataset))?;
-    ensure(d.batch_size >= 1, "data.batch_size", "must be at least 1")?;
-    ensure(d.eval_batch_size >= 1, "data.eval_batch_size", "must be at least 1")?;
+    count(d.batch_size as u64, "data.batch_size", 1, 1 << 20)?;
+    count(d.eval_batch_size as u64, "data.eval_batch_size", 1, 1 << 20)?;
+    count(d.train_size as u64, "data.train_size", 0, 1 << 32)?;
+    count(d.val_size as u64, "data.val_size", 0, 1 << 32)?;
     ensure(
         (8..=1024).contains(&d.image_size),
         "data.image_size",
@@ -98,14 +100,18 @@ fn data(cfg: &Config) -> Check {
     )
 }
 
+/// Widest layer a config may ask for (whether the whole model fits is checked when the
+/// trainer builds it, against the device's memory).
+pub const MAX_WIDTH: i64 = 8192;
+
 fn model(cfg: &Config) -> Check {
     let b = &cfg.model.backbone;
     ensure(!b.widths.is_empty(), "model.backbone.widths", "needs at least one width")?;
     for (i, w) in b.widths.iter().enumerate() {
         ensure(
-            (1..=8192).contains(w),
+            (1..=MAX_WIDTH).contains(w),
             &format!("model.backbone.widths[{i}]"),
-            format!("{w} is out of range (1..=8192)"),
+            format!("{w} is out of range (1..={MAX_WIDTH})"),
         )?;
     }
     ensure((1..=64).contains(&b.depth), "model.backbone.depth", format!("{} is out of range (1..=64)", b.depth))?;
@@ -113,9 +119,17 @@ fn model(cfg: &Config) -> Check {
     for (head, h) in &cfg.model.heads {
         let key = format!("model.heads.{head}");
         ensure(names.contains(head.as_str()), &key, format!("there is no task named '{head}'"))?;
-        ensure(h.hidden >= 0, &format!("{key}.hidden"), "must be 0 (none) or a positive width")?;
+        ensure(
+            (0..=MAX_WIDTH).contains(&h.hidden),
+            &format!("{key}.hidden"),
+            format!("{} must be 0 (none) or a width up to {MAX_WIDTH}", h.hidden),
+        )?;
         ensure((0.0..1.0).contains(&h.dropout), &format!("{key}.dropout"), format!("{} must be in [0, 1)", h.dropout))?;
-        ensure(h.decoder_width >= 0, &format!("{key}.decoder_width"), "must be 0 (backbone widths) or positive")?;
+        ensure(
+            (0..=MAX_WIDTH).contains(&h.decoder_width),
+            &format!("{key}.decoder_width"),
+            format!("{} must be 0 (the backbone widths) or a width up to {MAX_WIDTH}", h.decoder_width),
+        )?;
     }
     Ok(())
 }
@@ -167,23 +181,41 @@ fn schedule(s: &ScheduleConfig) -> Check {
         format!("{} must be in [0, 1]", s.min_lr_ratio),
     )?;
     ensure(s.gamma > 0.0 && s.gamma <= 1.0, "schedule.gamma", format!("{} must be in (0, 1]", s.gamma))?;
-    ensure(s.step_size >= 1, "schedule.step_size", "must be at least 1")?;
+    count(s.step_size, "schedule.step_size", 1, 1_000_000)?;
+    count(s.warmup_steps, "schedule.warmup_steps", 0, MAX_COUNT)?;
     ensure(s.pct_start > 0.0 && s.pct_start < 1.0, "schedule.pct_start", format!("{} must be in (0, 1)", s.pct_start))
+}
+
+/// Largest count of steps (or epochs) a config may name: far beyond any run, small enough that
+/// products of counts never overflow.
+pub const MAX_COUNT: u64 = 1_000_000_000_000;
+
+/// A count in `min..=max`.
+fn count(value: u64, key: &str, min: u64, max: u64) -> Check {
+    ensure((min..=max).contains(&value), key, format!("{value} is out of range ({min}..={max})"))
 }
 
 fn train(cfg: &Config) -> Check {
     let t = &cfg.train;
-    ensure(t.epochs >= 1, "train.epochs", "must be at least 1")?;
-    ensure(t.eval_every >= 1, "train.eval_every", "must be at least 1")?;
-    ensure(t.log_every >= 1, "train.log_every", "must be at least 1")
+    count(t.epochs, "train.epochs", 1, 1_000_000)?;
+    count(t.eval_every, "train.eval_every", 1, 1_000_000)?;
+    count(t.log_every, "train.log_every", 1, MAX_COUNT)?;
+    count(t.max_steps, "train.max_steps", 0, MAX_COUNT)?;
+    count(t.max_consecutive_skips, "train.max_consecutive_skips", 1, MAX_COUNT)?;
+    ensure(
+        t.stop_grace_seconds.is_finite() && (0.0..=86400.0).contains(&t.stop_grace_seconds),
+        "train.stop_grace_seconds",
+        format!("{} must be in [0, 86400] (0: no limit)", t.stop_grace_seconds),
+    )
 }
 
 /// The monitored metric's existence and direction depend on the task kinds: checked when
 /// the config is resolved (src/setup.rs).
 fn checkpoint(cfg: &Config) -> Check {
     let c = &cfg.checkpoint;
-    ensure(c.every >= 1, "checkpoint.every", "must be at least 1")?;
-    ensure(c.keep_last >= 1, "checkpoint.keep_last", "must be at least 1")?;
+    count(c.every, "checkpoint.every", 1, 1_000_000)?;
+    count(c.every_steps, "checkpoint.every_steps", 0, MAX_COUNT)?;
+    count(c.keep_last as u64, "checkpoint.keep_last", 1, 1_000_000)?;
     match c.monitor.as_str() {
         "" | "loss" => Ok(()),
         "delta_m" => ensure(cfg.train.baselines.is_some(), "checkpoint.monitor", "delta_m needs train.baselines"),

@@ -143,6 +143,7 @@ impl Records {
 
     /// Appends one file's records after checking its size and labels.
     fn append(&mut self, path: &Path) -> anyhow::Result<()> {
+        crate::files::reject_special(path)?;
         let bytes = std::fs::read(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => user_error!("{} not found; {FETCH_HINT}", path.display()),
             _ => user_error!("{}: cannot read: {e}", path.display()),

@@ -7,6 +7,7 @@ use std::path::Path;
 /// An RGB image file (JPEG or PNG; grey, CMYK and alpha images are converted) as
 /// `(width, height, RGB bytes row-major)`.
 pub fn read_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
+    crate::files::regular_len(path)?;
     let reader = image::ImageReader::open(path)
         .map_err(|e| user_error!("{}: cannot read: {e}", path.display()))?
         .with_guessed_format()
@@ -40,6 +41,7 @@ pub fn rgb_to_chw(img: &image::RgbImage, h: u32, w: u32) -> Vec<u8> {
 /// `(width, height, values row-major)`. Colour masks are refused: their colours are not labels.
 pub fn read_mask_png(path: &Path) -> anyhow::Result<(u32, u32, Vec<u8>)> {
     let err = |what: String| user_error!("{}: {what}", path.display());
+    crate::files::regular_len(path)?;
     let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
     // Identity transformations: palette indices stay indices.
     let decoder = png::Decoder::new(std::io::BufReader::new(file));

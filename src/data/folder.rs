@@ -24,6 +24,8 @@ use std::sync::Arc;
 /// The per-pixel target's name.
 pub const MASK: &str = "mask";
 pub const LABELS_FILE: &str = "labels.csv";
+/// Class numbers must stay below this (as `tasks[].classes` must).
+const MAX_CLASSES: i64 = 65536;
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 /// A labels.csv row's value per column (None: blank), or why the row is unusable.
@@ -89,7 +91,7 @@ fn scan(root: &Path) -> anyhow::Result<Index> {
 }
 
 fn read_labels(csv: &Path, index: &mut Index) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(csv).map_err(|e| user_error!("{}: cannot read: {e}", csv.display()))?;
+    let text = crate::files::read_to_string(csv, 1 << 30)?;
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let Some((_, header)) = lines.next() else {
         user_bail!("{}: empty; the first row names the columns (file,<target>,…)", csv.display())
@@ -137,12 +139,11 @@ fn read_labels(csv: &Path, index: &mut Index) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, c)| match f[*k].as_str() {
                     "" => Ok(None),
-                    v => v
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|v| *v >= 0)
-                        .map(Some)
-                        .ok_or_else(|| format!("{at}: {c} = '{v}' is not a class number (0, 1, 2, …)")),
+                    v => {
+                        v.parse::<i64>().ok().filter(|v| (0..MAX_CLASSES).contains(v)).map(Some).ok_or_else(|| {
+                            format!("{at}: {c} = '{v}' is not a class number (0 to {})", MAX_CLASSES - 1)
+                        })
+                    }
                 })
                 .collect()
         };

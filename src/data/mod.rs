@@ -65,6 +65,12 @@ pub trait Dataset: Sync {
     fn default_on_bad_file(&self) -> OnBadFile {
         OnBadFile::Refuse
     }
+    /// For generated datasets: how many samples each split will have (train, val), known from
+    /// the config alone, so their size is checked before they are built. (Datasets read from
+    /// files are bounded by their files and checked once read.)
+    fn planned_samples(&self, _d: &DataConfig) -> Option<(usize, usize)> {
+        None
+    }
     /// Its own rules for the `data` settings, as `"<key>: <message>"`.
     fn check(&self, _d: &DataConfig) -> Result<(), String> {
         Ok(())
@@ -229,6 +235,13 @@ pub struct Sources {
 /// Loads both splits of `dataset` on the CPU, in memory or as streams. A missing or malformed
 /// source is a [`crate::error::UserError`] naming the path.
 pub fn load(dataset: &dyn Dataset, d: &DataConfig, seed: u64, wanted: &[Wanted]) -> anyhow::Result<Sources> {
+    if let (Some((train, val)), Some(targets)) = (dataset.planned_samples(d), dataset.targets(d)) {
+        // Built in RGB whatever `grayscale` says: the peak is three channels.
+        let px = (d.image_size * d.image_size) as u64;
+        let per_sample = 3 * px + targets.iter().map(|t| target_bytes(t.shape, px)).sum::<u64>();
+        let bytes = per_sample.saturating_mul((train + val) as u64);
+        refuse_over_limit(d, bytes, train, val)?;
+    }
     match dataset.load(d, seed, wanted)? {
         Loaded::Memory(splits) => {
             let splits = if d.grayscale { to_grayscale(splits) } else { splits };
@@ -239,11 +252,37 @@ pub fn load(dataset: &dyn Dataset, d: &DataConfig, seed: u64, wanted: &[Wanted])
     }
 }
 
+/// Bytes one target of `shape` takes per sample of `px` pixels (classes int64, labels uint8,
+/// depth and normals float16).
+pub fn target_bytes(shape: TargetShape, px: u64) -> u64 {
+    match shape {
+        TargetShape::PerImage => 8,
+        TargetShape::PerPixel => px,
+        TargetShape::PerPixelDepth => 2 * px,
+        TargetShape::PerPixelNormal => 6 * px,
+    }
+}
+
 /// Logs what a dataset takes in memory; refuses one over `data.max_memory_mb` (`streamable`
 /// datasets never get here with one: they stream instead).
 pub fn check_memory(d: &DataConfig, bytes: u64, train: usize, val: usize, streamable: bool) -> anyhow::Result<()> {
+    if !streamable {
+        refuse_over_limit(d, bytes, train, val)?;
+    }
+    tracing::info!(
+        "data: {} {train} train + {val} val samples, {} MB held in memory as uint8/float16 \
+         (data.max_memory_mb {})",
+        d.dataset,
+        show_mb(bytes as f64 / MB),
+        d.max_memory_mb
+    );
+    Ok(())
+}
+
+/// Refuses a dataset that needs more than `data.max_memory_mb` and cannot stream.
+fn refuse_over_limit(d: &DataConfig, bytes: u64, train: usize, val: usize) -> anyhow::Result<()> {
     let mb = bytes as f64 / MB;
-    if mb > d.max_memory_mb && !streamable {
+    if mb > d.max_memory_mb {
         user_bail!(
             "data.max_memory_mb: {} needs {} MB in memory ({train} train + {val} val samples), more than \
              the limit of {} MB, and it cannot be streamed; raise data.max_memory_mb or lower data.train_size / \
@@ -253,13 +292,6 @@ pub fn check_memory(d: &DataConfig, bytes: u64, train: usize, val: usize, stream
             d.max_memory_mb
         );
     }
-    tracing::info!(
-        "data: {} {train} train + {val} val samples, {} MB held in memory as uint8/float16 \
-         (data.max_memory_mb {})",
-        d.dataset,
-        show_mb(mb),
-        d.max_memory_mb
-    );
     Ok(())
 }
 

@@ -146,6 +146,7 @@ pub fn read_maybe_gz(root: &Path, name: &str) -> anyhow::Result<(PathBuf, Vec<u8
     let plain = root.join(name);
     let gz = root.join(format!("{name}.gz"));
     let path = if plain.is_file() || !gz.is_file() { plain } else { gz };
+    crate::files::reject_special(&path)?;
     let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             user_error!("{} (or {name}.gz) not found in {}; {FETCH_HINT}", name, root.display())

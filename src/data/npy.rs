@@ -25,8 +25,13 @@ pub struct Header {
     pub data_offset: usize,
 }
 
+/// Most elements an array may have: far above any image or label map, far below what would
+/// exhaust memory (or overflow a product of the header's dimensions).
+pub const MAX_ELEMENTS: usize = 1 << 30;
+
 /// Reads a whole `.npy` file. Errors name the file and say what is wrong.
 pub fn read(path: &Path) -> anyhow::Result<Array> {
+    crate::files::regular_len(path)?;
     let bytes = std::fs::read(path).map_err(|e| user_error!("{}: cannot read: {e}", path.display()))?;
     parse(&bytes).map_err(|e| user_error!("{}: {e}", path.display()))
 }
@@ -34,6 +39,7 @@ pub fn read(path: &Path) -> anyhow::Result<Array> {
 /// Reads only the header of a `.npy` file.
 pub fn read_header(path: &Path) -> anyhow::Result<Header> {
     use std::io::Read;
+    crate::files::regular_len(path)?;
     let mut f = std::fs::File::open(path).map_err(|e| user_error!("{}: cannot read: {e}", path.display()))?;
     let mut head = vec![0u8; 12];
     let got = f.read(&mut head).map_err(|e| user_error!("{}: cannot read: {e}", path.display()))?;
@@ -95,6 +101,10 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, String> {
         .map(|s| s.trim_end_matches('L').parse::<usize>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| format!("malformed 'shape' in .npy header: ({inner})"))?;
+    let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= MAX_ELEMENTS);
+    if elements.is_none() {
+        return Err(format!("shape {shape:?} is larger than the {MAX_ELEMENTS} elements an array may have here"));
+    }
     Ok(Header { descr, fortran_order, shape, data_offset: end })
 }
 

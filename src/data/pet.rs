@@ -166,6 +166,7 @@ pub fn sources(d: &DataConfig) -> anyhow::Result<FileSources> {
 /// The lines of a list file (comments and blank lines dropped), each parsed or the reason it
 /// could not be, naming the file and line.
 fn read_list(path: &Path) -> anyhow::Result<Vec<Result<Line, String>>> {
+    crate::files::reject_special(path)?;
     let text = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => user_error!("{} not found; {FETCH_HINT}", path.display()),
         _ => user_error!("{}: cannot read: {e}", path.display()),

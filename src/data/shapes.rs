@@ -93,6 +93,11 @@ impl Dataset for Shapes {
         ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     }
 
+    fn planned_samples(&self, d: &DataConfig) -> Option<(usize, usize)> {
+        let or_default = |n: usize, default: usize| if n == 0 { default } else { n };
+        Some((or_default(d.train_size, DEFAULT_TRAIN_SIZE), or_default(d.val_size, DEFAULT_VAL_SIZE)))
+    }
+
     fn check(&self, d: &DataConfig) -> Result<(), String> {
         if d.train_size > MAX_SAMPLES {
             return Err(format!("data.train_size: at most {MAX_SAMPLES} generated samples"));

@@ -70,17 +70,7 @@ pub fn sample_bytes(src: &dyn SampleSource, grayscale: bool) -> u64 {
     let (c, h, w) = src.image_shape();
     let px = (h * w) as u64;
     let c = if grayscale { 1 } else { c as u64 };
-    c * px
-        + src
-            .targets()
-            .iter()
-            .map(|t| match t.shape {
-                TargetShape::PerImage => 8,
-                TargetShape::PerPixel => px,
-                TargetShape::PerPixelDepth => 2 * px,
-                TargetShape::PerPixelNormal => 6 * px,
-            })
-            .sum::<u64>()
+    c * px + src.targets().iter().map(|t| super::target_bytes(t.shape, px)).sum::<u64>()
 }
 
 /// Loads both splits into memory when they fit in `data.max_memory_mb`, else prepares them for

@@ -49,6 +49,44 @@ impl Compute {
     }
 }
 
+thread_local! {
+    /// Inside [`count_variables`]: the elements counted so far.
+    static COUNTING: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `build` (which constructs layers) without allocating their variables, and returns how
+/// many elements they would hold: the model's size, known before anything large is allocated.
+pub fn count_variables(build: impl FnOnce()) -> u64 {
+    COUNTING.with(|c| c.set(Some(0)));
+    build();
+    COUNTING.with(|c| c.take()).unwrap_or(0)
+}
+
+/// In a counting pass, counts `shape` and returns a one-element stand-in.
+fn counted(p: &Path, name: &str, shape: &[i64], trainable: bool) -> Option<Tensor> {
+    COUNTING.with(|c| {
+        let n = c.get()?;
+        c.set(Some(n + shape.iter().product::<i64>().max(0) as u64));
+        Some(p.add(name, Tensor::zeros([1], (Kind::Float, p.device())), trainable))
+    })
+}
+
+/// A trainable variable (or, in a counting pass, its stand-in).
+fn var(p: &Path, name: &str, shape: &[i64], init: Init) -> Tensor {
+    counted(p, name, shape, true).unwrap_or_else(|| p.var(name, shape, init))
+}
+
+/// A variable that is not trained (a statistic), zeros or ones.
+fn statistic(p: &Path, name: &str, shape: &[i64], ones: bool) -> Tensor {
+    counted(p, name, shape, false).unwrap_or_else(|| {
+        if ones {
+            p.ones_no_train(name, shape)
+        } else {
+            p.zeros_no_train(name, shape)
+        }
+    })
+}
+
 /// PyTorch's default init for conv and linear layers: kaiming_uniform(a=√5) for the weight,
 /// which is U(±1/√fan_in), and U(±1/√fan_in) for the bias.
 fn default_bound(fan_in: i64) -> f64 {
@@ -68,8 +106,8 @@ pub struct Conv2d {
 impl Conv2d {
     pub fn new(p: Path, c_in: i64, c_out: i64, k: i64, stride: i64, bias: bool) -> Self {
         let bound = default_bound(c_in * k * k);
-        let weight = p.var("weight", &[c_out, c_in, k, k], Init::Uniform { lo: -bound, up: bound });
-        let bias = bias.then(|| p.var("bias", &[c_out], Init::Uniform { lo: -bound, up: bound }));
+        let weight = var(&p, "weight", &[c_out, c_in, k, k], Init::Uniform { lo: -bound, up: bound });
+        let bias = bias.then(|| var(&p, "bias", &[c_out], Init::Uniform { lo: -bound, up: bound }));
         // oneDNN's 1×1 strided convolution on NHWC input with fewer input channels than its
         // channel block (8 with AVX2, 16 with AVX-512) writes past a workspace in the weight
         // gradient: heap corruption, or wrong gradients with several threads (oneDNN issue
@@ -96,7 +134,7 @@ impl Linear {
     pub fn new(p: Path, d_in: i64, d_out: i64) -> Self {
         let bound = default_bound(d_in);
         let init = Init::Uniform { lo: -bound, up: bound };
-        Self { weight: p.var("weight", &[d_out, d_in], init), bias: p.var("bias", &[d_out], init) }
+        Self { weight: var(&p, "weight", &[d_out, d_in], init), bias: var(&p, "bias", &[d_out], init) }
     }
 
     pub fn forward(&self, x: &Tensor, c: Compute) -> Tensor {
@@ -122,10 +160,10 @@ impl BatchNorm2d {
     pub fn new(p: Path, c: i64) -> Self {
         let dev = p.device();
         Self {
-            weight: p.var("weight", &[c], Init::Const(1.0)),
-            bias: p.var("bias", &[c], Init::Const(0.0)),
-            running_mean: p.zeros_no_train("running_mean", &[c]),
-            running_var: p.ones_no_train("running_var", &[c]),
+            weight: var(&p, "weight", &[c], Init::Const(1.0)),
+            bias: var(&p, "bias", &[c], Init::Const(0.0)),
+            running_mean: statistic(&p, "running_mean", &[c], false),
+            running_var: statistic(&p, "running_var", &[c], true),
             num_batches_tracked: p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, dev)), false),
         }
     }

@@ -30,6 +30,17 @@ impl MultiTaskModel {
     /// initialisation, seeded from the run seed. `in_channels` and `image_size` describe the
     /// input images.
     pub fn new(cfg: &Config, heads: &[HeadSpec], device: Device, in_channels: i64, image_size: i64) -> Self {
+        Self::build(cfg, heads, device, in_channels, image_size)
+    }
+
+    /// How many elements the model's variables hold, computed without allocating them.
+    pub fn variable_count(cfg: &Config, heads: &[HeadSpec], in_channels: i64, image_size: i64) -> u64 {
+        layers::count_variables(|| {
+            Self::build(cfg, heads, Device::Cpu, in_channels, image_size);
+        })
+    }
+
+    fn build(cfg: &Config, heads: &[HeadSpec], device: Device, in_channels: i64, image_size: i64) -> Self {
         tch::manual_seed((crate::rng::derive_seed(cfg.seed, crate::rng::Purpose::Init, 0) >> 1) as i64);
         let vs = VarStore::new(device);
         let root = vs.root();
@@ -37,13 +48,11 @@ impl MultiTaskModel {
         let backbone =
             Backbone::new(&(&root / BACKBONE), &m.backbone, in_channels, in_channels * image_size * image_size);
         let info = backbone.info();
-        // `pool: flatten` heads need the coarsest map's size: one eval-mode pass of a blank
-        // image (eval mode leaves the BatchNorm statistics alone).
-        let top_hw = (info.spatial && m.heads.values().any(|h| h.pool == crate::config::Pool::Flatten)).then(|| {
-            let blank = Tensor::zeros([1, in_channels, image_size, image_size], (Kind::Float, device));
-            let features = tch::no_grad(|| backbone.forward(&blank, false, Compute::fp32()));
-            let s = features.last().expect("a backbone has at least one output").size();
-            (s[2], s[3])
+        // `pool: flatten` heads need the coarsest map's size: each stage after the first halves
+        // the image exactly (the resolve step checks the divisibility).
+        let top_hw = info.spatial.then(|| {
+            let m = backbone::size_multiple(&m.backbone);
+            (image_size / m, image_size / m)
         });
         let heads = heads
             .iter()
@@ -111,6 +120,11 @@ impl MultiTaskModel {
         (shared, heads)
     }
 
+    /// The variables that are not trained (BatchNorm statistics and counters), sorted by name.
+    pub fn buffers(&self) -> Vec<Tensor> {
+        self.named_variables().into_iter().filter(|(_, t)| !t.requires_grad()).map(|(_, t)| t).collect()
+    }
+
     /// Every variable (trainable or not), sorted by name: what `model.safetensors` holds.
     pub fn named_variables(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
@@ -124,7 +138,8 @@ impl MultiTaskModel {
     }
 
     /// Copies `tensors` (read from `file`) into the variables after checking every name,
-    /// shape and dtype; any mismatch is a user error naming the first few. With
+    /// shape, dtype and that the values are finite; any problem is a user error naming the
+    /// first few. With
     /// `allow_missing_heads`, head variables absent from the file keep their initialisation.
     pub fn load_tensors(
         &self,
@@ -151,6 +166,12 @@ impl MultiTaskModel {
         let known: BTreeSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
         for name in given.keys().filter(|n| !known.contains(*n)) {
             problems.push(format!("unexpected '{name}'"));
+        }
+        // Weights holding NaN or Inf would train (or predict) garbage without a word.
+        for (name, t) in tensors.iter().filter(|(n, t)| known.contains(n.as_str()) && t.is_floating_point()) {
+            if t.isfinite().all().int64_value(&[]) == 0 {
+                problems.push(format!("'{name}' holds NaN or Inf values"));
+            }
         }
         if !problems.is_empty() {
             let n = problems.len();

@@ -22,9 +22,8 @@ pub struct Baselines {
 
 impl Baselines {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            user_error!("{}: cannot read baselines (write them with `mtl-train baselines`): {e}", path.display())
-        })?;
+        let text = crate::files::read_to_string(path, crate::files::TEXT_LIMIT)
+            .map_err(|e| user_error!("{e} (baselines are written by `mtl-train baselines`)"))?;
         serde_json::from_str(&text).map_err(|e| user_error!("{}: not a baselines file: {e}", path.display()))
     }
 

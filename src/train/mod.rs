@@ -1,20 +1,23 @@
 //! The training loop: data → model → losses → balancer → optimizer, with evaluation,
 //! reporting and checkpoints at their boundaries.
 pub mod evaluate;
+mod health;
 pub mod plot;
 pub mod report;
 pub mod restore;
 pub mod resume;
 
 use crate::balance::{self, Balancer, GradientSpace, StepContext};
-use crate::checkpoint::{BestMetric, RunDir, Snapshot, TrainState, FORMAT_VERSION};
-use crate::config::Config;
+use crate::checkpoint::{BestMetric, RunDir, RunLock, Snapshot, TrainState, FORMAT_VERSION};
+use crate::config::{Config, OnNonFinite};
 use crate::data::loader::Loader;
+use crate::error::Diverged;
 use crate::model::{backbone, MultiTaskModel};
 use crate::optim::{flat::FlatParams, schedule::Schedule, Optimizer};
 use crate::setup::{Monitor, Resolved};
 use crate::tasks::{Baselines, Task};
 use crate::{user_bail, user_error};
+use health::{Health, StepFlags};
 use report::{MetricsLog, Progress};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,9 +81,47 @@ pub struct Trainer {
     epoch_loss: Tensor,
     /// Per-task weights the balancer used, summed since the last log line.
     window_weight: Tensor,
+    /// `train.on_nonfinite: skip_step`: the steps skipped (see [`Skips`]).
+    skips: Skips,
+    /// Whether this step's losses and gradients were finite, read at the loop's boundaries.
+    health: Health,
+    /// This process's hold on the run directory, once it exists.
+    lock: Option<RunLock>,
     shared: Vec<Tensor>,
     head_params: Vec<Vec<Tensor>>,
     task_names: Vec<String>,
+}
+
+/// Steps dropped by `train.on_nonfinite: skip_step`: since the last log line, since the epoch
+/// began (the loss means leave them out), in all, and in a row (the run stops after
+/// `train.max_consecutive_skips`). Checkpointed, so a resumed run counts the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Skips {
+    window: u64,
+    epoch: u64,
+    total: u64,
+    consecutive: u64,
+}
+
+impl Skips {
+    const TENSOR: &'static str = "loop.skips";
+
+    fn to_tensor(self) -> Tensor {
+        Tensor::from_slice(&[self.window, self.epoch, self.total, self.consecutive].map(|v| v as i64))
+    }
+
+    fn from_tensor(t: &Tensor) -> Option<Self> {
+        let v = Vec::<i64>::try_from(t.to_device(Device::Cpu)).ok()?;
+        let [window, epoch, total, consecutive] = v[..] else { return None };
+        Some(Self { window: window as u64, epoch: epoch as u64, total: total as u64, consecutive: consecutive as u64 })
+    }
+}
+
+/// What a skipped step must put back: BatchNorm statistics and the balancer's state, both
+/// already changed by the step's forward and backward.
+struct Undo {
+    buffers: Vec<Tensor>,
+    balancer: Vec<(String, Tensor)>,
 }
 
 impl Trainer {
@@ -90,9 +131,19 @@ impl Trainer {
     pub fn new(r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
         let Resolved { cfg, dataset, tasks, .. } = &r;
         let run = RunDir::new(&opts.run_dir);
-        if opts.resume.is_none() && (run.metrics().exists() || !run.list().is_empty()) {
+        if opts.run_dir.exists() && !opts.run_dir.is_dir() {
+            user_bail!("{}: the run directory is a file", opts.run_dir.display());
+        }
+        let lock = if opts.run_dir.is_dir() { Some(run.lock()?) } else { None };
+        if opts.resume.is_none() && !run.list().is_empty() {
             user_bail!(
                 "{}: run directory already holds a run; continue it with --resume or choose another --run-dir",
+                opts.run_dir.display()
+            );
+        }
+        if opts.resume.is_none() && run.metrics().exists() {
+            tracing::warn!(
+                "{}: holds a run that stopped before its first checkpoint; starting it over",
                 opts.run_dir.display()
             );
         }
@@ -107,7 +158,9 @@ impl Trainer {
         }
         let (h, w) = train_loader.image_hw();
         backbone::check_input_size(&cfg.model.backbone, h, w).map_err(|e| user_error!("{e}"))?;
-        let model = MultiTaskModel::new(cfg, &r.heads(), device, train_loader.channels(), train_loader.image_size());
+        let (channels, size) = (train_loader.channels(), train_loader.image_size());
+        check_model_fits(cfg, &r.heads(), channels, size, device)?;
+        let model = MultiTaskModel::new(cfg, &r.heads(), device, channels, size);
         if let Some(path) = &opts.init_from {
             resume::init_from(&model, path, opts.allow_missing_heads)?;
         }
@@ -144,6 +197,9 @@ impl Trainer {
             window_loss: zeros(),
             epoch_loss: zeros(),
             window_weight: zeros(),
+            skips: Skips::default(),
+            health: Health::new(device),
+            lock,
             shared,
             head_params,
             task_names,
@@ -167,10 +223,12 @@ impl Trainer {
         }
     }
 
-    /// One optimisation step on the next batch. Nothing here reads a value from the device.
+    /// One optimization step on the next batch. Nothing here reads a value from the device,
+    /// except the finiteness flag under `train.on_nonfinite: skip_step`.
     pub fn step(&mut self) -> anyhow::Result<()> {
         let Position { step, epoch, position } = self.at;
         let batch = self.train_loader.train_batch(epoch, position, step);
+        let undo = (self.cfg.train.on_nonfinite == OnNonFinite::SkipStep).then(|| self.undo_point());
         crate::rng::seed_torch(self.cfg.seed, step);
         self.optimizer.zero_grad();
         let hw = {
@@ -195,6 +253,17 @@ impl Trainer {
             seed: self.cfg.seed,
         };
         let task_weights = self.balancer.backward(&ctx)?;
+        let detached_losses =
+            Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
+        // Skipping must also catch BatchNorm statistics that overflowed in this forward; the
+        // stop mode finds them at the next boundary, with the weights.
+        let buffers = if undo.is_some() { self.model.buffers() } else { Vec::new() };
+        let flags = StepFlags::of(&detached_losses, std::iter::once(&self.optimizer.flat.grads).chain(&buffers));
+        match undo {
+            None => self.health.record(step, &flags),
+            Some(undo) if flags.finite.int64_value(&[]) == 0 => return self.skip(undo, &flags),
+            Some(_) => self.skips.consecutive = 0,
+        }
         let _ = self.window_weight.g_add_(&task_weights.to_kind(Kind::Double).to_device(self.window_weight.device()));
         self.optimizer.step(self.schedule.lr(step));
         if self.balancer.needs_after_step() {
@@ -208,15 +277,77 @@ impl Trainer {
             });
             self.balancer.after_step(&after)?;
         }
-        let detached_losses =
-            Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
         let _ = self.window_loss.g_add_(&detached_losses);
         let _ = self.epoch_loss.g_add_(&detached_losses);
+        self.advance();
+        Ok(())
+    }
+
+    fn advance(&mut self) {
         self.at.step += 1;
         self.at.position += 1;
         if self.at.position == self.steps_per_epoch() {
             self.at.epoch += 1;
             self.at.position = 0;
+        }
+    }
+
+    /// Copies of what a step changes besides the weights and optimizer (which a skipped step
+    /// never reaches).
+    fn undo_point(&self) -> Undo {
+        Undo {
+            buffers: self.model.buffers().iter().map(Tensor::copy).collect(),
+            balancer: self.balancer.state().into_iter().map(|(k, v)| (k, v.copy())).collect(),
+        }
+    }
+
+    /// Drops a step whose loss or gradient is not finite, as AMP's scaler does: no update, the
+    /// step's BatchNorm statistics and balancer state undone; too many in a row end the run.
+    fn skip(&mut self, undo: Undo, flags: &StepFlags) -> anyhow::Result<()> {
+        tch::no_grad(|| {
+            for (b, saved) in self.model.buffers().iter().zip(&undo.buffers) {
+                b.shallow_clone().copy_(saved);
+            }
+        });
+        self.balancer.load_state(&undo.balancer)?;
+        self.skips.window += 1;
+        self.skips.epoch += 1;
+        self.skips.total += 1;
+        self.skips.consecutive += 1;
+        let mut health = Health::new(self.device);
+        health.record(self.at.step, flags);
+        let reason = health.check(&self.task_names).expect_err("a skipped step is not finite");
+        tracing::warn!("skipped {reason} (train.on_nonfinite: skip_step; {} skipped so far)", self.skips.total);
+        let limit = self.cfg.train.max_consecutive_skips;
+        if self.skips.consecutive >= limit {
+            return Err(self.diverged(Diverged(format!(
+                "{reason}, the {limit}th skipped step in a row (train.max_consecutive_skips)"
+            ))));
+        }
+        self.advance();
+        Ok(())
+    }
+
+    /// The error a divergence ends the run with: what went wrong where, and what is left.
+    fn diverged(&self, what: Diverged) -> anyhow::Error {
+        let kept = match self.run.pointed(crate::checkpoint::LATEST).ok().flatten() {
+            Some(dir) => format!("LATEST is {}, the last finite checkpoint", dir.display()),
+            None => "no checkpoint had been written".to_string(),
+        };
+        anyhow::Error::new(Diverged(format!(
+            "training diverged at {what}; nothing was saved after it ({kept}); lower optim.lr, set optim.grad_clip, \
+             or set train.on_nonfinite: skip_step"
+        )))
+    }
+
+    /// At a boundary of the loop (log line, epoch end, evaluation, checkpoint): the steps since
+    /// the last check had finite losses and gradients, and the weights and BatchNorm statistics
+    /// are finite now. Two host reads when all is well.
+    fn check_health(&mut self) -> anyhow::Result<()> {
+        self.health.check(&self.task_names).map_err(|e| self.diverged(e))?;
+        if let Some(name) = health::first_non_finite(&self.model.named_variables()) {
+            let at = Diverged(format!("step {}: variable '{name}' is non-finite (NaN or Inf)", self.at.step));
+            return Err(self.diverged(at));
         }
         Ok(())
     }
@@ -278,10 +409,14 @@ impl Trainer {
         t.push(("loop.window_loss".into(), self.window_loss.shallow_clone()));
         t.push(("loop.epoch_loss".into(), self.epoch_loss.shallow_clone()));
         t.push(("loop.window_weight".into(), self.window_weight.shallow_clone()));
+        t.push((Skips::TENSOR.into(), self.skips.to_tensor()));
         t
     }
 
-    pub fn save_checkpoint(&self, is_best: bool) -> anyhow::Result<PathBuf> {
+    /// Writes a checkpoint of the current state; weights that are not finite are never
+    /// written (a [`Diverged`] error instead).
+    pub fn save_checkpoint(&mut self, is_best: bool) -> anyhow::Result<PathBuf> {
+        self.check_health()?;
         let state = self.train_state();
         let yaml = self.cfg.to_yaml();
         let snap = Snapshot {
@@ -300,6 +435,9 @@ impl Trainer {
     /// `curves.png`.
     pub fn run(&mut self) -> anyhow::Result<Summary> {
         self.run.create()?;
+        if self.lock.is_none() {
+            self.lock = Some(self.run.lock()?);
+        }
         crate::checkpoint::write_atomically(&self.run.config(), self.cfg.to_yaml().as_bytes())?;
         if std::mem::take(&mut self.save_initial) {
             // The imported starting point is kept as checkpoint step-000000: it can be evaluated,
@@ -314,7 +452,7 @@ impl Trainer {
     fn train_loop(&mut self) -> anyhow::Result<Summary> {
         let started = std::time::Instant::now();
         let resumed_at = self.at.step;
-        let mut log = MetricsLog::open(&self.run.metrics(), (resumed_at > 0).then_some(resumed_at))?;
+        let mut log = MetricsLog::open(&self.run.metrics(), Some(resumed_at))?;
         let spe = self.steps_per_epoch();
         let end = self.final_step();
         let mut progress = Progress::new(end, spe, self.at.step, self.cfg.data.batch_size as u64);
@@ -327,7 +465,8 @@ impl Trainer {
             progress.step(self.at.step, self.at.epoch);
             let step = self.at.step;
             if step.is_multiple_of(log_every) {
-                let window = (step - 1) % log_every + 1;
+                self.check_health()?;
+                let window = (step - 1) % log_every + 1 - std::mem::take(&mut self.skips.window);
                 let losses = Self::drain(&mut self.window_loss, &self.task_names, "loss", window);
                 let weights = Self::drain(&mut self.window_weight, &self.task_names, "weight", window);
                 let lr = self.schedule.lr(step - 1);
@@ -336,11 +475,16 @@ impl Trainer {
                 values.extend(weights);
                 values.push(("lr".into(), lr));
                 values.push(("images_per_second".into(), progress.images_per_second(step)));
+                if self.cfg.train.on_nonfinite == OnNonFinite::SkipStep {
+                    values.push(("skipped_steps".into(), self.skips.total as f64));
+                }
                 log.append(&report::record(step, epoch_before, "train", &values))?;
             }
             let epoch_done = self.at.epoch > epoch_before;
             if epoch_done {
-                let means = Self::drain(&mut self.epoch_loss, &self.task_names, "loss", spe);
+                self.check_health()?;
+                let counted = spe - std::mem::take(&mut self.skips.epoch);
+                let means = Self::drain(&mut self.epoch_loss, &self.task_names, "loss", counted);
                 let means: Vec<f64> = means.into_iter().map(|(_, v)| v).collect();
                 self.balancer.end_epoch(epoch_before, &means);
             }
@@ -351,6 +495,7 @@ impl Trainer {
             let stop = INTERRUPTED.load(Ordering::SeqCst);
             let mut is_best = false;
             if (epoch_done && self.at.epoch.is_multiple_of(self.cfg.train.eval_every)) || last {
+                self.check_health()?;
                 let (metrics, better) = self.evaluate(&mut log, &progress)?;
                 final_metrics = metrics;
                 is_best = better;
@@ -381,6 +526,34 @@ impl Trainer {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Refuses a model whose variables, gradients and optimizer state would not fit in the
+/// device's free memory, before allocating any of it.
+fn check_model_fits(
+    cfg: &Config,
+    heads: &[crate::model::HeadSpec],
+    channels: i64,
+    image_size: i64,
+    device: Device,
+) -> anyhow::Result<()> {
+    let elements = MultiTaskModel::variable_count(cfg, heads, channels, image_size);
+    let copies = 2 + match cfg.optim.kind {
+        crate::config::OptimKind::Adamw => 2,
+        crate::config::OptimKind::Sgd => u64::from(cfg.optim.momentum > 0.0),
+    };
+    let needed = elements.saturating_mul(4 * copies);
+    let Some((free, _)) = crate::setup::device_memory(device) else { return Ok(()) };
+    if needed > free {
+        let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
+        user_bail!(
+            "model: {elements} parameters need about {} with their gradients and optimizer state, more than the {} \
+             free on {device:?}; make model.backbone.widths / depth or model.heads.* smaller",
+            gb(needed),
+            gb(free)
+        );
+    }
+    Ok(())
 }
 
 impl Trainer {

@@ -140,6 +140,11 @@ pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
         }
         tch::no_grad(|| dst.shallow_clone().copy_(src));
     }
+    // Written since the third session; older checkpoints skipped nothing.
+    if let Some((_, t)) = loaded.train_tensors.iter().find(|(k, _)| k == super::Skips::TENSOR) {
+        trainer.skips = super::Skips::from_tensor(t)
+            .ok_or_else(|| user_error!("{}: tensor '{}' is malformed", state_file.display(), super::Skips::TENSOR))?;
+    }
     check_position(&loaded, trainer.steps_per_epoch())?;
     trainer.at = Position { step: loaded.state.step, epoch: loaded.state.epoch, position: loaded.state.position };
     trainer.best = loaded.state.best.clone();
