@@ -129,6 +129,12 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
 /// The `data` rules that depend on the dataset.
 fn check_data(cfg: &Config, dataset: &dyn Dataset) -> Result<(), String> {
     dataset.check(&cfg.data)?;
+    if cfg.data.download && dataset.source().is_none() {
+        return Err(format!(
+            "data.download: {} is not downloaded (generated data, or your own files); remove the key",
+            dataset.name()
+        ));
+    }
     if cfg.data.on_bad_file.is_some() && !dataset.per_sample_files() {
         return Err(format!(
             "data.on_bad_file: {} is read whole, not file by file: there is nothing to skip; remove the key",
@@ -138,16 +144,37 @@ fn check_data(cfg: &Config, dataset: &dyn Dataset) -> Result<(), String> {
     Ok(())
 }
 
-/// `data.root` made absolute: relative to the config's directory when given, else the
-/// dataset's default relative to the working directory (none for generated data).
+/// `data.root` made absolute and normalized: relative to the config's directory when given,
+/// else the dataset's default relative to the working directory (none for generated data).
 fn root(cfg: &Config, dataset: &dyn Dataset, dir: &Path) -> Option<String> {
     let path = match (&cfg.data.root, dataset.default_root()) {
-        (Some(r), _) if Path::new(r).is_absolute() => return Some(r.clone()),
         (Some(r), _) => dir.join(r),
         (None, Some(default)) => PathBuf::from(default),
         (None, None) => return None,
     };
-    Some(std::path::absolute(&path).unwrap_or(path).display().to_string())
+    Some(normalize_path(&std::path::absolute(&path).unwrap_or(path)).display().to_string())
+}
+
+/// `path` without `.` and without `x/..` where `x` is a directory rather than a symbolic link
+/// (there the two name the same place), so `configs/../data` is shown and recorded as `data`.
+pub fn normalize_path(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) && !out.is_symlink() =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// The kind's facts against the task's entry and the backbone.

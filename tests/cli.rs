@@ -10,7 +10,17 @@ fn trains_and_leaves_a_complete_run_directory() {
     let run = run_in(tmp.path(), &["tiny.yaml"]);
     run.assert_ok();
     let out = run.stdout();
-    assert!(out.contains("--- resolved config ---"), "{out}");
+    // A short banner, not the config (that is in the run directory, and in the debug log).
+    let banner: Vec<&str> = out.lines().take_while(|l| !l.starts_with("epoch")).collect();
+    assert_eq!(banner.len(), 4, "{out}");
+    assert!(banner[0].starts_with("mtl-train ") && banner[0].contains("device cpu"), "{out}");
+    assert_eq!(banner[1], "data     shapes: 96 train + 40 val images, 16×16");
+    assert!(
+        banner[2].starts_with("model    conv backbone, ") && banner[2].ends_with("M parameters, tasks kind, seg"),
+        "{out}"
+    );
+    assert_eq!(banner[3], "run dir  runs/tiny");
+    assert!(!out.contains("optim:"), "{out}");
     assert!(out.contains("epoch 1 step 2/"), "periodic log lines without a terminal:\n{out}");
     assert!(out.contains("summary:") && out.contains("miou"), "{out}");
 
@@ -92,7 +102,7 @@ fn missing_dataset_names_the_path_and_the_fetch_script() {
         .replace("target: kind, classes: 10", "target: class, classes: 10")
         .replace("classes: 11", "classes: 10");
     write(tmp.path(), "c.yaml", &text);
-    run_in(tmp.path(), &["c.yaml"]).assert_user_error(&["nowhere/cifar", "fetch_cifar10.sh"]);
+    run_in(tmp.path(), &["c.yaml"]).assert_user_error(&["nowhere/cifar", "data.download: true", "fetch_cifar10.sh"]);
 }
 
 #[test]

@@ -597,15 +597,23 @@ fn folder_masks_that_do_not_fit_are_clear_errors() {
 
 // --- The example configs ------------------------------------------------------------------
 
+/// Every YAML file in configs/.
+fn shipped_configs() -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("yaml"))
+        .collect();
+    paths.sort();
+    paths
+}
+
 #[test]
 fn every_example_config_is_valid() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut seen = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
-            continue;
-        }
+    for path in shipped_configs() {
         let text = std::fs::read_to_string(&path).unwrap();
         mtl::config::Config::parse(&text, &path.display().to_string(), &[]).unwrap_or_else(|e| panic!("{e:#}"));
         seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
@@ -613,4 +621,33 @@ fn every_example_config_is_valid() {
     for name in ["multimnist_mlp.yaml", "multimnist_lenet.yaml", "pet.yaml", "nyuv2.yaml", "folder_example.yaml"] {
         assert!(seen.iter().any(|s| s == name), "configs/{name} missing");
     }
+}
+
+#[test]
+fn every_shipped_config_resolves_with_download_set_and_downloads_nothing() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut public = Vec::new();
+    for path in shipped_configs() {
+        let cfg = mtl::config::Config::load(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+        let downloadable = mtl::data::dataset_named(&cfg.data.dataset).and_then(|d| d.source()).is_some();
+        if downloadable {
+            assert!(cfg.data.download, "{}: a public dataset's config sets data.download: true", path.display());
+            for set in [&[][..], &["data.download=false".to_string()][..]] {
+                let r = mtl::setup::resolve(mtl::config::Config::load(&path, set).unwrap(), "c", &dir)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                let root = r.cfg.data.root.unwrap();
+                assert!(!root.contains(".."), "{}: root {root} is normalized", path.display());
+            }
+            public.push(cfg.data.dataset.clone());
+        } else {
+            let set = ["data.download=true".to_string()];
+            let err = mtl::setup::resolve(mtl::config::Config::load(&path, &set).unwrap(), "c", &dir)
+                .err()
+                .unwrap_or_else(|| panic!("{}: download on {} is refused", path.display(), cfg.data.dataset));
+            assert!(format!("{err}").contains("data.download"), "{err}");
+        }
+    }
+    public.sort();
+    public.dedup();
+    assert_eq!(public, ["cifar10_seg", "multimnist", "nyuv2", "pet"]);
 }

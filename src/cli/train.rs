@@ -63,14 +63,33 @@ pub fn train(resolved: mtl::setup::Resolved, device: tch::Device, opts: &TrainOp
     Ok(summary)
 }
 
+/// What a run is about to do, in four lines; the resolved config itself goes to the run
+/// directory's config.yaml (and to the log at debug level).
 fn banner(t: &Trainer) -> String {
+    tracing::debug!("resolved config:\n{}", t.cfg.to_yaml());
+    let device = match t.device {
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        _ => format!("cpu ({} threads)", tch::get_num_threads()),
+    };
+    let (h, w) = t.train_loader.image_hw();
+    let data = &t.cfg.data;
+    let from = data.root.as_deref().map(|r| format!(" from {r}")).unwrap_or_default();
+    let streamed = if t.train_loader.is_streamed() { ", streamed" } else { "" };
+    let tasks: Vec<String> = t.tasks.iter().map(|t| t.name.clone()).collect();
     format!(
-        "mtl-train {} | device {:?} | threads {} | run dir {}\n--- resolved config ---\n{}-----------------------",
+        "mtl-train {} · {} · device {device}\n\
+         data     {}: {} train + {} val images, {h}×{w}{streamed}{from}\n\
+         model    {} backbone, {:.2}M parameters, tasks {}\n\
+         run dir  {}",
         env!("CARGO_PKG_VERSION"),
-        t.device,
-        tch::get_num_threads(),
-        t.run.root.display(),
-        t.cfg.to_yaml()
+        t.cfg.name,
+        data.dataset,
+        t.train_loader.len(),
+        t.val_loader.len(),
+        format!("{:?}", t.cfg.model.backbone.kind).to_lowercase(),
+        t.model.parameter_count() as f64 / 1e6,
+        tasks.join(", "),
+        mtl::setup::normalize_path(&t.run.root).display()
     )
 }
 

@@ -8,7 +8,7 @@ mod overrides;
 mod schema;
 mod validate;
 
-pub use validate::{parse_device, DeviceChoice};
+pub use validate::{is_http_url, parse_device, DeviceChoice};
 
 pub use schema::*;
 

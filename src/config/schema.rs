@@ -53,9 +53,21 @@ pub struct DataConfig {
     /// The dataset: `shapes` (generated, no download), `cifar10_seg`, `multimnist`, `pet`,
     /// `nyuv2` or `folder` (src/data/registry.rs lists them).
     pub dataset: String,
-    /// Where the files of a real dataset live.
+    /// Where the files of a real dataset live (relative to the config file; unset: the
+    /// dataset's default, `data/<name>` relative to the working directory).
     #[serde(default)]
     pub root: Option<String>,
+    /// Fetch a public dataset (cifar10_seg, multimnist, pet, nyuv2) into `root` when it is
+    /// absent there, from the URLs and with the checksums of scripts/datasets.txt. `false`
+    /// never touches the network: a missing dataset is an error.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub download: bool,
+    /// With `download`: a base URL that stands in for the publishers' sites (an air-gapped
+    /// cluster's copy); each file is fetched from `<mirror>/<file name>` and still checked
+    /// against its published checksum. Unset: the environment variable MTL_DATA_MIRROR, else
+    /// the publishers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
     /// Number of training samples; for real datasets 0 means all of them.
     #[serde(default)]
     pub train_size: usize,
@@ -104,6 +116,8 @@ impl DataConfig {
         Self {
             dataset: dataset.to_string(),
             root: None,
+            download: false,
+            mirror: None,
             train_size: 0,
             val_size: 0,
             image_size: default_image_size(),
@@ -135,6 +149,9 @@ fn default_prefetch_batches() -> usize {
 }
 fn is_default_prefetch_batches(v: &usize) -> bool {
     *v == default_prefetch_batches()
+}
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 fn is_zero(v: &usize) -> bool {
     *v == 0

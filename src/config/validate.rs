@@ -40,6 +40,11 @@ fn top_level(cfg: &Config) -> Check {
 }
 
 /// The device names the config accepts: `auto`, `cpu`, `cuda`, `cuda:N`.
+/// `http://` or `https://` followed by a host: what a download URL or mirror must look like.
+pub fn is_http_url(s: &str) -> bool {
+    ["http://", "https://"].iter().any(|p| s.len() > p.len() && s[..p.len()].eq_ignore_ascii_case(p))
+}
+
 pub fn parse_device(s: &str) -> Option<DeviceChoice> {
     match s {
         "auto" => Some(DeviceChoice::Auto),
@@ -85,6 +90,9 @@ fn data(cfg: &Config) -> Check {
         "data.prefetch_batches",
         format!("{} is out of range (1..=1024)", d.prefetch_batches),
     )?;
+    if let Some(m) = &d.mirror {
+        ensure(is_http_url(m), "data.mirror", format!("'{m}' must be an http:// or https:// URL"))?;
+    }
     let f = d.folder.val_fraction;
     ensure((0.0..1.0).contains(&f), "data.folder.val_fraction", format!("{f} must be in [0, 1)"))?;
     let a = &d.augment;

@@ -26,9 +26,7 @@ pub const CLASSES: usize = 10;
 pub const TRAIN_FILES: [&str; 5] =
     ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 pub const VAL_FILE: &str = "test_batch.bin";
-/// Used when `data.root` is not set; relative to the current directory.
-pub const DEFAULT_ROOT: &str = "data/cifar-10-batches-bin";
-const FETCH_HINT: &str = "run scripts/fetch_cifar10.sh to download CIFAR-10";
+const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch_cifar10.sh) to download CIFAR-10";
 
 /// The pasted rectangle covers this many pixels (25–50% of 32×32).
 const PASTE_AREA: std::ops::RangeInclusive<usize> = (SIDE * SIDE / 4)..=(SIDE * SIDE / 2);
@@ -54,10 +52,6 @@ impl Dataset for Cifar10Seg {
         ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
     }
 
-    fn default_root(&self) -> Option<&'static str> {
-        Some(DEFAULT_ROOT)
-    }
-
     fn check(&self, d: &DataConfig) -> Result<(), String> {
         if d.image_size != SIDE as i64 {
             return Err(format!("data.image_size: cifar10_seg images are {SIDE}×{SIDE}; set {SIDE}"));
@@ -76,7 +70,7 @@ pub fn load(cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
     if cfg.image_size != SIDE as i64 {
         user_bail!("data.image_size: cifar10_seg images are {SIDE} px, got {}", cfg.image_size);
     }
-    let root = root_dir(cfg, DEFAULT_ROOT);
+    let root = root_dir(cfg);
     if !root.is_dir() {
         user_bail!("data.root: CIFAR-10 directory {} not found; {FETCH_HINT}", root.display());
     }

@@ -13,6 +13,7 @@
 pub mod augment;
 pub mod cifar10;
 pub mod decode;
+pub mod fetch;
 pub mod folder;
 pub mod loader;
 pub mod multimnist;
@@ -51,10 +52,15 @@ pub trait Dataset: Sync {
     fn targets(&self, d: &DataConfig) -> Option<Vec<TargetInfo>>;
     /// Per-channel mean and std that normalize its images (after dividing by 255).
     fn normalization(&self) -> ([f64; 3], [f64; 3]);
-    /// Where its files live when `data.root` is unset (relative to the working directory);
-    /// `None` for generated data.
+    /// Where its files are published, for `data.download` (scripts/datasets.txt, by name);
+    /// `None` for generated data and for your own files.
+    fn source(&self) -> Option<&'static fetch::Source> {
+        fetch::source(self.name())
+    }
+    /// Where its files live when `data.root` is unset (relative to the working directory): the
+    /// root its source names; `None` for generated data.
     fn default_root(&self) -> Option<&'static str> {
-        None
+        self.source().map(|s| s.root.as_str())
     }
     /// Whether samples are separate files read one by one: then a bad file can be skipped
     /// (`data.on_bad_file`) and the dataset can stream when it does not fit in memory.
@@ -232,8 +238,9 @@ pub struct Sources {
     pub val: Source,
 }
 
-/// Loads both splits of `dataset` on the CPU, in memory or as streams. A missing or malformed
-/// source is a [`crate::error::UserError`] naming the path.
+/// Loads both splits of `dataset` on the CPU, in memory or as streams, after fetching it when
+/// `data.download` asks for that and it is absent. A missing or malformed source is a
+/// [`crate::error::UserError`] naming the path.
 pub fn load(dataset: &dyn Dataset, d: &DataConfig, seed: u64, wanted: &[Wanted]) -> anyhow::Result<Sources> {
     if let (Some((train, val)), Some(targets)) = (dataset.planned_samples(d), dataset.targets(d)) {
         // Built in RGB whatever `grayscale` says: the peak is three channels.
@@ -242,6 +249,7 @@ pub fn load(dataset: &dyn Dataset, d: &DataConfig, seed: u64, wanted: &[Wanted])
         let bytes = per_sample.saturating_mul((train + val) as u64);
         refuse_over_limit(d, bytes, train, val)?;
     }
+    fetch::ensure(d, &root_dir(d))?;
     match dataset.load(d, seed, wanted)? {
         Loaded::Memory(splits) => {
             let splits = if d.grayscale { to_grayscale(splits) } else { splits };
@@ -324,10 +332,11 @@ pub fn grayscale_images(images: &Tensor) -> Tensor {
     y.round().clamp(0.0, 255.0).to_kind(Kind::Uint8)
 }
 
-/// `data.root` (made absolute when the config was resolved), or `default` (relative to the
-/// working directory) when unset.
-pub fn root_dir(d: &DataConfig, default: &str) -> PathBuf {
-    PathBuf::from(d.root.as_deref().unwrap_or(default))
+/// `data.root` (made absolute when the config was resolved), or the dataset's default root
+/// (relative to the working directory) when unset.
+pub fn root_dir(d: &DataConfig) -> PathBuf {
+    let default = || dataset_named(&d.dataset).and_then(|s| s.default_root());
+    PathBuf::from(d.root.as_deref().or_else(default).unwrap_or("."))
 }
 
 /// `data.on_bad_file`, or the dataset's default.

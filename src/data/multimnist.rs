@@ -27,12 +27,11 @@ pub const SIDE: usize = 28;
 pub const CANVAS: usize = 36;
 /// Where the right digit starts on the canvas (rows and columns).
 pub const OFFSET: usize = 6;
-pub const DEFAULT_ROOT: &str = "data/mnist";
 pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
 pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
 pub const VAL_IMAGES: &str = "t10k-images-idx3-ubyte";
 pub const VAL_LABELS: &str = "t10k-labels-idx1-ubyte";
-const FETCH_HINT: &str = "run scripts/fetch_multimnist.sh to download MNIST";
+const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch_multimnist.sh) to download MNIST";
 
 pub const TARGETS: &[TargetInfo] = &[
     TargetInfo { name: "left", shape: TargetShape::PerImage, classes: 10 },
@@ -56,10 +55,6 @@ impl Dataset for MultiMnist {
         ([0.1307; 3], [0.3081; 3])
     }
 
-    fn default_root(&self) -> Option<&'static str> {
-        Some(DEFAULT_ROOT)
-    }
-
     fn check(&self, d: &DataConfig) -> Result<(), String> {
         if d.image_size != SIDE as i64 {
             return Err(format!("data.image_size: multimnist images are {SIDE}×{SIDE}; set {SIDE}"));
@@ -81,7 +76,7 @@ pub fn load(cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
     if cfg.image_size != SIDE as i64 {
         user_bail!("data.image_size: multimnist images are {SIDE} px, got {}", cfg.image_size);
     }
-    let root = root_dir(cfg, DEFAULT_ROOT);
+    let root = root_dir(cfg);
     if !root.is_dir() {
         user_bail!("data.root: MNIST directory {} not found; {FETCH_HINT}", root.display());
     }

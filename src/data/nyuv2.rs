@@ -21,9 +21,8 @@ use crate::{user_bail, user_error};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub const DEFAULT_ROOT: &str = "data/nyuv2";
 pub const CLASSES: i64 = 13;
-const FETCH_HINT: &str = "run scripts/fetch_nyuv2.sh to download the preprocessed NYUv2";
+const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch_nyuv2.sh) to download the preprocessed NYUv2";
 
 pub const TARGETS: &[TargetInfo] = &[
     TargetInfo { name: "semantic", shape: TargetShape::PerPixel, classes: CLASSES },
@@ -58,10 +57,6 @@ impl Dataset for Nyuv2 {
         IMAGENET
     }
 
-    fn default_root(&self) -> Option<&'static str> {
-        Some(DEFAULT_ROOT)
-    }
-
     fn per_sample_files(&self) -> bool {
         true
     }
@@ -75,7 +70,7 @@ impl Dataset for Nyuv2 {
 /// sample numbers. `data.image_size` is the height; the width keeps the stored aspect (whether
 /// both fit the backbone is checked once the sizes are known, src/train/mod.rs).
 pub fn sources(d: &DataConfig) -> anyhow::Result<FileSources> {
-    let root = root_dir(d, DEFAULT_ROOT);
+    let root = root_dir(d);
     if !root.is_dir() {
         user_bail!("data.root: NYUv2 directory {} not found; {FETCH_HINT}", root.display());
     }

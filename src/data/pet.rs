@@ -27,12 +27,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub const DEFAULT_ROOT: &str = "data/oxford-iiit-pet";
 pub const BREEDS: i64 = 37;
 /// Breed ids within a species: 12 cat breeds, 25 dog breeds.
 pub const CAT_BREEDS: i64 = 12;
 pub const DOG_BREEDS: i64 = 25;
-const FETCH_HINT: &str = "run scripts/fetch_pet.sh to download Oxford-IIIT Pet";
+const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch_pet.sh) to download Oxford-IIIT Pet";
 
 pub fn targets(border: PetBorder) -> [TargetInfo; 3] {
     [
@@ -90,10 +89,6 @@ impl Dataset for Pet {
         IMAGENET
     }
 
-    fn default_root(&self) -> Option<&'static str> {
-        Some(DEFAULT_ROOT)
-    }
-
     fn per_sample_files(&self) -> bool {
         true
     }
@@ -111,7 +106,7 @@ impl Dataset for Pet {
 /// The train (trainval.txt) and val (test.txt) sources; `data.train_size` / `data.val_size`
 /// other than 0 take the first N lines.
 pub fn sources(d: &DataConfig) -> anyhow::Result<FileSources> {
-    let root = root_dir(d, DEFAULT_ROOT);
+    let root = root_dir(d);
     if !root.is_dir() {
         user_bail!("data.root: Oxford-IIIT Pet directory {} not found; {FETCH_HINT}", root.display());
     }

@@ -195,3 +195,30 @@ fn folder_tasks_follow_the_folder_layout() {
     assert!(error_of(&dataset_config("dataset: folder, root: x, folder: {val_fraction: 1.0}", tasks), &[])
         .contains("data.folder.val_fraction"));
 }
+
+#[test]
+fn roots_are_normalized_without_crossing_symbolic_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = dir.path().join("configs");
+    std::fs::create_dir(&configs).unwrap();
+    let text = "name: c\ndata: {dataset: cifar10_seg, root: ../data/./cifar}\nmodel: {backbone: {kind: conv, widths: [4, 8]}}\n\
+                tasks: [{name: c, kind: classification, target: class, classes: 10}]\n";
+    let r = resolve(Config::parse(text, "c.yaml", &[]).unwrap(), "c.yaml", &configs).unwrap();
+    assert_eq!(r.cfg.data.root.as_deref(), Some(dir.path().join("data/cifar").to_str().unwrap()));
+
+    // Through a link, `link/..` is the parent of the link's target, not `dir`: kept as written.
+    std::fs::create_dir_all(dir.path().join("real/inner")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("real/inner"), dir.path().join("link")).unwrap();
+    let through = dir.path().join("link/../x/../y");
+    assert_eq!(normalize_path(&through), dir.path().join("link/../y"));
+    assert_eq!(normalize_path(Path::new("a/./b/../../c")), Path::new("c"));
+    assert_eq!(normalize_path(Path::new("a/..")), Path::new("."));
+    assert_eq!(normalize_path(Path::new("../a")), Path::new("../a"));
+}
+
+#[test]
+fn download_is_refused_where_there_is_nothing_to_download() {
+    let e = error_of(DEFAULT_CONFIG, &["data.download=true"]);
+    assert!(e.contains("data.download") && e.contains("shapes"), "{e}");
+    assert!(error_of(DEFAULT_CONFIG, &["data.mirror=/srv/data"]).contains("data.mirror"));
+}

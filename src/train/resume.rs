@@ -15,8 +15,15 @@ use tch::Tensor;
 /// resume and is logged.
 const MUST_MATCH: &[&str] = &["model", "tasks", "data", "seed", "balance", "precision"];
 /// Keys under `data` that do not affect training.
-const HARMLESS_DATA: &[&str] =
-    &["data.eval_batch_size", "data.root", "data.max_memory_mb", "data.decode_threads", "data.prefetch_batches"];
+const HARMLESS_DATA: &[&str] = &[
+    "data.eval_batch_size",
+    "data.root",
+    "data.download",
+    "data.mirror",
+    "data.max_memory_mb",
+    "data.decode_threads",
+    "data.prefetch_batches",
+];
 
 pub fn fingerprint(cfg: &Config) -> String {
     let flat = flatten(cfg);

@@ -74,9 +74,22 @@ impl Run {
 }
 
 pub fn run_in(dir: &Path, args: &[&str]) -> Run {
-    let output =
-        Command::new(binary()).args(args).current_dir(dir).env("RUST_LOG", "warn").output().expect("mtl-train runs");
-    Run { output }
+    run_with_env(dir, args, &[])
+}
+
+/// Environment variables that would send a test's downloads elsewhere than its local server.
+pub const NETWORK_ENV: &[&str] =
+    &["MTL_DATA_MIRROR", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"];
+
+/// `run_in` with environment variables set; the caller's mirror and proxies are not inherited.
+pub fn run_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).current_dir(dir).env("RUST_LOG", "warn");
+    for name in NETWORK_ENV {
+        cmd.env_remove(name);
+    }
+    cmd.envs(env.iter().copied());
+    Run { output: cmd.output().expect("mtl-train runs") }
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
