@@ -9,6 +9,7 @@ pub mod balance;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod files;
 pub mod model;
