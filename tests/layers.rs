@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("rng", 0),
     ("transfer", 0),
     ("config", 1),
+    ("dist", 1),
     ("data", 2),
     ("model", 2),
     ("optim", 2),

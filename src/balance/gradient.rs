@@ -89,10 +89,12 @@ impl<M: GradientMethod> Balancer for GradientBalancer<M> {
             return grads::backward_with_weights(ctx, &w);
         }
         let TaskGrads { matrix, heads } = grads::task_gradients(ctx, self.space)?;
+        let matrix = grads::across_ranks(ctx, self.space, matrix);
         let losses = grads::stacked_losses(ctx.losses);
         let comb = self.method.combine_step(&matrix, &losses, ctx)?;
         let head_weights = self.method.head_weights(&comb, &losses);
-        grads::apply(ctx, self.space, &comb.direction, &heads, &head_weights)?;
+        let direction = grads::own_part(ctx, self.space, &comb.direction);
+        grads::apply(ctx, self.space, &direction, &heads, &head_weights)?;
         Ok(comb.weights.detach().to_kind(Kind::Float).to_device(device))
     }
 

@@ -83,6 +83,37 @@ pub fn task_gradients(ctx: &StepContext, space: GradientSpace) -> anyhow::Result
     Ok(TaskGrads { matrix, heads })
 }
 
+/// In a distributed run, the per-task gradients of the whole global batch, the same on every
+/// rank. Parameters: the mean over the ranks (each rank's rows are the gradients of its own
+/// batch's mean loss). Representation: each rank's columns belong to its own samples, so the
+/// ranks' matrices are concatenated (all-gathered, in rank order) and divided by the world
+/// size (a sample's share of the global batch's mean loss); the columns come rank by rank,
+/// a permutation of one process's order that no method's result depends on.
+pub fn across_ranks(ctx: &StepContext, space: GradientSpace, matrix: Tensor) -> Tensor {
+    let Some(g) = ctx.ranks else { return matrix };
+    match space {
+        GradientSpace::Representation => Tensor::cat(&g.all_gather(&matrix), 1) / g.world() as f64,
+        GradientSpace::Params | GradientSpace::Losses => {
+            g.mean_(&matrix);
+            matrix
+        }
+    }
+}
+
+/// The part of a direction over [`across_ranks`]' columns that this rank applies. In
+/// representation space that is its own samples' slice, times the world size: the trainer
+/// then averages the ranks' parameter gradients, which gives the sum over the ranks' slices,
+/// as one process backpropagating the whole direction gets.
+pub fn own_part(ctx: &StepContext, space: GradientSpace, direction: &Tensor) -> Tensor {
+    match (ctx.ranks, space) {
+        (Some(g), GradientSpace::Representation) => {
+            let n = direction.size()[0] / g.world() as i64;
+            direction.narrow(0, g.rank() as i64 * n, n) * g.world() as f64
+        }
+        _ => direction.shallow_clone(),
+    }
+}
+
 /// Writes the update: the shared inputs get `direction` (in params space straight into the
 /// parameters' `.grad`; in representation space backpropagated through the backbone as
 /// `Σ_k (z_k · d_k).sum()`), and each head gets its own gradient times `head_weights[i]`.

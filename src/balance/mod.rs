@@ -76,6 +76,10 @@ pub struct StepContext<'a> {
     pub step: u64,
     pub epoch: u64,
     pub seed: u64,
+    /// In a distributed run, the ranks: the losses above are then already averaged over them,
+    /// and gradient methods combine the gradients of the whole global batch
+    /// ([`grads::across_ranks`]), so every rank computes the same task weights.
+    pub ranks: Option<&'a crate::dist::Group>,
 }
 
 /// A balancing method.

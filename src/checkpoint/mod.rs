@@ -40,6 +40,14 @@ pub struct TrainState {
     /// All randomness is derived from (seed, purpose, step/epoch/index): no generator state
     /// needs saving. Recorded for readers of the file.
     pub rng: String,
+    /// Processes that trained together: the global batch was `data.batch_size` times this, and
+    /// `step`/`position` count global batches (1 in checkpoints from before distribution).
+    #[serde(default = "one")]
+    pub world_size: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

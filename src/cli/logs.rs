@@ -7,16 +7,19 @@ use std::sync::Mutex;
 /// Lines written while holding; `None` once released.
 static HELD: Mutex<Option<Vec<u8>>> = Mutex::new(Some(Vec::new()));
 
-/// Installs the subscriber: `RUST_LOG`'s filter, or `info` with the early lines held back.
+/// Installs the subscriber: `RUST_LOG`'s filter, or `info` with the early lines held back
+/// (`warn` on the ranks other than 0 of a distributed run, which would repeat rank 0's lines).
 pub fn init() {
     let explicit = std::env::var_os("RUST_LOG").is_some();
     if explicit {
         release();
     }
+    let other_rank = std::env::var("RANK").is_ok_and(|r| r.trim() != "0");
+    let default = if other_rank { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(|| Gate)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

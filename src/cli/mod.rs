@@ -4,6 +4,7 @@ mod baselines;
 mod bench;
 mod compare;
 mod eval;
+mod launcher;
 mod logs;
 mod predict;
 mod signals;
@@ -14,6 +15,30 @@ use mtl::error::{is_divergence, is_user_error};
 use mtl::setup::Resolved;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
+
+/// This process's rank, once it has joined a distributed run: an error that ends the command
+/// is posted to the other ranks, which then exit with the same code (see mtl::dist).
+static RANKS: OnceLock<mtl::dist::Group> = OnceLock::new();
+
+/// Keeps `group` for [`main`]'s error path and returns it.
+pub fn join_ranks(group: mtl::dist::Group) -> mtl::dist::Group {
+    let _ = RANKS.set(group.clone());
+    group
+}
+
+/// Prints a command's error line and, in a distributed run, tells the other ranks (which then
+/// exit with the same code; of ranks failing together only the first to post prints).
+fn fail(code: u8, line: String) -> ExitCode {
+    let first = RANKS.get().is_none_or(|g| g.post_failure(code.into(), &line));
+    if first {
+        eprintln!("error: {line}");
+    }
+    if let Some(g) = RANKS.get() {
+        g.await_failure_seen();
+    }
+    ExitCode::from(code)
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -121,18 +146,9 @@ pub fn main() -> ExitCode {
             logs::release();
             code
         }
-        Err(err) if is_divergence(&err) => {
-            eprintln!("error: {err}");
-            ExitCode::from(3)
-        }
-        Err(err) if is_user_error(&err) => {
-            eprintln!("error: {err}");
-            ExitCode::from(2)
-        }
-        Err(err) => {
-            eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
-            ExitCode::from(1)
-        }
+        Err(err) if is_divergence(&err) => fail(3, err.to_string()),
+        Err(err) if is_user_error(&err) => fail(2, err.to_string()),
+        Err(err) => fail(1, format!("{err:#}").replace('\n', " ")),
     }
 }
 

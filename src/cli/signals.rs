@@ -34,31 +34,38 @@ fn name(signal: i32) -> &'static str {
 }
 
 /// Installs the handlers. `grace`: how long the step and checkpoint may take after the first
-/// signal (None: as long as they need).
-pub fn install(grace: Option<Duration>) -> anyhow::Result<()> {
+/// signal (None: as long as they need). `announce`: print what happens (false on the ranks
+/// other than 0 of a distributed run, which all receive the same signal).
+pub fn install(grace: Option<Duration>, announce: bool) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
     std::thread::spawn(move || {
         for signal in signals.forever() {
             if RECEIVED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-                eprintln!("second {}: exiting without a checkpoint", name(signal));
+                if announce {
+                    eprintln!("second {}: exiting without a checkpoint", name(signal));
+                }
                 std::process::exit(exit_code(signal).into());
             }
             INTERRUPTED.store(true, Ordering::SeqCst);
-            eprintln!(
-                "{}: finishing the current step and writing a checkpoint ({} again to exit at once)",
-                name(signal),
-                name(signal)
-            );
+            if announce {
+                eprintln!(
+                    "{}: finishing the current step and writing a checkpoint ({} again to exit at once)",
+                    name(signal),
+                    name(signal)
+                );
+            }
             if let Some(grace) = grace {
                 std::thread::spawn(move || {
                     std::thread::sleep(grace);
-                    eprintln!(
-                        "error: {}: the step and checkpoint did not finish within train.stop_grace_seconds ({}s); \
+                    if announce {
+                        eprintln!(
+                            "error: {}: the step and checkpoint did not finish within train.stop_grace_seconds ({}s); \
                          exiting without a checkpoint (LATEST is the previous one)",
-                        name(signal),
-                        grace.as_secs_f64()
-                    );
+                            name(signal),
+                            grace.as_secs_f64()
+                        );
+                    }
                     std::process::exit(exit_code(signal).into());
                 });
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     #[command(flatten)]
-    config: ConfigArgs,
+    pub(super) config: ConfigArgs,
     /// Run directory (default: runs/<name>). An existing run is only continued with --resume.
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
@@ -23,9 +23,20 @@ pub struct TrainArgs {
     /// With --init-from: heads absent from the file keep their fresh initialisation.
     #[arg(long, requires = "init_from")]
     allow_missing_heads: bool,
+    /// Train data-parallel with N processes on this machine (one GPU each on CUDA, Gloo between
+    /// CPU processes): the global batch is N × data.batch_size. Multi-machine: torchrun
+    /// --nproc_per_node=G --nnodes=M ... --no-python mtl-train CONFIG.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
+    /// With --nproc: the port rank 0's rendezvous store listens on (default: a free one).
+    #[arg(long, value_name = "PORT", requires = "nproc")]
+    pub master_port: Option<u16>,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    if let Some(n) = args.nproc {
+        return super::launcher::run(&args, n);
+    }
     let resolved = args.config.resolve()?;
     let run_dir = args.run_dir.clone().unwrap_or_else(|| resolved.default_run_dir());
     let resume = match &args.resume {
@@ -33,19 +44,31 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         Some(p) if p.as_os_str() == "latest" => latest_checkpoint(&run_dir)?,
         Some(p) => Some(p.clone()),
     };
-    let device = mtl::setup::device(&resolved.cfg.device)?;
+    let launch = mtl::dist::Launch::from_env()?;
+    let device = rank_device(mtl::setup::device(&resolved.cfg.device)?, launch.as_ref())?;
     mtl::setup::init_runtime(&resolved.cfg, device);
+    let ranks = match &launch {
+        Some(l) => {
+            let timeout = Duration::from_secs_f64(resolved.cfg.train.dist_timeout_seconds);
+            Some(super::join_ranks(mtl::dist::init(l, device, timeout)?))
+        }
+        None => None,
+    };
+    let first = ranks.as_ref().is_none_or(mtl::dist::Group::is_first);
     let grace = resolved.cfg.train.stop_grace_seconds;
-    super::signals::install((grace > 0.0).then(|| Duration::from_secs_f64(grace)))?;
+    super::signals::install((grace > 0.0).then(|| Duration::from_secs_f64(grace)), first)?;
     let opts = TrainOptions {
         run_dir,
         resume,
         init_from: args.init_from.clone(),
         allow_missing_heads: args.allow_missing_heads,
+        ranks,
     };
     let summary = train(resolved, device, &opts)?;
     if summary.interrupted {
-        eprintln!("stopped at step {}; continue with --resume", summary.steps);
+        if first {
+            eprintln!("stopped at step {}; continue with --resume", summary.steps);
+        }
         let signal = super::signals::received().unwrap_or(signal_hook::consts::SIGINT);
         return Ok(ExitCode::from(super::signals::exit_code(signal)));
     }
@@ -57,20 +80,47 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 pub fn train(resolved: mtl::setup::Resolved, device: tch::Device, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let mut trainer = Trainer::new(resolved, device, opts)?;
     super::logs::release();
-    println!("{}", banner(&trainer));
+    let first = trainer.is_first_rank();
+    if first {
+        println!("{}", banner(&trainer));
+    }
     let summary = trainer.run()?;
-    print!("{}", closing_table(&summary));
+    if first {
+        print!("{}", closing_table(&summary));
+    }
     Ok(summary)
+}
+
+/// A CUDA rank trains on its own GPU, `cuda:LOCAL_RANK` (torchrun's convention).
+fn rank_device(device: tch::Device, launch: Option<&mtl::dist::Launch>) -> anyhow::Result<tch::Device> {
+    match (device, launch) {
+        (tch::Device::Cuda(_), Some(l)) => {
+            let gpus = tch::Cuda::device_count() as usize;
+            if l.local_rank >= gpus {
+                mtl::user_bail!("LOCAL_RANK: {} has no GPU of its own (this machine has {gpus})", l.local_rank);
+            }
+            Ok(tch::Device::Cuda(l.local_rank))
+        }
+        _ => Ok(device),
+    }
 }
 
 /// What a run is about to do, in four lines; the resolved config itself goes to the run
 /// directory's config.yaml (and to the log at debug level).
 fn banner(t: &Trainer) -> String {
     tracing::debug!("resolved config:\n{}", t.cfg.to_yaml());
-    let device = match t.device {
+    let mut device = match t.device {
         tch::Device::Cuda(i) => format!("cuda:{i}"),
         _ => format!("cpu ({} threads)", tch::get_num_threads()),
     };
+    if t.world_size() > 1 {
+        let backend = if t.device.is_cuda() { "NCCL" } else { "Gloo" };
+        device = format!(
+            "{device} × {} ranks ({backend}), global batch {}",
+            t.world_size(),
+            t.train_loader.global_batch_size()
+        );
+    }
     let (h, w) = t.train_loader.image_hw();
     let data = &t.cfg.data;
     let from = data.root.as_deref().map(|r| format!(" from {r}")).unwrap_or_default();

@@ -250,6 +250,11 @@ pub struct ModelConfig {
     /// Head options, keyed by task name; tasks without an entry get the defaults.
     #[serde(default)]
     pub heads: BTreeMap<String, HeadConfig>,
+    /// Distributed runs: BatchNorm layers normalize training batches with statistics over
+    /// every rank's batch (PyTorch's SyncBatchNorm), so N ranks of batch B train as one
+    /// process of batch N·B. Off: each rank uses its own batch's statistics, as DDP does.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sync_batchnorm: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -533,6 +538,18 @@ pub struct TrainConfig {
     /// checkpoint). Set it a little below your scheduler's grace period; 0: no limit.
     #[serde(default)]
     pub stop_grace_seconds: f64,
+    /// Distributed runs: how long a rank waits for the others (to join, in a collective) and
+    /// how long a rank may stay silent (no heartbeat) before the run ends with a line naming it.
+    #[serde(default = "default_dist_timeout", skip_serializing_if = "is_default_dist_timeout")]
+    pub dist_timeout_seconds: f64,
+}
+
+fn default_dist_timeout() -> f64 {
+    300.0
+}
+
+fn is_default_dist_timeout(v: &f64) -> bool {
+    *v == default_dist_timeout()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -568,6 +585,7 @@ impl Default for TrainConfig {
             on_nonfinite: OnNonFinite::default(),
             max_consecutive_skips: default_max_consecutive_skips(),
             stop_grace_seconds: 0.0,
+            dist_timeout_seconds: default_dist_timeout(),
         }
     }
 }

@@ -214,6 +214,11 @@ fn train(cfg: &Config) -> Check {
         t.stop_grace_seconds.is_finite() && (0.0..=86400.0).contains(&t.stop_grace_seconds),
         "train.stop_grace_seconds",
         format!("{} must be in [0, 86400] (0: no limit)", t.stop_grace_seconds),
+    )?;
+    ensure(
+        t.dist_timeout_seconds.is_finite() && (1.0..=86400.0).contains(&t.dist_timeout_seconds),
+        "train.dist_timeout_seconds",
+        format!("{} must be in [1, 86400]", t.dist_timeout_seconds),
     )
 }
 

@@ -54,12 +54,42 @@ pub fn augment(
     max_scale: f64,
     rng: &mut impl Rng,
 ) -> (Tensor, Vec<Tensor>) {
-    let (images, targets) = crop_flip_targets(images, spatial, padding, hflip, rng);
+    augment_part(images, spatial, padding, hflip, max_scale, Part::whole(images), rng)
+}
+
+/// Which samples of a batch these images are: `offset..offset + N` of a batch of `total`
+/// (one rank's share of the global batch). The numbers are drawn for all `total` samples, in
+/// the order one process would draw them, and this part's are used: N ranks augment their
+/// shares exactly as one process augments the whole batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub offset: i64,
+    pub total: i64,
+}
+
+impl Part {
+    /// All of `images`' batch.
+    pub fn whole(images: &Tensor) -> Self {
+        Self { offset: 0, total: images.size()[0] }
+    }
+}
+
+/// [`augment`] for one part of a batch.
+pub fn augment_part(
+    images: &Tensor,
+    spatial: &[(Tensor, Spatial)],
+    padding: i64,
+    hflip: bool,
+    max_scale: f64,
+    part: Part,
+    rng: &mut impl Rng,
+) -> (Tensor, Vec<Tensor>) {
+    let (images, targets) = crop_flip_part(images, spatial, padding, hflip, part, rng);
     if max_scale <= 1.0 {
         return (images, targets);
     }
     let kinds: Vec<(Tensor, Spatial)> = targets.into_iter().zip(spatial).map(|(t, (_, k))| (t, *k)).collect();
-    scale_crop(&images, &kinds, max_scale, rng)
+    scale_crop_part(&images, &kinds, max_scale, part, rng)
 }
 
 /// The pad-crop-flip step for labels, depth and normals.
@@ -70,6 +100,17 @@ pub fn crop_flip_targets(
     hflip: bool,
     rng: &mut impl Rng,
 ) -> (Tensor, Vec<Tensor>) {
+    crop_flip_part(images, spatial, padding, hflip, Part::whole(images), rng)
+}
+
+fn crop_flip_part(
+    images: &Tensor,
+    spatial: &[(Tensor, Spatial)],
+    padding: i64,
+    hflip: bool,
+    part: Part,
+    rng: &mut impl Rng,
+) -> (Tensor, Vec<Tensor>) {
     assert!(padding >= 0, "crop padding must be >= 0, got {padding}");
     if padding == 0 && !hflip {
         return (images.shallow_clone(), spatial.iter().map(|(t, _)| t.shallow_clone()).collect());
@@ -77,7 +118,7 @@ pub fn crop_flip_targets(
     let &[n, c, h, w] = images.size().as_slice() else {
         panic!("crop_flip expects images [N, C, H, W], got {:?}", images.size());
     };
-    let params = draw_params(rng, n, padding, hflip);
+    let params = draw_params(rng, part, n, padding, hflip);
     let flips = upload(&Tensor::from_slice(&params[2 * n as usize..]), images.device());
     let index = source_index(params, n, h, w, padding, images.device());
 
@@ -122,16 +163,21 @@ fn negate_x_where(normals: &Tensor, flips: &Tensor) -> Tensor {
     normals * Tensor::cat(&[sign_x, ones], 1)
 }
 
-/// Per sample: row offset, column offset (both in 0..=2·padding) and flip bit (0/1), as
-/// `[3 * n]` (all row offsets, then columns, then flips). Drawn sample by sample so the
-/// numbers for sample i do not depend on the batch size.
-fn draw_params(rng: &mut impl Rng, n: i64, padding: i64, hflip: bool) -> Vec<i64> {
-    let n = n as usize;
+/// Per sample of `part` (`n` of them): row offset, column offset (both in 0..=2·padding) and
+/// flip bit (0/1), as `[3 * n]` (all row offsets, then columns, then flips). Drawn sample by
+/// sample for the whole batch so the numbers for sample i do not depend on the batch size.
+fn draw_params(rng: &mut impl Rng, part: Part, n: i64, padding: i64, hflip: bool) -> Vec<i64> {
+    let (n, from) = (n as usize, part.offset as usize);
+    assert!(from + n <= part.total as usize, "part {part:?} of a batch does not hold {n} samples");
     let mut params = vec![0i64; 3 * n];
-    for i in 0..n {
-        params[i] = rng.gen_range(0..=2 * padding);
-        params[n + i] = rng.gen_range(0..=2 * padding);
-        params[2 * n + i] = i64::from(hflip && rng.gen_bool(0.5));
+    for i in 0..part.total as usize {
+        let drawn =
+            [rng.gen_range(0..=2 * padding), rng.gen_range(0..=2 * padding), i64::from(hflip && rng.gen_bool(0.5))];
+        if (from..from + n).contains(&i) {
+            for (k, v) in drawn.into_iter().enumerate() {
+                params[k * n + i - from] = v;
+            }
+        }
     }
     params
 }
@@ -172,10 +218,20 @@ pub fn scale_crop(
     max_scale: f64,
     rng: &mut impl Rng,
 ) -> (Tensor, Vec<Tensor>) {
+    scale_crop_part(images, spatial, max_scale, Part::whole(images), rng)
+}
+
+fn scale_crop_part(
+    images: &Tensor,
+    spatial: &[(Tensor, Spatial)],
+    max_scale: f64,
+    part: Part,
+    rng: &mut impl Rng,
+) -> (Tensor, Vec<Tensor>) {
     let &[n, _, h, w] = images.size().as_slice() else {
         panic!("scale_crop expects images [N, C, H, W], got {:?}", images.size());
     };
-    let zooms = draw_zooms(rng, n, max_scale);
+    let zooms = draw_zooms(rng, part.total, max_scale)[part.offset as usize..(part.offset + n) as usize].to_vec();
     let grid = zoom_grid(&zooms, h, w, images.device());
     let scales =
         upload(&Tensor::from_slice(&zooms.iter().map(|z| z.scale as f32).collect::<Vec<_>>()), images.device());
@@ -329,6 +385,27 @@ mod tests {
         check_aligned(&i, &l[0]);
         let padded = values::<u8>(&l[0]).iter().filter(|&&v| v as i64 == FILL).count();
         assert!(padded > 0, "some samples should show padding");
+    }
+
+    /// A batch cut into parts and augmented part by part (as ranks do) equals the whole
+    /// batch augmented at once, crop, flip and zoom, images and targets.
+    #[test]
+    fn parts_of_a_batch_augment_as_the_whole_batch() {
+        let (images, labels) = coordinate_batch();
+        let targets = [(labels.to_kind(Kind::Int64), Spatial::Labels { fill: FILL })];
+        let whole = augment(&images, &targets, 2, true, 1.5, &mut ChaCha8Rng::seed_from_u64(9));
+        let half = N / 2;
+        let mut parts = (Vec::new(), Vec::new());
+        for offset in [0, half] {
+            let slice: Vec<(Tensor, Spatial)> = targets.iter().map(|(t, k)| (t.narrow(0, offset, half), *k)).collect();
+            let part = Part { offset, total: N };
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            let (i, t) = augment_part(&images.narrow(0, offset, half), &slice, 2, true, 1.5, part, &mut rng);
+            parts.0.push(i);
+            parts.1.push(t[0].shallow_clone());
+        }
+        assert!(Tensor::cat(&parts.0, 0).equal(&whole.0));
+        assert!(Tensor::cat(&parts.1, 0).equal(&whole.1[0]));
     }
 
     #[test]

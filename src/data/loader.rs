@@ -4,6 +4,11 @@
 //! from (seed, step): a batch is a pure function of (seed, epoch, position, step), which is
 //! what makes resuming mid-epoch exact. A streamed split decodes the very samples of that
 //! permutation ahead of time (see [`super::stream`]), so both modes give identical batches.
+//!
+//! In a distributed run every rank draws the same permutation and takes its [`Shard`] of the
+//! global batch (`world` × `data.batch_size` samples): rank r gets the r-th slice, augmented
+//! with the numbers one process would draw for those samples. The global sample order is
+//! therefore a one-process run's at batch `world` × `data.batch_size`, at any world size.
 use super::augment::{self, Spatial};
 use super::stream::{Plan, Prefetcher};
 use super::{Source, Split, TargetShape, IGNORE_LABEL};
@@ -37,8 +42,21 @@ struct TaskTarget {
     ignore_index: i64,
 }
 
+/// This process's share of every batch: rank `rank` of `world`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// A single process: every batch whole.
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+}
+
 pub struct Loader {
     source: Source,
+    shard: Shard,
     tasks: Vec<TaskTarget>,
     mean: Tensor,
     std: Tensor,
@@ -107,9 +125,26 @@ impl Loader {
             seed,
             device,
             source,
+            shard: Shard::WHOLE,
             order: RefCell::new(None),
             prefetch: RefCell::new(None),
         }
+    }
+
+    /// The same batches, shared out: training batches of `data.batch_size` per rank from a
+    /// global batch `world` times that, evaluation batches dealt out in turn.
+    pub fn sharded(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// Samples per step over all ranks (the per-rank batch on one process).
+    pub fn global_batch_size(&self) -> i64 {
+        self.batch_size * self.shard.world as i64
     }
 
     pub fn len(&self) -> usize {
@@ -145,18 +180,22 @@ impl Loader {
         }
     }
 
-    /// Training steps per epoch: full batches only (a ragged last batch would make BatchNorm
-    /// statistics noisy), at least one.
+    /// Training steps per epoch: full global batches only (a ragged last batch would make
+    /// BatchNorm statistics noisy), at least one.
     pub fn steps_per_epoch(&self) -> u64 {
-        ((self.len() as i64 / self.batch_size).max(1)) as u64
+        ((self.len() as i64 / self.global_batch_size()).max(1)) as u64
     }
 
-    /// The training batch at `position` of `epoch`, augmented with the stream of `step`.
+    /// This rank's part of the training batch at `position` of `epoch`, augmented with the
+    /// stream of `step`.
     pub fn train_batch(&self, epoch: u64, position: u64, step: u64) -> Batch {
-        let b = self.batch_size.min(self.len() as i64);
+        let world = self.shard.world as i64;
+        let b = self.batch_size.min(self.len() as i64 / world);
+        let global = b * world;
+        let part = augment::Part { offset: self.shard.rank as i64 * b, total: global };
         let batch = match &self.source {
             Source::Memory(split) => {
-                let idx = self.epoch_order(epoch).narrow(0, position as i64 * b, b);
+                let idx = self.epoch_order(epoch).narrow(0, position as i64 * global + part.offset, b);
                 self.gather(split, &idx)
             }
             Source::Stream(s) => {
@@ -166,9 +205,10 @@ impl Loader {
                 if prefetch.as_ref().is_none_or(|p| p.position() != g) {
                     *prefetch = None; // stops the old threads before new ones start
                     let (seed, n, b) = (self.seed, self.len(), b as usize);
+                    let (global, offset) = (global as usize, part.offset as usize);
                     let plan: Plan = Arc::new(move |g| {
-                        let p = (g % spe) as usize;
-                        epoch_permutation(seed, g / spe, n)[p * b..(p + 1) * b].to_vec()
+                        let at = (g % spe) as usize * global + offset;
+                        epoch_permutation(seed, g / spe, n)[at..at + b].to_vec()
                     });
                     *prefetch = Some(s.prefetch(plan, g, None));
                 }
@@ -193,8 +233,15 @@ impl Loader {
         let spatial: Vec<(Tensor, Spatial)> =
             slots.iter().map(|&(i, k)| (batch.targets[i].shallow_clone(), k)).collect();
         let mut rng = stream(self.seed, Purpose::Augment, step);
-        let (images, outs) =
-            augment::augment(&batch.images, &spatial, self.crop_padding, self.hflip, self.max_scale, &mut rng);
+        let (images, outs) = augment::augment_part(
+            &batch.images,
+            &spatial,
+            self.crop_padding,
+            self.hflip,
+            self.max_scale,
+            part,
+            &mut rng,
+        );
         let mut targets = batch.targets;
         for ((slot, _), t) in slots.into_iter().zip(outs) {
             targets[slot] = t;
@@ -202,20 +249,26 @@ impl Loader {
         self.remap_ignored(Batch { images, targets })
     }
 
-    /// Evaluation batches in dataset order (the last one may be smaller).
+    /// Evaluation batches in dataset order (the last one may be smaller); in a distributed run
+    /// this rank's share of them: batches `rank`, `rank + world`, ….
     pub fn eval_batches(&self) -> Box<dyn Iterator<Item = Batch> + '_> {
         let n = self.len() as i64;
         let bs = self.batch_size;
+        let Shard { rank, world } = self.shard;
+        let all = (n + bs - 1) / bs;
+        let mine = ((all - rank as i64).max(0) + world as i64 - 1) / world as i64;
+        // The first sample of this rank's k-th batch.
+        let start = move |k: i64| (k * world as i64 + rank as i64) * bs;
         match &self.source {
-            Source::Memory(split) => Box::new((0..n).step_by(bs as usize).map(move |start| {
+            Source::Memory(split) => Box::new((0..mine).map(start).map(move |start| {
                 let len = bs.min(n - start);
                 self.remap_ignored(
                     self.gather(split, &Tensor::arange_start(start, start + len, (Kind::Int64, self.device))),
                 )
             })),
             Source::Stream(s) => {
-                let batches = ((n + bs - 1) / bs) as u64;
-                let plan: Plan = Arc::new(move |g| ((g as i64 * bs)..((g as i64 + 1) * bs).min(n)).collect());
+                let batches = mine as u64;
+                let plan: Plan = Arc::new(move |g| (start(g as i64)..(start(g as i64) + bs).min(n)).collect());
                 let mut prefetch = s.prefetch(plan, 0, Some(batches));
                 Box::new((0..batches).map(move |_| {
                     let split = prefetch.next_batch().unwrap_or_else(|e| panic!("{e:#}"));
@@ -274,5 +327,67 @@ impl Loader {
             }
         }
         batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Split;
+    use std::collections::BTreeMap;
+
+    /// `n` samples whose image pixels and class both hold the sample's index, and a per-pixel
+    /// mask; a loader over them with crop, flip and zoom.
+    fn loader(n: i64, batch: usize, eval_batch: usize, train: bool) -> Loader {
+        let images =
+            Tensor::arange(n, (Kind::Uint8, Device::Cpu)).view([n, 1, 1, 1]).expand([n, 3, 8, 8], false).contiguous();
+        let mut targets = BTreeMap::new();
+        targets.insert("class".to_string(), Tensor::arange(n, (Kind::Int64, Device::Cpu)));
+        targets.insert(
+            "mask".to_string(),
+            Tensor::arange(64, (Kind::Uint8, Device::Cpu)).view([1, 8, 8]).repeat([n, 1, 1]),
+        );
+        let yaml = format!(
+            "dataset: shapes\nbatch_size: {batch}\neval_batch_size: {eval_batch}\naugment: {{crop_padding: 2, hflip: true, max_scale: 1.5}}"
+        );
+        let d: DataConfig = serde_yaml::from_str(&yaml).unwrap();
+        let uses = ["class", "mask"].map(|t| TargetUse { target: t.into(), ignore_index: IGNORE_LABEL as i64 });
+        Loader::new(&d, 4, ([0.0; 3], [1.0; 3]), &uses, Source::Memory(Split { images, targets }), train)
+    }
+
+    /// Two ranks of batch B draw, between them, exactly one process's batch of 2B: the same
+    /// samples in the same order, augmented the same way; steps count global batches.
+    #[test]
+    fn shards_of_a_global_batch_are_one_process_batch() {
+        let whole = loader(40, 8, 5, true);
+        let ranks: Vec<Loader> = (0..2).map(|rank| loader(40, 4, 5, true).sharded(Shard { rank, world: 2 })).collect();
+        assert_eq!(ranks[0].global_batch_size(), 8);
+        assert_eq!((whole.steps_per_epoch(), ranks[1].steps_per_epoch()), (5, 5));
+        for (epoch, position, step) in [(0, 0, 0), (0, 3, 3), (2, 4, 14)] {
+            let w = whole.train_batch(epoch, position, step);
+            let parts: Vec<Batch> = ranks.iter().map(|l| l.train_batch(epoch, position, step)).collect();
+            let cat = |f: &dyn Fn(&Batch) -> Tensor| Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0);
+            assert!(cat(&|b| b.images.shallow_clone()).equal(&w.images), "images at step {step}");
+            for t in 0..2 {
+                assert!(cat(&|b| b.targets[t].shallow_clone()).equal(&w.targets[t]), "target {t} at step {step}");
+            }
+        }
+    }
+
+    /// Evaluation batches are dealt out in turn: together the ranks see every sample once.
+    #[test]
+    fn evaluation_shards_cover_the_split_once() {
+        for world in [1, 2, 3] {
+            let mut seen: Vec<i64> = (0..world)
+                .flat_map(|rank| {
+                    let l = loader(23, 4, 5, false).sharded(Shard { rank, world });
+                    l.eval_batches().flat_map(|b| Vec::<i64>::try_from(&b.targets[0]).unwrap()).collect::<Vec<_>>()
+                })
+                .collect();
+            seen.sort();
+            assert_eq!(seen, (0..23).collect::<Vec<_>>(), "world {world}");
+        }
+        // A rank with no batch left (5 batches, 6 ranks) evaluates nothing.
+        assert_eq!(loader(23, 4, 5, false).sharded(Shard { rank: 5, world: 6 }).eval_batches().count(), 0);
     }
 }

@@ -335,3 +335,49 @@ impl Group {
         }
     }
 }
+
+/// A world of one on a free local port, shared by the unit tests that need a real group.
+#[cfg(test)]
+pub(crate) fn solo_for_tests() -> Group {
+    static SOLO: std::sync::OnceLock<Group> = std::sync::OnceLock::new();
+    SOLO.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let launch = Launch {
+            rank: 0,
+            world: 1,
+            local_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+            agent_store: false,
+            attempt: 0,
+        };
+        init(&launch, Device::Cpu, Duration::from_secs(30)).expect("a world of one starts")
+    })
+    .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_world_of_one_leaves_values_as_they_are() {
+        let g = solo_for_tests();
+        assert_eq!((g.rank(), g.world(), g.is_first()), (0, 1, true));
+        let t = Tensor::from_slice(&[1.5f32, -2.0]);
+        g.sum_(&t);
+        g.mean_(&t);
+        g.broadcast_(&t, 0);
+        assert_eq!(Vec::<f32>::try_from(&t).unwrap(), [1.5, -2.0]);
+        let parts = g.all_gather(&t);
+        assert_eq!(parts.len(), 1);
+        let x = Tensor::from_slice(&[3.0f64]).set_requires_grad(true);
+        let y = g.sum_differentiable(&x);
+        (&y * &y).sum(Kind::Double).backward();
+        assert_eq!(x.grad().double_value(&[0]), 6.0);
+        // Asked to stop after step 4: stops then, not before.
+        assert!(!g.stop_after(3, false));
+        assert!(!g.stop_after(4, true));
+        assert!(g.stop_after(5, false));
+    }
+}

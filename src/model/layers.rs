@@ -1,6 +1,8 @@
 //! The few layers the models are made of, named as PyTorch's modules name their tensors so
 //! that `model.safetensors` loads into the same `torch.nn` tree with `strict=True`.
 use crate::config::Activation;
+use crate::dist::Group;
+use std::sync::RwLock;
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
@@ -156,6 +158,16 @@ pub struct BatchNorm2d {
 const BN_MOMENTUM: f64 = 0.1;
 const BN_EPS: f64 = 1e-5;
 
+/// The ranks whose batches training BatchNorms normalize over together
+/// (`model.sync_batchnorm`); None: each process its own batch. One per process, like the run.
+static SYNC_GROUP: RwLock<Option<Group>> = RwLock::new(None);
+
+/// Makes every training-mode BatchNorm of this process use statistics over all ranks of
+/// `group` (None: its own batch only).
+pub fn synchronize_batchnorm(group: Option<Group>) {
+    *SYNC_GROUP.write().unwrap_or_else(|e| e.into_inner()) = group;
+}
+
 impl BatchNorm2d {
     pub fn new(p: Path, c: i64) -> Self {
         let dev = p.device();
@@ -173,6 +185,9 @@ impl BatchNorm2d {
             tch::no_grad(|| {
                 let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
             });
+            if let Some(group) = SYNC_GROUP.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                return self.forward_synchronized(x, group);
+            }
         }
         Tensor::batch_norm(
             x,
@@ -185,6 +200,47 @@ impl BatchNorm2d {
             BN_EPS,
             true,
         )
+    }
+}
+
+impl BatchNorm2d {
+    /// Training BatchNorm with the statistics of every rank's batch together (PyTorch's
+    /// SyncBatchNorm): per-channel sums, sums of squares and counts (in f64) added over the
+    /// ranks by a differentiable all-reduce, whose backward adds the gradients of those sums
+    /// over the ranks, so each rank's input gets the gradient of the loss of the whole batch.
+    /// The running statistics get the global mean and unbiased variance, equal on every rank.
+    fn forward_synchronized(&self, x: &Tensor, group: &Group) -> Tensor {
+        let c = self.weight.size()[0];
+        let dims = [0i64, 2, 3];
+        let local_count = (x.numel() as i64 / c.max(1)) as f64;
+        let count = Tensor::full([1], local_count, (Kind::Double, x.device()));
+        let stats = Tensor::cat(
+            &[
+                x.sum_dim_intlist(dims.as_slice(), false, Kind::Double),
+                (x * x).sum_dim_intlist(dims.as_slice(), false, Kind::Double),
+                count,
+            ],
+            0,
+        );
+        let total = group.sum_differentiable(&stats);
+        let n = total.narrow(0, 2 * c, 1);
+        let mean = total.narrow(0, 0, c) / &n;
+        let var = (total.narrow(0, c, c) / &n - mean.square()).clamp_min(0.0);
+        let invstd = (&var + BN_EPS).rsqrt();
+        let scale = &invstd * self.weight.to_kind(Kind::Double);
+        let shift = self.bias.to_kind(Kind::Double) - &mean * &scale;
+        let shape = [1, c, 1, 1];
+        let y = x * scale.to_kind(x.kind()).view(shape) + shift.to_kind(x.kind()).view(shape);
+        tch::no_grad(|| {
+            let unbiased = var.detach() * &n / (&n - 1.0).clamp_min(1.0);
+            let update = |running: &Tensor, batch: &Tensor| {
+                let mixed = running * (1.0 - BN_MOMENTUM) + batch.to_kind(running.kind()) * BN_MOMENTUM;
+                running.shallow_clone().copy_(&mixed);
+            };
+            update(&self.running_mean, &mean.detach());
+            update(&self.running_var, &unbiased);
+        });
+        y
     }
 }
 
@@ -259,6 +315,67 @@ mod tests {
             for (a, b) in a.iter().zip(&b) {
                 let err = (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-12);
                 assert!(err < 1e-4, "k {k} stride {stride} c_in {c_in}: {err}");
+            }
+        }
+    }
+
+    /// Synchronized BatchNorm over a world of one is BatchNorm: the same output, input and
+    /// parameter gradients (through the differentiable all-reduce) and running statistics as
+    /// libtorch's batch_norm, in NCHW and channels-last. (Two ranks against one process at
+    /// twice the batch: tests/distributed.rs.)
+    #[test]
+    fn synchronized_batchnorm_over_one_rank_is_batchnorm() {
+        let group = crate::dist::solo_for_tests();
+        for channels_last in [false, true] {
+            let vs = VarStore::new(Device::Cpu);
+            let bn = BatchNorm2d::new(vs.root() / "bn", 5);
+            tch::no_grad(|| {
+                let _ = bn.weight.shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, 0.5, 2.0, -1.0, 0.3]));
+                let _ = bn.bias.shallow_clone().copy_(&Tensor::from_slice(&[0.1f32, 0.0, -0.2, 0.3, 1.0]));
+            });
+            tch::manual_seed(11);
+            let x = Tensor::randn([6, 5, 4, 3], (Kind::Float, Device::Cpu)) * 3.0 + 1.5;
+            let x = if channels_last { to_channels_last(&x) } else { x };
+            let probe = Tensor::randn([6, 5, 4, 3], (Kind::Float, Device::Cpu));
+            let run = |synced: bool| {
+                let input = x.copy().set_requires_grad(true);
+                for v in [&bn.weight, &bn.bias] {
+                    let mut g = v.grad();
+                    if g.defined() {
+                        let _ = g.zero_();
+                    }
+                }
+                let _ = bn.running_mean.shallow_clone().fill_(0.0);
+                let _ = bn.running_var.shallow_clone().fill_(1.0);
+                let y = if synced {
+                    bn.forward_synchronized(&input, &group)
+                } else {
+                    Tensor::batch_norm(
+                        &input,
+                        Some(&bn.weight),
+                        Some(&bn.bias),
+                        Some(&bn.running_mean),
+                        Some(&bn.running_var),
+                        true,
+                        BN_MOMENTUM,
+                        BN_EPS,
+                        true,
+                    )
+                };
+                (&y * &probe).sum(Kind::Float).backward();
+                [
+                    y.detach(),
+                    input.grad(),
+                    bn.weight.grad(),
+                    bn.bias.grad(),
+                    bn.running_mean.copy(),
+                    bn.running_var.copy(),
+                ]
+            };
+            let (want, got) = (run(false), run(true));
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                let err = (w - g).abs().max().double_value(&[]) / w.abs().max().double_value(&[]).max(1e-12);
+                assert!(err < 1e-5, "channels_last {channels_last}, output {i}: relative error {err}");
             }
         }
     }

@@ -83,6 +83,12 @@ impl QualityMeter for Meter {
         }
         out
     }
+
+    fn reduce(&mut self, sum: &dyn Fn(&Tensor) -> Tensor) {
+        self.correct = sum(&self.correct);
+        self.top5 = sum(&self.top5);
+        self.count = super::reduce_count(self.count, sum);
+    }
 }
 
 #[cfg(test)]

@@ -94,6 +94,16 @@ pub trait QualityMeter {
     fn update(&mut self, output: &Tensor, target: &Tensor);
     /// `(metric, value)` in the order of [`TaskKind::metrics`].
     fn finish(&self) -> Vec<(&'static str, f64)>;
+    /// Replaces every accumulator `a` by `sum(a)`: in a distributed evaluation, its sum over
+    /// the ranks, after which [`QualityMeter::finish`] reports the whole split exactly. The
+    /// accumulators must therefore be sums and counts (confusion matrices, histograms), never
+    /// means.
+    fn reduce(&mut self, sum: &dyn Fn(&Tensor) -> Tensor);
+}
+
+/// A host count through `sum` (see [`QualityMeter::reduce`]).
+pub fn reduce_count(count: i64, sum: &dyn Fn(&Tensor) -> Tensor) -> i64 {
+    sum(&Tensor::from(count)).int64_value(&[])
 }
 
 /// One configured task.
@@ -169,6 +179,14 @@ impl Meter {
         self.quality.update(output, target);
         self.loss_sum += loss.to_kind(Kind::Double) * n as f64;
         self.count += n;
+    }
+
+    /// Sums the accumulators over the ranks of a distributed evaluation (see
+    /// [`QualityMeter::reduce`]).
+    pub fn reduce(&mut self, sum: &dyn Fn(&Tensor) -> Tensor) {
+        self.quality.reduce(sum);
+        self.loss_sum = sum(&self.loss_sum);
+        self.count = reduce_count(self.count, sum);
     }
 
     /// `(metric, value)` in the order of [`Task::metrics`].

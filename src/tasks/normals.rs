@@ -108,6 +108,12 @@ impl QualityMeter for Meter {
             ("within_30", within[2] as f64 / n),
         ]
     }
+
+    fn reduce(&mut self, sum: &dyn Fn(&Tensor) -> Tensor) {
+        for t in [&mut self.angle_sum, &mut self.within, &mut self.histogram] {
+            *t = sum(t);
+        }
+    }
 }
 
 /// The median of values binned into `width`-wide bins starting at 0, interpolated linearly

@@ -79,6 +79,12 @@ impl QualityMeter for Meter {
         let ratio = |a: &Tensor, b: &Tensor| a.double_value(&[]) / b.double_value(&[]).max(1.0);
         vec![("abs_error", ratio(&self.abs_sum, &self.valid)), ("rel_error", ratio(&self.rel_sum, &self.rel_valid))]
     }
+
+    fn reduce(&mut self, sum: &dyn Fn(&Tensor) -> Tensor) {
+        for t in [&mut self.abs_sum, &mut self.rel_sum, &mut self.valid, &mut self.rel_valid] {
+            *t = sum(t);
+        }
+    }
 }
 
 #[cfg(test)]

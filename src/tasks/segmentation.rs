@@ -83,6 +83,10 @@ impl QualityMeter for Meter {
         let (miou, pixel_accuracy) = iou_from_confusion(&m, c as usize);
         vec![("miou", miou), ("pixel_accuracy", pixel_accuracy)]
     }
+
+    fn reduce(&mut self, sum: &dyn Fn(&Tensor) -> Tensor) {
+        self.confusion = sum(&self.confusion);
+    }
 }
 
 /// Mean IoU over the classes that occur in the targets or the predictions, and pixel accuracy,

@@ -2,6 +2,7 @@
 //! reporting and checkpoints at their boundaries.
 pub mod evaluate;
 mod health;
+pub mod parallel;
 pub mod plot;
 pub mod report;
 pub mod restore;
@@ -11,6 +12,7 @@ use crate::balance::{self, Balancer, GradientSpace, StepContext};
 use crate::checkpoint::{BestMetric, RunDir, RunLock, Snapshot, TrainState, FORMAT_VERSION};
 use crate::config::{Config, OnNonFinite};
 use crate::data::loader::Loader;
+use crate::dist::Group;
 use crate::error::Diverged;
 use crate::model::{backbone, MultiTaskModel};
 use crate::optim::{flat::FlatParams, schedule::Schedule, Optimizer};
@@ -18,6 +20,7 @@ use crate::setup::{Monitor, Resolved};
 use crate::tasks::{Baselines, Task};
 use crate::{user_bail, user_error};
 use health::{Health, StepFlags};
+use parallel::Ranks;
 use report::{MetricsLog, Progress};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +40,9 @@ pub struct TrainOptions {
     pub init_from: Option<PathBuf>,
     /// With `init_from`: heads missing from the file keep their fresh initialisation.
     pub allow_missing_heads: bool,
+    /// A distributed run: this process's rank (see docs/DISTRIBUTED.md). Rank 0 owns the run
+    /// directory; every rank trains on its shard of each global batch.
+    pub ranks: Option<Group>,
 }
 
 /// What a finished (or interrupted) run reports.
@@ -87,6 +93,8 @@ pub struct Trainer {
     health: Health,
     /// This process's hold on the run directory, once it exists.
     lock: Option<RunLock>,
+    /// The other ranks of a distributed run (none for a single process).
+    ranks: Ranks,
     shared: Vec<Tensor>,
     head_params: Vec<Vec<Tensor>>,
     task_names: Vec<String>,
@@ -131,30 +139,27 @@ impl Trainer {
     pub fn new(r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
         let Resolved { cfg, dataset, tasks, .. } = &r;
         let run = RunDir::new(&opts.run_dir);
-        if opts.run_dir.exists() && !opts.run_dir.is_dir() {
-            user_bail!("{}: the run directory is a file", opts.run_dir.display());
-        }
-        let lock = if opts.run_dir.is_dir() { Some(run.lock()?) } else { None };
-        if opts.resume.is_none() && !run.list().is_empty() {
-            user_bail!(
-                "{}: run directory already holds a run; continue it with --resume or choose another --run-dir",
-                opts.run_dir.display()
-            );
-        }
-        if opts.resume.is_none() && run.metrics().exists() {
-            tracing::warn!(
-                "{}: holds a run that stopped before its first checkpoint; starting it over",
-                opts.run_dir.display()
-            );
-        }
+        let ranks = Ranks::new(opts.ranks.clone(), cfg.model.sync_batchnorm);
+        // Rank 0 owns the run directory; the others never look at it (they may be on machines
+        // that do not share it, and they must not race rank 0's first writes).
+        let lock = if ranks.is_first() { check_run_dir(&run, opts)? } else { None };
         let sources = crate::data::load(*dataset, &cfg.data, cfg.seed, &r.wanted())?;
         let loader = |source: crate::data::Source, train: bool| {
             Loader::new(&cfg.data, cfg.seed, dataset.normalization(), &r.target_uses(), source.to_device(device), train)
+                .sharded(ranks.shard())
         };
         let train_loader = loader(sources.train, true);
         let val_loader = loader(sources.val, false);
         if train_loader.is_empty() || val_loader.is_empty() {
             user_bail!("data: the train and val splits must not be empty");
+        }
+        if ranks.world() > 1 && (train_loader.len() as i64) < train_loader.global_batch_size() {
+            user_bail!(
+                "data: {} training images are fewer than one global batch (data.batch_size {} × {} ranks)",
+                train_loader.len(),
+                cfg.data.batch_size,
+                ranks.world()
+            );
         }
         let (h, w) = train_loader.image_hw();
         backbone::check_input_size(&cfg.model.backbone, h, w).map_err(|e| user_error!("{e}"))?;
@@ -200,6 +205,7 @@ impl Trainer {
             skips: Skips::default(),
             health: Health::new(device),
             lock,
+            ranks,
             shared,
             head_params,
             task_names,
@@ -207,7 +213,20 @@ impl Trainer {
         if let Some(dir) = &opts.resume {
             resume::restore(&mut trainer, dir)?;
         }
+        // Every rank starts from rank 0's weights and statistics (fresh, imported or restored).
+        let variables: Vec<Tensor> = trainer.model.named_variables().into_iter().map(|(_, t)| t).collect();
+        trainer.ranks.copy_from_first(&variables);
         Ok(trainer)
+    }
+
+    /// The number of processes training together (1 without distribution).
+    pub fn world_size(&self) -> usize {
+        self.ranks.world()
+    }
+
+    /// Whether this process prints and writes the run directory (rank 0, or the only one).
+    pub fn is_first_rank(&self) -> bool {
+        self.ranks.is_first()
     }
 
     pub fn steps_per_epoch(&self) -> u64 {
@@ -241,6 +260,7 @@ impl Trainer {
         let outputs = self.model.heads(detached.as_deref().unwrap_or(&features), hw, true);
         let losses: Vec<Tensor> =
             self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect();
+        let losses = self.ranks.mean_losses(losses);
         let weights: Vec<f64> = self.cfg.tasks.iter().map(|t| t.weight).collect();
         let ctx = StepContext {
             losses: &losses,
@@ -251,8 +271,10 @@ impl Trainer {
             step,
             epoch,
             seed: self.cfg.seed,
+            ranks: self.ranks.group(),
         };
         let task_weights = self.balancer.backward(&ctx)?;
+        self.ranks.after_backward(&self.optimizer.flat.grads, &self.model.buffers());
         let detached_losses =
             Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
         // Skipping must also catch BatchNorm statistics that overflowed in this forward; the
@@ -275,7 +297,7 @@ impl Trainer {
                 let outputs = self.model.forward(&batch.images, true);
                 self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect()
             });
-            self.balancer.after_step(&after)?;
+            self.balancer.after_step(&self.ranks.mean_losses(after))?;
         }
         let _ = self.window_loss.g_add_(&detached_losses);
         let _ = self.epoch_loss.g_add_(&detached_losses);
@@ -361,7 +383,7 @@ impl Trainer {
 
     /// Evaluates, logs, and returns the metrics; updates the best value of the monitored metric.
     fn evaluate(&mut self, log: &mut MetricsLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
-        let mut metrics = evaluate::evaluate(&self.model, &self.val_loader, &self.tasks);
+        let mut metrics = evaluate::evaluate(&self.model, &self.val_loader, &self.tasks, self.ranks.group());
         if let Some(dm) = self.baselines.as_ref().and_then(|b| crate::tasks::delta_m(&metrics, &b.metrics, &self.tasks))
         {
             metrics.push(("delta_m".into(), dm));
@@ -399,6 +421,7 @@ impl Trainer {
             config_fingerprint: resume::fingerprint(&self.cfg),
             mtl_version: env!("CARGO_PKG_VERSION").to_string(),
             rng: "derived from (seed, purpose, epoch/step/index); nothing to restore".into(),
+            world_size: self.ranks.world() as u64,
         }
     }
 
@@ -414,9 +437,13 @@ impl Trainer {
     }
 
     /// Writes a checkpoint of the current state; weights that are not finite are never
-    /// written (a [`Diverged`] error instead).
-    pub fn save_checkpoint(&mut self, is_best: bool) -> anyhow::Result<PathBuf> {
+    /// written (a [`Diverged`] error instead). In a distributed run every rank checks, and
+    /// rank 0 writes (the others return None).
+    pub fn save_checkpoint(&mut self, is_best: bool) -> anyhow::Result<Option<PathBuf>> {
         self.check_health()?;
+        if !self.ranks.is_first() {
+            return Ok(None);
+        }
         let state = self.train_state();
         let yaml = self.cfg.to_yaml();
         let snap = Snapshot {
@@ -427,35 +454,43 @@ impl Trainer {
         };
         let dir = self.run.save(&snap, is_best)?;
         self.run.prune(self.cfg.checkpoint.keep_last)?;
-        Ok(dir)
+        Ok(Some(dir))
     }
 
     /// Creates the run directory (or continues it), records the config, then trains to the
     /// end (or until interrupted), evaluating and checkpointing on schedule, and draws
     /// `curves.png`.
     pub fn run(&mut self) -> anyhow::Result<Summary> {
-        self.run.create()?;
-        if self.lock.is_none() {
-            self.lock = Some(self.run.lock()?);
+        if self.ranks.is_first() {
+            self.run.create()?;
+            if self.lock.is_none() {
+                self.lock = Some(self.run.lock()?);
+            }
+            crate::checkpoint::write_atomically(&self.run.config(), self.cfg.to_yaml().as_bytes())?;
         }
-        crate::checkpoint::write_atomically(&self.run.config(), self.cfg.to_yaml().as_bytes())?;
         if std::mem::take(&mut self.save_initial) {
             // The imported starting point is kept as checkpoint step-000000: it can be evaluated,
             // compared with PyTorch, or trained again from.
             self.save_checkpoint(false)?;
         }
         let summary = self.train_loop()?;
-        self.draw_curves();
+        if self.ranks.is_first() {
+            self.draw_curves();
+        }
+        self.ranks.finish();
         Ok(summary)
     }
 
     fn train_loop(&mut self) -> anyhow::Result<Summary> {
         let started = std::time::Instant::now();
         let resumed_at = self.at.step;
-        let mut log = MetricsLog::open(&self.run.metrics(), Some(resumed_at))?;
+        let first = self.ranks.is_first();
+        let mut log =
+            if first { MetricsLog::open(&self.run.metrics(), Some(resumed_at))? } else { MetricsLog::discard() };
         let spe = self.steps_per_epoch();
         let end = self.final_step();
-        let mut progress = Progress::new(end, spe, self.at.step, self.cfg.data.batch_size as u64);
+        let batch = self.train_loader.global_batch_size() as u64;
+        let mut progress = Progress::new(end, spe, self.at.step, batch).shown(first);
         let log_every = self.cfg.train.log_every;
         let mut final_metrics = Vec::new();
         let mut interrupted = false;
@@ -492,7 +527,7 @@ impl Trainer {
             // so a run paused and resumed logs exactly what an uninterrupted one does.
             let last = step == self.cfg.train.epochs * spe;
             let paused = step == end && !last;
-            let stop = INTERRUPTED.load(Ordering::SeqCst);
+            let stop = self.ranks.stop_after(step, INTERRUPTED.load(Ordering::SeqCst));
             let mut is_best = false;
             if (epoch_done && self.at.epoch.is_multiple_of(self.cfg.train.eval_every)) || last {
                 self.check_health()?;
@@ -508,8 +543,9 @@ impl Trainer {
                 || is_best
                 || (every_steps > 0 && step.is_multiple_of(every_steps))
             {
-                let dir = self.save_checkpoint(is_best)?;
-                tracing::info!(checkpoint = %dir.display(), "checkpoint written");
+                if let Some(dir) = self.save_checkpoint(is_best)? {
+                    tracing::info!(checkpoint = %dir.display(), "checkpoint written");
+                }
             }
             if stop {
                 interrupted = true;
@@ -526,6 +562,28 @@ impl Trainer {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Rank 0's checks of the run directory before anything is loaded: not a file, not in use by
+/// another process, not holding a run unless resuming. Returns the lock when it exists.
+fn check_run_dir(run: &RunDir, opts: &TrainOptions) -> anyhow::Result<Option<RunLock>> {
+    if opts.run_dir.exists() && !opts.run_dir.is_dir() {
+        user_bail!("{}: the run directory is a file", opts.run_dir.display());
+    }
+    let lock = if opts.run_dir.is_dir() { Some(run.lock()?) } else { None };
+    if opts.resume.is_none() && !run.list().is_empty() {
+        user_bail!(
+            "{}: run directory already holds a run; continue it with --resume or choose another --run-dir",
+            opts.run_dir.display()
+        );
+    }
+    if opts.resume.is_none() && run.metrics().exists() {
+        tracing::warn!(
+            "{}: holds a run that stopped before its first checkpoint; starting it over",
+            opts.run_dir.display()
+        );
+    }
+    Ok(lock)
 }
 
 /// Refuses a model whose variables, gradients and optimizer state would not fit in the

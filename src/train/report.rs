@@ -24,7 +24,8 @@ pub fn record(step: u64, epoch: u64, split: &str, values: &[(String, f64)]) -> R
 /// Appends records to `metrics.jsonl`, one JSON object per line, flushed each time.
 pub struct MetricsLog {
     path: PathBuf,
-    file: File,
+    /// None: a log that writes nothing (the ranks other than 0 of a distributed run).
+    file: Option<File>,
 }
 
 impl MetricsLog {
@@ -52,12 +53,18 @@ impl MetricsLog {
             std::fs::rename(&tmp, path)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { path: path.to_path_buf(), file })
+        Ok(Self { path: path.to_path_buf(), file: Some(file) })
+    }
+
+    /// A log that keeps nothing.
+    pub fn discard() -> Self {
+        Self { path: PathBuf::new(), file: None }
     }
 
     pub fn append(&mut self, r: &Record) -> anyhow::Result<()> {
-        writeln!(self.file, "{}", Value::Object(r.clone()))
-            .and_then(|_| self.file.flush())
+        let Some(file) = self.file.as_mut() else { return Ok(()) };
+        writeln!(file, "{}", Value::Object(r.clone()))
+            .and_then(|_| file.flush())
             .map_err(|e| crate::user_error!("{}: cannot write: {e}", self.path.display()))
     }
 
@@ -99,6 +106,8 @@ pub fn metrics_table(title: &str, values: &[(String, f64)]) -> String {
 /// steps when stdout is not one.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// False: nothing is shown (the ranks other than 0 of a distributed run).
+    shown: bool,
     started: Instant,
     start_step: u64,
     total_steps: u64,
@@ -118,7 +127,18 @@ impl Progress {
             bar.set_position(start_step);
             bar
         });
-        Self { bar, started: Instant::now(), start_step, total_steps, steps_per_epoch, batch_size }
+        Self { bar, shown: true, started: Instant::now(), start_step, total_steps, steps_per_epoch, batch_size }
+    }
+
+    /// This view, or (`shown` false) one that prints nothing.
+    pub fn shown(mut self, shown: bool) -> Self {
+        if !shown {
+            if let Some(bar) = self.bar.take() {
+                bar.finish_and_clear();
+            }
+        }
+        self.shown = shown;
+        self
     }
 
     /// Called every step (cheap: no device values are read).
@@ -142,6 +162,7 @@ impl Progress {
         let msg = format!("{} | lr {lr:.2e} | {ips:.0} img/s", loss_text.join(" "));
         match &self.bar {
             Some(bar) => bar.set_message(msg),
+            None if !self.shown => {}
             None => {
                 let done = step.saturating_sub(self.start_step).max(1) as f64;
                 let eta = self.started.elapsed().as_secs_f64() / done * self.total_steps.saturating_sub(step) as f64;
@@ -160,7 +181,8 @@ impl Progress {
     pub fn println(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.suspend(|| print!("{text}")),
-            None => print!("{text}"),
+            None if self.shown => print!("{text}"),
+            None => {}
         }
     }
 

@@ -56,5 +56,5 @@ pub fn evaluate(r: &Restored) -> anyhow::Result<Vec<(String, f64)>> {
     let sources = crate::data::load(r.run.dataset, &c.data, c.seed, &r.run.wanted())?;
     let val = sources.val.to_device(r.model.device());
     let loader = Loader::new(&c.data, c.seed, r.run.dataset.normalization(), &r.run.target_uses(), val, false);
-    Ok(super::evaluate::evaluate(&r.model, &loader, &r.run.tasks))
+    Ok(super::evaluate::evaluate(&r.model, &loader, &r.run.tasks, None))
 }

@@ -105,7 +105,9 @@ pub fn compare_configs(saved: &Config, now: &Config, origin: &Path) -> anyhow::R
 /// Restores model, optimizer, balancer and loop state from a checkpoint directory.
 pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
     let loaded = checkpoint::load(dir)?;
-    let saved_cfg = Config::parse(&loaded.config_yaml, &dir.join(checkpoint::CONFIG_FILE).display().to_string(), &[])?;
+    let mut saved_cfg =
+        Config::parse(&loaded.config_yaml, &dir.join(checkpoint::CONFIG_FILE).display().to_string(), &[])?;
+    same_global_batch(&mut saved_cfg, loaded.state.world_size, &trainer.cfg, trainer.world_size(), dir)?;
     for change in compare_configs(&saved_cfg, &trainer.cfg, dir)? {
         tracing::info!("resume: accepted config change {change}");
     }
@@ -156,6 +158,48 @@ pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
     trainer.at = Position { step: loaded.state.step, epoch: loaded.state.epoch, position: loaded.state.position };
     trainer.best = loaded.state.best.clone();
     tracing::info!(step = loaded.state.step, "resumed from {}", dir.display());
+    Ok(())
+}
+
+/// A checkpoint counts its steps (and epoch position) in global batches of `data.batch_size` ×
+/// ranks, and every rank takes its slice of the same global order: it continues at another
+/// world size exactly when the global batch stays the same, so the per-rank batch size may
+/// then change (and is made the saved one's for the comparison of configs).
+fn same_global_batch(
+    saved: &mut Config,
+    saved_world: u64,
+    now: &Config,
+    now_world: usize,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    if saved_world == now_world as u64 {
+        return Ok(());
+    }
+    let (then, wanted) = (saved.data.batch_size as u64 * saved_world, (now.data.batch_size * now_world) as u64);
+    if then != wanted {
+        let hint = if then.is_multiple_of(now_world as u64) {
+            format!(
+                "set data.batch_size {} (--set data.batch_size={})",
+                then / now_world as u64,
+                then / now_world as u64
+            )
+        } else {
+            format!("use a number of ranks that divides {then}")
+        };
+        user_bail!(
+            "{}: cannot resume: the checkpoint's global batch is {then} (data.batch_size {} × {saved_world} ranks), this \
+             run's would be {wanted} (data.batch_size {} × {now_world} ranks); {hint}",
+            dir.display(),
+            saved.data.batch_size,
+            now.data.batch_size
+        );
+    }
+    tracing::info!(
+        "resume: {saved_world} ranks × batch {} continue as {now_world} ranks × batch {} (global batch {then})",
+        saved.data.batch_size,
+        now.data.batch_size
+    );
+    saved.data.batch_size = now.data.batch_size;
     Ok(())
 }
 

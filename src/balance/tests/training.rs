@@ -86,6 +86,7 @@ impl TinyModel {
             step,
             epoch: step / 4,
             seed: 5,
+            ranks: None,
         };
         let w = balancer.backward(&ctx).unwrap();
         (w, fwd)
@@ -253,6 +254,7 @@ fn loss_methods_propagate_through_detached_features() {
         step: 0,
         epoch: 0,
         seed: 0,
+        ranks: None,
     };
     let _ = build("ew", "{}").unwrap().backward(&ctx).unwrap();
     let with_detach = model.grads();
