@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check, in one call of under 8 minutes on a CUDA machine: the tests that need CUDA,
-# shapes_seg trained for a few epochs in fp32 and in bf16, the side-by-side benchmark against
-# PyTorch (scripts/bench.sh --device cuda), and one table at the end.
+# The GPU check, in one call of under 8 minutes on a CUDA machine: the tests that need CUDA
+# (NCCL's collectives and synchronized BatchNorm among them), shapes_seg trained for a few
+# epochs in fp32 and in bf16, data-parallel training through NCCL (a world of one on one GPU:
+# the step and its collectives timed, and `--nproc 1` training against a plain run), the
+# side-by-side benchmark against PyTorch (scripts/bench.sh --device cuda), and one table.
 #
 # Binaries are built on the build machine and carried; nothing is installed on the GPU machine,
 # which only needs python3 with torch 2.11 (the libtorch the binaries were linked against),
@@ -11,6 +13,7 @@
 #   scripts/gpu_check.sh               # there, from the repository root (carry target/gpu)
 #
 # Environment: EPOCHS (default: the config's 5), BENCH=0 to skip the benchmark, QUICK=1 for a shorter one,
+# DIST=0 to skip the data-parallel checks,
 # OUT (a folder for the logs and results; default a temporary one), DRY=1 to rehearse the whole
 # script on the CPU (small data, quick CPU benchmark) on a machine without a GPU.
 set -uo pipefail
@@ -106,6 +109,61 @@ EOF
   fi
   tail -3 "$out/train-$prec.log"
 done
+
+if [ "${DIST:-1}" = 1 ]; then
+  # One GPU here: a world of one through NCCL (Gloo on the CPU with DRY=1). The collectives run
+  # for real (NCCL all-reduces the whole gradient buffer on the device), so the bench gives the
+  # step time with them, their time alone and their volume: the numbers docs/BENCHMARKS.md
+  # projects to 8 GPUs from.
+  backend=NCCL; [ "$dev" = cpu ] && backend=Gloo
+  echo "== data-parallel through $backend: a world of one"
+  cifar=(configs/cifar_seg.yaml --set data.dataset=shapes --set tasks.0.target=kind --set tasks.1.classes=11
+         --set data.train_size=2048 --set data.val_size=256)
+  dist_batch=128; dist_steps=(--warmup 3 --steps 10 --reps 5)
+  [ "$dev" = cpu ] && { dist_batch=8; dist_steps=(--warmup 1 --steps 2 --reps 2); }
+  for model in shapes_seg cifar_seg; do
+    if [ "$model" = shapes_seg ]; then args=(configs/shapes_seg.yaml); else args=("${cifar[@]}"); fi
+    t0=$(date +%s)
+    port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$MTL" bench "${args[@]}" --device "$dev" --set "data.batch_size=$dist_batch" "${dist_steps[@]}" \
+        --json "$out/dist.jsonl" > "$out/dist-$model-plain.log" 2>&1
+    if RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+        "$MTL" bench "${args[@]}" --device "$dev" --set "data.batch_size=$dist_batch" "${dist_steps[@]}" \
+        --json "$out/dist.jsonl" > "$out/dist-$model.log" 2>&1; then
+      plain="$(grep -oE '[0-9.]+ img/s' "$out/dist-$model-plain.log" | head -1)"
+      got="$(grep -oE '[0-9.]+ img/s|step [0-9.]+ ms, collectives .*' "$out/dist-$model.log" | tr '\n' ' ')"
+      row "$backend world of 1: $model bs=$dist_batch" PASS "$got(plain: $plain; $(( $(date +%s) - t0 ))s)"
+    else
+      row "$backend world of 1: $model" FAIL "see dist-$model.log: $(tail -1 "$out/dist-$model.log")"
+    fi
+    tail -2 "$out/dist-$model.log"
+  done
+  # --nproc 1 trains through the process group what a plain run trains (rounding aside).
+  t0=$(date +%s)
+  d="$(mktemp -d)"
+  depochs=(--set train.epochs=2)
+  "$MTL" configs/shapes_seg.yaml --device "$dev" --run-dir "$d/plain" "${depochs[@]}" "${small[@]}" > "$out/dist-plain.log" 2>&1
+  if "$MTL" configs/shapes_seg.yaml --device "$dev" --run-dir "$d/nproc1" --nproc 1 "${depochs[@]}" "${small[@]}" \
+      > "$out/dist-nproc1.log" 2>&1; then
+    detail="$("$PY" - "$d/plain" "$d/nproc1" <<'EOF'
+import json, sys
+from safetensors.torch import load_file
+def final(run):
+    name = open(f"{run}/checkpoints/LATEST").read().strip()
+    return load_file(f"{run}/checkpoints/{name}/model.safetensors")
+def val(run):
+    return [json.loads(l) for l in open(f"{run}/metrics.jsonl") if '"val"' in l][-1]
+a, b = final(sys.argv[1]), final(sys.argv[2])
+diff = max(float((a[k].double() - b[k].double()).abs().max() / a[k].double().abs().max().clamp_min(1e-12)) for k in a)
+va, vb = val(sys.argv[1]), val(sys.argv[2])
+print(f"weights differ by {diff:.1e} (relative); seg.miou {va['seg.miou']:.4f} vs {vb['seg.miou']:.4f}")
+EOF
+)"
+    row "--nproc 1 through $backend vs plain" PASS "$detail ($(( $(date +%s) - t0 ))s)"
+  else
+    row "--nproc 1 through $backend vs plain" FAIL "see dist-nproc1.log: $(tail -1 "$out/dist-nproc1.log")"
+  fi
+fi
 
 bench_table=""
 if [ "${BENCH:-1}" = 1 ]; then

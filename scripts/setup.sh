@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Creates .venv with the PyTorch 2.11.0 wheel (libtorch for the build) and the packages the
 # Python interop tests need. Idempotent: a second run only checks and returns in about a second.
+#
+# With a CUDA build of torch it also installs the CUDA headers that the NCCL backend of the
+# c10d shim (csrc/dist/) compiles against and the torch wheels do not ship: nvidia-cuda-crt and
+# nvidia-cuda-cccl (headers only, ~4 MB, for torch's CUDA version). Without them the build
+# still trains on one GPU, but not data-parallel across GPUs.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
@@ -14,12 +19,43 @@ sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
 PY
 }
 
+# The header wheels for torch's CUDA version ("13.0" -> nvidia-cuda-crt==13.0.*), or nothing
+# for a CPU build or a CUDA version without such wheels.
+cuda_header_packages() {
+  "$venv/bin/python" - <<'PY' 2>/dev/null
+import torch
+v = torch.version.cuda or ""
+if v.startswith("13."):
+    print(f"nvidia-cuda-crt=={v}.* nvidia-cuda-cccl=={v}.*")
+PY
+}
+
+cuda_headers_present() {
+  "$venv/bin/python" - <<'PY' 2>/dev/null
+import glob, os, sys, torch
+site = os.path.dirname(os.path.dirname(torch.__file__))
+found = lambda pattern: glob.glob(os.path.join(site, "nvidia", "*", "include", pattern))
+sys.exit(0 if found("crt/host_defines.h") and found("cccl/cuda/std/type_traits") else 1)
+PY
+}
+
 if [ -x "$venv/bin/python" ] && check; then
-  exit 0
+  headers="$(cuda_header_packages || true)"
+  if [ -z "$headers" ] || cuda_headers_present; then
+    exit 0
+  fi
+else
+  echo "setup: installing torch==$want_torch and test packages into $venv (a few minutes, ~4.7 GB)" >&2
+  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "torch==$want_torch" safetensors numpy pyyaml pytest
+  check || { echo "setup: torch $want_torch did not install correctly in $venv" >&2; exit 1; }
+  headers="$(cuda_header_packages || true)"
 fi
-echo "setup: installing torch==$want_torch and test packages into $venv (a few minutes, ~4.7 GB)" >&2
-[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  "torch==$want_torch" safetensors numpy pyyaml pytest
-check || { echo "setup: torch $want_torch did not install correctly in $venv" >&2; exit 1; }
+if [ -n "$headers" ] && ! cuda_headers_present; then
+  echo "setup: installing CUDA headers for the NCCL backend ($headers)" >&2
+  # shellcheck disable=SC2086 # two package specs
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps $headers ||
+    echo "setup: could not install $headers; the build will have no NCCL backend" >&2
+fi
 echo "setup: done" >&2

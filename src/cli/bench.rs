@@ -8,6 +8,12 @@
 //! synchronisations on CUDA (a CPU step is synchronous), and the median, minimum and maximum
 //! images/s are reported. Nothing in the timed region reads a value from the device.
 //!
+//! Distributed (started the torchrun way, as `scripts/bench_dist.sh` does): every rank times its
+//! steps, which then include the collectives, and afterwards the step's collectives alone (the
+//! all-reduce of the flat gradient buffer, of the losses, and the broadcast of BatchNorm
+//! statistics, at their real sizes on the real group); rank 0 reports both, and their ratio is
+//! the all-reduce share of the step (docs/BENCHMARKS.md).
+//!
 //! Memory: the peak resident set (`VmHWM`, reset through `/proc/self/clear_refs` after the
 //! warm-up, so it is the peak while training with the model and data resident) and, on CUDA,
 //! the device memory in use at the end as `cudaMemGetInfo` reports it (CUDA context plus the
@@ -59,8 +65,24 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let resolved = args.config.resolve()?;
     let lockstep = args.lockstep.map(|dir| Lockstep { dir, first: !args.lockstep_second });
-    let opts = BenchOptions { warmup: args.warmup, steps: args.steps, reps: args.reps, export: args.export, lockstep };
+    let ranks = match mtl::dist::Launch::from_env()? {
+        Some(l) => {
+            let device = mtl::setup::device(&resolved.cfg.device)?;
+            let device = if device.is_cuda() { Device::Cuda(l.local_rank) } else { device };
+            let timeout = std::time::Duration::from_secs_f64(resolved.cfg.train.dist_timeout_seconds);
+            Some(super::join_ranks(mtl::dist::init(&l, device, timeout)?))
+        }
+        None => None,
+    };
+    let opts =
+        BenchOptions { warmup: args.warmup, steps: args.steps, reps: args.reps, export: args.export, lockstep, ranks };
     let report = bench(resolved, &opts)?;
+    if let Some(g) = &opts.ranks {
+        g.finish();
+        if !g.is_first() {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     if report.rep_seconds.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -92,11 +114,13 @@ pub struct BenchOptions {
     pub export: Option<PathBuf>,
     /// Take turns with another benchmark process, repetition by repetition (see [`Lockstep`]).
     pub lockstep: Option<Lockstep>,
+    /// A distributed bench: this process's rank.
+    pub ranks: Option<mtl::dist::Group>,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        Self { warmup: 3, steps: 10, reps: 5, export: None, lockstep: None }
+        Self { warmup: 3, steps: 10, reps: 5, export: None, lockstep: None, ranks: None }
     }
 }
 
@@ -237,6 +261,13 @@ pub struct BenchReport {
     /// The FIFO directory when the repetitions alternated with another process's
     /// ([`Lockstep`]); the two records of a pair name the same one.
     pub lockstep: Option<String>,
+    /// Processes training together (1 without distribution); `images_per_second` counts the
+    /// global batch.
+    pub world_size: usize,
+    /// Distributed: bytes the step all-reduces or broadcasts (gradients, losses, statistics).
+    pub collective_bytes: Option<u64>,
+    /// Distributed: seconds per step of those collectives alone (median over repetitions).
+    pub collective_seconds: Option<f64>,
 }
 
 impl BenchReport {
@@ -264,6 +295,17 @@ impl BenchReport {
         if let Some(f) = self.issue_fraction {
             s.push_str(&format!(", host issue {:.0}% of step time", 100.0 * f));
         }
+        if let (Some(bytes), Some(secs)) = (self.collective_bytes, self.collective_seconds) {
+            let step = self.world_size as f64 * self.batch_size as f64 / self.images_per_second.median;
+            s.push_str(&format!(
+                ", {} ranks: step {:.1} ms, collectives {:.2} ms for {:.2} MB ({:.0}% of the step)",
+                self.world_size,
+                1e3 * step,
+                1e3 * secs,
+                bytes as f64 / 1e6,
+                100.0 * secs / step
+            ));
+        }
         s
     }
 }
@@ -287,7 +329,7 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
     // The run directory is never created (the bench only calls `step`); one per process, so
     // two benches never meet in it.
     let unused = std::env::temp_dir().join(format!("mtl-bench-unused-{}", std::process::id()));
-    let opts_unused = TrainOptions { run_dir: unused, ..Default::default() };
+    let opts_unused = TrainOptions { run_dir: unused, ranks: opts.ranks.clone(), ..Default::default() };
     let mut trainer = Trainer::new(resolved, device, &opts_unused)?;
     if let Some(dir) = &opts.export {
         let weights: Vec<(String, Tensor)> = trainer
@@ -338,7 +380,9 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
         }
     }
     let load_after = load_average();
-    let batch = cfg.data.batch_size as f64;
+    let collectives = opts.ranks.as_ref().map(|g| time_collectives(g, &trainer, opts));
+    let world = opts.ranks.as_ref().map_or(1, mtl::dist::Group::world);
+    let batch = (cfg.data.batch_size * world) as f64;
     let ips: Vec<f64> = rep_seconds.iter().map(|s| batch * opts.steps as f64 / s).collect();
     let channels_last = trainer.model.compute().channels_last(true);
     Ok(BenchReport {
@@ -375,7 +419,45 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
         load_after,
         setup_seconds,
         lockstep: opts.lockstep.as_ref().map(|l| l.dir.display().to_string()),
+        world_size: world,
+        collective_bytes: collectives.map(|c| c.0),
+        collective_seconds: collectives.map(|c| c.1),
     })
+}
+
+/// The collectives of one training step alone, on copies of the real buffers: returns their
+/// bytes and the median seconds per step over the repetitions (after two warm-up rounds).
+fn time_collectives(g: &mtl::dist::Group, trainer: &Trainer, opts: &BenchOptions) -> (u64, f64) {
+    let grads = trainer.optimizer.flat.grads.copy();
+    let losses = Tensor::zeros([trainer.tasks.len() as i64], (tch::Kind::Double, trainer.device));
+    let statistics: Vec<Tensor> = if trainer.cfg.model.sync_batchnorm {
+        Vec::new()
+    } else {
+        trainer.model.buffers().iter().filter(|t| t.is_floating_point()).map(Tensor::copy).collect()
+    };
+    let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+    let total = bytes(&grads) + bytes(&losses) + statistics.iter().map(bytes).sum::<u64>();
+    let round = || {
+        g.mean_(&losses);
+        g.mean_(&grads);
+        if !statistics.is_empty() {
+            g.broadcast_all_(&statistics, 0);
+        }
+    };
+    round();
+    round();
+    let mut per_step = Vec::with_capacity(opts.reps);
+    for _ in 0..opts.reps {
+        g.barrier();
+        sync(trainer.device);
+        let t0 = Instant::now();
+        for _ in 0..opts.steps {
+            round();
+        }
+        sync(trainer.device);
+        per_step.push(t0.elapsed().as_secs_f64() / opts.steps as f64);
+    }
+    (total, Spread::of(&per_step).median)
 }
 
 fn augment_label(cfg: &Config) -> String {

@@ -336,11 +336,14 @@ impl Group {
     }
 }
 
-/// A world of one on a free local port, shared by the unit tests that need a real group.
+/// A world of one on a free local port (Gloo on the CPU, NCCL on `cuda:0`), shared by the unit
+/// tests that need a real group.
 #[cfg(test)]
-pub(crate) fn solo_for_tests() -> Group {
-    static SOLO: std::sync::OnceLock<Group> = std::sync::OnceLock::new();
-    SOLO.get_or_init(|| {
+pub(crate) fn solo_for_tests(device: Device) -> Group {
+    static CPU: std::sync::OnceLock<Group> = std::sync::OnceLock::new();
+    static CUDA: std::sync::OnceLock<Group> = std::sync::OnceLock::new();
+    let cell = if device.is_cuda() { &CUDA } else { &CPU };
+    cell.get_or_init(|| {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let launch = Launch {
             rank: 0,
@@ -351,7 +354,7 @@ pub(crate) fn solo_for_tests() -> Group {
             agent_store: false,
             attempt: 0,
         };
-        init(&launch, Device::Cpu, Duration::from_secs(30)).expect("a world of one starts")
+        init(&launch, device, Duration::from_secs(30)).expect("a world of one starts")
     })
     .clone()
 }
@@ -360,9 +363,34 @@ pub(crate) fn solo_for_tests() -> Group {
 mod tests {
     use super::*;
 
+    /// The collectives through NCCL on the GPU (a world of one: one H200 is what a check gets),
+    /// CPU tensors staged through the device and back.
+    #[test]
+    fn cuda_nccl_world_of_one_runs_the_collectives_on_the_gpu() {
+        if !tch::Cuda::is_available() {
+            eprintln!("skipped: no CUDA on this machine");
+            return;
+        }
+        let g = solo_for_tests(Device::Cuda(0));
+        assert_eq!(g.device(), Device::Cuda(0));
+        let on_gpu = Tensor::from_slice(&[1.0f32, 2.0]).to_device(Device::Cuda(0));
+        g.sum_(&on_gpu);
+        g.broadcast_all_(&[on_gpu.shallow_clone()], 0);
+        let on_host = Tensor::from_slice(&[7i64]);
+        g.sum_(&on_host);
+        assert_eq!(Vec::<f32>::try_from(on_gpu.to_device(Device::Cpu)).unwrap(), [1.0, 2.0]);
+        assert_eq!(on_host.int64_value(&[0]), 7);
+        let parts = g.all_gather(&on_gpu);
+        assert_eq!(parts[0].device(), Device::Cuda(0));
+        let x = Tensor::from_slice(&[3.0f64]).to_device(Device::Cuda(0)).set_requires_grad(true);
+        (g.sum_differentiable(&x).square()).sum(Kind::Double).backward();
+        assert_eq!(x.grad().double_value(&[0]), 6.0);
+        g.barrier();
+    }
+
     #[test]
     fn a_world_of_one_leaves_values_as_they_are() {
-        let g = solo_for_tests();
+        let g = solo_for_tests(Device::Cpu);
         assert_eq!((g.rank(), g.world(), g.is_first()), (0, 1, true));
         let t = Tensor::from_slice(&[1.5f32, -2.0]);
         g.sum_(&t);
