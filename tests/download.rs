@@ -516,3 +516,59 @@ fn mirrors_must_be_http_urls() {
         .assert_user_error(&[fetch::MIRROR_ENV, "ftp://site"]);
     assert_eq!(listing(tmp.path()), ["c.yaml"]);
 }
+
+/// Two ranks of one machine, a dataset absent from `data.root`: the first rank downloads it
+/// while the other waits, then both load it. The server answers one connection only, so a
+/// second download would fail the run.
+#[test]
+fn ranks_of_one_machine_download_once() {
+    hermetic();
+    let tmp = tempdir().unwrap();
+    let server = Server::start(cifar_archive().to_vec(), vec![Reply::Ranged]);
+    let config = tiny_cifar_config(&format!("  download: true\n  mirror: {}", server.url()));
+    write(tmp.path(), "c.yaml", &config);
+    let port = closed_port().to_string();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["rank_of_a_downloading_run", "--exact", "--ignored", "--test-threads=1"])
+                .env("MTL_DOWNLOAD_TEST_DIR", tmp.path())
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "rank {rank}:\n{text}");
+    }
+    assert_eq!(server.finish().len(), 1, "one download for the machine");
+    assert_installed(&tmp.path().join("data/cifar-10-batches-bin"));
+}
+
+#[test]
+#[ignore = "run as a rank by ranks_of_one_machine_download_once"]
+fn rank_of_a_downloading_run() {
+    hermetic();
+    let dir = std::path::PathBuf::from(std::env::var("MTL_DOWNLOAD_TEST_DIR").unwrap());
+    let sources = format!(
+        "dataset cifar10_seg data/cifar-10-batches-bin {HOLDS}\n\
+         file cifar10_seg cifar-10-binary.tar.gz {} md5:{} https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz\n",
+        cifar_archive().len(),
+        md5_hex(cifar_archive())
+    );
+    fetch::manifest::set_sources_for_tests(&sources);
+    let launch = mtl::dist::Launch::from_env().unwrap().unwrap();
+    let group = mtl::dist::init(&launch, tch::Device::Cpu, Duration::from_secs(30)).unwrap();
+    let resolved = mtl::setup::load(Some(&dir.join("c.yaml")), &[]).unwrap();
+    let opts = mtl::train::TrainOptions { run_dir: dir.join("runs/two"), ranks: Some(group), ..Default::default() };
+    let summary = mtl::train::Trainer::new(resolved, tch::Device::Cpu, &opts).unwrap().run().unwrap();
+    // 48 images, a global batch of 2 × 16: one step per epoch.
+    assert_eq!(summary.steps, 1);
+}

@@ -35,6 +35,8 @@ struct Inner {
     store: Store,
     rank: usize,
     world: usize,
+    /// The rank on this machine (`LOCAL_RANK`).
+    local_rank: usize,
     device: Device,
     hosts_store: bool,
     shared: Arc<watch::Shared>,
@@ -130,6 +132,7 @@ pub fn init(launch: &Launch, device: Device, timeout: Duration) -> anyhow::Resul
             store,
             rank: launch.rank,
             world: launch.world,
+            local_rank: launch.local_rank,
             device,
             hosts_store: launch.hosts_store(),
             shared,
@@ -278,6 +281,29 @@ impl Group {
             }
         }
         stop_at.is_some_and(|at| done >= at)
+    }
+
+    /// Runs `f` on this machine's first rank (`LOCAL_RANK` 0) before the machine's other
+    /// ranks run it: they wait (without a timeout: the watcher ends them should that rank
+    /// stop) until it has finished, successfully or not. For work that must happen once per
+    /// machine, like a download into a shared directory.
+    pub fn first_on_machine<T>(&self, what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let key = self.key(&format!("first_on_machine/{what}/{}", hostname()));
+        if self.inner.local_rank == 0 {
+            let result = f();
+            if let Err(e) = self.inner.store.set(&key, "done") {
+                watch::fail(&format!("telling the other ranks that {what} is ready"), &e.to_string());
+            }
+            return result;
+        }
+        loop {
+            match self.inner.store.contains(&key) {
+                Ok(true) => break,
+                Ok(false) => std::thread::sleep(watch::BEAT / 5),
+                Err(e) => watch::fail(&format!("waiting for {what} on this machine's first rank"), &e.to_string()),
+            }
+        }
+        f()
     }
 
     /// Tells the other ranks that this one fails with `code` and `message`: they exit with the

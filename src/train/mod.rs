@@ -143,7 +143,9 @@ impl Trainer {
         // Rank 0 owns the run directory; the others never look at it (they may be on machines
         // that do not share it, and they must not race rank 0's first writes).
         let lock = if ranks.is_first() { check_run_dir(&run, opts)? } else { None };
-        let sources = crate::data::load(*dataset, &cfg.data, cfg.seed, &r.wanted())?;
+        // A download (data.download) happens once per machine, by its first rank.
+        let sources =
+            ranks.first_on_machine("data", || crate::data::load(*dataset, &cfg.data, cfg.seed, &r.wanted()))?;
         let loader = |source: crate::data::Source, train: bool| {
             Loader::new(&cfg.data, cfg.seed, dataset.normalization(), &r.target_uses(), source.to_device(device), train)
                 .sharded(ranks.shard())
@@ -490,7 +492,7 @@ impl Trainer {
         let spe = self.steps_per_epoch();
         let end = self.final_step();
         let batch = self.train_loader.global_batch_size() as u64;
-        let mut progress = Progress::new(end, spe, self.at.step, batch).shown(first);
+        let mut progress = Progress::new(end, spe, self.at.step, batch, first);
         let log_every = self.cfg.train.log_every;
         let mut final_metrics = Vec::new();
         let mut interrupted = false;

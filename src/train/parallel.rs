@@ -76,6 +76,15 @@ impl Ranks {
         }
     }
 
+    /// `load` on this machine's first rank, then on the others (a single process: at once), so
+    /// that a dataset absent from `data.root` is downloaded once, not by every rank at a time.
+    pub fn first_on_machine<T>(&self, what: &str, load: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        match &self.group {
+            Some(g) => g.first_on_machine(what, load),
+            None => load(),
+        }
+    }
+
     /// Whether the loop stops after `done` steps, `asked` by a signal on this process: the
     /// same answer on every rank (a single process stops when asked).
     pub fn stop_after(&self, done: u64, asked: bool) -> bool {

@@ -116,8 +116,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(total_steps: u64, steps_per_epoch: u64, start_step: u64, batch_size: u64) -> Self {
-        let bar = std::io::stdout().is_terminal().then(|| {
+    /// A view of `total_steps` steps; `shown` false: one that prints nothing (the ranks other
+    /// than 0 of a distributed run).
+    pub fn new(total_steps: u64, steps_per_epoch: u64, start_step: u64, batch_size: u64, shown: bool) -> Self {
+        let bar = (shown && std::io::stdout().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total_steps), ProgressDrawTarget::stdout());
             bar.set_style(
                 ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
@@ -127,18 +129,7 @@ impl Progress {
             bar.set_position(start_step);
             bar
         });
-        Self { bar, shown: true, started: Instant::now(), start_step, total_steps, steps_per_epoch, batch_size }
-    }
-
-    /// This view, or (`shown` false) one that prints nothing.
-    pub fn shown(mut self, shown: bool) -> Self {
-        if !shown {
-            if let Some(bar) = self.bar.take() {
-                bar.finish_and_clear();
-            }
-        }
-        self.shown = shown;
-        self
+        Self { bar, shown, started: Instant::now(), start_step, total_steps, steps_per_epoch, batch_size }
     }
 
     /// Called every step (cheap: no device values are read).
