@@ -426,10 +426,8 @@ fn tiny_cifar_config(extra_data: &str) -> String {
         .replace("train: {epochs: 2,", "train: {max_steps: 2, epochs: 1,")
 }
 
-#[test]
-fn the_first_run_downloads_verifies_and_trains() {
-    hermetic();
-    // The library reads these sources instead of the shipped ones: they pin the small archive.
+/// Makes the library read sources that pin the small archive instead of the shipped ones.
+fn pin_the_small_archive() {
     let sources = format!(
         "dataset cifar10_seg data/cifar-10-batches-bin {HOLDS}\n\
          file cifar10_seg cifar-10-binary.tar.gz {} md5:{} https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz\n",
@@ -437,6 +435,12 @@ fn the_first_run_downloads_verifies_and_trains() {
         md5_hex(cifar_archive())
     );
     fetch::manifest::set_sources_for_tests(&sources);
+}
+
+#[test]
+fn the_first_run_downloads_verifies_and_trains() {
+    hermetic();
+    pin_the_small_archive();
     let tmp = tempdir().unwrap();
     let server = Server::start(cifar_archive().to_vec(), vec![Reply::Ranged]);
     let config = tiny_cifar_config(&format!("  download: true\n  mirror: {}", server.url()));
@@ -557,13 +561,7 @@ fn ranks_of_one_machine_download_once() {
 fn rank_of_a_downloading_run() {
     hermetic();
     let dir = std::path::PathBuf::from(std::env::var("MTL_DOWNLOAD_TEST_DIR").unwrap());
-    let sources = format!(
-        "dataset cifar10_seg data/cifar-10-batches-bin {HOLDS}\n\
-         file cifar10_seg cifar-10-binary.tar.gz {} md5:{} https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz\n",
-        cifar_archive().len(),
-        md5_hex(cifar_archive())
-    );
-    fetch::manifest::set_sources_for_tests(&sources);
+    pin_the_small_archive();
     let launch = mtl::dist::Launch::from_env().unwrap().unwrap();
     let group = mtl::dist::init(&launch, tch::Device::Cpu, Duration::from_secs(30)).unwrap();
     let resolved = mtl::setup::load(Some(&dir.join("c.yaml")), &[]).unwrap();

@@ -344,8 +344,8 @@ mod tests {
             let vs = VarStore::new(device);
             let bn = BatchNorm2d::new(vs.root() / "bn", 5);
             tch::no_grad(|| {
-                let _ = bn.weight.shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, 0.5, 2.0, -1.0, 0.3]));
-                let _ = bn.bias.shallow_clone().copy_(&Tensor::from_slice(&[0.1f32, 0.0, -0.2, 0.3, 1.0]));
+                bn.weight.shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, 0.5, 2.0, -1.0, 0.3]));
+                bn.bias.shallow_clone().copy_(&Tensor::from_slice(&[0.1f32, 0.0, -0.2, 0.3, 1.0]));
             });
             tch::manual_seed(11);
             let x = (Tensor::randn([6, 5, 4, 3], (Kind::Float, Device::Cpu)) * 3.0 + 1.5).to_device(device);
@@ -361,21 +361,8 @@ mod tests {
                 }
                 let _ = bn.running_mean.shallow_clone().fill_(0.0);
                 let _ = bn.running_var.shallow_clone().fill_(1.0);
-                let y = if synced {
-                    bn.forward_synchronized(&input, &group)
-                } else {
-                    Tensor::batch_norm(
-                        &input,
-                        Some(&bn.weight),
-                        Some(&bn.bias),
-                        Some(&bn.running_mean),
-                        Some(&bn.running_var),
-                        true,
-                        BN_MOMENTUM,
-                        BN_EPS,
-                        true,
-                    )
-                };
+                // No group is set for synchronization in this process: `forward` is libtorch's.
+                let y = if synced { bn.forward_synchronized(&input, &group) } else { bn.forward(&input, true) };
                 (&y * &probe).sum(Kind::Float).backward();
                 [
                     y.detach(),
