@@ -306,6 +306,25 @@ fn pet_trains_and_streaming_gives_the_same_run() {
     assert_eq!(rows_without_speed(&run), rows_without_speed(&tmp.path().join("stream")));
 }
 
+/// Streamed from disk and sharded over two ranks (each decoding only its share of every global
+/// batch, zoom included), Pet trains as one process with the split in memory at twice the batch.
+#[test]
+fn pet_streamed_on_two_ranks_trains_as_one_process_in_memory() {
+    let tmp = tempdir().unwrap();
+    write_pet(&tmp.path().join("pet"), 4);
+    // No crop padding (its ignored pixels would weigh the per-rank trimap means differently).
+    let cfg =
+        |extra: &str| pet_config(extra).replace("crop_padding: 1", "crop_padding: 0").replace("epochs: 8", "epochs: 3");
+    write(tmp.path(), "memory.yaml", &cfg(""));
+    write(tmp.path(), "stream.yaml", &cfg("  max_memory_mb: 0.001"));
+    let same = ["--set", "model.sync_batchnorm=true", "--set", "speed.channels_last=false"];
+    run_in(tmp.path(), &[&["memory.yaml", "--run-dir", "one", "--set", "data.batch_size=8"][..], &same].concat())
+        .assert_ok();
+    run_in(tmp.path(), &[&["stream.yaml", "--run-dir", "two", "--nproc", "2"][..], &same].concat()).assert_ok();
+    let diff = relative_difference(&tmp.path().join("one"), &tmp.path().join("two"));
+    assert!(diff <= 1e-5, "streamed on two ranks differs by {diff:e}");
+}
+
 #[test]
 fn pet_streaming_resumes_exactly() {
     let tmp = tempdir().unwrap();

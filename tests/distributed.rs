@@ -40,30 +40,6 @@ fn batchnorm_config() -> String {
         .replace("classes: 3}", "classes: 3}\n  - {name: seg, kind: segmentation, target: mask, classes: 11}")
 }
 
-fn weights(run: &Path) -> Vec<(String, Vec<f64>)> {
-    let file = checkpoint_pointer(run, "LATEST").join("model.safetensors");
-    let mut named: Vec<(String, Vec<f64>)> = mtl::checkpoint::read_tensors(&file)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).reshape([-1])).unwrap()))
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named
-}
-
-/// The largest difference of two runs' final weights, relative to the tensor's largest value.
-fn relative_difference(a: &Path, b: &Path) -> f64 {
-    let (wa, wb) = (weights(a), weights(b));
-    assert_eq!(wa.iter().map(|(k, _)| k).collect::<Vec<_>>(), wb.iter().map(|(k, _)| k).collect::<Vec<_>>());
-    wa.iter()
-        .zip(&wb)
-        .map(|((_, x), (_, y))| {
-            let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
-            diff / x.iter().map(|v| v.abs()).fold(1e-12, f64::max)
-        })
-        .fold(0.0, f64::max)
-}
-
 /// The val rows of a run's metrics.jsonl.
 fn val_rows(run: &Path) -> Vec<serde_json::Value> {
     read_lines(&run.join("metrics.jsonl")).into_iter().filter(|r| r["split"] == "val").collect()

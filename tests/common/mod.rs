@@ -106,3 +106,28 @@ pub fn checkpoint_pointer(run: &Path, pointer: &str) -> PathBuf {
     let name = std::fs::read_to_string(run.join("checkpoints").join(pointer)).unwrap();
     run.join("checkpoints").join(name.trim())
 }
+
+/// The variables of a run's LATEST checkpoint, by name, as f64.
+pub fn final_weights(run: &Path) -> Vec<(String, Vec<f64>)> {
+    let file = checkpoint_pointer(run, "LATEST").join("model.safetensors");
+    let mut named: Vec<(String, Vec<f64>)> = mtl::checkpoint::read_tensors(&file)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).reshape([-1])).unwrap()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+/// The largest difference of two runs' final weights, relative to the tensor's largest value.
+pub fn relative_difference(a: &Path, b: &Path) -> f64 {
+    let (wa, wb) = (final_weights(a), final_weights(b));
+    assert_eq!(wa.iter().map(|(k, _)| k).collect::<Vec<_>>(), wb.iter().map(|(k, _)| k).collect::<Vec<_>>());
+    wa.iter()
+        .zip(&wb)
+        .map(|((_, x), (_, y))| {
+            let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            diff / x.iter().map(|v| v.abs()).fold(1e-12, f64::max)
+        })
+        .fold(0.0, f64::max)
+}
