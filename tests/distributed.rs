@@ -178,7 +178,9 @@ fn a_killed_rank_ends_the_others_and_the_run_resumes() {
         let _ = ranks[0].wait();
         let stderr = String::from_utf8_lossy(&survivor.stderr);
         assert!(!survivor.status.success(), "the surviving rank must fail:\n{stderr}");
-        assert!(took < Duration::from_secs(15), "the survivor took {took:?} (timeout 15 s)");
+        // Gloo notices at once and the heartbeats name the rank within seconds; at the latest the
+        // 15 s timeout ends it. The bound only tells "ended" from "hung" on a loaded machine.
+        assert!(took < Duration::from_secs(60), "the survivor hung for {took:?} (timeout 15 s)");
         let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(lines.len(), 1, "{stderr}");
         assert!(lines[0].contains(&format!("rank {victim}")) && lines[0].contains("--resume"), "{}", lines[0]);
