@@ -8,14 +8,15 @@ use std::sync::Mutex;
 static HELD: Mutex<Option<Vec<u8>>> = Mutex::new(Some(Vec::new()));
 
 /// Installs the subscriber: `RUST_LOG`'s filter, or `info` with the early lines held back
-/// (`warn` on the ranks other than 0 of a distributed run, which would repeat rank 0's lines).
+/// (`error` on the ranks other than 0 of a distributed run: they would repeat rank 0's lines,
+/// warnings included, since the ranks agree on losses and steps).
 pub fn init() {
     let explicit = std::env::var_os("RUST_LOG").is_some();
     if explicit {
         release();
     }
     let other_rank = std::env::var("RANK").is_ok_and(|r| r.trim() != "0");
-    let default = if other_rank { "warn" } else { "info" };
+    let default = if other_rank { "error" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
