@@ -11,9 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::tempdir;
 
-/// The tests' tiny config with two classification tasks, no BatchNorm and no dropout (whose
-/// masks are drawn per process), per-rank batch 8: 12 steps; 44 val images in batches of 12
-/// (ragged shares).
+/// The tests' tiny config with two classification tasks, no BatchNorm and no dropout, per-rank
+/// batch 8: 12 steps; 44 val images in batches of 12 (ragged shares).
 fn config() -> String {
     tiny_config("dp")
         .replace("val_size: 40", "val_size: 44")
@@ -62,8 +61,12 @@ fn two_ranks_train_as_one_process_at_twice_the_batch() {
     let tmp = tempdir().unwrap();
     write(tmp.path(), "plain.yaml", &config());
     write(tmp.path(), "bn.yaml", &batchnorm_config());
+    // Dropout masks are drawn for the global batch: each rank applies its rows.
+    let dropout = config().replace("norm: none}", "norm: none}\n  heads:\n    kind: {hidden: 8, dropout: 0.3}");
+    write(tmp.path(), "dropout.yaml", &dropout);
     let cases: &[(&str, &str, &[&str])] = &[
         ("plain", "plain.yaml", &[]),
+        ("dropout", "dropout.yaml", &[]),
         ("sync-batchnorm", "bn.yaml", &["--set", "model.sync_batchnorm=true"]),
         ("mgda", "plain.yaml", &["--set", "balance.method=mgda"]),
         ("mgda-representation", "plain.yaml", &["--set", "balance.method=mgda", "--set", "balance.on=representation"]),

@@ -115,7 +115,7 @@ impl ClassificationHead {
             h = activate(&hidden.forward(&h, c), self.act);
         }
         if self.dropout > 0.0 {
-            h = h.dropout(self.dropout, train);
+            h = super::layers::dropout(&h, self.dropout, train);
         }
         self.fc.forward(&h, c)
     }

@@ -158,14 +158,41 @@ pub struct BatchNorm2d {
 const BN_MOMENTUM: f64 = 0.1;
 const BN_EPS: f64 = 1e-5;
 
-/// The ranks whose batches training BatchNorms normalize over together
-/// (`model.sync_batchnorm`); None: each process its own batch. One per process, like the run.
-static SYNC_GROUP: RwLock<Option<Group>> = RwLock::new(None);
+/// How this process's training forwards take part in a distributed run; None for a single
+/// process. One per process, like the run (set once by the trainer).
+static DISTRIBUTED: RwLock<Option<Distributed>> = RwLock::new(None);
 
-/// Makes every training-mode BatchNorm of this process use statistics over all ranks of
-/// `group` (None: its own batch only).
-pub fn synchronize_batchnorm(group: Option<Group>) {
-    *SYNC_GROUP.write().unwrap_or_else(|e| e.into_inner()) = group;
+struct Distributed {
+    group: Group,
+    /// `model.sync_batchnorm`: BatchNorms normalize over all ranks' batches.
+    sync_batchnorm: bool,
+}
+
+/// Makes this process's training forwards part of `group`'s run: dropout masks are drawn for
+/// the global batch ([`dropout`]) and, with `sync_batchnorm`, BatchNorm statistics are the
+/// global batch's. None: a single process.
+pub fn distribute(group: Option<Group>, sync_batchnorm: bool) {
+    *DISTRIBUTED.write().unwrap_or_else(|e| e.into_inner()) = group.map(|group| Distributed { group, sync_batchnorm });
+}
+
+/// Training dropout. In a distributed run the mask is drawn for the whole global batch (every
+/// rank's generator is seeded alike for the step) and this rank's rows of it are used, so N
+/// ranks drop the units one process drops at N times the batch (exactly on the CPU, where
+/// libtorch's dropout is this same bernoulli-divide-multiply). A single process: libtorch's.
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
+    let shard =
+        DISTRIBUTED.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|d| (d.group.rank(), d.group.world()));
+    match shard {
+        Some((rank, world)) if train && p > 0.0 && p < 1.0 && world > 1 => {
+            let mut shape = x.size();
+            let b = shape[0];
+            shape[0] = b * world as i64;
+            let mut noise = Tensor::empty(shape.as_slice(), (x.kind(), x.device())).bernoulli_float_(1.0 - p);
+            let _ = noise.g_div_scalar_(1.0 - p);
+            x * noise.narrow(0, rank as i64 * b, b)
+        }
+        _ => x.dropout(p, train),
+    }
 }
 
 impl BatchNorm2d {
@@ -185,8 +212,9 @@ impl BatchNorm2d {
             tch::no_grad(|| {
                 let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
             });
-            if let Some(group) = SYNC_GROUP.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                return self.forward_synchronized(x, group);
+            if let Some(d) = DISTRIBUTED.read().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|d| d.sync_batchnorm)
+            {
+                return self.forward_synchronized(x, &d.group);
             }
         }
         Tensor::batch_norm(

@@ -20,12 +20,13 @@ pub struct Ranks {
 }
 
 impl Ranks {
-    /// The ranks of `group` (None: a single process). With `sync_batchnorm`, every training
-    /// BatchNorm of this process normalizes over all ranks' batches from now on.
+    /// The ranks of `group` (None: a single process). The model's training forwards then draw
+    /// dropout masks for the global batch and, with `sync_batchnorm`, normalize over all ranks'
+    /// batches.
     pub fn new(group: Option<Group>, sync_batchnorm: bool) -> Self {
         let synchronized_batchnorm = sync_batchnorm && group.as_ref().is_some_and(|g| g.world() > 1);
-        if synchronized_batchnorm {
-            crate::model::layers::synchronize_batchnorm(group.clone());
+        if group.as_ref().is_some_and(|g| g.world() > 1) {
+            crate::model::layers::distribute(group.clone(), synchronized_batchnorm);
         }
         Self { group, synchronized_batchnorm }
     }
