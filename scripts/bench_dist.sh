@@ -4,7 +4,7 @@
 # steps (collectives included) and then the step's collectives alone, and appends one JSON line
 # per N. N=1 runs twice: as a plain process and as a world of one through the process group.
 # The per-rank batch stays fixed (the global batch grows with N); CPU threads per rank are
-# nproc / N (at least 1).
+# nproc / N (at least 1) unless --threads says.
 #
 #   scripts/bench_dist.sh                          # default config, CPU, 1 2 4 ranks, batch 32 per rank
 #   scripts/bench_dist.sh --ranks "1 2" --batch 16 --config configs/cifar_seg.yaml --set data.dataset=shapes
@@ -12,6 +12,7 @@
 #
 # Options: --config FILE (default configs/shapes_seg.yaml), --ranks "N ..." (default "1 2 4"),
 #   --batch B (per rank, default 32), --device cpu|cuda (default cpu), --steps S, --reps R,
+#   --threads T (per rank; default nproc / N),
 #   --set KEY=VALUE (repeatable, passed on), --out FILE.jsonl (default
 #   runs/bench/<date>-dist-<device>.jsonl). Environment: MTL (binary, default
 #   target/release/mtl-train).
@@ -27,6 +28,7 @@ device=cpu
 steps=5
 reps=5
 out=""
+fixed_threads=""
 sets=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
     --device) device="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
     --reps) reps="$2"; shift 2 ;;
+    --threads) fixed_threads="$2"; shift 2 ;;
     --set) sets+=(--set "$2"); shift 2 ;;
     --out) out="$2"; shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -55,7 +58,7 @@ free_port() {
 # bench_world N [plain]: N ranks (plain: one process without a process group).
 bench_world() {
   local n=$1 plain=${2:-} threads port pids=() rank code=0
-  threads=$(( cores / n )); [ "$threads" -ge 1 ] || threads=1
+  threads=${fixed_threads:-$(( cores / n ))}; [ "$threads" -ge 1 ] || threads=1
   local args=(bench "$config" --device "$device" --set "data.batch_size=$batch" --set "threads=$threads"
               --warmup 3 --steps "$steps" --reps "$reps" --json "$out" "${sets[@]}")
   if [ -n "$plain" ]; then

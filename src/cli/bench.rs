@@ -425,8 +425,9 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
     })
 }
 
-/// The collectives of one training step alone, on copies of the real buffers: returns their
-/// bytes and the median seconds per step over the repetitions (after two warm-up rounds).
+/// The collectives of one training step alone, on copies of the real buffers, with the loop's
+/// store check: returns their bytes and the median seconds per step over the repetitions
+/// (after two warm-up rounds).
 fn time_collectives(g: &mtl::dist::Group, trainer: &Trainer, opts: &BenchOptions) -> (u64, f64) {
     let grads = trainer.optimizer.flat.grads.copy();
     let losses = Tensor::zeros([trainer.tasks.len() as i64], (tch::Kind::Double, trainer.device));
@@ -437,12 +438,15 @@ fn time_collectives(g: &mtl::dist::Group, trainer: &Trainer, opts: &BenchOptions
     };
     let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
     let total = bytes(&grads) + bytes(&losses) + statistics.iter().map(bytes).sum::<u64>();
+    // The step's collectives, and the loop's per-step look at the store (has a rank asked to
+    // stop?), a round trip to rank 0's store.
     let round = || {
         g.mean_(&losses);
         g.mean_(&grads);
         if !statistics.is_empty() {
             g.broadcast_all_(&statistics, 0);
         }
+        let _ = g.stop_after(0, false);
     };
     round();
     round();
