@@ -118,7 +118,7 @@ if [ "${DIST:-1}" = 1 ]; then
   backend=NCCL; [ "$dev" = cpu ] && backend=Gloo
   echo "== data-parallel through $backend: a world of one"
   cifar=(configs/cifar_seg.yaml --set data.dataset=shapes --set tasks.0.target=kind --set tasks.1.classes=11
-         --set data.train_size=2048 --set data.val_size=256)
+         --set data.train_size=2048 --set data.val_size=256 --set data.download=false)
   dist_batch=128; dist_steps=(--warmup 3 --steps 10 --reps 5)
   [ "$dev" = cpu ] && { dist_batch=8; dist_steps=(--warmup 1 --steps 2 --reps 2); }
   for model in shapes_seg cifar_seg; do
