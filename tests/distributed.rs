@@ -105,19 +105,23 @@ fn checkpoints_continue_at_another_world_size() {
     run_in(tmp.path(), &["c.yaml", "--run-dir", "straight", "--set", "data.batch_size=16"]).assert_ok();
     let straight = tmp.path().join("straight");
 
-    // 2 ranks × 8 for 5 steps (mid-epoch), then 1 process × 16.
+    // 2 ranks × 8 for 5 steps (mid-epoch), then 1 process: the unchanged config's per-rank batch
+    // becomes 16, the global batch; a per-rank batch set to something else is refused.
     run_in(tmp.path(), &["c.yaml", "--run-dir", "down", "--nproc", "2", "--set", "train.max_steps=5"]).assert_ok();
-    run_in(tmp.path(), &["c.yaml", "--run-dir", "down", "--resume"]).assert_user_error(&[
-        "global batch is 16",
-        "data.batch_size 8 × 2 ranks",
-        "--set data.batch_size=16",
-    ]);
-    run_in(tmp.path(), &["c.yaml", "--run-dir", "down", "--resume", "--set", "data.batch_size=16"]).assert_ok();
-    // 1 process × 16 for 7 steps, then 2 ranks × 8.
-    let first = ["c.yaml", "--run-dir", "up", "--set", "data.batch_size=16", "--set", "train.max_steps=7"];
-    run_in(tmp.path(), &first).assert_ok();
+    run_in(tmp.path(), &["c.yaml", "--run-dir", "down", "--resume", "--set", "data.batch_size=12"])
+        .assert_user_error(&["global batch is 16", "data.batch_size 8 × 2 ranks", "--set data.batch_size=16"]);
+    run_in(tmp.path(), &["c.yaml", "--run-dir", "down", "--resume"]).assert_ok();
+    // 1 process × 16 for 7 steps, then 2 ranks: × 8 set by hand, or × 16 in the config, which
+    // becomes 8; 3 ranks cannot share 16.
+    let first = ["--set", "data.batch_size=16", "--set", "train.max_steps=7"];
+    for run in ["up", "up-kept"] {
+        run_in(tmp.path(), &[&["c.yaml", "--run-dir", run][..], &first].concat()).assert_ok();
+    }
     run_in(tmp.path(), &["c.yaml", "--run-dir", "up", "--resume", "--nproc", "2"]).assert_ok();
-    for run in ["down", "up"] {
+    let kept = ["c.yaml", "--run-dir", "up-kept", "--resume", "--set", "data.batch_size=16"];
+    run_in(tmp.path(), &[&kept[..], &["--nproc", "3"]].concat()).assert_user_error(&["global batch 16", "3 ranks"]);
+    run_in(tmp.path(), &[&kept[..], &["--nproc", "2"]].concat()).assert_ok();
+    for run in ["down", "up", "up-kept"] {
         let run = tmp.path().join(run);
         let diff = relative_difference(&straight, &run);
         assert!(diff <= 1e-5, "{}: {diff:e}", run.display());
@@ -188,9 +192,9 @@ fn a_killed_rank_ends_the_others_and_the_run_resumes() {
         assert_eq!(lines.len(), 1, "{stderr}");
         assert!(lines[0].contains(&format!("rank {victim}")) && lines[0].contains("--resume"), "{}", lines[0]);
         assert!(!stderr.contains("frame #") && !stderr.contains("panicked"), "{stderr}");
-        // The last checkpoint is intact and the run continues on one process.
-        let args =
-            ["k.yaml", "--run-dir", &run_dir, "--resume", "--set", "data.batch_size=16", "--set", "train.epochs=3"];
+        // The last checkpoint is intact and the run continues on one process (its per-rank
+        // batch becomes the global batch of 16).
+        let args = ["k.yaml", "--run-dir", &run_dir, "--resume", "--set", "train.epochs=3"];
         let resumed = run_in(tmp.path(), &args);
         resumed.assert_ok();
     }

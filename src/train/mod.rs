@@ -136,10 +136,13 @@ impl Trainer {
     /// Loads the data, builds the model and the optimizer, and restores a checkpoint when
     /// resuming. Writes nothing: everything a run could refuse is checked before
     /// [`Trainer::run`] touches the run directory.
-    pub fn new(r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
+    pub fn new(mut r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
+        let ranks = Ranks::new(opts.ranks.clone(), r.cfg.model.sync_batchnorm);
+        if let Some(dir) = &opts.resume {
+            resume::keep_global_batch(dir, &mut r.cfg, ranks.world())?;
+        }
         let Resolved { cfg, dataset, tasks, .. } = &r;
         let run = RunDir::new(&opts.run_dir);
-        let ranks = Ranks::new(opts.ranks.clone(), cfg.model.sync_batchnorm);
         // Rank 0 owns the run directory; the others never look at it (they may be on machines
         // that do not share it, and they must not race rank 0's first writes).
         let lock = if ranks.is_first() { check_run_dir(&run, opts)? } else { None };

@@ -161,6 +161,39 @@ pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resuming at another number of ranks with the config's `data.batch_size` unchanged from the
+/// checkpoint's: the per-rank batch becomes the one that keeps the checkpoint's global batch
+/// (`batch × saved ranks / ranks`), so the run continues with the same steps, schedule and
+/// sample order. A per-rank batch the user changed is left for [`same_global_batch`] to check.
+/// Nothing happens when the checkpoint cannot be read here (restoring it reports that).
+pub fn keep_global_batch(dir: &Path, cfg: &mut Config, world: usize) -> anyhow::Result<()> {
+    let state: Option<checkpoint::TrainState> = std::fs::read_to_string(dir.join(checkpoint::STATE_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let saved = std::fs::read_to_string(dir.join(checkpoint::CONFIG_FILE))
+        .ok()
+        .and_then(|text| Config::parse(&text, "checkpoint config", &[]).ok());
+    let (Some(state), Some(saved)) = (state, saved) else { return Ok(()) };
+    let (batch, ranks) = (saved.data.batch_size, state.world_size as usize);
+    if ranks == world || cfg.data.batch_size != batch {
+        return Ok(());
+    }
+    let global = batch * ranks;
+    if !global.is_multiple_of(world) {
+        user_bail!(
+            "{}: cannot resume on {world} ranks: the checkpoint's global batch {global} (data.batch_size {batch} × \
+             {ranks} ranks) does not split evenly; use a number of ranks that divides {global}",
+            dir.display()
+        );
+    }
+    tracing::info!(
+        "resume: data.batch_size {} per rank on {world} ranks keeps the checkpoint's global batch {global} ({batch} × {ranks})",
+        global / world
+    );
+    cfg.data.batch_size = global / world;
+    Ok(())
+}
+
 /// A checkpoint counts its steps (and epoch position) in global batches of `data.batch_size` ×
 /// ranks, and every rank takes its slice of the same global order: it continues at another
 /// world size exactly when the global batch stays the same, so the per-rank batch size may
