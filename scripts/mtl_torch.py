@@ -27,6 +27,13 @@ From the shell::
     python scripts/mtl_torch.py runs/my-run --check                  # load, print a summary
     python scripts/mtl_torch.py runs/my-run --checkpoint step-000500 \\
         --input batch.safetensors --output logits.safetensors        # eval-mode forward
+    python scripts/mtl_torch.py runs/my-run --onnx model.onnx        # ONNX, any batch size
+
+``--onnx`` (what ``mtl-train export --onnx`` runs) needs the ``onnx`` and ``onnxscript``
+packages: it exports with ``torch.onnx.export(..., dynamo=True)``, input ``input`` (normalized
+float ``[N, C, H, W]``, N free, H×W from ``--size H W`` or ``data.image_size``), one output per
+task named after it, in task order; then checks the file with ``onnx.checker`` and, when
+``onnxruntime`` is installed, against this module on a batch of another size.
 
 ``--input`` reads the tensor named ``input`` (NCHW float); ``--output`` holds one tensor per
 task, named by the task. ``RUN_DIR`` may also be a checkpoint directory (one holding
@@ -57,6 +64,7 @@ __all__ = [
     "resnet_widths",
     "input_shape",
     "normalize",
+    "export_onnx",
 ]
 
 # The BatchNorm settings of src/model/layers.rs.
@@ -550,6 +558,69 @@ def predict(model: MultiTaskModel, x: torch.Tensor) -> "OrderedDict[str, torch.T
     return OrderedDict((k, v.detach().float().cpu().contiguous()) for k, v in out.items())
 
 
+class TupleOutputs(nn.Module):
+    """The model with its outputs as a tuple in task order (what ONNX and TorchScript carry)."""
+
+    def __init__(self, model: MultiTaskModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return tuple(self.model(x).values())
+
+
+def export_onnx(
+    model: MultiTaskModel, path: Union[str, Path], size: Optional[Tuple[int, int]] = None
+) -> float:
+    """Writes ``model`` (eval mode) as ONNX to ``path``: input ``input`` ``[N, C, H, W]`` with N
+    free, one output per task named after it. Checks the file with ``onnx.checker`` and returns
+    the largest relative difference to ``model`` that onnxruntime gives on a batch of another
+    size (NaN when onnxruntime is not installed)."""
+    import onnx
+
+    c, h, w = input_shape(model.config)
+    if size is not None:
+        h, w = size
+    model = model.eval()
+    wrapped = TupleOutputs(model).eval()
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(2, c, h, w, generator=gen)
+    batch = torch.export.Dim("batch", min=1)
+    # The exporter reports every step and warns about operators this model does not use.
+    import logging
+    import warnings
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=list(model.task_names),
+            dynamic_shapes={"x": {0: batch}},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    try:
+        import onnxruntime
+    except ImportError:
+        return float("nan")
+    probe = torch.randn(3, c, h, w, generator=gen)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": probe.numpy()})
+    with torch.no_grad():
+        want = wrapped(probe)
+    worst = 0.0
+    for a, b in zip(got, want):
+        b = b.numpy()
+        worst = max(worst, float(abs(a - b).max() / max(abs(b).max(), 1e-6)))
+    return worst
+
+
 def _summary(model: MultiTaskModel, config: dict) -> str:
     sd = model.state_dict()
     groups: "OrderedDict[str, List[int]]" = OrderedDict()
@@ -592,10 +663,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--input", help="safetensors file holding an NCHW float tensor named 'input'")
     ap.add_argument("--output", help="safetensors file to write each task's logits to")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--onnx", help="write the model as ONNX to this file")
+    ap.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="with --onnx: input height and width")
     args = ap.parse_args(argv)
     if (args.input is None) != (args.output is None):
         ap.error("--input and --output go together")
-    if not args.check and args.input is None:
+    if not args.check and args.input is None and args.onnx is None:
         args.check = True
 
     from safetensors.torch import load_file, save_file
@@ -615,6 +688,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         save_file(dict(out), args.output, metadata={"checkpoint": str(model.checkpoint)})
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in out.items())
         print(f"wrote {args.output}: {shapes}")
+    if args.onnx is not None:
+        for package in ("onnx", "onnxscript"):
+            try:
+                __import__(package)
+            except ImportError:
+                raise SystemExit(f"error: --onnx needs the {package} package: pip install onnx onnxscript")
+        worst = export_onnx(model.cpu(), args.onnx, tuple(args.size) if args.size else None)
+        c, h, w = input_shape(model.config)
+        h, w = args.size or (h, w)
+        check = "onnxruntime not installed" if worst != worst else f"onnxruntime vs PyTorch: {worst:.1e}"
+        print(f"wrote {args.onnx} (ONNX, input [N, {c}, {h}, {w}], outputs {', '.join(model.task_names)}; {check})")
+        if worst == worst and worst > 1e-4:
+            raise SystemExit(f"error: {args.onnx}: onnxruntime differs from PyTorch by {worst:.2e} (relative)")
     return 0
 
 

@@ -62,23 +62,7 @@ fn predict_tensor_file(r: &Restored, input: &Path, output: &Path) -> anyhow::Res
     if s[0] == 0 {
         user_bail!("{}: 'input' holds an empty batch (shape {s:?})", input.display());
     }
-    let min = mtl::model::backbone::size_multiple(&cfg.model.backbone);
-    if s[2] < min || s[3] < min {
-        user_bail!(
-            "{}: 'input' is {}×{}, smaller than the {min}×{min} this model's backbone needs ({} stages)",
-            input.display(),
-            s[2],
-            s[3],
-            mtl::model::backbone::stages(&cfg.model.backbone)
-        );
-    }
-    // An MLP, and a head that flattens the coarsest map, have a fixed input size.
-    let fixed = !mtl::model::backbone::is_spatial(&cfg.model.backbone)
-        || cfg.model.heads.values().any(|h| h.pool == mtl::config::Pool::Flatten);
-    if fixed && (s[2], s[3]) != (cfg.data.image_size, cfg.data.image_size) {
-        let n = cfg.data.image_size;
-        user_bail!("{}: this model takes {n}×{n} inputs only, got {}×{}", input.display(), s[2], s[3]);
-    }
+    super::check_input_hw(cfg, s[2], s[3]).map_err(|e| user_error!("{}: 'input' {e}", input.display()))?;
     let x = x.to_kind(Kind::Float).to_device(r.model.device());
     let outputs = tch::no_grad(|| r.model.forward(&x, false));
     let named: Vec<(String, Tensor)> =

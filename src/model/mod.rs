@@ -1,5 +1,6 @@
 //! The multi-task model: one shared backbone, one head per task.
 pub mod backbone;
+pub mod export;
 pub mod heads;
 pub mod layers;
 
