@@ -1,10 +1,11 @@
 //! `mtl-train compare`: a table of runs (method, per-task metrics, Δm, time per step) and a
-//! chart of their val metrics.
+//! chart of their val metrics and losses: a run has one colour in every panel, training losses
+//! are solid and val values dashed, and each run's best checkpoint is starred.
 use clap::Args;
 use mtl::balance::GradientSpace;
 use mtl::checkpoint::RunDir;
 use mtl::tasks::{delta_m, is_quality_metric, Baselines};
-use mtl::train::plot::{write_curves_png, Series};
+use mtl::train::plot::{Best, Chart, Series, Split};
 use mtl::train::report::{last_val, metric_values, read_records};
 use mtl::user_bail;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.table {
         super::write_file(path, &table)?;
     }
-    write_curves_png(&args.chart, "comparison (val)", &comparison_series(&rows))
+    comparison_chart(&rows)
+        .write_png(&args.chart)
         .map_err(|e| mtl::user_error!("{}: cannot write chart: {e:#}", args.chart.display()))?;
     println!("chart: {}", args.chart.display());
     Ok(ExitCode::SUCCESS)
@@ -125,23 +127,82 @@ fn table(rows: &[RunSummary]) -> String {
     out
 }
 
-/// One panel per val metric, one line per run, against the step.
-fn comparison_series(rows: &[RunSummary]) -> Vec<Series> {
+/// Per task a row of panels: its loss (train solid, val dashed) and each quality metric; then
+/// Δm. One line per run in the run's colour; its best checkpoint starred where the monitored
+/// metric has a panel.
+fn comparison_chart(rows: &[RunSummary]) -> Chart {
+    let labels = run_labels(rows);
     let mut series: Vec<Series> = Vec::new();
-    for r in rows {
+    let mut best = Vec::new();
+    for (r, label) in rows.iter().zip(&labels) {
         for rec in read_records(&RunDir::new(&r.run).metrics()) {
-            if rec.get("split").and_then(|s| s.as_str()) != Some("val") {
+            let (Some(step), Some(split)) =
+                (rec.get("step").and_then(|s| s.as_f64()), rec.get("split").and_then(|s| s.as_str()))
+            else {
                 continue;
-            }
-            let Some(step) = rec.get("step").and_then(|s| s.as_f64()) else { continue };
-            for (k, v) in metric_values(&rec).into_iter().filter(|(k, _)| is_quality_metric(k) || k == "delta_m") {
-                let label = format!("{} [{}]", r.name, r.method);
-                match series.iter_mut().find(|s| s.panel == k && s.label == label) {
+            };
+            let split = Split::of(split);
+            for (k, v) in metric_values(&rec) {
+                let shown = match split {
+                    Split::Val => is_quality_metric(&k) || k == "delta_m" || k.ends_with(".loss"),
+                    Split::Train => k.ends_with(".loss"),
+                };
+                if !shown {
+                    continue;
+                }
+                let panel = if k == "delta_m" { "Δm (%)".to_string() } else { k };
+                match series.iter_mut().find(|s| s.panel == panel && s.name == *label && s.split == split) {
                     Some(s) => s.points.push((step, v)),
-                    None => series.push(Series { panel: k, label, points: vec![(step, v)] }),
+                    None => series.push(Series { panel, name: label.clone(), split, points: vec![(step, v)] }),
                 }
             }
         }
+        if let Some(b) = RunDir::new(&r.run).best() {
+            let point = series.iter().any(|s| s.panel == b.metric).then(|| (b.metric.clone(), b.value));
+            best.push(Best { step: b.step as f64, name: Some(label.clone()), point });
+        }
     }
-    series
+    let mut chart = Chart::grid("comparison (★ and dotted line: each run's best checkpoint)", series, best);
+    chart.rows = panel_rows(&chart.series);
+    chart
+}
+
+/// `name [method]`, with the seed when two runs would otherwise read the same.
+fn run_labels(rows: &[RunSummary]) -> Vec<String> {
+    let plain: Vec<String> = rows.iter().map(|r| format!("{} [{}]", r.name, r.method)).collect();
+    rows.iter()
+        .zip(&plain)
+        .map(
+            |(r, p)| {
+                if plain.iter().filter(|q| *q == p).count() > 1 {
+                    format!("{p} seed {}", r.seed)
+                } else {
+                    p.clone()
+                }
+            },
+        )
+        .collect()
+}
+
+/// One row per task (`<task>.loss` first, then its metrics in order of appearance), Δm last.
+fn panel_rows(series: &[Series]) -> Vec<Vec<String>> {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    for s in series {
+        let task = s.panel.split_once('.').map_or(s.panel.as_str(), |(t, _)| t).to_string();
+        let at = match rows.iter().position(|(t, _)| *t == task) {
+            Some(i) => i,
+            None => {
+                rows.push((task, Vec::new()));
+                rows.len() - 1
+            }
+        };
+        if !rows[at].1.contains(&s.panel) {
+            rows[at].1.push(s.panel.clone());
+        }
+    }
+    for (_, panels) in rows.iter_mut() {
+        panels.sort_by_key(|p| !p.ends_with(".loss"));
+    }
+    rows.sort_by_key(|(t, _)| t == "Δm (%)");
+    rows.into_iter().map(|(_, p)| p).collect()
 }

@@ -71,15 +71,6 @@ fn predict_tensor_file(r: &Restored, input: &Path, output: &Path) -> anyhow::Res
     Ok(named.into_iter().map(|(n, _)| n).collect())
 }
 
-/// A fixed, distinguishable colour per class for mask PNGs (class 0 black).
-fn palette(class: u8) -> [u8; 3] {
-    if class == 0 {
-        return [0, 0, 0];
-    }
-    let h = (class as u32).wrapping_mul(2654435761);
-    [(h >> 24) as u8 | 0x40, (h >> 16) as u8 | 0x40, (h >> 8) as u8 | 0x40]
-}
-
 /// Predicts on every PNG/JPEG in `images`: `predictions.csv` (one row per image: the class and
 /// its probability for each task that predicts one class per image), `<task>/<image stem>.png`
 /// colour masks at the image's own size for each per-pixel class task, and `<task>/<image
@@ -200,7 +191,7 @@ fn write_mask_png(mask: &Tensor, w: u32, h: u32, path: &Path) -> anyhow::Result<
     let labels: Vec<u8> = Vec::try_from(mask.contiguous().view([-1]))?;
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         let (sx, sy) = ((x * mw / w).min(mw - 1), (y * mh / h).min(mh - 1));
-        image::Rgb(palette(labels[(sy * mw + sx) as usize]))
+        image::Rgb(mtl::tasks::class_colour(labels[(sy * mw + sx) as usize]))
     });
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

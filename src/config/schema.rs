@@ -33,6 +33,9 @@ pub struct Config {
     /// Speed choices that change no result beyond floating-point rounding.
     #[serde(default)]
     pub speed: SpeedConfig,
+    /// What a run reports besides metrics.jsonl and curves.png.
+    #[serde(default, skip_serializing_if = "ReportConfig::is_default")]
+    pub report: ReportConfig,
 }
 
 fn default_device() -> String {
@@ -613,6 +616,40 @@ pub enum MonitorMode {
     #[default]
     Max,
     Min,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Write TensorBoard event files into the run directory (`tensorboard --logdir runs`):
+    /// every metrics.jsonl value, val images with predicted and true maps, the config, hparams.
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+    /// How many val images TensorBoard shows at each evaluation, with every per-pixel task's
+    /// prediction and target (0: none).
+    #[serde(default = "default_preview_images")]
+    pub preview_images: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_preview_images() -> usize {
+    4
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self { tensorboard: true, preview_images: default_preview_images() }
+    }
+}
+
+impl ReportConfig {
+    /// Left out of config.yaml at its defaults, so existing runs' files do not change.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

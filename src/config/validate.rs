@@ -21,7 +21,12 @@ pub fn validate(cfg: &Config) -> Check {
     optim(&cfg.optim)?;
     schedule(&cfg.schedule)?;
     train(cfg)?;
-    checkpoint(cfg)
+    checkpoint(cfg)?;
+    ensure(
+        cfg.report.preview_images <= 64,
+        "report.preview_images",
+        format!("{} is out of range (0..=64)", cfg.report.preview_images),
+    )
 }
 
 /// Task names become variable-name components and metric keys: keep them simple.

@@ -112,6 +112,11 @@ impl Loader {
         }
     }
 
+    /// The uint8 pixels of normalized images from this loader (to show them).
+    pub fn pixels(&self, images: &Tensor) -> Tensor {
+        ((images * &self.std + &self.mean) * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8)
+    }
+
     pub fn len(&self) -> usize {
         self.source.len()
     }

@@ -6,6 +6,7 @@ pub mod plot;
 pub mod report;
 pub mod restore;
 pub mod resume;
+pub mod tensorboard;
 
 use crate::balance::{self, Balancer, GradientSpace, StepContext};
 use crate::checkpoint::{BestMetric, RunDir, RunLock, Snapshot, TrainState, FORMAT_VERSION};
@@ -18,7 +19,7 @@ use crate::setup::{Monitor, Resolved};
 use crate::tasks::{Baselines, Task};
 use crate::{user_bail, user_error};
 use health::{Health, StepFlags};
-use report::{MetricsLog, Progress};
+use report::{MetricsLog, Progress, RunLog};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
@@ -360,7 +361,7 @@ impl Trainer {
     }
 
     /// Evaluates, logs, and returns the metrics; updates the best value of the monitored metric.
-    fn evaluate(&mut self, log: &mut MetricsLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
+    fn evaluate(&mut self, log: &mut RunLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
         let mut metrics = evaluate::evaluate(&self.model, &self.val_loader, &self.tasks);
         if let Some(dm) = self.baselines.as_ref().and_then(|b| crate::tasks::delta_m(&metrics, &b.metrics, &self.tasks))
         {
@@ -381,6 +382,7 @@ impl Trainer {
             self.best = Some(BestMetric { metric: key.clone(), value, step: self.at.step });
         }
         log.append(&report::record(self.at.step, self.at.epoch, "val", &metrics))?;
+        log.images(self.at.step, &self.model, &self.tasks)?;
         progress.println(&report::metrics_table(
             &format!("eval after epoch {} (step {})", self.at.epoch, self.at.step),
             &metrics,
@@ -452,7 +454,7 @@ impl Trainer {
     fn train_loop(&mut self) -> anyhow::Result<Summary> {
         let started = std::time::Instant::now();
         let resumed_at = self.at.step;
-        let mut log = MetricsLog::open(&self.run.metrics(), Some(resumed_at))?;
+        let mut log = self.open_log(resumed_at)?;
         let spe = self.steps_per_epoch();
         let end = self.final_step();
         let mut progress = Progress::new(end, spe, self.at.step, self.cfg.data.batch_size as u64);
@@ -475,6 +477,9 @@ impl Trainer {
                 values.extend(weights);
                 values.push(("lr".into(), lr));
                 values.push(("images_per_second".into(), progress.images_per_second(step)));
+                if let Some(mib) = self.device_memory_mib() {
+                    values.push(("device_memory_mib".into(), mib));
+                }
                 if self.cfg.train.on_nonfinite == OnNonFinite::SkipStep {
                     values.push(("skipped_steps".into(), self.skips.total as f64));
                 }
@@ -517,6 +522,9 @@ impl Trainer {
             }
         }
         progress.finish();
+        if self.at.step == self.cfg.train.epochs * spe {
+            log.finish(self.at.step)?;
+        }
         Ok(Summary {
             run_dir: self.run.root.clone(),
             steps: self.at.step,
@@ -557,13 +565,34 @@ fn check_model_fits(
 }
 
 impl Trainer {
-    /// `curves.png` from the whole `metrics.jsonl`: one panel per task with its training loss
-    /// and every val metric. A failure is logged, never fatal: the run itself is done.
+    /// metrics.jsonl, kept through the step training resumes from, and TensorBoard's log.
+    fn open_log(&self, resumed_at: u64) -> anyhow::Result<RunLog> {
+        let metrics = MetricsLog::open(&self.run.metrics(), Some(resumed_at))?;
+        let report = &self.cfg.report;
+        let board = if report.tensorboard {
+            let preview = tensorboard::Preview::new(&self.val_loader, &self.tasks, report.preview_images);
+            Some(tensorboard::Board::open(&self.run.root, resumed_at, &self.cfg, preview)?)
+        } else {
+            None
+        };
+        Ok(RunLog::new(metrics, board))
+    }
+
+    /// On CUDA: the device memory in use (the caching allocator's reserve included), MiB.
+    fn device_memory_mib(&self) -> Option<f64> {
+        let Device::Cuda(_) = self.device else { return None };
+        let (free, total) = crate::setup::device_memory(self.device)?;
+        Some(total.saturating_sub(free) as f64 / (1u64 << 20) as f64)
+    }
+
+    /// `curves.png` from the whole `metrics.jsonl` (see [`plot::task_chart`]), the best
+    /// checkpoint marked. A failure is logged, never fatal: the run itself is done.
     fn draw_curves(&self) {
         let records = report::read_records(&self.run.metrics());
-        let series = plot::task_series(&records, &self.task_names);
+        let best = self.best.as_ref().map(|b| (b.step, b.metric.as_str(), b.value));
+        let chart = plot::task_chart(&self.cfg.name, &records, &self.task_names, best);
         let png = self.run.root.join("curves.png");
-        if let Err(e) = plot::write_curves_png(&png, &self.cfg.name, &series) {
+        if let Err(e) = chart.write_png(&png) {
             tracing::warn!("could not draw {}: {e:#}", png.display());
         }
     }
