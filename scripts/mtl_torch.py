@@ -693,14 +693,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             try:
                 __import__(package)
             except ImportError:
-                raise SystemExit(f"error: --onnx needs the {package} package: pip install onnx onnxscript")
+                raise SystemExit(f"mtl_torch: --onnx needs the {package} package: pip install onnx onnxscript")
         worst = export_onnx(model.cpu(), args.onnx, tuple(args.size) if args.size else None)
         c, h, w = input_shape(model.config)
         h, w = args.size or (h, w)
         check = "onnxruntime not installed" if worst != worst else f"onnxruntime vs PyTorch: {worst:.1e}"
         print(f"wrote {args.onnx} (ONNX, input [N, {c}, {h}, {w}], outputs {', '.join(model.task_names)}; {check})")
+        if model.config.get("precision") == "bf16":
+            print("note: the run computes in bf16, the ONNX model in fp32: outputs differ by bf16 rounding")
         if worst == worst and worst > 1e-4:
-            raise SystemExit(f"error: {args.onnx}: onnxruntime differs from PyTorch by {worst:.2e} (relative)")
+            raise SystemExit(f"mtl_torch: {args.onnx}: onnxruntime differs from PyTorch by {worst:.2e} (relative)")
     return 0
 
 

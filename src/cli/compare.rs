@@ -53,6 +53,8 @@ struct RunSummary {
     delta_m: Option<f64>,
     /// Median seconds per training step over the logged windows.
     seconds_per_step: Option<f64>,
+    /// `<task>.<metric>` in chart order: per task its loss, then its metrics (main first).
+    keys: Vec<String>,
 }
 
 fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSummary> {
@@ -88,6 +90,14 @@ fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSum
         metrics: metrics.into_iter().filter(|(k, _)| is_quality_metric(k)).collect(),
         delta_m,
         seconds_per_step: per_step.get(per_step.len() / 2).copied(),
+        keys: resolved
+            .tasks
+            .iter()
+            .flat_map(|t| {
+                let metrics = t.metric_names().into_iter().filter(|m| *m != "loss");
+                std::iter::once("loss").chain(metrics).map(|m| format!("{}.{m}", t.name)).collect::<Vec<_>>()
+            })
+            .collect(),
     })
 }
 
@@ -163,7 +173,13 @@ fn comparison_chart(rows: &[RunSummary]) -> Chart {
         }
     }
     let mut chart = Chart::grid("comparison (★ and dotted line: each run's best checkpoint)", series, best);
-    chart.rows = panel_rows(&chart.series);
+    let mut order: Vec<&str> = Vec::new();
+    for k in rows.iter().flat_map(|r| &r.keys) {
+        if !order.contains(&k.as_str()) {
+            order.push(k);
+        }
+    }
+    chart.rows = panel_rows(&chart.series, &order);
     chart
 }
 
@@ -184,25 +200,24 @@ fn run_labels(rows: &[RunSummary]) -> Vec<String> {
         .collect()
 }
 
-/// One row per task (`<task>.loss` first, then its metrics in order of appearance), Δm last.
-fn panel_rows(series: &[Series]) -> Vec<Vec<String>> {
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+/// One row per task, panels in `order` (the runs' tasks and metrics), anything else after
+/// them; Δm last.
+fn panel_rows(series: &[Series], order: &[&str]) -> Vec<Vec<String>> {
+    let rank = |panel: &str| order.iter().position(|k| *k == panel).unwrap_or(order.len());
+    let mut panels: Vec<&str> = Vec::new();
     for s in series {
-        let task = s.panel.split_once('.').map_or(s.panel.as_str(), |(t, _)| t).to_string();
-        let at = match rows.iter().position(|(t, _)| *t == task) {
-            Some(i) => i,
-            None => {
-                rows.push((task, Vec::new()));
-                rows.len() - 1
-            }
-        };
-        if !rows[at].1.contains(&s.panel) {
-            rows[at].1.push(s.panel.clone());
+        if !panels.contains(&s.panel.as_str()) {
+            panels.push(&s.panel);
         }
     }
-    for (_, panels) in rows.iter_mut() {
-        panels.sort_by_key(|p| !p.ends_with(".loss"));
+    panels.sort_by_key(|p| rank(p)); // stable: unknown panels keep their order
+    let mut rows: Vec<(&str, Vec<String>)> = Vec::new();
+    for p in panels {
+        let task = p.split_once('.').map_or(p, |(t, _)| t);
+        match rows.iter_mut().find(|(t, _)| *t == task) {
+            Some((_, row)) => row.push(p.to_string()),
+            None => rows.push((task, vec![p.to_string()])),
+        }
     }
-    rows.sort_by_key(|(t, _)| t == "Δm (%)");
-    rows.into_iter().map(|(_, p)| p).collect()
+    rows.into_iter().map(|(_, r)| r).collect()
 }

@@ -223,9 +223,21 @@ fn append_extra_file(archive: &Path, name: &str, bytes: &[u8]) -> anyhow::Result
     file.sync_all().map_err(|e| cannot(&e))
 }
 
-/// The ONNX export: the embedded scripts/mtl_torch.py, run from a temporary directory.
+/// The ONNX export: the embedded scripts/mtl_torch.py, run from a temporary directory by a
+/// Python checked first for the packages it needs.
 fn export_onnx(checkpoint: &Path, (h, w): (i64, i64), path: &Path, python: Option<&Path>) -> anyhow::Result<()> {
     let python = python_for_onnx(python);
+    let probe = std::process::Command::new(&python).args(["-c", "import torch, onnx, onnxscript"]).output();
+    let hint = "pip install onnx onnxscript onnxruntime, or name another Python with --python or MTL_PYTHON";
+    match probe {
+        Err(e) => user_bail!("--onnx: cannot run {}: {e}; {hint}", python.display()),
+        Ok(out) if !out.status.success() => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("failed").trim().to_string();
+            user_bail!("--onnx: {} cannot import torch, onnx and onnxscript ({why}); {hint}", python.display())
+        }
+        Ok(_) => {}
+    }
     let scratch = tempfile_dir()?;
     let script = scratch.join("mtl_torch.py");
     write_atomically(&script, MTL_TORCH_PY.as_bytes())?;
@@ -237,12 +249,9 @@ fn export_onnx(checkpoint: &Path, (h, w): (i64, i64), path: &Path, python: Optio
         .status();
     let _ = std::fs::remove_dir_all(&scratch);
     match status {
-        Err(e) => user_bail!(
-            "--onnx: cannot run {}: {e}; give a Python with torch, onnx and onnxscript with --python or MTL_PYTHON",
-            python.display()
-        ),
-        // The script's own message (a missing package, a failed check) is already on stderr.
-        Ok(s) if !s.success() => user_bail!("--onnx: the export by {} failed ({s})", python.display()),
+        Err(e) => user_bail!("--onnx: cannot run {}: {e}", python.display()),
+        // The script's own message is already on stderr; a failure there is not the user's.
+        Ok(s) if !s.success() => anyhow::bail!("--onnx: the export by {} failed ({s})", python.display()),
         Ok(_) => Ok(()),
     }
 }

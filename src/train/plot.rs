@@ -99,7 +99,7 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 /// The best checkpoint's line when it belongs to no series.
-const BEST_GREY: RGBColor = RGBColor(60, 60, 60);
+const BEST_GREY: RGBColor = RGBColor(25, 25, 25);
 
 /// Val series with at most this many points get a dot at each (a lone point would not show).
 const MARKER_MAX_POINTS: usize = 60;
@@ -342,6 +342,18 @@ fn star_points(outer: f64, inner: f64) -> Vec<(i32, i32)> {
             ((r * a.cos()).round() as i32, (r * a.sin()).round() as i32)
         })
         .collect()
+}
+
+/// Writes each text centred on its pixel position onto an RGB picture, in the embedded font.
+pub fn draw_texts(img: &mut image::RgbImage, texts: &[(&str, (i32, i32))], size: u32) -> Result<()> {
+    register_fonts()?;
+    let (w, h) = img.dimensions();
+    let root = BitMapBackend::with_buffer(img, (w, h)).into_drawing_area();
+    let style = TextStyle::from((FAMILY, size).into_font()).color(&BLACK).pos(centre());
+    for (text, at) in texts {
+        root.draw_text(text, &style, *at).map_err(plot_err)?;
+    }
+    root.present().map_err(plot_err)
 }
 
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {

@@ -7,12 +7,15 @@
 //! main keys, [`HPARAMS`]); at the end of training the session end. The HParams tab takes each
 //! run's final metrics from its scalars, so runs with different tasks compare side by side.
 //!
-//! Restarts follow TensorBoard's own rule, as PyTorch's `SummaryWriter(purge_step=…)` does: a
-//! resumed run writes a new file whose first events are the file version and a
-//! `SessionLog.START` at the first step it will write again (the checkpoint's step + 1);
-//! TensorBoard then drops every event of earlier files at that step or later, so steps a
-//! crashed run had logged past its checkpoint are not shown twice. A run started over (no
-//! checkpoint) removes the event files of the attempt it replaces, as metrics.jsonl is emptied.
+//! Restarts follow TensorBoard's own rule (`_CheckForRestartAndMaybePurge` in its event
+//! accumulators), as PyTorch's `SummaryWriter(purge_step=…)` does: every file begins with the
+//! file version and a `SessionLog.START`, at step 0 for a new run and, for a resumed one, at
+//! the first step it will write again (the checkpoint's step + 1); TensorBoard takes a run's
+//! first START as its beginning and a later one as a restart, and drops every event of
+//! earlier files at that step or later, so steps a crashed run had logged past its checkpoint
+//! are not shown twice. (TensorBoard's data server reaches the same view its own way: a step
+//! at or below one it has seen replaces the later ones.) A run started over (no checkpoint)
+//! removes the event files of the attempt it replaces, as metrics.jsonl is emptied.
 mod events;
 mod preview;
 pub mod proto;
@@ -88,11 +91,13 @@ impl Board {
             }
         }
         let mut board = Self { file: EventFile::create(dir).map_err(cannot)?, preview };
+        // Every file starts a session: TensorBoard's Python backend takes the first START of a
+        // run as its beginning and only a later one as a restart.
+        let first_step = if earlier.is_empty() { 0 } else { resumed_at + 1 };
+        board.write(first_step, What::SessionLog(SessionLog { status: SESSION_START }))?;
         if earlier.is_empty() {
             board.write(0, What::Summary(config_text(cfg)))?;
             board.write(0, What::Summary(session_start(cfg)))?;
-        } else {
-            board.write(resumed_at + 1, What::SessionLog(SessionLog { status: SESSION_START }))?;
         }
         Ok(board)
     }

@@ -1,6 +1,7 @@
 //! The val images TensorBoard shows at each evaluation: the first few val images (the same
 //! ones every time, so progress is visible), and for every task that predicts per pixel a
-//! picture with one row per image: the image, the target, the model's prediction.
+//! picture with one row per image under a header: the image, the target, the model's
+//! prediction.
 //!
 //! Class maps use [`class_colour`] (pixels not scored in grey); values with one channel
 //! (depth) a viridis-like ramp over the target's range in that image, shared by target and
@@ -16,6 +17,9 @@ use tch::{Device, Kind, Tensor};
 const TILE_PIXELS: usize = 128;
 /// White space between tiles.
 const GUTTER: usize = 2;
+/// The band above the tiles that names the columns.
+const HEADER: usize = 20;
+const COLUMNS: [&str; 3] = ["image", "target", "prediction"];
 /// Pixels a target does not score.
 const NOT_SCORED: [u8; 3] = [160, 160, 160];
 /// Stops of the ramp for one-channel values, low to high (matplotlib's viridis at 0, ¼, ½, ¾, 1).
@@ -91,7 +95,7 @@ impl Preview {
         let (th, tw) = (h * scale, w * scale);
         let mut img = RgbImage::from_pixel(
             (3 * tw + 4 * GUTTER) as u32,
-            (self.n * th + (self.n + 1) * GUTTER) as u32,
+            (HEADER + self.n * th + (self.n + 1) * GUTTER) as u32,
             image::Rgb([255; 3]),
         );
         let (truth, predicted) = match task.kind.prediction() {
@@ -103,7 +107,7 @@ impl Preview {
         for i in 0..self.n {
             let image = &self.pixels[i * h * w * 3..(i + 1) * h * w * 3];
             for (col, tile) in [image, &truth[i], &predicted[i]].into_iter().enumerate() {
-                let (x0, y0) = (GUTTER + col * (tw + GUTTER), GUTTER + i * (th + GUTTER));
+                let (x0, y0) = (GUTTER + col * (tw + GUTTER), HEADER + GUTTER + i * (th + GUTTER));
                 for y in 0..th {
                     for x in 0..tw {
                         let p = ((y / scale) * w + x / scale) * 3;
@@ -116,6 +120,13 @@ impl Preview {
                 }
             }
         }
+        let labels: Vec<(&str, (i32, i32))> = COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(col, text)| (*text, ((GUTTER + col * (tw + GUTTER) + tw / 2) as i32, (HEADER / 2 + 1) as i32)))
+            .collect();
+        // The labels are a courtesy: a font failure leaves the tiles as they are.
+        let _ = crate::train::plot::draw_texts(&mut img, &labels, 13);
         img
     }
 
