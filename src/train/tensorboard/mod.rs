@@ -20,7 +20,7 @@ mod events;
 mod preview;
 pub mod proto;
 
-pub use events::{event_files, frame, masked_crc, FILE_VERSION};
+use events::event_files;
 pub use preview::Preview;
 
 use super::report::Record;
