@@ -94,7 +94,11 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(p: Path, d_in: i64, d_out: i64) -> Self {
-        let bound = default_bound(d_in);
+        Self::uniform(p, d_in, d_out, default_bound(d_in))
+    }
+
+    /// Weight and bias drawn from U(−bound, bound).
+    pub fn uniform(p: Path, d_in: i64, d_out: i64, bound: f64) -> Self {
         let init = Init::Uniform { lo: -bound, up: bound };
         Self { weight: p.var("weight", &[d_out, d_in], init), bias: p.var("bias", &[d_out], init) }
     }

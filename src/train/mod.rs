@@ -107,12 +107,12 @@ impl Trainer {
         }
         let (h, w) = train_loader.image_hw();
         backbone::check_input_size(&cfg.model.backbone, h, w).map_err(|e| user_error!("{e}"))?;
-        let model = MultiTaskModel::new(cfg, &r.heads(), device, train_loader.channels(), train_loader.image_size());
+        let model = MultiTaskModel::new(cfg, &r.heads(), device, train_loader.channels(), train_loader.image_size())?;
         if let Some(path) = &opts.init_from {
             resume::init_from(&model, path, opts.allow_missing_heads)?;
         }
         let task_names = r.task_names();
-        let (shared, head_params) = model.param_groups(&task_names);
+        let (shared, head_params) = model.param_groups();
         let fused = cfg.speed.fused_optimizer.resolve(true);
         if cfg.speed.fused_optimizer == crate::config::Toggle::On && device != Device::Cpu {
             user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
@@ -173,28 +173,25 @@ impl Trainer {
         let batch = self.train_loader.train_batch(epoch, position, step);
         crate::rng::seed_torch(self.cfg.seed, step);
         self.optimizer.zero_grad();
-        let hw = {
-            let s = batch.images.size();
-            (s[2], s[3])
-        };
-        let features = self.model.features(&batch.images, true);
-        let detached: Option<Vec<Tensor>> = (self.balancer.space() == GradientSpace::Representation)
-            .then(|| features.iter().map(|f| f.detach().set_requires_grad(true)).collect());
-        let outputs = self.model.heads(detached.as_deref().unwrap_or(&features), hw, true);
+        let representation = self.balancer.space() == GradientSpace::Representation;
+        let forward = self.model.run(&batch.images, self.model.pass(true, Some((step, epoch)), representation));
         let losses: Vec<Tensor> =
-            self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect();
+            self.tasks.iter().zip(&forward.outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect();
         let weights: Vec<f64> = self.cfg.tasks.iter().map(|t| t.weight).collect();
         let ctx = StepContext {
             losses: &losses,
             shared_params: &self.shared,
             head_params: &self.head_params,
-            features: detached.as_ref().map(|d| (features.as_slice(), d.as_slice())),
+            features: forward.representation.as_ref().map(|(z, d)| (z.as_slice(), d.as_slice())),
             task_weights: &weights,
             step,
             epoch,
             seed: self.cfg.seed,
         };
         let task_weights = self.balancer.backward(&ctx)?;
+        if let Some(r) = &forward.regularizer {
+            r.f_backward()?;
+        }
         let _ = self.window_weight.g_add_(&task_weights.to_kind(Kind::Double).to_device(self.window_weight.device()));
         self.optimizer.step(self.schedule.lr(step));
         if self.balancer.needs_after_step() {
@@ -203,7 +200,7 @@ impl Trainer {
             // batch twice).
             crate::rng::seed_torch(self.cfg.seed, step);
             let after: Vec<Tensor> = tch::no_grad(|| {
-                let outputs = self.model.forward(&batch.images, true);
+                let outputs = self.model.run(&batch.images, self.model.pass(true, Some((step, epoch)), false)).outputs;
                 self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect()
             });
             self.balancer.after_step(&after)?;
