@@ -768,13 +768,20 @@ class Cgc(MultiTaskModel):
 
     kind = "cgc"
 
-    def build_trunk(self) -> None:
+    def build_experts(self) -> Tuple[int, int]:
+        """``shared_experts.<k>`` and ``task_experts.<task>.<k>`` (CGC's and PLE's); returns
+        their numbers."""
         ks, kt = int(self.options["shared_experts"]), int(self.options["task_experts"])
         self.shared_experts = self.new_backbones(ks)
         self.task_experts = Heads()
-        self.gates = Gates()
         for name in self.task_names:
             self.task_experts.add(name, self.new_backbones(kt))
+        return ks, kt
+
+    def build_trunk(self) -> None:
+        ks, kt = self.build_experts()
+        self.gates = Gates()
+        for name in self.task_names:
             self.gates.add(name, nn.Linear(self.input_features(), ks + kt))
 
     def task_features(self, x):
@@ -783,7 +790,7 @@ class Cgc(MultiTaskModel):
                 for n in self.task_names]
 
 
-class Ple(MultiTaskModel):
+class Ple(Cgc):
     """CGC levels, one per stage: ``shared_experts.<k>`` and ``task_experts.<task>.<k>``
     (backbones whose stage i runs at level i), ``gates.<task>.<i>`` and, below the last level,
     ``shared_gates.<i>`` over every expert (src/model/arch/ple.rs)."""
@@ -791,11 +798,7 @@ class Ple(MultiTaskModel):
     kind = "ple"
 
     def build_trunk(self) -> None:
-        ks, kt = int(self.options["shared_experts"]), int(self.options["task_experts"])
-        self.shared_experts = self.new_backbones(ks)
-        self.task_experts = Heads()
-        for name in self.task_names:
-            self.task_experts.add(name, self.new_backbones(kt))
+        ks, kt = self.build_experts()
         sizes = [self.input_features()]
         with torch.no_grad():
             was = self.shared_experts.training

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_interop import (  # noqa: E402  (helpers and the `binary` fixture)
+from test_interop import (  # noqa: E402, F401  (helpers and the `binary` fixture)
     binary,
     mtl,
     random_batch,
@@ -144,3 +144,31 @@ def test_maps_only_architectures_refuse_the_mlp(binary, tmp_path, arch):
     assert not (tmp_path / "runs").exists()
     with pytest.raises(ValueError):
         perturbed_model(cfg)
+
+
+def test_glyph_digits_feed_the_multimnist_config(binary, tmp_path):
+    """scripts/make_glyph_digits.py writes MNIST's idx format, the same files for the same
+    seed, ten told-apart classes; configs/multimnist_glyphs.yaml trains on them."""
+    import struct
+
+    import numpy as np
+
+    import make_glyph_digits as glyphs
+
+    out = tmp_path / "glyphs"
+    glyphs.write(out, 60, 30, seed=0)
+    raw = (out / "train-images-idx3-ubyte").read_bytes()
+    assert raw[:4] == b"\0\0\x08\x03" and struct.unpack(">III", raw[4:16]) == (60, 28, 28)
+    labels = (out / "train-labels-idx1-ubyte").read_bytes()
+    assert labels[:8] == b"\0\0\x08\x01" + struct.pack(">I", 60) and max(labels[8:]) <= 9
+    images, classes = glyphs.make(200, 5)
+    again, _ = glyphs.make(200, 5)
+    assert np.array_equal(images, again) and images.dtype == np.uint8 and images.max() == 255
+    means = np.stack([images[classes == c].mean(0) for c in range(10)])
+    gaps = [np.abs(means[a] - means[b]).mean() for a in range(10) for b in range(a + 1, 10)]
+    assert min(gaps) > 5, "two digit classes look alike on average"
+    r = mtl(binary, tmp_path, Path(__file__).resolve().parents[1] / "configs" / "multimnist_glyphs.yaml",
+            "--run-dir", "run", "--device", "cpu", "--set", f"data.root={out}", "--set", "data.train_size=60",
+            "--set", "train.epochs=1", "--set", "data.eval_batch_size=30", "--set", "model.architecture.kind=ple")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").is_file()

@@ -1,5 +1,5 @@
-//! `mtl-train compare`: a table of runs (method, per-task metrics, Δm, time per step) and a
-//! chart of their val metrics.
+//! `mtl-train compare`: a table of runs (architecture, method, per-task metrics, Δm, time per
+//! step) and a chart of their val metrics.
 use clap::Args;
 use mtl::balance::GradientSpace;
 use mtl::checkpoint::RunDir;
@@ -45,6 +45,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
 struct RunSummary {
     run: PathBuf,
     name: String,
+    architecture: String,
     method: String,
     seed: u64,
     metrics: Vec<(String, f64)>,
@@ -81,6 +82,7 @@ fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSum
     Ok(RunSummary {
         run: run.to_path_buf(),
         name: cfg.name.clone(),
+        architecture: cfg.model.architecture.kind.clone(),
         method,
         seed: cfg.seed,
         metrics: metrics.into_iter().filter(|(k, _)| is_quality_metric(k)).collect(),
@@ -89,8 +91,9 @@ fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSum
     })
 }
 
-/// A Markdown table of runs: method, every quality metric, Δm, time per step (and relative to
-/// the first run whose method is `static`).
+/// A Markdown table of runs: architecture, method, every quality metric, Δm, time per step
+/// (and relative to the first hard-sharing run whose method is `static`, or else the first
+/// `static` one).
 fn table(rows: &[RunSummary]) -> String {
     let mut keys: Vec<String> = Vec::new();
     for r in rows {
@@ -100,9 +103,13 @@ fn table(rows: &[RunSummary]) -> String {
             }
         }
     }
-    let reference = rows.iter().find(|r| r.method == "static").and_then(|r| r.seconds_per_step);
-    let mut out = format!("| run | method | seed | {} | Δm % | s/step | × static |\n", keys.join(" | "));
-    out.push_str(&format!("|{}\n", " --- |".repeat(keys.len() + 6)));
+    let statics = || rows.iter().filter(|r| r.method == "static");
+    let reference = statics()
+        .find(|r| r.architecture == mtl::config::DEFAULT_ARCHITECTURE)
+        .or_else(|| statics().next())
+        .and_then(|r| r.seconds_per_step);
+    let mut out = format!("| run | architecture | method | seed | {} | Δm % | s/step | × static |\n", keys.join(" | "));
+    out.push_str(&format!("|{}\n", " --- |".repeat(keys.len() + 7)));
     for r in rows {
         let cells: Vec<String> = keys
             .iter()
@@ -115,8 +122,9 @@ fn table(rows: &[RunSummary]) -> String {
             _ => "–".into(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {dm} | {sps} | {rel} |\n",
+            "| {} | {} | {} | {} | {} | {dm} | {sps} | {rel} |\n",
             r.name,
+            r.architecture,
             r.method,
             r.seed,
             cells.join(" | ")
@@ -135,7 +143,10 @@ fn comparison_series(rows: &[RunSummary]) -> Vec<Series> {
             }
             let Some(step) = rec.get("step").and_then(|s| s.as_f64()) else { continue };
             for (k, v) in metric_values(&rec).into_iter().filter(|(k, _)| is_quality_metric(k) || k == "delta_m") {
-                let label = format!("{} [{}]", r.name, r.method);
+                let label = match r.architecture.as_str() {
+                    mtl::config::DEFAULT_ARCHITECTURE => format!("{} [{}]", r.name, r.method),
+                    arch => format!("{} [{arch}, {}]", r.name, r.method),
+                };
                 match series.iter_mut().find(|s| s.panel == k && s.label == label) {
                     Some(s) => s.points.push((step, v)),
                     None => series.push(Series { panel: k, label, points: vec![(step, v)] }),

@@ -253,6 +253,7 @@ pub struct ModelConfig {
 ///   `entropy_reg` (1e-6).
 /// - `ltb`: `temperature` (1.0, Gumbel-softmax temperature of epoch 0, then / √(epoch + 1)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(expecting = "a map like {kind: mmoe, experts: 4}")]
 pub struct ArchitectureConfig {
     #[serde(default = "default_architecture")]
     pub kind: String,

@@ -13,26 +13,39 @@ use crate::model::backbone::Backbone;
 use crate::model::layers::Linear;
 use tch::Tensor;
 
-/// `shared_experts` (≥ 1: without one nothing is shared) and `task_experts` (≥ 0) per task.
-pub(super) fn expert_counts(o: &mut OptionMap) -> anyhow::Result<(usize, usize)> {
-    Ok((o.int("shared_experts", 1, 1..=64)? as usize, o.int("task_experts", 1, 0..=64)? as usize))
+/// How many experts: `shared_experts` (≥ 1: without one nothing is shared) and `task_experts`
+/// (≥ 0) per task. CGC's and PLE's options.
+pub(super) struct Experts {
+    pub shared: usize,
+    pub own: usize,
+}
+
+impl Experts {
+    pub fn read(o: &mut OptionMap) -> anyhow::Result<Self> {
+        Ok(Self {
+            shared: o.int("shared_experts", 1, 1..=64)? as usize,
+            own: o.int("task_experts", 1, 0..=64)? as usize,
+        })
+    }
+
+    /// `shared_experts.<k>` and, per task, `task_experts.<task>.<k>`: backbones.
+    pub fn build(&self, b: &Build) -> (Vec<Backbone>, Vec<Vec<Backbone>>) {
+        let shared = b.experts(&(b.root / "shared_experts"), self.shared);
+        let own = b.tasks.iter().map(|t| b.experts(&(b.root / "task_experts" / t.as_str()), self.own)).collect();
+        (shared, own)
+    }
 }
 
 pub(super) fn plan(o: &mut OptionMap, _: &Setting) -> anyhow::Result<Box<dyn Plan>> {
-    let (shared, own) = expert_counts(o)?;
-    Ok(Box::new(CgcPlan { shared, own }))
+    Ok(Box::new(CgcPlan(Experts::read(o)?)))
 }
 
-struct CgcPlan {
-    shared: usize,
-    own: usize,
-}
+struct CgcPlan(Experts);
 
 impl Plan for CgcPlan {
     fn build(&self, b: &Build) -> Box<dyn Architecture> {
-        let shared = b.experts(&(b.root / "shared_experts"), self.shared);
-        let own = b.tasks.iter().map(|t| b.experts(&(b.root / "task_experts" / t.as_str()), self.own)).collect();
-        let gates = b.gates((self.shared + self.own) as i64);
+        let (shared, own) = self.0.build(b);
+        let gates = b.gates((self.0.shared + self.0.own) as i64);
         Box::new(Cgc { shared, own, gates, tasks: b.tasks.to_vec() })
     }
 }

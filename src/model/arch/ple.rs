@@ -14,32 +14,26 @@
 //! part hands the tasks' own parts: the shared experts' outputs at the last two levels, task
 //! `t`'s experts' outputs and input at the second-to-last level, and its mixed maps of the
 //! levels below (its head's skip connections).
-use super::{cgc::expert_counts, gate, stage_paths, weighted_sum, Architecture, Build, Pass, Plan, Setting};
+use super::{cgc::Experts, gate, stage_paths, weighted_sum, Architecture, Build, Pass, Plan, Setting};
 use crate::config::{BackboneConfig, OptionMap};
 use crate::model::backbone::Backbone;
 use crate::model::layers::Linear;
 use tch::Tensor;
 
 pub(super) fn plan(o: &mut OptionMap, _: &Setting) -> anyhow::Result<Box<dyn Plan>> {
-    let (shared, own) = expert_counts(o)?;
-    Ok(Box::new(PlePlan { shared, own }))
+    Ok(Box::new(PlePlan(Experts::read(o)?)))
 }
 
-struct PlePlan {
-    shared: usize,
-    own: usize,
-}
+struct PlePlan(Experts);
 
 impl Plan for PlePlan {
     fn build(&self, b: &Build) -> Box<dyn Architecture> {
-        let shared = b.experts(&(b.root / "shared_experts"), self.shared);
-        let own: Vec<Vec<Backbone>> =
-            b.tasks.iter().map(|t| b.experts(&(b.root / "task_experts" / t.as_str()), self.own)).collect();
+        let (shared, own) = self.0.build(b);
         // What the gates of level i read: the image, then stage i − 1's output.
         let mut inputs = vec![b.input_features()];
         inputs.extend(b.stage_sizes(&shared[0]));
         let stages = b.stages();
-        let per_task = (self.shared + self.own) as i64;
+        let per_task = (self.0.shared + self.0.own) as i64;
         let gates = b
             .tasks
             .iter()
@@ -48,7 +42,7 @@ impl Plan for PlePlan {
                 (0..stages).map(|i| Linear::new(&p / i, inputs[i], per_task)).collect()
             })
             .collect();
-        let all = (self.shared + self.own * b.tasks.len()) as i64;
+        let all = (self.0.shared + self.0.own * b.tasks.len()) as i64;
         let shared_gates = (0..stages - 1).map(|i| Linear::new(b.root / "shared_gates" / i, inputs[i], all)).collect();
         Box::new(Ple { shared, own, gates, shared_gates, backbone: b.backbone.clone(), tasks: b.tasks.to_vec() })
     }
