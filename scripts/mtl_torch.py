@@ -4,7 +4,9 @@
 The module tree, the tensor names and the forward pass mirror ``src/model`` exactly, so a
 checkpoint's ``model.safetensors`` loads with ``load_state_dict(..., strict=True)`` and gives
 the same logits as the Rust forward pass (bit for bit in fp32 on the CPU, when checked
-against models built and run by the Rust crate).
+against models built and run by the Rust crate). Every architecture of ``model.architecture``
+(hps, cross_stitch, mtan, mmoe, cgc, ple, dselect_k, ltb; docs/ARCHITECTURES.md) is a subclass
+of ``MultiTaskModel`` in ``ARCHITECTURES``; ``build_model`` picks the configured one.
 
 Use from Python (the model takes a *normalized* float ``[N, C, H, W]`` batch; ``normalize``
 turns uint8 images into one the way ``src/data`` does for the run's dataset)::

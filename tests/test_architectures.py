@@ -15,6 +15,7 @@ defaults mtl_torch.py assumes for hand-written configs.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from test_interop import (  # noqa: E402, F401  (helpers and the `binary` fixtur
     state_dict_of,
     train,
 )
+import mtl_torch  # noqa: E402
 from mtl_torch import ARCHITECTURE_OPTIONS, load_run, predict  # noqa: E402
 
 TOL = 1e-5
@@ -111,7 +113,7 @@ def _report():
 
 
 @pytest.mark.parametrize("arch,backbone", CASES)
-def test_architecture_matches_pytorch_both_ways(binary, tmp_path, arch, backbone):
+def test_architecture_matches_pytorch_both_ways(binary, tmp_path, capsys, arch, backbone):
     cfg = arch_config(arch, backbone)
     model = perturbed_model(cfg)
     weights = tmp_path / "w.safetensors"
@@ -127,6 +129,13 @@ def test_architecture_matches_pytorch_both_ways(binary, tmp_path, arch, backbone
     compare(rust, predict(trained, x), f"mtl->torch {arch} {backbone}")
     assert any(not torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
 
+    if arch == "ltb":
+        # The fixed tree of the trained checkpoint, as --check prints it.
+        capsys.readouterr()
+        assert mtl_torch.main([str(run), "--checkpoint", "LATEST", "--check"]) == 0
+        tree = [line for line in capsys.readouterr().out.splitlines() if "tree: stage" in line]
+        assert tree == [f"  tree: stage {i} parents {p}" for i, p in enumerate(trained.tree(), start=1)]
+        assert len(tree) == 2 and all(0 <= int(n) < 3 for line in tree for n in re.findall(r"\d+", line.split("parents")[1]))
     recorded = dict(yaml.safe_load((run / "config.yaml").read_text())["model"].get("architecture") or {"kind": "hps"})
     assert recorded.pop("kind") == arch
     assert {k: float(v) for k, v in recorded.items()} == {k: float(v) for k, v in ARCHITECTURE_OPTIONS[arch].items()}

@@ -107,6 +107,7 @@ impl Trainer {
         }
         let (h, w) = train_loader.image_hw();
         backbone::check_input_size(&cfg.model.backbone, h, w).map_err(|e| user_error!("{e}"))?;
+        crate::model::arch::check_images(&cfg.model, cfg.tasks.len(), h, w)?;
         let model = MultiTaskModel::new(cfg, &r.heads(), device, train_loader.channels(), train_loader.image_size())?;
         if let Some(path) = &opts.init_from {
             resume::init_from(&model, path, opts.allow_missing_heads)?;

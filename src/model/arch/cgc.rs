@@ -43,6 +43,10 @@ pub(super) fn plan(o: &mut OptionMap, _: &Setting) -> anyhow::Result<Box<dyn Pla
 struct CgcPlan(Experts);
 
 impl Plan for CgcPlan {
+    fn gates_read_the_image(&self) -> bool {
+        true
+    }
+
     fn build(&self, b: &Build) -> Box<dyn Architecture> {
         let (shared, own) = self.0.build(b);
         let gates = b.gates((self.0.shared + self.0.own) as i64);

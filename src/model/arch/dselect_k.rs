@@ -43,6 +43,10 @@ fn bits(experts: usize) -> usize {
 }
 
 impl Plan for DselectKPlan {
+    fn gates_read_the_image(&self) -> bool {
+        true
+    }
+
     fn build(&self, b: &Build) -> Box<dyn Architecture> {
         let experts = b.experts(&(b.root / "experts"), self.experts);
         let m = bits(self.experts);

@@ -21,6 +21,10 @@ struct MmoePlan {
 }
 
 impl Plan for MmoePlan {
+    fn gates_read_the_image(&self) -> bool {
+        true
+    }
+
     fn build(&self, b: &Build) -> Box<dyn Architecture> {
         let experts = b.experts(&(b.root / "experts"), self.experts);
         Box::new(Mmoe { experts, gates: b.gates(self.experts as i64), tasks: b.tasks.to_vec() })

@@ -56,6 +56,12 @@ pub trait Plan {
     fn no_representation(&self) -> Option<&'static str> {
         None
     }
+
+    /// Whether gates read the flattened input image, whose size the model is built for
+    /// (`data.image_size`², like the MLP backbone): then the images must be square.
+    fn gates_read_the_image(&self) -> bool {
+        false
+    }
 }
 
 /// What an architecture is planned for.
@@ -76,8 +82,7 @@ pub struct Build<'a> {
 impl Build<'_> {
     /// A backbone under `p`, as configured.
     pub fn backbone(&self, p: &Path) -> Backbone {
-        let features = self.in_channels * self.image_size * self.image_size;
-        Backbone::new(p, self.backbone, self.in_channels, features)
+        Backbone::new(p, self.backbone, self.in_channels, self.input_features())
     }
 
     /// The flat size of one image (what a gate on the input reads).
@@ -154,6 +159,19 @@ pub fn plan(
     let plan = (entry.plan)(&mut o, &Setting { backbone, tasks })?;
     let options = o.finish(|_| "")?;
     Ok((plan, options))
+}
+
+/// The architecture's rule for the loaded images (`h`×`w`; NYUv2's width comes from its files):
+/// one-line user error.
+pub fn check_images(cfg: &crate::config::ModelConfig, tasks: usize, h: i64, w: i64) -> anyhow::Result<()> {
+    let (plan, _) = plan(&cfg.architecture, &cfg.backbone, tasks)?;
+    if plan.gates_read_the_image() && h != w {
+        crate::user_bail!(
+            "model.architecture.kind: the gates of {} read the flattened image, built for square images; these are {h}×{w} (height × width)",
+            cfg.architecture.kind
+        );
+    }
+    Ok(())
 }
 
 /// Refuses the MLP backbone for an architecture that works on feature maps.

@@ -27,6 +27,10 @@ pub(super) fn plan(o: &mut OptionMap, _: &Setting) -> anyhow::Result<Box<dyn Pla
 struct PlePlan(Experts);
 
 impl Plan for PlePlan {
+    fn gates_read_the_image(&self) -> bool {
+        true
+    }
+
     fn build(&self, b: &Build) -> Box<dyn Architecture> {
         let (shared, own) = self.0.build(b);
         // What the gates of level i read: the image, then stage i − 1's output.

@@ -252,3 +252,20 @@ fn ltb_samples_trees_by_step_and_fixes_them_for_evaluation() {
     // Evaluation: every parent is column 0 while the logits tie (zeros), whatever the step.
     assert!(same(&run(None, false), &run(Some((9, 0)), false)));
 }
+
+/// Gates on the flattened image are built for `data.image_size`² inputs: other images (NYUv2's
+/// width keeps its aspect) are refused before anything is built.
+#[test]
+fn gated_architectures_refuse_images_that_are_not_square() {
+    for arch in architecture_names() {
+        let cfg = config(&format!("{{kind: {arch}}}"), "conv");
+        assert!(check_images(&cfg.model, 3, 8, 8).is_ok());
+        let wide = check_images(&cfg.model, 3, 8, 16);
+        if matches!(arch, "mmoe" | "cgc" | "ple" | "dselect_k") {
+            let e = wide.expect_err("refused");
+            assert!(is_user_error(&e) && e.to_string().contains("8×16"), "{e}");
+        } else {
+            assert!(wide.is_ok(), "{arch}");
+        }
+    }
+}
