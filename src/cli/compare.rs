@@ -1,6 +1,6 @@
-//! `mtl-train compare`: a table of runs (method, per-task metrics, Δm, time per step) and a
-//! chart of their val metrics and losses: a run has one colour in every panel, training losses
-//! are solid and val values dashed, and each run's best checkpoint is starred.
+//! `mtl-train compare`: a table of runs (architecture, method, per-task metrics, Δm, time per
+//! step) and a chart of their val metrics and losses: a run has one colour in every panel,
+//! training losses are solid and val values dashed, and each run's best checkpoint is starred.
 use clap::Args;
 use mtl::balance::GradientSpace;
 use mtl::checkpoint::RunDir;
@@ -47,6 +47,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
 struct RunSummary {
     run: PathBuf,
     name: String,
+    architecture: String,
     method: String,
     seed: u64,
     metrics: Vec<(String, f64)>,
@@ -85,6 +86,7 @@ fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSum
     Ok(RunSummary {
         run: run.to_path_buf(),
         name: cfg.name.clone(),
+        architecture: cfg.model.architecture.kind.clone(),
         method,
         seed: cfg.seed,
         metrics: metrics.into_iter().filter(|(k, _)| is_quality_metric(k)).collect(),
@@ -101,8 +103,9 @@ fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSum
     })
 }
 
-/// A Markdown table of runs: method, every quality metric, Δm, time per step (and relative to
-/// the first run whose method is `static`).
+/// A Markdown table of runs: architecture, method, every quality metric, Δm, time per step
+/// (and relative to the first hard-sharing run whose method is `static`, or else the first
+/// `static` one).
 fn table(rows: &[RunSummary]) -> String {
     let mut keys: Vec<String> = Vec::new();
     for r in rows {
@@ -112,9 +115,13 @@ fn table(rows: &[RunSummary]) -> String {
             }
         }
     }
-    let reference = rows.iter().find(|r| r.method == "static").and_then(|r| r.seconds_per_step);
-    let mut out = format!("| run | method | seed | {} | Δm % | s/step | × static |\n", keys.join(" | "));
-    out.push_str(&format!("|{}\n", " --- |".repeat(keys.len() + 6)));
+    let statics = || rows.iter().filter(|r| r.method == "static");
+    let reference = statics()
+        .find(|r| r.architecture == mtl::config::DEFAULT_ARCHITECTURE)
+        .or_else(|| statics().next())
+        .and_then(|r| r.seconds_per_step);
+    let mut out = format!("| run | architecture | method | seed | {} | Δm % | s/step | × static |\n", keys.join(" | "));
+    out.push_str(&format!("|{}\n", " --- |".repeat(keys.len() + 7)));
     for r in rows {
         let cells: Vec<String> = keys
             .iter()
@@ -127,8 +134,9 @@ fn table(rows: &[RunSummary]) -> String {
             _ => "–".into(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {dm} | {sps} | {rel} |\n",
+            "| {} | {} | {} | {} | {} | {dm} | {sps} | {rel} |\n",
             r.name,
+            r.architecture,
             r.method,
             r.seed,
             cells.join(" | ")
@@ -185,7 +193,13 @@ fn comparison_chart(rows: &[RunSummary]) -> Chart {
 
 /// `name [method]`, with the seed when two runs would otherwise read the same.
 fn run_labels(rows: &[RunSummary]) -> Vec<String> {
-    let plain: Vec<String> = rows.iter().map(|r| format!("{} [{}]", r.name, r.method)).collect();
+    let plain: Vec<String> = rows
+        .iter()
+        .map(|r| match r.architecture.as_str() {
+            mtl::config::DEFAULT_ARCHITECTURE => format!("{} [{}]", r.name, r.method),
+            arch => format!("{} [{arch}, {}]", r.name, r.method),
+        })
+        .collect();
     rows.iter()
         .zip(&plain)
         .map(

@@ -249,10 +249,56 @@ impl Default for AugmentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// How the tasks share the network: `hps` (default: one backbone, one head per task),
+    /// `cross_stitch`, `mtan`, `mmoe`, `cgc`, `ple`, `dselect_k` or `ltb` (src/model/arch/
+    /// lists them), with the architecture's own options in the same map. Not written to
+    /// config.yaml when it is the default `hps`.
+    #[serde(default, skip_serializing_if = "ArchitectureConfig::is_default")]
+    pub architecture: ArchitectureConfig,
     pub backbone: BackboneConfig,
     /// Head options, keyed by task name; tasks without an entry get the defaults.
     #[serde(default)]
     pub heads: BTreeMap<String, HeadConfig>,
+}
+
+/// `model.architecture`: `{kind: <name>, <option>: <value>, …}`. The options are checked by
+/// the architecture itself when the config is resolved, which also records every option's
+/// value (defaults included) in the run's config.yaml. The options of each architecture
+/// (docs/ARCHITECTURES.md):
+/// - `cross_stitch`: `self_weight` (0.9): initial weight of a task's own column in its units.
+/// - `mtan`: `attention_width` (0: the stage's width): channels inside the attention masks.
+/// - `mmoe`: `experts` (3).
+/// - `cgc`, `ple`: `shared_experts` (1), `task_experts` (1, per task).
+/// - `dselect_k`: `experts` (3), `k` (2, experts selected), `gamma` (1.0, smooth-step width),
+///   `entropy_reg` (1e-6).
+/// - `ltb`: `temperature` (1.0, Gumbel-softmax temperature of epoch 0, then / √(epoch + 1)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(expecting = "a map like {kind: mmoe, experts: 4}")]
+pub struct ArchitectureConfig {
+    #[serde(default = "default_architecture")]
+    pub kind: String,
+    /// Every other key of the map: the architecture's options.
+    #[serde(flatten)]
+    pub options: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// Hard parameter sharing, the model before architectures existed.
+pub const DEFAULT_ARCHITECTURE: &str = "hps";
+
+fn default_architecture() -> String {
+    DEFAULT_ARCHITECTURE.into()
+}
+
+impl Default for ArchitectureConfig {
+    fn default() -> Self {
+        Self { kind: default_architecture(), options: BTreeMap::new() }
+    }
+}
+
+impl ArchitectureConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

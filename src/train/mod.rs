@@ -159,14 +159,15 @@ impl Trainer {
         }
         let (h, w) = train_loader.image_hw();
         backbone::check_input_size(&cfg.model.backbone, h, w).map_err(|e| user_error!("{e}"))?;
+        crate::model::arch::check_images(&cfg.model, cfg.tasks.len(), h, w)?;
         let (channels, size) = (train_loader.channels(), train_loader.image_size());
         check_model_fits(cfg, &r.heads(), channels, size, device)?;
-        let model = MultiTaskModel::new(cfg, &r.heads(), device, channels, size);
+        let model = MultiTaskModel::new(cfg, &r.heads(), device, channels, size)?;
         if let Some(path) = &opts.init_from {
             resume::init_from(&model, path, opts.allow_missing_heads)?;
         }
         let task_names = r.task_names();
-        let (shared, head_params) = model.param_groups(&task_names);
+        let (shared, head_params) = model.param_groups();
         let fused = cfg.speed.fused_optimizer.resolve(true);
         if cfg.speed.fused_optimizer == crate::config::Toggle::On && device != Device::Cpu {
             user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
@@ -232,28 +233,25 @@ impl Trainer {
         let undo = (self.cfg.train.on_nonfinite == OnNonFinite::SkipStep).then(|| self.undo_point());
         crate::rng::seed_torch(self.cfg.seed, step);
         self.optimizer.zero_grad();
-        let hw = {
-            let s = batch.images.size();
-            (s[2], s[3])
-        };
-        let features = self.model.features(&batch.images, true);
-        let detached: Option<Vec<Tensor>> = (self.balancer.space() == GradientSpace::Representation)
-            .then(|| features.iter().map(|f| f.detach().set_requires_grad(true)).collect());
-        let outputs = self.model.heads(detached.as_deref().unwrap_or(&features), hw, true);
+        let representation = self.balancer.space() == GradientSpace::Representation;
+        let forward = self.model.run(&batch.images, self.model.pass(true, Some((step, epoch)), representation));
         let losses: Vec<Tensor> =
-            self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect();
+            self.tasks.iter().zip(&forward.outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect();
         let weights: Vec<f64> = self.cfg.tasks.iter().map(|t| t.weight).collect();
         let ctx = StepContext {
             losses: &losses,
             shared_params: &self.shared,
             head_params: &self.head_params,
-            features: detached.as_ref().map(|d| (features.as_slice(), d.as_slice())),
+            features: forward.representation.as_ref().map(|(z, d)| (z.as_slice(), d.as_slice())),
             task_weights: &weights,
             step,
             epoch,
             seed: self.cfg.seed,
         };
         let task_weights = self.balancer.backward(&ctx)?;
+        if let Some(r) = &forward.regularizer {
+            r.f_backward()?;
+        }
         let detached_losses =
             Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
         // Skipping must also catch BatchNorm statistics that overflowed in this forward; the
@@ -273,7 +271,7 @@ impl Trainer {
             // batch twice).
             crate::rng::seed_torch(self.cfg.seed, step);
             let after: Vec<Tensor> = tch::no_grad(|| {
-                let outputs = self.model.forward(&batch.images, true);
+                let outputs = self.model.run(&batch.images, self.model.pass(true, Some((step, epoch)), false)).outputs;
                 self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect()
             });
             self.balancer.after_step(&after)?;
@@ -545,7 +543,7 @@ fn check_model_fits(
     image_size: i64,
     device: Device,
 ) -> anyhow::Result<()> {
-    let elements = MultiTaskModel::variable_count(cfg, heads, channels, image_size);
+    let elements = MultiTaskModel::variable_count(cfg, heads, channels, image_size)?;
     let copies = 2 + match cfg.optim.kind {
         crate::config::OptimKind::Adamw => 2,
         crate::config::OptimKind::Sgd => u64::from(cfg.optim.momentum > 0.0),

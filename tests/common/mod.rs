@@ -106,3 +106,19 @@ pub fn checkpoint_pointer(run: &Path, pointer: &str) -> PathBuf {
     let name = std::fs::read_to_string(run.join("checkpoints").join(pointer)).unwrap();
     run.join("checkpoints").join(name.trim())
 }
+
+/// The bytes of the weights the run's LATEST checkpoint holds.
+pub fn latest_weights(run: &Path) -> Vec<u8> {
+    std::fs::read(checkpoint_pointer(run, "LATEST").join("model.safetensors")).unwrap()
+}
+
+/// metrics.jsonl rows without the wall-clock field.
+pub fn metric_rows(run: &Path) -> Vec<serde_json::Value> {
+    read_lines(&run.join("metrics.jsonl"))
+        .into_iter()
+        .map(|mut r| {
+            r.as_object_mut().unwrap().remove("images_per_second");
+            r
+        })
+        .collect()
+}
