@@ -1,5 +1,6 @@
-//! Links libtorch so that the binary finds it at run time and keeps CUDA, and builds the c10d
-//! shim (csrc/dist/) that src/dist/ calls.
+//! Links libtorch so that the binary finds it at run time and keeps CUDA, and builds the C++
+//! mtl adds to tch's: the c10d shim (csrc/dist/) that src/dist/ calls, and the tuple-output end
+//! of tracing (src/model/trace_tuple.cpp).
 //!
 //! torch-sys tells the linker where libtorch is but gives the final binary no rpath, and the
 //! linker's `--as-needed` drops `libtorch_cuda.so` because no symbol of it is referenced
@@ -11,19 +12,33 @@
 //! are read from the library's own machine code (the `operator new(N)` before their
 //! constructors, as docs/DISTRIBUTED.md explains) and compiled in with the library's build id,
 //! for the start-up check in src/dist/abi.rs.
+//!
+//! It also records the Python of the virtualenv the build ran in (scripts/env.sh sets
+//! `VIRTUAL_ENV`): `mtl-train export --onnx` runs it when no other Python is named.
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+const TRACE_TUPLE: &str = "src/model/trace_tuple.cpp";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/dist");
+    println!("cargo:rerun-if-changed={TRACE_TUPLE}");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     println!("cargo:rerun-if-env-changed=MTL_CUDA_INCLUDE");
+    println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let python = std::env::var("VIRTUAL_ENV").ok().map(|venv| Path::new(&venv).join("bin").join("python"));
+    if let Some(python) = &python {
+        println!("cargo:rustc-env=MTL_BUILD_PYTHON={}", python.display());
+    }
     let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("DEP_TCH_LIBTORCH_LIB is not set: torch-sys did not say where libtorch is");
     let lib_dir = PathBuf::from(lib_dir);
+    let abi = cxx11_abi(python.as_deref());
     link_libtorch(&lib_dir);
-    let nccl = build_c10d_shim(&lib_dir);
+    build_trace_tuple(&lib_dir, &abi);
+    let nccl = build_c10d_shim(&lib_dir, &abi);
     record_library(&lib_dir, nccl);
 }
 
@@ -40,7 +55,7 @@ fn link_libtorch(lib_dir: &Path) {
 }
 
 /// Compiles csrc/dist/ into a static library; returns whether the NCCL part is in it.
-fn build_c10d_shim(lib_dir: &Path) -> bool {
+fn build_c10d_shim(lib_dir: &Path, abi: &str) -> bool {
     let include = std::env::var("LIBTORCH_INCLUDE")
         .map(|p| PathBuf::from(p).join("include"))
         .unwrap_or_else(|_| lib_dir.parent().expect("libtorch's lib dir has a parent").join("include"));
@@ -54,7 +69,7 @@ fn build_c10d_shim(lib_dir: &Path) -> bool {
         .warnings(false)
         .flag("-std=c++17")
         .flag("-O2")
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi)
         .define("USE_C10D_GLOO", "1")
         .include("csrc/dist/gloo_shim")
         .include("csrc/dist")
@@ -232,4 +247,37 @@ fn build_id(lib: &Path) -> Result<String, String> {
         .lines()
         .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
         .ok_or_else(|| format!("{} has no build id", lib.display()))
+}
+
+/// Compiles the tuple-output end of tracing against libtorch's headers (next to its `lib/`,
+/// in a PyTorch wheel as in a libtorch archive), with the C++ ABI libtorch was built with.
+fn build_trace_tuple(lib_dir: &Path, abi: &str) {
+    let include: PathBuf = lib_dir.parent().expect("libtorch's lib/ has a parent").join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file(TRACE_TUPLE)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false)
+        .compile("mtl_trace_tuple");
+}
+
+/// `LIBTORCH_CXX11_ABI` if set (torch-sys reads the same variable), else what PyTorch says,
+/// else 1 (every PyTorch wheel since 2.7).
+fn cxx11_abi(python: Option<&Path>) -> String {
+    if let Ok(abi) = std::env::var("LIBTORCH_CXX11_ABI") {
+        return abi;
+    }
+    let python = python.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("python3"));
+    std::process::Command::new(python)
+        .args(["-c", "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|abi| abi == "0" || abi == "1")
+        .unwrap_or_else(|| "1".to_string())
 }

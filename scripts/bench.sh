@@ -20,7 +20,9 @@
 #   optimizer off: the "before" of docs/BENCHMARKS.md), --out FILE.jsonl (results; default
 #   runs/bench/<date>-<device>.jsonl), --no-build, --balance "M1 M2 ..." (instead of the cases
 #   above: static weighting against each gradient method in both spaces, default config at its
-#   own batch size, mtl against itself in lockstep; docs/METHODS.md). Environment: MTL (binary, default target/release/mtl-train), PY (python with
+#   own batch size, mtl against itself in lockstep; docs/METHODS.md), --arch "A1 A2 ..." (instead: hard
+#   sharing against each architecture, mtl against itself in lockstep, on --arch-config FILE, default
+#   configs/shapes_methods.yaml, at its own batch size; docs/ARCHITECTURES.md). Environment: MTL (binary, default target/release/mtl-train), PY (python with
 #   torch; default .venv/bin/python, else python3), COMPILE_FP32=1 (torch.compile for fp32 too),
 #   COMPILE_TIMEOUT (seconds for each torch.compile run, default 180).
 # The default CPU run takes about 3 minutes on a 2-core machine.
@@ -35,6 +37,8 @@ quick=0
 extra=0
 ab=0
 balance=""
+arch=""
+arch_config=configs/shapes_methods.yaml
 build=1
 out=""
 while [ $# -gt 0 ]; do
@@ -46,6 +50,8 @@ while [ $# -gt 0 ]; do
     --extra) extra=1; shift ;;
     --ab) ab=1; shift ;;
     --balance) balance="$2"; shift 2 ;;
+    --arch) arch="$2"; shift 2 ;;
+    --arch-config) arch_config="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -168,7 +174,20 @@ balance_case() {
   done
 }
 
-if [ -n "$balance" ]; then
+# arch_case ARCHITECTURE: hard sharing against ARCHITECTURE on $arch_config, in lockstep.
+arch_case() {
+  local sets=(--set "threads=$threads" --device "$device") common=(--warmup 2 --steps 4 --reps 5 --json "$out")
+  local hps=("$MTL" bench "$arch_config" "${sets[@]}" "${common[@]}")
+  echo "== architecture: hps vs $1 on $arch_config (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  for ((r = 1; r <= rounds; r++)); do
+    lockstep "$work/arch-$1-$r" "$r" "${hps[@]}" :: "${hps[@]}" --set model.architecture.kind="$1" ||
+      { echo "bench.sh: $1 failed" >&2; exit 1; }
+  done
+}
+
+if [ -n "$arch" ]; then
+  for a in $arch; do arch_case "$a"; done
+elif [ -n "$balance" ]; then
   for m in $balance; do balance_case "$m"; done
 elif [ "$device" = cpu ]; then
   if [ "$quick" = 1 ]; then

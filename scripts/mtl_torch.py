@@ -4,7 +4,9 @@
 The module tree, the tensor names and the forward pass mirror ``src/model`` exactly, so a
 checkpoint's ``model.safetensors`` loads with ``load_state_dict(..., strict=True)`` and gives
 the same logits as the Rust forward pass (bit for bit in fp32 on the CPU, when checked
-against models built and run by the Rust crate).
+against models built and run by the Rust crate). Every architecture of ``model.architecture``
+(hps, cross_stitch, mtan, mmoe, cgc, ple, dselect_k, ltb; docs/ARCHITECTURES.md) is a subclass
+of ``MultiTaskModel`` in ``ARCHITECTURES``; ``build_model`` picks the configured one.
 
 Use from Python (the model takes a *normalized* float ``[N, C, H, W]`` batch; ``normalize``
 turns uint8 images into one the way ``src/data`` does for the run's dataset)::
@@ -27,6 +29,13 @@ From the shell::
     python scripts/mtl_torch.py runs/my-run --check                  # load, print a summary
     python scripts/mtl_torch.py runs/my-run --checkpoint step-000500 \\
         --input batch.safetensors --output logits.safetensors        # eval-mode forward
+    python scripts/mtl_torch.py runs/my-run --onnx model.onnx        # ONNX, any batch size
+
+``--onnx`` (what ``mtl-train export --onnx`` runs) needs the ``onnx`` and ``onnxscript``
+packages: it exports with ``torch.onnx.export(..., dynamo=True)``, input ``input`` (normalized
+float ``[N, C, H, W]``, N free, H×W from ``--size H W`` or ``data.image_size``), one output per
+task named after it, in task order; then checks the file with ``onnx.checker`` and, when
+``onnxruntime`` is installed, against this module on a batch of another size.
 
 ``--input`` reads the tensor named ``input`` (NCHW float); ``--output`` holds one tensor per
 task, named by the task. ``RUN_DIR`` may also be a checkpoint directory (one holding
@@ -38,6 +47,7 @@ its outputs differ from the Rust bf16 forward by bf16 rounding.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -49,6 +59,7 @@ from torch import nn
 
 __all__ = [
     "MultiTaskModel",
+    "ARCHITECTURES",
     "build_model",
     "load_config",
     "resolve_checkpoint",
@@ -57,6 +68,7 @@ __all__ = [
     "resnet_widths",
     "input_shape",
     "normalize",
+    "export_onnx",
 ]
 
 # The BatchNorm settings of src/model/layers.rs.
@@ -118,6 +130,17 @@ class ConvNet(nn.Module):
             self.stages.append(stage)
         self.widths = list(widths)
 
+    spatial = True
+
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def stage_parts(self, i: int, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Stage ``i`` on ``h`` (the image for stage 0): (its first block's output, its output)."""
+        if i > 0:
+            h = F.max_pool2d(h, kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)
+        return _run_blocks(self.stages[i], h)
+
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         h = x
         maps = []
@@ -128,6 +151,29 @@ class ConvNet(nn.Module):
                 h = block(h)
             maps.append(h)
         return maps
+
+
+def _run_blocks(blocks: Sequence[nn.Module], h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    first = None
+    for block in blocks:
+        h = block(h)
+        if first is None:
+            first = h
+    return (h if first is None else first), h
+
+
+def stage(backbone: nn.Module, i: int, h: torch.Tensor) -> torch.Tensor:
+    """Stage ``i`` of a backbone (ConvNet, ResNet or Mlp) on ``h``."""
+    return backbone.stage_parts(i, h)[1]
+
+
+def stage_prefixes(kind: str, i: int) -> List[str]:
+    """Module paths (within a backbone) of stage ``i``'s tensors, as backbone.rs names them."""
+    if kind == "conv":
+        return [f"stages.{i}"]
+    if kind == "resnet" and i == 0:
+        return ["stem", "layers.0"]
+    return [f"layers.{i}"]
 
 
 class ConvBn(nn.Module):
@@ -189,6 +235,17 @@ class ResNet(nn.Module):
         self.widths = list(widths)
         self.act = act
 
+    spatial = True
+
+    def num_stages(self) -> int:
+        return len(self.layers)
+
+    def stage_parts(self, i: int, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Stage ``i`` (the stem and the first layer for stage 0): (first block's output, output)."""
+        if i == 0:
+            h = activate(self.stem(h), self.act)
+        return _run_blocks(self.layers[i], h)
+
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         h = activate(self.stem(x), self.act)
         maps = []
@@ -212,6 +269,17 @@ class Mlp(nn.Module):
             d = w
         self.width = d
         self.act = act
+
+    spatial = False
+
+    def num_stages(self) -> int:
+        return len(self.layers)
+
+    def stage_parts(self, i: int, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if i == 0:
+            h = torch.flatten(h, 1)
+        h = activate(self.layers[i](h), self.act)
+        return h, h
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         h = torch.flatten(x, 1)
@@ -369,12 +437,17 @@ def normalize(images: torch.Tensor, config: dict) -> torch.Tensor:
 
 
 class MultiTaskModel(nn.Module):
-    """One shared ``backbone`` and ``heads.<task>``, one head per task.
+    """Hard parameter sharing (``model.architecture.kind: hps``, the default): one shared
+    ``backbone`` and ``heads.<task>``, one head per task. The other architectures subclass it
+    (``ARCHITECTURES``): they replace :meth:`build_trunk` and :meth:`task_features`.
 
     ``forward(x)`` returns an ordered dict task name → fp32 logits (in the config's task
-    order); ``forward_list(x)`` the same tensors as a list; ``features(x)`` the backbone's
-    outputs. ``train()``/``eval()`` switch BatchNorm and dropout as usual.
+    order); ``forward_list(x)`` the same tensors as a list; ``task_features(x)`` what each
+    head reads; ``features(x)`` the first task's (the backbone's outputs for hard sharing).
+    ``train()``/``eval()`` switch BatchNorm and dropout as usual.
     """
+
+    kind = "hps"
 
     def __init__(self, config: dict):
         super().__init__()
@@ -393,26 +466,28 @@ class MultiTaskModel(nn.Module):
         self.in_channels = c_in
         self.image_size = h
         bn = norm == "batch"
-
         if not widths:
             raise ValueError("model.backbone.widths is empty")
         if kind == "conv":
-            self.backbone = ConvNet(c_in, widths, depth, bn, act)
-            channels, spatial = list(widths), True
+            stage_widths, spatial = list(widths), True
         elif kind == "resnet":
-            ws = resnet_widths(widths)
-            self.backbone = ResNet(c_in, ws, depth, act)
-            channels, spatial = ws, True
+            stage_widths, spatial = resnet_widths(widths), True
         elif kind == "mlp":
-            self.backbone = Mlp(c_in * h * w, widths, act)
-            channels, spatial = [self.backbone.width], False
+            stage_widths, spatial = list(widths), False
         else:
             raise ValueError(f"unknown backbone kind {kind!r} (conv, resnet, mlp)")
-        self.feature_channels = channels
+        self.backbone_kind = kind
+        self._backbone_args = (kind, c_in, h, w, widths, depth, bn, act)
+        self.stage_widths = stage_widths
+        self.feature_channels = stage_widths if spatial else [stage_widths[-1]]
         self.spatial = spatial
+        self.bn = bn
+        self.act = act
+        self.task_names: List[str] = [t["name"] for t in config["tasks"]]
+        self.options = architecture_options(config)
+        self.build_trunk()
 
         heads_cfg = model_cfg.get("heads") or {}
-        self.task_names: List[str] = []
         self.task_kinds: Dict[str, str] = {}
         self.heads = Heads()
         pools = {}
@@ -424,11 +499,12 @@ class MultiTaskModel(nn.Module):
         top_hw = None
         if spatial and "flatten" in pools.values():
             # The coarsest map's size, from an eval-mode pass of a blank image (as in Rust).
-            was = self.backbone.training
-            self.backbone.eval()
+            was = self.training
+            self.eval()
             with torch.no_grad():
-                top_hw = tuple(self.backbone(torch.zeros(1, c_in, h, w))[-1].shape[-2:])
-            self.backbone.train(was)
+                top_hw = tuple(self.task_features(torch.zeros(1, c_in, h, w))[0][-1].shape[-2:])
+            self.train(was)
+        channels = self.feature_channels
         for task in config["tasks"]:
             name, tkind, classes = task["name"], task["kind"], int(task.get("classes") or 0)
             hc = heads_cfg.get(name) or {}
@@ -455,17 +531,53 @@ class MultiTaskModel(nn.Module):
                     f"unknown task kind {tkind!r} (classification, segmentation, regression, normals)"
                 )
             self.heads.add(name, head)
-            self.task_names.append(name)
             self.task_kinds[name] = tkind
 
+    # -- what an architecture defines --------------------------------------------------------
+
+    def build_trunk(self) -> None:
+        """Creates the modules between the input and the heads."""
+        self.backbone = self.new_backbone()
+
+    def task_features(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
+        """What each task's head reads, in task order."""
+        feats = self.backbone(x)
+        return [feats for _ in self.task_names]
+
+    # -- helpers for the architectures --------------------------------------------------------
+
+    def new_backbone(self) -> nn.Module:
+        kind, c_in, h, w, widths, depth, bn, act = self._backbone_args
+        if kind == "conv":
+            return ConvNet(c_in, widths, depth, bn, act)
+        if kind == "resnet":
+            return ResNet(c_in, resnet_widths(widths), depth, act)
+        return Mlp(c_in * h * w, widths, act)
+
+    def new_backbones(self, count: int) -> nn.ModuleList:
+        return nn.ModuleList([self.new_backbone() for _ in range(count)])
+
+    def input_features(self) -> int:
+        return self.in_channels * self.image_size * self.image_size
+
+    def num_stages(self) -> int:
+        return len(self.stage_widths)
+
+    def keep(self, stage_outputs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The features heads read from a list of per-stage tensors: all of them for conv
+        and resnet, the last one for the MLP."""
+        return list(stage_outputs) if self.spatial else [stage_outputs[-1]]
+
+    # -- the model ----------------------------------------------------------------------------
+
     def features(self, x: torch.Tensor) -> List[torch.Tensor]:
-        return self.backbone(x)
+        return self.task_features(x)[0]
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         out_hw = (int(x.shape[2]), int(x.shape[3]))
-        feats = self.features(x)
+        feats = self.task_features(x)
         return OrderedDict(
-            (name, self.heads[name](feats, out_hw).float()) for name in self.task_names
+            (name, self.heads[name](f, out_hw).float()) for name, f in zip(self.task_names, feats)
         )
 
     def forward_list(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -476,9 +588,395 @@ class MultiTaskModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
+# --- the architectures (src/model/arch/) ---------------------------------------------------
+
+# Every option of every architecture with its default (src/model/arch/<name>.rs); a run's
+# config.yaml records them all, these fill in hand-written configs.
+ARCHITECTURE_OPTIONS = {
+    "hps": {},
+    "cross_stitch": {"self_weight": 0.9},
+    "mtan": {"attention_width": 0},
+    "mmoe": {"experts": 3},
+    "cgc": {"shared_experts": 1, "task_experts": 1},
+    "ple": {"shared_experts": 1, "task_experts": 1},
+    "dselect_k": {"experts": 3, "k": 2, "gamma": 1.0, "entropy_reg": 1e-6},
+    "ltb": {"temperature": 1.0},
+}
+
+
+def architecture_kind(config: dict) -> str:
+    arch = config["model"].get("architecture") or {}
+    return arch.get("kind", "hps")
+
+
+def architecture_options(config: dict) -> dict:
+    """``model.architecture``'s options with their defaults; unknown ones are refused."""
+    arch = dict(config["model"].get("architecture") or {})
+    kind = arch.pop("kind", "hps")
+    if kind not in ARCHITECTURE_OPTIONS:
+        raise ValueError(f"unknown architecture {kind!r} ({', '.join(ARCHITECTURE_OPTIONS)})")
+    defaults = ARCHITECTURE_OPTIONS[kind]
+    unknown = sorted(set(arch) - set(defaults))
+    if unknown:
+        raise ValueError(f"model.architecture.{unknown[0]}: not an option of architecture {kind!r}")
+    return {k: type(v)(arch.get(k, v)) for k, v in defaults.items()}
+
+
+def weighted_sum(weights: torch.Tensor, items: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``Σ_k w_k items_k`` for weights ``[K]`` or ``[N, K]`` (as arch/mod.rs ``weighted_sum``:
+    stack, scale, sum over the stack)."""
+    stacked = torch.stack(list(items), 0)
+    shape = [len(items)]
+    if weights.dim() == 2:
+        shape.append(weights.shape[0])
+        weights = weights.t()
+    shape += [1] * (stacked.dim() - len(shape))
+    return (weights.reshape(shape).to(stacked.dtype) * stacked).sum(0)
+
+
+def gate(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A softmax gate on the flattened input."""
+    return F.softmax(linear(torch.flatten(x, 1)), dim=-1)
+
+
+def mix(weights: torch.Tensor, outputs: Sequence[Sequence[torch.Tensor]]) -> List[torch.Tensor]:
+    """Per feature (stage), the experts' outputs mixed with ``weights`` ``[N, experts]``."""
+    return [weighted_sum(weights, [o[s] for o in outputs]) for s in range(len(outputs[0]))]
+
+
+class TaskParams(nn.Module):
+    """Parameters named by task (or by number): ``<name>`` directly under this module."""
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        self._parameters[name] = nn.Parameter(value)
+
+    def __getitem__(self, name: str) -> nn.Parameter:
+        return self._parameters[name]
+
+
+class CrossStitch(MultiTaskModel):
+    """``columns.<task>`` (one backbone per task) and ``stitch.<i>.<task>`` (T weights): after
+    stage i, task t reads Σ_j stitch[i][t]_j · column j's output."""
+
+    kind = "cross_stitch"
+
+    def build_trunk(self) -> None:
+        t = len(self.task_names)
+        self.columns = Heads()
+        for name in self.task_names:
+            self.columns.add(name, self.new_backbone())
+        own = float(self.options["self_weight"])
+        other = (1.0 - own) / (t - 1) if t > 1 else 0.0
+        self.stitch = nn.ModuleList()
+        for _ in range(self.num_stages()):
+            unit = TaskParams()
+            for k, name in enumerate(self.task_names):
+                unit.add(name, torch.tensor([own if j == k else other for j in range(t)], dtype=torch.float32))
+            self.stitch.append(unit)
+
+    def task_features(self, x):
+        names = self.task_names
+        inputs = [x for _ in names]
+        feats: List[List[torch.Tensor]] = [[] for _ in names]
+        last = self.num_stages() - 1
+        for i, unit in enumerate(self.stitch):
+            outs = [stage(self.columns[n], i, h) for n, h in zip(names, inputs)]
+            inputs = [weighted_sum(unit[n], outs) for n in names]
+            if self.spatial or i == last:
+                for f, h in zip(feats, inputs):
+                    f.append(h)
+        return feats
+
+
+class Attention(nn.Module):
+    """One task's mask at one stage: 1×1 ``conv1`` – ``bn1`` – activation – 1×1 ``conv2`` –
+    ``bn2`` – sigmoid (conv biases only without BatchNorm)."""
+
+    def __init__(self, c_in: int, mid: int, c_out: int, bn: bool, act: str):
+        super().__init__()
+        self.conv1 = conv2d(c_in, mid, 1, 1, bias=not bn)
+        self.bn1 = batch_norm(mid) if bn else None
+        self.conv2 = conv2d(mid, c_out, 1, 1, bias=not bn)
+        self.bn2 = batch_norm(c_out) if bn else None
+        self.act = act
+
+    def forward(self, x):
+        h = self.conv1(x)
+        h = activate(self.bn1(h) if self.bn1 is not None else h, self.act)
+        h = self.conv2(h)
+        return torch.sigmoid(self.bn2(h) if self.bn2 is not None else h)
+
+
+class Mtan(MultiTaskModel):
+    """The shared ``backbone``, ``attention.<task>.<i>`` masks and the shared
+    ``attention_blocks.<i>`` between them (src/model/arch/mtan.rs)."""
+
+    kind = "mtan"
+
+    def build_trunk(self) -> None:
+        if not self.spatial:
+            raise ValueError("mtan needs a conv or resnet backbone")
+        self.backbone = self.new_backbone()
+        ws = self.stage_widths
+        width = int(self.options["attention_width"])
+        self.attention = Heads()
+        for name in self.task_names:
+            self.attention.add(name, nn.ModuleList([
+                Attention(w if i == 0 else 2 * w, width if width > 0 else w, w, self.bn, self.act)
+                for i, w in enumerate(ws)
+            ]))
+        self.attention_blocks = nn.ModuleList(
+            [ConvBnAct(ws[i], ws[i + 1], self.bn, self.act) for i in range(len(ws) - 1)])
+
+    def task_features(self, x):
+        names = self.task_names
+        previous: List[Optional[torch.Tensor]] = [None for _ in names]
+        feats: List[List[torch.Tensor]] = [[] for _ in names]
+        h = x
+        for i in range(self.num_stages()):
+            first, out = self.backbone.stage_parts(i, h)
+            for t, name in enumerate(names):
+                a = previous[t]
+                if a is None:
+                    inp = first
+                else:
+                    if a.shape[-2:] != first.shape[-2:]:
+                        a = F.max_pool2d(a, kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)
+                    inp = torch.cat([first, a], dim=1)
+                attended = self.attention[name][i](inp) * out
+                if i < len(self.attention_blocks):
+                    previous[t] = self.attention_blocks[i](attended)
+                feats[t].append(attended)
+            h = out
+        return feats
+
+
+class Gates(Heads):
+    """``gates.<task>``: one gate module per task."""
+
+
+class Mmoe(MultiTaskModel):
+    """``experts.<k>`` (backbones) and ``gates.<task>`` (linear, softmax)."""
+
+    kind = "mmoe"
+
+    def build_trunk(self) -> None:
+        k = int(self.options["experts"])
+        self.experts = self.new_backbones(k)
+        self.gates = Gates()
+        for name in self.task_names:
+            self.gates.add(name, nn.Linear(self.input_features(), k))
+
+    def task_features(self, x):
+        outputs = [e(x) for e in self.experts]
+        return [mix(gate(self.gates[n], x), outputs) for n in self.task_names]
+
+
+class Cgc(MultiTaskModel):
+    """``shared_experts.<k>``, ``task_experts.<task>.<k>`` and ``gates.<task>`` over
+    [shared experts, the task's experts]."""
+
+    kind = "cgc"
+
+    def build_experts(self) -> Tuple[int, int]:
+        """``shared_experts.<k>`` and ``task_experts.<task>.<k>`` (CGC's and PLE's); returns
+        their numbers."""
+        ks, kt = int(self.options["shared_experts"]), int(self.options["task_experts"])
+        self.shared_experts = self.new_backbones(ks)
+        self.task_experts = Heads()
+        for name in self.task_names:
+            self.task_experts.add(name, self.new_backbones(kt))
+        return ks, kt
+
+    def build_trunk(self) -> None:
+        ks, kt = self.build_experts()
+        self.gates = Gates()
+        for name in self.task_names:
+            self.gates.add(name, nn.Linear(self.input_features(), ks + kt))
+
+    def task_features(self, x):
+        shared = [e(x) for e in self.shared_experts]
+        return [mix(gate(self.gates[n], x), shared + [e(x) for e in self.task_experts[n]])
+                for n in self.task_names]
+
+
+class Ple(Cgc):
+    """CGC levels, one per stage: ``shared_experts.<k>`` and ``task_experts.<task>.<k>``
+    (backbones whose stage i runs at level i), ``gates.<task>.<i>`` and, below the last level,
+    ``shared_gates.<i>`` over every expert (src/model/arch/ple.rs)."""
+
+    kind = "ple"
+
+    def build_trunk(self) -> None:
+        ks, kt = self.build_experts()
+        sizes = [self.input_features()]
+        with torch.no_grad():
+            was = self.shared_experts.training
+            self.shared_experts.eval()
+            h = torch.zeros(1, self.in_channels, self.image_size, self.image_size)
+            for i in range(self.num_stages()):
+                h = stage(self.shared_experts[0], i, h)
+                sizes.append(h.numel())
+            self.shared_experts.train(was)
+        levels = self.num_stages()
+        self.gates = Gates()
+        for name in self.task_names:
+            self.gates.add(name, nn.ModuleList([nn.Linear(sizes[i], ks + kt) for i in range(levels)]))
+        every = ks + kt * len(self.task_names)
+        self.shared_gates = nn.ModuleList([nn.Linear(sizes[i], every) for i in range(levels - 1)])
+
+    def task_features(self, x):
+        names = self.task_names
+        shared_input = x
+        inputs = [x for _ in names]
+        feats: List[List[torch.Tensor]] = [[] for _ in names]
+        levels = self.num_stages()
+        for i in range(levels):
+            shared_out = [stage(e, i, shared_input) for e in self.shared_experts]
+            own_out = [[stage(e, i, h) for e in self.task_experts[n]] for n, h in zip(names, inputs)]
+            inputs = [weighted_sum(gate(self.gates[n][i], h), shared_out + own)
+                      for n, h, own in zip(names, inputs, own_out)]
+            if self.spatial or i == levels - 1:
+                for f, h in zip(feats, inputs):
+                    f.append(h)
+            if i < levels - 1:
+                every = shared_out + [o for own in own_out for o in own]
+                shared_input = weighted_sum(gate(self.shared_gates[i], shared_input), every)
+        return feats
+
+
+class DselectKGate(nn.Module):
+    """``z_logits`` (k·m outputs) and ``w_logits`` (k outputs) on the flattened image."""
+
+    def __init__(self, d_in: int, experts: int, k: int, gamma: float):
+        super().__init__()
+        self.m = max(1, math.ceil(math.log2(experts)))
+        self.k = k
+        self.gamma = gamma
+        self.z_logits = nn.Linear(d_in, k * self.m)
+        self.w_logits = nn.Linear(d_in, k)
+        with torch.no_grad():
+            for p in self.z_logits.parameters():
+                p.uniform_(-gamma / 100, gamma / 100)
+            for p in self.w_logits.parameters():
+                p.uniform_(-0.05, 0.05)
+        codes = [[(e >> b) & 1 == 1 for b in reversed(range(self.m))] for e in range(experts)]
+        self.register_buffer("codes", torch.tensor(codes).view(1, 1, experts, self.m), persistent=False)
+
+    def smooth_step(self, t):
+        g = self.gamma
+        cubic = t ** 3 * (-2.0 / g ** 3) + t * (3.0 / (2.0 * g)) + 0.5
+        return torch.where(t <= -g / 2.0, torch.zeros_like(t),
+                           torch.where(t >= g / 2.0, torch.ones_like(t), cubic))
+
+    def forward(self, x):
+        """(expert weights ``[N, experts]``, selectors ``[N, k, experts]``)."""
+        flat = torch.flatten(x, 1)
+        s = self.smooth_step(self.z_logits(flat).reshape(-1, self.k, 1, self.m))
+        selectors = torch.where(self.codes, s, 1 - s).prod(-1)
+        weights = F.softmax(self.w_logits(flat), dim=1)
+        return (weights.unsqueeze(-1) * selectors).sum(1), selectors
+
+
+class DselectK(MultiTaskModel):
+    """``experts.<e>`` and ``gates.<task>.z_logits|w_logits`` (src/model/arch/dselect_k.rs).
+    In training mode ``self.regularizer`` holds the gates' regularization term."""
+
+    kind = "dselect_k"
+
+    def build_trunk(self) -> None:
+        e, k = int(self.options["experts"]), int(self.options["k"])
+        self.experts = self.new_backbones(e)
+        self.gates = Gates()
+        for name in self.task_names:
+            self.gates.add(name, DselectKGate(self.input_features(), e, k, float(self.options["gamma"])))
+        self.regularizer = None
+
+    def task_features(self, x):
+        outputs = [e(x) for e in self.experts]
+        feats, reg = [], None
+        power_of_two = len(self.experts) & (len(self.experts) - 1) == 0
+        for name in self.task_names:
+            weights, selectors = self.gates[name](x)
+            if self.training:
+                r = -(selectors * torch.log(selectors + 1e-6)).sum() * float(self.options["entropy_reg"])
+                if not power_of_two:
+                    r = r + (1 / selectors.sum(-1)).sum()
+                reg = r if reg is None else reg + r
+            feats.append(mix(weights, outputs))
+        self.regularizer = reg
+        return feats
+
+
+class Ltb(MultiTaskModel):
+    """``columns.<n>`` (T backbones; stage i of column n is node (i, n)) and
+    ``branches.<i>.<n>`` (node (i, n)'s logits over the nodes of stage i − 1). Evaluation fixes
+    every parent to the largest logit; training samples them with the straight-through
+    Gumbel-softmax at temperature ``options['temperature'] / sqrt(self.epoch + 1)`` (torch's
+    generator, not mtl's streams)."""
+
+    kind = "ltb"
+    epoch = 0
+
+    def build_trunk(self) -> None:
+        if not self.spatial or self.num_stages() < 2:
+            raise ValueError("ltb needs a conv or resnet backbone of at least 2 stages")
+        t = len(self.task_names)
+        self.columns = self.new_backbones(t)
+        self.branches = nn.ModuleDict()
+        for i in range(1, self.num_stages()):
+            p = TaskParams()
+            for n in range(t):
+                p.add(str(n), torch.zeros(t))
+            self.branches[str(i)] = p
+
+    def choices(self, i: int) -> torch.Tensor:
+        """``[T (node), T (parent)]`` one-hot parent choices of stage i's nodes."""
+        logits = torch.stack([self.branches[str(i)][str(n)] for n in range(len(self.columns))], 0)
+        if self.training:
+            tau = float(self.options["temperature"]) / math.sqrt(self.epoch + 1)
+            return F.gumbel_softmax(logits, tau=tau, hard=True, dim=-1)
+        return F.one_hot(logits.argmax(-1), len(self.columns)).float()
+
+    def tree(self) -> List[List[int]]:
+        """Per stage from 1, every node's parent in the fixed (evaluation) tree."""
+        with torch.no_grad():
+            return [[int(v) for v in torch.stack([self.branches[str(i)][str(n)] for n in range(len(self.columns))]).argmax(-1)]
+                    for i in range(1, self.num_stages())]
+
+    def task_features(self, x):
+        stages = self.num_stages()
+        nodes = [[stage(c, 0, x) for c in self.columns]]
+        choices = []
+        for i in range(1, stages - 1):
+            parents = self.choices(i)
+            nodes.append([stage(c, i, weighted_sum(parents[n], nodes[i - 1])) for n, c in enumerate(self.columns)])
+            choices.append(parents)
+        leaves = self.choices(stages - 1)
+        feats = []
+        for t, col in enumerate(self.columns):
+            ancestry = leaves[t]
+            path = [weighted_sum(ancestry, nodes[stages - 2])]
+            leaf = stage(col, stages - 1, path[0])
+            for i in range(stages - 2, 0, -1):
+                ancestry = (ancestry.unsqueeze(0) @ choices[i - 1]).squeeze(0)
+                path.append(weighted_sum(ancestry, nodes[i - 1]))
+            path.reverse()
+            feats.append(path + [leaf])
+        return feats
+
+
+ARCHITECTURES = {
+    cls.kind: cls for cls in (MultiTaskModel, CrossStitch, Mtan, Mmoe, Cgc, Ple, DselectK, Ltb)
+}
+
+
 def build_model(config: dict) -> MultiTaskModel:
     """A freshly initialised model for a parsed ``config.yaml`` (a dict)."""
-    return MultiTaskModel(config)
+    kind = architecture_kind(config)
+    if kind not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {kind!r} ({', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[kind](config)
 
 
 def load_config(path: Union[str, Path]) -> dict:
@@ -550,20 +1048,82 @@ def predict(model: MultiTaskModel, x: torch.Tensor) -> "OrderedDict[str, torch.T
     return OrderedDict((k, v.detach().float().cpu().contiguous()) for k, v in out.items())
 
 
+class TupleOutputs(nn.Module):
+    """The model with its outputs as a tuple in task order (what ONNX and TorchScript carry)."""
+
+    def __init__(self, model: MultiTaskModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return tuple(self.model(x).values())
+
+
+def export_onnx(
+    model: MultiTaskModel, path: Union[str, Path], size: Optional[Tuple[int, int]] = None
+) -> float:
+    """Writes ``model`` (eval mode) as ONNX to ``path``: input ``input`` ``[N, C, H, W]`` with N
+    free, one output per task named after it. Checks the file with ``onnx.checker`` and returns
+    the largest relative difference to ``model`` that onnxruntime gives on a batch of another
+    size (NaN when onnxruntime is not installed)."""
+    import onnx
+
+    c, h, w = input_shape(model.config)
+    if size is not None:
+        h, w = size
+    model = model.eval()
+    wrapped = TupleOutputs(model).eval()
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(2, c, h, w, generator=gen)
+    batch = torch.export.Dim("batch", min=1)
+    # The exporter reports every step and warns about operators this model does not use.
+    import logging
+    import warnings
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=list(model.task_names),
+            dynamic_shapes={"x": {0: batch}},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    try:
+        import onnxruntime
+    except ImportError:
+        return float("nan")
+    probe = torch.randn(3, c, h, w, generator=gen)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": probe.numpy()})
+    with torch.no_grad():
+        want = wrapped(probe)
+    worst = 0.0
+    for a, b in zip(got, want):
+        b = b.numpy()
+        worst = max(worst, float(abs(a - b).max() / max(abs(b).max(), 1e-6)))
+    return worst
+
+
 def _summary(model: MultiTaskModel, config: dict) -> str:
     sd = model.state_dict()
     groups: "OrderedDict[str, List[int]]" = OrderedDict()
-    groups["backbone"] = [0, 0]
-    for name in model.task_names:
-        groups[f"heads.{name}"] = [0, 0]
     for key, t in sd.items():
-        prefix = "backbone" if key.startswith("backbone.") else ".".join(key.split(".")[:2])
+        prefix = ".".join(key.split(".")[:2]) if key.startswith("heads.") else key.split(".")[0]
         g = groups.setdefault(prefix, [0, 0])
         g[0] += 1
         g[1] += t.numel()
     bb = config["model"]["backbone"]
+    arch = ", ".join([model.kind] + [f"{k}={v}" for k, v in model.options.items()])
     lines = [
         f"checkpoint: {getattr(model, 'checkpoint', '-')}",
+        f"architecture: {arch}",
         f"backbone: {bb['kind']} widths={list(bb['widths'])} depth={_get(bb, 'depth', 1)} "
         f"norm={_get(bb, 'norm', 'batch')} activation={_get(bb, 'activation', 'relu')}",
         f"input: {list(input_shape(config))}",
@@ -572,6 +1132,9 @@ def _summary(model: MultiTaskModel, config: dict) -> str:
     ]
     for prefix, (n, numel) in groups.items():
         lines.append(f"  {prefix}: {n} tensors, {numel} values")
+    if isinstance(model, Ltb):
+        for i, parents in enumerate(model.tree(), start=1):
+            lines.append(f"  tree: stage {i} parents {parents}")
     c, h, w = input_shape(config)
     try:
         out = predict(model, torch.zeros(2, c, h, w))
@@ -592,10 +1155,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--input", help="safetensors file holding an NCHW float tensor named 'input'")
     ap.add_argument("--output", help="safetensors file to write each task's logits to")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--onnx", help="write the model as ONNX to this file")
+    ap.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="with --onnx: input height and width")
     args = ap.parse_args(argv)
     if (args.input is None) != (args.output is None):
         ap.error("--input and --output go together")
-    if not args.check and args.input is None:
+    if not args.check and args.input is None and args.onnx is None:
         args.check = True
 
     from safetensors.torch import load_file, save_file
@@ -615,6 +1180,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         save_file(dict(out), args.output, metadata={"checkpoint": str(model.checkpoint)})
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in out.items())
         print(f"wrote {args.output}: {shapes}")
+    if args.onnx is not None:
+        for package in ("onnx", "onnxscript"):
+            try:
+                __import__(package)
+            except ImportError:
+                raise SystemExit(f"mtl_torch: --onnx needs the {package} package: pip install onnx onnxscript")
+        worst = export_onnx(model.cpu(), args.onnx, tuple(args.size) if args.size else None)
+        c, h, w = input_shape(model.config)
+        h, w = args.size or (h, w)
+        check = "onnxruntime not installed" if worst != worst else f"onnxruntime vs PyTorch: {worst:.1e}"
+        print(f"wrote {args.onnx} (ONNX, input [N, {c}, {h}, {w}], outputs {', '.join(model.task_names)}; {check})")
+        if model.config.get("precision") == "bf16":
+            print("note: the run computes in bf16, the ONNX model in fp32: outputs differ by bf16 rounding")
+        if worst == worst and worst > 1e-4:
+            raise SystemExit(f"mtl_torch: {args.onnx}: onnxruntime differs from PyTorch by {worst:.2e} (relative)")
     return 0
 
 

@@ -24,6 +24,9 @@ pub enum Purpose {
     Init = 7,
     /// Dataset construction (CIFAR pasting partners): index = sample index.
     DataBuild = 8,
+    /// Architectures that draw random numbers while training (LTB's Gumbel noise): index =
+    /// global step.
+    Architecture = 9,
 }
 
 /// SplitMix64 finaliser: spreads nearby inputs over the whole 64-bit range.

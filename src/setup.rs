@@ -4,10 +4,10 @@
 //! `baselines`, `compare` and `bench` take: nothing after this step re-checks the config.
 //!
 //! Every error is one line, `<origin>: <key>: <what is wrong>`, as the config's own are.
-use crate::config::{Config, MonitorMode, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
+use crate::config::{Config, GradientOn, MonitorMode, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
 use crate::data::loader::TargetUse;
 use crate::data::{dataset_named, dataset_names, Dataset, TargetShape, Wanted};
-use crate::model::{backbone, HeadKind, HeadSpec};
+use crate::model::{arch, backbone, HeadKind, HeadSpec};
 use crate::tasks::{kind_names, Task};
 use crate::{user_bail, user_error};
 use std::path::{Path, PathBuf};
@@ -104,6 +104,7 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
     let b = &cfg.model.backbone;
     backbone::check(b).map_err(at)?;
     backbone::check_input_size(b, cfg.data.image_size, cfg.data.image_size).map_err(at)?;
+    check_architecture(&mut cfg).map_err(|e| user_error!("{origin}: {e}"))?;
     let mut tasks = Vec::with_capacity(cfg.tasks.len());
     for (i, t) in cfg.tasks.iter().enumerate() {
         let task = Task::new(t).ok_or_else(|| {
@@ -124,6 +125,22 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
     // The method and its options, checked now rather than when training starts.
     crate::balance::build(&cfg).map_err(|e| user_error!("{origin}: {e}"))?;
     Ok(Resolved { cfg, dataset, tasks, monitor })
+}
+
+/// The architecture's options, its rules for the backbone and for `balance.on`; records every
+/// option's value (defaults included) in the config, so the run's config.yaml says what was built.
+fn check_architecture(cfg: &mut Config) -> anyhow::Result<()> {
+    let (plan, options) = arch::plan(&cfg.model.architecture, &cfg.model.backbone, cfg.tasks.len())?;
+    if cfg.balance.on == GradientOn::Representation {
+        if let Some(why) = plan.no_representation() {
+            user_bail!(
+                "balance.on: representation does not apply to architecture '{}': {why}; use balance.on: params",
+                cfg.model.architecture.kind
+            );
+        }
+    }
+    cfg.model.architecture.options = options;
+    Ok(())
 }
 
 /// The `data` rules that depend on the dataset.

@@ -19,6 +19,8 @@ fn baselines_then_delta_m_then_compare() {
 
     run_in(tmp.path(), &["t.yaml", "--set", "train.baselines=runs/t-baselines.json", "--set", "balance.method=pcgrad"])
         .assert_ok();
+    let mmoe = ["--set", "model.architecture.kind=mmoe", "--set", "train.epochs=1", "--run-dir", "runs/t-mmoe"];
+    run_in(tmp.path(), &[&["t.yaml"][..], &mmoe[..]].concat()).assert_ok();
     let val: Vec<_> =
         read_lines(&tmp.path().join("runs/t/metrics.jsonl")).into_iter().filter(|r| r["split"] == "val").collect();
     assert!(val.iter().all(|r| r["delta_m"].is_number()), "Δm at every eval");
@@ -29,6 +31,7 @@ fn baselines_then_delta_m_then_compare() {
             "compare",
             "runs/t",
             "runs/t-stl-kind",
+            "runs/t-mmoe",
             "--baselines",
             "runs/t-baselines.json",
             "--chart",
@@ -39,9 +42,10 @@ fn baselines_then_delta_m_then_compare() {
     );
     run.assert_ok();
     let out = run.stdout();
-    assert!(out.contains("| t | pcgrad (params) |"), "{out}");
+    assert!(out.contains("| t | hps | pcgrad (params) |"), "{out}");
+    assert!(out.contains("| t | mmoe | static |"), "{out}");
     // A single-task baseline compared with itself: Δm = 0.
-    assert!(out.contains("| t-stl-kind | static |") && out.contains("+0.00"), "{out}");
+    assert!(out.contains("| t-stl-kind | hps | static |") && out.contains("+0.00"), "{out}");
     assert!(tmp.path().join("c.png").is_file() && tmp.path().join("c.md").is_file());
     // Stopping here must not need a rerun: the finished baselines are reused.
     let again = run_in(tmp.path(), &["baselines", "t.yaml", "--set", "train.epochs=1"]);

@@ -151,6 +151,17 @@ fn bad_commands() -> Vec<(Vec<&'static str>, &'static str)> {
         (vec!["bench", "t.yaml", "--reps", "0", "--export", "/proc/nope/export"], "/proc/nope"),
         (vec!["bench", "t.yaml", "--set", "optim.lr=-1"], "optim.lr"),
         (vec!["baselines", "t.yaml", "--set", "tasks.0.kind=nope"], "tasks[0].kind"),
+        (vec!["export", "nowhere", "--torchscript", "m.pt"], "nowhere"),
+        (vec!["export", "runs/h"], "--torchscript"),
+        (vec!["export", "empty-run", "--torchscript", "m.pt"], "empty-run"),
+        (vec!["export", "bad-pointer", "--torchscript", "m.pt"], "bad-pointer"),
+        (vec!["export", "runs/h", "--torchscript", "/proc/nope/m.pt"], "/proc/nope"),
+        (vec!["export", "runs/h", "--torchscript", "dir.yaml"], "dir.yaml"),
+        (vec!["export", "runs/h", "--torchscript", "m.pt", "--size", "1"], "smaller"),
+        (vec!["export", "runs/h", "--torchscript", "m.pt", "--size", "axb"], "--size"),
+        (vec!["export", "runs/h", "--torchscript", "m.pt", "--size", "99999999999"], "--size"),
+        (vec!["export", "runs/h", "--onnx", "m.onnx", "--python", "fifo.yaml"], "fifo.yaml"),
+        (vec!["export", "runs/h", "--onnx", "m.onnx", "--python", "no-such-python"], "no-such-python"),
     ]
 }
 

@@ -12,18 +12,7 @@ fn config(optim: &str) -> String {
 }
 
 fn weights(run: &Path) -> Vec<u8> {
-    std::fs::read(checkpoint_pointer(run, "LATEST").join("model.safetensors")).unwrap()
-}
-
-/// metrics.jsonl rows without the wall-clock field.
-fn metric_rows(run: &Path) -> Vec<serde_json::Value> {
-    read_lines(&run.join("metrics.jsonl"))
-        .into_iter()
-        .map(|mut r| {
-            r.as_object_mut().unwrap().remove("images_per_second");
-            r
-        })
-        .collect()
+    latest_weights(run)
 }
 
 fn exact_resume(optim: &str) {

@@ -63,12 +63,14 @@ pub enum GradientSpace {
 pub struct StepContext<'a> {
     /// Per-task scalar losses, with their autograd graphs attached, in task order.
     pub losses: &'a [Tensor],
-    /// Trainable backbone parameters.
+    /// Trainable parameters shared by the tasks (the backbone, for hard sharing).
     pub shared_params: &'a [Tensor],
-    /// Trainable parameters of each task's head, in task order.
+    /// Trainable parameters each task uses alone (its head, and what the architecture gives
+    /// it alone), in task order.
     pub head_params: &'a [Vec<Tensor>],
-    /// In `Representation` space: the backbone's output feature maps (graph attached) and
-    /// the detached, `requires_grad` copies the heads were run on.
+    /// In `Representation` space: the shared representation (graph attached; the backbone's
+    /// feature maps for hard sharing) and the detached, `requires_grad` copies the tasks'
+    /// private parts were run on.
     pub features: Option<(&'a [Tensor], &'a [Tensor])>,
     /// Configured static weight of each task (used by `static` only).
     pub task_weights: &'a [f64],

@@ -1,100 +1,42 @@
-//! Reading `balance.options` for one method: typed getters with defaults and range checks,
-//! and [`Options::finish`] rejecting any key the method did not ask for, so a typo or an
-//! option of another method is a user error naming `balance.options.<key>`. It also checks
-//! that `balance.on: representation` is only given to a gradient method.
+//! Reading `balance.options` for one method: the typed getters of [`OptionMap`] (defaults,
+//! range checks, unknown keys refused with `balance.options.<key>`), plus `balance.on`: it is
+//! only accepted by a gradient method.
 use super::{Balancer, GradientBalancer, GradientMethod, GradientSpace};
-use crate::config::{BalanceConfig, GradientOn};
-use serde_yaml::Value;
-use std::collections::BTreeMap;
+use crate::config::{BalanceConfig, GradientOn, OptionMap};
 
 pub struct Options<'a> {
+    map: OptionMap<'a>,
     method: &'a str,
-    map: &'a BTreeMap<String, Value>,
     on: GradientOn,
     on_used: bool,
-    known: Vec<&'static str>,
+}
+
+impl<'a> std::ops::Deref for Options<'a> {
+    type Target = OptionMap<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for Options<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
 }
 
 impl<'a> Options<'a> {
     pub fn new(cfg: &'a BalanceConfig) -> Self {
-        Self { method: &cfg.method, map: &cfg.options, on: cfg.on, on_used: false, known: Vec::new() }
-    }
-
-    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
-        self.known.push(key);
-        self.map.get(key)
-    }
-
-    /// A number with a default, which must satisfy `valid` (described by `expected`).
-    pub fn f64(
-        &mut self,
-        key: &'static str,
-        default: f64,
-        expected: &str,
-        valid: impl Fn(f64) -> bool,
-    ) -> anyhow::Result<f64> {
-        let Some(v) = self.get(key) else {
-            return Ok(default);
-        };
-        match v.as_f64() {
-            Some(x) if x.is_finite() && valid(x) => Ok(x),
-            _ => crate::user_bail!(
-                "balance.options.{key}: expected {expected} for method '{}', got {}",
-                self.method,
-                show(v)
-            ),
+        Self {
+            map: OptionMap::new("balance.options", format!("method '{}'", cfg.method), &cfg.options),
+            method: &cfg.method,
+            on: cfg.on,
+            on_used: false,
         }
-    }
-
-    /// A positive number with a default.
-    pub fn positive(&mut self, key: &'static str, default: f64) -> anyhow::Result<f64> {
-        self.f64(key, default, "a positive number", |x| x > 0.0)
-    }
-
-    /// A number ≥ 0 with a default.
-    pub fn non_negative(&mut self, key: &'static str, default: f64) -> anyhow::Result<f64> {
-        self.f64(key, default, "a number ≥ 0", |x| x >= 0.0)
-    }
-
-    /// A number in [0, 1) with a default.
-    pub fn unit_interval(&mut self, key: &'static str, default: f64) -> anyhow::Result<f64> {
-        self.f64(key, default, "a number in [0, 1)", |x| (0.0..1.0).contains(&x))
     }
 
     /// A gradient method run in the space `balance.on` names.
     pub fn gradient_method<M: GradientMethod + 'static>(&mut self, method: M) -> anyhow::Result<Box<dyn Balancer>> {
         Ok(Box::new(GradientBalancer::new(method, self.space())))
-    }
-
-    /// A positive integer with a default.
-    pub fn positive_int(&mut self, key: &'static str, default: u64) -> anyhow::Result<u64> {
-        let Some(v) = self.get(key) else {
-            return Ok(default);
-        };
-        match v.as_u64() {
-            Some(x) if x > 0 => Ok(x),
-            _ => crate::user_bail!(
-                "balance.options.{key}: expected a positive integer for method '{}', got {}",
-                self.method,
-                show(v)
-            ),
-        }
-    }
-
-    /// One of `allowed` (the first is the default).
-    pub fn choice(&mut self, key: &'static str, allowed: &[&'static str]) -> anyhow::Result<&'static str> {
-        let Some(v) = self.get(key) else {
-            return Ok(allowed[0]);
-        };
-        match v.as_str().and_then(|s| allowed.iter().find(|a| **a == s)) {
-            Some(a) => Ok(a),
-            None => crate::user_bail!(
-                "balance.options.{key}: expected one of {} for method '{}', got {}",
-                allowed.join(" | "),
-                self.method,
-                show(v)
-            ),
-        }
     }
 
     /// `balance.on`: where a gradient method takes the per-task gradients.
@@ -109,14 +51,8 @@ impl<'a> Options<'a> {
     /// Fails on the first key that no getter asked for, and on `balance.on: representation`
     /// for a method that works on the losses alone.
     pub fn finish(self) -> anyhow::Result<()> {
-        if let Some(key) = self.map.keys().find(|k| !self.known.contains(&k.as_str())) {
-            let accepted = if self.known.is_empty() { "none".to_string() } else { self.known.join(", ") };
-            let hint = if key == "on" { " (`on` is `balance.on`, not an option)" } else { "" };
-            crate::user_bail!(
-                "balance.options.{key}: not an option of method '{}'{hint}; accepted: {accepted}",
-                self.method
-            );
-        }
+        let hint = |key: &str| if key == "on" { " (`on` is `balance.on`, not an option)" } else { "" };
+        self.map.finish(hint)?;
         if !self.on_used && self.on == GradientOn::Representation {
             crate::user_bail!(
                 "balance.on: method '{}' works on the losses alone; 'representation' applies to gradient methods only",
@@ -125,10 +61,6 @@ impl<'a> Options<'a> {
         }
         Ok(())
     }
-}
-
-fn show(v: &Value) -> String {
-    serde_yaml::to_string(v).map(|s| format!("'{}'", s.trim())).unwrap_or_else(|_| "?".into())
 }
 
 #[cfg(test)]

@@ -148,6 +148,14 @@ impl RunDir {
         }
     }
 
+    /// The best value of the monitored metric so far, as the newest checkpoint (LATEST)
+    /// recorded it; `None` without a readable one.
+    pub fn best(&self) -> Option<BestMetric> {
+        let dir = self.pointed(LATEST).ok()??;
+        let text = crate::files::read_to_string(&dir.join(STATE_FILE), 1 << 20).ok()?;
+        serde_json::from_str::<TrainState>(&text).ok()?.best
+    }
+
     /// Complete checkpoints, oldest first.
     pub fn list(&self) -> Vec<(u64, PathBuf)> {
         let mut out: Vec<(u64, PathBuf)> = fs::read_dir(self.checkpoints())

@@ -49,8 +49,10 @@ pub fn run(args: BaselinesArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The run that trains `task` alone with the same recipe: that task only, static weighting,
-/// no Δm, BEST following the task's main metric.
+/// The run that trains `task` alone with the same recipe: that task only, hard parameter
+/// sharing (a single-task network: the backbone and the task's head, whatever the
+/// architecture of the multi-task run), static weighting, no Δm, BEST following the task's
+/// main metric.
 fn single_task(r: &Resolved, task: &str) -> anyhow::Result<Resolved> {
     let Some(i) = r.tasks.iter().position(|t| t.name == task) else {
         mtl::user_bail!("no task named '{task}' in {}", r.cfg.name);
@@ -60,6 +62,7 @@ fn single_task(r: &Resolved, task: &str) -> anyhow::Result<Resolved> {
     single.name = format!("{}-stl-{task}", cfg.name);
     single.tasks = vec![cfg.tasks[i].clone()];
     single.model.heads.retain(|k, _| k == task);
+    single.model.architecture = Default::default();
     single.balance = Default::default();
     single.train.baselines = None;
     let main = r.tasks[i].main_metric();
@@ -74,12 +77,14 @@ mod tests {
 
     #[test]
     fn single_task_config_keeps_the_recipe() {
-        let r = mtl::setup::load(None, &["balance.method=pcgrad".into()]).unwrap();
+        let r =
+            mtl::setup::load(None, &["balance.method=pcgrad".into(), "model.architecture.kind=mmoe".into()]).unwrap();
         let s = single_task(&r, "seg").unwrap();
         assert_eq!(s.tasks.len(), 1);
         assert_eq!(s.cfg.tasks[0].name, "seg");
         assert_eq!(s.cfg.optim, r.cfg.optim);
         assert_eq!(s.cfg.balance.method, "static");
+        assert_eq!(s.cfg.model.architecture.kind, "hps");
         assert_eq!(s.cfg.checkpoint.monitor, "seg.miou");
         assert!(!s.cfg.model.heads.contains_key("kind"));
         assert!(single_task(&r, "nope").is_err());

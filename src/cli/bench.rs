@@ -191,16 +191,22 @@ impl Spread {
     }
 }
 
-/// "mtl", with the balancing method when it is not static ("-mgda-representation"), "-nchw"
-/// when channels-last training is off and "-unfused" when the CPU optimizer runs as tensor ops
-/// (the "before" of docs/BENCHMARKS.md).
+/// "mtl", with the architecture when it is not hard sharing ("-mmoe"), the balancing method
+/// when it is not static ("-mgda-representation"), "-nchw" when channels-last training is off
+/// and "-unfused" when the CPU optimizer runs as tensor ops (the "before" of
+/// docs/BENCHMARKS.md).
 pub fn side_name(
+    architecture: &str,
     balancer: &dyn mtl::balance::Balancer,
     method: &str,
     channels_last: bool,
     fused_optim: bool,
 ) -> String {
     let mut side = String::from("mtl");
+    if architecture != mtl::config::DEFAULT_ARCHITECTURE {
+        side.push('-');
+        side.push_str(architecture);
+    }
     if method != "static" {
         side.push('-');
         side.push_str(method);
@@ -387,6 +393,7 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
     let channels_last = trainer.model.compute().channels_last(true);
     Ok(BenchReport {
         side: side_name(
+            &cfg.model.architecture.kind,
             trainer.balancer.as_ref(),
             &cfg.balance.method,
             channels_last,

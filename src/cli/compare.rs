@@ -1,10 +1,11 @@
-//! `mtl-train compare`: a table of runs (method, per-task metrics, Δm, time per step) and a
-//! chart of their val metrics.
+//! `mtl-train compare`: a table of runs (architecture, method, per-task metrics, Δm, time per
+//! step) and a chart of their val metrics and losses: a run has one colour in every panel,
+//! training losses are solid and val values dashed, and each run's best checkpoint is starred.
 use clap::Args;
 use mtl::balance::GradientSpace;
 use mtl::checkpoint::RunDir;
 use mtl::tasks::{delta_m, is_quality_metric, Baselines};
-use mtl::train::plot::{write_curves_png, Series};
+use mtl::train::plot::{Best, Chart, Series, Split};
 use mtl::train::report::{last_val, metric_values, read_records};
 use mtl::user_bail;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.table {
         super::write_file(path, &table)?;
     }
-    write_curves_png(&args.chart, "comparison (val)", &comparison_series(&rows))
+    comparison_chart(&rows)
+        .write_png(&args.chart)
         .map_err(|e| mtl::user_error!("{}: cannot write chart: {e:#}", args.chart.display()))?;
     println!("chart: {}", args.chart.display());
     Ok(ExitCode::SUCCESS)
@@ -45,12 +47,15 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
 struct RunSummary {
     run: PathBuf,
     name: String,
+    architecture: String,
     method: String,
     seed: u64,
     metrics: Vec<(String, f64)>,
     delta_m: Option<f64>,
     /// Median seconds per training step over the logged windows.
     seconds_per_step: Option<f64>,
+    /// `<task>.<metric>` in chart order: per task its loss, then its metrics (main first).
+    keys: Vec<String>,
 }
 
 fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSummary> {
@@ -81,16 +86,26 @@ fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSum
     Ok(RunSummary {
         run: run.to_path_buf(),
         name: cfg.name.clone(),
+        architecture: cfg.model.architecture.kind.clone(),
         method,
         seed: cfg.seed,
         metrics: metrics.into_iter().filter(|(k, _)| is_quality_metric(k)).collect(),
         delta_m,
         seconds_per_step: per_step.get(per_step.len() / 2).copied(),
+        keys: resolved
+            .tasks
+            .iter()
+            .flat_map(|t| {
+                let metrics = t.metric_names().into_iter().filter(|m| *m != "loss");
+                std::iter::once("loss").chain(metrics).map(|m| format!("{}.{m}", t.name)).collect::<Vec<_>>()
+            })
+            .collect(),
     })
 }
 
-/// A Markdown table of runs: method, every quality metric, Δm, time per step (and relative to
-/// the first run whose method is `static`).
+/// A Markdown table of runs: architecture, method, every quality metric, Δm, time per step
+/// (and relative to the first hard-sharing run whose method is `static`, or else the first
+/// `static` one).
 fn table(rows: &[RunSummary]) -> String {
     let mut keys: Vec<String> = Vec::new();
     for r in rows {
@@ -100,9 +115,13 @@ fn table(rows: &[RunSummary]) -> String {
             }
         }
     }
-    let reference = rows.iter().find(|r| r.method == "static").and_then(|r| r.seconds_per_step);
-    let mut out = format!("| run | method | seed | {} | Δm % | s/step | × static |\n", keys.join(" | "));
-    out.push_str(&format!("|{}\n", " --- |".repeat(keys.len() + 6)));
+    let statics = || rows.iter().filter(|r| r.method == "static");
+    let reference = statics()
+        .find(|r| r.architecture == mtl::config::DEFAULT_ARCHITECTURE)
+        .or_else(|| statics().next())
+        .and_then(|r| r.seconds_per_step);
+    let mut out = format!("| run | architecture | method | seed | {} | Δm % | s/step | × static |\n", keys.join(" | "));
+    out.push_str(&format!("|{}\n", " --- |".repeat(keys.len() + 7)));
     for r in rows {
         let cells: Vec<String> = keys
             .iter()
@@ -115,8 +134,9 @@ fn table(rows: &[RunSummary]) -> String {
             _ => "–".into(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {dm} | {sps} | {rel} |\n",
+            "| {} | {} | {} | {} | {} | {dm} | {sps} | {rel} |\n",
             r.name,
+            r.architecture,
             r.method,
             r.seed,
             cells.join(" | ")
@@ -125,23 +145,93 @@ fn table(rows: &[RunSummary]) -> String {
     out
 }
 
-/// One panel per val metric, one line per run, against the step.
-fn comparison_series(rows: &[RunSummary]) -> Vec<Series> {
+/// Per task a row of panels: its loss (train solid, val dashed) and each quality metric; then
+/// Δm. One line per run in the run's colour; its best checkpoint starred where the monitored
+/// metric has a panel.
+fn comparison_chart(rows: &[RunSummary]) -> Chart {
+    let labels = run_labels(rows);
     let mut series: Vec<Series> = Vec::new();
-    for r in rows {
+    let mut best = Vec::new();
+    for (r, label) in rows.iter().zip(&labels) {
         for rec in read_records(&RunDir::new(&r.run).metrics()) {
-            if rec.get("split").and_then(|s| s.as_str()) != Some("val") {
+            let (Some(step), Some(split)) =
+                (rec.get("step").and_then(|s| s.as_f64()), rec.get("split").and_then(|s| s.as_str()))
+            else {
                 continue;
-            }
-            let Some(step) = rec.get("step").and_then(|s| s.as_f64()) else { continue };
-            for (k, v) in metric_values(&rec).into_iter().filter(|(k, _)| is_quality_metric(k) || k == "delta_m") {
-                let label = format!("{} [{}]", r.name, r.method);
-                match series.iter_mut().find(|s| s.panel == k && s.label == label) {
+            };
+            let split = Split::of(split);
+            for (k, v) in metric_values(&rec) {
+                let shown = match split {
+                    Split::Val => is_quality_metric(&k) || k == "delta_m" || k.ends_with(".loss"),
+                    Split::Train => k.ends_with(".loss"),
+                };
+                if !shown {
+                    continue;
+                }
+                let panel = if k == "delta_m" { "Δm (%)".to_string() } else { k };
+                match series.iter_mut().find(|s| s.panel == panel && s.name == *label && s.split == split) {
                     Some(s) => s.points.push((step, v)),
-                    None => series.push(Series { panel: k, label, points: vec![(step, v)] }),
+                    None => series.push(Series { panel, name: label.clone(), split, points: vec![(step, v)] }),
                 }
             }
         }
+        if let Some(b) = RunDir::new(&r.run).best() {
+            let point = series.iter().any(|s| s.panel == b.metric).then(|| (b.metric.clone(), b.value));
+            best.push(Best { step: b.step as f64, name: Some(label.clone()), point });
+        }
     }
-    series
+    let mut chart = Chart::grid("comparison (★ and dotted line: each run's best checkpoint)", series, best);
+    let mut order: Vec<&str> = Vec::new();
+    for k in rows.iter().flat_map(|r| &r.keys) {
+        if !order.contains(&k.as_str()) {
+            order.push(k);
+        }
+    }
+    chart.rows = panel_rows(&chart.series, &order);
+    chart
+}
+
+/// `name [method]`, with the seed when two runs would otherwise read the same.
+fn run_labels(rows: &[RunSummary]) -> Vec<String> {
+    let plain: Vec<String> = rows
+        .iter()
+        .map(|r| match r.architecture.as_str() {
+            mtl::config::DEFAULT_ARCHITECTURE => format!("{} [{}]", r.name, r.method),
+            arch => format!("{} [{arch}, {}]", r.name, r.method),
+        })
+        .collect();
+    rows.iter()
+        .zip(&plain)
+        .map(
+            |(r, p)| {
+                if plain.iter().filter(|q| *q == p).count() > 1 {
+                    format!("{p} seed {}", r.seed)
+                } else {
+                    p.clone()
+                }
+            },
+        )
+        .collect()
+}
+
+/// One row per task, panels in `order` (the runs' tasks and metrics), anything else after
+/// them; Δm last.
+fn panel_rows(series: &[Series], order: &[&str]) -> Vec<Vec<String>> {
+    let rank = |panel: &str| order.iter().position(|k| *k == panel).unwrap_or(order.len());
+    let mut panels: Vec<&str> = Vec::new();
+    for s in series {
+        if !panels.contains(&s.panel.as_str()) {
+            panels.push(&s.panel);
+        }
+    }
+    panels.sort_by_key(|p| rank(p)); // stable: unknown panels keep their order
+    let mut rows: Vec<(&str, Vec<String>)> = Vec::new();
+    for p in panels {
+        let task = p.split_once('.').map_or(p, |(t, _)| t);
+        match rows.iter_mut().find(|(t, _)| *t == task) {
+            Some((_, row)) => row.push(p.to_string()),
+            None => rows.push((task, vec![p.to_string()])),
+        }
+    }
+    rows.into_iter().map(|(_, r)| r).collect()
 }

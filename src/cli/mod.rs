@@ -4,6 +4,7 @@ mod baselines;
 mod bench;
 mod compare;
 mod eval;
+mod export;
 mod launcher;
 mod logs;
 mod predict;
@@ -78,6 +79,10 @@ enum Command {
     /// peak memory; scripts/bench.sh runs it side by side with PyTorch. Set the batch size and
     /// threads with --set data.batch_size=N --set threads=N.
     Bench(bench::BenchArgs),
+    /// Write a trained model as TorchScript (`--torchscript model.pt`, loads with
+    /// `torch.jit.load`) and/or ONNX (`--onnx model.onnx`, through PyTorch): a normalized
+    /// float [N, C, H, W] batch in, one fp32 tensor per task out, as a tuple in task order.
+    Export(export::ExportArgs),
 }
 
 /// The config a command reads.
@@ -139,6 +144,7 @@ pub fn main() -> ExitCode {
         Some(Command::Baselines(args)) => baselines::run(args),
         Some(Command::Compare(args)) => compare::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Export(args)) => export::run(args),
         None => train::run(cli.train),
     };
     match result {
@@ -189,4 +195,24 @@ fn install_panic_hook() {
 /// Writes a text file a command produced, naming it when that fails.
 pub fn write_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).map_err(|e| mtl::user_error!("{}: cannot write: {e}", path.display()))
+}
+
+/// Whether the model a config describes takes `h`×`w` images: every side at least the
+/// backbone's size multiple, and exactly `data.image_size` square for the models whose
+/// input size is fixed (an MLP, a head that flattens the coarsest map). The message follows
+/// the thing checked, e.g. `"'input' " + message`.
+pub fn check_input_hw(cfg: &mtl::config::Config, h: i64, w: i64) -> Result<(), String> {
+    let backbone = &cfg.model.backbone;
+    let min = mtl::model::backbone::size_multiple(backbone);
+    if h < min || w < min {
+        let stages = mtl::model::backbone::stages(backbone);
+        return Err(format!("is {h}×{w}, smaller than the {min}×{min} this model's backbone needs ({stages} stages)"));
+    }
+    let fixed = !mtl::model::backbone::is_spatial(backbone)
+        || cfg.model.heads.values().any(|head| head.pool == mtl::config::Pool::Flatten);
+    let n = cfg.data.image_size;
+    if fixed && (h, w) != (n, n) {
+        return Err(format!("is {h}×{w}, but this model takes {n}×{n} inputs only"));
+    }
+    Ok(())
 }

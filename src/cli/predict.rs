@@ -62,38 +62,13 @@ fn predict_tensor_file(r: &Restored, input: &Path, output: &Path) -> anyhow::Res
     if s[0] == 0 {
         user_bail!("{}: 'input' holds an empty batch (shape {s:?})", input.display());
     }
-    let min = mtl::model::backbone::size_multiple(&cfg.model.backbone);
-    if s[2] < min || s[3] < min {
-        user_bail!(
-            "{}: 'input' is {}×{}, smaller than the {min}×{min} this model's backbone needs ({} stages)",
-            input.display(),
-            s[2],
-            s[3],
-            mtl::model::backbone::stages(&cfg.model.backbone)
-        );
-    }
-    // An MLP, and a head that flattens the coarsest map, have a fixed input size.
-    let fixed = !mtl::model::backbone::is_spatial(&cfg.model.backbone)
-        || cfg.model.heads.values().any(|h| h.pool == mtl::config::Pool::Flatten);
-    if fixed && (s[2], s[3]) != (cfg.data.image_size, cfg.data.image_size) {
-        let n = cfg.data.image_size;
-        user_bail!("{}: this model takes {n}×{n} inputs only, got {}×{}", input.display(), s[2], s[3]);
-    }
+    super::check_input_hw(cfg, s[2], s[3]).map_err(|e| user_error!("{}: 'input' {e}", input.display()))?;
     let x = x.to_kind(Kind::Float).to_device(r.model.device());
     let outputs = tch::no_grad(|| r.model.forward(&x, false));
     let named: Vec<(String, Tensor)> =
         r.run.task_names().into_iter().zip(outputs).map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&named, output).map_err(|e| user_error!("{}: cannot write: {e}", output.display()))?;
     Ok(named.into_iter().map(|(n, _)| n).collect())
-}
-
-/// A fixed, distinguishable colour per class for mask PNGs (class 0 black).
-fn palette(class: u8) -> [u8; 3] {
-    if class == 0 {
-        return [0, 0, 0];
-    }
-    let h = (class as u32).wrapping_mul(2654435761);
-    [(h >> 24) as u8 | 0x40, (h >> 16) as u8 | 0x40, (h >> 8) as u8 | 0x40]
 }
 
 /// Predicts on every PNG/JPEG in `images`: `predictions.csv` (one row per image: the class and
@@ -216,7 +191,7 @@ fn write_mask_png(mask: &Tensor, w: u32, h: u32, path: &Path) -> anyhow::Result<
     let labels: Vec<u8> = Vec::try_from(mask.contiguous().view([-1]))?;
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         let (sx, sy) = ((x * mw / w).min(mw - 1), (y * mh / h).min(mh - 1));
-        image::Rgb(palette(labels[(sy * mw + sx) as usize]))
+        image::Rgb(mtl::tasks::class_colour(labels[(sy * mw + sx) as usize]))
     });
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

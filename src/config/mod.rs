@@ -4,10 +4,12 @@
 //!
 //! Every error is a [`crate::error::UserError`] of one line that names the file (or the
 //! `--set` flag), the key path, and what is expected.
+mod options;
 mod overrides;
 mod schema;
 mod validate;
 
+pub use options::OptionMap;
 pub use validate::{is_http_url, parse_device, DeviceChoice};
 
 pub use schema::*;

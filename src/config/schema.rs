@@ -33,6 +33,9 @@ pub struct Config {
     /// Speed choices that change no result beyond floating-point rounding.
     #[serde(default)]
     pub speed: SpeedConfig,
+    /// What a run reports besides metrics.jsonl and curves.png.
+    #[serde(default, skip_serializing_if = "ReportConfig::is_default")]
+    pub report: ReportConfig,
 }
 
 fn default_device() -> String {
@@ -246,6 +249,12 @@ impl Default for AugmentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// How the tasks share the network: `hps` (default: one backbone, one head per task),
+    /// `cross_stitch`, `mtan`, `mmoe`, `cgc`, `ple`, `dselect_k` or `ltb` (src/model/arch/
+    /// lists them), with the architecture's own options in the same map. Not written to
+    /// config.yaml when it is the default `hps`.
+    #[serde(default, skip_serializing_if = "ArchitectureConfig::is_default")]
+    pub architecture: ArchitectureConfig,
     pub backbone: BackboneConfig,
     /// Head options, keyed by task name; tasks without an entry get the defaults.
     #[serde(default)]
@@ -255,6 +264,46 @@ pub struct ModelConfig {
     /// process of batch N·B. Off: each rank uses its own batch's statistics, as DDP does.
     #[serde(default, skip_serializing_if = "is_false")]
     pub sync_batchnorm: bool,
+}
+
+/// `model.architecture`: `{kind: <name>, <option>: <value>, …}`. The options are checked by
+/// the architecture itself when the config is resolved, which also records every option's
+/// value (defaults included) in the run's config.yaml. The options of each architecture
+/// (docs/ARCHITECTURES.md):
+/// - `cross_stitch`: `self_weight` (0.9): initial weight of a task's own column in its units.
+/// - `mtan`: `attention_width` (0: the stage's width): channels inside the attention masks.
+/// - `mmoe`: `experts` (3).
+/// - `cgc`, `ple`: `shared_experts` (1), `task_experts` (1, per task).
+/// - `dselect_k`: `experts` (3), `k` (2, experts selected), `gamma` (1.0, smooth-step width),
+///   `entropy_reg` (1e-6).
+/// - `ltb`: `temperature` (1.0, Gumbel-softmax temperature of epoch 0, then / √(epoch + 1)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(expecting = "a map like {kind: mmoe, experts: 4}")]
+pub struct ArchitectureConfig {
+    #[serde(default = "default_architecture")]
+    pub kind: String,
+    /// Every other key of the map: the architecture's options.
+    #[serde(flatten)]
+    pub options: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// Hard parameter sharing, the model before architectures existed.
+pub const DEFAULT_ARCHITECTURE: &str = "hps";
+
+fn default_architecture() -> String {
+    DEFAULT_ARCHITECTURE.into()
+}
+
+impl Default for ArchitectureConfig {
+    fn default() -> Self {
+        Self { kind: default_architecture(), options: BTreeMap::new() }
+    }
+}
+
+impl ArchitectureConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -631,6 +680,40 @@ pub enum MonitorMode {
     #[default]
     Max,
     Min,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Write TensorBoard event files into the run directory (`tensorboard --logdir runs`):
+    /// every metrics.jsonl value, val images with predicted and true maps, the config, hparams.
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+    /// How many val images TensorBoard shows at each evaluation, with every per-pixel task's
+    /// prediction and target (0: none).
+    #[serde(default = "default_preview_images")]
+    pub preview_images: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_preview_images() -> usize {
+    4
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self { tensorboard: true, preview_images: default_preview_images() }
+    }
+}
+
+impl ReportConfig {
+    /// Left out of config.yaml at its defaults, so existing runs' files do not change.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

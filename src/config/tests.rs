@@ -106,3 +106,21 @@ fn deep_nesting_is_refused_quickly() {
     // The default config, and flow maps in it, are far from the limit.
     parse(DEFAULT_CONFIG, &[]).unwrap();
 }
+
+#[test]
+fn architecture_is_a_map_of_kind_and_options_and_hard_sharing_is_not_written() {
+    let cfg = parse(DEFAULT_CONFIG, &[]).unwrap();
+    assert_eq!(cfg.model.architecture.kind, DEFAULT_ARCHITECTURE);
+    assert!(!cfg.to_yaml().contains("architecture"), "the default must not change old configs' text");
+    let explicit = parse(DEFAULT_CONFIG, &["model.architecture.kind=hps"]).unwrap();
+    assert!(!explicit.to_yaml().contains("architecture"));
+    let mmoe = parse(DEFAULT_CONFIG, &["model.architecture.kind=mmoe", "model.architecture.experts=4"]).unwrap();
+    assert_eq!(mmoe.model.architecture.kind, "mmoe");
+    assert_eq!(mmoe.model.architecture.options.get("experts"), Some(&serde_yaml::Value::from(4)));
+    let again = parse(&mmoe.to_yaml(), &[]).unwrap();
+    assert_eq!(again, mmoe);
+    let msg = error_of(DEFAULT_CONFIG, &["model.architecture=mmoe"]);
+    assert!(msg.contains("model.architecture") && msg.contains("a map like {kind: mmoe"), "{msg}");
+    let msg = error_of(DEFAULT_CONFIG, &["model.architecture.kind=m.m"]);
+    assert!(msg.contains("model.architecture.kind: 'm.m' must be an architecture name"), "{msg}");
+}

@@ -21,7 +21,12 @@ pub fn validate(cfg: &Config) -> Check {
     optim(&cfg.optim)?;
     schedule(&cfg.schedule)?;
     train(cfg)?;
-    checkpoint(cfg)
+    checkpoint(cfg)?;
+    ensure(
+        cfg.report.preview_images <= 64,
+        "report.preview_images",
+        format!("{} is out of range (0..=64)", cfg.report.preview_images),
+    )
 }
 
 /// Task names become variable-name components and metric keys: keep them simple.
@@ -113,6 +118,8 @@ fn data(cfg: &Config) -> Check {
 pub const MAX_WIDTH: i64 = 8192;
 
 fn model(cfg: &Config) -> Check {
+    let a = &cfg.model.architecture;
+    ensure(is_identifier(&a.kind), "model.architecture.kind", format!("'{}' must be an architecture name", a.kind))?;
     let b = &cfg.model.backbone;
     ensure(!b.widths.is_empty(), "model.backbone.widths", "needs at least one width")?;
     for (i, w) in b.widths.iter().enumerate() {

@@ -147,6 +147,11 @@ impl Loader {
         self.batch_size * self.shard.world as i64
     }
 
+    /// The uint8 pixels of normalized images from this loader (to show them).
+    pub fn pixels(&self, images: &Tensor) -> Tensor {
+        ((images * &self.std + &self.mean) * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8)
+    }
+
     pub fn len(&self) -> usize {
         self.source.len()
     }

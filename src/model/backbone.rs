@@ -1,5 +1,6 @@
-//! Shared backbones. Conv backbones return one feature map per stage, finest first, at
-//! strides 1, 2, 4, …; the MLP returns its last hidden vector.
+//! Shared backbones, built as a sequence of stages so that architectures can work between
+//! them (cross-stitch units, attention, experts per level). Conv backbones return one feature
+//! map per stage, finest first, at strides 1, 2, 4, …; the MLP returns its last hidden vector.
 use super::layers::{activate, to_channels_last, BatchNorm2d, Compute, Conv2d, ConvBnAct, Linear};
 use crate::config::{Activation, BackboneConfig, BackboneKind, Norm};
 use tch::nn::Path;
@@ -14,11 +15,27 @@ pub struct FeatureInfo {
     pub spatial: bool,
 }
 
+/// One backbone: its stages in order, each reading the previous one's output (the first one
+/// the image batch).
 #[derive(Debug)]
-pub enum Backbone {
-    Conv(ConvNet),
-    Resnet(ResNet),
-    Mlp(Mlp),
+pub struct Backbone {
+    stages: Vec<Stage>,
+    /// Output width of every stage.
+    widths: Vec<i64>,
+    spatial: bool,
+}
+
+/// A stage. Variable names are those of the backbone as a whole (`stages.{i}.{j}.…` for conv,
+/// `stem.…` / `layers.{i}.{j}.…` for resnet, `layers.{i}.…` for mlp), so that a backbone built
+/// stage by stage names its tensors as PyTorch's module tree does.
+#[derive(Debug)]
+enum Stage {
+    /// `depth` conv–BN–activation blocks, after a 2×2 max-pool in every stage but the first.
+    Conv { pool: bool, blocks: Vec<ConvBnAct> },
+    /// Basic blocks; the first stage starts with the 3×3 stem.
+    Res { stem: Option<(Conv2d, BatchNorm2d)>, blocks: Vec<BasicBlock>, act: Activation },
+    /// A linear layer and its activation; the first one flattens the image.
+    Dense { flatten: bool, layer: Linear, act: Activation },
 }
 
 impl Backbone {
@@ -26,32 +43,89 @@ impl Backbone {
     /// count; `in_features` the flat input size (MLP only).
     pub fn new(p: &Path, cfg: &BackboneConfig, in_channels: i64, in_features: i64) -> Self {
         let bn = cfg.norm == Norm::Batch;
-        match cfg.kind {
-            BackboneKind::Conv => {
-                Backbone::Conv(ConvNet::new(p, in_channels, &cfg.widths, cfg.depth, bn, cfg.activation))
+        let act = cfg.activation;
+        let widths = stage_widths(cfg);
+        let stages = match cfg.kind {
+            BackboneKind::Conv => conv_stages(p, in_channels, &widths, cfg.depth, bn, act),
+            BackboneKind::Resnet => resnet_stages(p, in_channels, &widths, cfg.depth, act),
+            BackboneKind::Mlp => mlp_stages(p, in_features, &widths, act),
+        };
+        Self { stages, widths, spatial: cfg.kind != BackboneKind::Mlp }
+    }
+
+    /// The outputs the heads read: see [`feature_info`].
+    pub fn info(&self) -> FeatureInfo {
+        let channels = if self.spatial { self.widths.clone() } else { vec![*self.widths.last().expect("a stage")] };
+        FeatureInfo { channels, spatial: self.spatial }
+    }
+
+    pub fn stage_count(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// Runs stage `i` on `h`: the image batch for stage 0, stage `i − 1`'s output after.
+    pub fn stage(&self, i: usize, h: &Tensor, train: bool, c: Compute) -> Tensor {
+        self.stage_parts(i, h, train, c).1
+    }
+
+    /// [`Backbone::stage`], also returning the output of the stage's first block (conv–BN–act
+    /// or basic block; the layer itself for the MLP): what MTAN's attention reads.
+    pub fn stage_parts(&self, i: usize, h: &Tensor, train: bool, c: Compute) -> (Tensor, Tensor) {
+        match &self.stages[i] {
+            Stage::Conv { pool, blocks } => {
+                let mut h = if i == 0 { input(h, train, c) } else { h.shallow_clone() };
+                if *pool {
+                    h = h.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+                }
+                run_blocks(blocks, h, |b, h| b.forward(h, train, c))
             }
-            BackboneKind::Resnet => {
-                Backbone::Resnet(ResNet::new(p, in_channels, &resnet_widths(&cfg.widths), cfg.depth, cfg.activation))
+            Stage::Res { stem, blocks, act } => {
+                let h = match stem {
+                    Some((conv, bn)) => activate(&bn.forward(&conv.forward(&input(h, train, c), c), train), *act),
+                    None => h.shallow_clone(),
+                };
+                run_blocks(blocks, h, |b, h| b.forward(h, train, c, *act))
             }
-            BackboneKind::Mlp => Backbone::Mlp(Mlp::new(p, in_features, &cfg.widths, cfg.activation)),
+            Stage::Dense { flatten, layer, act } => {
+                let h = if *flatten { c.cast(&h.flatten(1, -1)) } else { h.shallow_clone() };
+                let out = activate(&layer.forward(&h, c), *act);
+                (out.shallow_clone(), out)
+            }
         }
     }
 
-    pub fn info(&self) -> FeatureInfo {
-        match self {
-            Backbone::Conv(n) => FeatureInfo { channels: n.widths.clone(), spatial: true },
-            Backbone::Resnet(n) => FeatureInfo { channels: n.widths.clone(), spatial: true },
-            Backbone::Mlp(n) => FeatureInfo { channels: vec![n.width], spatial: false },
+    /// The output of every stage, in order.
+    pub fn stage_outputs(&self, x: &Tensor, train: bool, c: Compute) -> Vec<Tensor> {
+        let mut outputs: Vec<Tensor> = Vec::with_capacity(self.stages.len());
+        for i in 0..self.stages.len() {
+            let h = self.stage(i, outputs.last().unwrap_or(x), train, c);
+            outputs.push(h);
+        }
+        outputs
+    }
+
+    /// The features the heads read, from all stage outputs (see [`Backbone::info`]).
+    pub fn features_of(&self, mut stage_outputs: Vec<Tensor>) -> Vec<Tensor> {
+        if self.spatial {
+            stage_outputs
+        } else {
+            vec![stage_outputs.pop().expect("a stage")]
         }
     }
 
     pub fn forward(&self, x: &Tensor, train: bool, c: Compute) -> Vec<Tensor> {
-        match self {
-            Backbone::Conv(n) => n.forward(x, train, c),
-            Backbone::Resnet(n) => n.forward(x, train, c),
-            Backbone::Mlp(n) => vec![n.forward(x, c)],
-        }
+        self.features_of(self.stage_outputs(x, train, c))
     }
+}
+
+/// Runs `blocks` in order from `h`: (the first block's output, the last one's).
+fn run_blocks<B>(blocks: &[B], mut h: Tensor, forward: impl Fn(&B, &Tensor) -> Tensor) -> (Tensor, Tensor) {
+    let mut first = None;
+    for block in blocks {
+        h = forward(block, &h);
+        first.get_or_insert_with(|| h.shallow_clone());
+    }
+    (first.unwrap_or_else(|| h.shallow_clone()), h)
 }
 
 /// The image batch in the compute dtype, channels-last in training forwards when the run
@@ -65,12 +139,35 @@ fn input(x: &Tensor, train: bool, c: Compute) -> Tensor {
     }
 }
 
-/// The number of feature maps (stages) the backbone returns.
-pub fn stages(cfg: &BackboneConfig) -> usize {
+/// The outputs the heads read: every stage's map for conv and resnet (finest first), the
+/// last hidden vector for the MLP.
+pub fn feature_info(cfg: &BackboneConfig) -> FeatureInfo {
+    let widths = stage_widths(cfg);
+    match is_spatial(cfg) {
+        true => FeatureInfo { channels: widths, spatial: true },
+        false => FeatureInfo { channels: vec![*widths.last().expect("a stage")], spatial: false },
+    }
+}
+
+/// Output width of every stage: conv and mlp `widths`, resnet [`resnet_widths`].
+pub fn stage_widths(cfg: &BackboneConfig) -> Vec<i64> {
     match cfg.kind {
-        BackboneKind::Conv => cfg.widths.len(),
-        BackboneKind::Resnet => resnet_widths(&cfg.widths).len(),
-        BackboneKind::Mlp => 1,
+        BackboneKind::Resnet => resnet_widths(&cfg.widths),
+        _ => cfg.widths.clone(),
+    }
+}
+
+/// The number of stages (for conv and resnet: of feature maps the backbone returns).
+pub fn stages(cfg: &BackboneConfig) -> usize {
+    stage_widths(cfg).len()
+}
+
+/// The paths (relative to the backbone's own path) that hold the variables of stage `i`.
+pub fn stage_prefixes(cfg: &BackboneConfig, i: usize) -> Vec<String> {
+    match cfg.kind {
+        BackboneKind::Conv => vec![format!("stages.{i}")],
+        BackboneKind::Resnet if i == 0 => vec!["stem".into(), "layers.0".into()],
+        BackboneKind::Resnet | BackboneKind::Mlp => vec![format!("layers.{i}")],
     }
 }
 
@@ -125,58 +222,49 @@ pub fn resnet_widths(widths: &[i64]) -> Vec<i64> {
 /// Stages of `depth` conv–BN–activation blocks, each stage after the first starting with a
 /// 2×2 max-pool. Widths [32, 64] is the classic Keras example conv32–pool–conv64–pool (the
 /// last pool being the heads' global pooling). Names: `stages.{i}.{j}.conv.weight`, ….
-#[derive(Debug)]
-pub struct ConvNet {
-    stages: Vec<Vec<ConvBnAct>>,
-    widths: Vec<i64>,
-}
-
-impl ConvNet {
-    fn new(p: &Path, c_in: i64, widths: &[i64], depth: usize, bn: bool, act: Activation) -> Self {
-        let mut c = c_in;
-        let stages = widths
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let sp = p / "stages" / i;
-                (0..depth)
-                    .map(|j| {
-                        let block = ConvBnAct::new(&(&sp / j), c, w, bn, act);
-                        c = w;
-                        block
-                    })
-                    .collect()
-            })
-            .collect();
-        Self { stages, widths: widths.to_vec() }
-    }
-
-    fn forward(&self, x: &Tensor, train: bool, c: Compute) -> Vec<Tensor> {
-        let mut h = input(x, train, c);
-        let mut maps = Vec::with_capacity(self.stages.len());
-        for (i, stage) in self.stages.iter().enumerate() {
-            if i > 0 {
-                h = h.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
-            }
-            for block in stage {
-                h = block.forward(&h, train, c);
-            }
-            maps.push(h.shallow_clone());
-        }
-        maps
-    }
+fn conv_stages(p: &Path, c_in: i64, widths: &[i64], depth: usize, bn: bool, act: Activation) -> Vec<Stage> {
+    let mut c = c_in;
+    widths
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let sp = p / "stages" / i;
+            let blocks = (0..depth)
+                .map(|j| {
+                    let block = ConvBnAct::new(&(&sp / j), c, w, bn, act);
+                    c = w;
+                    block
+                })
+                .collect();
+            Stage::Conv { pool: i > 0, blocks }
+        })
+        .collect()
 }
 
 /// ResNet for small images (CIFAR style): a 3×3 stem at stride 1, then stages of basic
 /// blocks at strides 1, 2, 4, 8. Names follow torchvision's block layout:
 /// `stem.conv`, `stem.bn`, `layers.{i}.{j}.conv1|bn1|conv2|bn2`, `layers.{i}.{j}.shortcut.conv|bn`.
-#[derive(Debug)]
-pub struct ResNet {
-    stem_conv: Conv2d,
-    stem_bn: BatchNorm2d,
-    layers: Vec<Vec<BasicBlock>>,
-    widths: Vec<i64>,
-    act: Activation,
+fn resnet_stages(p: &Path, c_in: i64, widths: &[i64], depth: usize, act: Activation) -> Vec<Stage> {
+    let mut c = widths[0];
+    let layers: Vec<Vec<BasicBlock>> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            (0..depth)
+                .map(|j| {
+                    let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                    let block = BasicBlock::new(&(p / "layers" / i / j), c, w, stride);
+                    c = w;
+                    block
+                })
+                .collect()
+        })
+        .collect();
+    // Created after the blocks: the order of creation is the order of the seeded initial values.
+    let sp = p / "stem";
+    let mut stem =
+        Some((Conv2d::new(&sp / "conv", c_in, widths[0], 3, 1, false), BatchNorm2d::new(&sp / "bn", widths[0])));
+    layers.into_iter().map(|blocks| Stage::Res { stem: stem.take(), blocks, act }).collect()
 }
 
 #[derive(Debug)]
@@ -214,75 +302,17 @@ impl BasicBlock {
     }
 }
 
-impl ResNet {
-    fn new(p: &Path, c_in: i64, widths: &[i64], depth: usize, act: Activation) -> Self {
-        let stem = p / "stem";
-        let mut c = widths[0];
-        let layers = widths
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                (0..depth)
-                    .map(|j| {
-                        let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                        let block = BasicBlock::new(&(p / "layers" / i / j), c, w, stride);
-                        c = w;
-                        block
-                    })
-                    .collect()
-            })
-            .collect();
-        Self {
-            stem_conv: Conv2d::new(&stem / "conv", c_in, widths[0], 3, 1, false),
-            stem_bn: BatchNorm2d::new(&stem / "bn", widths[0]),
-            layers,
-            widths: widths.to_vec(),
-            act,
-        }
-    }
-
-    fn forward(&self, x: &Tensor, train: bool, c: Compute) -> Vec<Tensor> {
-        let mut h = activate(&self.stem_bn.forward(&self.stem_conv.forward(&input(x, train, c), c), train), self.act);
-        let mut maps = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            for block in layer {
-                h = block.forward(&h, train, c, self.act);
-            }
-            maps.push(h.shallow_clone());
-        }
-        maps
-    }
-}
-
 /// Fully connected layers on the flattened input: `layers.{i}.weight|bias`, activation after
 /// each (784 → 64 with two 10-way heads is the classic two-task example).
-#[derive(Debug)]
-pub struct Mlp {
-    layers: Vec<Linear>,
-    width: i64,
-    act: Activation,
-}
-
-impl Mlp {
-    fn new(p: &Path, in_features: i64, widths: &[i64], act: Activation) -> Self {
-        let mut d = in_features;
-        let layers = widths
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let l = Linear::new(p / "layers" / i, d, w);
-                d = w;
-                l
-            })
-            .collect();
-        Self { layers, width: d, act }
-    }
-
-    fn forward(&self, x: &Tensor, c: Compute) -> Tensor {
-        let mut h = c.cast(&x.flatten(1, -1));
-        for l in &self.layers {
-            h = activate(&l.forward(&h, c), self.act);
-        }
-        h
-    }
+fn mlp_stages(p: &Path, in_features: i64, widths: &[i64], act: Activation) -> Vec<Stage> {
+    let mut d = in_features;
+    widths
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let layer = Linear::new(p / "layers" / i, d, w);
+            d = w;
+            Stage::Dense { flatten: i == 0, layer, act }
+        })
+        .collect()
 }

@@ -78,6 +78,16 @@ fn var(p: &Path, name: &str, shape: &[i64], init: Init) -> Tensor {
     counted(p, name, shape, true).unwrap_or_else(|| p.var(name, shape, init))
 }
 
+/// A trainable variable of zeros (or, in a counting pass, its stand-in).
+pub fn zeros(p: &Path, name: &str, shape: &[i64]) -> Tensor {
+    var(p, name, shape, Init::Const(0.0))
+}
+
+/// A trainable variable starting at `value` (or, in a counting pass, its stand-in).
+pub fn var_copy(p: &Path, name: &str, value: &Tensor) -> Tensor {
+    counted(p, name, &value.size(), true).unwrap_or_else(|| p.var_copy(name, value))
+}
+
 /// A variable that is not trained (a statistic), zeros or ones.
 fn statistic(p: &Path, name: &str, shape: &[i64], ones: bool) -> Tensor {
     counted(p, name, shape, false).unwrap_or_else(|| {
@@ -134,7 +144,11 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(p: Path, d_in: i64, d_out: i64) -> Self {
-        let bound = default_bound(d_in);
+        Self::uniform(p, d_in, d_out, default_bound(d_in))
+    }
+
+    /// Weight and bias drawn from U(−bound, bound).
+    pub fn uniform(p: Path, d_in: i64, d_out: i64, bound: f64) -> Self {
         let init = Init::Uniform { lo: -bound, up: bound };
         Self { weight: var(&p, "weight", &[d_out, d_in], init), bias: var(&p, "bias", &[d_out], init) }
     }
@@ -203,7 +217,8 @@ impl BatchNorm2d {
             bias: var(&p, "bias", &[c], Init::Const(0.0)),
             running_mean: statistic(&p, "running_mean", &[c], false),
             running_var: statistic(&p, "running_var", &[c], true),
-            num_batches_tracked: p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, dev)), false),
+            num_batches_tracked: counted(&p, "num_batches_tracked", &[], false)
+                .unwrap_or_else(|| p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, dev)), false)),
         }
     }
 

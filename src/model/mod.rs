@@ -1,60 +1,94 @@
-//! The multi-task model: one shared backbone, one head per task.
+//! The multi-task model: an architecture (how the tasks share the network; hard parameter
+//! sharing by default) and one head per task.
+pub mod arch;
 pub mod backbone;
+pub mod export;
 pub mod heads;
 pub mod layers;
 
+pub use arch::{Pass, Representation, StepIndex};
 pub use heads::{HeadKind, HeadSpec};
 
 use crate::config::{Config, Norm, Precision};
 use crate::user_bail;
-use backbone::Backbone;
+use arch::{Architecture, Build};
 use heads::Head;
 use layers::Compute;
 use std::collections::{BTreeMap, BTreeSet};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-/// Prefix of every backbone variable; heads live under `heads.<task name>`.
+/// Prefix of the hard-sharing backbone's variables; heads live under `heads.<task name>`.
 pub const BACKBONE: &str = "backbone";
 pub const HEADS: &str = "heads";
 
 pub struct MultiTaskModel {
     pub vs: VarStore,
-    backbone: Backbone,
+    arch: Box<dyn Architecture>,
     heads: Vec<Head>,
+    /// Per task, the paths of the variables it alone uses (its head included).
+    private: Vec<Vec<String>>,
     compute: Compute,
+    seed: u64,
+}
+
+/// One forward pass's results.
+pub struct Forward {
+    /// One fp32 output per task, in task order.
+    pub outputs: Vec<Tensor>,
+    /// In representation space: the shared representation (graph attached) and the detached
+    /// copies the tasks' private parts ran on (see [`arch`]).
+    pub representation: Option<Representation>,
+    /// A term to backpropagate besides the task losses, on its own graph (DSelect-k).
+    pub regularizer: Option<Tensor>,
 }
 
 impl MultiTaskModel {
-    /// Builds the configured backbone and the given heads on `device` with PyTorch's default
-    /// initialisation, seeded from the run seed. `in_channels` and `image_size` describe the
-    /// input images.
-    pub fn new(cfg: &Config, heads: &[HeadSpec], device: Device, in_channels: i64, image_size: i64) -> Self {
+    /// Builds the configured architecture and the given heads on `device` with PyTorch's
+    /// default initialisation, seeded from the run seed. `in_channels` and `image_size`
+    /// describe the input images. Fails (a user error) on an architecture the config's
+    /// backbone or options do not fit, which the resolve step has already refused.
+    pub fn new(
+        cfg: &Config,
+        heads: &[HeadSpec],
+        device: Device,
+        in_channels: i64,
+        image_size: i64,
+    ) -> anyhow::Result<Self> {
         Self::build(cfg, heads, device, in_channels, image_size)
     }
 
     /// How many elements the model's variables hold, computed without allocating them.
-    pub fn variable_count(cfg: &Config, heads: &[HeadSpec], in_channels: i64, image_size: i64) -> u64 {
-        layers::count_variables(|| {
-            Self::build(cfg, heads, Device::Cpu, in_channels, image_size);
-        })
+    pub fn variable_count(cfg: &Config, heads: &[HeadSpec], in_channels: i64, image_size: i64) -> anyhow::Result<u64> {
+        let mut built = Ok(());
+        let count = layers::count_variables(|| {
+            built = Self::build(cfg, heads, Device::Cpu, in_channels, image_size).map(|_| ());
+        });
+        built.map(|()| count)
     }
 
-    fn build(cfg: &Config, heads: &[HeadSpec], device: Device, in_channels: i64, image_size: i64) -> Self {
+    fn build(
+        cfg: &Config,
+        heads: &[HeadSpec],
+        device: Device,
+        in_channels: i64,
+        image_size: i64,
+    ) -> anyhow::Result<Self> {
+        let m = &cfg.model;
+        let (plan, _) = arch::plan(&m.architecture, &m.backbone, heads.len())?;
         tch::manual_seed((crate::rng::derive_seed(cfg.seed, crate::rng::Purpose::Init, 0) >> 1) as i64);
         let vs = VarStore::new(device);
         let root = vs.root();
-        let m = &cfg.model;
-        let backbone =
-            Backbone::new(&(&root / BACKBONE), &m.backbone, in_channels, in_channels * image_size * image_size);
-        let info = backbone.info();
+        let tasks: Vec<String> = heads.iter().map(|h| h.task.clone()).collect();
+        let arch = plan.build(&Build { root: &root, backbone: &m.backbone, tasks: &tasks, in_channels, image_size });
+        let info = backbone::feature_info(&m.backbone);
         // `pool: flatten` heads need the coarsest map's size: each stage after the first halves
         // the image exactly (the resolve step checks the divisibility).
         let top_hw = info.spatial.then(|| {
             let m = backbone::size_multiple(&m.backbone);
             (image_size / m, image_size / m)
         });
-        let heads = heads
+        let heads: Vec<Head> = heads
             .iter()
             .map(|h| {
                 let p = &root / HEADS / h.task.as_str();
@@ -62,12 +96,22 @@ impl MultiTaskModel {
                 Head::new(&p, &info, &hc, h.kind, m.backbone.norm == Norm::Batch, m.backbone.activation, top_hw)
             })
             .collect();
+        let private = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut paths = vec![format!("{HEADS}.{t}")];
+                paths.extend(arch.private(i));
+                paths
+            })
+            .collect();
         let kind = match cfg.precision {
             Precision::Fp32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
         };
         let channels_last = cfg.speed.channels_last.resolve(true);
-        Self { vs, backbone, heads, compute: Compute { kind, channels_last } }
+        let compute = Compute { kind, channels_last };
+        Ok(Self { vs, arch, heads, private, compute, seed: cfg.seed })
     }
 
     pub fn device(&self) -> Device {
@@ -79,20 +123,32 @@ impl MultiTaskModel {
         self.compute
     }
 
-    /// The shared features for a normalized float batch `[N, C, H, W]`.
-    pub fn features(&self, x: &Tensor, train: bool) -> Vec<Tensor> {
-        self.backbone.forward(x, train, self.compute)
+    /// A forward pass's settings: train or eval mode, the training step (for architectures
+    /// that draw random numbers while training; None: deterministic), and whether the heads
+    /// run on detached copies of the shared representation.
+    pub fn pass(&self, train: bool, step: Option<(u64, u64)>, representation: bool) -> Pass {
+        let step = step.map(|(step, epoch)| StepIndex { seed: self.seed, step, epoch });
+        Pass::new(train, self.compute, step, representation)
     }
 
-    /// Every head's fp32 outputs on the given features.
-    pub fn heads(&self, features: &[Tensor], out_hw: (i64, i64), train: bool) -> Vec<Tensor> {
-        self.heads.iter().map(|h| h.forward(features, out_hw, train, self.compute)).collect()
-    }
-
-    /// Features then heads: one output per task, in task order.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Vec<Tensor> {
+    /// Every head's fp32 outputs for a normalized float batch `[N, C, H, W]`, in task order,
+    /// with what the pass recorded.
+    pub fn run(&self, x: &Tensor, mut pass: Pass) -> Forward {
         let s = x.size();
-        self.heads(&self.features(x, train), (s[2], s[3]), train)
+        let features = self.arch.forward(x, &mut pass);
+        let outputs = self
+            .heads
+            .iter()
+            .zip(&features)
+            .map(|(h, f)| h.forward(f, (s[2], s[3]), pass.train, self.compute))
+            .collect();
+        let (representation, regularizer) = pass.into_parts();
+        Forward { outputs, representation, regularizer }
+    }
+
+    /// One output per task, in task order; every choice deterministic (evaluation, prediction).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Vec<Tensor> {
+        self.run(x, self.pass(train, None, false)).outputs
     }
 
     /// Trainable variables, sorted by name (a stable order for optimizer buffers).
@@ -102,22 +158,24 @@ impl MultiTaskModel {
         v
     }
 
-    /// Trainable backbone variables and each task's trainable head variables.
-    pub fn param_groups(&self, task_names: &[String]) -> (Vec<Tensor>, Vec<Vec<Tensor>>) {
-        let all = self.named_trainable();
-        let shared = all
-            .iter()
-            .filter(|(n, _)| n.starts_with(&format!("{BACKBONE}.")))
-            .map(|(_, t)| t.shallow_clone())
-            .collect();
-        let heads = task_names
-            .iter()
-            .map(|task| {
-                let prefix = format!("{HEADS}.{task}.");
-                all.iter().filter(|(n, _)| n.starts_with(&prefix)).map(|(_, t)| t.shallow_clone()).collect()
-            })
-            .collect();
-        (shared, heads)
+    /// The task that alone uses the variable `name`, if one does.
+    pub fn owner(&self, name: &str) -> Option<usize> {
+        let under = |p: &String| name == p || name.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.'));
+        self.private.iter().position(|paths| paths.iter().any(under))
+    }
+
+    /// The trainable variables shared by the tasks, and each task's private ones (its head
+    /// and what the architecture gives it alone), each sorted by name.
+    pub fn param_groups(&self) -> (Vec<Tensor>, Vec<Vec<Tensor>>) {
+        let mut shared = Vec::new();
+        let mut private: Vec<Vec<Tensor>> = self.private.iter().map(|_| Vec::new()).collect();
+        for (name, t) in self.named_trainable() {
+            match self.owner(&name) {
+                Some(i) => private[i].push(t),
+                None => shared.push(t),
+            }
+        }
+        (shared, private)
     }
 
     /// The variables that are not trained (BatchNorm statistics and counters), sorted by name.

@@ -62,6 +62,16 @@ pub enum Prediction {
     Values,
 }
 
+/// The colour a class is drawn in (mask PNGs, TensorBoard images): class 0 black, the others
+/// fixed, well-separated colours.
+pub fn class_colour(class: u8) -> [u8; 3] {
+    if class == 0 {
+        return [0, 0, 0];
+    }
+    let h = (class as u32).wrapping_mul(2654435761);
+    [(h >> 24) as u8 | 0x40, (h >> 16) as u8 | 0x40, (h >> 8) as u8 | 0x40]
+}
+
 /// A task kind. The methods are the facts the rest of the engine needs about it.
 pub trait TaskKind: std::fmt::Debug + Send + Sync {
     /// The name `tasks[].kind` uses.

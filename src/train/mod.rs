@@ -7,6 +7,7 @@ pub mod plot;
 pub mod report;
 pub mod restore;
 pub mod resume;
+pub mod tensorboard;
 
 use crate::balance::{self, Balancer, GradientSpace, StepContext};
 use crate::checkpoint::{BestMetric, RunDir, RunLock, Snapshot, TrainState, FORMAT_VERSION};
@@ -21,7 +22,7 @@ use crate::tasks::{Baselines, Task};
 use crate::{user_bail, user_error};
 use health::{Health, StepFlags};
 use parallel::Ranks;
-use report::{MetricsLog, Progress};
+use report::{MetricsLog, Progress, RunLog};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
@@ -168,14 +169,15 @@ impl Trainer {
         }
         let (h, w) = train_loader.image_hw();
         backbone::check_input_size(&cfg.model.backbone, h, w).map_err(|e| user_error!("{e}"))?;
+        crate::model::arch::check_images(&cfg.model, cfg.tasks.len(), h, w)?;
         let (channels, size) = (train_loader.channels(), train_loader.image_size());
         check_model_fits(cfg, &r.heads(), channels, size, device)?;
-        let model = MultiTaskModel::new(cfg, &r.heads(), device, channels, size);
+        let model = MultiTaskModel::new(cfg, &r.heads(), device, channels, size)?;
         if let Some(path) = &opts.init_from {
             resume::init_from(&model, path, opts.allow_missing_heads)?;
         }
         let task_names = r.task_names();
-        let (shared, head_params) = model.param_groups(&task_names);
+        let (shared, head_params) = model.param_groups();
         let fused = cfg.speed.fused_optimizer.resolve(true);
         if cfg.speed.fused_optimizer == crate::config::Toggle::On && device != Device::Cpu {
             user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
@@ -255,23 +257,17 @@ impl Trainer {
         let undo = (self.cfg.train.on_nonfinite == OnNonFinite::SkipStep).then(|| self.undo_point());
         crate::rng::seed_torch(self.cfg.seed, step);
         self.optimizer.zero_grad();
-        let hw = {
-            let s = batch.images.size();
-            (s[2], s[3])
-        };
-        let features = self.model.features(&batch.images, true);
-        let detached: Option<Vec<Tensor>> = (self.balancer.space() == GradientSpace::Representation)
-            .then(|| features.iter().map(|f| f.detach().set_requires_grad(true)).collect());
-        let outputs = self.model.heads(detached.as_deref().unwrap_or(&features), hw, true);
+        let representation = self.balancer.space() == GradientSpace::Representation;
+        let forward = self.model.run(&batch.images, self.model.pass(true, Some((step, epoch)), representation));
         let losses: Vec<Tensor> =
-            self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect();
+            self.tasks.iter().zip(&forward.outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect();
         let losses = self.ranks.mean_losses(losses);
         let weights: Vec<f64> = self.cfg.tasks.iter().map(|t| t.weight).collect();
         let ctx = StepContext {
             losses: &losses,
             shared_params: &self.shared,
             head_params: &self.head_params,
-            features: detached.as_ref().map(|d| (features.as_slice(), d.as_slice())),
+            features: forward.representation.as_ref().map(|(z, d)| (z.as_slice(), d.as_slice())),
             task_weights: &weights,
             step,
             epoch,
@@ -279,6 +275,11 @@ impl Trainer {
             ranks: self.ranks.group(),
         };
         let task_weights = self.balancer.backward(&ctx)?;
+        // The regularizer's gradient is this rank's too: it joins the gradients before they
+        // are averaged over the ranks.
+        if let Some(r) = &forward.regularizer {
+            r.f_backward()?;
+        }
         self.ranks.after_backward(&self.optimizer.flat.grads, &self.model.buffers());
         let detached_losses =
             Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
@@ -299,7 +300,7 @@ impl Trainer {
             // batch twice).
             crate::rng::seed_torch(self.cfg.seed, step);
             let after: Vec<Tensor> = tch::no_grad(|| {
-                let outputs = self.model.forward(&batch.images, true);
+                let outputs = self.model.run(&batch.images, self.model.pass(true, Some((step, epoch)), false)).outputs;
                 self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect()
             });
             self.balancer.after_step(&self.ranks.mean_losses(after))?;
@@ -387,7 +388,7 @@ impl Trainer {
     }
 
     /// Evaluates, logs, and returns the metrics; updates the best value of the monitored metric.
-    fn evaluate(&mut self, log: &mut MetricsLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
+    fn evaluate(&mut self, log: &mut RunLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
         let mut metrics = evaluate::evaluate(&self.model, &self.val_loader, &self.tasks, self.ranks.group());
         if let Some(dm) = self.baselines.as_ref().and_then(|b| crate::tasks::delta_m(&metrics, &b.metrics, &self.tasks))
         {
@@ -408,6 +409,7 @@ impl Trainer {
             self.best = Some(BestMetric { metric: key.clone(), value, step: self.at.step });
         }
         log.append(&report::record(self.at.step, self.at.epoch, "val", &metrics))?;
+        log.images(self.at.step, &self.model, &self.tasks)?;
         progress.println(&report::metrics_table(
             &format!("eval after epoch {} (step {})", self.at.epoch, self.at.step),
             &metrics,
@@ -490,8 +492,7 @@ impl Trainer {
         let started = std::time::Instant::now();
         let resumed_at = self.at.step;
         let first = self.ranks.is_first();
-        let mut log =
-            if first { MetricsLog::open(&self.run.metrics(), Some(resumed_at))? } else { MetricsLog::discard() };
+        let mut log = self.open_log(resumed_at)?;
         let spe = self.steps_per_epoch();
         let end = self.final_step();
         let batch = self.train_loader.global_batch_size() as u64;
@@ -515,6 +516,9 @@ impl Trainer {
                 values.extend(weights);
                 values.push(("lr".into(), lr));
                 values.push(("images_per_second".into(), progress.images_per_second(step)));
+                if let Some(mib) = self.device_memory_mib() {
+                    values.push(("device_memory_mib".into(), mib));
+                }
                 if self.cfg.train.on_nonfinite == OnNonFinite::SkipStep {
                     values.push(("skipped_steps".into(), self.skips.total as f64));
                 }
@@ -558,6 +562,9 @@ impl Trainer {
             }
         }
         progress.finish();
+        if self.at.step == self.cfg.train.epochs * spe {
+            log.finish(self.at.step)?;
+        }
         Ok(Summary {
             run_dir: self.run.root.clone(),
             steps: self.at.step,
@@ -600,7 +607,7 @@ fn check_model_fits(
     image_size: i64,
     device: Device,
 ) -> anyhow::Result<()> {
-    let elements = MultiTaskModel::variable_count(cfg, heads, channels, image_size);
+    let elements = MultiTaskModel::variable_count(cfg, heads, channels, image_size)?;
     let copies = 2 + match cfg.optim.kind {
         crate::config::OptimKind::Adamw => 2,
         crate::config::OptimKind::Sgd => u64::from(cfg.optim.momentum > 0.0),
@@ -620,13 +627,38 @@ fn check_model_fits(
 }
 
 impl Trainer {
-    /// `curves.png` from the whole `metrics.jsonl`: one panel per task with its training loss
-    /// and every val metric. A failure is logged, never fatal: the run itself is done.
+    /// metrics.jsonl, kept through the step training resumes from, and TensorBoard's log.
+    /// Rank 0 writes the run's logs; the other ranks' rows go nowhere.
+    fn open_log(&self, resumed_at: u64) -> anyhow::Result<RunLog> {
+        if !self.ranks.is_first() {
+            return Ok(RunLog::new(MetricsLog::discard(), None));
+        }
+        let metrics = MetricsLog::open(&self.run.metrics(), Some(resumed_at))?;
+        let report = &self.cfg.report;
+        let board = if report.tensorboard {
+            let preview = tensorboard::Preview::new(&self.val_loader, &self.tasks, report.preview_images);
+            Some(tensorboard::Board::open(&self.run.root, resumed_at, &self.cfg, preview)?)
+        } else {
+            None
+        };
+        Ok(RunLog::new(metrics, board))
+    }
+
+    /// On CUDA: the device memory in use (the caching allocator's reserve included), MiB.
+    fn device_memory_mib(&self) -> Option<f64> {
+        let Device::Cuda(_) = self.device else { return None };
+        let (free, total) = crate::setup::device_memory(self.device)?;
+        Some(total.saturating_sub(free) as f64 / (1u64 << 20) as f64)
+    }
+
+    /// `curves.png` from the whole `metrics.jsonl` (see [`plot::task_chart`]), the best
+    /// checkpoint marked. A failure is logged, never fatal: the run itself is done.
     fn draw_curves(&self) {
         let records = report::read_records(&self.run.metrics());
-        let series = plot::task_series(&records, &self.task_names);
+        let best = self.best.as_ref().map(|b| (b.step, b.metric.as_str(), b.value));
+        let chart = plot::task_chart(&self.cfg.name, &records, &self.task_names, best);
         let png = self.run.root.join("curves.png");
-        if let Err(e) = plot::write_curves_png(&png, &self.cfg.name, &series) {
+        if let Err(e) = chart.write_png(&png) {
             tracing::warn!("could not draw {}: {e:#}", png.display());
         }
     }

@@ -1,5 +1,8 @@
 //! What the user sees and what is left on disk about progress: a progress bar on a terminal
-//! (periodic log lines otherwise), `metrics.jsonl`, and metric tables.
+//! (periodic log lines otherwise), `metrics.jsonl` (and its TensorBoard copy), and metric tables.
+use super::tensorboard::Board;
+use crate::model::MultiTaskModel;
+use crate::tasks::Task;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
@@ -70,6 +73,34 @@ impl MetricsLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Where the loop's rows go: `metrics.jsonl`, and TensorBoard's event files unless
+/// `report.tensorboard: false`.
+pub struct RunLog {
+    metrics: MetricsLog,
+    board: Option<Board>,
+}
+
+impl RunLog {
+    pub fn new(metrics: MetricsLog, board: Option<Board>) -> Self {
+        Self { metrics, board }
+    }
+
+    pub fn append(&mut self, r: &Record) -> anyhow::Result<()> {
+        self.metrics.append(r)?;
+        self.board.as_mut().map_or(Ok(()), |b| b.record(r))
+    }
+
+    /// At an evaluation: TensorBoard's val preview of the model as it is at `step`.
+    pub fn images(&mut self, step: u64, model: &MultiTaskModel, tasks: &[Task]) -> anyhow::Result<()> {
+        self.board.as_mut().map_or(Ok(()), |b| b.images(step, model, tasks))
+    }
+
+    /// Training reached its last step.
+    pub fn finish(&mut self, step: u64) -> anyhow::Result<()> {
+        self.board.as_mut().map_or(Ok(()), |b| b.finish(step))
     }
 }
 

@@ -44,7 +44,7 @@ pub fn restore(checkpoint_dir: &Path, device: Device) -> anyhow::Result<Restored
     let cfg_path = checkpoint_dir.join(checkpoint::CONFIG_FILE);
     let cfg = crate::config::Config::load(&cfg_path, &[])?;
     let run = setup::resolve(cfg, &cfg_path.display().to_string(), checkpoint_dir)?;
-    let model = MultiTaskModel::new(&run.cfg, &run.heads(), device, run.in_channels(), run.cfg.data.image_size);
+    let model = MultiTaskModel::new(&run.cfg, &run.heads(), device, run.in_channels(), run.cfg.data.image_size)?;
     let model_file = checkpoint_dir.join(checkpoint::MODEL_FILE);
     model.load_tensors(&checkpoint::read_tensors(&model_file)?, &model_file, false)?;
     Ok(Restored { run, model, dir: checkpoint_dir.to_path_buf() })

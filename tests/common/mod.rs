@@ -131,3 +131,19 @@ pub fn relative_difference(a: &Path, b: &Path) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+/// The bytes of the weights the run's LATEST checkpoint holds.
+pub fn latest_weights(run: &Path) -> Vec<u8> {
+    std::fs::read(checkpoint_pointer(run, "LATEST").join("model.safetensors")).unwrap()
+}
+
+/// metrics.jsonl rows without the wall-clock field.
+pub fn metric_rows(run: &Path) -> Vec<serde_json::Value> {
+    read_lines(&run.join("metrics.jsonl"))
+        .into_iter()
+        .map(|mut r| {
+            r.as_object_mut().unwrap().remove("images_per_second");
+            r
+        })
+        .collect()
+}
