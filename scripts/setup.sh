@@ -9,7 +9,7 @@ py="${PYTHON:-python3}"
 
 check() {
   "$venv/bin/python" - "$want_torch" <<'PY' 2>/dev/null
-import sys, torch, safetensors, numpy, yaml, pytest
+import sys, torch, safetensors, numpy, scipy, yaml, pytest
 sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
 PY
 }
@@ -20,6 +20,6 @@ fi
 echo "setup: installing torch==$want_torch and test packages into $venv (a few minutes, ~4.7 GB)" >&2
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  "torch==$want_torch" safetensors numpy pyyaml pytest
+  "torch==$want_torch" safetensors numpy scipy pyyaml pytest
 check || { echo "setup: torch $want_torch did not install correctly in $venv" >&2; exit 1; }
 echo "setup: done" >&2
