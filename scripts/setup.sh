@@ -11,7 +11,7 @@ py="${PYTHON:-python3}"
 
 check() {
   "$venv/bin/python" - "$want_torch" <<'PY' 2>/dev/null
-import sys, torch, safetensors, numpy, yaml, pytest, tensorboard, onnx, onnxscript, onnxruntime
+import sys, torch, safetensors, numpy, scipy, yaml, pytest, tensorboard, onnx, onnxscript, onnxruntime
 sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
 PY
 }
@@ -22,6 +22,6 @@ fi
 echo "setup: installing torch==$want_torch and test packages into $venv (a few minutes, ~4.7 GB)" >&2
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  "torch==$want_torch" safetensors numpy pyyaml pytest tensorboard onnx onnxscript onnxruntime
+  "torch==$want_torch" safetensors numpy scipy pyyaml pytest tensorboard onnx onnxscript onnxruntime
 check || { echo "setup: torch $want_torch did not install correctly in $venv" >&2; exit 1; }
 echo "setup: done" >&2
