@@ -21,7 +21,7 @@ import numpy as np
 
 CAGRAD_ALPHA = 0.5
 UPGRAD_REG = 1e-4
-NASH_RIDGE = 1e-6  # solvers::NASH_RIDGE
+NASH_RIDGE = 1e-6  # solvers::NASH_RIDGE, relative to each task's squared norm
 DBMTL_BETA = 0.9
 DBMTL_EPS = 1e-8
 GRADVAC_BETA = 0.5
@@ -187,7 +187,7 @@ def imtl(G):
 def nash(G):
     T = G.shape[0]
     M = G @ G.T
-    Mt = M / np.linalg.norm(M) + NASH_RIDGE * np.eye(T)
+    Mt = (M + NASH_RIDGE * np.diag(np.diag(M))) / np.linalg.norm(M)
     # Coordinate descent on f(a) = a'Mt a / 2 - sum(log a): each coordinate is minimised
     # exactly (the positive root of Mt_ii a^2 + b a - 1 = 0) ...
     a = np.ones(T)

@@ -29,20 +29,22 @@ use tch::Tensor;
 
 const TOLERANCE: f64 = 1e-8;
 
-fn reference() -> Value {
+/// Runs `tests/<script>` with the project's `.venv/bin/python` and parses the JSON it prints.
+fn python_json(script: &str, args: &[&str]) -> Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv/bin/python");
     assert!(
         python.exists(),
-        "{} is missing: run scripts/setup.sh (it creates .venv with numpy) before this test",
+        "{} is missing: run scripts/setup.sh (it creates .venv with numpy and scipy) before this test",
         python.display()
     );
     let out = Command::new(&python)
-        .arg(root.join("tests/balance_reference.py"))
+        .arg(root.join("tests").join(script))
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    assert!(out.status.success(), "balance_reference.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("balance_reference.py printed invalid JSON")
+    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{script} printed invalid JSON: {e}"))
 }
 
 fn floats(v: &Value) -> Vec<f64> {
@@ -72,7 +74,7 @@ fn rel_error(got: &[f64], want: &[f64]) -> f64 {
 
 #[test]
 fn gradient_methods_match_the_numpy_reference() {
-    let reference = reference();
+    let reference = python_json("balance_reference.py", &[]);
     let cases = reference["cases"].as_array().expect("cases");
     assert_eq!(cases.len(), 3);
     let mut failures = Vec::new();
@@ -132,4 +134,87 @@ fn gradient_methods_match_the_numpy_reference() {
     }
     assert_eq!(compared, 3 * 13 * 2);
     assert!(failures.is_empty(), "differences from the reference:\n{}", failures.join("\n"));
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// The convex methods against a general-purpose solver: `tests/balance_optimum.py` poses each
+/// method's problem as its paper does (MGDA's and CAGrad's primal in parameter space, UPGrad's
+/// projections onto the dual cone, Nash-MTL's barrier problem, IMTL-G's linear system) and
+/// solves it with scipy, on random Jacobians of every hard shape (more tasks than parameters,
+/// near-duplicate rows, rows 1e6 apart, `[a, b, −k(a+b)]`) for three seeds. Where the optimum
+/// is unique our direction must have a cosine ≥ 0.9999 to scipy's; where it is zero ours must
+/// be below `ZERO_DIRECTION` times the smallest gradient's norm.
+#[test]
+fn convex_methods_reach_an_independent_solvers_optimum() {
+    /// The acceptance bar of issue 15 (the solvers agree far more closely: see the printout).
+    const MIN_COSINE: f64 = 0.9999;
+    /// A zero optimum: the Gram matrix carries the gradients to about √ε_f64 of the largest
+    /// norm, so "zero" is measured at 1e-6 of the smallest gradient.
+    const ZERO_DIRECTION: f64 = 1e-6;
+    // Other Jacobians: BALANCE_OPTIMUM_SEEDS="3 4 5" cargo test --release --test balance_reference
+    let seeds = std::env::var("BALANCE_OPTIMUM_SEEDS").unwrap_or_else(|_| "0 1 2".into());
+    let reference = python_json("balance_optimum.py", &seeds.split_whitespace().collect::<Vec<_>>());
+    let cases = reference["cases"].as_array().expect("cases");
+    let alpha = reference["cagrad_alpha"].as_f64().unwrap();
+    let reg = reference["upgrad_reg"].as_f64().unwrap();
+    let mut failures = Vec::new();
+    let mut worst: std::collections::BTreeMap<&str, (f64, usize, usize, usize)> = Default::default();
+    for case in cases {
+        let name = case["name"].as_str().unwrap_or("?");
+        let g = matrix(&case["grads"]);
+        let t = g.size()[0] as usize;
+        let smallest = (0..t).map(|i| norm(&values(&g.get(i as i64)))).fold(f64::INFINITY, f64::min);
+        let ones = Tensor::ones([t as i64], (tch::Kind::Double, tch::Device::Cpu));
+        let ours = [
+            ("mgda", mgda(&g, &ones, MgdaNormalization::None).unwrap()),
+            ("cagrad", cagrad(&g, alpha).unwrap()),
+            ("upgrad", upgrad(&g, reg).unwrap()),
+            ("nash", nash_mtl(&g).unwrap()),
+            ("imtl", imtl(&g).unwrap()),
+        ];
+        for (method, comb) in &ours {
+            let want = &case["results"][*method];
+            let got = values(&comb.direction);
+            let entry = worst.entry(method).or_insert((1.0, 0, 0, 0));
+            if want["zero"].as_bool() == Some(true) {
+                entry.2 += 1;
+                let rel = norm(&got) / smallest;
+                if rel > ZERO_DIRECTION {
+                    failures.push(format!(
+                        "{name} {method}: optimum 0, ours {got:?} (|d| = {rel:.1e} of the smallest |g|)"
+                    ));
+                }
+            } else if want["direction"].is_null() {
+                entry.3 += 1;
+            } else {
+                entry.1 += 1;
+                let want = floats(&want["direction"]);
+                let cos = got.iter().zip(&want).map(|(a, b)| a * b).sum::<f64>() / (norm(&got) * norm(&want));
+                entry.0 = entry.0.min(if cos.is_nan() { -1.0 } else { cos });
+                if cos.is_nan() || cos < MIN_COSINE {
+                    failures.push(format!("{name} {method}: cosine {cos:.6} (ours {got:?}, optimum {want:?})"));
+                }
+            }
+        }
+    }
+    for (method, (cos, compared, zero, ambiguous)) in &worst {
+        println!(
+            "{method:>7}: {compared} directions, worst 1 - cosine {:.1e}; {zero} zero optima; {ambiguous} not unique",
+            1.0 - cos
+        );
+        assert!(
+            2 * compared >= cases.len(),
+            "{method}: only {compared} of {} cases with a unique non-zero optimum",
+            cases.len()
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} disagreements with the independent optimum:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -25,11 +25,28 @@ fn baselines_then_delta_m_then_compare() {
         read_lines(&tmp.path().join("runs/t/metrics.jsonl")).into_iter().filter(|r| r["split"] == "val").collect();
     assert!(val.iter().all(|r| r["delta_m"].is_number()), "Δm at every eval");
 
+    // A second seed of the same method: compare adds its mean and spread over the seeds.
+    run_in(
+        tmp.path(),
+        &[
+            "t.yaml",
+            "--run-dir",
+            "runs/t1",
+            "--set",
+            "seed=1",
+            "--set",
+            "train.baselines=runs/t-baselines.json",
+            "--set",
+            "balance.method=pcgrad",
+        ],
+    )
+    .assert_ok();
     let run = run_in(
         tmp.path(),
         &[
             "compare",
             "runs/t",
+            "runs/t1",
             "runs/t-stl-kind",
             "runs/t-mmoe",
             "--baselines",
@@ -42,8 +59,25 @@ fn baselines_then_delta_m_then_compare() {
     );
     run.assert_ok();
     let out = run.stdout();
-    assert!(out.contains("| t | hps | pcgrad (params) |"), "{out}");
     assert!(out.contains("| t | mmoe | static |"), "{out}");
+    // (tiny_config's seed is 3.)
+    assert!(
+        out.contains("| t | hps | pcgrad (params) | 3 |") && out.contains("| t | hps | pcgrad (params) | 1 |"),
+        "{out}"
+    );
+    let summary =
+        out.lines().find(|l| l.starts_with("| t | hps | pcgrad (params) | 3, 1 |")).expect("a row over the seeds");
+    let cells: Vec<&str> = summary.split('|').map(str::trim).collect();
+    let per_seed: Vec<f64> = out
+        .lines()
+        .filter(|l| {
+            l.starts_with("| t | hps | pcgrad (params) | 3 |") || l.starts_with("| t | hps | pcgrad (params) | 1 |")
+        })
+        .map(|l| l.split('|').map(str::trim).nth(l.split('|').count() - 4).unwrap().parse::<f64>().unwrap())
+        .collect();
+    let mean: f64 = cells[cells.len() - 4].parse().unwrap();
+    assert!((mean - (per_seed[0] + per_seed[1]) / 2.0).abs() <= 0.006, "{summary} vs {per_seed:?}");
+    assert_eq!(out.matches("| t-stl-kind | hps | static |").count(), 1, "a single run gets no summary row: {out}");
     // A single-task baseline compared with itself: Δm = 0.
     assert!(out.contains("| t-stl-kind | hps | static |") && out.contains("+0.00"), "{out}");
     assert!(tmp.path().join("c.png").is_file() && tmp.path().join("c.md").is_file());

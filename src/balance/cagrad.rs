@@ -1,14 +1,17 @@
 //! CAGrad (Liu et al. 2021): `g0 = mean_i g_i`, `c = α_c ‖g0‖`,
-//! `w = argmin_{w ∈ Δ} wᵀ M 1/T + c √(wᵀ M w)`, `g_w = Σ w_i g_i`,
-//! `d = (g0 + c g_w / ‖g_w‖) / (1 + α_c²)` (α_c = 0.5 by default, option `alpha`).
+//! `d = argmax_{‖d − g0‖ ≤ c} min_i g_i·d`, solved through its dual
+//! `w = argmin_{w ∈ Δ} wᵀ M 1/T + c √(wᵀ M w)`, `d = g0 + c g_w / ‖g_w‖` with
+//! `g_w = Σ w_i g_i`, and returned as `d / (1 + α_c²)` (α_c = 0.5 by default, option `alpha`).
 //!
-//! Weights: the coefficients `(1/T + λ w_i) / (1 + α_c²)` with `λ = c/‖g_w‖`, so
-//! `d = Σ weights_i g_i`. When the optimum has `g_w = 0` (or `c = 0`) the correction has no
-//! direction and `d = g0 / (1 + α_c²)`.
+//! Weights: the coefficients `(1/T + y_i) / (1 + α_c²)` of `d = Σ weights_i g_i`, where
+//! `y = c w/‖g_w‖` (see [`cagrad_correction`]). When the optimum has `g_w = 0` (the direction
+//! of the correction is undefined) every point of the ball that conflicts with no task is
+//! optimal and the one nearest the mean is taken: the mean itself (`d = g0 / (1 + α_c²)`)
+//! when it conflicts with no task, and always when `c = 0`.
 use super::gradient::{Combination, GradientMethod};
 use super::grads::gram;
 use super::options::Options;
-use super::solvers::cagrad_weights;
+use super::solvers::cagrad_correction;
 use super::Balancer;
 use super::StepContext;
 use tch::Tensor;
@@ -30,12 +33,8 @@ pub fn cagrad(grads: &Tensor, alpha: f64) -> anyhow::Result<Combination> {
         // The weights are invariant to the scale of M; normalizing keeps the solver in O(1).
         let mn = m.scaled(n as f64 / tr);
         let g0_norm = mn.quad(&vec![base; n], &vec![base; n]).max(0.0).sqrt();
-        let c = alpha * g0_norm;
-        if let Some(w) = cagrad_weights(&mn, c) {
-            let gw_norm = mn.quad(&w, &w).max(0.0).sqrt();
-            let lambda = c / gw_norm;
-            coef = w.iter().map(|wi| (base + lambda * wi) * rescale).collect();
-        }
+        let y = cagrad_correction(&mn, alpha * g0_norm);
+        coef = y.iter().map(|yi| (base + yi) * rescale).collect();
     }
     Ok(Combination::weighted(grads, &coef))
 }

@@ -1,6 +1,8 @@
 //! `mtl-train compare`: a table of runs (architecture, method, per-task metrics, Δm, time per
-//! step) and a chart of their val metrics and losses: a run has one colour in every panel,
-//! training losses are solid and val values dashed, and each run's best checkpoint is starred.
+//! step); where one configuration (name, architecture, method) ran with several seeds, its mean
+//! and spread over them; and a chart of val metrics and losses: one colour per configuration in
+//! every panel (averaged over its seeds), training losses solid and val values dashed, and a
+//! single run's best checkpoint starred.
 use clap::Args;
 use mtl::balance::GradientSpace;
 use mtl::checkpoint::RunDir;
@@ -30,7 +32,11 @@ pub struct CompareArgs {
 pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let baselines = args.baselines.as_deref().map(Baselines::load).transpose()?;
     let rows = args.runs.iter().map(|r| summarise(r, baselines.as_ref())).collect::<anyhow::Result<Vec<_>>>()?;
-    let table = table(&rows);
+    let mut table = table(&rows);
+    if let Some(summary) = seed_summary(&rows) {
+        table.push('\n');
+        table.push_str(&summary);
+    }
     print!("{table}");
     if let Some(path) = &args.table {
         super::write_file(path, &table)?;
@@ -107,14 +113,7 @@ fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSum
 /// (and relative to the first hard-sharing run whose method is `static`, or else the first
 /// `static` one).
 fn table(rows: &[RunSummary]) -> String {
-    let mut keys: Vec<String> = Vec::new();
-    for r in rows {
-        for (k, _) in &r.metrics {
-            if !keys.contains(k) {
-                keys.push(k.clone());
-            }
-        }
-    }
+    let keys = metric_keys(rows);
     let statics = || rows.iter().filter(|r| r.method == "static");
     let reference = statics()
         .find(|r| r.architecture == mtl::config::DEFAULT_ARCHITECTURE)
@@ -145,42 +144,139 @@ fn table(rows: &[RunSummary]) -> String {
     out
 }
 
+/// The runs of each configuration (config name, architecture, method), in order of first
+/// appearance: the seeds of one configuration.
+fn by_configuration(rows: &[RunSummary]) -> Vec<Vec<&RunSummary>> {
+    let mut groups: Vec<Vec<&RunSummary>> = Vec::new();
+    for r in rows {
+        let same = |g: &Vec<&RunSummary>| {
+            g[0].name == r.name && g[0].architecture == r.architecture && g[0].method == r.method
+        };
+        match groups.iter_mut().find(|g| same(g)) {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+}
+
+/// A Markdown table with one row per configuration that ran with more than one seed: the mean of
+/// every quality metric, and Δm's mean, sample standard deviation and range. `None` when no
+/// method has several seeds.
+fn seed_summary(rows: &[RunSummary]) -> Option<String> {
+    let groups: Vec<_> = by_configuration(rows).into_iter().filter(|g| g.len() > 1).collect();
+    if groups.is_empty() {
+        return None;
+    }
+    let keys = metric_keys(rows);
+    let mut out = format!(
+        "| run | architecture | method | seeds | {} | Δm % mean | Δm sd | Δm min … max |\n",
+        keys.iter().map(|k| format!("{k} mean")).collect::<Vec<_>>().join(" | ")
+    );
+    out.push_str(&format!("|{}\n", " --- |".repeat(keys.len() + 7)));
+    for g in groups {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                let v: Vec<f64> =
+                    g.iter().filter_map(|r| r.metrics.iter().find(|(m, _)| m == k).map(|(_, v)| *v)).collect();
+                if v.len() == g.len() {
+                    format!("{:.4}", mean(&v))
+                } else {
+                    "–".into()
+                }
+            })
+            .collect();
+        let dm: Vec<f64> = g.iter().filter_map(|r| r.delta_m).collect();
+        let dm_cells = if dm.len() == g.len() {
+            let m = mean(&dm);
+            let sd = (dm.iter().map(|d| (d - m).powi(2)).sum::<f64>() / (dm.len() - 1) as f64).sqrt();
+            let (lo, hi) = dm.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &d| (a.min(d), b.max(d)));
+            format!("{m:+.2} | {sd:.2} | {lo:+.2} … {hi:+.2}")
+        } else {
+            "– | – | –".into()
+        };
+        let seeds: Vec<String> = g.iter().map(|r| r.seed.to_string()).collect();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {dm_cells} |\n",
+            g[0].name,
+            g[0].architecture,
+            g[0].method,
+            seeds.join(", "),
+            cells.join(" | ")
+        ));
+    }
+    Some(out)
+}
+
+/// Every quality metric of the runs, in order of first appearance.
+fn metric_keys(rows: &[RunSummary]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for r in rows {
+        for (k, _) in &r.metrics {
+            if !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
+    }
+    keys
+}
+
 /// Per task a row of panels: its loss (train solid, val dashed) and each quality metric; then
-/// Δm. One line per run in the run's colour; its best checkpoint starred where the monitored
-/// metric has a panel.
+/// Δm. One line per configuration in its colour, the mean over its seeds at the steps every seed
+/// logged; a single run's best checkpoint starred where the monitored metric has a panel.
 fn comparison_chart(rows: &[RunSummary]) -> Chart {
-    let labels = run_labels(rows);
     let mut series: Vec<Series> = Vec::new();
     let mut best = Vec::new();
-    for (r, label) in rows.iter().zip(&labels) {
-        for rec in read_records(&RunDir::new(&r.run).metrics()) {
-            let (Some(step), Some(split)) =
-                (rec.get("step").and_then(|s| s.as_f64()), rec.get("split").and_then(|s| s.as_str()))
-            else {
-                continue;
-            };
-            let split = Split::of(split);
-            for (k, v) in metric_values(&rec) {
-                let shown = match split {
-                    Split::Val => is_quality_metric(&k) || k == "delta_m" || k.ends_with(".loss"),
-                    Split::Train => k.ends_with(".loss"),
-                };
-                if !shown {
+    for group in by_configuration(rows) {
+        let r = group[0];
+        let label = match (r.architecture.as_str(), group.len()) {
+            (mtl::config::DEFAULT_ARCHITECTURE, 1) => format!("{} [{}]", r.name, r.method),
+            (mtl::config::DEFAULT_ARCHITECTURE, n) => format!("{} [{}] ({n} seeds)", r.name, r.method),
+            (arch, 1) => format!("{} [{arch}, {}]", r.name, r.method),
+            (arch, n) => format!("{} [{arch}, {}] ({n} seeds)", r.name, r.method),
+        };
+        // (panel, split, step) → (sum, count) over the group's runs
+        let mut sums: Vec<(String, Split, f64, f64, usize)> = Vec::new();
+        for run in &group {
+            for rec in read_records(&RunDir::new(&run.run).metrics()) {
+                let (Some(step), Some(split)) =
+                    (rec.get("step").and_then(|s| s.as_f64()), rec.get("split").and_then(|s| s.as_str()))
+                else {
                     continue;
-                }
-                let panel = if k == "delta_m" { "Δm (%)".to_string() } else { k };
-                match series.iter_mut().find(|s| s.panel == panel && s.name == *label && s.split == split) {
-                    Some(s) => s.points.push((step, v)),
-                    None => series.push(Series { panel, name: label.clone(), split, points: vec![(step, v)] }),
+                };
+                let split = Split::of(split);
+                for (k, v) in metric_values(&rec) {
+                    let shown = match split {
+                        Split::Val => is_quality_metric(&k) || k == "delta_m" || k.ends_with(".loss"),
+                        Split::Train => k.ends_with(".loss"),
+                    };
+                    if !shown {
+                        continue;
+                    }
+                    let panel = if k == "delta_m" { "Δm (%)".to_string() } else { k };
+                    match sums.iter_mut().find(|e| e.0 == panel && e.1 == split && e.2 == step) {
+                        Some(e) => (e.3, e.4) = (e.3 + v, e.4 + 1),
+                        None => sums.push((panel, split, step, v, 1)),
+                    }
                 }
             }
         }
-        if let Some(b) = RunDir::new(&r.run).best() {
+        for (panel, split, step, sum, count) in sums.into_iter().filter(|e| e.4 == group.len()) {
+            let point = (step, sum / count as f64);
+            match series.iter_mut().find(|s| s.panel == panel && s.name == label && s.split == split) {
+                Some(s) => s.points.push(point),
+                None => series.push(Series { panel, name: label.clone(), split, points: vec![point] }),
+            }
+        }
+        // Seeds stop at different best steps: only a single run's best is drawn.
+        if let (1, Some(b)) = (group.len(), RunDir::new(&r.run).best()) {
             let point = series.iter().any(|s| s.panel == b.metric).then(|| (b.metric.clone(), b.value));
             best.push(Best { step: b.step as f64, name: Some(label.clone()), point });
         }
     }
-    let mut chart = Chart::grid("comparison (★ and dotted line: each run's best checkpoint)", series, best);
+    let mut chart = Chart::grid("comparison (★ and dotted line: each single run's best checkpoint)", series, best);
     let mut order: Vec<&str> = Vec::new();
     for k in rows.iter().flat_map(|r| &r.keys) {
         if !order.contains(&k.as_str()) {
@@ -189,29 +285,6 @@ fn comparison_chart(rows: &[RunSummary]) -> Chart {
     }
     chart.rows = panel_rows(&chart.series, &order);
     chart
-}
-
-/// `name [method]`, with the seed when two runs would otherwise read the same.
-fn run_labels(rows: &[RunSummary]) -> Vec<String> {
-    let plain: Vec<String> = rows
-        .iter()
-        .map(|r| match r.architecture.as_str() {
-            mtl::config::DEFAULT_ARCHITECTURE => format!("{} [{}]", r.name, r.method),
-            arch => format!("{} [{arch}, {}]", r.name, r.method),
-        })
-        .collect();
-    rows.iter()
-        .zip(&plain)
-        .map(
-            |(r, p)| {
-                if plain.iter().filter(|q| *q == p).count() > 1 {
-                    format!("{p} seed {}", r.seed)
-                } else {
-                    p.clone()
-                }
-            },
-        )
-        .collect()
 }
 
 /// One row per task, panels in `order` (the runs' tasks and metrics), anything else after

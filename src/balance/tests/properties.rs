@@ -9,8 +9,9 @@ use crate::balance::dwa::dwa_weights;
 use crate::balance::famo::Famo;
 use crate::balance::gls::gls_weights;
 use crate::balance::gradnorm::GradNorm;
+use crate::balance::grads::gram;
 use crate::balance::gradvac::GradVac;
-use crate::balance::imtl::imtl;
+use crate::balance::imtl::{imtl, imtl_weights};
 use crate::balance::mgda::{mgda, MgdaNormalization};
 use crate::balance::nash::nash_mtl;
 use crate::balance::pcgrad::{pcgrad, pcgrad_coefficients, random_orders};
@@ -114,18 +115,24 @@ fn mgda_two_task_closed_form() {
 
 #[test]
 fn mgda_is_the_min_norm_point_kkt() {
-    for seed in 0..20 {
+    // Equal scales, and one row 1e6 larger (the optimum then lives on the small rows: each
+    // condition is checked relative to its own row).
+    for (seed, big) in (0..20).map(|s| (s, 1.0)).chain((20..30).map(|s| (s, 1e6))) {
         let g = random_grads(seed, 4, 6);
+        let g = mat(&rows_of(&g)
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.iter().map(|x| x * if i == 0 { big } else { 1.0 }).collect())
+            .collect::<Vec<_>>());
         let c = mgda(&g, &ones(4), MgdaNormalization::None).unwrap();
         let (d, w) = (values(&c.direction), values(&c.weights));
         assert_simplex(&w);
         let d2 = dot(&d, &d);
-        let scale = rows_of(&g).iter().map(|r| dot(r, r)).fold(0.0, f64::max);
         for (i, gi) in rows_of(&g).iter().enumerate() {
-            let gd = dot(gi, &d);
-            assert!(gd >= d2 - 1e-9 * scale, "seed {seed}: g{i}·d = {gd} < ‖d‖² = {d2}");
-            if w[i] > 1e-7 {
-                assert!((gd - d2).abs() <= 1e-9 * scale, "seed {seed}: support {i}: {gd} vs {d2}");
+            let (gd, tol) = (dot(gi, &d), 1e-9 * norm(gi) * norm(&d));
+            assert!(gd >= d2 - tol, "seed {seed}: g{i}·d = {gd} < ‖d‖² = {d2}");
+            if w[i] * norm(gi) > 1e-7 * norm(&d) {
+                assert!((gd - d2).abs() <= tol, "seed {seed}: support {i}: {gd} vs {d2}");
             }
         }
     }
@@ -138,7 +145,6 @@ fn non_conflicting_methods_never_oppose_a_task() {
         let rows = rows_of(&g);
         let checks = [
             ("mgda", mgda(&g, &ones(3), MgdaNormalization::None).unwrap()),
-            ("imtl", imtl(&g).unwrap()),
             ("upgrad (no ridge)", upgrad(&g, 0.0).unwrap()),
         ];
         for (name, c) in checks {
@@ -174,6 +180,84 @@ fn imtl_projections_are_equal() {
         let proj: Vec<f64> = rows_of(&g).iter().map(|r| dot(&d, r) / norm(r)).collect();
         assert_close(&proj, &[proj[0]; 4], 1e-9);
     }
+}
+
+#[test]
+fn imtl_equal_projections_can_all_be_negative() {
+    // IMTL-G promises equal projections, not a non-conflicting step: here d opposes every task.
+    let g = mat(&[vec![-0.7, -0.9, 0.1], vec![-2.9, -0.5, -0.3], vec![-0.5, -1.6, -0.2]]);
+    let d = values(&imtl(&g).unwrap().direction);
+    let proj: Vec<f64> = rows_of(&g).iter().map(|r| dot(&d, r) / norm(r)).collect();
+    assert_close(&proj, &[proj[0]; 3], 1e-10);
+    assert!(proj[0] < -6.0, "{proj:?}");
+}
+
+#[test]
+fn imtl_dependent_gradients_give_a_zero_update_and_are_flagged() {
+    let (a, b) = (vec![0.3, -1.2, 0.5], vec![1.1, 0.4, -0.7]);
+    let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    let scaled = |k: f64| sum.iter().map(|x| -k * x).collect::<Vec<_>>();
+    let f32_rounded =
+        |rows: Vec<Vec<f64>>| rows.iter().map(|r| r.iter().map(|&x| x as f32 as f64).collect()).collect::<Vec<_>>();
+    let dependent = [
+        ("[a, b, -(a+b)]", vec![a.clone(), b.clone(), scaled(1.0)]),
+        ("[a, b, -2(a+b)]", vec![a.clone(), b.clone(), scaled(2.0)]),
+        ("[a, b, -(a+b)] in f32", f32_rounded(vec![a.clone(), b.clone(), scaled(1.0)])),
+        ("4 tasks, 2 parameters", rows_of(&random_grads(21, 4, 2))),
+    ];
+    for (case, rows) in dependent {
+        let w = imtl_weights(&gram(&mat(&rows)).unwrap());
+        assert!(w.dependent, "{case}");
+        assert!((w.alpha.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{case}: {:?}", w.alpha);
+        let d = values(&imtl(&mat(&rows)).unwrap().direction);
+        let biggest = rows.iter().map(|r| norm(r)).fold(0.0, f64::max);
+        assert!(norm(&d) <= 1e-6 * biggest, "{case}: {d:?}");
+    }
+    for seed in 0..10 {
+        assert!(!imtl_weights(&gram(&random_grads(700 + seed, 3, 4)).unwrap()).dependent);
+    }
+}
+
+#[test]
+fn imtl_warns_once_per_run_about_dependent_gradients() {
+    use crate::balance::imtl::Imtl;
+    use crate::balance::{GradientMethod, StepContext};
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Log {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let dependent = mat(&[vec![1.0, 0.0], vec![0.0, 1.0], vec![-1.0, -1.0]]);
+    let independent = random_grads(5, 2, 3);
+    tracing::subscriber::with_default(subscriber, || {
+        let mut method = Imtl::default();
+        for (step, g) in [&independent, &dependent, &dependent, &independent, &dependent].into_iter().enumerate() {
+            let ctx = StepContext {
+                losses: &[],
+                shared_params: &[],
+                head_params: &[],
+                features: None,
+                task_weights: &[],
+                step: step as u64,
+                epoch: 0,
+                seed: 0,
+            };
+            method.combine_step(g, &ones(g.size()[0] as usize), &ctx).unwrap();
+        }
+    });
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("linearly dependent").count(), 1, "{text}");
+    assert!(text.contains("imtl at step 1"), "{text}");
 }
 
 #[test]
@@ -241,13 +325,15 @@ fn gradvac_starts_as_pcgrad_and_tracks_cosines() {
 #[test]
 fn cagrad_maximises_the_worst_improvement_in_the_ball() {
     let alpha = 0.5;
-    for seed in 0..10 {
-        let g = random_grads(400 + seed, 3, 4);
+    // T ≤ P, and T > P where the origin is usually inside the hull of the gradients.
+    for (seed, t, p) in (0..10).map(|s| (s, 3, 4)).chain((10..20).map(|s| (s, 4 + s as usize % 2, 2 + s as usize % 2)))
+    {
+        let g = random_grads(400 + seed, t, p);
         let rows = rows_of(&g);
         let c = cagrad(&g, alpha).unwrap();
         let w = values(&c.weights);
         let d: Vec<f64> = values(&c.direction).iter().map(|x| x * (1.0 + alpha * alpha)).collect();
-        let g0: Vec<f64> = (0..4).map(|k| rows.iter().map(|r| r[k]).sum::<f64>() / 3.0).collect();
+        let g0: Vec<f64> = (0..p).map(|k| rows.iter().map(|r| r[k]).sum::<f64>() / t as f64).collect();
         let radius = alpha * norm(&g0);
         let worst = |x: &[f64]| rows.iter().map(|r| dot(r, x)).fold(f64::INFINITY, f64::min);
         let offset: Vec<f64> = d.iter().zip(&g0).map(|(a, b)| a - b).collect();
@@ -256,11 +342,41 @@ fn cagrad_maximises_the_worst_improvement_in_the_ball() {
         // No point of the ball does better on the worst task (sampled).
         let best = worst(&d);
         for k in 0..200 {
-            let u = values(&random_grads(1000 * seed + k, 1, 4));
+            let u = values(&random_grads(1000 * seed + k, 1, p));
             let x: Vec<f64> = g0.iter().zip(&u).map(|(a, b)| a + radius * b / norm(&u)).collect();
             assert!(worst(&x) <= best + 1e-9, "seed {seed}: {} > {best}", worst(&x));
         }
     }
+}
+
+#[test]
+fn cagrad_with_the_origin_inside_the_hull_is_not_the_mean() {
+    // Issue 15's case: three gradients around the origin. The optimum of the CAGrad problem
+    // before the 1/(1+α²) factor, by SLSQP on the primal (tests/balance_optimum.py's
+    // formulation, to ftol 1e-16), is d = [−0.33577136, −0.04473188]; the issue quotes
+    // [−0.335769, −0.044730] from a default-tolerance solve. Falling back to the mean gave
+    // [−0.379236, 0.131712].
+    let g = mat(&[vec![-1.48987, 0.49396], vec![0.58870, -0.89139], vec![-0.52097, 0.89135]]);
+    let c = cagrad(&g, 0.5).unwrap();
+    let d: Vec<f64> = values(&c.direction).iter().map(|x| x * 1.25).collect();
+    assert_close(&d, &[-0.33577136, -0.04473188], 1e-7);
+    let w = values(&c.weights);
+    assert!(w.iter().any(|x| (x - w[0]).abs() > 0.01), "equal weights: the mean {w:?}");
+}
+
+#[test]
+fn cagrad_without_a_correction_direction_takes_the_no_conflict_point_nearest_the_mean() {
+    // [a, −a, b]: the origin is on an edge of the hull and g_w = 0 at the optimum. Every point
+    // of the ball with no conflict is then optimal (value 0); the nearest to the mean b/3 is b
+    // with its a-component removed, /3. The mean itself conflicts with −a (a·b > 0).
+    let (a, b) = (vec![1.0, 0.0, 0.0], vec![0.3, 0.9, 0.2]);
+    let g = mat(&[a.clone(), a.iter().map(|x| -x).collect(), b.clone()]);
+    let d: Vec<f64> = values(&cagrad(&g, 0.5).unwrap().direction).iter().map(|x| x * 1.25).collect();
+    assert_close(&d, &[0.0, 0.3, 0.2 / 3.0], 1e-12);
+    // α = 1 and the origin strictly inside the hull: the ball reaches the origin, and d = 0 is
+    // the only point with value 0 (the mean would conflict with a task).
+    let g = mat(&[vec![1.0, 0.0], vec![-0.5, 0.9], vec![-0.4, -0.8]]);
+    assert_close(&values(&cagrad(&g, 1.0).unwrap().direction), &[0.0, 0.0], 1e-12);
 }
 
 #[test]
@@ -272,21 +388,46 @@ fn cagrad_without_radius_is_the_scaled_mean() {
     assert_close(&values(&c.weights), &[1.0 / 3.0; 3], 1e-12);
 }
 
+/// Nash-MTL's matrix: `M̃ = (M + ridge·diag(M)) / ‖M‖_F`.
+fn nash_matrix(g: &Tensor) -> Mat {
+    let m = gram(g).unwrap();
+    Mat::from_fn(m.n(), |i, j| (m[(i, j)] + if i == j { NASH_RIDGE * m[(i, i)] } else { 0.0 }) / m.frobenius())
+}
+
 #[test]
 fn nash_solves_the_bargaining_equations() {
-    let g = random_grads(17, 3, 5);
-    let w = values(&nash_mtl(&g).unwrap().weights);
-    let m = crate::balance::grads::gram(&g).unwrap();
-    let mt = m.scaled(1.0 / m.frobenius()).with_ridge(NASH_RIDGE);
-    let mw = mt.mul_vec(&w);
-    for i in 0..3 {
-        assert!((w[i] * mw[i] - 1.0).abs() < 1e-9, "{w:?}");
+    for (seed, big) in [(17, 1.0), (18, 1e6)] {
+        let g = &random_grads(seed, 3, 5) * Tensor::from_slice(&[big, 1.0, 1.0]).unsqueeze(1);
+        let w = values(&nash_mtl(&g).unwrap().weights);
+        let mw = nash_matrix(&g).mul_vec(&w);
+        for i in 0..3 {
+            assert!((w[i] * mw[i] - 1.0).abs() < 1e-9, "{w:?}");
+        }
     }
-    // Orthogonal gradients: α_i = 1/√(M̃_ii + ridge).
+    // Orthogonal gradients: α_i = 1/√(M̃_ii).
     let g = mat(&[vec![3.0, 0.0], vec![0.0, 1.0]]);
     let fro = (81.0f64 + 1.0).sqrt();
-    let want = [1.0 / (9.0 / fro + NASH_RIDGE).sqrt(), 1.0 / (1.0 / fro + NASH_RIDGE).sqrt()];
+    let want = [1.0 / (9.0 * (1.0 + NASH_RIDGE) / fro).sqrt(), 1.0 / ((1.0 + NASH_RIDGE) / fro).sqrt()];
     assert_close(&values(&nash_mtl(&g).unwrap().weights), &want, 1e-10);
+}
+
+#[test]
+fn nash_is_invariant_to_each_tasks_scale() {
+    // Rescaling a task's gradient by s rescales its α by 1/s (up to the common factor of the
+    // Frobenius normalisation) and leaves the direction alone (the relative ridge keeps it
+    // so), even for scales 1e6 apart.
+    let g = random_grads(19, 3, 4);
+    let s = [1e6, 1.0, 1e-3];
+    let gs = &g * Tensor::from_slice(&s).unsqueeze(1);
+    let (a, b) = (nash_mtl(&g).unwrap(), nash_mtl(&gs).unwrap());
+    let (wa, wb) = (values(&a.weights), values(&b.weights));
+    let ratio: Vec<f64> = (0..3).map(|i| wb[i] * s[i] / wa[i]).collect();
+    assert_close(&ratio, &[ratio[0]; 3], 1e-9);
+    assert!(cosine(&values(&b.direction), &values(&a.direction)) > 1.0 - 1e-12);
+    // A task with a zero gradient has no stake in the shared direction: weight 0.
+    let z = mat(&[vec![1.0, 0.5, 0.0], vec![0.0; 3], vec![-0.2, 1.0, 0.3]]);
+    let w = values(&nash_mtl(&z).unwrap().weights);
+    assert!(w[1] == 0.0 && w[0] > 0.0 && w[2] > 0.0, "{w:?}");
 }
 
 #[test]
@@ -295,6 +436,49 @@ fn aligned_orthogonal_closed_form() {
     let c = aligned_mtl(&g).unwrap();
     assert_close(&values(&c.weights), &[1.0 / 3.0, 1.0], 1e-12);
     assert_close(&values(&c.direction), &[1.0, 1.0], 1e-12);
+    // Norms 1e6 apart are balanced too (the reference code's λ_max·T·ε_f32 cut-off drops the
+    // small task's eigenvalue, 1e-12 of the largest): α_i = min‖g‖ / ‖g_i‖.
+    let g = mat(&[vec![1e6, 0.0, 0.0], vec![0.0, 1.0, 0.0], vec![0.0, 0.0, 1e-3]]);
+    let w = values(&aligned_mtl(&g).unwrap().weights);
+    for (got, want) in w.iter().zip([1e-9, 1e-3, 1.0]) {
+        assert!((got - want).abs() <= 1e-12 * want, "{w:?}");
+    }
+}
+
+#[test]
+fn aligned_keeps_a_task_1e6_smaller() {
+    // Two tasks: M^{1/2} = (M + sI)/t with s = √det M, t = √(tr M + 2s), and
+    // α = √λ_min M^{-1/2} 1 in closed form.
+    let (a, b) = (vec![1e6, 0.0], vec![0.3, 0.95]);
+    let m = gram(&mat(&[a.clone(), b.clone()])).unwrap();
+    let (tr, det) = (m.trace(), m[(0, 0)] * m[(1, 1)] - m[(0, 1)] * m[(0, 1)]);
+    let (s, t) = (det.sqrt(), (tr + 2.0 * det.sqrt()).sqrt());
+    let lmin = det / (0.5 * (tr + (tr * tr - 4.0 * det).sqrt()));
+    // (M + sI)⁻¹ 1 by Cramer's rule.
+    let (p, q, r) = (m[(0, 0)] + s, m[(0, 1)], m[(1, 1)] + s);
+    let inv_one = [(r - q) / (p * r - q * q), (p - q) / (p * r - q * q)];
+    let want: Vec<f64> = inv_one.iter().map(|v| lmin.sqrt() * t * v).collect();
+    let c = aligned_mtl(&mat(&[a, b.clone()])).unwrap();
+    let w = values(&c.weights);
+    for i in 0..2 {
+        assert!((w[i] - want[i]).abs() <= 1e-9 * want[i].abs(), "{w:?} vs {want:?}");
+    }
+    assert!(dot(&values(&c.direction), &b) > 0.0);
+}
+
+#[test]
+fn aligned_drops_dependent_directions_at_f32_precision() {
+    // [a, b, −2(a+b)]: exactly dependent in f64, dependent up to rounding in f32. Both must
+    // leave the null direction out (keeping it would scale the step down to its ~1e-7
+    // singular value and point it at rounding noise). ([a, b, −(a+b)] has 1 in the null
+    // space of M, so Aligned-MTL's B·1 is exactly 0 there.)
+    let (a, b) = (vec![0.3, -1.2, 0.5, 0.1], vec![1.1, 0.4, -0.7, 2.0]);
+    let c: Vec<f64> = a.iter().zip(&b).map(|(x, y)| -2.0 * (x + y)).collect();
+    let exact = values(&aligned_mtl(&mat(&[a.clone(), b.clone(), c.clone()])).unwrap().direction);
+    let rounded: Vec<Vec<f64>> = [a, b, c].iter().map(|r| r.iter().map(|&x| x as f32 as f64).collect()).collect();
+    let noisy = values(&aligned_mtl(&mat(&rounded)).unwrap().direction);
+    assert!(norm(&exact) > 0.1, "{exact:?}");
+    assert_close(&noisy, &exact, 1e-5);
 }
 
 #[test]
