@@ -251,6 +251,7 @@ fn imtl_warns_once_per_run_about_dependent_gradients() {
                 step: step as u64,
                 epoch: 0,
                 seed: 0,
+                ranks: None,
             };
             method.combine_step(g, &ones(g.size()[0] as usize), &ctx).unwrap();
         }
