@@ -139,6 +139,9 @@ fn wait_all(children: Vec<Child>, timeout: Duration, forwarded: &AtomicBool) -> 
     let children: Vec<Mutex<Child>> = children.into_iter().map(Mutex::new).collect();
     let mut status: Vec<Option<ExitStatus>> = vec![None; children.len()];
     let mut first_failure: Option<(usize, ExitStatus, Instant)> = None;
+    // Ranks this launcher ended after a failure: their signal is not news (the failure's own
+    // line was printed by the rank that failed).
+    let mut ended_here = vec![false; children.len()];
     // Survivors notice a failed rank within a heartbeat or two (or, stuck in NCCL, within the
     // timeout); whatever is left after that is ended here.
     let patience = timeout.min(Duration::from_secs(30)) + Duration::from_secs(5);
@@ -150,7 +153,7 @@ fn wait_all(children: Vec<Child>, timeout: Duration, forwarded: &AtomicBool) -> 
             let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
             if let Ok(Some(s)) = child.try_wait() {
                 status[rank] = Some(s);
-                if let Some(sig) = s.signal().filter(|_| !forwarded.load(Ordering::SeqCst)) {
+                if let Some(sig) = s.signal().filter(|_| !forwarded.load(Ordering::SeqCst) && !ended_here[rank]) {
                     eprintln!("error: rank {rank} (pid {}) was killed by signal {sig}", child.id());
                 }
                 if !s.success() && first_failure.is_none() {
@@ -162,6 +165,7 @@ fn wait_all(children: Vec<Child>, timeout: Duration, forwarded: &AtomicBool) -> 
             if at.elapsed() > patience {
                 for (rank, child) in children.iter().enumerate() {
                     if status[rank].is_none() {
+                        ended_here[rank] = true;
                         let _ = child.lock().unwrap_or_else(|e| e.into_inner()).kill();
                     }
                 }

@@ -154,7 +154,7 @@ fn watch(shared: &Shared, store: &Store) {
                     if rank != shared.rank {
                         // That rank printed its own line; this one ends with the same code.
                         let _ = store.add(&shared.key(FAILED_SEEN), 1);
-                        std::process::exit(code);
+                        end_process(code);
                     }
                 }
             }
@@ -171,6 +171,18 @@ fn watch(shared: &Shared, store: &Store) {
         }
         std::thread::sleep(BEAT);
     }
+}
+
+/// Ends the process from the watcher's thread. The main thread may be inside libtorch at that
+/// moment: `std::process::exit` would run C++ static destructors (the operator registry among
+/// them) under it, and it would fail with a second, spurious error. `_exit` skips them; the
+/// kernel releases the run lock and the store's socket, and the logs are flushed per line.
+fn end_process(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` takes no pointers and does not return.
+    unsafe { libc::_exit(code) }
 }
 
 /// `rank \t code \t message` as posted under [`FAILED`].
@@ -197,7 +209,7 @@ pub fn fail(what: &str, message: &str) -> ! {
     }
     let Some(shared) = SHARED.get() else {
         eprintln!("error: {what} failed: {}", super::launch::first_line(message));
-        std::process::exit(1);
+        end_process(1);
     };
     let started = Instant::now();
     let culprit = loop {
@@ -244,5 +256,5 @@ pub fn fail(what: &str, message: &str) -> ! {
     if printer == Some(shared.rank) {
         eprintln!("error: {line}");
     }
-    std::process::exit(1);
+    end_process(1);
 }
