@@ -196,7 +196,7 @@ fn data_groups(cfg: &mut Config, dir: &Path) -> Result<Vec<DataGroup>, String> {
 }
 
 /// `tasks[j]` in a message about a group's tasks, renamed to the task's place in the config.
-fn renumber_tasks(message: &str, tasks: &[usize]) -> String {
+pub fn renumber_tasks(message: &str, tasks: &[usize]) -> String {
     let mut out = String::new();
     let mut rest = message;
     while let Some(p) = rest.find("tasks[") {

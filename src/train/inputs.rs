@@ -33,7 +33,13 @@ impl Inputs {
     pub fn load(r: &Resolved, device: Device) -> anyhow::Result<Self> {
         let mut groups = Vec::with_capacity(r.groups.len());
         for g in &r.groups {
-            let sources = crate::data::load(g.dataset, &g.data, g.seed, &r.wanted(g))?;
+            // The dataset names tasks by their place in the group; the user knows their place in `tasks`.
+            let sources = crate::data::load(g.dataset, &g.data, g.seed, &r.wanted(g)).map_err(|e| {
+                match crate::error::is_user_error(&e) && r.multi_input() {
+                    true => crate::user_error!("{}", crate::setup::renumber_tasks(&format!("{e:#}"), &g.tasks)),
+                    false => e,
+                }
+            })?;
             let uses = r.target_uses(g);
             let loader = |source: crate::data::Source, train: bool| {
                 Loader::new(&g.data, g.seed, g.dataset.normalization(), &uses, source.to_device(device), train)
