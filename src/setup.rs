@@ -171,7 +171,11 @@ fn data_groups(cfg: &mut Config, dir: &Path) -> Result<Vec<DataGroup>, String> {
         let at = if cfg.tasks[i].data.is_some() { format!("tasks[{i}].data") } else { "data".into() };
         let mut data = cfg.task_data(i)?;
         let dataset = dataset_named(&data.dataset).ok_or_else(|| {
-            format!("{at}.dataset: unknown dataset '{}' (expected one of: {})", data.dataset, dataset_names().join(", "))
+            format!(
+                "{at}.dataset: unknown dataset '{}' (expected one of: {})",
+                data.dataset,
+                dataset_names().join(", ")
+            )
         })?;
         check_data(&data, dataset, &at)?;
         data.root = root(&data, dataset, dir);

@@ -48,7 +48,9 @@ fn write_domains(root: &Path) {
 }
 
 fn config(name: &str) -> String {
-    let task = |t: &str| format!("  - {{name: {t}, kind: classification, target: label, classes: 3, data: {{root: d/{t}}}}}\n");
+    let task = |t: &str| {
+        format!("  - {{name: {t}, kind: classification, target: label, classes: 3, data: {{root: d/{t}}}}}\n")
+    };
     format!(
         r#"name: {name}
 seed: 5
@@ -78,7 +80,7 @@ fn setup() -> tempfile::TempDir {
 }
 
 fn final_val(run: &Path) -> serde_json::Value {
-    read_lines(&run.join("metrics.jsonl")).into_iter().filter(|r| r["split"] == "val").last().unwrap()
+    read_lines(&run.join("metrics.jsonl")).into_iter().rfind(|r| r["split"] == "val").unwrap()
 }
 
 #[test]
@@ -102,7 +104,9 @@ fn each_task_trains_on_its_own_domain_and_resumes_mid_epoch_exactly() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| (g["pass"].as_u64().unwrap(), g["position"].as_u64().unwrap(), g["batches_per_pass"].as_u64().unwrap()))
+        .map(|g| {
+            (g["pass"].as_u64().unwrap(), g["position"].as_u64().unwrap(), g["batches_per_pass"].as_u64().unwrap())
+        })
         .collect();
     assert_eq!(places, vec![(1, 1, 4), (2, 1, 2), (5, 0, 1)]);
     run_in(dir, &["m.yaml", "--run-dir", "paused", "--resume"]).assert_ok();
@@ -112,23 +116,35 @@ fn each_task_trains_on_its_own_domain_and_resumes_mid_epoch_exactly() {
     let streamed = run_in(dir, &["m.yaml", "--run-dir", "streamed", "--set", "data.max_memory_mb=0.01"]);
     streamed.assert_ok();
     assert!(streamed.stdout().matches(", streamed").count() == 3, "{}", streamed.stdout());
-    assert_eq!(latest_weights(&dir.join("straight")), latest_weights(&dir.join("streamed")), "streaming changed the run");
+    assert_eq!(
+        latest_weights(&dir.join("straight")),
+        latest_weights(&dir.join("streamed")),
+        "streaming changed the run"
+    );
 
     // eval: each task on its own val split, as training's last evaluation.
     let eval = run_in(dir, &["eval", "straight", "--checkpoint", "latest"]);
     eval.assert_ok();
     let acc = format!("{:.4}", val["noisy.accuracy"].as_f64().unwrap());
-    assert!(eval.stdout().lines().any(|l| l.contains("noisy") && l.contains("accuracy") && l.contains(&acc)), "{}", eval.stdout());
+    assert!(
+        eval.stdout().lines().any(|l| l.contains("noisy") && l.contains("accuracy") && l.contains(&acc)),
+        "{}",
+        eval.stdout()
+    );
 
     // predict --task: only the chosen heads.
     let images = dir.join("d/plain/images/square");
-    let out = run_in(dir, &["predict", "straight", "--images", images.to_str().unwrap(), "--out", "p", "--task", "plain"]);
+    let out =
+        run_in(dir, &["predict", "straight", "--images", images.to_str().unwrap(), "--out", "p", "--task", "plain"]);
     out.assert_ok();
     let csv = std::fs::read_to_string(dir.join("p/predictions.csv")).unwrap();
     assert_eq!(csv.lines().next().unwrap(), "file,plain,plain_probability");
     let square = csv.lines().skip(1).filter(|l| l.split(',').nth(1) == Some("2")).count();
     assert!(square * 2 > csv.lines().count() - 1, "most squares are class 2:\n{csv}");
-    let both = run_in(dir, &["predict", "straight", "--images", images.to_str().unwrap(), "--out", "q", "--task", "plain,noisy"]);
+    let both = run_in(
+        dir,
+        &["predict", "straight", "--images", images.to_str().unwrap(), "--out", "q", "--task", "plain,noisy"],
+    );
     both.assert_ok();
     let csv = std::fs::read_to_string(dir.join("q/predictions.csv")).unwrap();
     assert_eq!(csv.lines().next().unwrap(), "file,plain,plain_probability,noisy,noisy_probability");
@@ -182,8 +198,8 @@ fn bad_multi_input_configs_are_one_line_errors_and_write_nothing() {
     refused(&["tasks.1.data.colour=1"], &["tasks[1].data", "colour"]);
     refused(&["tasks.0.data.dataset=shapez"], &["tasks[0].data.dataset", "shapez"]);
     refused(&["tasks.0.target=kind"], &["tasks[0].target", "'label'"]);
-    refused(&["data.classes=[a]", "tasks.0.data.dataset=shapes", "tasks.0.target=kind", "tasks.0.classes=10"], &[
-        "tasks[0].data.classes",
-        "shapes does not read a class per subfolder",
-    ]);
+    refused(
+        &["data.classes=[a]", "tasks.0.data.dataset=shapes", "tasks.0.target=kind", "tasks.0.classes=10"],
+        &["tasks[0].data.classes", "shapes does not read a class per subfolder"],
+    );
 }

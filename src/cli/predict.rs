@@ -50,6 +50,9 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs every head in eval mode on a safetensors file's `input` tensor (NCHW float, already
 /// normalized like training inputs) and writes each head's raw outputs under its task name.
+/// A dataset's per-channel (mean, std).
+type Normalization = ([f64; 3], [f64; 3]);
+
 /// The tasks `--task` names (indices into the run's tasks, in task order), or every task.
 fn chosen_tasks(r: &Restored, names: &[String]) -> anyhow::Result<Vec<usize>> {
     let all = r.run.task_names();
@@ -149,7 +152,7 @@ fn predict_folder(r: &Restored, chosen: &[usize], images: &Path, out: &Path) -> 
         let (w, h) = (img.width(), img.height());
         let resized = img.resize_exact(size, size, image::imageops::FilterType::Triangle);
         // One forward per distinct normalization among the chosen tasks.
-        let mut forwards: Vec<(([f64; 3], [f64; 3]), Vec<Tensor>)> = Vec::new();
+        let mut forwards: Vec<(Normalization, Vec<Tensor>)> = Vec::new();
         let mut outputs = Vec::with_capacity(chosen.len());
         for &i in chosen {
             let norm = normalization(i);

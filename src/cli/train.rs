@@ -86,7 +86,8 @@ fn banner(t: &Trainer) -> String {
             let from = root.map(|r| format!(" from {r}")).unwrap_or_default();
             let streamed = if g.train.is_streamed() { ", streamed" } else { "" };
             let names: Vec<&str> = g.tasks.iter().map(|&i| t.tasks[i].name.as_str()).collect();
-            let whose = if t.inputs.groups.len() > 1 { format!(" (tasks {})", names.join(", ")) } else { String::new() };
+            let whose =
+                if t.inputs.groups.len() > 1 { format!(" (tasks {})", names.join(", ")) } else { String::new() };
             format!(
                 "data     {}{whose}: {} train + {} val images, {h}×{w}{streamed}{from}",
                 g.dataset,

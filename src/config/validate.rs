@@ -101,7 +101,7 @@ fn multi_input(cfg: &Config) -> Check {
         )?;
         ensure(
             cfg.balance.on != GradientOn::Representation,
-            &format!("{at}"),
+            &at,
             "balance.on: representation needs one shared representation per step, but a task with its own data \
              runs the backbone on its own images (no shared feature tensor); use balance.on: params",
         )?;

@@ -56,7 +56,9 @@ impl ClassFolders {
     fn class_names(&self, d: &DataConfig) -> anyhow::Result<(PathBuf, Vec<String>)> {
         let dir = self.dir(d)?;
         let entries = std::fs::read_dir(&dir).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => user_error!("{} not found ({} reads {})", dir.display(), self.name, self.layout()),
+            std::io::ErrorKind::NotFound => {
+                user_error!("{} not found ({} reads {})", dir.display(), self.name, self.layout())
+            }
             _ => user_error!("{}: cannot read: {e}", dir.display()),
         })?;
         let mut found: Vec<String> = entries
@@ -202,7 +204,11 @@ impl Dataset for ClassFolders {
             // Classes mixed, so that data.train_size / val_size take a sample of every class.
             items.sort_by_key(|(p, _)| (name_hash(p), p.clone()));
             if n > items.len() {
-                user_bail!("{key}: {n} samples asked for, but the {split} split of {} has {}", index.dir.display(), items.len());
+                user_bail!(
+                    "{key}: {n} samples asked for, but the {split} split of {} has {}",
+                    index.dir.display(),
+                    items.len()
+                );
             }
             if items.is_empty() {
                 user_bail!("{}: no image went to the {split} split (too few images per class)", index.dir.display());
@@ -229,7 +235,9 @@ impl Dataset for ClassFolders {
 fn check_wanted(name: &str, wanted: &[Wanted]) -> anyhow::Result<()> {
     for (i, w) in wanted.iter().enumerate() {
         if w.target != LABEL || w.shape != TargetShape::PerImage {
-            user_bail!("tasks[{i}].target: {name} has one target, '{LABEL}' (a class per image), for a classification task");
+            user_bail!(
+                "tasks[{i}].target: {name} has one target, '{LABEL}' (a class per image), for a classification task"
+            );
         }
     }
     Ok(())

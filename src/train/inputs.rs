@@ -96,6 +96,58 @@ pub fn epoch_group(by: &str, names: &[&str], tasks: &[&[usize]], lengths: &[u64]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DataConfig;
+    use crate::data::loader::TargetUse;
+    use crate::data::{Source, Split};
+    use std::collections::BTreeMap;
+    use tch::{Kind, Tensor};
+
+    /// A loader over `n` 4×4 grey samples whose `id` target is their index, batches of 4.
+    fn loader(n: i64, seed: u64) -> Loader {
+        let d = DataConfig { batch_size: 4, ..DataConfig::defaults("shapes") };
+        let images = Tensor::zeros([n, 1, 4, 4], (Kind::Uint8, Device::Cpu));
+        let targets = BTreeMap::from([("id".to_string(), Tensor::arange(n, (Kind::Int64, Device::Cpu)))]);
+        let uses = [TargetUse { target: "id".into(), ignore_index: 255 }];
+        Loader::new(&d, seed, ([0.5; 3], [0.5; 3]), &uses, Source::Memory(Split { images, targets }), true)
+    }
+
+    fn ids(l: &Loader, step: u64) -> Vec<i64> {
+        Vec::try_from(&l.train_batch_at(step).targets[0]).unwrap()
+    }
+
+    #[test]
+    fn every_groups_batch_is_a_function_of_the_step_alone() {
+        // 26 samples: 6 full batches per pass (two samples left out of each pass); 10: 2.
+        let (large, small) = (loader(26, 1), loader(10, 2));
+        let inputs = Inputs {
+            groups: [large, small]
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| Input { tasks: vec![i], dataset: "t", val: loader(4, 0), train: l })
+                .collect(),
+            epoch_by: 0,
+        };
+        assert_eq!(inputs.steps_per_epoch(), 6);
+        let straight: Vec<Vec<Vec<i64>>> = (0..30)
+            .map(|s| inputs.train_batches(s).iter().map(|b| Vec::try_from(&b.targets[0]).unwrap()).collect())
+            .collect();
+        // A fresh loader asked for any step first (as a resumed run is) gives the same batch.
+        for s in [0u64, 3, 7, 13, 29] {
+            assert_eq!(ids(&loader(26, 1), s), straight[s as usize][0], "large group, step {s}");
+            assert_eq!(ids(&loader(10, 2), s), straight[s as usize][1], "small group, step {s}");
+        }
+        // The small group wraps around: each pass (2 steps) draws 8 distinct samples, in an
+        // order of its own.
+        let pass = |p: usize| -> Vec<i64> { straight[2 * p..2 * p + 2].iter().flat_map(|b| b[1].clone()).collect() };
+        for p in 0..15 {
+            let mut seen = pass(p);
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), 8, "pass {p}: {:?}", pass(p));
+        }
+        assert_ne!(pass(0), pass(1), "each pass is shuffled anew");
+        assert_eq!(inputs.groups[1].train.place(13), (6, 1));
+    }
 
     #[test]
     fn epoch_by_picks_the_largest_or_the_named_tasks_group() {
