@@ -245,7 +245,7 @@ fn check_data(d: &DataConfig, dataset: &dyn Dataset, at: &str) -> Result<(), Str
     dataset.check(d).map_err(named)?;
     if d.download && dataset.source().is_none() {
         return Err(format!(
-            "{at}.download: {} is not downloaded (generated data, or your own files); remove the key",
+            "{at}.download: {} is not downloaded by mtl (generated data, your own files, or published without a direct URL); remove the key",
             dataset.name()
         ));
     }

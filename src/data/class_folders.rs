@@ -49,7 +49,10 @@ struct Index {
 impl ClassFolders {
     fn dir(&self, d: &DataConfig) -> anyhow::Result<PathBuf> {
         let Some(root) = &d.root else { user_bail!("data.root: {} needs the domain's directory", self.name) };
-        Ok(Path::new(root).join(self.classes_dir))
+        Ok(match self.classes_dir {
+            "" => PathBuf::from(root),
+            sub => Path::new(root).join(sub),
+        })
     }
 
     /// The class folders under the domain, checked against `data.classes` when listed.
@@ -383,8 +386,9 @@ mod tests {
             })
             .collect();
         assert_eq!(labels.iter().filter(|&&c| c == 0).count(), 3);
-        // Pixel colour 30·k marks the folder: class 0 ('b') is folder index 1.
+        // Red 30·k marks the folder (JPEG moves it a little): class 0 ('b') is folder index 1.
         let i = labels.iter().position(|&c| c == 0).unwrap();
-        assert_eq!(s.train.read(i).unwrap().image[0], 30);
+        let red = s.train.read(i).unwrap().image[0];
+        assert!((27..=33).contains(&red), "{red}");
     }
 }
