@@ -11,7 +11,7 @@
 //! same for every run seed and an added image moves no other), give their first 60% to train,
 //! the next 20% to val and keep the last 20% as a test split that training never reads. Images
 //! are resized to `data.image_size`².
-use super::decode::{read_rgb, rgb_to_chw};
+use super::decode::{image_names, read_rgb, rgb_to_chw};
 use super::stream::{FileSources, Sample, SampleSource, TargetSpec, Value};
 use super::{Dataset, Loaded, TargetInfo, TargetShape, Wanted, IMAGENET};
 use crate::config::{DataConfig, OnBadFile};
@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 /// The one target: the class of the folder an image is in.
 pub const LABEL: &str = "label";
-const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 /// Shares of each class's images in train and val (the rest is the test split).
 const TRAIN_SHARE: f64 = 0.6;
 const VAL_SHARE: f64 = 0.2;
@@ -102,19 +101,8 @@ impl ClassFolders {
         let mut images = Vec::with_capacity(classes.len());
         for c in &classes {
             let class_dir = dir.join(c);
-            let entries =
-                std::fs::read_dir(&class_dir).map_err(|e| user_error!("{}: cannot read: {e}", class_dir.display()))?;
-            let mut names: Vec<String> = entries
-                .flatten()
-                .filter(|e| e.path().is_file())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| {
-                    Path::new(n)
-                        .extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-                })
-                .collect();
+            let mut names =
+                image_names(&class_dir).map_err(|e| user_error!("{}: cannot read: {e}", class_dir.display()))?;
             if names.is_empty() {
                 user_bail!("{}: no .jpg, .jpeg or .png images in class folder '{c}'", class_dir.display());
             }
