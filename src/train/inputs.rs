@@ -26,6 +26,8 @@ pub struct Inputs {
     pub groups: Vec<Input>,
     /// The group whose batches per pass make an epoch.
     pub epoch_by: usize,
+    /// Training images one step reads: every group's batch size.
+    pub images_per_step: u64,
 }
 
 impl Inputs {
@@ -61,7 +63,8 @@ impl Inputs {
         let lengths: Vec<u64> = groups.iter().map(|g| g.train.steps_per_epoch()).collect();
         let tasks: Vec<&[usize]> = groups.iter().map(|g| g.tasks.as_slice()).collect();
         let epoch_by = epoch_group(&r.cfg.train.epoch_by, &names, &tasks, &lengths);
-        Ok(Self { groups, epoch_by })
+        let images_per_step = r.groups.iter().map(|g| g.data.batch_size as u64).sum();
+        Ok(Self { groups, epoch_by, images_per_step })
     }
 
     /// Steps per epoch: the batches per pass of the `epoch_by` group.
@@ -126,6 +129,7 @@ mod tests {
                 .map(|(i, l)| Input { tasks: vec![i], dataset: "t", val: loader(4, 0), train: l })
                 .collect(),
             epoch_by: 0,
+            images_per_step: 8,
         };
         assert_eq!(inputs.steps_per_epoch(), 6);
         let straight: Vec<Vec<Vec<i64>>> = (0..30)

@@ -491,7 +491,7 @@ impl Trainer {
         let mut log = self.open_log(resumed_at)?;
         let spe = self.steps_per_epoch();
         let end = self.final_step();
-        let mut progress = Progress::new(end, spe, self.at.step, self.cfg.data.batch_size as u64);
+        let mut progress = Progress::new(end, spe, self.at.step, self.inputs.images_per_step);
         let log_every = self.cfg.train.log_every;
         let mut final_metrics = Vec::new();
         let mut interrupted = false;
