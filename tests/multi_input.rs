@@ -198,6 +198,7 @@ fn bad_multi_input_configs_are_one_line_errors_and_write_nothing() {
     refused(&["tasks.1.data.colour=1"], &["tasks[1].data", "colour"]);
     refused(&["tasks.0.data.dataset=shapez"], &["tasks[0].data.dataset", "shapez"]);
     refused(&["tasks.0.target=kind"], &["tasks[0].target", "'label'"]);
+    refused(&["tasks.0.data.dataset=folder"], &["d/plain/images: no .png", "office31's layout"]);
     refused(
         &["data.classes=[a]", "tasks.0.data.dataset=shapes", "tasks.0.target=kind", "tasks.0.classes=10"],
         &["tasks[0].data.classes", "shapes does not read a class per subfolder"],

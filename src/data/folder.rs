@@ -60,7 +60,10 @@ fn scan(root: &Path) -> anyhow::Result<Index> {
     })?;
     images.sort();
     if images.is_empty() {
-        user_bail!("{}: no .png, .jpg or .jpeg images", images_dir.display());
+        let subfolders =
+            std::fs::read_dir(&images_dir).map(|d| d.flatten().any(|e| e.path().is_dir())).unwrap_or(false);
+        let hint = if subfolders { " (a class per subfolder is data.dataset: office31's layout)" } else { "" };
+        user_bail!("{}: no .png, .jpg or .jpeg images{hint}", images_dir.display());
     }
     let mut index = Index {
         root: root.to_path_buf(),
