@@ -2,6 +2,7 @@
 //! reporting and checkpoints at their boundaries.
 pub mod evaluate;
 mod health;
+pub mod inputs;
 pub mod plot;
 pub mod report;
 pub mod restore;
@@ -9,9 +10,9 @@ pub mod resume;
 pub mod tensorboard;
 
 use crate::balance::{self, Balancer, GradientSpace, StepContext};
-use crate::checkpoint::{BestMetric, RunDir, RunLock, Snapshot, TrainState, FORMAT_VERSION};
+use crate::checkpoint::{BestMetric, DataPosition, RunDir, RunLock, Snapshot, TrainState, FORMAT_VERSION};
 use crate::config::{Config, OnNonFinite};
-use crate::data::loader::Loader;
+use crate::data::loader::Batch;
 use crate::error::Diverged;
 use crate::model::{backbone, MultiTaskModel};
 use crate::optim::{flat::FlatParams, schedule::Schedule, Optimizer};
@@ -64,8 +65,8 @@ pub struct Trainer {
     pub device: Device,
     pub model: MultiTaskModel,
     pub tasks: Vec<Task>,
-    pub train_loader: Loader,
-    pub val_loader: Loader,
+    /// Every data group's loaders (one group unless tasks have their own data).
+    pub inputs: inputs::Inputs,
     pub optimizer: Optimizer,
     pub schedule: Schedule,
     pub balancer: Box<dyn Balancer>,
@@ -118,6 +119,14 @@ impl Skips {
     }
 }
 
+/// A step's forward passes: the per-task losses, the shared representation (single-input
+/// only) and the architectures' regularizers.
+struct StepForward {
+    losses: Vec<Tensor>,
+    representation: Option<crate::model::Representation>,
+    regularizers: Vec<Tensor>,
+}
+
 /// What a skipped step must put back: BatchNorm statistics and the balancer's state, both
 /// already changed by the step's forward and backward.
 struct Undo {
@@ -130,7 +139,7 @@ impl Trainer {
     /// resuming. Writes nothing: everything a run could refuse is checked before
     /// [`Trainer::run`] touches the run directory.
     pub fn new(r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
-        let Resolved { cfg, dataset, tasks, .. } = &r;
+        let Resolved { cfg, tasks, .. } = &r;
         let run = RunDir::new(&opts.run_dir);
         if opts.run_dir.exists() && !opts.run_dir.is_dir() {
             user_bail!("{}: the run directory is a file", opts.run_dir.display());
@@ -148,15 +157,8 @@ impl Trainer {
                 opts.run_dir.display()
             );
         }
-        let sources = crate::data::load(*dataset, &cfg.data, cfg.seed, &r.wanted())?;
-        let loader = |source: crate::data::Source, train: bool| {
-            Loader::new(&cfg.data, cfg.seed, dataset.normalization(), &r.target_uses(), source.to_device(device), train)
-        };
-        let train_loader = loader(sources.train, true);
-        let val_loader = loader(sources.val, false);
-        if train_loader.is_empty() || val_loader.is_empty() {
-            user_bail!("data: the train and val splits must not be empty");
-        }
+        let inputs = inputs::Inputs::load(&r, device)?;
+        let train_loader = &inputs.first().train;
         let (h, w) = train_loader.image_hw();
         backbone::check_input_size(&cfg.model.backbone, h, w).map_err(|e| user_error!("{e}"))?;
         crate::model::arch::check_images(&cfg.model, cfg.tasks.len(), h, w)?;
@@ -173,7 +175,7 @@ impl Trainer {
             user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
         }
         let optimizer = Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable()), fused);
-        let spe = train_loader.steps_per_epoch();
+        let spe = inputs.steps_per_epoch();
         let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.epochs * spe, spe);
         let balancer = balance::build(cfg)?;
         let baselines = cfg.train.baselines.as_deref().map(|p| Baselines::load(std::path::Path::new(p))).transpose()?;
@@ -185,8 +187,7 @@ impl Trainer {
             device,
             model,
             tasks,
-            train_loader,
-            val_loader,
+            inputs,
             optimizer,
             schedule,
             balancer,
@@ -213,7 +214,7 @@ impl Trainer {
     }
 
     pub fn steps_per_epoch(&self) -> u64 {
-        self.train_loader.steps_per_epoch()
+        self.inputs.steps_per_epoch()
     }
 
     /// The step at which training ends.
@@ -228,18 +229,17 @@ impl Trainer {
     /// One optimization step on the next batch. Nothing here reads a value from the device,
     /// except the finiteness flag under `train.on_nonfinite: skip_step`.
     pub fn step(&mut self) -> anyhow::Result<()> {
-        let Position { step, epoch, position } = self.at;
-        let batch = self.train_loader.train_batch(epoch, position, step);
+        let Position { step, epoch, .. } = self.at;
+        let batches = self.inputs.train_batches(step);
         let undo = (self.cfg.train.on_nonfinite == OnNonFinite::SkipStep).then(|| self.undo_point());
         crate::rng::seed_torch(self.cfg.seed, step);
         self.optimizer.zero_grad();
         let representation = self.balancer.space() == GradientSpace::Representation;
-        let forward = self.model.run(&batch.images, self.model.pass(true, Some((step, epoch)), representation));
-        let losses: Vec<Tensor> =
-            self.tasks.iter().zip(&forward.outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect();
+        let forward = self.losses(&batches, (step, epoch), representation);
+        let losses = &forward.losses;
         let weights: Vec<f64> = self.cfg.tasks.iter().map(|t| t.weight).collect();
         let ctx = StepContext {
-            losses: &losses,
+            losses,
             shared_params: &self.shared,
             head_params: &self.head_params,
             features: forward.representation.as_ref().map(|(z, d)| (z.as_slice(), d.as_slice())),
@@ -249,7 +249,7 @@ impl Trainer {
             seed: self.cfg.seed,
         };
         let task_weights = self.balancer.backward(&ctx)?;
-        if let Some(r) = &forward.regularizer {
+        for r in &forward.regularizers {
             r.f_backward()?;
         }
         let detached_losses =
@@ -270,16 +270,31 @@ impl Trainer {
             // In train mode like the reference implementation (BatchNorm statistics see the
             // batch twice).
             crate::rng::seed_torch(self.cfg.seed, step);
-            let after: Vec<Tensor> = tch::no_grad(|| {
-                let outputs = self.model.run(&batch.images, self.model.pass(true, Some((step, epoch)), false)).outputs;
-                self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect()
-            });
+            let after = tch::no_grad(|| self.losses(&batches, (step, epoch), false)).losses;
             self.balancer.after_step(&after)?;
         }
         let _ = self.window_loss.g_add_(&detached_losses);
         let _ = self.epoch_loss.g_add_(&detached_losses);
         self.advance();
         Ok(())
+    }
+
+    /// Each group's batch through the model (in training mode), and every task's loss on its
+    /// own group's batch, in task order.
+    fn losses(&self, batches: &[Batch], at: (u64, u64), representation: bool) -> StepForward {
+        let mut losses: Vec<Option<Tensor>> = self.tasks.iter().map(|_| None).collect();
+        let mut out = StepForward { losses: Vec::new(), representation: None, regularizers: Vec::new() };
+        for (input, batch) in self.inputs.groups.iter().zip(batches) {
+            let forward = self.model.run(&batch.images, self.model.pass(true, Some(at), representation));
+            for (&i, y) in input.tasks.iter().zip(&batch.targets) {
+                losses[i] = Some(self.tasks[i].loss(&forward.outputs[i], y));
+            }
+            // One group when there is a representation: the config refuses the space otherwise.
+            out.representation = forward.representation;
+            out.regularizers.extend(forward.regularizer);
+        }
+        out.losses = losses.into_iter().map(|l| l.expect("every task is in a group")).collect();
+        out
     }
 
     fn advance(&mut self) {
@@ -360,7 +375,7 @@ impl Trainer {
 
     /// Evaluates, logs, and returns the metrics; updates the best value of the monitored metric.
     fn evaluate(&mut self, log: &mut RunLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
-        let mut metrics = evaluate::evaluate(&self.model, &self.val_loader, &self.tasks);
+        let mut metrics = evaluate::evaluate(&self.model, &self.inputs, &self.tasks);
         if let Some(dm) = self.baselines.as_ref().and_then(|b| crate::tasks::delta_m(&metrics, &b.metrics, &self.tasks))
         {
             metrics.push(("delta_m".into(), dm));
@@ -399,7 +414,28 @@ impl Trainer {
             config_fingerprint: resume::fingerprint(&self.cfg),
             mtl_version: env!("CARGO_PKG_VERSION").to_string(),
             rng: "derived from (seed, purpose, epoch/step/index); nothing to restore".into(),
+            data: self.data_positions(),
         }
+    }
+
+    /// Each data group's place at the current step (none when there is one group: its place is
+    /// the epoch and position).
+    pub fn data_positions(&self) -> Vec<DataPosition> {
+        if self.inputs.groups.len() == 1 {
+            return Vec::new();
+        }
+        let groups = self.inputs.groups.iter();
+        groups
+            .map(|g| {
+                let (pass, position) = g.train.place(self.at.step);
+                DataPosition {
+                    tasks: g.tasks.iter().map(|&i| self.tasks[i].name.clone()).collect(),
+                    pass,
+                    position,
+                    batches_per_pass: g.train.steps_per_epoch(),
+                }
+            })
+            .collect()
     }
 
     fn train_tensors(&self) -> Vec<(String, Tensor)> {
@@ -455,7 +491,7 @@ impl Trainer {
         let mut log = self.open_log(resumed_at)?;
         let spe = self.steps_per_epoch();
         let end = self.final_step();
-        let mut progress = Progress::new(end, spe, self.at.step, self.cfg.data.batch_size as u64);
+        let mut progress = Progress::new(end, spe, self.at.step, self.inputs.images_per_step);
         let log_every = self.cfg.train.log_every;
         let mut final_metrics = Vec::new();
         let mut interrupted = false;
@@ -568,7 +604,12 @@ impl Trainer {
         let metrics = MetricsLog::open(&self.run.metrics(), Some(resumed_at))?;
         let report = &self.cfg.report;
         let board = if report.tensorboard {
-            let preview = tensorboard::Preview::new(&self.val_loader, &self.tasks, report.preview_images);
+            let preview = self
+                .inputs
+                .groups
+                .iter()
+                .filter_map(|g| tensorboard::Preview::new(&g.val, &self.tasks, &g.tasks, report.preview_images))
+                .collect();
             Some(tensorboard::Board::open(&self.run.root, resumed_at, &self.cfg, preview)?)
         } else {
             None
