@@ -422,6 +422,8 @@ NORMALIZATION = {
     "pet": _IMAGENET,
     "nyuv2": _IMAGENET,
     "folder": _IMAGENET,
+    "office31": _IMAGENET,
+    "office_home": _IMAGENET,
 }
 
 

@@ -27,6 +27,10 @@ pub enum Purpose {
     /// Architectures that draw random numbers while training (LTB's Gumbel noise): index =
     /// global step.
     Architecture = 9,
+    /// A task's own data (multi-input MTL): its generation, order and augmentation derive from
+    /// this seed; index = [`name_index`] of the first task reading it (by name, so the task's
+    /// single-task baseline draws the same data).
+    DataGroup = 10,
 }
 
 /// SplitMix64 finaliser: spreads nearby inputs over the whole 64-bit range.
@@ -40,6 +44,11 @@ fn mix(mut z: u64) -> u64 {
 /// A 64-bit seed for (seed, purpose, index).
 pub fn derive_seed(seed: u64, purpose: Purpose, index: u64) -> u64 {
     mix(mix(mix(seed) ^ purpose as u64) ^ index)
+}
+
+/// A stream index for a name (FNV-1a of its bytes).
+pub fn name_index(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A fresh generator for (seed, purpose, index).

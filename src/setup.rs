@@ -4,7 +4,7 @@
 //! `baselines`, `compare` and `bench` take: nothing after this step re-checks the config.
 //!
 //! Every error is one line, `<origin>: <key>: <what is wrong>`, as the config's own are.
-use crate::config::{Config, GradientOn, MonitorMode, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
+use crate::config::{Config, DataConfig, GradientOn, MonitorMode, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
 use crate::data::loader::TargetUse;
 use crate::data::{dataset_named, dataset_names, Dataset, TargetShape, Wanted};
 use crate::model::{arch, backbone, HeadKind, HeadSpec};
@@ -21,11 +21,28 @@ pub struct Resolved {
     /// The config with `data.root` absolute and `tasks[].classes` filled in: what a run's
     /// `config.yaml` records, so `predict`, `eval` and `--resume` need no dataset to rebuild it.
     pub cfg: Config,
+    /// The dataset of the first data group (the top-level data's, unless every task has its own).
     pub dataset: &'static dyn Dataset,
+    /// The data the tasks read: one group without per-task data (single-input MTL), else one
+    /// per distinct data (multi-input MTL), in order of their first task.
+    pub groups: Vec<DataGroup>,
     /// One per `tasks[]` entry, in order.
     pub tasks: Vec<Task>,
     /// What the BEST checkpoint follows.
     pub monitor: Monitor,
+}
+
+/// Data that some tasks read together: each step draws one batch of it for all of them.
+#[derive(Clone)]
+pub struct DataGroup {
+    /// The merged `data` settings (root absolute).
+    pub data: DataConfig,
+    pub dataset: &'static dyn Dataset,
+    /// Indices into `tasks`, ascending.
+    pub tasks: Vec<usize>,
+    /// Seed of its generation, order and augmentation: the run's seed for the top-level data,
+    /// one derived from (seed, first task's name) for a task's own data.
+    pub seed: u64,
 }
 
 /// The value `BEST` follows: `<task>.<metric>`, `loss` (sum of val losses) or `delta_m`.
@@ -45,17 +62,23 @@ impl Resolved {
         self.tasks.iter().map(|t| HeadSpec { task: t.name.clone(), kind: t.head() }).collect()
     }
 
-    /// What the data must provide, one entry per task.
-    pub fn wanted(&self) -> Vec<Wanted> {
-        self.tasks
+    /// What a group's data must provide, one entry per task of the group.
+    pub fn wanted(&self, group: &DataGroup) -> Vec<Wanted> {
+        group.tasks.iter().map(|&i| wanted(&self.tasks[i])).collect()
+    }
+
+    /// What the group's loader hands each of its tasks.
+    pub fn target_uses(&self, group: &DataGroup) -> Vec<TargetUse> {
+        group
+            .tasks
             .iter()
-            .map(|t| Wanted { target: t.target.clone(), shape: t.kind.target_shape(), classes: t.classes })
+            .map(|&i| TargetUse { target: self.tasks[i].target.clone(), ignore_index: self.tasks[i].ignore_index })
             .collect()
     }
 
-    /// What the loader hands each task.
-    pub fn target_uses(&self) -> Vec<TargetUse> {
-        self.tasks.iter().map(|t| TargetUse { target: t.target.clone(), ignore_index: t.ignore_index }).collect()
+    /// Whether tasks read data of their own (more than one data group).
+    pub fn multi_input(&self) -> bool {
+        self.groups.len() > 1
     }
 
     /// Image channels the model sees.
@@ -99,8 +122,7 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
             dataset_names().join(", ")
         ))
     })?;
-    check_data(&cfg, dataset).map_err(at)?;
-    cfg.data.root = root(&cfg, dataset, dir);
+    cfg.data.root = root(&cfg.data, dataset, dir);
     let b = &cfg.model.backbone;
     backbone::check(b).map_err(at)?;
     backbone::check_input_size(b, cfg.data.image_size, cfg.data.image_size).map_err(at)?;
@@ -114,17 +136,90 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
         task.kind.check(t).map_err(|e| at(format!("tasks[{i}].{e}")))?;
         tasks.push(task);
     }
-    resolve_targets(&cfg, dataset, &mut tasks).map_err(|e| match crate::error::is_user_error(&e) {
-        true => user_error!("{origin}: {e}"),
-        false => e,
-    })?;
+    let groups = data_groups(&mut cfg, dir).map_err(at)?;
+    for g in &groups {
+        let mut sub: Vec<Task> = g.tasks.iter().map(|&i| tasks[i].clone()).collect();
+        resolve_targets(&g.data, g.dataset, &mut sub).map_err(|e| match crate::error::is_user_error(&e) {
+            true => user_error!("{origin}: {}", renumber_tasks(&e.to_string(), &g.tasks)),
+            false => e,
+        })?;
+        for (&i, t) in g.tasks.iter().zip(sub) {
+            tasks[i].classes = t.classes;
+        }
+    }
     for (t, task) in cfg.tasks.iter_mut().zip(&tasks) {
         t.classes = task.classes;
     }
     let monitor = monitor(&cfg, &tasks).map_err(at)?;
     // The method and its options, checked now rather than when training starts.
     crate::balance::build(&cfg).map_err(|e| user_error!("{origin}: {e}"))?;
-    Ok(Resolved { cfg, dataset, tasks, monitor })
+    Ok(Resolved { cfg, dataset: groups[0].dataset, groups, tasks, monitor })
+}
+
+/// The data groups: tasks whose merged data is the same read it together. Each group's
+/// dataset is checked, and its root made absolute (written back into the config, so the
+/// run's config.yaml rebuilds the same groups from any directory).
+fn data_groups(cfg: &mut Config, dir: &Path) -> Result<Vec<DataGroup>, String> {
+    if !cfg.multi_input() {
+        let dataset = dataset_named(&cfg.data.dataset).expect("checked by resolve");
+        check_data(&cfg.data, dataset, "data")?;
+        let tasks = (0..cfg.tasks.len()).collect();
+        return Ok(vec![DataGroup { data: cfg.data.clone(), dataset, tasks, seed: cfg.seed }]);
+    }
+    let mut groups: Vec<DataGroup> = Vec::new();
+    for i in 0..cfg.tasks.len() {
+        let at = if cfg.tasks[i].data.is_some() { format!("tasks[{i}].data") } else { "data".into() };
+        let mut data = cfg.task_data(i)?;
+        let dataset = dataset_named(&data.dataset).ok_or_else(|| {
+            format!(
+                "{at}.dataset: unknown dataset '{}' (expected one of: {})",
+                data.dataset,
+                dataset_names().join(", ")
+            )
+        })?;
+        check_data(&data, dataset, &at)?;
+        data.root = root(&data, dataset, dir);
+        if let (Some(own), Some(r)) = (cfg.tasks[i].data.as_mut(), &data.root) {
+            own.insert("root".into(), r.clone().into());
+        }
+        match groups.iter_mut().find(|g| g.data == data) {
+            Some(g) => g.tasks.push(i),
+            None => {
+                let seed = match data == cfg.data {
+                    true => cfg.seed,
+                    false => {
+                        let name = crate::rng::name_index(&cfg.tasks[i].name);
+                        crate::rng::derive_seed(cfg.seed, crate::rng::Purpose::DataGroup, name)
+                    }
+                };
+                groups.push(DataGroup { data, dataset, tasks: vec![i], seed })
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// `tasks[j]` in a message about a group's tasks, renamed to the task's place in the config.
+pub fn renumber_tasks(message: &str, tasks: &[usize]) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(p) = rest.find("tasks[") {
+        let after = &rest[p + 6..];
+        let digits = after.find(']').map(|e| &after[..e]);
+        match digits.and_then(|d| d.parse::<usize>().ok()).and_then(|j| tasks.get(j).map(|&i| (j, i))) {
+            Some((j, i)) => {
+                out.push_str(&rest[..p]);
+                out.push_str(&format!("tasks[{i}]"));
+                rest = &after[j.to_string().len() + 1..];
+            }
+            None => {
+                out.push_str(&rest[..p + 6]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The architecture's options, its rules for the backbone and for `balance.on`; records every
@@ -143,18 +238,26 @@ fn check_architecture(cfg: &mut Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `data` rules that depend on the dataset.
-fn check_data(cfg: &Config, dataset: &dyn Dataset) -> Result<(), String> {
-    dataset.check(&cfg.data)?;
-    if cfg.data.download && dataset.source().is_none() {
+/// The `data` rules that depend on the dataset; `at` is the section's key path (`data`, or
+/// `tasks[i].data`).
+fn check_data(d: &DataConfig, dataset: &dyn Dataset, at: &str) -> Result<(), String> {
+    let named = |e: String| if at == "data" { e } else { format!("{at}.{}", e.strip_prefix("data.").unwrap_or(&e)) };
+    dataset.check(d).map_err(named)?;
+    if d.download && dataset.source().is_none() {
         return Err(format!(
-            "data.download: {} is not downloaded (generated data, or your own files); remove the key",
+            "{at}.download: {} is not downloaded by mtl (generated data, your own files, or published without a direct URL); remove the key",
             dataset.name()
         ));
     }
-    if cfg.data.on_bad_file.is_some() && !dataset.per_sample_files() {
+    if d.on_bad_file.is_some() && !dataset.per_sample_files() {
         return Err(format!(
-            "data.on_bad_file: {} is read whole, not file by file: there is nothing to skip; remove the key",
+            "{at}.on_bad_file: {} is read whole, not file by file: there is nothing to skip; remove the key",
+            dataset.name()
+        ));
+    }
+    if !d.classes.is_empty() && !dataset.class_folders() {
+        return Err(format!(
+            "{at}.classes: {} does not read a class per subfolder (office31, office_home do); remove the key",
             dataset.name()
         ));
     }
@@ -163,8 +266,8 @@ fn check_data(cfg: &Config, dataset: &dyn Dataset) -> Result<(), String> {
 
 /// `data.root` made absolute and normalized: relative to the config's directory when given,
 /// else the dataset's default relative to the working directory (none for generated data).
-fn root(cfg: &Config, dataset: &dyn Dataset, dir: &Path) -> Option<String> {
-    let path = match (&cfg.data.root, dataset.default_root()) {
+fn root(d: &DataConfig, dataset: &dyn Dataset, dir: &Path) -> Option<String> {
+    let path = match (&d.root, dataset.default_root()) {
         (Some(r), _) => dir.join(r),
         (None, Some(default)) => PathBuf::from(default),
         (None, None) => return None,
@@ -216,13 +319,10 @@ fn check_task(cfg: &Config, i: usize, task: &Task) -> Result<(), String> {
 
 /// Matches every task with a target of the dataset and fills `classes` 0 from it (or, for
 /// datasets whose files define the targets, from the files).
-fn resolve_targets(cfg: &Config, dataset: &dyn Dataset, tasks: &mut [Task]) -> anyhow::Result<()> {
-    let Some(available) = dataset.targets(&cfg.data) else {
-        let mut wanted: Vec<Wanted> = tasks
-            .iter()
-            .map(|t| Wanted { target: t.target.clone(), shape: t.kind.target_shape(), classes: t.classes })
-            .collect();
-        dataset.resolve_targets(&cfg.data, &mut wanted)?;
+fn resolve_targets(d: &DataConfig, dataset: &dyn Dataset, tasks: &mut [Task]) -> anyhow::Result<()> {
+    let Some(available) = dataset.targets(d) else {
+        let mut wanted: Vec<Wanted> = tasks.iter().map(wanted).collect();
+        dataset.resolve_targets(d, &mut wanted)?;
         for (t, w) in tasks.iter_mut().zip(wanted) {
             if t.kind.has_classes() {
                 t.classes = w.classes;
@@ -262,6 +362,10 @@ fn resolve_targets(cfg: &Config, dataset: &dyn Dataset, tasks: &mut [Task]) -> a
         }
     }
     Ok(())
+}
+
+fn wanted(t: &Task) -> Wanted {
+    Wanted { target: t.target.clone(), shape: t.kind.target_shape(), classes: t.classes }
 }
 
 fn describe(shape: TargetShape) -> &'static str {

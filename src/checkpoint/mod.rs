@@ -44,10 +44,25 @@ pub struct TrainState {
     /// `step`/`position` count global batches (1 in checkpoints from before distribution).
     #[serde(default = "one")]
     pub world_size: u64,
+    /// Tasks with their own data: where each data group's next batch comes from. A function of
+    /// `step` and the group's batches per pass; recorded so a resume can check that the data
+    /// still has that many batches. Empty (and not written) when all tasks share the data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<DataPosition>,
 }
 
 fn one() -> u64 {
     1
+}
+
+/// A data group's place in its own passes over its training split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPosition {
+    /// The tasks that read it.
+    pub tasks: Vec<String>,
+    pub pass: u64,
+    pub position: u64,
+    pub batches_per_pass: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

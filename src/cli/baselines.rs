@@ -65,6 +65,8 @@ fn single_task(r: &Resolved, task: &str) -> anyhow::Result<Resolved> {
     single.model.architecture = Default::default();
     single.balance = Default::default();
     single.train.baselines = None;
+    // A task with its own data keeps it (and its seed, derived from the task's name).
+    single.train.epoch_by = mtl::config::EPOCH_BY_LARGEST.into();
     let main = r.tasks[i].main_metric();
     single.checkpoint.monitor = format!("{task}.{}", main.name);
     single.checkpoint.mode = if main.higher_is_better { MonitorMode::Max } else { MonitorMode::Min };

@@ -483,9 +483,15 @@ fn augment_label(cfg: &Config) -> String {
 /// and one `target.<name>` per task target) for the PyTorch side.
 fn export_data(r: &Resolved, dir: &Path) -> anyhow::Result<()> {
     let cfg = &r.cfg;
+    if r.multi_input() {
+        mtl::user_bail!(
+            "bench --export: the PyTorch side reads one dataset, but tasks have their own data (tasks[].data); \
+             bench without --export"
+        );
+    }
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("config.yaml"), cfg.to_yaml())?;
-    let train = match mtl::data::load(r.dataset, &cfg.data, cfg.seed, &r.wanted())?.train {
+    let train = match mtl::data::load(r.dataset, &cfg.data, cfg.seed, &r.wanted(&r.groups[0]))?.train {
         mtl::data::Source::Memory(split) => split,
         mtl::data::Source::Stream(_) => {
             mtl::user_bail!("bench --export: the PyTorch side needs a dataset held in memory, not a streamed one")

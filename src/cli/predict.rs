@@ -20,6 +20,9 @@ pub struct PredictArgs {
     /// Output folder for --images.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Run only these tasks' heads (repeat the flag or give a comma list); default: every task.
+    #[arg(long = "task", value_name = "NAME", value_delimiter = ',')]
+    tasks: Vec<String>,
     /// A safetensors file with an NCHW float tensor named `input`, normalized like training inputs.
     #[arg(long, value_name = "FILE", requires = "output")]
     input: Option<PathBuf>,
@@ -30,12 +33,13 @@ pub struct PredictArgs {
 
 pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let restored = args.checkpoint.restore()?;
+    let chosen = chosen_tasks(&restored, &args.tasks)?;
     if let (Some(input), Some(output)) = (&args.input, &args.output) {
-        let tasks = predict_tensor_file(&restored, input, output)?;
+        let tasks = predict_tensor_file(&restored, &chosen, input, output)?;
         println!("wrote {} ({})", output.display(), tasks.join(", "));
     }
     if let (Some(images), Some(out)) = (&args.images, &args.out) {
-        let (done, skipped) = predict_folder(&restored, images, out)?;
+        let (done, skipped) = predict_folder(&restored, &chosen, images, out)?;
         for s in &skipped {
             eprintln!("skipped {s}");
         }
@@ -46,7 +50,22 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs every head in eval mode on a safetensors file's `input` tensor (NCHW float, already
 /// normalized like training inputs) and writes each head's raw outputs under its task name.
-fn predict_tensor_file(r: &Restored, input: &Path, output: &Path) -> anyhow::Result<Vec<String>> {
+/// A dataset's per-channel (mean, std).
+type Normalization = ([f64; 3], [f64; 3]);
+
+/// The tasks `--task` names (indices into the run's tasks, in task order), or every task.
+fn chosen_tasks(r: &Restored, names: &[String]) -> anyhow::Result<Vec<usize>> {
+    let all = r.run.task_names();
+    if names.is_empty() {
+        return Ok((0..all.len()).collect());
+    }
+    if let Some(unknown) = names.iter().find(|n| !all.contains(n)) {
+        user_bail!("--task: the run has no task '{unknown}' (it has: {})", all.join(", "));
+    }
+    Ok((0..all.len()).filter(|&i| names.contains(&all[i])).collect())
+}
+
+fn predict_tensor_file(r: &Restored, chosen: &[usize], input: &Path, output: &Path) -> anyhow::Result<Vec<String>> {
     let tensors = read_tensors(input)?;
     let x = match tensors.iter().find(|(n, _)| n == "input") {
         Some((_, t)) => t.shallow_clone(),
@@ -65,8 +84,9 @@ fn predict_tensor_file(r: &Restored, input: &Path, output: &Path) -> anyhow::Res
     super::check_input_hw(cfg, s[2], s[3]).map_err(|e| user_error!("{}: 'input' {e}", input.display()))?;
     let x = x.to_kind(Kind::Float).to_device(r.model.device());
     let outputs = tch::no_grad(|| r.model.forward(&x, false));
+    let names = r.run.task_names();
     let named: Vec<(String, Tensor)> =
-        r.run.task_names().into_iter().zip(outputs).map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
+        chosen.iter().map(|&i| (names[i].clone(), outputs[i].to_device(Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&named, output).map_err(|e| user_error!("{}: cannot write: {e}", output.display()))?;
     Ok(named.into_iter().map(|(n, _)| n).collect())
 }
@@ -76,7 +96,7 @@ fn predict_tensor_file(r: &Restored, input: &Path, output: &Path) -> anyhow::Res
 /// colour masks at the image's own size for each per-pixel class task, and `<task>/<image
 /// stem>.npy` float arrays (`(H, W)`, or `(H, W, C)` with several channels) for each task that
 /// predicts values. Unreadable files are listed and skipped.
-fn predict_folder(r: &Restored, images: &Path, out: &Path) -> anyhow::Result<(usize, Vec<String>)> {
+fn predict_folder(r: &Restored, chosen: &[usize], images: &Path, out: &Path) -> anyhow::Result<(usize, Vec<String>)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(images)
         .map_err(|e| user_error!("{}: cannot read image folder: {e}", images.display()))?
         .flatten()
@@ -104,8 +124,12 @@ fn predict_folder(r: &Restored, images: &Path, out: &Path) -> anyhow::Result<(us
     let cfg = &r.run.cfg;
     let size = cfg.data.image_size as u32;
     let grey = cfg.data.grayscale;
-    let (mean, std) = r.run.dataset.normalization();
-    let tasks = &r.run.tasks;
+    // Each task's images are normalized as its own data's were in training.
+    let normalization = |i: usize| {
+        let g = r.run.groups.iter().find(|g| g.tasks.contains(&i)).expect("every task is in a group");
+        g.dataset.normalization()
+    };
+    let tasks: Vec<&mtl::tasks::Task> = chosen.iter().map(|&i| &r.run.tasks[i]).collect();
     let mut header = vec!["file".to_string()];
     for t in tasks.iter().filter(|t| t.kind.prediction() == Prediction::Class) {
         header.push(t.name.clone());
@@ -127,8 +151,18 @@ fn predict_folder(r: &Restored, images: &Path, out: &Path) -> anyhow::Result<(us
         }
         let (w, h) = (img.width(), img.height());
         let resized = img.resize_exact(size, size, image::imageops::FilterType::Triangle);
-        let x = to_input(&resized, grey, &mean, &std).to_device(r.model.device());
-        let outputs = tch::no_grad(|| r.model.forward(&x, false));
+        // One forward per distinct normalization among the chosen tasks.
+        let mut forwards: Vec<(Normalization, Vec<Tensor>)> = Vec::new();
+        let mut outputs = Vec::with_capacity(chosen.len());
+        for &i in chosen {
+            let norm = normalization(i);
+            if !forwards.iter().any(|(n, _)| *n == norm) {
+                let x = to_input(&resized, grey, &norm.0, &norm.1).to_device(r.model.device());
+                forwards.push((norm, tch::no_grad(|| r.model.forward(&x, false))));
+            }
+            let (_, out) = forwards.iter().find(|(n, _)| *n == norm).expect("just computed");
+            outputs.push(out[i].shallow_clone());
+        }
         let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("image").to_string();
         let mut row = vec![file.file_name().and_then(|s| s.to_str()).unwrap_or("").to_string()];
         for (t, output) in tasks.iter().zip(&outputs) {

@@ -118,24 +118,43 @@ fn banner(t: &Trainer) -> String {
         device = format!(
             "{device} × {} ranks ({backend}), global batch {}",
             t.world_size(),
-            t.train_loader.global_batch_size()
+            t.inputs.first().train.global_batch_size()
         );
     }
-    let (h, w) = t.train_loader.image_hw();
-    let data = &t.cfg.data;
-    let from = data.root.as_deref().map(|r| format!(" from {r}")).unwrap_or_default();
-    let streamed = if t.train_loader.is_streamed() { ", streamed" } else { "" };
+    let (h, w) = t.inputs.first().train.image_hw();
+    let data: Vec<String> = t
+        .inputs
+        .groups
+        .iter()
+        .map(|g| {
+            let d = &t.cfg.data;
+            let own = g.tasks.iter().find(|&&i| t.cfg.tasks[i].data.is_some());
+            let root = match own {
+                Some(&i) => t.cfg.tasks[i].data.as_ref().and_then(|m| m.get("root")).and_then(|r| r.as_str()),
+                None => d.root.as_deref(),
+            };
+            let from = root.map(|r| format!(" from {r}")).unwrap_or_default();
+            let streamed = if g.train.is_streamed() { ", streamed" } else { "" };
+            let names: Vec<&str> = g.tasks.iter().map(|&i| t.tasks[i].name.as_str()).collect();
+            let whose =
+                if t.inputs.groups.len() > 1 { format!(" (tasks {})", names.join(", ")) } else { String::new() };
+            format!(
+                "data     {}{whose}: {} train + {} val images, {h}×{w}{streamed}{from}",
+                g.dataset,
+                g.train.len(),
+                g.val.len()
+            )
+        })
+        .collect();
     let tasks: Vec<String> = t.tasks.iter().map(|t| t.name.clone()).collect();
     format!(
         "mtl-train {} · {} · device {device}\n\
-         data     {}: {} train + {} val images, {h}×{w}{streamed}{from}\n\
+         {}\n\
          model    {} backbone, {:.2}M parameters, tasks {}\n\
          run dir  {}",
         env!("CARGO_PKG_VERSION"),
         t.cfg.name,
-        data.dataset,
-        t.train_loader.len(),
-        t.val_loader.len(),
+        data.join("\n"),
         format!("{:?}", t.cfg.model.backbone.kind).to_lowercase(),
         t.model.parameter_count() as f64 / 1e6,
         tasks.join(", "),

@@ -48,9 +48,49 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Whether some task has its own data (multi-input MTL).
+    pub fn multi_input(&self) -> bool {
+        self.tasks.iter().any(|t| t.data.is_some())
+    }
+
+    /// The data task `i` reads: its own `data` keys over the top-level `data` (nested sections
+    /// merged key by key, so `augment: {hflip: true}` keeps the other augment keys), or the
+    /// top-level data itself. An error names `tasks[i].data.<key>`.
+    pub fn task_data(&self, i: usize) -> Result<DataConfig, String> {
+        let Some(own) = &self.tasks[i].data else { return Ok(self.data.clone()) };
+        let mut merged = serde_yaml::to_value(&self.data).expect("a DataConfig always serialises");
+        merge(&mut merged, &serde_yaml::Value::Mapping(own.clone()));
+        serde_path_to_error::deserialize(merged).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.lines().next().unwrap_or_default().to_string();
+            match path.as_str() {
+                "." | "" => format!("tasks[{i}].data: {inner}"),
+                p => format!("tasks[{i}].data.{p}: {inner}"),
+            }
+        })
+    }
+
     /// The resolved config as YAML (what is printed at start and saved in the run directory).
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("a Config always serialises")
+    }
+}
+
+/// `over` written onto `base`: mappings key by key, anything else replaced.
+fn merge(base: &mut serde_yaml::Value, over: &serde_yaml::Value) {
+    match (base, over) {
+        (serde_yaml::Value::Mapping(b), serde_yaml::Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
     }
 }
 

@@ -111,6 +111,11 @@ pub struct DataConfig {
     /// Options of the `folder` dataset.
     #[serde(default, skip_serializing_if = "FolderOptions::is_default")]
     pub folder: FolderOptions,
+    /// Class-per-subfolder datasets (`office31`, `office_home`): the class folder names in
+    /// label order; every subfolder must be listed and every listed class present. Empty: the
+    /// subfolders, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
 }
 
 impl DataConfig {
@@ -134,6 +139,7 @@ impl DataConfig {
             on_bad_file: None,
             pet: PetOptions::default(),
             folder: FolderOptions::default(),
+            classes: Vec::new(),
         }
     }
 }
@@ -403,6 +409,22 @@ pub struct TaskConfig {
     /// Segmentation: target value that contributes no loss and no metric.
     #[serde(default = "default_ignore_index")]
     pub ignore_index: i64,
+    /// This task's own data (multi-input MTL): the keys of the top-level `data` section, each
+    /// inherited from it unless given here. Tasks without it share the top-level data and its
+    /// batches; see [`Config::task_data`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_yaml::Mapping>,
+}
+
+/// `train.epoch_by`'s default.
+pub const EPOCH_BY_LARGEST: &str = "largest";
+
+fn default_epoch_by() -> String {
+    EPOCH_BY_LARGEST.into()
+}
+
+fn is_default_epoch_by(s: &String) -> bool {
+    s == EPOCH_BY_LARGEST
 }
 
 fn one_f64() -> f64 {
@@ -591,6 +613,11 @@ pub struct TrainConfig {
     /// how long a rank may stay silent (no heartbeat) before the run ends with a line naming it.
     #[serde(default = "default_dist_timeout", skip_serializing_if = "is_default_dist_timeout")]
     pub dist_timeout_seconds: f64,
+    /// With tasks that have their own data: which data decides the epoch length, `largest`
+    /// (the one with the most batches) or a task's name (its data's batches). Smaller data
+    /// wraps around, each pass in its own seeded order.
+    #[serde(default = "default_epoch_by", skip_serializing_if = "is_default_epoch_by")]
+    pub epoch_by: String,
 }
 
 fn default_dist_timeout() -> f64 {
@@ -635,6 +662,7 @@ impl Default for TrainConfig {
             max_consecutive_skips: default_max_consecutive_skips(),
             stop_grace_seconds: 0.0,
             dist_timeout_seconds: default_dist_timeout(),
+            epoch_by: default_epoch_by(),
         }
     }
 }

@@ -124,3 +124,37 @@ fn architecture_is_a_map_of_kind_and_options_and_hard_sharing_is_not_written() {
     let msg = error_of(DEFAULT_CONFIG, &["model.architecture.kind=m.m"]);
     assert!(msg.contains("model.architecture.kind: 'm.m' must be an architecture name"), "{msg}");
 }
+
+#[test]
+fn task_data_inherits_the_top_level_data_key_by_key() {
+    let cfg = parse(DEFAULT_CONFIG, &["tasks.1.data={root: d, augment: {hflip: false}, batch_size: 4}"]).unwrap();
+    assert!(cfg.multi_input());
+    let own = cfg.task_data(1).unwrap();
+    assert_eq!((own.root.as_deref(), own.batch_size, own.augment.hflip), (Some("d"), 4, false));
+    assert_eq!(own.augment.crop_padding, cfg.data.augment.crop_padding, "the other augment keys are inherited");
+    assert_eq!((own.dataset.as_str(), own.image_size), (cfg.data.dataset.as_str(), cfg.data.image_size));
+    assert_eq!(cfg.task_data(0).unwrap(), cfg.data, "a task without data reads the top-level data");
+    // Written back as given: config.yaml keeps only the task's own keys.
+    let again = Config::parse(&cfg.to_yaml(), "again", &[]).unwrap();
+    assert_eq!(again.task_data(1).unwrap(), own);
+    assert!(!parse(DEFAULT_CONFIG, &[]).unwrap().to_yaml().contains("epoch_by"));
+}
+
+#[test]
+fn task_data_errors_name_the_task_and_key() {
+    let e = |sets: &[&str]| error_of(DEFAULT_CONFIG, sets);
+    assert!(
+        e(&["tasks.1.data={batch_size: 0}"]).contains("tasks[1].data.batch_size: 0"),
+        "{}",
+        e(&["tasks.1.data={batch_size: 0}"])
+    );
+    assert!(
+        e(&["tasks.0.data={bogus: 1}"]).contains("tasks[0].data.bogus: unknown field `bogus`"),
+        "{}",
+        e(&["tasks.0.data={bogus: 1}"])
+    );
+    assert!(e(&["tasks.0.data={image_size: 64}"]).contains("tasks[0].data.image_size: 64 differs"));
+    assert!(e(&["tasks.0.data={root: x}", "balance.on=representation"]).contains("balance.on: representation"));
+    assert!(e(&["train.epoch_by=nope"]).contains("train.epoch_by: 'nope'"));
+    assert!(parse(DEFAULT_CONFIG, &["train.epoch_by=seg"]).is_ok());
+}

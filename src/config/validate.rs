@@ -15,8 +15,9 @@ fn ensure(ok: bool, key: &str, msg: impl std::fmt::Display) -> Check {
 
 pub fn validate(cfg: &Config) -> Check {
     top_level(cfg)?;
-    data(cfg)?;
+    data(&cfg.data, "data")?;
     tasks(cfg)?;
+    multi_input(cfg)?;
     model(cfg)?;
     optim(&cfg.optim)?;
     schedule(&cfg.schedule)?;
@@ -66,49 +67,91 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+/// Tasks with their own data: each task's merged data passes the same checks as the top-level
+/// one; the shared backbone takes one input shape, so image size and channels cannot differ;
+/// `train.epoch_by` names a task; representation-space balancing needs one shared forward.
+fn multi_input(cfg: &Config) -> Check {
+    let by = &cfg.train.epoch_by;
+    ensure(
+        by == EPOCH_BY_LARGEST || cfg.tasks.iter().any(|t| &t.name == by),
+        "train.epoch_by",
+        format!("'{by}' is neither 'largest' nor a task name"),
+    )?;
+    for i in (0..cfg.tasks.len()).filter(|&i| cfg.tasks[i].data.is_some()) {
+        let at = format!("tasks[{i}].data");
+        let d = cfg.task_data(i)?;
+        data(&d, &at)?;
+        ensure(
+            d.image_size == cfg.data.image_size,
+            &format!("{at}.image_size"),
+            format!(
+                "{} differs from data.image_size {}: the shared backbone takes one input size; set it in the \
+                 top-level data only",
+                d.image_size, cfg.data.image_size
+            ),
+        )?;
+        ensure(
+            d.grayscale == cfg.data.grayscale,
+            &format!("{at}.grayscale"),
+            format!(
+                "{} differs from data.grayscale {}: the shared backbone takes one number of channels; set it in \
+                 the top-level data only",
+                d.grayscale, cfg.data.grayscale
+            ),
+        )?;
+        ensure(
+            cfg.balance.on != GradientOn::Representation,
+            &at,
+            "balance.on: representation needs one shared representation per step, but a task with its own data \
+             runs the backbone on its own images (no shared feature tensor); use balance.on: params",
+        )?;
+    }
+    Ok(())
+}
+
 /// Ranges every dataset shares; what one dataset allows is its own file's business
 /// (src/data/registry.rs), checked when the config is resolved.
-fn data(cfg: &Config) -> Check {
-    let d = &cfg.data;
-    ensure(is_identifier(&d.dataset), "data.dataset", format!("'{}' must be a dataset name", d.dataset))?;
-    count(d.batch_size as u64, "data.batch_size", 1, 1 << 20)?;
-    count(d.eval_batch_size as u64, "data.eval_batch_size", 1, 1 << 20)?;
-    count(d.train_size as u64, "data.train_size", 0, 1 << 32)?;
-    count(d.val_size as u64, "data.val_size", 0, 1 << 32)?;
+fn data(d: &DataConfig, at: &str) -> Check {
+    let key = |k: &str| format!("{at}.{k}");
+    ensure(is_identifier(&d.dataset), &key("dataset"), format!("'{}' must be a dataset name", d.dataset))?;
+    count(d.batch_size as u64, &key("batch_size"), 1, 1 << 20)?;
+    count(d.eval_batch_size as u64, &key("eval_batch_size"), 1, 1 << 20)?;
+    count(d.train_size as u64, &key("train_size"), 0, 1 << 32)?;
+    count(d.val_size as u64, &key("val_size"), 0, 1 << 32)?;
     ensure(
         (8..=1024).contains(&d.image_size),
-        "data.image_size",
+        &key("image_size"),
         format!("{} is out of range (8..=1024)", d.image_size),
     )?;
     ensure(
         d.max_memory_mb.is_finite() && d.max_memory_mb > 0.0,
-        "data.max_memory_mb",
+        &key("max_memory_mb"),
         format!("{} must be a positive number of MB", d.max_memory_mb),
     )?;
     ensure(
         d.decode_threads <= 256,
-        "data.decode_threads",
+        &key("decode_threads"),
         format!("{} is out of range (0..=256; 0: one per core)", d.decode_threads),
     )?;
     ensure(
         (1..=1024).contains(&d.prefetch_batches),
-        "data.prefetch_batches",
+        &key("prefetch_batches"),
         format!("{} is out of range (1..=1024)", d.prefetch_batches),
     )?;
     if let Some(m) = &d.mirror {
-        ensure(is_http_url(m), "data.mirror", format!("'{m}' must be an http:// or https:// URL"))?;
+        ensure(is_http_url(m), &key("mirror"), format!("'{m}' must be an http:// or https:// URL"))?;
     }
     let f = d.folder.val_fraction;
-    ensure((0.0..1.0).contains(&f), "data.folder.val_fraction", format!("{f} must be in [0, 1)"))?;
+    ensure((0.0..1.0).contains(&f), &key("folder.val_fraction"), format!("{f} must be in [0, 1)"))?;
     let a = &d.augment;
     ensure(
         (0..d.image_size).contains(&a.crop_padding),
-        "data.augment.crop_padding",
+        &key("augment.crop_padding"),
         format!("{} must be in 0..{}", a.crop_padding, d.image_size),
     )?;
     ensure(
         (1.0..=4.0).contains(&a.max_scale),
-        "data.augment.max_scale",
+        &key("augment.max_scale"),
         format!("{} must be in [1, 4] (1: no zoom)", a.max_scale),
     )
 }

@@ -6,6 +6,24 @@ use std::path::Path;
 
 /// An RGB image file (JPEG or PNG; grey, CMYK and alpha images are converted) as
 /// `(width, height, RGB bytes row-major)`.
+/// Image file extensions the folder datasets read (any case).
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// The names of the regular files in `dir` with an image extension, unsorted.
+pub fn image_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            Path::new(n)
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .collect())
+}
+
 pub fn read_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
     crate::files::regular_len(path)?;
     let reader = image::ImageReader::open(path)

@@ -12,7 +12,7 @@
 //! infer it from the data (largest label + 1). The `split` column (`train` / `val`) places an
 //! image; without it `data.folder.val_fraction` of the images go to val, chosen by a hash of
 //! the file name (stable when images are added).
-use super::decode::{read_mask_png, read_rgb, resize_nearest, rgb_to_chw};
+use super::decode::{image_names, read_mask_png, read_rgb, resize_nearest, rgb_to_chw};
 use super::stream::{FileSources, Sample, SampleSource, TargetSpec, Value};
 use super::{on_bad_file, Dataset, Loaded, TargetInfo, TargetShape, Wanted, IGNORE_LABEL, IMAGENET};
 use crate::config::{DataConfig, OnBadFile};
@@ -26,7 +26,6 @@ pub const MASK: &str = "mask";
 pub const LABELS_FILE: &str = "labels.csv";
 /// Class numbers must stay below this (as `tasks[].classes` must).
 const MAX_CLASSES: i64 = 65536;
-const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 /// A labels.csv row's value per column (None: blank), or why the row is unusable.
 type RowValues = Result<Vec<Option<i64>>, String>;
@@ -50,7 +49,7 @@ struct Index {
 
 fn scan(root: &Path) -> anyhow::Result<Index> {
     let images_dir = root.join("images");
-    let entries = std::fs::read_dir(&images_dir).map_err(|e| match e.kind() {
+    let mut images = image_names(&images_dir).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             user_error!(
                 "{} not found (the folder dataset reads <data.root>/images, masks/, labels.csv)",
@@ -59,20 +58,12 @@ fn scan(root: &Path) -> anyhow::Result<Index> {
         }
         _ => user_error!("{}: cannot read: {e}", images_dir.display()),
     })?;
-    let mut images: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.path().is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            Path::new(n)
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        })
-        .collect();
     images.sort();
     if images.is_empty() {
-        user_bail!("{}: no .png, .jpg or .jpeg images", images_dir.display());
+        let subfolders =
+            std::fs::read_dir(&images_dir).map(|d| d.flatten().any(|e| e.path().is_dir())).unwrap_or(false);
+        let hint = if subfolders { " (a class per subfolder is data.dataset: office31's layout)" } else { "" };
+        user_bail!("{}: no .png, .jpg or .jpeg images{hint}", images_dir.display());
     }
     let mut index = Index {
         root: root.to_path_buf(),
@@ -170,7 +161,7 @@ fn fields(line: &str) -> Vec<String> {
 
 /// FNV-1a of the file name: the image's place in train or val without a split column.
 fn is_val_by_hash(name: &str, fraction: f64) -> bool {
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let h = crate::rng::name_index(name);
     ((h % 1_000_000) as f64) < fraction * 1_000_000.0
 }
 

@@ -191,6 +191,20 @@ impl Loader {
         ((self.len() as i64 / self.global_batch_size()).max(1)) as u64
     }
 
+    /// Where global step `step` reads: the pass over this split and the batch in it. Every
+    /// split's place is a function of the step alone, so tasks with their own data (whose
+    /// splits wrap around at their own lengths) resume exactly mid-epoch too.
+    pub fn place(&self, step: u64) -> (u64, u64) {
+        let spe = self.steps_per_epoch();
+        (step / spe, step % spe)
+    }
+
+    /// The training batch of global step `step` (see [`Loader::place`]).
+    pub fn train_batch_at(&self, step: u64) -> Batch {
+        let (pass, position) = self.place(step);
+        self.train_batch(pass, position, step)
+    }
+
     /// This rank's part of the training batch at `position` of `epoch`, augmented with the
     /// stream of `step`.
     pub fn train_batch(&self, epoch: u64, position: u64, step: u64) -> Batch {

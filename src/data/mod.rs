@@ -12,6 +12,7 @@
 //! byte for byte the batches the in-memory path would gather, so the mode changes no result.
 pub mod augment;
 pub mod cifar10;
+pub mod class_folders;
 pub mod decode;
 pub mod fetch;
 pub mod folder;
@@ -30,8 +31,16 @@ use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
 /// Every dataset `data.dataset` names.
-pub const DATASETS: &[&dyn Dataset] =
-    &[&shapes::Shapes, &cifar10::Cifar10Seg, &multimnist::MultiMnist, &pet::Pet, &nyuv2::Nyuv2, &folder::Folder];
+pub const DATASETS: &[&dyn Dataset] = &[
+    &shapes::Shapes,
+    &cifar10::Cifar10Seg,
+    &multimnist::MultiMnist,
+    &pet::Pet,
+    &nyuv2::Nyuv2,
+    &folder::Folder,
+    &class_folders::OFFICE31,
+    &class_folders::OFFICE_HOME,
+];
 
 /// The dataset called `name`.
 pub fn dataset_named(name: &str) -> Option<&'static dyn Dataset> {
@@ -65,6 +74,10 @@ pub trait Dataset: Sync {
     /// Whether samples are separate files read one by one: then a bad file can be skipped
     /// (`data.on_bad_file`) and the dataset can stream when it does not fit in memory.
     fn per_sample_files(&self) -> bool {
+        false
+    }
+    /// Whether it reads a class per subfolder (then `data.classes` may list them).
+    fn class_folders(&self) -> bool {
         false
     }
     /// `data.on_bad_file` when unset.

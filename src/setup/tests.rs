@@ -222,3 +222,25 @@ fn download_is_refused_where_there_is_nothing_to_download() {
     assert!(e.contains("data.download") && e.contains("shapes"), "{e}");
     assert!(error_of(DEFAULT_CONFIG, &["data.mirror=/srv/data"]).contains("data.mirror"));
 }
+
+#[test]
+fn a_groups_task_numbers_are_renamed_to_their_place_in_the_config() {
+    let m = super::renumber_tasks("tasks[0].target: x; tasks[1].classes: 3 (tasks[7] is not in the group)", &[2, 5]);
+    assert_eq!(m, "tasks[2].target: x; tasks[5].classes: 3 (tasks[7] is not in the group)");
+    assert_eq!(super::renumber_tasks("tasks[x] tasks[", &[1]), "tasks[x] tasks[");
+}
+
+#[test]
+fn tasks_with_equal_data_share_a_group_and_own_data_gets_its_own_seed() {
+    let sets = ["tasks.1.data={train_size: 64}".to_string()];
+    let r = crate::setup::load(None, &sets).unwrap();
+    assert_eq!(r.groups.len(), 2);
+    assert_eq!((r.groups[0].tasks.clone(), r.groups[1].tasks.clone()), (vec![0], vec![1]));
+    assert_eq!(r.groups[0].seed, r.cfg.seed, "the top-level data keeps the run's seed");
+    assert_ne!(r.groups[1].seed, r.cfg.seed);
+    assert_eq!(r.groups[1].data.train_size, 64);
+    // The same data given explicitly is the top-level group.
+    let same = crate::setup::load(None, &["tasks.1.data={image_size: 32}".to_string()]).unwrap();
+    assert_eq!(same.groups.len(), 1);
+    assert_eq!(crate::setup::load(None, &[]).unwrap().groups.len(), 1);
+}

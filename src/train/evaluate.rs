@@ -1,21 +1,39 @@
 //! Evaluation on the val split: eval mode, no gradients, metrics accumulated on the device.
+//! With tasks that have their own data, each task is scored on its own data's val split.
+use super::inputs::Inputs;
 use crate::data::loader::Loader;
 use crate::dist::Group;
 use crate::model::MultiTaskModel;
 use crate::tasks::Task;
 
-/// `("<task>.<metric>", value)` for every task, in task order. With `ranks`, the loader is
+/// `("<task>.<metric>", value)` for every task, in task order. With `ranks`, the loaders are
 /// sharded: each rank evaluates its share of the batches and the meters' sums are added over
 /// the ranks before the metrics are computed, so every rank reports the whole split's.
-pub fn evaluate(model: &MultiTaskModel, loader: &Loader, tasks: &[Task], ranks: Option<&Group>) -> Vec<(String, f64)> {
-    let mut meters: Vec<_> = tasks.iter().map(|t| t.meter(model.device())).collect();
+pub fn evaluate(model: &MultiTaskModel, inputs: &Inputs, tasks: &[Task], ranks: Option<&Group>) -> Vec<(String, f64)> {
+    let mut per_task: Vec<Vec<(String, f64)>> = vec![Vec::new(); tasks.len()];
+    for g in &inputs.groups {
+        for (i, metrics) in g.tasks.iter().zip(evaluate_on(model, &g.val, tasks, &g.tasks, ranks)) {
+            per_task[*i] = metrics;
+        }
+    }
+    per_task.into_iter().flatten().collect()
+}
+
+/// The metrics of the tasks `ids` (the loader's targets, in order) on `loader`'s batches.
+fn evaluate_on(
+    model: &MultiTaskModel,
+    loader: &Loader,
+    tasks: &[Task],
+    ids: &[usize],
+    ranks: Option<&Group>,
+) -> Vec<Vec<(String, f64)>> {
+    let mut meters: Vec<_> = ids.iter().map(|&i| tasks[i].meter(model.device())).collect();
     tch::no_grad(|| {
         for batch in loader.eval_batches() {
             let outputs = model.forward(&batch.images, false);
-            for ((task, meter), (logits, target)) in
-                tasks.iter().zip(meters.iter_mut()).zip(outputs.iter().zip(&batch.targets))
-            {
-                meter.update(logits, target, &task.loss(logits, target));
+            for ((&i, meter), target) in ids.iter().zip(meters.iter_mut()).zip(&batch.targets) {
+                let logits = &outputs[i];
+                meter.update(logits, target, &tasks[i].loss(logits, target));
             }
         }
     });
@@ -29,9 +47,8 @@ pub fn evaluate(model: &MultiTaskModel, loader: &Loader, tasks: &[Task], ranks: 
             meter.reduce(&sum);
         }
     }
-    tasks
-        .iter()
+    ids.iter()
         .zip(&meters)
-        .flat_map(|(t, m)| m.finish().into_iter().map(move |(k, v)| (format!("{}.{k}", t.name), v)))
+        .map(|(&i, m)| m.finish().into_iter().map(|(k, v)| (format!("{}.{k}", tasks[i].name), v)).collect())
         .collect()
 }

@@ -2,6 +2,7 @@
 //! reporting and checkpoints at their boundaries.
 pub mod evaluate;
 mod health;
+pub mod inputs;
 pub mod parallel;
 pub mod plot;
 pub mod report;
@@ -10,9 +11,9 @@ pub mod resume;
 pub mod tensorboard;
 
 use crate::balance::{self, Balancer, GradientSpace, StepContext};
-use crate::checkpoint::{BestMetric, RunDir, RunLock, Snapshot, TrainState, FORMAT_VERSION};
+use crate::checkpoint::{BestMetric, DataPosition, RunDir, RunLock, Snapshot, TrainState, FORMAT_VERSION};
 use crate::config::{Config, OnNonFinite};
-use crate::data::loader::Loader;
+use crate::data::loader::Batch;
 use crate::dist::Group;
 use crate::error::Diverged;
 use crate::model::{backbone, MultiTaskModel};
@@ -70,8 +71,8 @@ pub struct Trainer {
     pub device: Device,
     pub model: MultiTaskModel,
     pub tasks: Vec<Task>,
-    pub train_loader: Loader,
-    pub val_loader: Loader,
+    /// Every data group's loaders (one group unless tasks have their own data).
+    pub inputs: inputs::Inputs,
     pub optimizer: Optimizer,
     pub schedule: Schedule,
     pub balancer: Box<dyn Balancer>,
@@ -126,6 +127,14 @@ impl Skips {
     }
 }
 
+/// A step's forward passes: the per-task losses, the shared representation (single-input
+/// only) and the architectures' regularizers.
+struct StepForward {
+    losses: Vec<Tensor>,
+    representation: Option<crate::model::Representation>,
+    regularizers: Vec<Tensor>,
+}
+
 /// What a skipped step must put back: BatchNorm statistics and the balancer's state, both
 /// already changed by the step's forward and backward.
 struct Undo {
@@ -139,26 +148,22 @@ impl Trainer {
     /// [`Trainer::run`] touches the run directory.
     pub fn new(mut r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
         let ranks = Ranks::new(opts.ranks.clone(), r.cfg.model.sync_batchnorm);
+        if ranks.world() > 1 && r.multi_input() {
+            user_bail!(
+                "tasks[].data: tasks with their own data do not train data-parallel yet ({} ranks); run one process",
+                ranks.world()
+            );
+        }
         if let Some(dir) = &opts.resume {
             resume::keep_global_batch(dir, &mut r.cfg, ranks.world())?;
         }
-        let Resolved { cfg, dataset, tasks, .. } = &r;
+        let Resolved { cfg, tasks, .. } = &r;
         let run = RunDir::new(&opts.run_dir);
         // Rank 0 owns the run directory; the others never look at it (they may be on machines
         // that do not share it, and they must not race rank 0's first writes).
         let lock = if ranks.is_first() { check_run_dir(&run, opts)? } else { None };
-        // A download (data.download) happens once per machine, by its first rank.
-        let sources =
-            ranks.first_on_machine("data", || crate::data::load(*dataset, &cfg.data, cfg.seed, &r.wanted()))?;
-        let loader = |source: crate::data::Source, train: bool| {
-            Loader::new(&cfg.data, cfg.seed, dataset.normalization(), &r.target_uses(), source.to_device(device), train)
-                .sharded(ranks.shard())
-        };
-        let train_loader = loader(sources.train, true);
-        let val_loader = loader(sources.val, false);
-        if train_loader.is_empty() || val_loader.is_empty() {
-            user_bail!("data: the train and val splits must not be empty");
-        }
+        let inputs = inputs::Inputs::load(&r, device, &ranks)?;
+        let train_loader = &inputs.first().train;
         if ranks.world() > 1 && (train_loader.len() as i64) < train_loader.global_batch_size() {
             user_bail!(
                 "data: {} training images are fewer than one global batch (data.batch_size {} × {} ranks)",
@@ -183,7 +188,7 @@ impl Trainer {
             user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
         }
         let optimizer = Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable()), fused);
-        let spe = train_loader.steps_per_epoch();
+        let spe = inputs.steps_per_epoch();
         let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.epochs * spe, spe);
         let balancer = balance::build(cfg)?;
         let baselines = cfg.train.baselines.as_deref().map(|p| Baselines::load(std::path::Path::new(p))).transpose()?;
@@ -195,8 +200,7 @@ impl Trainer {
             device,
             model,
             tasks,
-            train_loader,
-            val_loader,
+            inputs,
             optimizer,
             schedule,
             balancer,
@@ -237,7 +241,7 @@ impl Trainer {
     }
 
     pub fn steps_per_epoch(&self) -> u64 {
-        self.train_loader.steps_per_epoch()
+        self.inputs.steps_per_epoch()
     }
 
     /// The step at which training ends.
@@ -252,19 +256,17 @@ impl Trainer {
     /// One optimization step on the next batch. Nothing here reads a value from the device,
     /// except the finiteness flag under `train.on_nonfinite: skip_step`.
     pub fn step(&mut self) -> anyhow::Result<()> {
-        let Position { step, epoch, position } = self.at;
-        let batch = self.train_loader.train_batch(epoch, position, step);
+        let Position { step, epoch, .. } = self.at;
+        let batches = self.inputs.train_batches(step);
         let undo = (self.cfg.train.on_nonfinite == OnNonFinite::SkipStep).then(|| self.undo_point());
         crate::rng::seed_torch(self.cfg.seed, step);
         self.optimizer.zero_grad();
         let representation = self.balancer.space() == GradientSpace::Representation;
-        let forward = self.model.run(&batch.images, self.model.pass(true, Some((step, epoch)), representation));
-        let losses: Vec<Tensor> =
-            self.tasks.iter().zip(&forward.outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect();
-        let losses = self.ranks.mean_losses(losses);
+        let forward = self.losses(&batches, (step, epoch), representation);
+        let losses = &forward.losses;
         let weights: Vec<f64> = self.cfg.tasks.iter().map(|t| t.weight).collect();
         let ctx = StepContext {
-            losses: &losses,
+            losses,
             shared_params: &self.shared,
             head_params: &self.head_params,
             features: forward.representation.as_ref().map(|(z, d)| (z.as_slice(), d.as_slice())),
@@ -275,9 +277,9 @@ impl Trainer {
             ranks: self.ranks.group(),
         };
         let task_weights = self.balancer.backward(&ctx)?;
-        // The regularizer's gradient is this rank's too: it joins the gradients before they
-        // are averaged over the ranks.
-        if let Some(r) = &forward.regularizer {
+        // The regularizers' gradients are this rank's too: they join the gradients before
+        // they are averaged over the ranks.
+        for r in &forward.regularizers {
             r.f_backward()?;
         }
         self.ranks.after_backward(&self.optimizer.flat.grads, &self.model.buffers());
@@ -299,16 +301,32 @@ impl Trainer {
             // In train mode like the reference implementation (BatchNorm statistics see the
             // batch twice).
             crate::rng::seed_torch(self.cfg.seed, step);
-            let after: Vec<Tensor> = tch::no_grad(|| {
-                let outputs = self.model.run(&batch.images, self.model.pass(true, Some((step, epoch)), false)).outputs;
-                self.tasks.iter().zip(&outputs).zip(&batch.targets).map(|((t, o), y)| t.loss(o, y)).collect()
-            });
-            self.balancer.after_step(&self.ranks.mean_losses(after))?;
+            let after = tch::no_grad(|| self.losses(&batches, (step, epoch), false)).losses;
+            self.balancer.after_step(&after)?;
         }
         let _ = self.window_loss.g_add_(&detached_losses);
         let _ = self.epoch_loss.g_add_(&detached_losses);
         self.advance();
         Ok(())
+    }
+
+    /// Each group's batch through the model (in training mode), and every task's loss on its
+    /// own group's batch, in task order.
+    fn losses(&self, batches: &[Batch], at: (u64, u64), representation: bool) -> StepForward {
+        let mut losses: Vec<Option<Tensor>> = self.tasks.iter().map(|_| None).collect();
+        let mut out = StepForward { losses: Vec::new(), representation: None, regularizers: Vec::new() };
+        for (input, batch) in self.inputs.groups.iter().zip(batches) {
+            let forward = self.model.run(&batch.images, self.model.pass(true, Some(at), representation));
+            for (&i, y) in input.tasks.iter().zip(&batch.targets) {
+                losses[i] = Some(self.tasks[i].loss(&forward.outputs[i], y));
+            }
+            // One group when there is a representation: the config refuses the space otherwise.
+            out.representation = forward.representation;
+            out.regularizers.extend(forward.regularizer);
+        }
+        // Every rank sees the global batch's mean loss per task (and so do the balancers).
+        out.losses = self.ranks.mean_losses(losses.into_iter().map(|l| l.expect("every task is in a group")).collect());
+        out
     }
 
     fn advance(&mut self) {
@@ -389,7 +407,7 @@ impl Trainer {
 
     /// Evaluates, logs, and returns the metrics; updates the best value of the monitored metric.
     fn evaluate(&mut self, log: &mut RunLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
-        let mut metrics = evaluate::evaluate(&self.model, &self.val_loader, &self.tasks, self.ranks.group());
+        let mut metrics = evaluate::evaluate(&self.model, &self.inputs, &self.tasks, self.ranks.group());
         if let Some(dm) = self.baselines.as_ref().and_then(|b| crate::tasks::delta_m(&metrics, &b.metrics, &self.tasks))
         {
             metrics.push(("delta_m".into(), dm));
@@ -429,7 +447,28 @@ impl Trainer {
             mtl_version: env!("CARGO_PKG_VERSION").to_string(),
             rng: "derived from (seed, purpose, epoch/step/index); nothing to restore".into(),
             world_size: self.ranks.world() as u64,
+            data: self.data_positions(),
         }
+    }
+
+    /// Each data group's place at the current step (none when there is one group: its place is
+    /// the epoch and position).
+    pub fn data_positions(&self) -> Vec<DataPosition> {
+        if self.inputs.groups.len() == 1 {
+            return Vec::new();
+        }
+        let groups = self.inputs.groups.iter();
+        groups
+            .map(|g| {
+                let (pass, position) = g.train.place(self.at.step);
+                DataPosition {
+                    tasks: g.tasks.iter().map(|&i| self.tasks[i].name.clone()).collect(),
+                    pass,
+                    position,
+                    batches_per_pass: g.train.steps_per_epoch(),
+                }
+            })
+            .collect()
     }
 
     fn train_tensors(&self) -> Vec<(String, Tensor)> {
@@ -495,7 +534,7 @@ impl Trainer {
         let mut log = self.open_log(resumed_at)?;
         let spe = self.steps_per_epoch();
         let end = self.final_step();
-        let batch = self.train_loader.global_batch_size() as u64;
+        let batch = self.inputs.images_per_step * self.ranks.world() as u64;
         let mut progress = Progress::new(end, spe, self.at.step, batch, first);
         let log_every = self.cfg.train.log_every;
         let mut final_metrics = Vec::new();
@@ -636,7 +675,12 @@ impl Trainer {
         let metrics = MetricsLog::open(&self.run.metrics(), Some(resumed_at))?;
         let report = &self.cfg.report;
         let board = if report.tensorboard {
-            let preview = tensorboard::Preview::new(&self.val_loader, &self.tasks, report.preview_images);
+            let preview = self
+                .inputs
+                .groups
+                .iter()
+                .filter_map(|g| tensorboard::Preview::new(&g.val, &self.tasks, &g.tasks, report.preview_images))
+                .collect();
             Some(tensorboard::Board::open(&self.run.root, resumed_at, &self.cfg, preview)?)
         } else {
             None

@@ -1,7 +1,6 @@
 //! A trained model back from a checkpoint, for `predict`, `eval` and export: the run's
 //! resolved config and the model with the checkpoint's weights.
 use crate::checkpoint::{self, RunDir, BEST, LATEST};
-use crate::data::loader::Loader;
 use crate::model::MultiTaskModel;
 use crate::setup::{self, Resolved};
 use crate::{user_bail, user_error};
@@ -50,11 +49,8 @@ pub fn restore(checkpoint_dir: &Path, device: Device) -> anyhow::Result<Restored
     Ok(Restored { run, model, dir: checkpoint_dir.to_path_buf() })
 }
 
-/// Re-evaluates a restored model on its config's val split.
+/// Re-evaluates a restored model on its config's val split (each task on its own data's).
 pub fn evaluate(r: &Restored) -> anyhow::Result<Vec<(String, f64)>> {
-    let c = &r.run.cfg;
-    let sources = crate::data::load(r.run.dataset, &c.data, c.seed, &r.run.wanted())?;
-    let val = sources.val.to_device(r.model.device());
-    let loader = Loader::new(&c.data, c.seed, r.run.dataset.normalization(), &r.run.target_uses(), val, false);
-    Ok(super::evaluate::evaluate(&r.model, &loader, &r.run.tasks, None))
+    let inputs = super::inputs::Inputs::load(&r.run, r.model.device(), &super::parallel::Ranks::new(None, false))?;
+    Ok(super::evaluate::evaluate(&r.model, &inputs, &r.run.tasks, None))
 }

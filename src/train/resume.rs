@@ -1,6 +1,6 @@
 //! Continuing a run from a checkpoint, and starting one from PyTorch weights.
 use super::{Position, Trainer};
-use crate::checkpoint::{self, Loaded};
+use crate::checkpoint::{self, DataPosition, Loaded};
 use crate::config::Config;
 use crate::model::MultiTaskModel;
 use crate::{user_bail, user_error};
@@ -38,6 +38,10 @@ pub fn fingerprint(cfg: &Config) -> String {
 }
 
 fn must_match(key: &str) -> bool {
+    // A task's own data: the same keys are harmless as in the top-level data.
+    if let Some(rest) = key.strip_prefix("tasks[").and_then(|r| r.split_once("].data.")).map(|(_, k)| k) {
+        return !HARMLESS_DATA.contains(&format!("data.{rest}").as_str());
+    }
     MUST_MATCH.iter().any(|p| key == *p || key.starts_with(&format!("{p}.")) || key.starts_with(&format!("{p}[")))
         && !HARMLESS_DATA.contains(&key)
 }
@@ -156,6 +160,7 @@ pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
     }
     check_position(&loaded, trainer.steps_per_epoch())?;
     trainer.at = Position { step: loaded.state.step, epoch: loaded.state.epoch, position: loaded.state.position };
+    check_data_positions(&loaded, &trainer.data_positions())?;
     trainer.best = loaded.state.best.clone();
     tracing::info!(step = loaded.state.step, "resumed from {}", dir.display());
     Ok(())
@@ -245,6 +250,38 @@ fn check_position(loaded: &Loaded, steps_per_epoch: u64) -> anyhow::Result<()> {
             s.step,
             s.epoch,
             s.position
+        );
+    }
+    Ok(())
+}
+
+/// Tasks with their own data: every group still has the batches per pass it had when the
+/// checkpoint was written (else its positions, derived from the step, would not be the ones
+/// the run had reached).
+fn check_data_positions(loaded: &Loaded, now: &[DataPosition]) -> anyhow::Result<()> {
+    let saved = &loaded.state.data;
+    for (was, is) in saved.iter().zip(now) {
+        if was != is {
+            user_bail!(
+                "{}: the data of tasks {} had {} batches per pass (at pass {} batch {}), now {} (at pass {} batch {}); \
+                 its files or data settings changed since the checkpoint",
+                loaded.dir.join(checkpoint::STATE_FILE).display(),
+                was.tasks.join(", "),
+                was.batches_per_pass,
+                was.pass,
+                was.position,
+                is.batches_per_pass,
+                is.pass,
+                is.position
+            );
+        }
+    }
+    if saved.len() != now.len() {
+        user_bail!(
+            "{}: the checkpoint has {} data group(s), this config {}",
+            loaded.dir.join(checkpoint::STATE_FILE).display(),
+            saved.len(),
+            now.len()
         );
     }
     Ok(())

@@ -50,7 +50,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 fn channels_last_forward_matches_nchw() {
     let t = trainer(tiny("cpu", "fp32", &[]));
     assert!(t.model.compute().channels_last(true) && !t.model.compute().channels_last(false));
-    let x = t.train_loader.train_batch(0, 0, 0).images;
+    let x = t.inputs.first().train.train_batch(0, 0, 0).images;
     let cl = layers::to_channels_last(&x);
     assert!(cl.equal(&x) && !cl.is_contiguous() && cl.stride()[1] == 1);
     let a = tch::no_grad(|| t.model.forward(&x, false));
@@ -128,7 +128,7 @@ fn cuda_bf16_trains_with_fp32_master_weights() {
     }
     let mut t = trainer(tiny("cuda", "bf16", &[]));
     assert_eq!(t.optimizer.flat.params.kind(), Kind::Float);
-    let batch = t.train_loader.train_batch(0, 0, 0);
+    let batch = t.inputs.first().train.train_batch(0, 0, 0);
     let loss = |t: &Trainer| -> f64 {
         let out = tch::no_grad(|| t.model.forward(&batch.images, false));
         t.tasks.iter().zip(&out).zip(&batch.targets).map(|((k, o), y)| k.loss(o, y).double_value(&[])).sum()

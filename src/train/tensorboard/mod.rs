@@ -76,13 +76,14 @@ pub fn tag(split: &str, key: &str) -> String {
 /// A run's TensorBoard log while it trains.
 pub struct Board {
     file: EventFile,
-    preview: Option<Preview>,
+    /// One per data group with a per-pixel task.
+    previews: Vec<Preview>,
 }
 
 impl Board {
     /// Opens the log of a run in `dir` that trains on from step `resumed_at` (0: from the
     /// start). See the module documentation for what is written first.
-    pub fn open(dir: &Path, resumed_at: u64, cfg: &Config, preview: Option<Preview>) -> anyhow::Result<Self> {
+    pub fn open(dir: &Path, resumed_at: u64, cfg: &Config, previews: Vec<Preview>) -> anyhow::Result<Self> {
         let cannot = |e: std::io::Error| user_error!("{}: cannot write TensorBoard events: {e}", dir.display());
         let mut earlier = event_files(dir);
         if resumed_at == 0 {
@@ -90,7 +91,7 @@ impl Board {
                 std::fs::remove_file(&file).map_err(cannot)?;
             }
         }
-        let mut board = Self { file: EventFile::create(dir).map_err(cannot)?, preview };
+        let mut board = Self { file: EventFile::create(dir).map_err(cannot)?, previews };
         // Every file starts a session: TensorBoard's Python backend takes the first START of a
         // run as its beginning and only a later one as a restart.
         let first_step = if earlier.is_empty() { 0 } else { resumed_at + 1 };
@@ -125,9 +126,11 @@ impl Board {
 
     /// The preview pictures of the model as it is now, at `step`.
     pub fn images(&mut self, step: u64, model: &MultiTaskModel, tasks: &[Task]) -> anyhow::Result<()> {
-        let Some(preview) = &self.preview else { return Ok(()) };
+        if self.previews.is_empty() {
+            return Ok(());
+        }
         let mut value = Vec::new();
-        for (task, picture) in preview.render(model, tasks) {
+        for (task, picture) in self.previews.iter().flat_map(|p| p.render(model, tasks)) {
             value.push(image_value(&format!("{task}/val_images"), &picture)?);
         }
         self.write(step, What::Summary(Summary { value }))

@@ -31,7 +31,9 @@ pub struct Preview {
     images: Tensor,
     /// `[n, h, w, 3]` RGB bytes of the same images.
     pixels: Vec<u8>,
-    /// Each task's targets for them, on the CPU.
+    /// The tasks that read these images (indices into the run's tasks), and each one's
+    /// targets for them, on the CPU.
+    tasks: Vec<usize>,
     targets: Vec<Tensor>,
     n: usize,
     h: usize,
@@ -44,13 +46,14 @@ fn draws(task: &Task) -> bool {
 }
 
 impl Preview {
-    /// The first `count` val images; `None` when `count` is 0 or no task predicts per pixel.
-    pub fn new(loader: &Loader, tasks: &[Task], count: usize) -> Option<Self> {
-        if count == 0 || !tasks.iter().any(draws) {
+    /// The first `count` val images of `loader`, whose targets are those of the tasks `ids`;
+    /// `None` when `count` is 0 or none of them predicts per pixel.
+    pub fn new(loader: &Loader, tasks: &[Task], ids: &[usize], count: usize) -> Option<Self> {
+        if count == 0 || !ids.iter().any(|&i| draws(&tasks[i])) {
             return None;
         }
         let mut images = Vec::new();
-        let mut targets: Vec<Vec<Tensor>> = tasks.iter().map(|_| Vec::new()).collect();
+        let mut targets: Vec<Vec<Tensor>> = ids.iter().map(|_| Vec::new()).collect();
         let mut have = 0;
         for batch in loader.eval_batches() {
             let take = (count - have).min(batch.images.size()[0] as usize) as i64;
@@ -71,20 +74,19 @@ impl Preview {
         let pixels =
             Vec::<u8>::try_from(rgb.permute([0, 2, 3, 1]).contiguous().to_device(Device::Cpu).view([-1])).ok()?;
         let targets = targets.iter().map(|t| Tensor::cat(t, 0)).collect();
-        Some(Self { images, pixels, targets, n, h, w })
+        Some(Self { images, pixels, tasks: ids.to_vec(), targets, n, h, w })
     }
 
     /// `(task name, picture)` for every task that predicts per pixel, from `model`'s
     /// eval-mode outputs on the preview images.
     pub fn render(&self, model: &MultiTaskModel, tasks: &[Task]) -> Vec<(String, RgbImage)> {
         let outputs = tch::no_grad(|| model.forward(&self.images, false));
-        tasks
+        self.tasks
             .iter()
-            .zip(&outputs)
             .zip(&self.targets)
-            .filter(|((t, _), _)| draws(t))
-            .map(|((task, output), target)| {
-                (task.name.clone(), self.picture(task, &output.to_device(Device::Cpu), target))
+            .filter(|(&i, _)| draws(&tasks[i]))
+            .map(|(&i, target)| {
+                (tasks[i].name.clone(), self.picture(&tasks[i], &outputs[i].to_device(Device::Cpu), target))
             })
             .collect()
     }
