@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The PyTorch side: one training process (`bench_process.py --worker EXPORT N VARIANT THREADS`).
 # ---------------------------------------------------------------------------------------------
 
-def worker(export: Path, steps: int, variant: str, threads: int) -> None:
+def worker(export: Path, steps: int, variant: str, threads: int, device: str) -> None:
     import torch
     import torch.nn.functional as F
     import yaml
@@ -56,20 +56,20 @@ def worker(export: Path, steps: int, variant: str, threads: int) -> None:
     cfg = yaml.safe_load((export / "config.yaml").read_text())
     model = build_model(cfg)
     model.load_state_dict(load_file(str(export / "model.safetensors")), strict=True)
-    model.train()
+    model = model.to(device).train()
     cl = variant == "cl"
     if cl:
         model = model.to(memory_format=torch.channels_last)
     data = load_file(str(export / "data.safetensors"))
-    images = data["images"]
+    images = data["images"].to(device)
     tasks = cfg["tasks"]
-    targets = [data[f"target.{t['target']}"] for t in tasks]
+    targets = [data[f"target.{t['target']}"].to(device) for t in tasks]
     n, c, h, w = images.shape
     mean, std = NORMALIZATION[cfg["data"]["dataset"]]
     if c == 1:
         mean, std = [sum(mean) / 3], [sum(std) / 3]
-    mean = torch.tensor(mean).view(1, c, 1, 1)
-    std = torch.tensor(std).view(1, c, 1, 1)
+    mean = torch.tensor(mean, device=device).view(1, c, 1, 1)
+    std = torch.tensor(std, device=device).view(1, c, 1, 1)
     batch = int(cfg["data"]["batch_size"])
     aug = cfg["data"].get("augment") or {}
     pad, hflip = int(aug.get("crop_padding", 0)), bool(aug.get("hflip", False))
@@ -106,14 +106,14 @@ def worker(export: Path, steps: int, variant: str, threads: int) -> None:
         # Random crop after zero padding, then a random horizontal flip, per sample, written as
         # advanced indexing into the padded batch (labels padded with the ignore index).
         b = x.shape[0]
-        oy = torch.randint(0, 2 * pad + 1, (b,))
-        ox = torch.randint(0, 2 * pad + 1, (b,))
-        rows = oy[:, None] + torch.arange(h)[None, :]
-        cols = ox[:, None] + torch.arange(w)[None, :]
+        oy = torch.randint(0, 2 * pad + 1, (b,), device=device)
+        ox = torch.randint(0, 2 * pad + 1, (b,), device=device)
+        rows = oy[:, None] + torch.arange(h, device=device)[None, :]
+        cols = ox[:, None] + torch.arange(w, device=device)[None, :]
         if hflip:
-            flip = torch.rand(b) < 0.5
+            flip = torch.rand(b, device=device) < 0.5
             cols = torch.where(flip[:, None], cols.flip(1), cols)
-        bi = torch.arange(b)[:, None, None]
+        bi = torch.arange(b, device=device)[:, None, None]
         xp = F.pad(x, (pad, pad, pad, pad))
         xo = xp.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         out = []
@@ -123,10 +123,10 @@ def worker(export: Path, steps: int, variant: str, threads: int) -> None:
             out.append(y)
         return xo.contiguous(), out
 
-    perm, pos, running = torch.randperm(n), 0, torch.zeros(len(tasks), dtype=torch.float64)
+    perm, pos, running = torch.randperm(n, device=device), 0, torch.zeros(len(tasks), dtype=torch.float64, device=device)
     for step in range(steps):
         if pos == per_epoch:
-            perm, pos = torch.randperm(n), 0
+            perm, pos = torch.randperm(n, device=device), 0
         idx = perm[pos * batch:(pos + 1) * batch]
         pos += 1
         x = (images[idx].float() / 255.0 - mean) / std
@@ -147,7 +147,7 @@ def worker(export: Path, steps: int, variant: str, threads: int) -> None:
             print(json.dumps({"step": step + 1, "losses": (running / log_every).tolist()}), flush=True)
             running.zero_()
     with tempfile.TemporaryDirectory() as d:  # a real run ends with a checkpoint
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(d, "model.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, os.path.join(d, "model.safetensors"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def timed(cmd, env=None) -> float:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
-        worker(Path(argv[1]), int(argv[2]), argv[3], int(argv[4]))
+        worker(Path(argv[1]), int(argv[2]), argv[3], int(argv[4]), argv[5] if len(argv) > 5 else "cpu")
         return 0
     mtl_args = []
     if "--" in argv:
@@ -179,6 +179,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, required=True)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides; the run ends with a host read, so no sync is missed)")
     ap.add_argument("--n1", type=int, required=True, help="steps of the short run")
     ap.add_argument("--n2", type=int, required=True, help="steps of the long run")
     ap.add_argument("--rounds", type=int, default=3)
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
     if args.n2 <= args.n1:
         raise SystemExit("bench_process: --n2 must exceed --n1")
     sets = mtl_args + ["--set", f"data.batch_size={args.batch}", "--set", f"threads={args.threads}",
-                       "--set", "precision=fp32", "--device", "cpu"]
+                       "--set", "precision=fp32", "--device", args.device]
     env = dict(os.environ, RUST_LOG="warn")
     work = Path(tempfile.mkdtemp(prefix="mtl-bench-process."))
     export = work / "export"
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
         return [args.mtl, *sets, "--set", f"train.max_steps={steps}", "--run-dir", str(work / f"run{runs[0]}")]
 
     def torch_cmd(variant, steps):
-        return [sys.executable, __file__, "--worker", str(export), str(steps), variant, str(args.threads)]
+        return [sys.executable, __file__, "--worker", str(export), str(steps), variant, str(args.threads), args.device]
 
     sides = ["mtl"] + [f"torch-{v}" for v in args.variants.split(",")]
     per_step = {s: [] for s in sides}
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
                   f"{1000 * per_step[side][-1]:.1f} ms/step", flush=True)
     loads.append(load_average())
     name = Path(mtl_args[0]).stem
-    print(f"\n{name}, batch {args.batch}, threads {args.threads}, steps {args.n1}/{args.n2}, {args.rounds} rounds, "
+    print(f"\n{name}, {args.device}, batch {args.batch}, threads {args.threads}, steps {args.n1}/{args.n2}, {args.rounds} rounds, "
           f"load average {min(loads):.1f}–{max(loads):.1f}\n")
     print("| side | ms/step median [min–max] | images/s (median) | mtl's speed-up: paired ratio median [min–max] |")
     print("|---|---|---|---|")
@@ -246,7 +247,7 @@ def main(argv=None) -> int:
               f"{1000 * args.batch / statistics.median(ms):.1f} | {ratio} |")
     if args.json:
         with open(args.json, "a") as f:
-            f.write(json.dumps({"config": name, "args": mtl_args, "batch": args.batch, "threads": args.threads,
+            f.write(json.dumps({"config": name, "device": args.device, "args": mtl_args, "batch": args.batch, "threads": args.threads,
                                 "n1": args.n1, "n2": args.n2, "per_step_seconds": per_step, "load": loads}) + "\n")
     subprocess.run(["rm", "-rf", str(work)])
     return 0

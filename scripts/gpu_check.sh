@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, in one call of under 8 minutes on a CUDA machine: the tests that need CUDA,
+# The GPU check, in one call of about 12 minutes on a CUDA machine (under 8 with SPEED=0): the tests that need CUDA,
 # shapes_seg trained for a few epochs in fp32 and in bf16, the side-by-side benchmark against
 # PyTorch (scripts/bench.sh --device cuda), and one table at the end.
 #
@@ -11,6 +11,7 @@
 #   scripts/gpu_check.sh               # there, from the repository root (carry target/gpu)
 #
 # Environment: EPOCHS (default: the config's 5), BENCH=0 to skip the benchmark, QUICK=1 for a shorter one,
+# SPEED=0 to skip the speed tables (whole processes, input pipeline, methods at T = 2 and 8; ~4 minutes),
 # OUT (a folder for the logs and results; default a temporary one), DRY=1 to rehearse the whole
 # script on the CPU (small data, quick CPU benchmark) on a machine without a GPU.
 set -uo pipefail
@@ -123,6 +124,36 @@ if [ "${BENCH:-1}" = 1 ]; then
   [ -s "$out/bench.jsonl" ] && bench_table="$("$PY" scripts/bench_torch.py --table "$out/bench.jsonl")"
 fi
 
+speed_tables=""
+if [ "${SPEED:-1}" = 1 ]; then
+  # docs/BENCHMARKS.md's three speed tables: whole training processes against an independent
+  # PyTorch loop (start-up cancelled), the input pipeline against DataLoader (a CPU table: decoding
+  # runs on the host's cores), and gradient methods at T = 2, 4, 8 tasks against static weighting.
+  echo "== speed tables (bench_process.py, bench_input.py, bench.sh --balance --tasks) on $dev"
+  t0=$(date +%s)
+  proc=(--batch 128 --n1 5 --n2 45 --rounds 1 --variants eager,cl,fused)   # 54 steps per epoch at 128
+  inp=(--images 1000 --workers "$(nproc)" --rounds 2 --batches 40)
+  tasks="2 8"; methods="mgda pcgrad cagrad nash upgrad"
+  if [ "$dev" = cpu ]; then
+    proc=(--batch 16 --n1 2 --n2 6 --rounds 1 --variants eager --threads 1)
+    inp=(--images 200 --workers 1 --rounds 1 --batches 5)
+    tasks="2"; methods="mgda"
+  fi
+  ok=PASS
+  "$PY" scripts/bench_process.py --mtl "$MTL" --device "$dev" "${proc[@]}" \
+    > "$out/speed-process.log" 2>&1 || ok=FAIL
+  if "$PY" -c 'import PIL, numpy' 2>/dev/null; then
+    "$PY" scripts/bench_input.py --mtl "$MTL" "${inp[@]}" > "$out/speed-input.log" 2>&1 || ok=FAIL
+  else
+    echo "no PIL/numpy in $PY: input pipeline table skipped" > "$out/speed-input.log"
+  fi
+  MTL="$MTL" PY="$PY" bash scripts/bench.sh --device "$dev" --no-build --rounds 1 --balance "$methods" --tasks "$tasks" \
+    --out "$out/speed-balance.jsonl" > "$out/speed-balance.log" 2>&1 || ok=FAIL
+  row "speed tables" "$ok" "$(( $(date +%s) - t0 ))s; speed-*.log"
+  speed_tables="$(grep -hE '^\||^[a-z_0-9]+, (cpu|cuda)|images/s' "$out/speed-process.log" "$out/speed-input.log" 2>/dev/null)"
+  [ -s "$out/speed-balance.jsonl" ] && speed_tables+=$'\n\n'"$("$PY" scripts/bench_torch.py --table "$out/speed-balance.jsonl")"
+fi
+
 echo
 echo "== gpu_check summary ($(( $(date +%s) - started ))s; logs in $out)"
 printf '| %s | %s | %s |\n' check result detail
@@ -134,4 +165,8 @@ done
 if [ -n "$bench_table" ]; then
   echo
   echo "$bench_table"
+fi
+if [ -n "$speed_tables" ]; then
+  echo
+  echo "$speed_tables"
 fi
