@@ -109,7 +109,15 @@ mod tests {
     #[test]
     fn matches_the_image_crates_triangle_resize_byte_for_byte() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let cases = [(500, 375, 128, 128), (375, 500, 128, 96), (20, 13, 64, 50), (1, 1, 5, 3), (7, 300, 3, 3), (64, 64, 63, 65), (33, 17, 33, 9)];
+        let cases = [
+            (500, 375, 128, 128),
+            (375, 500, 128, 96),
+            (20, 13, 64, 50),
+            (1, 1, 5, 3),
+            (7, 300, 3, 3),
+            (64, 64, 63, 65),
+            (33, 17, 33, 9),
+        ];
         for (k, &(sw, sh, w, h)) in cases.iter().enumerate() {
             let img = image::RgbImage::from_fn(sw, sh, |x, y| {
                 let base = if k % 2 == 0 { (x * 3 + y * 2) % 256 } else { 0 };
