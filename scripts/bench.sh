@@ -26,7 +26,8 @@
 #   sharing against each architecture, mtl against itself in lockstep, on --arch-config FILE, default
 #   configs/shapes_methods.yaml, at its own batch size; docs/ARCHITECTURES.md). Environment: MTL (binary, default target/release/mtl-train), PY (python with
 #   torch; default .venv/bin/python, else python3), COMPILE_FP32=1 (torch.compile for fp32 too),
-#   COMPILE_TIMEOUT (seconds for each torch.compile run, default 180).
+#   COMPILE_TIMEOUT (seconds for each torch.compile run, default 180), BALANCE_STEPS / BALANCE_REPS
+#   (steps per repetition and repetitions of --balance, default 4 and 5).
 # The default CPU run takes about 3 minutes on a 2-core machine.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -167,13 +168,14 @@ run_case() {
 # balance_case METHOD [CONFIG]: CONFIG's step (default: the default config) with static weighting
 # against METHOD with per-task gradients w.r.t. the parameters and w.r.t. the representation.
 balance_case() {
-  local config=() sets=(--set "threads=$threads" --device "$device") common=(--warmup 2 --steps 4 --reps 5 --json "$out")
+  local config=() sets=(--set "threads=$threads" --device "$device")
+  local common=(--warmup 2 --steps "${BALANCE_STEPS:-4}" --reps "${BALANCE_REPS:-5}" --json "$out")
   [ -n "${2:-}" ] && config=("$2")
   local static=("$MTL" bench "${config[@]}" "${sets[@]}" "${common[@]}")
   echo "== balance: static vs $1 ${2:-} (load $(cut -d' ' -f1-3 /proc/loadavg))"
   for space in representation params; do
     for ((r = 1; r <= rounds; r++)); do
-      lockstep "$work/balance-$1-$space-$r" "$r" "${static[@]}" :: "${static[@]}" \
+      lockstep "$work/balance-$(basename "${2:-default}" .yaml)-$1-$space-$r" "$r" "${static[@]}" :: "${static[@]}" \
         --set balance.method="$1" --set balance.on="$space" || { echo "bench.sh: $1 $space failed" >&2; exit 1; }
     done
   done
