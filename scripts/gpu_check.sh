@@ -128,7 +128,7 @@ speed_tables=""
 if [ "${SPEED:-1}" = 1 ]; then
   # docs/BENCHMARKS.md's three speed tables: whole training processes against an independent
   # PyTorch loop (start-up cancelled), the input pipeline against DataLoader (a CPU table: decoding
-  # runs on the host's cores), and gradient methods at T = 2, 4, 8 tasks against static weighting.
+  # runs on the host's cores), and gradient methods at T = 2 and 8 tasks against static weighting.
   echo "== speed tables (bench_process.py, bench_input.py, bench.sh --balance --tasks) on $dev"
   t0=$(date +%s)
   proc=(--batch 128 --n1 5 --n2 45 --rounds 1 --variants eager,cl,fused)   # 54 steps per epoch at 128
