@@ -20,11 +20,14 @@
 #   optimizer off: the "before" of docs/BENCHMARKS.md), --out FILE.jsonl (results; default
 #   runs/bench/<date>-<device>.jsonl), --no-build, --balance "M1 M2 ..." (instead of the cases
 #   above: static weighting against each gradient method in both spaces, default config at its
-#   own batch size, mtl against itself in lockstep; docs/METHODS.md), --arch "A1 A2 ..." (instead: hard
+#   own batch size, mtl against itself in lockstep; docs/METHODS.md), --tasks "2 4 8" (with --balance:
+#   the same at each task count T, on the default config with T tasks: shapes' four targets kind, seg,
+#   count, color, repeated under new names and heads beyond four), --arch "A1 A2 ..." (instead: hard
 #   sharing against each architecture, mtl against itself in lockstep, on --arch-config FILE, default
 #   configs/shapes_methods.yaml, at its own batch size; docs/ARCHITECTURES.md). Environment: MTL (binary, default target/release/mtl-train), PY (python with
 #   torch; default .venv/bin/python, else python3), COMPILE_FP32=1 (torch.compile for fp32 too),
-#   COMPILE_TIMEOUT (seconds for each torch.compile run, default 180).
+#   COMPILE_TIMEOUT (seconds for each torch.compile run, default 180), BALANCE_STEPS / BALANCE_REPS
+#   (steps per repetition and repetitions of --balance, default 4 and 5).
 # The default CPU run takes about 3 minutes on a 2-core machine.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,6 +40,7 @@ quick=0
 extra=0
 ab=0
 balance=""
+task_counts=""
 arch=""
 arch_config=configs/shapes_methods.yaml
 build=1
@@ -50,6 +54,7 @@ while [ $# -gt 0 ]; do
     --extra) extra=1; shift ;;
     --ab) ab=1; shift ;;
     --balance) balance="$2"; shift 2 ;;
+    --tasks) task_counts="$2"; shift 2 ;;
     --arch) arch="$2"; shift 2 ;;
     --arch-config) arch_config="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
@@ -160,18 +165,45 @@ run_case() {
   fi
 }
 
-# balance_case METHOD: the default config's step with static weighting against METHOD with
-# per-task gradients w.r.t. the parameters and w.r.t. the representation.
+# balance_case METHOD [CONFIG]: CONFIG's step (default: the default config) with static weighting
+# against METHOD with per-task gradients w.r.t. the parameters and w.r.t. the representation.
 balance_case() {
-  local sets=(--set "threads=$threads" --device "$device") common=(--warmup 2 --steps 4 --reps 5 --json "$out")
-  local static=("$MTL" bench "${sets[@]}" "${common[@]}")
-  echo "== balance: static vs $1 (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  local config=() sets=(--set "threads=$threads" --device "$device")
+  local common=(--warmup 2 --steps "${BALANCE_STEPS:-4}" --reps "${BALANCE_REPS:-5}" --json "$out")
+  [ -n "${2:-}" ] && config=("$2")
+  local static=("$MTL" bench "${config[@]}" "${sets[@]}" "${common[@]}")
+  echo "== balance: static vs $1 ${2:-} (load $(cut -d' ' -f1-3 /proc/loadavg))"
   for space in representation params; do
     for ((r = 1; r <= rounds; r++)); do
-      lockstep "$work/balance-$1-$space-$r" "$r" "${static[@]}" :: "${static[@]}" \
+      lockstep "$work/balance-$(basename "${2:-default}" .yaml)-$1-$space-$r" "$r" "${static[@]}" :: "${static[@]}" \
         --set balance.method="$1" --set balance.on="$space" || { echo "bench.sh: $1 $space failed" >&2; exit 1; }
     done
   done
+}
+
+# tasks_config T: writes the default config with T tasks (named shapes_seg_tT) and prints its
+# path. Shapes has four targets; tasks beyond four reuse them under new names, with their own heads.
+tasks_config() {
+  local file="$work/shapes_seg_t$1.yaml"
+  "$PY" - "$1" "$file" <<'EOF'
+import sys, yaml
+t, path = int(sys.argv[1]), sys.argv[2]
+cfg = yaml.safe_load(open("configs/shapes_seg.yaml"))
+base = [dict(kind="classification", target="kind", classes=10),
+        dict(kind="segmentation", target="mask", classes=11, ignore_index=255),
+        dict(kind="classification", target="count", classes=3),
+        dict(kind="classification", target="color", classes=6)]
+tasks = []
+for i in range(t):
+    task = dict(base[i % len(base)])
+    task["name"] = task["target"] if i < len(base) else f"{task['target']}{i // len(base) + 1}"
+    tasks.append(task)
+cfg.update(name=f"shapes_seg_t{t}", tasks=tasks)
+cfg["model"]["heads"] = {}
+cfg["checkpoint"].update(monitor="loss", mode="min")
+yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
+EOF
+  echo "$file"
 }
 
 # arch_case ARCHITECTURE: hard sharing against ARCHITECTURE on $arch_config, in lockstep.
@@ -187,6 +219,11 @@ arch_case() {
 
 if [ -n "$arch" ]; then
   for a in $arch; do arch_case "$a"; done
+elif [ -n "$balance" ] && [ -n "$task_counts" ]; then
+  for t in $task_counts; do
+    cfg="$(tasks_config "$t")"
+    for m in $balance; do balance_case "$m" "$cfg"; done
+  done
 elif [ -n "$balance" ]; then
   for m in $balance; do balance_case "$m"; done
 elif [ "$device" = cpu ]; then

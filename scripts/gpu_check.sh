@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check, in one call of under 8 minutes on a CUDA machine: the tests that need CUDA
-# (NCCL's collectives and synchronized BatchNorm among them), shapes_seg trained for a few
-# epochs in fp32 and in bf16, data-parallel training through NCCL (a world of one on one GPU:
-# the step and its collectives timed, and `--nproc 1` training against a plain run), the
-# side-by-side benchmark against PyTorch (scripts/bench.sh --device cuda), and one table.
+# The GPU check, in one call of about 12 minutes on a CUDA machine (under 8 with SPEED=0): the
+# tests that need CUDA (NCCL's collectives and synchronized BatchNorm among them), shapes_seg
+# trained for a few epochs in fp32 and in bf16, data-parallel training through NCCL (a world of
+# one on one GPU: the step and its collectives timed, and `--nproc 1` training against a plain
+# run), the side-by-side benchmark against PyTorch (scripts/bench.sh --device cuda), the speed
+# tables, and one table at the end.
 #
 # Binaries are built on the build machine and carried; nothing is installed on the GPU machine,
 # which only needs python3 with torch 2.11 (the libtorch the binaries were linked against),
@@ -14,6 +15,7 @@
 #
 # Environment: EPOCHS (default: the config's 5), BENCH=0 to skip the benchmark, QUICK=1 for a shorter one,
 # DIST=0 to skip the data-parallel checks,
+# SPEED=0 to skip the speed tables (whole processes, input pipeline, methods at T = 2 and 8; ~4 minutes),
 # OUT (a folder for the logs and results; default a temporary one), DRY=1 to rehearse the whole
 # script on the CPU (small data, quick CPU benchmark) on a machine without a GPU.
 set -uo pipefail
@@ -181,6 +183,36 @@ if [ "${BENCH:-1}" = 1 ]; then
   [ -s "$out/bench.jsonl" ] && bench_table="$("$PY" scripts/bench_torch.py --table "$out/bench.jsonl")"
 fi
 
+speed_tables=""
+if [ "${SPEED:-1}" = 1 ]; then
+  # docs/BENCHMARKS.md's three speed tables: whole training processes against an independent
+  # PyTorch loop (start-up cancelled), the input pipeline against DataLoader (a CPU table: decoding
+  # runs on the host's cores), and gradient methods at T = 2 and 8 tasks against static weighting.
+  echo "== speed tables (bench_process.py, bench_input.py, bench.sh --balance --tasks) on $dev"
+  t0=$(date +%s)
+  proc=(--batch 128 --n1 5 --n2 45 --rounds 1 --variants eager,cl,fused)   # 54 steps per epoch at 128
+  inp=(--images 1000 --workers "$(nproc)" --rounds 2 --batches 40)
+  tasks="2 8"; methods="mgda pcgrad cagrad nash upgrad"
+  if [ "$dev" = cpu ]; then
+    proc=(--batch 16 --n1 2 --n2 6 --rounds 1 --variants eager --threads 1)
+    inp=(--images 200 --workers 1 --rounds 1 --batches 5)
+    tasks="2"; methods="mgda"
+  fi
+  ok=PASS
+  "$PY" scripts/bench_process.py --mtl "$MTL" --device "$dev" "${proc[@]}" \
+    > "$out/speed-process.log" 2>&1 || ok=FAIL
+  if "$PY" -c 'import PIL, numpy' 2>/dev/null; then
+    "$PY" scripts/bench_input.py --mtl "$MTL" "${inp[@]}" > "$out/speed-input.log" 2>&1 || ok=FAIL
+  else
+    echo "no PIL/numpy in $PY: input pipeline table skipped" > "$out/speed-input.log"
+  fi
+  MTL="$MTL" PY="$PY" bash scripts/bench.sh --device "$dev" --no-build --rounds 1 --balance "$methods" --tasks "$tasks" \
+    --out "$out/speed-balance.jsonl" > "$out/speed-balance.log" 2>&1 || ok=FAIL
+  row "speed tables" "$ok" "$(( $(date +%s) - t0 ))s; speed-*.log"
+  speed_tables="$(grep -hE '^\||^[a-z_0-9]+, (cpu|cuda)|images/s' "$out/speed-process.log" "$out/speed-input.log" 2>/dev/null)"
+  [ -s "$out/speed-balance.jsonl" ] && speed_tables+=$'\n\n'"$("$PY" scripts/bench_torch.py --table "$out/speed-balance.jsonl")"
+fi
+
 echo
 echo "== gpu_check summary ($(( $(date +%s) - started ))s; logs in $out)"
 printf '| %s | %s | %s |\n' check result detail
@@ -192,4 +224,8 @@ done
 if [ -n "$bench_table" ]; then
   echo
   echo "$bench_table"
+fi
+if [ -n "$speed_tables" ]; then
+  echo
+  echo "$speed_tables"
 fi

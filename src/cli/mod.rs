@@ -1,5 +1,6 @@
 //! The command line: parses flags, hands each subcommand to its file, and turns errors into
 //! one line and an exit code (2: something the user can fix; 1: an internal failure).
+mod allocator;
 mod baselines;
 mod bench;
 mod compare;
@@ -131,6 +132,7 @@ impl CheckpointArgs {
 }
 
 pub fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     install_panic_hook();
     logs::init();
     let cli = match Cli::try_parse() {

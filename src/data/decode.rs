@@ -1,7 +1,6 @@
 //! Reading and resizing image files, PNG label masks and float planes, shared by the
 //! file-per-sample datasets. Errors are user errors of one line naming the file.
 use crate::user_error;
-use image::imageops::FilterType;
 use std::path::Path;
 
 /// An RGB image file (JPEG or PNG; grey, CMYK and alpha images are converted) as
@@ -35,15 +34,12 @@ pub fn read_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
 }
 
 /// The image resized to `w`×`h` (bilinear with antialiasing when shrinking: `image`'s
-/// triangle filter), as channel-major bytes `3·h·w`. No resampling when the size already fits.
+/// triangle filter, bit for bit; see [`super::resize`]), as channel-major bytes `3·h·w`. No
+/// resampling when the size already fits.
 pub fn rgb_to_chw(img: &image::RgbImage, h: u32, w: u32) -> Vec<u8> {
-    let resized;
-    let img = if img.dimensions() == (w, h) {
-        img
-    } else {
-        resized = image::imageops::resize(img, w, h, FilterType::Triangle);
-        &resized
-    };
+    if img.dimensions() != (w, h) {
+        return super::resize::resize_rgb_to_chw(img.as_raw(), img.width(), img.height(), w, h);
+    }
     let px = (h * w) as usize;
     let mut out = vec![0u8; 3 * px];
     for (p, rgb) in img.pixels().enumerate() {

@@ -21,6 +21,7 @@ pub mod multimnist;
 pub mod npy;
 pub mod nyuv2;
 pub mod pet;
+pub mod resize;
 pub mod shapes;
 pub mod stream;
 

@@ -156,6 +156,11 @@ impl Trainer {
         }
         if let Some(dir) = &opts.resume {
             resume::keep_global_batch(dir, &mut r.cfg, ranks.world())?;
+            if !r.multi_input() {
+                // The one data group was resolved from the config before the batch was kept.
+                let batch = r.cfg.data.batch_size;
+                r.groups.iter_mut().for_each(|g| g.data.batch_size = batch);
+            }
         }
         let Resolved { cfg, tasks, .. } = &r;
         let run = RunDir::new(&opts.run_dir);

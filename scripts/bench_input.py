@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Input pipeline speed: mtl's streaming decoder against PyTorch's ``DataLoader`` on a generated
+folder of JPEGs the size of Oxford-IIIT Pet's (500×375, with a PNG trimap-like mask each).
+
+* **mtl**: ``mtl-train bench`` on a ``folder`` dataset with ``data.max_memory_mb`` too small to
+  hold the split, so training streams: ``data.decode_threads`` threads decode JPEG + PNG,
+  resize to ``data.image_size`` (antialiased bilinear; masks nearest) and batch; the trainer
+  then crops (padding 8), flips and normalizes the batch. The model is made tiny (one conv
+  conv of width 1, no BatchNorm) so the step is the pipeline: its images/s is the decoder's.
+* **PyTorch**: ``DataLoader(num_workers=W, batch_size=B, shuffle=True)`` over a ``Dataset`` whose
+  ``__getitem__`` is what torchvision's transforms do (written with PIL and torch here, as
+  torchvision is not installed): ``Image.open().convert("RGB")``, ``resize((S, S), BILINEAR)``
+  (mask: NEAREST), random crop after zero padding 8 (mask padded with 255), random horizontal
+  flip, ``ToTensor`` + ``Normalize``. The loop only iterates the batches.
+
+Both sides use W workers/threads, the same batch and image size; the first batches (start-up,
+worker spawn) are excluded; rounds alternate the sides. ``--wait`` also times the real model's
+step (``configs/folder_example.yaml``: ResNet widths [32], batch 16, 128²) streamed against the
+same run with the split in memory: the difference is what the step waits for data.
+
+    python scripts/bench_input.py --images 2000 --workers 2 --rounds 2 [--wait]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+ROOT = Path(__file__).resolve().parent.parent
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def generate(root: Path, n: int, seed: int = 0) -> None:
+    """n photo-like 500×375 JPEGs (smooth gradients, shapes, noise: JPEG sizes near a photo's),
+    a 3-class mask PNG each and labels.csv with a class column."""
+    rng = random.Random(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    rows = ["file,label"]
+    noise = np.random.default_rng(seed)
+    for i in range(n):
+        w, h = (500, 375) if i % 4 else (375, 500)
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([(xx * rng.random() + yy * rng.random()) % 256 for _ in range(3)], -1)
+        img = Image.fromarray((base + noise.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8))
+        mask = Image.new("L", (w, h), 0)
+        d, dm = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+        for _ in range(rng.randint(2, 5)):
+            x0, y0 = rng.randrange(w - 60), rng.randrange(h - 60)
+            box = (x0, y0, x0 + rng.randint(40, 200), y0 + rng.randint(40, 200))
+            d.ellipse(box, fill=tuple(rng.randrange(256) for _ in range(3)))
+            dm.ellipse(box, fill=1)
+        img = img.filter(ImageFilter.GaussianBlur(0.8))
+        name = f"img{i:05d}"
+        img.save(root / "images" / f"{name}.jpg", quality=90)
+        mask.save(root / "masks" / f"{name}.png")
+        rows.append(f"{name}.jpg,{rng.randrange(37)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+class Folder:
+    """torchvision-style transforms, with PIL and torch."""
+
+    def __init__(self, root: Path, size: int, pad: int):
+        self.root, self.size, self.pad = root, size, pad
+        self.names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
+        labels = dict(line.split(",") for line in (root / "labels.csv").read_text().split()[1:])
+        self.labels = [int(labels[f"{n}.jpg"]) for n in self.names]
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        import torch
+
+        name, s, p = self.names[i], self.size, self.pad
+        img = Image.open(self.root / "images" / f"{name}.jpg").convert("RGB").resize((s, s), Image.BILINEAR)
+        mask = Image.open(self.root / "masks" / f"{name}.png").resize((s, s), Image.NEAREST)
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # a copy, as PILToTensor makes
+        y = torch.from_numpy(np.asarray(mask).astype(np.int64))
+        # RandomCrop(s, padding=p) + RandomHorizontalFlip, image and mask together.
+        x = torch.nn.functional.pad(x, (p, p, p, p))
+        y = torch.nn.functional.pad(y, (p, p, p, p), value=255)
+        top, left = random.randint(0, 2 * p), random.randint(0, 2 * p)
+        x, y = x[:, top:top + s, left:left + s], y[top:top + s, left:left + s]
+        if random.random() < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        # ToTensor + Normalize.
+        x = (x.float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+        return x, self.labels[i], y
+
+
+def torch_images_per_second(root: Path, size: int, batch: int, workers: int, batches: int, skip: int) -> float:
+    import torch
+    from torch.utils.data import DataLoader
+
+    torch.set_num_threads(1)
+    loader = DataLoader(Folder(root, size, 8), batch_size=batch, shuffle=True, num_workers=workers,
+                        drop_last=True, persistent_workers=workers > 0)
+    it = iter(loader)
+    for _ in range(skip):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batch * batches / (time.perf_counter() - t0)
+
+
+def mtl_config(root: Path, size: int, batch: int, workers: int, tiny: bool, stream: bool, path: Path) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs/folder_example.yaml").read_text())
+    cfg["data"].update(root=str(root), image_size=size, batch_size=batch, decode_threads=workers,
+                       max_memory_mb=1 if stream else 4096)
+    cfg["data"]["augment"] = {"crop_padding": 8, "hflip": True}
+    cfg["tasks"][0]["classes"] = 37
+    cfg["tasks"][1]["classes"] = 2
+    if tiny:
+        # One conv of width 1, no BatchNorm: from memory this step runs at ~800 images/s here,
+        # so a streamed run measures the decoders.
+        cfg["model"]["backbone"] = {"kind": "conv", "widths": [1], "depth": 1, "norm": "none"}
+        cfg["model"]["heads"] = {"mask": {"decoder_width": 1}}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+MTL = [str(ROOT / "target/release/mtl-train")]
+
+
+def mtl_bench(config: Path, threads: int, warmup: int, steps: int, reps: int) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as out:
+        subprocess.run([MTL[0], "bench", str(config), "--device", "cpu",
+                        "--set", f"threads={threads}", "--warmup", str(warmup), "--steps", str(steps),
+                        "--reps", str(reps), "--json", out.name],
+                       check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
+        return json.loads(Path(out.name).read_text().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", type=Path, help="the image folder (generated when it has no images/)")
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2, help="decode threads (mtl) = num_workers (PyTorch)")
+    ap.add_argument("--batches", type=int, default=40, help="timed batches per repetition")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--wait", action="store_true", help="also: the real model's step, streamed vs in memory")
+    ap.add_argument("--mtl", default=MTL[0], help="the mtl-train binary")
+    args = ap.parse_args()
+    MTL[0] = args.mtl
+    root = args.dir or Path(tempfile.gettempdir()) / f"mtl-bench-input-{args.images}"
+    if not (root / "images").is_dir():
+        t0 = time.perf_counter()
+        generate(root, args.images)
+        print(f"generated {args.images} JPEGs in {root} ({time.perf_counter() - t0:.0f}s)")
+    size_mb = sum(f.stat().st_size for f in (root / "images").iterdir()) / 2**20
+    print(f"{root}: {args.images} JPEGs, {size_mb:.0f} MiB; batch {args.batch}, {args.size}², "
+          f"{args.workers} workers, load {open('/proc/loadavg').read().split()[0]}")
+    work = Path(tempfile.mkdtemp(prefix="mtl-bench-input."))
+    tiny = mtl_config(root, args.size, args.batch, args.workers, True, True, work / "tiny.yaml")
+    res = {"mtl": [], "torch": []}
+    for r in range(args.rounds):
+        for side in (["mtl", "torch"] if r % 2 == 0 else ["torch", "mtl"]):
+            if side == "mtl":
+                rep = mtl_bench(tiny, 1, 3, args.batches, 1)
+                ips = rep["images_per_second"]["median"]
+            else:
+                ips = torch_images_per_second(root, args.size, args.batch, args.workers, args.batches, 3)
+            res[side].append(ips)
+            print(f"round {r + 1} {side}: {ips:.0f} images/s", flush=True)
+    ratios = [m / t for m, t in zip(res["mtl"], res["torch"])]
+    print(f"\n| side | images/s median [min–max] | mtl / PyTorch, paired |\n|---|---|---|")
+    for side, v in res.items():
+        ratio = f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]" if side == "mtl" else "–"
+        print(f"| {side} | {statistics.median(v):.0f} [{min(v):.0f}–{max(v):.0f}] | {ratio} |")
+    if args.wait:
+        # The real model's step (threads = the cores the decoders leave: 1 with 2 workers on 2 cores).
+        threads = max((os.cpu_count() or 2) - args.workers, 1)
+        cfgs = {s: mtl_config(root, args.size, args.batch, args.workers, False, s == "stream", work / f"{s}.yaml")
+                for s in ("stream", "memory")}
+        ms = {"stream": [], "memory": []}
+        for r in range(args.rounds):
+            for side in (["stream", "memory"] if r % 2 == 0 else ["memory", "stream"]):
+                rep = mtl_bench(cfgs[side], threads, 3, 10, 2)
+                ms[side] += [1000 * t / rep["steps"] for t in rep["rep_seconds"]]
+        s, m = statistics.median(ms["stream"]), statistics.median(ms["memory"])
+        print(f"\nfolder_example's model, batch {args.batch}, {threads} compute thread(s): step {s:.0f} ms streamed "
+              f"vs {m:.0f} ms from memory: {100 * max(s - m, 0) / s:.0f}% of a streamed step waits for data "
+              f"(streamed {ms['stream']}, memory {ms['memory']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

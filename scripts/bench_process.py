@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Whole-process speed: complete ``mtl-train CONFIG --set train.max_steps=N`` training processes
+against a PyTorch training loop written here, independently of ``scripts/bench_torch.py`` and of
+mtl's step timer, on the same model twin (``scripts/mtl_torch.py``), the same data and initial
+weights (``mtl-train bench --export``), the same batch and thread count.
+
+Every side trains twice per round, for N1 and for N2 steps, and the per-step time is
+``(wall(N2) - wall(N1)) / (N2 - N1)``: process start, library loading, data generation or
+loading, the final evaluation and checkpoint are in both runs and cancel. What a real step
+costs beyond ``Trainer::step`` (logging every ``train.log_every`` steps, TensorBoard events, the
+host reads they need) stays in. Rounds alternate the order of the sides; the paired ratio of a
+round is the PyTorch variant's per-step time over mtl's in that round.
+
+PyTorch variants (``--variants``): ``eager`` (foreach AdamW/SGD, NCHW), ``cl`` (model and inputs
+``channels_last``), ``fused`` (``fused=True`` optimizer), ``compile`` (``torch.compile`` of the
+model; needs a C++ compiler on the CPU, compile time is start-up and cancels).
+
+    python scripts/bench_process.py --batch 16 --n1 20 --n2 120
+    python scripts/bench_process.py --batch 16 --n1 3 --n2 13 -- configs/cifar_seg.yaml \\
+        --set data.dataset=shapes --set tasks.0.target=kind --set tasks.1.classes=11 \\
+        --set data.train_size=2048 --set data.val_size=256
+
+Arguments after ``--`` are mtl's config and ``--set`` overrides (default: configs/shapes_seg.yaml).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# The PyTorch side: one training process (`bench_process.py --worker EXPORT N VARIANT THREADS`).
+# ---------------------------------------------------------------------------------------------
+
+def worker(export: Path, steps: int, variant: str, threads: int, device: str) -> None:
+    import torch
+    import torch.nn.functional as F
+    import yaml
+    from safetensors.torch import load_file, save_file
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from mtl_torch import NORMALIZATION, build_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = yaml.safe_load((export / "config.yaml").read_text())
+    model = build_model(cfg)
+    model.load_state_dict(load_file(str(export / "model.safetensors")), strict=True)
+    model = model.to(device).train()
+    cl = variant == "cl"
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    data = load_file(str(export / "data.safetensors"))
+    images = data["images"].to(device)
+    tasks = cfg["tasks"]
+    targets = [data[f"target.{t['target']}"].to(device) for t in tasks]
+    n, c, h, w = images.shape
+    mean, std = NORMALIZATION[cfg["data"]["dataset"]]
+    if c == 1:
+        mean, std = [sum(mean) / 3], [sum(std) / 3]
+    mean = torch.tensor(mean, device=device).view(1, c, 1, 1)
+    std = torch.tensor(std, device=device).view(1, c, 1, 1)
+    batch = int(cfg["data"]["batch_size"])
+    aug = cfg["data"].get("augment") or {}
+    pad, hflip = int(aug.get("crop_padding", 0)), bool(aug.get("hflip", False))
+
+    o = cfg["optim"]
+    kw = {"fused": True} if variant == "fused" else {"foreach": True}
+    if o["kind"] == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=float(o["lr"]), betas=tuple(map(float, o["betas"])),
+                                eps=float(o.get("eps", 1e-8)), weight_decay=float(o["weight_decay"]), **kw)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=float(o["lr"]), momentum=float(o["momentum"]),
+                              nesterov=bool(o["nesterov"]), weight_decay=float(o["weight_decay"]), **kw)
+    per_epoch = max(n // batch, 1)
+    total = int(cfg["train"]["epochs"]) * per_epoch
+    sch = cfg.get("schedule") or {}
+    warm, floor = int(sch.get("warmup_steps", 0)), float(sch.get("min_lr_ratio", 0.0))
+
+    def factor(step: int) -> float:  # warm-up then cosine (the configs benchmarked here)
+        if step < warm:
+            return (step + 1) / warm
+        if sch.get("kind", "constant") != "cosine":
+            return 1.0
+        p = min((step - warm) / max(total - warm, 1), 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    fwd = torch.compile(model) if variant == "compile" else model
+    losses_spec = [(int(t.get("ignore_index", 255)) if t["kind"] == "segmentation" else -100,
+                    float(t.get("label_smoothing", 0.0) or 0.0), float(t.get("weight", 1.0))) for t in tasks]
+    log_every = int(cfg["train"].get("log_every", 25))
+    ignore_fill = next((s[0] for s, t in zip(losses_spec, tasks) if t["kind"] == "segmentation"), 255)
+
+    def augment(x, ys):
+        # Random crop after zero padding, then a random horizontal flip, per sample, written as
+        # advanced indexing into the padded batch (labels padded with the ignore index).
+        b = x.shape[0]
+        oy = torch.randint(0, 2 * pad + 1, (b,), device=device)
+        ox = torch.randint(0, 2 * pad + 1, (b,), device=device)
+        rows = oy[:, None] + torch.arange(h, device=device)[None, :]
+        cols = ox[:, None] + torch.arange(w, device=device)[None, :]
+        if hflip:
+            flip = torch.rand(b, device=device) < 0.5
+            cols = torch.where(flip[:, None], cols.flip(1), cols)
+        bi = torch.arange(b, device=device)[:, None, None]
+        xp = F.pad(x, (pad, pad, pad, pad))
+        xo = xp.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        out = []
+        for y in ys:
+            if y.dim() == 3:
+                y = F.pad(y, (pad, pad, pad, pad), value=ignore_fill)[bi, rows[:, :, None], cols[:, None, :]]
+            out.append(y)
+        return xo.contiguous(), out
+
+    perm, pos, running = torch.randperm(n, device=device), 0, torch.zeros(len(tasks), dtype=torch.float64, device=device)
+    for step in range(steps):
+        if pos == per_epoch:
+            perm, pos = torch.randperm(n, device=device), 0
+        idx = perm[pos * batch:(pos + 1) * batch]
+        pos += 1
+        x = (images[idx].float() / 255.0 - mean) / std
+        ys = [t[idx].long() for t in targets]
+        if pad or hflip:
+            x, ys = augment(x, ys)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        outs = list(fwd(x).values())
+        losses = [F.cross_entropy(out, y, ignore_index=ig, label_smoothing=ls) for out, y, (ig, ls, _) in zip(outs, ys, losses_spec)]
+        loss = sum(wt * l for l, (_, _, wt) in zip(losses, losses_spec))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += torch.stack([l.detach() for l in losses]).double()
+        if (step + 1) % log_every == 0:  # a real loop logs: one host read per log line
+            print(json.dumps({"step": step + 1, "losses": (running / log_every).tolist()}), flush=True)
+            running.zero_()
+    with tempfile.TemporaryDirectory() as d:  # a real run ends with a checkpoint
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, os.path.join(d, "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver.
+# ---------------------------------------------------------------------------------------------
+
+def load_average() -> float:
+    return float(open("/proc/loadavg").read().split()[0])
+
+
+def timed(cmd, env=None) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"bench_process: {' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    return dt
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        worker(Path(argv[1]), int(argv[2]), argv[3], int(argv[4]), argv[5] if len(argv) > 5 else "cpu")
+        return 0
+    mtl_args = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, mtl_args = argv[:i], argv[i + 1:]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides; the run ends with a host read, so no sync is missed)")
+    ap.add_argument("--n1", type=int, required=True, help="steps of the short run")
+    ap.add_argument("--n2", type=int, required=True, help="steps of the long run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variants", default="eager,cl,fused", help="comma list of eager, cl, fused, compile")
+    ap.add_argument("--mtl", default=str(ROOT / "target/release/mtl-train"))
+    ap.add_argument("--json", type=Path, help="append one JSON line with every timing")
+    args = ap.parse_args(argv)
+    if not mtl_args:
+        mtl_args = [str(ROOT / "configs/shapes_seg.yaml")]
+    if args.n2 <= args.n1:
+        raise SystemExit("bench_process: --n2 must exceed --n1")
+    sets = mtl_args + ["--set", f"data.batch_size={args.batch}", "--set", f"threads={args.threads}",
+                       "--set", "precision=fp32", "--device", args.device]
+    env = dict(os.environ, RUST_LOG="warn")
+    work = Path(tempfile.mkdtemp(prefix="mtl-bench-process."))
+    export = work / "export"
+    subprocess.run([args.mtl, "bench", *sets, "--warmup", "0", "--reps", "0", "--export", str(export)], check=True, env=env)
+    # No evaluation or checkpoint inside the timed steps (one each at the end of both runs).
+    steps_per_epoch = max(int(subprocess.check_output(
+        [sys.executable, "-c", "import sys; from safetensors import safe_open; "
+         "f = safe_open(sys.argv[1], 'pt'); print(f.get_slice('images').get_shape()[0])", str(export / "data.safetensors")]
+    ).decode()) // args.batch, 1)
+    if args.n2 >= steps_per_epoch:
+        raise SystemExit(f"bench_process: --n2 {args.n2} reaches the end of an epoch ({steps_per_epoch} steps): "
+                         "an evaluation would fall inside the timed difference; lower it or raise data.train_size")
+
+    runs = [0]
+
+    def mtl_cmd(steps):
+        runs[0] += 1
+        return [args.mtl, *sets, "--set", f"train.max_steps={steps}", "--run-dir", str(work / f"run{runs[0]}")]
+
+    def torch_cmd(variant, steps):
+        return [sys.executable, __file__, "--worker", str(export), str(steps), variant, str(args.threads), args.device]
+
+    sides = ["mtl"] + [f"torch-{v}" for v in args.variants.split(",")]
+    per_step = {s: [] for s in sides}
+    loads = []
+    for r in range(args.rounds):
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
+        if r % 2:
+            order = order[::-1]
+        for side in order:
+            loads.append(load_average())
+            times = []
+            for steps in (args.n1, args.n2):
+                cmd = mtl_cmd(steps) if side == "mtl" else torch_cmd(side[len("torch-"):], steps)
+                times.append(timed(cmd, env))
+            per_step[side].append((times[1] - times[0]) / (args.n2 - args.n1))
+            print(f"round {r + 1} {side}: {times[0]:.1f}s ({args.n1} steps), {times[1]:.1f}s ({args.n2} steps): "
+                  f"{1000 * per_step[side][-1]:.1f} ms/step", flush=True)
+    loads.append(load_average())
+    name = Path(mtl_args[0]).stem
+    print(f"\n{name}, {args.device}, batch {args.batch}, threads {args.threads}, steps {args.n1}/{args.n2}, {args.rounds} rounds, "
+          f"load average {min(loads):.1f}–{max(loads):.1f}\n")
+    print("| side | ms/step median [min–max] | images/s (median) | mtl's speed-up: paired ratio median [min–max] |")
+    print("|---|---|---|---|")
+    for side in sides:
+        ms = [1000 * v for v in per_step[side]]
+        ratio = "–"
+        if side != "mtl":
+            rs = [t / m for t, m in zip(per_step[side], per_step["mtl"])]
+            ratio = f"{statistics.median(rs):.2f} [{min(rs):.2f}–{max(rs):.2f}]"
+        print(f"| {side} | {statistics.median(ms):.1f} [{min(ms):.1f}–{max(ms):.1f}] | "
+              f"{1000 * args.batch / statistics.median(ms):.1f} | {ratio} |")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps({"config": name, "device": args.device, "args": mtl_args, "batch": args.batch, "threads": args.threads,
+                                "n1": args.n1, "n2": args.n2, "per_step_seconds": per_step, "load": loads}) + "\n")
+    subprocess.run(["rm", "-rf", str(work)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
