@@ -44,30 +44,20 @@ pub struct Forward {
 }
 
 impl MultiTaskModel {
+    /// How many elements the model's variables hold, computed without allocating them.
+    pub fn variable_count(cfg: &Config, heads: &[HeadSpec], in_channels: i64, image_size: i64) -> anyhow::Result<u64> {
+        let mut built = Ok(());
+        let count = layers::count_variables(|| {
+            built = Self::new(cfg, heads, Device::Cpu, in_channels, image_size).map(|_| ());
+        });
+        built.map(|()| count)
+    }
+
     /// Builds the configured architecture and the given heads on `device` with PyTorch's
     /// default initialisation, seeded from the run seed. `in_channels` and `image_size`
     /// describe the input images. Fails (a user error) on an architecture the config's
     /// backbone or options do not fit, which the resolve step has already refused.
     pub fn new(
-        cfg: &Config,
-        heads: &[HeadSpec],
-        device: Device,
-        in_channels: i64,
-        image_size: i64,
-    ) -> anyhow::Result<Self> {
-        Self::build(cfg, heads, device, in_channels, image_size)
-    }
-
-    /// How many elements the model's variables hold, computed without allocating them.
-    pub fn variable_count(cfg: &Config, heads: &[HeadSpec], in_channels: i64, image_size: i64) -> anyhow::Result<u64> {
-        let mut built = Ok(());
-        let count = layers::count_variables(|| {
-            built = Self::build(cfg, heads, Device::Cpu, in_channels, image_size).map(|_| ());
-        });
-        built.map(|()| count)
-    }
-
-    fn build(
         cfg: &Config,
         heads: &[HeadSpec],
         device: Device,
