@@ -159,7 +159,10 @@ impl SegmentationHead {
         for (k, block) in self.decoder.iter().enumerate() {
             let skip = &features[n - 2 - k];
             let size = [skip.size()[2], skip.size()[3]];
-            let up = h.upsample_bilinear2d(size, false, None, None);
+            let mut up = h.upsample_bilinear2d(size, false, None, None);
+            if c.channels_last(train) {
+                up = super::layers::with_dense_gradient(&up);
+            }
             h = block.forward(&Tensor::cat(&[up, c.cast(skip)], 1), train, c);
         }
         let logits = self.classifier.forward(&h, c);
