@@ -2,19 +2,22 @@
 """Input pipeline speed: mtl's streaming decoder against PyTorch's ``DataLoader`` on a generated
 folder of JPEGs the size of Oxford-IIIT Pet's (500×375, with a PNG trimap-like mask each).
 
-* **mtl**: ``mtl-train bench`` on a ``folder`` dataset with ``data.max_memory_mb`` too small to
-  hold the split, so training streams: ``data.decode_threads`` threads decode JPEG + PNG,
-  resize to ``data.image_size`` (antialiased bilinear; masks nearest) and batch; the trainer
-  then crops (padding 8), flips and normalizes the batch. The model is made tiny (one conv
-  conv of width 1, no BatchNorm) so the step is the pipeline: its images/s is the decoder's.
+* **mtl**: ``mtl-train bench --input-only`` on a ``folder`` dataset with ``data.max_memory_mb``
+  too small to hold the split, so it streams: ``data.decode_threads`` threads decode JPEG +
+  PNG, resize to ``data.image_size`` (antialiased bilinear; masks nearest) and batch; the
+  trainer's thread then crops (padding 8), flips and normalizes each batch and trains nothing,
+  as the PyTorch loop below only iterates its DataLoader.
 * **PyTorch**: ``DataLoader(num_workers=W, batch_size=B, shuffle=True)`` over a ``Dataset`` whose
   ``__getitem__`` is what torchvision's transforms do (written with PIL and torch here, as
   torchvision is not installed): ``Image.open().convert("RGB")``, ``resize((S, S), BILINEAR)``
   (mask: NEAREST), random crop after zero padding 8 (mask padded with 255), random horizontal
-  flip, ``ToTensor`` + ``Normalize``. The loop only iterates the batches.
+  flip, ``ToTensor`` + ``Normalize``. The loop only iterates the batches. ``torch-draft``
+  adds PIL's ``Image.draft("RGB", (S, S))`` before ``convert``: the same DCT scaling, the
+  trick a PyTorch user can write by hand (torchvision's transforms do not).
 
-Both sides use W workers/threads, the same batch and image size; the first batches (start-up,
-worker spawn) are excluded; rounds alternate the sides. ``--wait`` also times the real model's
+Every side uses W workers/threads, the same batch and image size; the first batches (start-up,
+worker spawn) are excluded; the sides run one after another, the order rotating each round, and
+each side's images/s is paired with PyTorch's plain DataLoader of the same round. ``--wait`` also times the real model's
 step (``configs/folder_example.yaml``: ResNet widths [32], batch 16, 128²) streamed against the
 same run with the split in memory: the difference is what the step waits for data.
 
@@ -71,8 +74,8 @@ def generate(root: Path, n: int, seed: int = 0) -> None:
 class Folder:
     """torchvision-style transforms, with PIL and torch."""
 
-    def __init__(self, root: Path, size: int, pad: int):
-        self.root, self.size, self.pad = root, size, pad
+    def __init__(self, root: Path, size: int, pad: int, draft: bool = False):
+        self.root, self.size, self.pad, self.draft = root, size, pad, draft
         self.names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
         labels = dict(line.split(",") for line in (root / "labels.csv").read_text().split()[1:])
         self.labels = [int(labels[f"{n}.jpg"]) for n in self.names]
@@ -84,7 +87,10 @@ class Folder:
         import torch
 
         name, s, p = self.names[i], self.size, self.pad
-        img = Image.open(self.root / "images" / f"{name}.jpg").convert("RGB").resize((s, s), Image.BILINEAR)
+        img = Image.open(self.root / "images" / f"{name}.jpg")
+        if self.draft:
+            img.draft("RGB", (s, s))
+        img = img.convert("RGB").resize((s, s), Image.BILINEAR)
         mask = Image.open(self.root / "masks" / f"{name}.png").resize((s, s), Image.NEAREST)
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # a copy, as PILToTensor makes
         y = torch.from_numpy(np.asarray(mask).astype(np.int64))
@@ -100,12 +106,13 @@ class Folder:
         return x, self.labels[i], y
 
 
-def torch_images_per_second(root: Path, size: int, batch: int, workers: int, batches: int, skip: int) -> float:
+def torch_images_per_second(root: Path, size: int, batch: int, workers: int, batches: int, skip: int,
+                            draft: bool) -> float:
     import torch
     from torch.utils.data import DataLoader
 
     torch.set_num_threads(1)
-    loader = DataLoader(Folder(root, size, 8), batch_size=batch, shuffle=True, num_workers=workers,
+    loader = DataLoader(Folder(root, size, 8, draft), batch_size=batch, shuffle=True, num_workers=workers,
                         drop_last=True, persistent_workers=workers > 0)
     it = iter(loader)
     for _ in range(skip):
@@ -137,11 +144,11 @@ def mtl_config(root: Path, size: int, batch: int, workers: int, tiny: bool, stre
 MTL = [str(ROOT / "target/release/mtl-train")]
 
 
-def mtl_bench(config: Path, threads: int, warmup: int, steps: int, reps: int) -> dict:
+def mtl_bench(config: Path, threads: int, warmup: int, steps: int, reps: int, input_only: bool = False) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".jsonl") as out:
         subprocess.run([MTL[0], "bench", str(config), "--device", "cpu",
                         "--set", f"threads={threads}", "--warmup", str(warmup), "--steps", str(steps),
-                        "--reps", str(reps), "--json", out.name],
+                        "--reps", str(reps), "--json", out.name] + (["--input-only"] if input_only else []),
                        check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
         return json.loads(Path(out.name).read_text().splitlines()[-1])
 
@@ -153,9 +160,11 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2, help="decode threads (mtl) = num_workers (PyTorch)")
-    ap.add_argument("--batches", type=int, default=40, help="timed batches per repetition")
+    ap.add_argument("--batches", type=int, default=100, help="timed batches per repetition")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--wait", action="store_true", help="also: the real model's step, streamed vs in memory")
+    ap.add_argument("--sides", default="mtl,torch,torch-draft",
+                    help="comma list of mtl, torch, torch-draft (torch is always run: the pairing)")
     ap.add_argument("--mtl", default=MTL[0], help="the mtl-train binary")
     args = ap.parse_args()
     MTL[0] = args.mtl
@@ -169,20 +178,22 @@ def main() -> int:
           f"{args.workers} workers, load {open('/proc/loadavg').read().split()[0]}")
     work = Path(tempfile.mkdtemp(prefix="mtl-bench-input."))
     tiny = mtl_config(root, args.size, args.batch, args.workers, True, True, work / "tiny.yaml")
-    res = {"mtl": [], "torch": []}
+    sides = [x for x in args.sides.split(",") if x != "torch"] + ["torch"]
+    res = {side: [] for side in sides}
     for r in range(args.rounds):
-        for side in (["mtl", "torch"] if r % 2 == 0 else ["torch", "mtl"]):
-            if side == "mtl":
-                rep = mtl_bench(tiny, 1, 3, args.batches, 1)
+        for side in sides[r % len(sides):] + sides[:r % len(sides)]:
+            if side.startswith("mtl"):
+                rep = mtl_bench(tiny, 1, 3, args.batches, 1, input_only=True)
                 ips = rep["images_per_second"]["median"]
             else:
-                ips = torch_images_per_second(root, args.size, args.batch, args.workers, args.batches, 3)
+                ips = torch_images_per_second(root, args.size, args.batch, args.workers, args.batches, 3,
+                                              side == "torch-draft")
             res[side].append(ips)
             print(f"round {r + 1} {side}: {ips:.0f} images/s", flush=True)
-    ratios = [m / t for m, t in zip(res["mtl"], res["torch"])]
-    print(f"\n| side | images/s median [min–max] | mtl / PyTorch, paired |\n|---|---|---|")
+    print(f"\n| side | images/s median [min–max] | / PyTorch DataLoader, paired: median [min–max] |\n|---|---|---|")
     for side, v in res.items():
-        ratio = f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]" if side == "mtl" else "–"
+        ratios = [a / b for a, b in zip(v, res["torch"])]
+        ratio = f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]" if side != "torch" else "–"
         print(f"| {side} | {statistics.median(v):.0f} [{min(v):.0f}–{max(v):.0f}] | {ratio} |")
     if args.wait:
         # The real model's step (threads = the cores the decoders leave: 1 with 2 workers on 2 cores).

@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// With --lockstep: this process takes the second turn (and starts the exchange).
     #[arg(long, requires = "lockstep")]
     lockstep_second: bool,
+    /// Time the input pipeline alone: each "step" takes the next batch (read, decoded,
+    /// augmented, normalized) and trains nothing, as a loop over a PyTorch DataLoader does.
+    #[arg(long)]
+    input_only: bool,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -74,8 +78,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let opts =
-        BenchOptions { warmup: args.warmup, steps: args.steps, reps: args.reps, export: args.export, lockstep, ranks };
+    let opts = BenchOptions {
+        warmup: args.warmup,
+        steps: args.steps,
+        reps: args.reps,
+        export: args.export,
+        lockstep,
+        ranks,
+        input_only: args.input_only,
+    };
     let report = bench(resolved, &opts)?;
     if let Some(g) = &opts.ranks {
         g.finish();
@@ -116,11 +127,13 @@ pub struct BenchOptions {
     pub lockstep: Option<Lockstep>,
     /// A distributed bench: this process's rank.
     pub ranks: Option<mtl::dist::Group>,
+    /// Take batches without training on them (`--input-only`).
+    pub input_only: bool,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        Self { warmup: 3, steps: 10, reps: 5, export: None, lockstep: None, ranks: None }
+        Self { warmup: 3, steps: 10, reps: 5, export: None, lockstep: None, ranks: None, input_only: false }
     }
 }
 
@@ -350,8 +363,16 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
     }
     let setup_seconds = started.elapsed().as_secs_f64();
 
+    let step = |trainer: &mut Trainer| -> anyhow::Result<()> {
+        if opts.input_only {
+            drop(trainer.next_input());
+            Ok(())
+        } else {
+            trainer.step()
+        }
+    };
     for _ in 0..opts.warmup {
-        trainer.step()?;
+        step(&mut trainer)?;
     }
     sync(device);
     if let (Some(t), Some(l)) = (turns.as_mut(), opts.lockstep.as_ref()) {
@@ -373,7 +394,7 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
         let c0 = process_cpu_seconds();
         let t0 = Instant::now();
         for _ in 0..opts.steps {
-            trainer.step()?;
+            step(&mut trainer)?;
         }
         let issued = t0.elapsed().as_secs_f64();
         sync(device);
@@ -398,7 +419,7 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
             &cfg.balance.method,
             channels_last,
             cfg.speed.fused_optimizer.resolve(true),
-        ),
+        ) + if opts.input_only { "-input" } else { "" },
         config: cfg.name.clone(),
         device: format!("{device:?}").to_lowercase(),
         precision: match cfg.precision {

@@ -81,14 +81,14 @@ impl Backbone {
             }
             Stage::Res { stem, blocks, act } => {
                 let h = match stem {
-                    Some((conv, bn)) => activate(&bn.forward(&conv.forward(&input(h, train, c), c), train), *act),
+                    Some((conv, bn)) => activate(bn.forward(&conv.forward(&input(h, train, c), c), train), *act),
                     None => h.shallow_clone(),
                 };
                 run_blocks(blocks, h, |b, h| b.forward(h, train, c, *act))
             }
             Stage::Dense { flatten, layer, act } => {
                 let h = if *flatten { c.cast(&h.flatten(1, -1)) } else { h.shallow_clone() };
-                let out = activate(&layer.forward(&h, c), *act);
+                let out = activate(layer.forward(&h, c), *act);
                 (out.shallow_clone(), out)
             }
         }
@@ -292,13 +292,13 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool, c: Compute, act: Activation) -> Tensor {
-        let h = activate(&self.bn1.forward(&self.conv1.forward(x, c), train), act);
+        let h = activate(self.bn1.forward(&self.conv1.forward(x, c), train), act);
         let h = self.bn2.forward(&self.conv2.forward(&h, c), train);
         let skip = match &self.shortcut {
             Some((conv, bn)) => bn.forward(&conv.forward(x, c), train),
             None => x.shallow_clone(),
         };
-        activate(&(h + skip), act)
+        activate(h + skip, act)
     }
 }
 

@@ -112,7 +112,7 @@ impl ClassificationHead {
             _ => top.shallow_clone(),
         };
         if let Some(hidden) = &self.hidden {
-            h = activate(&hidden.forward(&h, c), self.act);
+            h = activate(hidden.forward(&h, c), self.act);
         }
         if self.dropout > 0.0 {
             h = super::layers::dropout(&h, self.dropout, train);

@@ -298,9 +298,14 @@ impl BatchNorm2d {
     }
 }
 
-pub fn activate(x: &Tensor, a: Activation) -> Tensor {
+/// The activation of a freshly computed tensor, which it takes: ReLU runs in place (its
+/// backward needs only its output, and the convolutions, BatchNorm, linear layers and sums
+/// that produce its input do not keep their outputs), one activation-sized buffer less per
+/// layer to allocate and fault in.
+pub fn activate(x: Tensor, a: Activation) -> Tensor {
+    let mut x = x;
     match a {
-        Activation::Relu => x.relu(),
+        Activation::Relu => x.relu_(),
         Activation::Gelu => x.gelu("none"),
         Activation::Silu => x.silu(),
     }
@@ -330,7 +335,7 @@ impl ConvBnAct {
             Some(bn) => bn.forward(&y, train),
             None => y,
         };
-        activate(&y, self.act)
+        activate(y, self.act)
     }
 }
 

@@ -258,6 +258,14 @@ impl Trainer {
         }
     }
 
+    /// The next step's batches (read, decoded, augmented and normalized, on the device), taken
+    /// without training on them: the input pipeline alone (`mtl-train bench --input-only`).
+    pub fn next_input(&mut self) -> Vec<Batch> {
+        let batches = self.inputs.train_batches(self.at.step);
+        self.advance();
+        batches
+    }
+
     /// One optimization step on the next batch. Nothing here reads a value from the device,
     /// except the finiteness flag under `train.on_nonfinite: skip_step`.
     pub fn step(&mut self) -> anyhow::Result<()> {

@@ -93,7 +93,7 @@ impl Attention {
             Some(bn) => bn.forward(&y, train),
             None => y,
         };
-        let h = activate(&norm(&self.bn1, self.conv1.forward(x, c)), self.act);
+        let h = activate(norm(&self.bn1, self.conv1.forward(x, c)), self.act);
         norm(&self.bn2, self.conv2.forward(&h, c)).sigmoid()
     }
 }
