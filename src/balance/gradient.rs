@@ -61,11 +61,12 @@ pub trait GradientMethod {
 pub struct GradientBalancer<M> {
     method: M,
     space: GradientSpace,
+    matrix: grads::MatrixBuffer,
 }
 
 impl<M: GradientMethod> GradientBalancer<M> {
     pub fn new(method: M, space: GradientSpace) -> Self {
-        Self { method, space }
+        Self { method, space, matrix: grads::MatrixBuffer::default() }
     }
 
     pub fn method(&self) -> &M {
@@ -88,7 +89,7 @@ impl<M: GradientMethod> Balancer for GradientBalancer<M> {
         if let Some(w) = self.method.reuse(ctx.step) {
             return grads::backward_with_weights(ctx, &w);
         }
-        let TaskGrads { matrix, heads } = grads::task_gradients(ctx, self.space)?;
+        let TaskGrads { matrix, heads } = grads::task_gradients(ctx, self.space, &mut self.matrix)?;
         let matrix = grads::across_ranks(ctx, self.space, matrix);
         let losses = grads::stacked_losses(ctx.losses);
         let comb = self.method.combine_step(&matrix, &losses, ctx)?;

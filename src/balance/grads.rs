@@ -21,6 +21,27 @@ pub struct TaskGrads {
     pub heads: Vec<Vec<Tensor>>,
 }
 
+/// The `[T, P]` gradient matrix's memory, kept from one step to the next. A fresh matrix each
+/// step is above glibc's largest mmap threshold at a few tasks in representation space (88 MB
+/// at T = 8, batch 64, the default model), so the kernel faulted in and zeroed every page of it
+/// again each step (docs/BENCHMARKS.md). Every step overwrites all of it.
+#[derive(Default)]
+pub struct MatrixBuffer(Option<Tensor>);
+
+impl MatrixBuffer {
+    fn take(&mut self, rows: i64, cols: i64, kind: Kind, device: tch::Device) -> Tensor {
+        match &self.0 {
+            Some(m) if m.size() == [rows, cols] && m.kind() == kind && m.device() == device => m.shallow_clone(),
+            _ => {
+                self.0 = None; // the old buffer goes before the new one is allocated
+                let m = Tensor::empty([rows, cols], (kind, device));
+                self.0 = Some(m.shallow_clone());
+                m
+            }
+        }
+    }
+}
+
 /// The tensors per-task gradients are taken with respect to in `space`.
 fn shared_inputs<'a>(ctx: &StepContext<'a>, space: GradientSpace) -> anyhow::Result<&'a [Tensor]> {
     match space {
@@ -40,8 +61,9 @@ fn missing_features() -> anyhow::Error {
 }
 
 /// Gradients of every task's loss w.r.t. the shared inputs and its own head: one
-/// `run_backward` per task, keeping the graph for all but the last one.
-pub fn task_gradients(ctx: &StepContext, space: GradientSpace) -> anyhow::Result<TaskGrads> {
+/// `run_backward` per task, keeping the graph for all but the last one. The matrix lives in
+/// `buffer`'s memory (valid until the next call).
+pub fn task_gradients(ctx: &StepContext, space: GradientSpace, buffer: &mut MatrixBuffer) -> anyhow::Result<TaskGrads> {
     let inputs = shared_inputs(ctx, space)?;
     let t = ctx.losses.len();
     anyhow::ensure!(t > 0, "balance: no task losses");
@@ -53,7 +75,7 @@ pub fn task_gradients(ctx: &StepContext, space: GradientSpace) -> anyhow::Result
         Some(Kind::Double) => Kind::Double,
         _ => Kind::Float,
     };
-    let matrix = Tensor::zeros([t as i64, total], (kind, device));
+    let matrix = buffer.take(t as i64, total, kind, device);
     let mut heads = Vec::with_capacity(t);
     for (i, loss) in ctx.losses.iter().enumerate() {
         let head = &ctx.head_params[i];
@@ -72,8 +94,12 @@ pub fn task_gradients(ctx: &StepContext, space: GradientSpace) -> anyhow::Result
             let row = matrix.get(i as i64);
             let mut offset = 0;
             for (k, &n) in sizes.iter().enumerate() {
-                if let Some(g) = grads.get(k).filter(|g| g.defined()) {
-                    row.narrow(0, offset, n).copy_(&g.reshape([-1]));
+                let mut part = row.narrow(0, offset, n);
+                match grads.get(k).filter(|g| g.defined()) {
+                    Some(g) => part.copy_(&g.reshape([-1])),
+                    None => {
+                        let _ = part.zero_();
+                    }
                 }
                 offset += n;
             }

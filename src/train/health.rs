@@ -74,7 +74,21 @@ impl Health {
 
 /// Whether every floating-point tensor is finite, as one device flag (no host read).
 pub fn all_finite<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Option<Tensor> {
-    tensors.into_iter().filter(|t| t.is_floating_point()).map(|t| t.isfinite().all()).reduce(|a, b| a.logical_and(&b))
+    tensors.into_iter().filter(|t| t.is_floating_point()).map(finite).reduce(|a, b| a.logical_and(&b))
+}
+
+/// Whether every value of a floating-point tensor is finite, as a boolean scalar. Below f64,
+/// the f64 sum says it in one pass: a NaN or an infinity makes it NaN or infinite, and finite
+/// values cannot overflow it (f32's largest times 10^270 elements would be needed).
+/// `isfinite().all()` made several passes and an input-sized temporary over the whole flat
+/// gradient buffer every step (its abs, compare and and-reduction kernels held 4.5% of the
+/// CPU samples of a ResNet-18 step at batch 16).
+fn finite(t: &Tensor) -> Tensor {
+    if t.kind() == Kind::Double {
+        t.isfinite().all()
+    } else {
+        t.sum(Kind::Double).isfinite()
+    }
 }
 
 /// The first of `variables` holding a NaN or Inf, if any: one host read when all are finite,
@@ -114,6 +128,31 @@ mod tests {
         h.record(9, &StepFlags::of(&Tensor::from_slice(&[0.5f32, 1.0, 2.0]), [&grads, &bad]));
         let e = h.check(&names()).unwrap_err().to_string();
         assert!(e.contains("step 10") && e.contains("gradient"), "{e}");
+    }
+
+    #[test]
+    fn one_sum_tells_finiteness_like_isfinite_all() {
+        let max = f32::MAX;
+        let cases: [(&[f32], bool); 7] = [
+            (&[1.0, -2.0, 0.0], true),
+            (&[max, max, max, max, -max], true), // the f32 sum would overflow; the f64 one does not
+            (&[1.0, f32::INFINITY], false),
+            (&[f32::NEG_INFINITY, 1.0], false),
+            (&[f32::INFINITY, f32::NEG_INFINITY], false),
+            (&[f32::NAN, 1.0], false),
+            (&[], true),
+        ];
+        for (values, want) in cases {
+            for kind in [Kind::Float, Kind::BFloat16] {
+                let t = Tensor::from_slice(values).to_kind(kind);
+                let want = want && (kind == Kind::Float || values.iter().all(|v| v.abs() < 1e38));
+                assert_eq!(finite(&t).int64_value(&[]) != 0, want, "{values:?} as {kind:?}");
+                assert_eq!(t.isfinite().all().int64_value(&[]) != 0, want, "{values:?} as {kind:?}: the reference");
+            }
+        }
+        // f64 values whose sum would overflow are still finite.
+        assert!(finite(&Tensor::from_slice(&[f64::MAX, f64::MAX])).int64_value(&[]) != 0);
+        assert!(finite(&Tensor::from_slice(&[1.0f64, f64::NAN])).int64_value(&[]) == 0);
     }
 
     #[test]
