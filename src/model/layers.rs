@@ -9,10 +9,20 @@ use tch::{Kind, Tensor};
 /// The same values with channels-last strides (`[N, C, H, W]` shape, NHWC in memory); tch has
 /// no memory-format argument, so this is the permute–contiguous–permute idiom.
 pub fn to_channels_last(x: &Tensor) -> Tensor {
-    if x.dim() != 4 {
+    if x.dim() != 4 || is_channels_last(x) {
         return x.shallow_clone();
     }
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// Whether a 4-D tensor is dense channels-last (NHWC in memory) and not also NCHW-contiguous
+/// (as a tensor with one channel, or 1×1 maps, is both).
+pub fn is_channels_last(x: &Tensor) -> bool {
+    if x.dim() != 4 || x.is_contiguous() {
+        return false;
+    }
+    let (s, st) = (x.size(), x.stride());
+    st == [s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]]
 }
 
 /// The same values, with a backward that hands `x` a dense gradient. `cat`'s backward passes
@@ -143,7 +153,17 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor, c: Compute) -> Tensor {
         let b = self.bias.as_ref().map(|b| c.cast(b));
         let x = if self.nchw_on_cpu && x.device() == tch::Device::Cpu { x.contiguous() } else { x.shallow_clone() };
-        x.conv2d(&c.cast(&self.weight), b.as_ref(), [self.stride], [self.padding], [1], 1)
+        // The weight in the input's layout. The trainer keeps weights channels-last when it
+        // trains channels-last (`optim::flat`); libtorch computes channels-last when either
+        // operand looks it, so an NCHW forward (evaluation, inference: bit for bit PyTorch's)
+        // takes them with row-major strides, 1×1 kernels included (whose channels-last strides
+        // are also "contiguous"). Both are no-ops when the layouts already agree.
+        let w = if is_channels_last(&x) {
+            to_channels_last(&self.weight)
+        } else {
+            self.weight.reshape([-1]).view(self.weight.size().as_slice())
+        };
+        x.conv2d(&c.cast(&w), b.as_ref(), [self.stride], [self.padding], [1], 1)
     }
 }
 

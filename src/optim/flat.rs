@@ -5,6 +5,14 @@
 //! existing gradient in place, so after `backward` the flat buffer holds all gradients.
 //! The optimizer then updates all parameters with a handful of kernels instead of several
 //! per variable, and zeroing every gradient is one `zero_()`.
+//!
+//! With `channels_last`, 4-D variables (convolution weights) are laid out `[O, kh, kw, I]` in
+//! the buffers and viewed as `[O, I, kh, kw]` with channels-last strides. A channels-last
+//! training forward then hands the convolution weights already in its layout: libtorch
+//! otherwise copies every NCHW weight to channels-last in every forward and backward (measured:
+//! 9 % of a ResNet-18 step at batch 16, docs/BENCHMARKS.md). Everything element-wise (the
+//! optimizer, clipping, the all-reduce) sees the flat buffer and does not care; what reads a
+//! variable by name sees its logical `[O, I, kh, kw]` values.
 use tch::{Kind, Tensor};
 
 pub struct FlatParams {
@@ -15,11 +23,24 @@ pub struct FlatParams {
     pub params: Tensor,
     pub grads: Tensor,
     vars: Vec<Tensor>,
+    /// Per variable: laid out channels-last in the buffers.
+    channels_last: Vec<bool>,
+}
+
+/// A slice of a flat buffer as a variable of `shape`: row-major, or `[O, kh, kw, I]` in memory
+/// viewed as `[O, I, kh, kw]`.
+fn shaped(slice: Tensor, shape: &[i64], channels_last: bool) -> Tensor {
+    if channels_last {
+        slice.view([shape[0], shape[2], shape[3], shape[1]]).permute([0, 3, 1, 2])
+    } else {
+        slice.view(shape)
+    }
 }
 
 impl FlatParams {
-    /// Takes the trainable variables (all fp32, on one device) in a stable order.
-    pub fn new(named: Vec<(String, Tensor)>) -> Self {
+    /// Takes the trainable variables (all fp32, on one device) in a stable order; with
+    /// `channels_last`, 4-D ones are laid out channels-last.
+    pub fn new(named: Vec<(String, Tensor)>, channels_last: bool) -> Self {
         let device = named.first().map(|(_, t)| t.device()).unwrap_or(tch::Device::Cpu);
         let mut spans = Vec::with_capacity(named.len());
         let mut total = 0i64;
@@ -37,18 +58,21 @@ impl FlatParams {
         }
         let mut vars = Vec::with_capacity(named.len());
         let mut names = Vec::with_capacity(named.len());
+        let mut layouts = Vec::with_capacity(named.len());
         for ((name, var), &(off, n)) in named.into_iter().zip(&spans) {
             let shape = var.size();
-            let mut p_view = params.narrow(0, off, n).view(shape.as_slice());
+            let cl = channels_last && shape.len() == 4;
+            let mut p_view = shaped(params.narrow(0, off, n), &shape, cl);
             tch::no_grad(|| p_view.copy_(&var));
             let mut v = var.shallow_clone();
             v.set_data(&p_view);
             let mut g = var.grad();
-            g.set_data(&grads.narrow(0, off, n).view(shape.as_slice()));
+            g.set_data(&shaped(grads.narrow(0, off, n), &shape, cl));
             vars.push(var);
             names.push(name);
+            layouts.push(cl);
         }
-        Self { names, spans, params, grads, vars }
+        Self { names, spans, params, grads, vars, channels_last: layouts }
     }
 
     /// Zeroes every gradient (one kernel).
@@ -61,10 +85,11 @@ impl FlatParams {
         &self.vars
     }
 
-    /// The slice of a flat state buffer that belongs to variable `i`, shaped like it.
+    /// The slice of a flat state buffer that belongs to variable `i`, shaped (and laid out)
+    /// like it.
     pub fn slice_of(&self, buffer: &Tensor, i: usize) -> Tensor {
         let (off, n) = self.spans[i];
-        buffer.narrow(0, off, n).view(self.vars[i].size().as_slice())
+        shaped(buffer.narrow(0, off, n), &self.vars[i].size(), self.channels_last[i])
     }
 
     /// Scales the gradients so their global L2 norm is at most `max_norm`; done with tensor
@@ -86,7 +111,7 @@ mod tests {
         let vs = VarStore::new(tch::Device::Cpu);
         let a = vs.root().var("a", &[2, 2], Init::Const(1.0));
         let b = vs.root().var("b", &[3], Init::Const(2.0));
-        let mut flat = FlatParams::new(vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())]);
+        let mut flat = FlatParams::new(vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())], false);
         assert_eq!(Vec::<f32>::try_from(&flat.params).unwrap(), vec![1., 1., 1., 1., 2., 2., 2.]);
         // Backward lands in the flat gradient buffer.
         flat.zero_grad();
@@ -104,11 +129,34 @@ mod tests {
         assert_eq!(f64::try_from(vs.variables()["b"].sum(Kind::Float)).unwrap(), 9.0);
     }
 
+    /// Channels-last layout: the buffer holds `[O, kh, kw, I]`, the variable, its gradient and
+    /// state slices read as the same logical `[O, I, kh, kw]` values, and gradients still land
+    /// in the buffer.
+    #[test]
+    fn four_dimensional_variables_can_live_channels_last() {
+        let vs = VarStore::new(tch::Device::Cpu);
+        let w = vs.root().var("w", &[2, 3, 2, 2], Init::Const(0.0));
+        let values = Tensor::arange(24, (Kind::Float, tch::Device::Cpu)).view([2, 3, 2, 2]);
+        tch::no_grad(|| w.shallow_clone().copy_(&values));
+        let b = vs.root().var("b", &[2], Init::Const(5.0));
+        let mut flat = FlatParams::new(vec![("w".into(), w.shallow_clone()), ("b".into(), b.shallow_clone())], true);
+        assert!(w.equal(&values), "same logical values");
+        assert!(crate::model::layers::is_channels_last(&w) && !crate::model::layers::is_channels_last(&b));
+        let nhwc = values.permute([0, 2, 3, 1]).contiguous().view([-1]);
+        assert!(flat.params.narrow(0, 0, 24).equal(&nhwc), "the buffer holds [O, kh, kw, I]");
+        flat.zero_grad();
+        (&w * &values).sum(Kind::Float).backward();
+        assert!(w.grad().equal(&values) && flat.grads.narrow(0, 0, 24).equal(&nhwc));
+        assert!(flat.slice_of(&flat.params, 0).equal(&values) && flat.slice_of(&flat.params, 1).equal(&b));
+        let off = FlatParams::new(vec![("w".into(), w.shallow_clone())], false);
+        assert!(off.params.equal(&values.view([-1])), "without the switch: row-major");
+    }
+
     #[test]
     fn clipping_bounds_the_global_norm() {
         let vs = VarStore::new(tch::Device::Cpu);
         let a = vs.root().var("a", &[2], Init::Const(1.0));
-        let mut flat = FlatParams::new(vec![("a".into(), a.shallow_clone())]);
+        let mut flat = FlatParams::new(vec![("a".into(), a.shallow_clone())], false);
         flat.zero_grad();
         (a.sum(Kind::Float) * 10.0).backward();
         flat.clip_grad_norm(1.0);

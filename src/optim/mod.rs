@@ -147,7 +147,7 @@ mod tests {
     fn one_param(value: f64) -> (VarStore, Tensor, FlatParams) {
         let vs = VarStore::new(tch::Device::Cpu);
         let w = vs.root().var("w", &[1], Init::Const(value));
-        let flat = FlatParams::new(vec![("w".into(), w.shallow_clone())]);
+        let flat = FlatParams::new(vec![("w".into(), w.shallow_clone())], false);
         (vs, w, flat)
     }
 
@@ -223,7 +223,8 @@ mod tests {
                 let vs = VarStore::new(tch::Device::Cpu);
                 let a = vs.root().var_copy("a", &Tensor::linspace(-2.0, 3.0, n - 7, (Kind::Float, tch::Device::Cpu)));
                 let b = vs.root().var_copy("b", &Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.0, 1e-3, -7.0, 4.0]));
-                let flat = FlatParams::new(vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())]);
+                let flat =
+                    FlatParams::new(vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())], false);
                 (vs, a, b, Optimizer::new(&cfg, flat, fused))
             };
             let (_v1, a1, b1, mut o1) = make(true);

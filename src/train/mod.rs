@@ -192,7 +192,8 @@ impl Trainer {
         if cfg.speed.fused_optimizer == crate::config::Toggle::On && device != Device::Cpu {
             user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
         }
-        let optimizer = Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable()), fused);
+        let optimizer =
+            Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable(), model.compute().channels_last), fused);
         let spe = inputs.steps_per_epoch();
         let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.epochs * spe, spe);
         let balancer = balance::build(cfg)?;

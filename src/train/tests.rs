@@ -34,8 +34,11 @@ fn trainer(r: Resolved) -> Trainer {
     Trainer::new(r, device, &opts).unwrap()
 }
 
+/// Every trainable value, in buffer order and each variable's logical (NCHW) order: the flat
+/// buffer itself holds convolution weights channels-last when training is.
 fn flat(t: &Trainer) -> Tensor {
-    t.optimizer.flat.params.to_device(Device::Cpu).copy()
+    let values: Vec<Tensor> = t.optimizer.flat.vars().iter().map(|v| v.reshape([-1])).collect();
+    Tensor::cat(&values, 0).to_device(Device::Cpu)
 }
 
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
@@ -188,4 +191,28 @@ fn every_architecture_trains_with_every_method_in_its_spaces() {
             }
         }
     }
+}
+
+/// `next_input` (what `mtl-train bench --input-only` times) takes the batches the next training
+/// step would read and moves on, and trains nothing: no weight, BatchNorm statistic or
+/// optimizer state changes.
+#[test]
+fn next_input_takes_the_step_batches_without_training() {
+    let mut t = trainer(tiny("cpu", "fp32", &[]));
+    let reference = trainer(tiny("cpu", "fp32", &[]));
+    let weights = flat(&t);
+    let buffers: Vec<Tensor> = t.model.buffers().iter().map(Tensor::copy).collect();
+    for step in 0..3u64 {
+        let got = t.next_input();
+        let want = reference.inputs.train_batches(step);
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!(g.images.equal(&w.images), "step {step}: images differ");
+            assert!(g.targets.iter().zip(&w.targets).all(|(a, b)| a.equal(b)), "step {step}: targets differ");
+        }
+        assert_eq!(t.at.step, step + 1);
+    }
+    assert!(flat(&t).equal(&weights), "weights changed");
+    assert!(t.model.buffers().iter().zip(&buffers).all(|(a, b)| a.equal(b)), "BatchNorm statistics changed");
+    assert!(t.optimizer.flat.grads.abs().max().double_value(&[]) == 0.0, "a gradient was computed");
 }
