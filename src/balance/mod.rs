@@ -26,6 +26,7 @@ pub mod gradient;
 pub mod gradnorm;
 pub mod grads;
 pub mod gradvac;
+pub mod gram_host;
 pub mod imtl;
 pub mod mgda;
 pub mod nash;
