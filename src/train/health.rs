@@ -77,18 +77,17 @@ pub fn all_finite<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Option<T
     tensors.into_iter().filter(|t| t.is_floating_point()).map(finite).reduce(|a, b| a.logical_and(&b))
 }
 
-/// Whether every value of a floating-point tensor is finite, as a boolean scalar. Below f64,
-/// the f64 sum says it in one pass: a NaN or an infinity makes it NaN or infinite, and finite
-/// values cannot overflow it (f32's largest times 10^270 elements would be needed).
-/// `isfinite().all()` made several passes and an input-sized temporary over the whole flat
-/// gradient buffer every step (its abs, compare and and-reduction kernels held 4.5% of the
-/// CPU samples of a ResNet-18 step at batch 16).
+/// Whether every value of a floating-point tensor is finite, as a boolean scalar: its minimum
+/// and maximum are (a NaN propagates into both, an infinity is one of them). One pass without a
+/// temporary; `isfinite().all()` made several passes and an input-sized temporary over the whole
+/// flat gradient buffer every step, and an f64 sum made an f64 copy of it (94 MB for ResNet-18's
+/// 11.8 M gradients, page-faulted in every step).
 fn finite(t: &Tensor) -> Tensor {
-    if t.kind() == Kind::Double {
-        t.isfinite().all()
-    } else {
-        t.sum(Kind::Double).isfinite()
+    if t.numel() == 0 {
+        return Tensor::from(true).to_device(t.device());
     }
+    let (lo, hi) = t.aminmax(None::<i64>, false);
+    lo.isfinite().logical_and(&hi.isfinite())
 }
 
 /// The first of `variables` holding a NaN or Inf, if any: one host read when all are finite,
@@ -131,11 +130,11 @@ mod tests {
     }
 
     #[test]
-    fn one_sum_tells_finiteness_like_isfinite_all() {
+    fn min_and_max_tell_finiteness_like_isfinite_all() {
         let max = f32::MAX;
         let cases: [(&[f32], bool); 7] = [
             (&[1.0, -2.0, 0.0], true),
-            (&[max, max, max, max, -max], true), // the f32 sum would overflow; the f64 one does not
+            (&[max, max, max, max, -max], true), // a sum would overflow
             (&[1.0, f32::INFINITY], false),
             (&[f32::NEG_INFINITY, 1.0], false),
             (&[f32::INFINITY, f32::NEG_INFINITY], false),
@@ -150,7 +149,7 @@ mod tests {
                 assert_eq!(t.isfinite().all().int64_value(&[]) != 0, want, "{values:?} as {kind:?}: the reference");
             }
         }
-        // f64 values whose sum would overflow are still finite.
+        // f64 values whose sum would overflow are finite.
         assert!(finite(&Tensor::from_slice(&[f64::MAX, f64::MAX])).int64_value(&[]) != 0);
         assert!(finite(&Tensor::from_slice(&[1.0f64, f64::NAN])).int64_value(&[]) == 0);
     }
