@@ -322,8 +322,7 @@ impl BatchNorm2d {
 /// backward needs only its output, and the convolutions, BatchNorm, linear layers and sums
 /// that produce its input do not keep their outputs), one activation-sized buffer less per
 /// layer to allocate and fault in.
-pub fn activate(x: Tensor, a: Activation) -> Tensor {
-    let mut x = x;
+pub fn activate(mut x: Tensor, a: Activation) -> Tensor {
     match a {
         Activation::Relu => x.relu_(),
         Activation::Gelu => x.gelu("none"),
