@@ -52,42 +52,24 @@ pub fn gram(values: &[f32], n: usize, cols: usize) -> Vec<f64> {
 
 /// The upper triangles of blocks `first..end`, one `n × n` partial per block.
 fn block_sums(values: &[f32], n: usize, cols: usize, first: usize, end: usize) -> Vec<Vec<f64>> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { block_sums_avx2(values, n, cols, first, end) };
-    }
-    block_sums_portable(values, n, cols, first, end)
-}
-
-/// [`block_sums_portable`] compiled for AVX2: four f64 lanes instead of two. No fused
-/// multiply-add (Rust does not contract `a * b + c`), so both builds give the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn block_sums_avx2(values: &[f32], n: usize, cols: usize, first: usize, end: usize) -> Vec<Vec<f64>> {
-    block_sums_portable(values, n, cols, first, end)
-}
-
-#[inline(always)]
-fn block_sums_portable(values: &[f32], n: usize, cols: usize, first: usize, end: usize) -> Vec<Vec<f64>> {
     let mut nonzero = vec![false; n];
-    (first..end)
-        .map(|b| {
-            let (start, len) = (b * BLOCK, BLOCK.min(cols - b * BLOCK));
-            let row = |i: usize| &values[i * cols + start..i * cols + start + len];
-            for (i, nz) in nonzero.iter_mut().enumerate() {
-                // NaN and infinities count as non-zero: they must reach the Gram.
-                *nz = row(i).iter().any(|&v| v != 0.0);
+    let mut sums = Vec::with_capacity(end - first);
+    for b in first..end {
+        let (start, len) = (b * BLOCK, BLOCK.min(cols - b * BLOCK));
+        let row = |i: usize| &values[i * cols + start..i * cols + start + len];
+        for (i, nz) in nonzero.iter_mut().enumerate() {
+            // NaN and infinities count as non-zero: they must reach the Gram.
+            *nz = row(i).iter().any(|&v| v != 0.0);
+        }
+        let mut g = vec![0.0f64; n * n];
+        for i in (0..n).filter(|&i| nonzero[i]) {
+            for j in (i..n).filter(|&j| nonzero[j]) {
+                g[i * n + j] = dot(row(i), row(j));
             }
-            let mut g = vec![0.0f64; n * n];
-            for i in (0..n).filter(|&i| nonzero[i]) {
-                for j in (i..n).filter(|&j| nonzero[j]) {
-                    g[i * n + j] = dot(row(i), row(j));
-                }
-            }
-            g
-        })
-        .collect()
+        }
+        sums.push(g);
+    }
+    sums
 }
 
 /// `Σ a_k b_k` in f64, four interleaved partial sums.

@@ -11,7 +11,7 @@
 //!
 //! CUDA buffers keep the tensor-op path (src/optim/mod.rs): there the passes are cheap and a
 //! host loop cannot run.
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 /// Per-step AdamW scalars.
 #[derive(Debug, Clone, Copy)]
@@ -108,12 +108,10 @@ unsafe fn slice_mut(t: &Tensor) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
 }
 
-/// The fp32 contents of a non-empty, contiguous CPU tensor, to read.
-///
-/// # Safety
-/// As [`slice_mut`]: no mutable slice of the same memory may exist while this one lives.
-unsafe fn slice(t: &Tensor) -> &[f32] {
-    std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel())
+/// The fp32 contents of a buffer that passed [`assert_disjoint`], to read (no mutable slice of
+/// it exists: the buffers do not overlap).
+fn slice(t: &Tensor) -> &[f32] {
+    crate::transfer::host_f32(t).expect("a non-empty contiguous fp32 CPU buffer (asserted)")
 }
 
 /// What the slices above rely on: every buffer fp32, contiguous, in CPU memory, of the same
@@ -130,10 +128,7 @@ fn assert_disjoint(buffers: &[&Tensor]) {
 /// non-zero length.
 pub fn applies(buffers: &[&Tensor]) -> bool {
     let n = buffers.first().map(|t| t.numel());
-    n.is_some_and(|n| n > 0)
-        && buffers
-            .iter()
-            .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && Some(t.numel()) == n)
+    !buffers.is_empty() && buffers.iter().all(|t| crate::transfer::host_f32(t).is_some_and(|v| Some(v.len()) == n))
 }
 
 /// One AdamW update of `params` from `grads`, moments `exp_avg`, `exp_avg_sq`, in place.
@@ -143,7 +138,8 @@ pub fn adamw(params: &Tensor, grads: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Ten
     assert_disjoint(&[params, grads, exp_avg, exp_avg_sq]);
     // SAFETY: four non-empty, disjoint, contiguous fp32 CPU buffers of one length (asserted),
     // and no libtorch op runs on them until we return.
-    let (p, g, m, v) = unsafe { (slice_mut(params), slice(grads), slice_mut(exp_avg), slice_mut(exp_avg_sq)) };
+    let (p, m, v) = unsafe { (slice_mut(params), slice_mut(exp_avg), slice_mut(exp_avg_sq)) };
+    let g = slice(grads);
     let threads = threads_for(p.len(), threads);
     if threads == 1 {
         return adamw_chunk(p, g, m, v, s);
@@ -166,7 +162,7 @@ pub fn sgd(params: &Tensor, grads: &Tensor, momentum_buffer: Option<&Tensor>, s:
     all.extend(momentum_buffer);
     assert_disjoint(&all);
     // SAFETY: as in `adamw`.
-    let (p, g) = unsafe { (slice_mut(params), slice(grads)) };
+    let (p, g) = (unsafe { slice_mut(params) }, slice(grads));
     let buf = momentum_buffer.map(|b| unsafe { slice_mut(b) });
     let threads = threads_for(p.len(), threads);
     if threads == 1 {
@@ -197,6 +193,7 @@ pub fn sgd(params: &Tensor, grads: &Tensor, momentum_buffer: Option<&Tensor>, s:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::{Device, Kind};
 
     fn buffers(n: i64) -> Vec<Tensor> {
         let t = Tensor::linspace(-3.0, 2.0, n, (Kind::Float, Device::Cpu));
