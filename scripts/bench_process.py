@@ -20,6 +20,13 @@ model; needs a C++ compiler on the CPU, compile time is start-up and cancels).
         --set data.dataset=shapes --set tasks.0.target=kind --set tasks.1.classes=11 \\
         --set data.train_size=2048 --set data.val_size=256 --set data.download=false
 
+``--onednn`` (CPU) runs every timed process a second time, untimed, under ``ONEDNN_VERBOSE=1``, and
+splits each side's step into the time inside oneDNN's primitives (the convolutions and their
+weight reorders: the same kernels, called the same way, on both sides; summed from the execution
+times oneDNN prints) and everything else (the timed step minus that); it prints the ceiling:
+mtl's speed-up over the fastest PyTorch variant if mtl spent nothing outside oneDNN. The verbose
+processes are not timed: formatting ~150 lines per ResNet-18 step costs tens of milliseconds.
+
 Arguments after ``--`` are mtl's config and ``--set`` overrides (default: configs/shapes_seg.yaml).
 """
 from __future__ import annotations
@@ -158,13 +165,29 @@ def load_average() -> float:
     return float(open("/proc/loadavg").read().split()[0])
 
 
-def timed(cmd, env=None) -> float:
+def timed(cmd, env=None, onednn=False) -> tuple[float, float]:
+    """Seconds one process takes, and with ``onednn`` the milliseconds it spent inside oneDNN's
+    primitives: the process runs with ``ONEDNN_VERBOSE=1`` and the execution times oneDNN prints
+    (``onednn_verbose,...,exec,cpu,<primitive>,...,<ms>``) are summed."""
+    if onednn:
+        env = dict(env or os.environ, ONEDNN_VERBOSE="1")
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE if onednn else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       env=env, text=True)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"bench_process: {' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stderr[-2000:]}")
-    return dt
+    return dt, onednn_ms(r.stdout) if onednn else 0.0
+
+
+def onednn_ms(verbose: str) -> float:
+    """The sum of the execution times in ``ONEDNN_VERBOSE=1`` output."""
+    total = 0.0
+    for line in verbose.splitlines():
+        fields = line.split(",")
+        if fields[0] == "onednn_verbose" and len(fields) > 5 and fields[3] == "exec":
+            total += float(fields[-1])
+    return total
 
 
 def main(argv=None) -> int:
@@ -186,11 +209,17 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="eager,cl,fused", help="comma list of eager, cl, fused, compile")
     ap.add_argument("--mtl", default=str(ROOT / "target/release/mtl-train"))
     ap.add_argument("--json", type=Path, help="append one JSON line with every timing")
+    ap.add_argument("--onednn", action="store_true",
+                    help="CPU: run every process a second time under ONEDNN_VERBOSE=1 (untimed) and split each "
+                         "side's step into the time inside oneDNN's primitives (convolutions, weight reorders) "
+                         "and everything else")
     args = ap.parse_args(argv)
     if not mtl_args:
         mtl_args = [str(ROOT / "configs/shapes_seg.yaml")]
     if args.n2 <= args.n1:
         raise SystemExit("bench_process: --n2 must exceed --n1")
+    if args.onednn and args.device != "cpu":
+        raise SystemExit("bench_process: --onednn splits CPU steps (oneDNN runs the CPU's convolutions)")
     sets = mtl_args + ["--set", f"data.batch_size={args.batch}", "--set", f"threads={args.threads}",
                        "--set", "precision=fp32", "--device", args.device]
     env = dict(os.environ, RUST_LOG="warn")
@@ -222,6 +251,7 @@ def main(argv=None) -> int:
         # 22.6 s for 10 steps, 17.6 s for 160), and the start-up does not cancel.
         timed(torch_cmd("compile", args.n1), env)
     per_step = {s: [] for s in sides}
+    in_onednn = {s: [] for s in sides}  # seconds per step inside oneDNN, with --onednn
     loads = []
     for r in range(args.rounds):
         order = sides[r % len(sides):] + sides[:r % len(sides)]
@@ -229,31 +259,46 @@ def main(argv=None) -> int:
             order = order[::-1]
         for side in order:
             loads.append(load_average())
-            times = []
+            times, onednn = [], []
             for steps in (args.n1, args.n2):
                 cmd = mtl_cmd(steps) if side == "mtl" else torch_cmd(side[len("torch-"):], steps)
-                times.append(timed(cmd, env))
+                times.append(timed(cmd, env)[0])
+                if args.onednn:  # a second, untimed process: the verbose printing costs time
+                    cmd = mtl_cmd(steps) if side == "mtl" else cmd
+                    onednn.append(timed(cmd, env, onednn=True)[1] / 1000)
             per_step[side].append((times[1] - times[0]) / (args.n2 - args.n1))
+            if args.onednn:
+                in_onednn[side].append((onednn[1] - onednn[0]) / (args.n2 - args.n1))
             print(f"round {r + 1} {side}: {times[0]:.1f}s ({args.n1} steps), {times[1]:.1f}s ({args.n2} steps): "
                   f"{1000 * per_step[side][-1]:.1f} ms/step", flush=True)
     loads.append(load_average())
     name = Path(mtl_args[0]).stem
     print(f"\n{name}, {args.device}, batch {args.batch}, threads {args.threads}, steps {args.n1}/{args.n2}, {args.rounds} rounds, "
           f"load average {min(loads):.1f}–{max(loads):.1f}\n")
-    print("| side | ms/step median [min–max] | images/s (median) | mtl's speed-up: paired ratio median [min–max] |")
-    print("|---|---|---|---|")
+    split = " oneDNN ms/step | outside oneDNN |" if args.onednn else ""
+    print(f"| side | ms/step median [min–max] | images/s (median) | mtl's speed-up: paired ratio median [min–max] |{split}")
+    print("|---|---|---|---|" + ("---|---|" if args.onednn else ""))
     for side in sides:
         ms = [1000 * v for v in per_step[side]]
         ratio = "–"
         if side != "mtl":
             rs = [t / m for t, m in zip(per_step[side], per_step["mtl"])]
             ratio = f"{statistics.median(rs):.2f} [{min(rs):.2f}–{max(rs):.2f}]"
+        inside = [1000 * v for v in in_onednn[side]]
+        outside = [m - i for m, i in zip(ms, inside)]
+        cells = f" {statistics.median(inside):.1f} | {statistics.median(outside):.1f} |" if args.onednn else ""
         print(f"| {side} | {statistics.median(ms):.1f} [{min(ms):.1f}–{max(ms):.1f}] | "
-              f"{1000 * args.batch / statistics.median(ms):.1f} | {ratio} |")
+              f"{1000 * args.batch / statistics.median(ms):.1f} | {ratio} |{cells}")
+    if args.onednn:
+        # The ceiling: mtl's speed-up over the fastest variant if mtl spent nothing outside oneDNN.
+        best = min((s for s in sides if s != "mtl"), key=lambda s: statistics.median(per_step[s]))
+        print(f"\nceiling: if mtl spent nothing outside oneDNN, it would be "
+              f"{statistics.median(per_step[best]) / statistics.median(in_onednn['mtl']):.2f}× {best} (the fastest PyTorch variant here)")
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps({"config": name, "device": args.device, "args": mtl_args, "batch": args.batch, "threads": args.threads,
-                                "n1": args.n1, "n2": args.n2, "per_step_seconds": per_step, "load": loads}) + "\n")
+                                "n1": args.n1, "n2": args.n2, "per_step_seconds": per_step, "load": loads,
+                                "onednn_seconds_per_step": in_onednn if args.onednn else None}) + "\n")
     subprocess.run(["rm", "-rf", str(work)])
     return 0
 
