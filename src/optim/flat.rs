@@ -10,9 +10,9 @@
 //! the buffers and viewed as `[O, I, kh, kw]` with channels-last strides. A channels-last
 //! training forward then hands the convolution weights already in its layout: libtorch
 //! otherwise copies every NCHW weight to channels-last in every forward and backward (in
-//! PyTorch itself: +9 % on a ResNet-18 forward and backward at batch 16; docs/BENCHMARKS.md). Everything element-wise (the
-//! optimizer, clipping, the all-reduce) sees the flat buffer and does not care; what reads a
-//! variable by name sees its logical `[O, I, kh, kw]` values.
+//! PyTorch itself: +9 % on a ResNet-18 forward and backward at batch 16; docs/BENCHMARKS.md).
+//! Everything element-wise (the optimizer, clipping, the all-reduce) sees the flat buffer and
+//! does not care; what reads a variable by name sees its logical `[O, I, kh, kw]` values.
 use tch::{Kind, Tensor};
 
 pub struct FlatParams {
@@ -23,14 +23,14 @@ pub struct FlatParams {
     pub params: Tensor,
     pub grads: Tensor,
     vars: Vec<Tensor>,
-    /// Per variable: laid out channels-last in the buffers.
-    channels_last: Vec<bool>,
+    /// 4-D variables are laid out channels-last in the buffers.
+    channels_last: bool,
 }
 
-/// A slice of a flat buffer as a variable of `shape`: row-major, or `[O, kh, kw, I]` in memory
-/// viewed as `[O, I, kh, kw]`.
+/// A slice of a flat buffer as a variable of `shape`: row-major, or with `channels_last` and a
+/// 4-D shape, `[O, kh, kw, I]` in memory viewed as `[O, I, kh, kw]`.
 fn shaped(slice: Tensor, shape: &[i64], channels_last: bool) -> Tensor {
-    if channels_last {
+    if channels_last && shape.len() == 4 {
         slice.view([shape[0], shape[2], shape[3], shape[1]]).permute([0, 3, 1, 2])
     } else {
         slice.view(shape)
@@ -58,21 +58,18 @@ impl FlatParams {
         }
         let mut vars = Vec::with_capacity(named.len());
         let mut names = Vec::with_capacity(named.len());
-        let mut layouts = Vec::with_capacity(named.len());
         for ((name, var), &(off, n)) in named.into_iter().zip(&spans) {
             let shape = var.size();
-            let cl = channels_last && shape.len() == 4;
-            let mut p_view = shaped(params.narrow(0, off, n), &shape, cl);
+            let mut p_view = shaped(params.narrow(0, off, n), &shape, channels_last);
             tch::no_grad(|| p_view.copy_(&var));
             let mut v = var.shallow_clone();
             v.set_data(&p_view);
             let mut g = var.grad();
-            g.set_data(&shaped(grads.narrow(0, off, n), &shape, cl));
+            g.set_data(&shaped(grads.narrow(0, off, n), &shape, channels_last));
             vars.push(var);
             names.push(name);
-            layouts.push(cl);
         }
-        Self { names, spans, params, grads, vars, channels_last: layouts }
+        Self { names, spans, params, grads, vars, channels_last }
     }
 
     /// Zeroes every gradient (one kernel).
@@ -89,7 +86,7 @@ impl FlatParams {
     /// like it.
     pub fn slice_of(&self, buffer: &Tensor, i: usize) -> Tensor {
         let (off, n) = self.spans[i];
-        shaped(buffer.narrow(0, off, n), &self.vars[i].size(), self.channels_last[i])
+        shaped(buffer.narrow(0, off, n), &self.vars[i].size(), self.channels_last)
     }
 
     /// Scales the gradients so their global L2 norm is at most `max_norm`; done with tensor
