@@ -83,7 +83,7 @@ export RUST_LOG="${RUST_LOG:-warn}"
 # cifar_seg's model (ResNet-18 + U-Net decoder) on generated shapes data: the CIFAR-10 files
 # need a download, and the step's cost does not depend on the pixels.
 cifar=(configs/cifar_seg.yaml --set data.dataset=shapes --set tasks.0.target=kind --set tasks.1.classes=11
-       --set data.train_size=2048 --set data.val_size=256)
+       --set data.train_size=2048 --set data.val_size=256 --set data.download=false)
 
 # Waits for two background processes; if one fails, stops the other. Fails if either failed.
 wait_pair() {
