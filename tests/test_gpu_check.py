@@ -27,11 +27,11 @@ SECTIONS = [
 def summary_rows(stdout: str) -> dict:
     assert "== gpu_check summary" in stdout, stdout[-4000:]
     summary = stdout[stdout.index("== gpu_check summary"):]
+    table = summary.split("\n\n")[0].splitlines()[3:]  # the benchmark tables follow a blank line
     rows = {}
-    for line in summary.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0] not in ("check", "---"):
-            rows[cells[0]] = (cells[1], cells[2])
+    for line in table:
+        name, result, detail = (c.strip() for c in line.strip().strip("|").split("|"))
+        rows[name] = (result, detail)
     return rows
 
 
