@@ -66,8 +66,9 @@ struct Cli {
 enum Command {
     /// Train (the default when no subcommand is given).
     Train(train::TrainArgs),
-    /// Run a trained model: on a folder of PNG/JPEG images (class CSV + colour mask PNGs) or on
-    /// a safetensors file holding an NCHW float batch named `input` (raw outputs per head).
+    /// Run a trained model: on a folder of PNG/JPEG images (class CSV + mask PNGs of class ids)
+    /// or on a safetensors file holding an NCHW float batch named `input` (raw outputs per
+    /// head); --out names where either goes.
     Predict(predict::PredictArgs),
     /// Re-evaluate a checkpoint on its config's val split and print the metrics table.
     Eval(CheckpointArgs),
