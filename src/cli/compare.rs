@@ -137,9 +137,10 @@ fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSum
 }
 
 /// Config keys (and sections) that do not change what a run learns: labels, where and how fast
-/// it runs, what it logs and which checkpoints it keeps, the data's transport. With the seed,
-/// the only keys in which runs of one configuration may differ. Everything else, `data.root`
-/// and `train.baselines` included, tells configurations apart.
+/// it runs, what it logs and which checkpoints it keeps, the data's transport, and the
+/// baselines its Δm is logged against (a sweep gives each seed its own single-task baselines,
+/// scripts/methods_sweep.sh). With the seed, the only keys in which runs of one configuration
+/// may differ. Everything else, `data.root` included, tells configurations apart.
 const NOT_RESULTS: &[&str] = &[
     "seed",
     "name",
@@ -150,6 +151,7 @@ const NOT_RESULTS: &[&str] = &[
     "checkpoint",
     "train.log_every",
     "train.eval_every",
+    "train.baselines",
     "train.stop_grace_seconds",
     "train.dist_timeout_seconds",
     "data.download",
@@ -487,11 +489,11 @@ mod tests {
     #[test]
     fn only_keys_that_change_what_a_run_learns_tell_configurations_apart() {
         for key in
-            ["seed", "name", "device", "threads", "speed.channels_last", "report.tensorboard", "checkpoint.every"]
+            ["seed", "name", "device", "threads", "speed.channels_last", "report.tensorboard", "checkpoint.every", "train.baselines"]
         {
             assert!(!changes_results(key), "{key}");
         }
-        for key in ["optim.lr", "tasks[1].weight", "train.epochs", "data.root", "train.baselines", "data.train_size"] {
+        for key in ["optim.lr", "tasks[1].weight", "train.epochs", "data.root", "data.train_size", "balance.method"] {
             assert!(changes_results(key), "{key}");
         }
     }
