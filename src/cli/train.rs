@@ -90,15 +90,21 @@ pub fn train(
     let mut trainer = Trainer::new(resolved, device, opts)?;
     let first = trainer.is_first_rank();
     let complete = trainer.is_complete();
+    if complete {
+        let summary = trainer.run()?;
+        if first {
+            print!("{}", already_complete(&trainer, &summary));
+        }
+        super::logs::release();
+        return Ok(summary);
+    }
     // The banner comes first; the log lines held while loading follow it.
-    if first && !complete {
+    if first {
         println!("{}", banner(&trainer, opts, nothing_to_resume));
     }
     super::logs::release();
     let summary = trainer.run()?;
-    if first && complete {
-        print!("{}", already_complete(&trainer, &summary));
-    } else if first {
+    if first {
         print!("{}", closing_lines(&summary));
     }
     Ok(summary)
