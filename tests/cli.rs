@@ -21,7 +21,8 @@ fn trains_and_leaves_a_complete_run_directory() {
     );
     assert_eq!(banner[3], "run dir  runs/tiny");
     assert!(!out.contains("optim:"), "{out}");
-    assert!(out.contains("epoch 1 step 2/12 (2/6 in epoch) |"), "periodic log lines without a terminal:\n{out}");
+    assert!(out.contains("\nepoch 1/2 step 2/12 | "), "periodic log lines without a terminal:\n{out}");
+    assert!(out.contains("\nepoch 2/2 step 8/12 (2/6 in epoch) | "), "the place in the epoch after the first:\n{out}");
     assert!(out.contains("summary:") && out.contains("miou"), "{out}");
     // The final metrics are printed once: one table per evaluation, none repeated by the summary.
     assert_eq!(out.matches(" miou ").count(), 2, "{out}");

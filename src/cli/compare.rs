@@ -488,9 +488,16 @@ mod tests {
 
     #[test]
     fn only_keys_that_change_what_a_run_learns_tell_configurations_apart() {
-        for key in
-            ["seed", "name", "device", "threads", "speed.channels_last", "report.tensorboard", "checkpoint.every", "train.baselines"]
-        {
+        for key in [
+            "seed",
+            "name",
+            "device",
+            "threads",
+            "speed.channels_last",
+            "report.tensorboard",
+            "checkpoint.every",
+            "train.baselines",
+        ] {
             assert!(!changes_results(key), "{key}");
         }
         for key in ["optim.lr", "tasks[1].weight", "train.epochs", "data.root", "data.train_size", "balance.method"] {

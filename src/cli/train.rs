@@ -200,11 +200,11 @@ fn backbone_line(b: &mtl::config::BackboneConfig) -> String {
 }
 
 /// The run's last lines: its length, and its best checkpoint. The final metrics are the last
-/// evaluation's table just above; a run that stopped before any evaluation says so.
+/// evaluation's table just above (not repeated); steps without an evaluation say so.
 fn closing_lines(summary: &Summary) -> String {
     let metrics = match (summary.interrupted, summary.final_metrics.is_empty()) {
         (true, _) => " (interrupted)",
-        (false, true) => "; no evaluation yet (train.max_steps stops before the end of train.epochs)",
+        (false, true) => "; no evaluation in these steps (evaluations follow epochs)",
         (false, false) => "; final metrics above",
     };
     let mut text = format!("summary: {} steps in {:.1}s{metrics}\n", summary.steps, summary.seconds);

@@ -261,7 +261,8 @@ fn a_root_set_on_the_command_line_is_anchored_at_the_working_directory() {
     }
     // Through load: a file's own root stays relative to the file, a typed one to the cwd.
     let dir = tempfile::tempdir().unwrap();
-    let text = "name: c\ndata: {dataset: cifar10_seg, root: in_file}\nmodel: {backbone: {kind: conv, widths: [4, 8]}}\n\
+    let text =
+        "name: c\ndata: {dataset: cifar10_seg, root: in_file}\nmodel: {backbone: {kind: conv, widths: [4, 8]}}\n\
                 tasks: [{name: c, kind: classification, target: class, classes: 10}]\n";
     let file = dir.path().join("c.yaml");
     std::fs::write(&file, text).unwrap();

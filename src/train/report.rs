@@ -172,8 +172,13 @@ impl Progress {
     pub fn step(&mut self, step: u64, epoch: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(step);
-            bar.set_prefix(format!("epoch {}", epoch + 1));
+            bar.set_prefix(self.epoch_label(epoch));
         }
+    }
+
+    /// `epoch 2/5`: counted from 1, out of the epochs this run trains to.
+    fn epoch_label(&self, epoch: u64) -> String {
+        format!("epoch {}/{}", epoch + 1, self.total_steps.div_ceil(self.steps_per_epoch.max(1)))
     }
 
     /// Training images per second since this process started training.
@@ -193,13 +198,14 @@ impl Progress {
             None => {
                 let done = step.saturating_sub(self.start_step).max(1) as f64;
                 let eta = self.started.elapsed().as_secs_f64() / done * self.total_steps.saturating_sub(step) as f64;
-                // The place in the epoch only where it differs from the step.
+                // The place in the epoch only where it differs from the step (after the first).
                 let spe = self.steps_per_epoch.max(1);
-                let in_epoch = match self.total_steps > spe {
+                let in_epoch = match step > spe {
                     true => format!(" ({}/{spe} in epoch)", (step - 1) % spe + 1),
                     false => String::new(),
                 };
-                println!("epoch {} step {step}/{}{in_epoch} | {msg} | ETA {eta:.0}s", epoch + 1, self.total_steps);
+                let epoch = self.epoch_label(epoch);
+                println!("{epoch} step {step}/{}{in_epoch} | {msg} | ETA {eta:.0}s", self.total_steps);
             }
         }
     }
