@@ -149,24 +149,6 @@ fn the_mlp_two_task_example_trains() {
     assert!(rows.iter().any(|r| r["split"] == "val" && r["count.accuracy"].is_number()));
 }
 
-/// Every file under `dir` with its bytes, sorted by path.
-fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn the_banner_comes_before_the_log_lines() {
     let tmp = tempdir().unwrap();
@@ -194,7 +176,7 @@ fn resuming_a_finished_run_says_so_and_writes_nothing() {
     write(tmp.path(), "tiny.yaml", &tiny_config("f"));
     run_in(tmp.path(), &["tiny.yaml", "--set", "train.epochs=1"]).assert_ok();
     let dir = tmp.path().join("runs/f");
-    let before = snapshot(&dir);
+    let before = dir_digest(&dir);
     let run = run_in(tmp.path(), &["tiny.yaml", "--set", "train.epochs=1", "--resume"]);
     run.assert_ok();
     let out = run.stdout();
@@ -202,7 +184,7 @@ fn resuming_a_finished_run_says_so_and_writes_nothing() {
     assert!(first.starts_with("runs/f: complete at step 6;") && first.contains("train.epochs"), "{out}");
     assert!(out.contains("final metrics (step 6)") && out.contains(" miou "), "{out}");
     assert!(!out.contains("run dir") && !out.contains("summary:"), "no banner, no training: {out}");
-    assert_eq!(before, snapshot(&dir), "a finished run resumed must write nothing");
+    assert_eq!(before, dir_digest(&dir), "a finished run resumed must write nothing");
 
     // Raising train.epochs continues it; the banner says from where.
     let run = run_in(tmp.path(), &["tiny.yaml", "--set", "train.epochs=2", "--resume"]);
