@@ -111,7 +111,7 @@ fn fake_run(dir: &std::path::Path, name: &str, config: &str, miou: f64) {
     std::fs::create_dir_all(&run).unwrap();
     write(&run, "config.yaml", config);
     let rows = [
-        format!(r#"{{"step":6,"epoch":1,"split":"train","kind.loss":1.5,"seg.loss":1.0,"images_per_second":100.0}}"#),
+        r#"{"step":6,"epoch":1,"split":"train","kind.loss":1.5,"seg.loss":1.0,"images_per_second":100.0}"#.to_string(),
         format!(
             r#"{{"step":6,"epoch":1,"split":"val","kind.accuracy":0.5,"kind.loss":1.4,"seg.miou":{miou},"seg.loss":0.9}}"#
         ),
