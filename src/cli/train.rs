@@ -14,7 +14,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
     /// Continue the run: from the run directory's LATEST checkpoint (`--resume` or `--resume latest`), or from the checkpoint
-    /// directory given.
+    /// directory given. Without a checkpoint there, it starts at step 0 (the banner says so); a run already at its last
+    /// step prints its final metrics and writes nothing (raise train.epochs to train on).
     #[arg(long, value_name = "CHECKPOINT", num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<PathBuf>,
     /// Start from weights saved by PyTorch (safetensors.torch.save_file(model.state_dict(), FILE)).
