@@ -9,8 +9,8 @@ random stroke width (1.6–2.8 px), its control points jittered (±0.07 of the b
 the ink at 255. Everything comes from numpy's PCG64 seeded with --seed (train) and --seed + 1
 (test), so the files are the same on every machine.
 
-    python scripts/make_glyph_digits.py data/glyph-digits            # 60000 + 10000, as MNIST
-    python scripts/make_glyph_digits.py DIR --train 12000 --test 2000 --seed 0
+    .venv/bin/python scripts/make_glyph_digits.py data/glyph-digits            # 60000 + 10000, as MNIST
+    .venv/bin/python scripts/make_glyph_digits.py DIR --train 12000 --test 2000 --seed 0
 
 Writes DIR/{train,t10k}-{images-idx3,labels-idx1}-ubyte (uncompressed idx, MNIST's format);
 configs/multimnist_glyphs.yaml reads them.

@@ -98,8 +98,11 @@ impl Resolved {
 
 /// Reads a config file (the built-in default without one), applies `--set` overrides and
 /// resolves it. Relative paths in a file are relative to the file's directory; in the
-/// built-in default, to the working directory.
+/// built-in default, and in a `--set` on the command line, to the working directory (what a
+/// shell user means by a path they type).
 pub fn load(path: Option<&Path>, overrides: &[String]) -> anyhow::Result<Resolved> {
+    let overrides: Vec<String> = overrides.iter().map(|o| anchor_command_line_path(o)).collect();
+    let overrides = overrides.as_slice();
     match path {
         Some(path) => {
             let cfg = Config::load(path, overrides)?;
@@ -110,6 +113,28 @@ pub fn load(path: Option<&Path>, overrides: &[String]) -> anyhow::Result<Resolve
             resolve(Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME, overrides)?, DEFAULT_CONFIG_NAME, Path::new("."))
         }
     }
+}
+
+/// A `--set` of a data root (`data.root=…`, `tasks.N.data.root=…`) to a relative path, made
+/// absolute against the working directory, so that resolving against the config file's
+/// directory leaves it as typed. Anything else is returned as it is.
+fn anchor_command_line_path(assignment: &str) -> String {
+    let Some((key, value)) = assignment.split_once('=') else { return assignment.to_string() };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let is_root = match parts.as_slice() {
+        ["data", "root"] => true,
+        ["tasks", i, "data", "root"] => i.parse::<usize>().is_ok(),
+        _ => false,
+    };
+    let Ok(serde_yaml::Value::String(path)) = serde_yaml::from_str::<serde_yaml::Value>(value) else {
+        return assignment.to_string();
+    };
+    if !is_root || path.is_empty() || Path::new(&path).is_absolute() {
+        return assignment.to_string();
+    }
+    let Ok(absolute) = std::path::absolute(&path) else { return assignment.to_string() };
+    let quoted = serde_yaml::to_string(&absolute.display().to_string()).unwrap_or_default();
+    format!("{key}={}", quoted.trim_end())
 }
 
 /// Resolves a parsed config; `origin` names it in errors, `dir` anchors relative paths.

@@ -189,27 +189,6 @@ fn a_run_that_never_checkpointed_restarts() {
     assert_eq!(rows.iter().filter(|r| r["split"] == "val").count(), 2);
 }
 
-/// A digest of every file under `dir` (names, sizes, contents).
-fn dir_digest(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = p.strip_prefix(base).unwrap().display().to_string();
-            if p.is_dir() {
-                out.push((name + "/", Vec::new()));
-                walk(base, &p, out);
-            } else {
-                out.push((name, std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
-
 #[test]
 fn refused_commands_leave_every_file_as_it_was() {
     let tmp = tempdir().unwrap();

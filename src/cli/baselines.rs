@@ -36,7 +36,7 @@ pub fn run(args: BaselinesArgs) -> anyhow::Result<ExitCode> {
             done
         } else {
             let opts = TrainOptions { run_dir: run_dir.clone(), ..Default::default() };
-            super::train::train(single, device, &opts)?.final_metrics
+            super::train::train(single, device, &opts, false)?.final_metrics
         };
         result.metrics.extend(metrics.into_iter().filter(|(k, _)| is_quality_metric(k)));
         result.runs.insert(task, run_dir.display().to_string());

@@ -66,15 +66,17 @@ struct Cli {
 enum Command {
     /// Train (the default when no subcommand is given).
     Train(train::TrainArgs),
-    /// Run a trained model: on a folder of PNG/JPEG images (class CSV + colour mask PNGs) or on
-    /// a safetensors file holding an NCHW float batch named `input` (raw outputs per head).
+    /// Run a trained model: on a folder of PNG/JPEG images (class CSV + mask PNGs of class ids)
+    /// or on a safetensors file holding an NCHW float batch named `input` (raw outputs per
+    /// head); --out names where either goes.
     Predict(predict::PredictArgs),
     /// Re-evaluate a checkpoint on its config's val split and print the metrics table.
     Eval(CheckpointArgs),
     /// Train every task of a config alone with the same recipe and store their metrics, the
     /// single-task baselines that multi-task runs report Δm against (`train.baselines`).
     Baselines(baselines::BaselinesArgs),
-    /// Print a table of runs (method, per-task metrics, Δm, time per step) and draw a chart.
+    /// Print a table of runs (run directory, method, seed, per-task metrics, Δm, time per step)
+    /// and draw a chart; runs whose configs differ only in the seed are also averaged as seeds.
     Compare(compare::CompareArgs),
     /// Time the training step (warm-up excluded; median of repetitions) and print images/s and
     /// peak memory; scripts/bench.sh runs it side by side with PyTorch. Set the batch size and

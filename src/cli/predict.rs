@@ -14,36 +14,46 @@ use tch::{Device, Kind, Tensor};
 pub struct PredictArgs {
     #[command(flatten)]
     checkpoint: CheckpointArgs,
-    /// A folder of .png/.jpg/.jpeg images; writes predictions.csv and <task>/<image>.png to --out.
-    #[arg(long, value_name = "DIR", requires = "out")]
-    images: Option<PathBuf>,
-    /// Output folder for --images.
+    /// A folder of .png/.jpg/.jpeg images: writes predictions.csv (tasks with one class per
+    /// image), <task>/<image>.png masks whose pixel values are class ids (an indexed PNG, in
+    /// colour in a viewer), and <task>/<image>.npy values into --out. Images are resized to the
+    /// model's input size (said when they differ); masks come back at each image's own size.
     #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
+    /// A safetensors file with an NCHW float tensor named `input`, normalized like training inputs;
+    /// writes one tensor per task to --out (a safetensors file).
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Where the predictions go: a folder for --images, a safetensors file for --input.
+    #[arg(long, value_name = "PATH", visible_alias = "output", required = true)]
     out: Option<PathBuf>,
     /// Run only these tasks' heads (repeat the flag or give a comma list); default: every task.
     #[arg(long = "task", value_name = "NAME", value_delimiter = ',')]
     tasks: Vec<String>,
-    /// A safetensors file with an NCHW float tensor named `input`, normalized like training inputs.
-    #[arg(long, value_name = "FILE", requires = "output")]
-    input: Option<PathBuf>,
-    /// Where --input's outputs go: a safetensors file with one tensor per task.
-    #[arg(long, value_name = "FILE")]
-    output: Option<PathBuf>,
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let restored = args.checkpoint.restore()?;
     let chosen = chosen_tasks(&restored, &args.tasks)?;
-    if let (Some(input), Some(output)) = (&args.input, &args.output) {
-        let tasks = predict_tensor_file(&restored, &chosen, input, output)?;
-        println!("wrote {} ({})", output.display(), tasks.join(", "));
+    let out = args.out.as_deref().expect("clap requires --out");
+    if let Some(input) = &args.input {
+        let tasks = predict_tensor_file(&restored, &chosen, input, out)?;
+        println!("wrote {} ({})", out.display(), tasks.join(", "));
     }
-    if let (Some(images), Some(out)) = (&args.images, &args.out) {
-        let (done, skipped) = predict_folder(&restored, &chosen, images, out)?;
-        for s in &skipped {
+    if let Some(images) = &args.images {
+        let done = predict_folder(&restored, &chosen, images, out)?;
+        for s in &done.skipped {
             eprintln!("skipped {s}");
         }
-        println!("predicted {done} images into {}", out.display());
+        if done.resized > 0 {
+            let n = restored.run.cfg.data.image_size;
+            println!(
+                "resized {} of {} images to the model's {n}×{n} input (bilinear); masks are scaled back to each \
+                 image's size, arrays stay at the model's",
+                done.resized, done.predicted
+            );
+        }
+        println!("predicted {} images into {}: {}", done.predicted, out.display(), done.written.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -91,12 +101,23 @@ fn predict_tensor_file(r: &Restored, chosen: &[usize], input: &Path, output: &Pa
     Ok(named.into_iter().map(|(n, _)| n).collect())
 }
 
+/// What a folder prediction did.
+struct FolderPrediction {
+    predicted: usize,
+    /// Images whose size was not the model's input size.
+    resized: usize,
+    skipped: Vec<String>,
+    /// What was written, for the closing line: `predictions.csv (kind)`, `seg/*.png (class ids)`.
+    written: Vec<String>,
+}
+
 /// Predicts on every PNG/JPEG in `images`: `predictions.csv` (one row per image: the class and
-/// its probability for each task that predicts one class per image), `<task>/<image stem>.png`
-/// colour masks at the image's own size for each per-pixel class task, and `<task>/<image
-/// stem>.npy` float arrays (`(H, W)`, or `(H, W, C)` with several channels) for each task that
-/// predicts values. Unreadable files are listed and skipped.
-fn predict_folder(r: &Restored, chosen: &[usize], images: &Path, out: &Path) -> anyhow::Result<(usize, Vec<String>)> {
+/// its probability for each task that predicts one class per image; none without such a
+/// task), `<task>/<image stem>.png` class masks at the image's own size for each per-pixel
+/// class task, and `<task>/<image stem>.npy` float arrays (`(H, W)`, or `(H, W, C)` with
+/// several channels) for each task that predicts values. Unreadable files are listed and
+/// skipped.
+fn predict_folder(r: &Restored, chosen: &[usize], images: &Path, out: &Path) -> anyhow::Result<FolderPrediction> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(images)
         .map_err(|e| user_error!("{}: cannot read image folder: {e}", images.display()))?
         .flatten()
@@ -135,8 +156,10 @@ fn predict_folder(r: &Restored, chosen: &[usize], images: &Path, out: &Path) -> 
         header.push(t.name.clone());
         header.push(format!("{}_probability", t.name));
     }
+    let per_image_classes = header.len() > 1;
     let mut rows = vec![header.join(",")];
     let mut done = 0;
+    let mut resized_count = 0;
     for file in &files {
         let img = match image::open(file) {
             Ok(i) => i,
@@ -150,6 +173,7 @@ fn predict_folder(r: &Restored, chosen: &[usize], images: &Path, out: &Path) -> 
             std::fs::create_dir_all(out).map_err(|e| user_error!("{}: cannot create: {e}", out.display()))?;
         }
         let (w, h) = (img.width(), img.height());
+        resized_count += usize::from((w, h) != (size, size));
         let resized = img.resize_exact(size, size, image::imageops::FilterType::Triangle);
         // One forward per distinct normalization among the chosen tasks.
         let mut forwards: Vec<(Normalization, Vec<Tensor>)> = Vec::new();
@@ -203,8 +227,21 @@ fn predict_folder(r: &Restored, chosen: &[usize], images: &Path, out: &Path) -> 
             skipped.first().map(String::as_str).unwrap_or("")
         );
     }
-    super::write_file(&out.join("predictions.csv"), &(rows.join("\n") + "\n"))?;
-    Ok((done, skipped))
+    let mut written = Vec::new();
+    if per_image_classes {
+        super::write_file(&out.join("predictions.csv"), &(rows.join("\n") + "\n"))?;
+        let names: Vec<&str> =
+            tasks.iter().filter(|t| t.kind.prediction() == Prediction::Class).map(|t| t.name.as_str()).collect();
+        written.push(format!("predictions.csv ({})", names.join(", ")));
+    }
+    for t in &tasks {
+        match t.kind.prediction() {
+            Prediction::Class => {}
+            Prediction::ClassMask => written.push(format!("{}/*.png (pixel value = class id)", t.name)),
+            Prediction::Values => written.push(format!("{}/*.npy", t.name)),
+        }
+    }
+    Ok(FolderPrediction { predicted: done, resized: resized_count, skipped, written })
 }
 
 fn to_input(img: &image::DynamicImage, grey: bool, mean: &[f64; 3], std: &[f64; 3]) -> Tensor {
@@ -219,16 +256,29 @@ fn to_input(img: &image::DynamicImage, grey: bool, mean: &[f64; 3], std: &[f64; 
     (x - Tensor::from_slice(&m).view([1, c, 1, 1])) / Tensor::from_slice(&s).view([1, c, 1, 1])
 }
 
-/// Writes a class mask as a colour PNG at `w`×`h` (nearest-neighbour).
+/// Writes a class mask at `w`×`h` (nearest-neighbour) as an indexed PNG: each pixel's value is
+/// its class id (what PIL's `np.array(Image.open(path))` and mtl's own `folder` masks read),
+/// and the palette gives class i the colour [`mtl::tasks::class_colour`] draws it in.
 fn write_mask_png(mask: &Tensor, w: u32, h: u32, path: &Path) -> anyhow::Result<()> {
     let (mh, mw) = (mask.size()[0] as u32, mask.size()[1] as u32);
     let labels: Vec<u8> = Vec::try_from(mask.contiguous().view([-1]))?;
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        let (sx, sy) = ((x * mw / w).min(mw - 1), (y * mh / h).min(mh - 1));
-        image::Rgb(mtl::tasks::class_colour(labels[(sy * mw + sx) as usize]))
-    });
+    let mut pixels = Vec::with_capacity((w * h) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let (sx, sy) = ((x * mw / w).min(mw - 1), (y * mh / h).min(mh - 1));
+            pixels.push(labels[(sy * mw + sx) as usize]);
+        }
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    img.save(path).map_err(|e| user_error!("{}: cannot write: {e}", path.display()))
+    let cannot = |e: &dyn std::fmt::Display| user_error!("{}: cannot write: {e}", path.display());
+    let file = std::fs::File::create(path).map_err(|e| cannot(&e))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+    encoder.set_color(png::ColorType::Indexed);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_palette((0..=255u8).flat_map(mtl::tasks::class_colour).collect::<Vec<u8>>());
+    let mut writer = encoder.write_header().map_err(|e| cannot(&e))?;
+    writer.write_image_data(&pixels).map_err(|e| cannot(&e))?;
+    writer.finish().map_err(|e| cannot(&e))
 }

@@ -14,7 +14,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
     /// Continue the run: from the run directory's LATEST checkpoint (`--resume` or `--resume latest`), or from the checkpoint
-    /// directory given.
+    /// directory given. Without a checkpoint there, it starts at step 0 (the banner says so); a run already at its last
+    /// step prints its final metrics and writes nothing (raise train.epochs to train on).
     #[arg(long, value_name = "CHECKPOINT", num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<PathBuf>,
     /// Start from weights saved by PyTorch (safetensors.torch.save_file(model.state_dict(), FILE)).
@@ -44,6 +45,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         Some(p) if p.as_os_str() == "latest" => latest_checkpoint(&run_dir)?,
         Some(p) => Some(p.clone()),
     };
+    // A mistyped run directory (or a requeued job's first start) is said in the banner too.
+    let nothing_to_resume = args.resume.is_some() && resume.is_none();
     let launch = mtl::dist::Launch::from_env()?;
     let device = rank_device(mtl::setup::device(&resolved.cfg.device)?, launch.as_ref())?;
     mtl::setup::init_runtime(&resolved.cfg, device);
@@ -64,7 +67,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         allow_missing_heads: args.allow_missing_heads,
         ranks,
     };
-    let summary = train(resolved, device, &opts)?;
+    let summary = train(resolved, device, &opts, nothing_to_resume)?;
     if summary.interrupted {
         if first {
             eprintln!("stopped at step {}; continue with --resume", summary.steps);
@@ -76,17 +79,34 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Builds the trainer, prints the banner, trains, and prints the summary; `baselines` trains
-/// each single-task run the same way.
-pub fn train(resolved: mtl::setup::Resolved, device: tch::Device, opts: &TrainOptions) -> anyhow::Result<Summary> {
+/// each single-task run the same way. `nothing_to_resume`: `--resume` found no checkpoint, so
+/// the run starts at step 0 (the banner says so). A run resumed after its last step trains
+/// nothing and writes nothing: one line says so, then its final metrics.
+pub fn train(
+    resolved: mtl::setup::Resolved,
+    device: tch::Device,
+    opts: &TrainOptions,
+    nothing_to_resume: bool,
+) -> anyhow::Result<Summary> {
     let mut trainer = Trainer::new(resolved, device, opts)?;
-    super::logs::release();
     let first = trainer.is_first_rank();
-    if first {
-        println!("{}", banner(&trainer));
+    let complete = trainer.is_complete();
+    if complete {
+        let summary = trainer.run()?;
+        if first {
+            print!("{}", already_complete(&trainer, &summary));
+        }
+        super::logs::release();
+        return Ok(summary);
     }
+    // The banner comes first; the log lines held while loading follow it.
+    if first {
+        println!("{}", banner(&trainer, opts, nothing_to_resume));
+    }
+    super::logs::release();
     let summary = trainer.run()?;
     if first {
-        print!("{}", closing_table(&summary));
+        print!("{}", closing_lines(&summary));
     }
     Ok(summary)
 }
@@ -107,7 +127,7 @@ fn rank_device(device: tch::Device, launch: Option<&mtl::dist::Launch>) -> anyho
 
 /// What a run is about to do, in four lines; the resolved config itself goes to the run
 /// directory's config.yaml (and to the log at debug level).
-fn banner(t: &Trainer) -> String {
+fn banner(t: &Trainer, opts: &TrainOptions, nothing_to_resume: bool) -> String {
     tracing::debug!("resolved config:\n{}", t.cfg.to_yaml());
     let mut device = match t.device {
         tch::Device::Cuda(i) => format!("cuda:{i}"),
@@ -147,31 +167,80 @@ fn banner(t: &Trainer) -> String {
         })
         .collect();
     let tasks: Vec<String> = t.tasks.iter().map(|t| t.name.clone()).collect();
+    let run_dir = mtl::setup::normalize_path(&t.run.root).display().to_string();
+    let state = match &opts.resume {
+        Some(dir) => format!(" (resuming at step {} from {})", t.at.step, mtl::setup::normalize_path(dir).display()),
+        None if nothing_to_resume => " (new: --resume found no checkpoint here; starting at step 0)".to_string(),
+        None => String::new(),
+    };
     format!(
         "mtl-train {} · {} · device {device}\n\
          {}\n\
-         model    {} backbone, {:.2}M parameters, tasks {}\n\
-         run dir  {}",
+         model    {}, {:.2}M parameters, tasks {}\n\
+         run dir  {run_dir}{state}",
         env!("CARGO_PKG_VERSION"),
         t.cfg.name,
         data.join("\n"),
-        format!("{:?}", t.cfg.model.backbone.kind).to_lowercase(),
+        backbone_line(&t.cfg.model.backbone),
         t.model.parameter_count() as f64 / 1e6,
         tasks.join(", "),
-        mtl::setup::normalize_path(&t.run.root).display()
     )
 }
 
-fn closing_table(summary: &Summary) -> String {
-    let mut text = report::metrics_table(
-        &format!(
-            "summary: {} steps in {:.1}s{}",
-            summary.steps,
-            summary.seconds,
-            if summary.interrupted { " (interrupted)" } else { "" }
-        ),
-        &summary.final_metrics,
-    );
+/// The backbone and the widths of its stages as built: a resnet's single base width w shows as
+/// its four stages w-2w-4w-8w.
+fn backbone_line(b: &mtl::config::BackboneConfig) -> String {
+    let kind = format!("{:?}", b.kind).to_lowercase();
+    let widths = mtl::model::backbone::stage_widths(b);
+    let widths: Vec<String> = widths.iter().map(i64::to_string).collect();
+    let base = match (b.kind, b.widths.as_slice()) {
+        (mtl::config::BackboneKind::Resnet, [w]) => format!(" (base width {w})"),
+        _ => String::new(),
+    };
+    format!("{kind} backbone {}{base}", widths.join("-"))
+}
+
+/// The run's last lines: its length, and its best checkpoint. The final metrics are the last
+/// evaluation's table just above (not repeated); steps without an evaluation say so.
+fn closing_lines(summary: &Summary) -> String {
+    let metrics = match (summary.interrupted, summary.final_metrics.is_empty()) {
+        (true, _) => " (interrupted)",
+        (false, true) => "; no evaluation in these steps (evaluations follow epochs)",
+        (false, false) => "; final metrics above",
+    };
+    let mut text = format!("summary: {} steps in {:.1}s{metrics}\n", summary.steps, summary.seconds);
+    if let Some(b) = &summary.best {
+        text.push_str(&format!("best {} = {:.4} at step {}\n", b.metric, b.value, b.step));
+    }
+    text
+}
+
+/// A run resumed after its last step: where it stands, how to train it further, and the
+/// metrics of its last evaluation.
+fn already_complete(t: &Trainer, summary: &Summary) -> String {
+    let dir = mtl::setup::normalize_path(&t.run.root).display().to_string();
+    let train = &t.cfg.train;
+    let how = if train.max_steps > 0 && summary.steps < train.epochs * t.steps_per_epoch() {
+        format!(
+            "train.max_steps is {}; raise it (or set 0) to continue, e.g. --resume --set train.max_steps=0",
+            train.max_steps
+        )
+    } else {
+        format!(
+            "train.epochs is {}; raise it to continue, e.g. --resume --set train.epochs={}",
+            train.epochs,
+            train.epochs * 2
+        )
+    };
+    let mut text = format!("{dir}: complete at step {}; nothing to train ({how})\n", summary.steps);
+    if summary.final_metrics.is_empty() {
+        text.push_str("(no evaluation logged yet)\n");
+    } else {
+        text.push_str(&report::metrics_table(
+            &format!("final metrics (step {})", summary.steps),
+            &summary.final_metrics,
+        ));
+    }
     if let Some(b) = &summary.best {
         text.push_str(&format!("best {} = {:.4} at step {}\n", b.metric, b.value, b.step));
     }

@@ -16,6 +16,7 @@ pub use schema::*;
 
 use crate::user_error;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The built-in default config (`configs/shapes_seg.yaml`), used when no config file is given.
@@ -69,6 +70,35 @@ impl Config {
                 p => format!("tasks[{i}].data.{p}: {inner}"),
             }
         })
+    }
+
+    /// `key.path -> YAML scalar` for every leaf of the config (`tasks[1].weight`, an empty list
+    /// as `[]`): what resume and `compare` tell configs apart by.
+    pub fn leaves(&self) -> BTreeMap<String, String> {
+        fn walk(prefix: &str, v: &serde_yaml::Value, out: &mut BTreeMap<String, String>) {
+            match v {
+                serde_yaml::Value::Mapping(m) => {
+                    for (k, v) in m {
+                        let k = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+                        walk(&if prefix.is_empty() { k } else { format!("{prefix}.{k}") }, v, out);
+                    }
+                }
+                serde_yaml::Value::Sequence(s) => {
+                    for (i, v) in s.iter().enumerate() {
+                        walk(&format!("{prefix}[{i}]"), v, out);
+                    }
+                    if s.is_empty() {
+                        out.insert(prefix.to_string(), "[]".into());
+                    }
+                }
+                other => {
+                    out.insert(prefix.to_string(), serde_yaml::to_string(other).unwrap_or_default().trim().to_string());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk("", &serde_yaml::to_value(self).expect("a Config always serialises"), &mut out);
+        out
     }
 
     /// The resolved config as YAML (what is printed at start and saved in the run directory).

@@ -31,7 +31,15 @@ pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
 pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
 pub const VAL_IMAGES: &str = "t10k-images-idx3-ubyte";
 pub const VAL_LABELS: &str = "t10k-labels-idx1-ubyte";
-const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch_multimnist.sh) to download MNIST";
+/// What to do about missing MNIST files in `root`: download MNIST, or generate the glyph digits
+/// `configs/multimnist_glyphs.yaml` reads (with the project's Python, which has numpy).
+fn fetch_hint(root: &Path) -> String {
+    format!(
+        "for MNIST set data.download: true (or run scripts/fetch_multimnist.sh); for the generated glyph digits \
+         (configs/multimnist_glyphs.yaml) run .venv/bin/python scripts/make_glyph_digits.py {} --train 12000 --test 2000",
+        root.display()
+    )
+}
 
 pub const TARGETS: &[TargetInfo] = &[
     TargetInfo { name: "left", shape: TargetShape::PerImage, classes: 10 },
@@ -78,7 +86,7 @@ pub fn load(cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
     }
     let root = root_dir(cfg);
     if !root.is_dir() {
-        user_bail!("data.root: MNIST directory {} not found; {FETCH_HINT}", root.display());
+        user_bail!("data.root: MNIST directory {} not found; {}", root.display(), fetch_hint(&root));
     }
     let train = Digits::read(&root, TRAIN_IMAGES, TRAIN_LABELS)?;
     let val = Digits::read(&root, VAL_IMAGES, VAL_LABELS)?;
@@ -144,7 +152,7 @@ pub fn read_maybe_gz(root: &Path, name: &str) -> anyhow::Result<(PathBuf, Vec<u8
     crate::files::reject_special(&path)?;
     let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
-            user_error!("{} (or {name}.gz) not found in {}; {FETCH_HINT}", name, root.display())
+            user_error!("{} (or {name}.gz) not found in {}; {}", name, root.display(), fetch_hint(root))
         }
         _ => user_error!("{}: cannot read: {e}", path.display()),
     })?;
@@ -367,5 +375,7 @@ mod tests {
         std::fs::remove_file(dir.path().join(format!("{TRAIN_IMAGES}.gz"))).unwrap();
         let m = text(load(&c, 0));
         assert!(m.contains(TRAIN_IMAGES) && m.contains("fetch_multimnist.sh"), "{m}");
+        let glyphs = format!(".venv/bin/python scripts/make_glyph_digits.py {}", dir.path().display());
+        assert!(m.contains(&glyphs), "the glyph digits' command, with the project's Python: {m}");
     }
 }

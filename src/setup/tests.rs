@@ -244,3 +244,30 @@ fn tasks_with_equal_data_share_a_group_and_own_data_gets_its_own_seed() {
     assert_eq!(same.groups.len(), 1);
     assert_eq!(crate::setup::load(None, &[]).unwrap().groups.len(), 1);
 }
+
+#[test]
+fn a_root_set_on_the_command_line_is_anchored_at_the_working_directory() {
+    let cwd = std::env::current_dir().unwrap();
+    let anchored = |s: &str| {
+        let a = anchor_command_line_path(s);
+        let (_, v) = a.split_once('=').unwrap();
+        serde_yaml::from_str::<String>(v).unwrap()
+    };
+    assert_eq!(anchored("data.root=my_folder"), cwd.join("my_folder").display().to_string());
+    assert_eq!(anchored("tasks.2.data.root='a b/c'"), cwd.join("a b/c").display().to_string());
+    // Absolute paths and every other key are left as typed.
+    for same in ["data.root=/abs/x", "optim.lr=0.1", "name=my_folder", "tasks.x.data.root=y", "data.root=[1]"] {
+        assert_eq!(anchor_command_line_path(same), same);
+    }
+    // Through load: a file's own root stays relative to the file, a typed one to the cwd.
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        "name: c\ndata: {dataset: cifar10_seg, root: in_file}\nmodel: {backbone: {kind: conv, widths: [4, 8]}}\n\
+                tasks: [{name: c, kind: classification, target: class, classes: 10}]\n";
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, text).unwrap();
+    let r = load(Some(&file), &[]).unwrap();
+    assert_eq!(r.cfg.data.root.as_deref(), Some(dir.path().join("in_file").to_str().unwrap()));
+    let r = load(Some(&file), &["data.root=typed".into()]).unwrap();
+    assert_eq!(r.cfg.data.root.as_deref(), Some(cwd.join("typed").to_str().unwrap()));
+}

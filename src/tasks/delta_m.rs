@@ -59,10 +59,30 @@ pub fn delta_m(metrics: &[(String, f64)], baselines: &BTreeMap<String, f64>, tas
     (!terms.is_empty()).then(|| 100.0 * terms.iter().sum::<f64>() / terms.len() as f64 + 0.0)
 }
 
+/// The direction of Δm, said wherever a value is shown (a negative Δm is the good side).
+pub const DELTA_M_DIRECTION: &str = "lower is better";
+
+/// Δm as a signed percentage with a typographic minus: `−3.57`, `+0.00`.
+pub fn signed_percent(value: f64) -> String {
+    format!("{:+.2}", value + 0.0).replace('-', "\u{2212}")
+}
+
+/// Δm as every report shows it: `Δm −3.57 % (lower is better)`.
+pub fn describe_delta_m(value: f64) -> String {
+    format!("Δm {} % ({DELTA_M_DIRECTION})", signed_percent(value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tasks::test_task;
+
+    #[test]
+    fn delta_m_is_shown_with_its_sign_unit_and_direction() {
+        assert_eq!(describe_delta_m(-3.5717), "Δm \u{2212}3.57 % (lower is better)");
+        assert_eq!(describe_delta_m(12.0), "Δm +12.00 % (lower is better)");
+        assert_eq!(signed_percent(-0.0), "+0.00");
+    }
 
     #[test]
     fn delta_m_follows_the_convention() {

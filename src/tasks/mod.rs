@@ -9,7 +9,7 @@ mod normals;
 mod regression;
 mod segmentation;
 
-pub use delta_m::{delta_m, is_quality_metric, Baselines};
+pub use delta_m::{delta_m, describe_delta_m, is_quality_metric, signed_percent, Baselines, DELTA_M_DIRECTION};
 pub use normals::{median_of_histogram, ANGLE_BIN, ANGLE_THRESHOLDS};
 pub use segmentation::iou_from_confusion;
 

@@ -250,6 +250,12 @@ impl Trainer {
         self.inputs.steps_per_epoch()
     }
 
+    /// Whether the run has nothing left to train: resumed at (or after) its final step.
+    /// [`Trainer::run`] then writes nothing and reports the last evaluation.
+    pub fn is_complete(&self) -> bool {
+        self.at.step >= self.final_step()
+    }
+
     /// The step at which training ends.
     pub fn final_step(&self) -> u64 {
         let all = self.cfg.train.epochs * self.steps_per_epoch();
@@ -521,6 +527,18 @@ impl Trainer {
     /// end (or until interrupted), evaluating and checkpointing on schedule, and draws
     /// `curves.png`.
     pub fn run(&mut self) -> anyhow::Result<Summary> {
+        if self.is_complete() {
+            // Nothing to train: no config.yaml rewrite, no new event file, no metrics row.
+            self.ranks.finish();
+            return Ok(Summary {
+                run_dir: self.run.root.clone(),
+                steps: self.at.step,
+                final_metrics: report::last_val(&self.run.root),
+                best: self.best.clone(),
+                interrupted: false,
+                seconds: 0.0,
+            });
+        }
         if self.ranks.is_first() {
             self.run.create()?;
             if self.lock.is_none() {
@@ -575,7 +593,9 @@ impl Trainer {
                 if self.cfg.train.on_nonfinite == OnNonFinite::SkipStep {
                     values.push(("skipped_steps".into(), self.skips.total as f64));
                 }
-                log.append(&report::record(step, epoch_before, "train", &values))?;
+                // Epochs are counted from 1 in metrics.jsonl, as on the console: a train row
+                // belongs to the epoch it is in, a val row to the epoch it follows.
+                log.append(&report::record(step, epoch_before + 1, "train", &values))?;
             }
             let epoch_done = self.at.epoch > epoch_before;
             if epoch_done {

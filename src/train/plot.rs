@@ -457,6 +457,9 @@ fn is_fraction(s: &Series) -> bool {
     s.points.iter().all(|(_, v)| !v.is_finite() || (0.0..=1.0).contains(v))
 }
 
+/// The title of the Δm panel, in curves.png and compare's chart: its unit and direction.
+pub const DELTA_M_PANEL: &str = "Δm % (lower is better)";
+
 /// Groups series into rows of panels: per task a loss panel (train and val losses), a
 /// metrics panel (its val metrics in [0, 1]) and a panel of its own for every other metric;
 /// then, when a balancer changed them, the task weights; then Δm. `best` is drawn from the
@@ -480,7 +483,7 @@ pub fn task_chart(title: &str, records: &[Record], tasks: &[String], best: Optio
         for (key, value) in r {
             let v = value.as_f64().unwrap_or(f64::NAN);
             if key == "delta_m" {
-                push("Δm (%)".into(), "Δm", split, (step, v));
+                push(DELTA_M_PANEL.into(), "Δm", split, (step, v));
                 continue;
             }
             let Some((task, metric)) = key.split_once('.') else { continue };
@@ -519,7 +522,7 @@ pub fn task_chart(title: &str, records: &[Record], tasks: &[String], best: Optio
         row.sort_by_key(|p| (!p.ends_with(": loss"), !p.ends_with(": val metrics")));
         rows.push(row);
     }
-    let extra: Vec<String> = ["task weights", "Δm (%)"]
+    let extra: Vec<String> = ["task weights", DELTA_M_PANEL]
         .iter()
         .filter(|p| raw.iter().any(|s| s.panel == **p))
         .map(|p| p.to_string())
@@ -612,7 +615,7 @@ mod tests {
                 vec!["kind: loss".to_string(), "kind: val metrics".to_string()],
                 vec!["seg: loss".to_string(), "seg: val metrics".to_string()],
                 vec!["depth: val metrics".to_string(), "depth: mean_angle".to_string()],
-                vec!["task weights".to_string(), "Δm (%)".to_string()],
+                vec!["task weights".to_string(), DELTA_M_PANEL.to_string()],
             ]
         );
         let loss: Vec<_> = chart.series.iter().filter(|s| s.panel == "seg: loss").map(|s| s.split).collect();
@@ -630,7 +633,7 @@ mod tests {
             })
             .collect();
         let chart = task_chart("run", &flat, &tasks, None);
-        assert_eq!(chart.rows.last().unwrap(), &vec!["Δm (%)".to_string()]);
+        assert_eq!(chart.rows.last().unwrap(), &vec![DELTA_M_PANEL.to_string()]);
     }
 
     #[test]

@@ -115,10 +115,12 @@ pub fn read_records(path: &Path) -> Vec<Record> {
         .collect()
 }
 
-/// Formats rows of (task, metric, value) as an aligned table.
+/// Formats rows of (task, metric, value) as an aligned table; Δm (`delta_m`) follows it on a
+/// line of its own, with its unit and direction.
 pub fn metrics_table(title: &str, values: &[(String, f64)]) -> String {
     let rows: Vec<(&str, &str, f64)> = values
         .iter()
+        .filter(|(k, _)| k != "delta_m")
         .map(|(k, v)| {
             let (task, metric) = k.split_once('.').unwrap_or(("(all)", k.as_str()));
             (task, metric, *v)
@@ -129,6 +131,9 @@ pub fn metrics_table(title: &str, values: &[(String, f64)]) -> String {
     let mut out = format!("{title}\n  {:<tw$}  {:<mw$}  {:>10}\n", "task", "metric", "value");
     for (t, m, v) in rows {
         out.push_str(&format!("  {t:<tw$}  {m:<mw$}  {v:>10.4}\n"));
+    }
+    if let Some((_, dm)) = values.iter().find(|(k, _)| k == "delta_m") {
+        out.push_str(&format!("  {}\n", crate::tasks::describe_delta_m(*dm)));
     }
     out
 }
@@ -167,8 +172,13 @@ impl Progress {
     pub fn step(&mut self, step: u64, epoch: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(step);
-            bar.set_prefix(format!("epoch {}", epoch + 1));
+            bar.set_prefix(self.epoch_label(epoch));
         }
+    }
+
+    /// `epoch 2/5`: counted from 1, out of the epochs this run trains to.
+    fn epoch_label(&self, epoch: u64) -> String {
+        format!("epoch {}/{}", epoch + 1, self.total_steps.div_ceil(self.steps_per_epoch.max(1)))
     }
 
     /// Training images per second since this process started training.
@@ -188,13 +198,14 @@ impl Progress {
             None => {
                 let done = step.saturating_sub(self.start_step).max(1) as f64;
                 let eta = self.started.elapsed().as_secs_f64() / done * self.total_steps.saturating_sub(step) as f64;
-                println!(
-                    "epoch {} step {step}/{} ({}/{} in epoch) | {msg} | ETA {eta:.0}s",
-                    epoch + 1,
-                    self.total_steps,
-                    (step - 1) % self.steps_per_epoch.max(1) + 1,
-                    self.steps_per_epoch
-                );
+                // The place in the epoch only where it differs from the step (after the first).
+                let spe = self.steps_per_epoch.max(1);
+                let in_epoch = match step > spe {
+                    true => format!(" ({}/{spe} in epoch)", (step - 1) % spe + 1),
+                    false => String::new(),
+                };
+                let epoch = self.epoch_label(epoch);
+                println!("{epoch} step {step}/{}{in_epoch} | {msg} | ETA {eta:.0}s", self.total_steps);
             }
         }
     }

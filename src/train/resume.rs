@@ -5,7 +5,6 @@ use crate::config::Config;
 use crate::model::MultiTaskModel;
 use crate::{user_bail, user_error};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Tensor;
 
@@ -26,7 +25,7 @@ const HARMLESS_DATA: &[&str] = &[
 ];
 
 pub fn fingerprint(cfg: &Config) -> String {
-    let flat = flatten(cfg);
+    let flat = cfg.leaves();
     let mut h = Sha256::new();
     for (k, v) in flat.iter().filter(|(k, _)| must_match(k)) {
         h.update(k.as_bytes());
@@ -46,38 +45,10 @@ fn must_match(key: &str) -> bool {
         && !HARMLESS_DATA.contains(&key)
 }
 
-/// `key.path -> YAML scalar` for every leaf of the config.
-fn flatten(cfg: &Config) -> BTreeMap<String, String> {
-    fn walk(prefix: &str, v: &serde_yaml::Value, out: &mut BTreeMap<String, String>) {
-        match v {
-            serde_yaml::Value::Mapping(m) => {
-                for (k, v) in m {
-                    let k = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
-                    walk(&if prefix.is_empty() { k } else { format!("{prefix}.{k}") }, v, out);
-                }
-            }
-            serde_yaml::Value::Sequence(s) => {
-                for (i, v) in s.iter().enumerate() {
-                    walk(&format!("{prefix}[{i}]"), v, out);
-                }
-                if s.is_empty() {
-                    out.insert(prefix.to_string(), "[]".into());
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), serde_yaml::to_string(other).unwrap_or_default().trim().to_string());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk("", &serde_yaml::to_value(cfg).expect("a Config always serialises"), &mut out);
-    out
-}
-
 /// Refuses a resume whose config changes what the checkpoint depends on; returns the
 /// harmless changes for the log.
 pub fn compare_configs(saved: &Config, now: &Config, origin: &Path) -> anyhow::Result<Vec<String>> {
-    let (a, b) = (flatten(saved), flatten(now));
+    let (a, b) = (saved.leaves(), now.leaves());
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     let none = "(absent)".to_string();
     let mut blocking = Vec::new();

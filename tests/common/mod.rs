@@ -147,3 +147,24 @@ pub fn metric_rows(run: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// A digest of every file under `dir` (names, sizes, contents).
+pub fn dir_digest(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = p.strip_prefix(base).unwrap().display().to_string();
+            if p.is_dir() {
+                out.push((name + "/", Vec::new()));
+                walk(base, &p, out);
+            } else {
+                out.push((name, std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
