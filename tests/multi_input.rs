@@ -153,6 +153,40 @@ fn each_task_trains_on_its_own_domain_and_resumes_mid_epoch_exactly() {
     assert!(!dir.join("r").exists());
 }
 
+/// Each domain's own BatchNorm scale and shift as well (`model.domain_norm: affine`): named
+/// per domain in the checkpoint, recorded in config.yaml, and a run paused mid-epoch resumes
+/// bit for bit. With shared BatchNorm the run says once how far apart the domains look to it.
+#[test]
+fn per_domain_affine_resumes_exactly_and_shared_batchnorm_is_diagnosed() {
+    let tmp = setup();
+    let dir = tmp.path();
+    let affine = ["--set", "model.domain_norm=affine", "--set", "train.epochs=2"];
+    run_in(dir, &[&["m.yaml", "--run-dir", "straight"][..], &affine].concat()).assert_ok();
+    let cfg = std::fs::read_to_string(dir.join("straight/config.yaml")).unwrap();
+    assert!(cfg.contains("domain_norm: affine"), "{cfg}");
+    let names: Vec<String> = final_weights(&dir.join("straight")).into_iter().map(|(n, _)| n).collect();
+    for d in 0..3 {
+        assert!(names.contains(&format!("backbone.stages.1.0.bn.domains.{d}.weight")), "{names:?}");
+    }
+    run_in(dir, &[&["m.yaml", "--run-dir", "paused", "--set", "train.max_steps=5"][..], &affine].concat()).assert_ok();
+    run_in(dir, &[&["m.yaml", "--run-dir", "paused", "--resume"][..], &affine].concat()).assert_ok();
+    assert_eq!(latest_weights(&dir.join("straight")), latest_weights(&dir.join("paused")), "resumed weights differ");
+    assert_eq!(metric_rows(&dir.join("straight")), metric_rows(&dir.join("paused")), "metrics.jsonl differs");
+
+    let shared = run_in(
+        dir,
+        &["m.yaml", "--run-dir", "shared", "--set", "model.domain_norm=shared", "--set", "train.max_steps=2"],
+    );
+    shared.assert_ok();
+    let all = format!("{}{}", shared.stdout(), shared.stderr());
+    let said: Vec<&str> = all.lines().filter(|l| l.contains("pooled standard deviations")).collect();
+    assert_eq!(said.len(), 1, "said once:\n{all}");
+    assert!(said[0].contains("model.domain_norm: statistics"), "{}", said[0]);
+    let own = run_in(dir, &["m.yaml", "--run-dir", "own", "--set", "train.max_steps=2"]);
+    own.assert_ok();
+    assert!(!format!("{}{}", own.stdout(), own.stderr()).contains("pooled standard"), "nothing to say");
+}
+
 #[test]
 fn baselines_train_each_task_alone_on_its_own_data() {
     let tmp = setup();
@@ -194,6 +228,11 @@ fn bad_multi_input_configs_are_one_line_errors_and_write_nothing() {
     refused(&["tasks.0.data.grayscale=true"], &["tasks[0].data.grayscale"]);
     refused(&["balance.method=mgda", "balance.on=representation"], &["balance.on: representation", "own data"]);
     refused(&["train.epoch_by=webcam"], &["train.epoch_by", "'webcam'"]);
+    refused(&["model.domain_norm=own"], &["model.domain_norm", "own"]);
+    refused(
+        &["model.domain_norm=statistics", "model.backbone.norm=none"],
+        &["model.domain_norm", "statistics", "model.backbone.norm is none"],
+    );
     refused(&["tasks.1.data.batch_size=0"], &["tasks[1].data.batch_size"]);
     refused(&["tasks.1.data.colour=1"], &["tasks[1].data", "colour"]);
     refused(&["tasks.0.data.dataset=shapez"], &["tasks[0].data.dataset", "shapez"]);

@@ -3,6 +3,7 @@
 pub mod evaluate;
 mod health;
 pub mod inputs;
+pub mod norm_gap;
 pub mod parallel;
 pub mod plot;
 pub mod report;
@@ -329,8 +330,9 @@ impl Trainer {
     fn losses(&self, batches: &[Batch], at: (u64, u64), representation: bool) -> StepForward {
         let mut losses: Vec<Option<Tensor>> = self.tasks.iter().map(|_| None).collect();
         let mut out = StepForward { losses: Vec::new(), representation: None, regularizers: Vec::new() };
-        for (input, batch) in self.inputs.groups.iter().zip(batches) {
-            let forward = self.model.run(&batch.images, self.model.pass(true, Some(at), representation));
+        for (g, (input, batch)) in self.inputs.groups.iter().zip(batches).enumerate() {
+            let pass = self.model.pass(true, Some(at), representation).on_domain(g);
+            let forward = self.model.run(&batch.images, pass);
             for (&i, y) in input.tasks.iter().zip(&batch.targets) {
                 losses[i] = Some(self.tasks[i].loss(&forward.outputs[i], y));
             }
@@ -553,6 +555,9 @@ impl Trainer {
         let log_every = self.cfg.train.log_every;
         let mut final_metrics = Vec::new();
         let mut interrupted = false;
+        if first && resumed_at == 0 {
+            self.report_norm_gap();
+        }
         while self.at.step < end {
             let epoch_before = self.at.epoch;
             self.step()?;
@@ -700,6 +705,21 @@ impl Trainer {
             None
         };
         Ok(RunLog::new(metrics, board))
+    }
+
+    /// With data groups that share BatchNorm statistics: logs once how far apart they look
+    /// to it ([`norm_gap`]).
+    fn report_norm_gap(&self) {
+        if self.model.norm_layout().domains > 1 {
+            return;
+        }
+        let Some(gap) = norm_gap::measure(&self.model, &self.inputs, self.at.step) else { return };
+        let names: Vec<Vec<String>> =
+            self.inputs.groups.iter().map(|g| g.tasks.iter().map(|&i| self.tasks[i].name.clone()).collect()).collect();
+        match gap.alike() {
+            true => tracing::info!("{}", gap.describe(&names)),
+            false => tracing::warn!("{}", gap.describe(&names)),
+        }
     }
 
     /// On CUDA: the device memory in use (the caching allocator's reserve included), MiB.
