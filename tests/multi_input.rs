@@ -187,6 +187,55 @@ fn per_domain_affine_resumes_exactly_and_shared_batchnorm_is_diagnosed() {
     assert!(!format!("{}{}", own.stdout(), own.stderr()).contains("pooled standard"), "nothing to say");
 }
 
+/// Every domain's batch sharded over two ranks (Gloo on the CPU) trains as one process at
+/// twice the batch, with synchronized BatchNorm keeping each domain's statistics; a run paused
+/// on two ranks resumes on one, and one paused on one resumes on two.
+#[test]
+fn two_ranks_train_every_domain_as_one_process_at_twice_the_batch() {
+    let tmp = setup();
+    let dir = tmp.path();
+    // NCHW activations and no crop padding: see tests/distributed.rs (`batchnorm_config`).
+    let cfg = config("m")
+        .replace("threads: 1", "threads: 1\nspeed: {channels_last: false}")
+        .replace("crop_padding: 1", "crop_padding: 0")
+        .replace("batch_size: 8", "batch_size: 4")
+        .replace("epochs: 6", "epochs: 2")
+        .replace("model:\n", "model:\n  sync_batchnorm: true\n");
+    write(dir, "dp.yaml", &cfg);
+    run_in(dir, &["dp.yaml", "--run-dir", "one", "--set", "data.batch_size=8"]).assert_ok();
+    let two = run_in(dir, &["dp.yaml", "--run-dir", "two", "--nproc", "2"]);
+    two.assert_ok();
+    assert!(two.stdout().contains("× 2 ranks (Gloo)"), "{}", two.stdout());
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let diff = relative_difference(&one, &two);
+    assert!(diff <= 1e-5, "2 ranks × 4 differ from 1 × 8 by {diff:e}");
+    let (a, b) = (final_val(&one), final_val(&two));
+    for t in ["plain", "inverted", "noisy"] {
+        let key = format!("{t}.accuracy");
+        assert_eq!(a[&key], b[&key], "{key}");
+    }
+    // The comparison can tell: each rank's own BatchNorm batch statistics are not one process's.
+    run_in(dir, &["dp.yaml", "--run-dir", "per-rank", "--nproc", "2", "--set", "model.sync_batchnorm=false"])
+        .assert_ok();
+    let diff = relative_difference(&one, &dir.join("per-rank"));
+    assert!(diff > 1e-3, "per-rank BatchNorm should differ, got {diff:e}");
+    // Across world sizes, resumed mid-epoch: 2 ranks for 3 steps, then 1; 1 for 3, then 2.
+    run_in(dir, &["dp.yaml", "--run-dir", "down", "--nproc", "2", "--set", "train.max_steps=3"]).assert_ok();
+    run_in(dir, &["dp.yaml", "--run-dir", "down", "--resume"]).assert_ok();
+    let first = ["dp.yaml", "--run-dir", "up", "--set", "data.batch_size=8", "--set", "train.max_steps=3"];
+    run_in(dir, &first).assert_ok();
+    run_in(dir, &["dp.yaml", "--run-dir", "up", "--resume", "--nproc", "2"]).assert_ok();
+    for run in ["down", "up"] {
+        let diff = relative_difference(&one, &dir.join(run));
+        assert!(diff <= 1e-5, "{run}: {diff:e}");
+    }
+    // A task's own batch size is not rescaled: resuming it at another world size is refused.
+    let own = ["dp.yaml", "--run-dir", "own", "--set", "tasks.1.data.batch_size=4", "--set", "train.max_steps=2"];
+    run_in(dir, &[&own[..], &["--nproc", "2"]].concat()).assert_ok();
+    run_in(dir, &["dp.yaml", "--run-dir", "own", "--resume", "--set", "tasks.1.data.batch_size=4"])
+        .assert_user_error(&["tasks[1].data.batch_size", "resume on 2 ranks"]);
+}
+
 #[test]
 fn baselines_train_each_task_alone_on_its_own_data() {
     let tmp = setup();

@@ -149,18 +149,13 @@ impl Trainer {
     /// [`Trainer::run`] touches the run directory.
     pub fn new(mut r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
         let ranks = Ranks::new(opts.ranks.clone(), r.cfg.model.sync_batchnorm);
-        if ranks.world() > 1 && r.multi_input() {
-            user_bail!(
-                "tasks[].data: tasks with their own data do not train data-parallel yet ({} ranks); run one process",
-                ranks.world()
-            );
-        }
         if let Some(dir) = &opts.resume {
             resume::keep_global_batch(dir, &mut r.cfg, ranks.world())?;
-            if !r.multi_input() {
-                // The one data group was resolved from the config before the batch was kept.
-                let batch = r.cfg.data.batch_size;
-                r.groups.iter_mut().for_each(|g| g.data.batch_size = batch);
+            // The groups were resolved from the config before the batch was kept; a task's own
+            // data cannot set its batch size at another world size (keep_global_batch refuses).
+            let batch = r.cfg.data.batch_size;
+            for g in r.groups.iter_mut().filter(|g| !g.tasks.iter().any(|&i| own_batch_size(&r.cfg, i))) {
+                g.data.batch_size = batch;
             }
         }
         let Resolved { cfg, tasks, .. } = &r;
@@ -169,15 +164,19 @@ impl Trainer {
         // that do not share it, and they must not race rank 0's first writes).
         let lock = if ranks.is_first() { check_run_dir(&run, opts)? } else { None };
         let inputs = inputs::Inputs::load(&r, device, &ranks)?;
-        let train_loader = &inputs.first().train;
-        if ranks.world() > 1 && (train_loader.len() as i64) < train_loader.global_batch_size() {
-            user_bail!(
-                "data: {} training images are fewer than one global batch (data.batch_size {} × {} ranks)",
-                train_loader.len(),
-                cfg.data.batch_size,
-                ranks.world()
-            );
+        for (g, input) in r.groups.iter().zip(&inputs.groups) {
+            let train = &input.train;
+            if ranks.world() > 1 && (train.len() as i64) < train.global_batch_size() {
+                let at = if r.multi_input() { format!("tasks[{}].data", g.tasks[0]) } else { "data".into() };
+                user_bail!(
+                    "{at}: {} training images are fewer than one global batch (data.batch_size {} × {} ranks)",
+                    train.len(),
+                    g.data.batch_size,
+                    ranks.world()
+                );
+            }
         }
+        let train_loader = &inputs.first().train;
         let (h, w) = train_loader.image_hw();
         backbone::check_input_size(&cfg.model.backbone, h, w).map_err(|e| user_error!("{e}"))?;
         crate::model::arch::check_images(&cfg.model, cfg.tasks.len(), h, w)?;
@@ -632,6 +631,11 @@ impl Trainer {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Whether task `i`'s own data sets its batch size.
+fn own_batch_size(cfg: &Config, i: usize) -> bool {
+    cfg.tasks[i].data.as_ref().is_some_and(|d| d.contains_key("batch_size"))
 }
 
 /// Rank 0's checks of the run directory before anything is loaded: not a file, not in use by
