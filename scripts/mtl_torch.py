@@ -41,6 +41,13 @@ task named after it, in task order; then checks the file with ``onnx.checker`` a
 task, named by the task. ``RUN_DIR`` may also be a checkpoint directory (one holding
 ``model.safetensors``) or the ``model.safetensors`` file itself.
 
+Tasks with their own data (``tasks[i].data``) form data groups (``data_groups``); with
+``model.domain_norm`` ``statistics`` (the default for several groups) or ``affine`` every
+BatchNorm is a ``DomainBatchNorm2d`` keeping a set per group (``bn.domains.<g>.*``), and
+``model(x)`` computes each task's output with its own group's set (``model(x, domain=g)``: every
+head with group ``g``'s). ``normalize`` applies the top-level dataset's statistics; a task whose
+data is another dataset's normalizes with that one's (docs/MULTI_INPUT.md).
+
 Only fp32 is modelled: a run trained with ``precision: bf16`` loads and runs here in fp32, so
 its outputs differ from the Rust bf16 forward by bf16 rounding.
 """
@@ -69,6 +76,8 @@ __all__ = [
     "input_shape",
     "normalize",
     "export_onnx",
+    "DomainBatchNorm2d",
+    "data_groups",
 ]
 
 # The BatchNorm settings of src/model/layers.rs.
