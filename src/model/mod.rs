@@ -72,67 +72,47 @@ impl MultiTaskModel {
         let (plan, _) = arch::plan(&m.architecture, &m.backbone, heads.len())?;
         tch::manual_seed((crate::rng::derive_seed(cfg.seed, crate::rng::Purpose::Init, 0) >> 1) as i64);
         let vs = VarStore::new(device);
-        let root = vs.root();
         let domains: Vec<usize> = heads.iter().map(|h| h.domain).collect();
         let groups = domains.iter().max().map_or(1, |d| d + 1);
         let layout = norm_layout(m.domain_norm, groups, m.backbone.norm == Norm::Batch);
-        layers::with_norm_layout(layout, || Self::build(cfg, heads, plan, &root, in_channels, image_size)).map(
-            |(arch, heads, private, compute)| Self {
-                vs,
-                arch,
-                heads,
-                private,
-                domains,
-                layout,
-                compute,
-                seed: cfg.seed,
-            },
-        )
-    }
-
-    /// The architecture, the heads, each task's private paths and the compute settings.
-    #[allow(clippy::type_complexity)]
-    fn build(
-        cfg: &Config,
-        heads: &[HeadSpec],
-        plan: Box<dyn arch::Plan>,
-        root: &tch::nn::Path,
-        in_channels: i64,
-        image_size: i64,
-    ) -> anyhow::Result<(Box<dyn Architecture>, Vec<Head>, Vec<Vec<String>>, Compute)> {
-        let m = &cfg.model;
-        let tasks: Vec<String> = heads.iter().map(|h| h.task.clone()).collect();
-        let arch = plan.build(&Build { root, backbone: &m.backbone, tasks: &tasks, in_channels, image_size });
-        let info = backbone::feature_info(&m.backbone);
-        // `pool: flatten` heads need the coarsest map's size: each stage after the first halves
-        // the image exactly (the resolve step checks the divisibility).
-        let top_hw = info.spatial.then(|| {
-            let m = backbone::size_multiple(&m.backbone);
-            (image_size / m, image_size / m)
-        });
-        let heads: Vec<Head> = heads
-            .iter()
-            .map(|h| {
-                let p = root / HEADS / h.task.as_str();
-                let hc = m.heads.get(&h.task).cloned().unwrap_or_default();
-                Head::new(&p, &info, &hc, h.kind, m.backbone.norm == Norm::Batch, m.backbone.activation, top_hw)
-            })
-            .collect();
-        let private = tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let mut paths = vec![format!("{HEADS}.{t}")];
-                paths.extend(arch.private(i));
-                paths
-            })
-            .collect();
-        let kind = match cfg.precision {
-            Precision::Fp32 => Kind::Float,
-            Precision::Bf16 => Kind::BFloat16,
-        };
-        let channels_last = cfg.speed.channels_last.resolve(true);
-        Ok((arch, heads, private, Compute { kind, channels_last, domain: 0 }))
+        // Every BatchNorm built in here is laid out for the data groups.
+        Ok(layers::with_norm_layout(layout, move || {
+            let root = vs.root();
+            let tasks: Vec<String> = heads.iter().map(|h| h.task.clone()).collect();
+            let arch =
+                plan.build(&Build { root: &root, backbone: &m.backbone, tasks: &tasks, in_channels, image_size });
+            let info = backbone::feature_info(&m.backbone);
+            // `pool: flatten` heads need the coarsest map's size: each stage after the first halves
+            // the image exactly (the resolve step checks the divisibility).
+            let top_hw = info.spatial.then(|| {
+                let m = backbone::size_multiple(&m.backbone);
+                (image_size / m, image_size / m)
+            });
+            let heads: Vec<Head> = heads
+                .iter()
+                .map(|h| {
+                    let p = &root / HEADS / h.task.as_str();
+                    let hc = m.heads.get(&h.task).cloned().unwrap_or_default();
+                    Head::new(&p, &info, &hc, h.kind, m.backbone.norm == Norm::Batch, m.backbone.activation, top_hw)
+                })
+                .collect();
+            let private = tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mut paths = vec![format!("{HEADS}.{t}")];
+                    paths.extend(arch.private(i));
+                    paths
+                })
+                .collect();
+            let kind = match cfg.precision {
+                Precision::Fp32 => Kind::Float,
+                Precision::Bf16 => Kind::BFloat16,
+            };
+            let channels_last = cfg.speed.channels_last.resolve(true);
+            let compute = Compute { kind, channels_last, domain: 0 };
+            Self { vs, arch, heads, private, domains, layout, compute, seed: cfg.seed }
+        }))
     }
 
     pub fn device(&self) -> Device {
