@@ -41,6 +41,13 @@ task named after it, in task order; then checks the file with ``onnx.checker`` a
 task, named by the task. ``RUN_DIR`` may also be a checkpoint directory (one holding
 ``model.safetensors``) or the ``model.safetensors`` file itself.
 
+Tasks with their own data (``tasks[i].data``) form data groups (``data_groups``); with
+``model.domain_norm`` ``statistics`` (the default for several groups) or ``affine`` every
+BatchNorm is a ``DomainBatchNorm2d`` keeping a set per group (``bn.domains.<g>.*``), and
+``model(x)`` computes each task's output with its own group's set (``model(x, domain=g)``: every
+head with group ``g``'s). ``normalize`` applies the top-level dataset's statistics; a task whose
+data is another dataset's normalizes with that one's (docs/MULTI_INPUT.md).
+
 Only fp32 is modelled: a run trained with ``precision: bf16`` loads and runs here in fp32, so
 its outputs differ from the Rust bf16 forward by bf16 rounding.
 """
@@ -69,6 +76,8 @@ __all__ = [
     "input_shape",
     "normalize",
     "export_onnx",
+    "DomainBatchNorm2d",
+    "data_groups",
 ]
 
 # The BatchNorm settings of src/model/layers.rs.
@@ -94,8 +103,83 @@ def conv2d(c_in: int, c_out: int, k: int, stride: int = 1, bias: bool = False) -
     return nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=bias)
 
 
-def batch_norm(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
+class DomainBatchNorm2d(nn.Module):
+    """BatchNorm2d with its own running statistics per data group (``model.domain_norm:
+    statistics``: ``weight``, ``bias``, ``domains.<g>.running_mean|running_var|
+    num_batches_tracked``) or its own statistics and affine parameters (``affine``: all five
+    under ``domains.<g>``), as src/model/layers.rs. ``domain`` says which group's images the
+    next forward reads (``MultiTaskModel.forward`` sets it)."""
+
+    def __init__(self, c: int, domains: int, own_affine: bool):
+        super().__init__()
+        self.num_features = c
+        self.own_affine = own_affine
+        if not own_affine:
+            self.weight = nn.Parameter(torch.ones(c))
+            self.bias = nn.Parameter(torch.zeros(c))
+        self.domains = nn.ModuleList(
+            [nn.BatchNorm2d(c, eps=BN_EPS, momentum=BN_MOMENTUM, affine=own_affine) for _ in range(domains)])
+        self.domain = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.domains[self.domain]
+        if self.own_affine:
+            return bn(x)
+        if self.training:
+            bn.num_batches_tracked.add_(1)
+        return F.batch_norm(x, bn.running_mean, bn.running_var, self.weight, self.bias, self.training,
+                            BN_MOMENTUM, BN_EPS)
+
+
+# (data groups, own affine parameters) of the BatchNorm layers being built: set by
+# MultiTaskModel while it builds (the layers that make a BatchNorm do not carry it).
+_NORM_LAYOUT = (1, False)
+
+
+def batch_norm(c: int) -> nn.Module:
+    domains, own_affine = _NORM_LAYOUT
+    if domains <= 1:
+        return nn.BatchNorm2d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
+    return DomainBatchNorm2d(c, domains, own_affine)
+
+
+def _merged(top: dict, own: Optional[dict]) -> dict:
+    """A task's data: the top-level ``data`` with the task's keys written over it, nested
+    sections key by key (src/config ``task_data``)."""
+    out = dict(top)
+    for k, v in (own or {}).items():
+        out[k] = _merged(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def data_groups(config: dict) -> List[int]:
+    """Each task's data group, in task order: tasks whose merged data is equal share one,
+    numbered in order of their first task (src/setup.rs)."""
+    top = config.get("data") or {}
+    seen: List[dict] = []
+    groups = []
+    for task in config["tasks"]:
+        data = _merged(top, task.get("data"))
+        if data not in seen:
+            seen.append(data)
+        groups.append(seen.index(data))
+    return groups
+
+
+def norm_layout(config: dict) -> Tuple[int, bool]:
+    """(sets of BatchNorm state per layer, own affine parameters) for ``model.domain_norm``."""
+    choice = _get(config["model"], "domain_norm", "auto")
+    if choice not in DOMAIN_NORMS:
+        raise ValueError(f"unknown domain_norm {choice!r} ({', '.join(DOMAIN_NORMS)})")
+    groups = max(data_groups(config)) + 1
+    bn = _get(config["model"]["backbone"], "norm", "batch") == "batch"
+    if groups <= 1 or not bn or choice == "shared":
+        return (1, False)
+    return (groups, choice == "affine")
+
+
+# model.domain_norm's choices; `auto` stands for `statistics` with several data groups.
+DOMAIN_NORMS = ("auto", "shared", "statistics", "affine")
 
 
 class ConvBnAct(nn.Module):
@@ -453,6 +537,16 @@ class MultiTaskModel(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
+        global _NORM_LAYOUT
+        self.domain_of = data_groups(config)
+        self.norm_layout = norm_layout(config)
+        before, _NORM_LAYOUT = _NORM_LAYOUT, self.norm_layout
+        try:
+            self._build(config)
+        finally:
+            _NORM_LAYOUT = before
+
+    def _build(self, config: dict) -> None:
         self.config = config
         model_cfg = config["model"]
         bb = model_cfg["backbone"]
@@ -575,12 +669,30 @@ class MultiTaskModel(nn.Module):
     def features(self, x: torch.Tensor) -> List[torch.Tensor]:
         return self.task_features(x)[0]
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor, domain: Optional[int] = None) -> "OrderedDict[str, torch.Tensor]":
+        """Every task's output, each as for its own data group's images (with that group's
+        BatchNorm state when groups keep their own: one pass per group); with ``domain``, every
+        head on one pass with that group's state."""
         out_hw = (int(x.shape[2]), int(x.shape[3]))
+        groups = self.norm_layout[0]
+        if groups > 1 and domain is None:
+            out: Dict[str, torch.Tensor] = {}
+            for d in range(groups):
+                if d in self.domain_of:
+                    both = self.forward(x, d)
+                    out.update((n, both[n]) for n, g in zip(self.task_names, self.domain_of) if g == d)
+            return OrderedDict((n, out[n]) for n in self.task_names)
+        self.use_domain(domain or 0)
         feats = self.task_features(x)
         return OrderedDict(
             (name, self.heads[name](f, out_hw).float()) for name, f in zip(self.task_names, feats)
         )
+
+    def use_domain(self, domain: int) -> None:
+        """The data group whose BatchNorm state the next forwards use."""
+        for m in self.modules():
+            if isinstance(m, DomainBatchNorm2d):
+                m.domain = domain
 
     def forward_list(self, x: torch.Tensor) -> List[torch.Tensor]:
         return list(self.forward(x).values())

@@ -59,7 +59,13 @@ impl Resolved {
 
     /// The head each task needs, in task order.
     pub fn heads(&self) -> Vec<HeadSpec> {
-        self.tasks.iter().map(|t| HeadSpec { task: t.name.clone(), kind: t.head() }).collect()
+        let domain =
+            |i: usize| self.groups.iter().position(|g| g.tasks.contains(&i)).expect("every task is in a group");
+        self.tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| HeadSpec { task: t.name.clone(), kind: t.head(), domain: domain(i) })
+            .collect()
     }
 
     /// What a group's data must provide, one entry per task of the group.
@@ -174,6 +180,11 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
     }
     for (t, task) in cfg.tasks.iter_mut().zip(&tasks) {
         t.classes = task.classes;
+    }
+    let batch_norm = cfg.model.backbone.norm == crate::config::Norm::Batch;
+    if groups.len() > 1 && batch_norm {
+        // config.yaml records what `auto` stood for, so the run rebuilds as it trained.
+        cfg.model.domain_norm = cfg.model.domain_norm.resolve(groups.len(), true);
     }
     let monitor = monitor(&cfg, &tasks).map_err(at)?;
     // The method and its options, checked now rather than when training starts.

@@ -153,6 +153,89 @@ fn each_task_trains_on_its_own_domain_and_resumes_mid_epoch_exactly() {
     assert!(!dir.join("r").exists());
 }
 
+/// Each domain's own BatchNorm scale and shift as well (`model.domain_norm: affine`): named
+/// per domain in the checkpoint, recorded in config.yaml, and a run paused mid-epoch resumes
+/// bit for bit. With shared BatchNorm the run says once how far apart the domains look to it.
+#[test]
+fn per_domain_affine_resumes_exactly_and_shared_batchnorm_is_diagnosed() {
+    let tmp = setup();
+    let dir = tmp.path();
+    let affine = ["--set", "model.domain_norm=affine", "--set", "train.epochs=2"];
+    run_in(dir, &[&["m.yaml", "--run-dir", "straight"][..], &affine].concat()).assert_ok();
+    let cfg = std::fs::read_to_string(dir.join("straight/config.yaml")).unwrap();
+    assert!(cfg.contains("domain_norm: affine"), "{cfg}");
+    let names: Vec<String> = final_weights(&dir.join("straight")).into_iter().map(|(n, _)| n).collect();
+    for d in 0..3 {
+        assert!(names.contains(&format!("backbone.stages.1.0.bn.domains.{d}.weight")), "{names:?}");
+    }
+    run_in(dir, &[&["m.yaml", "--run-dir", "paused", "--set", "train.max_steps=5"][..], &affine].concat()).assert_ok();
+    run_in(dir, &[&["m.yaml", "--run-dir", "paused", "--resume"][..], &affine].concat()).assert_ok();
+    assert_eq!(latest_weights(&dir.join("straight")), latest_weights(&dir.join("paused")), "resumed weights differ");
+    assert_eq!(metric_rows(&dir.join("straight")), metric_rows(&dir.join("paused")), "metrics.jsonl differs");
+
+    let shared = run_in(
+        dir,
+        &["m.yaml", "--run-dir", "shared", "--set", "model.domain_norm=shared", "--set", "train.max_steps=2"],
+    );
+    shared.assert_ok();
+    let all = format!("{}{}", shared.stdout(), shared.stderr());
+    let said: Vec<&str> = all.lines().filter(|l| l.contains("pooled standard deviations")).collect();
+    assert_eq!(said.len(), 1, "said once:\n{all}");
+    assert!(said[0].contains("model.domain_norm: statistics"), "{}", said[0]);
+    let own = run_in(dir, &["m.yaml", "--run-dir", "own", "--set", "train.max_steps=2"]);
+    own.assert_ok();
+    assert!(!format!("{}{}", own.stdout(), own.stderr()).contains("pooled standard"), "nothing to say");
+}
+
+/// Every domain's batch sharded over two ranks (Gloo on the CPU) trains as one process at
+/// twice the batch, with synchronized BatchNorm keeping each domain's statistics; a run paused
+/// on two ranks resumes on one, and one paused on one resumes on two.
+#[test]
+fn two_ranks_train_every_domain_as_one_process_at_twice_the_batch() {
+    let tmp = setup();
+    let dir = tmp.path();
+    // NCHW activations and no crop padding: see tests/distributed.rs (`batchnorm_config`).
+    let cfg = config("m")
+        .replace("threads: 1", "threads: 1\nspeed: {channels_last: false}")
+        .replace("crop_padding: 1", "crop_padding: 0")
+        .replace("batch_size: 8", "batch_size: 4")
+        .replace("epochs: 6", "epochs: 2")
+        .replace("model:\n", "model:\n  sync_batchnorm: true\n");
+    write(dir, "dp.yaml", &cfg);
+    run_in(dir, &["dp.yaml", "--run-dir", "one", "--set", "data.batch_size=8"]).assert_ok();
+    let two = run_in(dir, &["dp.yaml", "--run-dir", "two", "--nproc", "2"]);
+    two.assert_ok();
+    assert!(two.stdout().contains("× 2 ranks (Gloo)"), "{}", two.stdout());
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let diff = relative_difference(&one, &two);
+    assert!(diff <= 1e-5, "2 ranks × 4 differ from 1 × 8 by {diff:e}");
+    let (a, b) = (final_val(&one), final_val(&two));
+    for t in ["plain", "inverted", "noisy"] {
+        let key = format!("{t}.accuracy");
+        assert_eq!(a[&key], b[&key], "{key}");
+    }
+    // The comparison can tell: each rank's own BatchNorm batch statistics are not one process's.
+    run_in(dir, &["dp.yaml", "--run-dir", "per-rank", "--nproc", "2", "--set", "model.sync_batchnorm=false"])
+        .assert_ok();
+    let diff = relative_difference(&one, &dir.join("per-rank"));
+    assert!(diff > 1e-3, "per-rank BatchNorm should differ, got {diff:e}");
+    // Across world sizes, resumed mid-epoch: 2 ranks for 3 steps, then 1; 1 for 3, then 2.
+    run_in(dir, &["dp.yaml", "--run-dir", "down", "--nproc", "2", "--set", "train.max_steps=3"]).assert_ok();
+    run_in(dir, &["dp.yaml", "--run-dir", "down", "--resume"]).assert_ok();
+    let first = ["dp.yaml", "--run-dir", "up", "--set", "data.batch_size=8", "--set", "train.max_steps=3"];
+    run_in(dir, &first).assert_ok();
+    run_in(dir, &["dp.yaml", "--run-dir", "up", "--resume", "--nproc", "2"]).assert_ok();
+    for run in ["down", "up"] {
+        let diff = relative_difference(&one, &dir.join(run));
+        assert!(diff <= 1e-5, "{run}: {diff:e}");
+    }
+    // A task's own batch size is not rescaled: resuming it at another world size is refused.
+    let own = ["dp.yaml", "--run-dir", "own", "--set", "tasks.1.data.batch_size=4", "--set", "train.max_steps=2"];
+    run_in(dir, &[&own[..], &["--nproc", "2"]].concat()).assert_ok();
+    run_in(dir, &["dp.yaml", "--run-dir", "own", "--resume", "--set", "tasks.1.data.batch_size=4"])
+        .assert_user_error(&["tasks[1].data.batch_size", "resume on 2 ranks"]);
+}
+
 #[test]
 fn baselines_train_each_task_alone_on_its_own_data() {
     let tmp = setup();
@@ -194,6 +277,11 @@ fn bad_multi_input_configs_are_one_line_errors_and_write_nothing() {
     refused(&["tasks.0.data.grayscale=true"], &["tasks[0].data.grayscale"]);
     refused(&["balance.method=mgda", "balance.on=representation"], &["balance.on: representation", "own data"]);
     refused(&["train.epoch_by=webcam"], &["train.epoch_by", "'webcam'"]);
+    refused(&["model.domain_norm=own"], &["model.domain_norm", "own"]);
+    refused(
+        &["model.domain_norm=statistics", "model.backbone.norm=none"],
+        &["model.domain_norm", "statistics", "model.backbone.norm is none"],
+    );
     refused(&["tasks.1.data.batch_size=0"], &["tasks[1].data.batch_size"]);
     refused(&["tasks.1.data.colour=1"], &["tasks[1].data", "colour"]);
     refused(&["tasks.0.data.dataset=shapez"], &["tasks[0].data.dataset", "shapez"]);

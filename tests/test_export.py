@@ -45,7 +45,7 @@ DENSE = [{"name": "semantic", "kind": "segmentation", "target": "semantic", "cla
          {"name": "normal", "kind": "normals", "target": "normal"}]
 
 # name -> (data, model, tasks, extra top-level keys). Every backbone, both pools, every task
-# kind, and bf16 compute.
+# kind, bf16 compute, and per-domain BatchNorm.
 ARCHITECTURES = {
     "conv": (SHAPES, {"backbone": {"kind": "conv", "widths": [4, 8], "depth": 1},
                       "heads": {"kind": {"hidden": 8, "dropout": 0.5}}}, CLASS_AND_SEG, {}),
@@ -59,6 +59,10 @@ ARCHITECTURES = {
                    {"backbone": {"kind": "conv", "widths": [4, 8]}, "heads": {"normal": {"decoder_width": 5}}},
                    DENSE, {}),
     "conv-bf16": (SHAPES, {"backbone": {"kind": "conv", "widths": [4, 8]}}, CLASS_AND_SEG, {"precision": "bf16"}),
+    # Tasks with their own data, each group with its own BatchNorm state: every output is
+    # computed with its own task's group's (docs/MULTI_INPUT.md, "Export").
+    "conv-domains": (SHAPES, {"backbone": {"kind": "conv", "widths": [4, 8]}, "domain_norm": "affine"},
+                     [CLASS_AND_SEG[0], dict(CLASS_AND_SEG[1], data={"train_size": 24})], {}),
 }
 # The input width a case's images have (NYUv2 keeps its 2:3 aspect: 8 → 8×12).
 WIDTH = {"conv-dense": 12}

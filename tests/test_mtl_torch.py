@@ -616,3 +616,17 @@ def test_rust_run_with_new_heads_predicts_like_pytorch(tmp_path, case):
         assert rust["depth"].shape == (3, 1, 8, 12) and rust["normal"].shape == (3, 3, 8, 12)
         norms = rust["normal"].norm(dim=1)
         torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)
+
+
+def test_domain_norm_groups_and_refusals():
+    cfg = make_config()
+    cfg["tasks"][1]["data"] = {"train_size": 10}
+    assert mtl_torch.data_groups(cfg) == [0, 1]
+    model = mtl_torch.build_model(cfg)
+    keys = set(model.state_dict())
+    assert "backbone.stages.0.0.bn.domains.1.running_var" in keys and "backbone.stages.0.0.bn.weight" in keys
+    cfg["model"]["domain_norm"] = "shared"
+    assert not any(".domains." in k for k in mtl_torch.build_model(cfg).state_dict())
+    cfg["model"]["domain_norm"] = "own"
+    with pytest.raises(ValueError, match="domain_norm"):
+        mtl_torch.build_model(cfg)

@@ -270,6 +270,54 @@ pub struct ModelConfig {
     /// process of batch N·B. Off: each rank uses its own batch's statistics, as DDP does.
     #[serde(default, skip_serializing_if = "is_false")]
     pub sync_batchnorm: bool,
+    /// Tasks with their own data (docs/MULTI_INPUT.md): what each data group's images get of
+    /// their own in every BatchNorm layer. `shared`: nothing, one set of running statistics
+    /// for all groups; `statistics`: their own running statistics (batch statistics while
+    /// training, their own running ones in evaluation); `affine`: their own statistics and
+    /// their own scale and shift. `auto` (default): `statistics` when tasks have their own
+    /// data, which the measurements in docs/MULTI_INPUT.md chose; with one data group every
+    /// choice is the same single set. Not written to config.yaml when `auto`.
+    #[serde(default, skip_serializing_if = "DomainNorm::is_auto")]
+    pub domain_norm: DomainNorm,
+}
+
+/// `model.domain_norm`: how BatchNorm layers treat the data groups of multi-input MTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainNorm {
+    #[default]
+    Auto,
+    Shared,
+    Statistics,
+    Affine,
+}
+
+impl DomainNorm {
+    /// What `auto` stands for when tasks have their own data (docs/MULTI_INPUT.md measured it).
+    pub const MULTI_INPUT_DEFAULT: DomainNorm = DomainNorm::Statistics;
+
+    fn is_auto(&self) -> bool {
+        *self == DomainNorm::Auto
+    }
+
+    /// The choice for a run with `groups` data groups and BatchNorm layers or none: `auto`
+    /// resolved, and `shared` (a single set whatever the choice) with one group or no BatchNorm.
+    pub fn resolve(self, groups: usize, batch_norm: bool) -> DomainNorm {
+        match self {
+            _ if groups <= 1 || !batch_norm => DomainNorm::Shared,
+            DomainNorm::Auto => Self::MULTI_INPUT_DEFAULT,
+            chosen => chosen,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DomainNorm::Auto => "auto",
+            DomainNorm::Shared => "shared",
+            DomainNorm::Statistics => "statistics",
+            DomainNorm::Affine => "affine",
+        }
+    }
 }
 
 /// `model.architecture`: `{kind: <name>, <option>: <value>, …}`. The options are checked by

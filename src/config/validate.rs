@@ -173,6 +173,16 @@ fn model(cfg: &Config) -> Check {
         )?;
     }
     ensure((1..=64).contains(&b.depth), "model.backbone.depth", format!("{} is out of range (1..=64)", b.depth))?;
+    let own = cfg.model.domain_norm;
+    ensure(
+        b.norm == Norm::Batch || !matches!(own, DomainNorm::Statistics | DomainNorm::Affine),
+        "model.domain_norm",
+        format!(
+            "{} keeps BatchNorm state per data group, but model.backbone.norm is none (no BatchNorm layers); \
+             remove model.domain_norm or set model.backbone.norm: batch",
+            own.name()
+        ),
+    )?;
     let names: BTreeSet<&str> = cfg.tasks.iter().map(|t| t.name.as_str()).collect();
     for (head, h) in &cfg.model.heads {
         let key = format!("model.heads.{head}");

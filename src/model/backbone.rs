@@ -81,7 +81,7 @@ impl Backbone {
             }
             Stage::Res { stem, blocks, act } => {
                 let h = match stem {
-                    Some((conv, bn)) => activate(bn.forward(&conv.forward(&input(h, train, c), c), train), *act),
+                    Some((conv, bn)) => activate(bn.forward(&conv.forward(&input(h, train, c), c), train, c), *act),
                     None => h.shallow_clone(),
                 };
                 run_blocks(blocks, h, |b, h| b.forward(h, train, c, *act))
@@ -292,10 +292,10 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool, c: Compute, act: Activation) -> Tensor {
-        let h = activate(self.bn1.forward(&self.conv1.forward(x, c), train), act);
-        let h = self.bn2.forward(&self.conv2.forward(&h, c), train);
+        let h = activate(self.bn1.forward(&self.conv1.forward(x, c), train, c), act);
+        let h = self.bn2.forward(&self.conv2.forward(&h, c), train, c);
         let skip = match &self.shortcut {
-            Some((conv, bn)) => bn.forward(&conv.forward(x, c), train),
+            Some((conv, bn)) => bn.forward(&conv.forward(x, c), train, c),
             None => x.shallow_clone(),
         };
         activate(h + skip, act)

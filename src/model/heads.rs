@@ -20,6 +20,9 @@ pub enum HeadKind {
 pub struct HeadSpec {
     pub task: String,
     pub kind: HeadKind,
+    /// The task's data group (0 unless tasks have their own data): the BatchNorm statistics
+    /// its outputs are computed with when groups keep their own (`model.domain_norm`).
+    pub domain: usize,
 }
 
 #[derive(Debug)]

@@ -51,11 +51,19 @@ pub struct Compute {
     /// (they are views into the optimizer's flat buffer); the convolution reorders them, which
     /// is cheap next to the activations.
     pub channels_last: bool,
+    /// The data group whose images this forward reads: BatchNorm layers that keep state per
+    /// group (`model.domain_norm`) normalize with that group's (0 with one group).
+    pub domain: usize,
 }
 
 impl Compute {
     pub fn fp32() -> Self {
-        Self { kind: Kind::Float, channels_last: false }
+        Self { kind: Kind::Float, channels_last: false, domain: 0 }
+    }
+
+    /// The same computation on data group `domain`'s images.
+    pub fn on_domain(self, domain: usize) -> Self {
+        Self { domain, ..self }
     }
 
     pub fn cast(&self, t: &Tensor) -> Tensor {
@@ -191,13 +199,53 @@ impl Linear {
 
 /// BatchNorm2d with PyTorch's five tensors, `num_batches_tracked` included, so strict
 /// loading needs no exceptions. Statistics and affine parameters stay fp32.
+///
+/// With several data groups that keep their own normalization ([`NormLayout`]), each group
+/// has its own running statistics under `domains.<g>.` (and, with its own affine parameters,
+/// its `weight` and `bias` there too; shared ones stay at `weight`, `bias`): the PyTorch
+/// twin's `DomainBatchNorm2d`. A forward uses its [`Compute::domain`]'s set.
 #[derive(Debug)]
 pub struct BatchNorm2d {
+    /// One per data group, or one for all.
+    domains: Vec<NormState>,
+}
+
+/// One group's BatchNorm tensors (shared affine parameters are the same tensors in every set).
+#[derive(Debug)]
+struct NormState {
     weight: Tensor,
     bias: Tensor,
     running_mean: Tensor,
     running_var: Tensor,
     num_batches_tracked: Tensor,
+}
+
+/// How the BatchNorm layers of a model keep their state across data groups
+/// (`model.domain_norm`, resolved for the run's number of groups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormLayout {
+    /// Sets of running statistics per layer: the number of data groups, or 1 when shared.
+    pub domains: usize,
+    /// Each group also has its own scale and shift.
+    pub own_affine: bool,
+}
+
+impl NormLayout {
+    pub const SHARED: NormLayout = NormLayout { domains: 1, own_affine: false };
+}
+
+thread_local! {
+    /// The layout of the BatchNorm layers being built ([`with_norm_layout`]).
+    static LAYOUT: std::cell::Cell<NormLayout> = const { std::cell::Cell::new(NormLayout::SHARED) };
+}
+
+/// Runs `build` with the BatchNorm layers it creates laid out as `layout` (the model sets it
+/// once around its construction, so the many layers that build a BatchNorm need not carry it).
+pub fn with_norm_layout<T>(layout: NormLayout, build: impl FnOnce() -> T) -> T {
+    let before = LAYOUT.with(|l| l.replace(layout));
+    let built = build();
+    LAYOUT.with(|l| l.set(before));
+    built
 }
 
 const BN_MOMENTUM: f64 = 0.1;
@@ -240,35 +288,65 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     }
 }
 
-impl BatchNorm2d {
-    pub fn new(p: Path, c: i64) -> Self {
-        let dev = p.device();
+impl NormState {
+    /// Running statistics under `p`, with `affine` (weight, bias) or new ones under `p`.
+    fn new(p: &Path, c: i64, affine: Option<(&Tensor, &Tensor)>) -> Self {
+        let (weight, bias) = match affine {
+            Some((w, b)) => (w.shallow_clone(), b.shallow_clone()),
+            None => (var(p, "weight", &[c], Init::Const(1.0)), var(p, "bias", &[c], Init::Const(0.0))),
+        };
         Self {
-            weight: var(&p, "weight", &[c], Init::Const(1.0)),
-            bias: var(&p, "bias", &[c], Init::Const(0.0)),
-            running_mean: statistic(&p, "running_mean", &[c], false),
-            running_var: statistic(&p, "running_var", &[c], true),
-            num_batches_tracked: counted(&p, "num_batches_tracked", &[], false)
-                .unwrap_or_else(|| p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, dev)), false)),
+            weight,
+            bias,
+            running_mean: statistic(p, "running_mean", &[c], false),
+            running_var: statistic(p, "running_var", &[c], true),
+            num_batches_tracked: counted(p, "num_batches_tracked", &[], false)
+                .unwrap_or_else(|| p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, p.device())), false)),
+        }
+    }
+}
+
+impl BatchNorm2d {
+    /// `c` channels under `p`, laid out as the model being built asks ([`with_norm_layout`]).
+    pub fn new(p: Path, c: i64) -> Self {
+        let layout = LAYOUT.with(|l| l.get());
+        if layout.domains <= 1 {
+            return Self { domains: vec![NormState::new(&p, c, None)] };
+        }
+        let shared = (!layout.own_affine)
+            .then(|| (var(&p, "weight", &[c], Init::Const(1.0)), var(&p, "bias", &[c], Init::Const(0.0))));
+        let domains = (0..layout.domains)
+            .map(|g| NormState::new(&(&p / "domains" / g), c, shared.as_ref().map(|(w, b)| (w, b))))
+            .collect();
+        Self { domains }
+    }
+
+    /// The tensors of the data group `c.domain` reads with (the only set when there is one).
+    fn state(&self, c: Compute) -> &NormState {
+        match self.domains.len() {
+            1 => &self.domains[0],
+            n => self.domains.get(c.domain).unwrap_or_else(|| panic!("data group {} of {n}", c.domain)),
         }
     }
 
-    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    pub fn forward(&self, x: &Tensor, train: bool, c: Compute) -> Tensor {
+        let s = self.state(c);
+        probe::record(x);
         if train {
             tch::no_grad(|| {
-                let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+                let _ = s.num_batches_tracked.shallow_clone().g_add_scalar_(1);
             });
             if let Some(d) = DISTRIBUTED.read().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|d| d.sync_batchnorm)
             {
-                return self.forward_synchronized(x, &d.group);
+                return s.forward_synchronized(x, &d.group);
             }
         }
         Tensor::batch_norm(
             x,
-            Some(&self.weight),
-            Some(&self.bias),
-            Some(&self.running_mean),
-            Some(&self.running_var),
+            Some(&s.weight),
+            Some(&s.bias),
+            Some(&s.running_mean),
+            Some(&s.running_var),
             train,
             BN_MOMENTUM,
             BN_EPS,
@@ -277,7 +355,7 @@ impl BatchNorm2d {
     }
 }
 
-impl BatchNorm2d {
+impl NormState {
     /// Training BatchNorm with the statistics of every rank's batch together (PyTorch's
     /// SyncBatchNorm): per-channel sums, sums of squares and counts (in f64) added over the
     /// ranks by a differentiable all-reduce, whose backward adds the gradients of those sums
@@ -318,6 +396,42 @@ impl BatchNorm2d {
     }
 }
 
+/// A look at the input of the first BatchNorm layer a forward runs (the diagnosis of data
+/// groups sharing BatchNorm, `train::norm_gap`). Recording reads the input under `no_grad`
+/// and changes nothing the forward computes.
+pub mod probe {
+    use std::cell::RefCell;
+    use tch::{Kind, Tensor};
+
+    /// Per-channel mean and (biased) variance, f64.
+    pub type Moments = (Tensor, Tensor);
+
+    thread_local! {
+        /// Armed: Some(None) until the first BatchNorm's input is recorded.
+        static FIRST: RefCell<Option<Option<Moments>>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `forward` and returns the per-channel moments of the input of the first BatchNorm
+    /// layer it ran (None without one).
+    pub fn first_norm_input(forward: impl FnOnce()) -> Option<Moments> {
+        FIRST.with(|f| *f.borrow_mut() = Some(None));
+        forward();
+        FIRST.with(|f| f.borrow_mut().take().flatten())
+    }
+
+    pub(super) fn record(x: &Tensor) {
+        FIRST.with(|f| {
+            if let Some(slot @ None) = f.borrow_mut().as_mut() {
+                let dims = [0i64, 2, 3];
+                *slot = Some(tch::no_grad(|| {
+                    let x = x.detach().to_kind(Kind::Double);
+                    (x.mean_dim(dims.as_slice(), false, None), x.var_dim(dims.as_slice(), false, false))
+                }));
+            }
+        });
+    }
+}
+
 /// The activation of a freshly computed tensor, which it takes: ReLU runs in place (its
 /// backward needs only its output, and the convolutions, BatchNorm, linear layers and sums
 /// that produce its input do not keep their outputs), one activation-sized buffer less per
@@ -351,7 +465,7 @@ impl ConvBnAct {
     pub fn forward(&self, x: &Tensor, train: bool, c: Compute) -> Tensor {
         let y = self.conv.forward(x, c);
         let y = match &self.bn {
-            Some(bn) => bn.forward(&y, train),
+            Some(bn) => bn.forward(&y, train, c),
             None => y,
         };
         activate(y, self.act)
@@ -420,7 +534,8 @@ mod tests {
         let group = crate::dist::solo_for_tests(device);
         for channels_last in [false, true] {
             let vs = VarStore::new(device);
-            let bn = BatchNorm2d::new(vs.root() / "bn", 5);
+            let layer = BatchNorm2d::new(vs.root() / "bn", 5);
+            let bn = &layer.domains[0];
             tch::no_grad(|| {
                 bn.weight.shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, 0.5, 2.0, -1.0, 0.3]));
                 bn.bias.shallow_clone().copy_(&Tensor::from_slice(&[0.1f32, 0.0, -0.2, 0.3, 1.0]));
@@ -440,7 +555,11 @@ mod tests {
                 let _ = bn.running_mean.shallow_clone().fill_(0.0);
                 let _ = bn.running_var.shallow_clone().fill_(1.0);
                 // No group is set for synchronization in this process: `forward` is libtorch's.
-                let y = if synced { bn.forward_synchronized(&input, &group) } else { bn.forward(&input, true) };
+                let y = if synced {
+                    bn.forward_synchronized(&input, &group)
+                } else {
+                    layer.forward(&input, true, Compute::fp32())
+                };
                 (&y * &probe).sum(Kind::Float).backward();
                 [
                     y.detach(),

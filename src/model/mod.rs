@@ -9,11 +9,11 @@ pub mod layers;
 pub use arch::{Pass, Representation, StepIndex};
 pub use heads::{HeadKind, HeadSpec};
 
-use crate::config::{Config, Norm, Precision};
+use crate::config::{Config, DomainNorm, Norm, Precision};
 use crate::user_bail;
 use arch::{Architecture, Build};
 use heads::Head;
-use layers::Compute;
+use layers::{Compute, NormLayout};
 use std::collections::{BTreeMap, BTreeSet};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -28,6 +28,10 @@ pub struct MultiTaskModel {
     heads: Vec<Head>,
     /// Per task, the paths of the variables it alone uses (its head included).
     private: Vec<Vec<String>>,
+    /// Per task, its data group.
+    domains: Vec<usize>,
+    /// How the BatchNorm layers keep their state across the data groups.
+    layout: NormLayout,
     compute: Compute,
     seed: u64,
 }
@@ -68,40 +72,47 @@ impl MultiTaskModel {
         let (plan, _) = arch::plan(&m.architecture, &m.backbone, heads.len())?;
         tch::manual_seed((crate::rng::derive_seed(cfg.seed, crate::rng::Purpose::Init, 0) >> 1) as i64);
         let vs = VarStore::new(device);
-        let root = vs.root();
-        let tasks: Vec<String> = heads.iter().map(|h| h.task.clone()).collect();
-        let arch = plan.build(&Build { root: &root, backbone: &m.backbone, tasks: &tasks, in_channels, image_size });
-        let info = backbone::feature_info(&m.backbone);
-        // `pool: flatten` heads need the coarsest map's size: each stage after the first halves
-        // the image exactly (the resolve step checks the divisibility).
-        let top_hw = info.spatial.then(|| {
-            let m = backbone::size_multiple(&m.backbone);
-            (image_size / m, image_size / m)
-        });
-        let heads: Vec<Head> = heads
-            .iter()
-            .map(|h| {
-                let p = &root / HEADS / h.task.as_str();
-                let hc = m.heads.get(&h.task).cloned().unwrap_or_default();
-                Head::new(&p, &info, &hc, h.kind, m.backbone.norm == Norm::Batch, m.backbone.activation, top_hw)
-            })
-            .collect();
-        let private = tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let mut paths = vec![format!("{HEADS}.{t}")];
-                paths.extend(arch.private(i));
-                paths
-            })
-            .collect();
-        let kind = match cfg.precision {
-            Precision::Fp32 => Kind::Float,
-            Precision::Bf16 => Kind::BFloat16,
-        };
-        let channels_last = cfg.speed.channels_last.resolve(true);
-        let compute = Compute { kind, channels_last };
-        Ok(Self { vs, arch, heads, private, compute, seed: cfg.seed })
+        let domains: Vec<usize> = heads.iter().map(|h| h.domain).collect();
+        let groups = domains.iter().max().map_or(1, |d| d + 1);
+        let layout = norm_layout(m.domain_norm, groups, m.backbone.norm == Norm::Batch);
+        // Every BatchNorm built in here is laid out for the data groups.
+        Ok(layers::with_norm_layout(layout, move || {
+            let root = vs.root();
+            let tasks: Vec<String> = heads.iter().map(|h| h.task.clone()).collect();
+            let arch =
+                plan.build(&Build { root: &root, backbone: &m.backbone, tasks: &tasks, in_channels, image_size });
+            let info = backbone::feature_info(&m.backbone);
+            // `pool: flatten` heads need the coarsest map's size: each stage after the first halves
+            // the image exactly (the resolve step checks the divisibility).
+            let top_hw = info.spatial.then(|| {
+                let m = backbone::size_multiple(&m.backbone);
+                (image_size / m, image_size / m)
+            });
+            let heads: Vec<Head> = heads
+                .iter()
+                .map(|h| {
+                    let p = &root / HEADS / h.task.as_str();
+                    let hc = m.heads.get(&h.task).cloned().unwrap_or_default();
+                    Head::new(&p, &info, &hc, h.kind, m.backbone.norm == Norm::Batch, m.backbone.activation, top_hw)
+                })
+                .collect();
+            let private = tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mut paths = vec![format!("{HEADS}.{t}")];
+                    paths.extend(arch.private(i));
+                    paths
+                })
+                .collect();
+            let kind = match cfg.precision {
+                Precision::Fp32 => Kind::Float,
+                Precision::Bf16 => Kind::BFloat16,
+            };
+            let channels_last = cfg.speed.channels_last.resolve(true);
+            let compute = Compute { kind, channels_last, domain: 0 };
+            Self { vs, arch, heads, private, domains, layout, compute, seed: cfg.seed }
+        }))
     }
 
     pub fn device(&self) -> Device {
@@ -113,16 +124,22 @@ impl MultiTaskModel {
         self.compute
     }
 
+    /// How the BatchNorm layers keep their state across data groups.
+    pub fn norm_layout(&self) -> NormLayout {
+        self.layout
+    }
+
     /// A forward pass's settings: train or eval mode, the training step (for architectures
     /// that draw random numbers while training; None: deterministic), and whether the heads
-    /// run on detached copies of the shared representation.
+    /// run on detached copies of the shared representation. It reads data group 0's images
+    /// ([`Pass::on_domain`] says another).
     pub fn pass(&self, train: bool, step: Option<(u64, u64)>, representation: bool) -> Pass {
         let step = step.map(|(step, epoch)| StepIndex { seed: self.seed, step, epoch });
         Pass::new(train, self.compute, step, representation)
     }
 
-    /// Every head's fp32 outputs for a normalized float batch `[N, C, H, W]`, in task order,
-    /// with what the pass recorded.
+    /// Every head's fp32 outputs for a normalized float batch `[N, C, H, W]` of the pass's data
+    /// group, in task order, with what the pass recorded.
     pub fn run(&self, x: &Tensor, mut pass: Pass) -> Forward {
         let s = x.size();
         let features = self.arch.forward(x, &mut pass);
@@ -130,15 +147,42 @@ impl MultiTaskModel {
             .heads
             .iter()
             .zip(&features)
-            .map(|(h, f)| h.forward(f, (s[2], s[3]), pass.train, self.compute))
+            .map(|(h, f)| h.forward(f, (s[2], s[3]), pass.train, pass.compute))
             .collect();
         let (representation, regularizer) = pass.into_parts();
         Forward { outputs, representation, regularizer }
     }
 
-    /// One output per task, in task order; every choice deterministic (evaluation, prediction).
+    /// One output per task, in task order, each computed as for its own data group's images
+    /// (with that group's BatchNorm state, when groups keep their own: one pass per group);
+    /// every choice deterministic (evaluation, prediction, export).
     pub fn forward(&self, x: &Tensor, train: bool) -> Vec<Tensor> {
-        self.run(x, self.pass(train, None, false)).outputs
+        if self.layout.domains <= 1 {
+            return self.forward_on(x, 0, train);
+        }
+        let mut outputs: Vec<Option<Tensor>> = self.domains.iter().map(|_| None).collect();
+        for d in 0..self.layout.domains {
+            let of_d: Vec<usize> = (0..self.domains.len()).filter(|&i| self.domains[i] == d).collect();
+            if of_d.is_empty() {
+                continue;
+            }
+            let mut all = self.forward_on(x, d, train);
+            for i in of_d {
+                outputs[i] = Some(std::mem::replace(&mut all[i], Tensor::new()));
+            }
+        }
+        outputs.into_iter().map(|o| o.expect("every task has a data group")).collect()
+    }
+
+    /// Every head's output for a batch of data group `domain`'s images, in task order (only
+    /// that group's tasks' outputs mean something when groups keep their own BatchNorm state).
+    pub fn forward_on(&self, x: &Tensor, domain: usize, train: bool) -> Vec<Tensor> {
+        self.run(x, self.pass(train, None, false).on_domain(domain)).outputs
+    }
+
+    /// The data group of each task, in task order.
+    pub fn task_domains(&self) -> &[usize] {
+        &self.domains
     }
 
     /// Trainable variables, sorted by name (a stable order for optimizer buffers).
@@ -238,5 +282,15 @@ impl MultiTaskModel {
             }
         });
         Ok(())
+    }
+}
+
+/// The BatchNorm layout of `choice` for a model whose tasks read `groups` data groups, with
+/// BatchNorm layers or none.
+pub fn norm_layout(choice: DomainNorm, groups: usize, batch_norm: bool) -> NormLayout {
+    match choice.resolve(groups, batch_norm) {
+        DomainNorm::Statistics => NormLayout { domains: groups, own_affine: false },
+        DomainNorm::Affine => NormLayout { domains: groups, own_affine: true },
+        DomainNorm::Shared | DomainNorm::Auto => NormLayout::SHARED,
     }
 }

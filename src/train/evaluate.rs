@@ -11,17 +11,19 @@ use crate::tasks::Task;
 /// the ranks before the metrics are computed, so every rank reports the whole split's.
 pub fn evaluate(model: &MultiTaskModel, inputs: &Inputs, tasks: &[Task], ranks: Option<&Group>) -> Vec<(String, f64)> {
     let mut per_task: Vec<Vec<(String, f64)>> = vec![Vec::new(); tasks.len()];
-    for g in &inputs.groups {
-        for (i, metrics) in g.tasks.iter().zip(evaluate_on(model, &g.val, tasks, &g.tasks, ranks)) {
+    for (d, g) in inputs.groups.iter().enumerate() {
+        for (i, metrics) in g.tasks.iter().zip(evaluate_on(model, d, &g.val, tasks, &g.tasks, ranks)) {
             per_task[*i] = metrics;
         }
     }
     per_task.into_iter().flatten().collect()
 }
 
-/// The metrics of the tasks `ids` (the loader's targets, in order) on `loader`'s batches.
+/// The metrics of the tasks `ids` (the loader's targets, in order) on `loader`'s batches,
+/// the images of data group `domain`.
 fn evaluate_on(
     model: &MultiTaskModel,
+    domain: usize,
     loader: &Loader,
     tasks: &[Task],
     ids: &[usize],
@@ -30,7 +32,7 @@ fn evaluate_on(
     let mut meters: Vec<_> = ids.iter().map(|&i| tasks[i].meter(model.device())).collect();
     tch::no_grad(|| {
         for batch in loader.eval_batches() {
-            let outputs = model.forward(&batch.images, false);
+            let outputs = model.forward_on(&batch.images, domain, false);
             for ((&i, meter), target) in ids.iter().zip(meters.iter_mut()).zip(&batch.targets) {
                 let logits = &outputs[i];
                 meter.update(logits, target, &tasks[i].loss(logits, target));

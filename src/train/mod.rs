@@ -3,6 +3,7 @@
 pub mod evaluate;
 mod health;
 pub mod inputs;
+pub mod norm_gap;
 pub mod parallel;
 pub mod plot;
 pub mod report;
@@ -148,18 +149,13 @@ impl Trainer {
     /// [`Trainer::run`] touches the run directory.
     pub fn new(mut r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
         let ranks = Ranks::new(opts.ranks.clone(), r.cfg.model.sync_batchnorm);
-        if ranks.world() > 1 && r.multi_input() {
-            user_bail!(
-                "tasks[].data: tasks with their own data do not train data-parallel yet ({} ranks); run one process",
-                ranks.world()
-            );
-        }
         if let Some(dir) = &opts.resume {
             resume::keep_global_batch(dir, &mut r.cfg, ranks.world())?;
-            if !r.multi_input() {
-                // The one data group was resolved from the config before the batch was kept.
-                let batch = r.cfg.data.batch_size;
-                r.groups.iter_mut().for_each(|g| g.data.batch_size = batch);
+            // The groups were resolved from the config before the batch was kept; a task's own
+            // data cannot set its batch size at another world size (keep_global_batch refuses).
+            let batch = r.cfg.data.batch_size;
+            for g in r.groups.iter_mut().filter(|g| !g.tasks.iter().any(|&i| own_batch_size(&r.cfg, i))) {
+                g.data.batch_size = batch;
             }
         }
         let Resolved { cfg, tasks, .. } = &r;
@@ -168,15 +164,19 @@ impl Trainer {
         // that do not share it, and they must not race rank 0's first writes).
         let lock = if ranks.is_first() { check_run_dir(&run, opts)? } else { None };
         let inputs = inputs::Inputs::load(&r, device, &ranks)?;
-        let train_loader = &inputs.first().train;
-        if ranks.world() > 1 && (train_loader.len() as i64) < train_loader.global_batch_size() {
-            user_bail!(
-                "data: {} training images are fewer than one global batch (data.batch_size {} × {} ranks)",
-                train_loader.len(),
-                cfg.data.batch_size,
-                ranks.world()
-            );
+        for (g, input) in r.groups.iter().zip(&inputs.groups) {
+            let train = &input.train;
+            if ranks.world() > 1 && (train.len() as i64) < train.global_batch_size() {
+                let at = if r.multi_input() { format!("tasks[{}].data", g.tasks[0]) } else { "data".into() };
+                user_bail!(
+                    "{at}: {} training images are fewer than one global batch (data.batch_size {} × {} ranks)",
+                    train.len(),
+                    g.data.batch_size,
+                    ranks.world()
+                );
+            }
         }
+        let train_loader = &inputs.first().train;
         let (h, w) = train_loader.image_hw();
         backbone::check_input_size(&cfg.model.backbone, h, w).map_err(|e| user_error!("{e}"))?;
         crate::model::arch::check_images(&cfg.model, cfg.tasks.len(), h, w)?;
@@ -335,8 +335,9 @@ impl Trainer {
     fn losses(&self, batches: &[Batch], at: (u64, u64), representation: bool) -> StepForward {
         let mut losses: Vec<Option<Tensor>> = self.tasks.iter().map(|_| None).collect();
         let mut out = StepForward { losses: Vec::new(), representation: None, regularizers: Vec::new() };
-        for (input, batch) in self.inputs.groups.iter().zip(batches) {
-            let forward = self.model.run(&batch.images, self.model.pass(true, Some(at), representation));
+        for (g, (input, batch)) in self.inputs.groups.iter().zip(batches).enumerate() {
+            let pass = self.model.pass(true, Some(at), representation).on_domain(g);
+            let forward = self.model.run(&batch.images, pass);
             for (&i, y) in input.tasks.iter().zip(&batch.targets) {
                 losses[i] = Some(self.tasks[i].loss(&forward.outputs[i], y));
             }
@@ -571,6 +572,9 @@ impl Trainer {
         let log_every = self.cfg.train.log_every;
         let mut final_metrics = Vec::new();
         let mut interrupted = false;
+        if first && resumed_at == 0 {
+            self.report_norm_gap();
+        }
         while self.at.step < end {
             let epoch_before = self.at.epoch;
             self.step()?;
@@ -649,6 +653,11 @@ impl Trainer {
     }
 }
 
+/// Whether task `i`'s own data sets its batch size.
+fn own_batch_size(cfg: &Config, i: usize) -> bool {
+    cfg.tasks[i].data.as_ref().is_some_and(|d| d.contains_key("batch_size"))
+}
+
 /// Rank 0's checks of the run directory before anything is loaded: not a file, not in use by
 /// another process, not holding a run unless resuming. Returns the lock when it exists.
 fn check_run_dir(run: &RunDir, opts: &TrainOptions) -> anyhow::Result<Option<RunLock>> {
@@ -720,6 +729,21 @@ impl Trainer {
             None
         };
         Ok(RunLog::new(metrics, board))
+    }
+
+    /// With data groups that share BatchNorm statistics: logs once how far apart they look
+    /// to it ([`norm_gap`]).
+    fn report_norm_gap(&self) {
+        if self.model.norm_layout().domains > 1 {
+            return;
+        }
+        let Some(gap) = norm_gap::measure(&self.model, &self.inputs, self.at.step) else { return };
+        let names: Vec<Vec<String>> =
+            self.inputs.groups.iter().map(|g| g.tasks.iter().map(|&i| self.tasks[i].name.clone()).collect()).collect();
+        match gap.alike() {
+            true => tracing::info!("{}", gap.describe(&names)),
+            false => tracing::warn!("{}", gap.describe(&names)),
+        }
     }
 
     /// On CUDA: the device memory in use (the caching allocator's reserve included), MiB.

@@ -154,6 +154,13 @@ pub fn keep_global_batch(dir: &Path, cfg: &mut Config, world: usize) -> anyhow::
     if ranks == world || cfg.data.batch_size != batch {
         return Ok(());
     }
+    if let Some(i) = cfg.tasks.iter().position(|t| t.data.as_ref().is_some_and(|d| d.contains_key("batch_size"))) {
+        user_bail!(
+            "{}: cannot resume on {world} ranks (the checkpoint ran on {ranks}): tasks[{i}].data.batch_size sets a batch \
+             of its own, and only data.batch_size is rescaled to keep the global batch; resume on {ranks} ranks",
+            dir.display()
+        );
+    }
     let global = batch * ranks;
     if !global.is_multiple_of(world) {
         user_bail!(

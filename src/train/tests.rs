@@ -216,3 +216,71 @@ fn next_input_takes_the_step_batches_without_training() {
     assert!(t.model.buffers().iter().zip(&buffers).all(|(a, b)| a.equal(b)), "BatchNorm statistics changed");
     assert!(t.optimizer.flat.grads.abs().max().double_value(&[]) == 0.0, "a gradient was computed");
 }
+
+/// The tiny config with the segmentation task on data of its own (fewer, other shapes): two
+/// data groups, BatchNorm in the backbone and in the segmentation head's decoder.
+fn two_groups(sets: &[&str]) -> Resolved {
+    let mut all = vec!["tasks.1.data.train_size=48"];
+    all.extend_from_slice(sets);
+    tiny("cpu", "fp32", &all)
+}
+
+fn variable(t: &Trainer, name: &str) -> Tensor {
+    let found = t.model.named_variables().into_iter().find(|(n, _)| n == name);
+    found.unwrap_or_else(|| panic!("no variable {name}")).1
+}
+
+/// Per-group statistics (the default with two data groups) are variables named as the PyTorch
+/// twin names them: each group's batches move its own, and a forward computes each task as for
+/// its own group's images.
+#[test]
+fn each_data_group_keeps_its_own_batchnorm_statistics() {
+    let r = two_groups(&[]);
+    assert_eq!(r.cfg.model.domain_norm, crate::config::DomainNorm::Statistics, "auto resolves for two groups");
+    let mut t = trainer(r);
+    let bn = "backbone.stages.0.0.bn";
+    let names: Vec<String> = t.model.named_variables().into_iter().map(|(n, _)| n).collect();
+    for key in ["weight", "bias", "domains.0.running_mean", "domains.1.running_var", "domains.1.num_batches_tracked"] {
+        assert!(names.contains(&format!("{bn}.{key}")), "{bn}.{key} missing: {names:?}");
+    }
+    assert!(!names.contains(&format!("{bn}.running_mean")), "no shared statistics");
+    for _ in 0..3 {
+        t.step().unwrap();
+    }
+    let (m0, m1) =
+        (variable(&t, &format!("{bn}.domains.0.running_mean")), variable(&t, &format!("{bn}.domains.1.running_mean")));
+    assert!(!m0.equal(&m1), "the groups' statistics moved apart");
+    assert_eq!(variable(&t, &format!("{bn}.domains.1.num_batches_tracked")).int64_value(&[]), 3);
+    let x = t.inputs.groups[1].val.eval_batches().next().unwrap().images;
+    let each = tch::no_grad(|| t.model.forward(&x, false));
+    let on = |d: usize| tch::no_grad(|| t.model.forward_on(&x, d, false));
+    assert!(each[0].equal(&on(0)[0]) && each[1].equal(&on(1)[1]), "each task through its own group's statistics");
+    assert!(!on(0)[1].equal(&on(1)[1]), "the other group's statistics give other outputs");
+
+    let affine = trainer(two_groups(&["model.domain_norm=affine"]));
+    let names: Vec<String> = affine.model.named_variables().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&format!("{bn}.domains.1.weight")) && !names.contains(&format!("{bn}.weight")));
+    let shared = trainer(two_groups(&["model.domain_norm=shared"]));
+    let names: Vec<String> = shared.model.named_variables().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&format!("{bn}.running_mean")) && !names.iter().any(|n| n.contains(".domains.")));
+}
+
+/// The shared-BatchNorm diagnosis measures without changing the run: the same weights and
+/// statistics, bit for bit, with measurements between the steps as without.
+#[test]
+fn measuring_the_groups_norm_gap_changes_no_number() {
+    let sets = ["model.domain_norm=shared", "tasks.1.data.train_size=48", "tasks.1.data.augment.hflip=false"];
+    let mut plain = trainer(tiny("cpu", "fp32", &sets));
+    let mut measured = trainer(tiny("cpu", "fp32", &sets));
+    for _ in 0..3 {
+        let gap =
+            norm_gap::measure(&measured.model, &measured.inputs, measured.at.step).expect("two groups, BatchNorm");
+        assert!(gap.mean_distance.is_finite() && gap.variance_ratio >= 1.0, "{gap:?}");
+        plain.step().unwrap();
+        measured.step().unwrap();
+    }
+    assert!(flat(&plain).equal(&flat(&measured)), "weights changed");
+    assert!(plain.model.buffers().iter().zip(measured.model.buffers()).all(|(a, b)| a.equal(&b)), "statistics changed");
+    let one = trainer(tiny("cpu", "fp32", &[]));
+    assert!(norm_gap::measure(&one.model, &one.inputs, 0).is_none(), "one data group: nothing to compare");
+}

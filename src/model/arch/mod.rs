@@ -214,6 +214,12 @@ impl Pass {
         Self { train, compute, step, crossings: representation.then(Vec::new), regularizer: None }
     }
 
+    /// The same pass on data group `domain`'s images (see [`Compute::domain`]).
+    pub fn on_domain(mut self, domain: usize) -> Self {
+        self.compute = self.compute.on_domain(domain);
+        self
+    }
+
     /// `t` computed by shared parameters alone, about to be read by a task's private part:
     /// in representation space recorded and replaced by a detached copy that requires grad.
     /// Call it once per tensor and give every reader the returned tensor.

@@ -90,7 +90,7 @@ impl Attention {
 
     fn mask(&self, x: &Tensor, train: bool, c: Compute) -> Tensor {
         let norm = |bn: &Option<BatchNorm2d>, y: Tensor| match bn {
-            Some(bn) => bn.forward(&y, train),
+            Some(bn) => bn.forward(&y, train, c),
             None => y,
         };
         let h = activate(norm(&self.bn1, self.conv1.forward(x, c)), self.act);

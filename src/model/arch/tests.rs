@@ -36,6 +36,7 @@ fn heads(cfg: &Config) -> Vec<HeadSpec> {
                 "classification" => HeadKind::Vector { outputs: t.classes },
                 _ => HeadKind::Dense { channels: t.classes, unit_length: false },
             },
+            domain: 0,
         })
         .collect()
 }
