@@ -9,6 +9,7 @@
 //! trainer does with it (sharded batches, averaged gradients, synchronized BatchNorm, sharded
 //! evaluation) is in docs/DISTRIBUTED.md.
 mod abi;
+mod build_id;
 mod ffi;
 pub mod launch;
 mod store;

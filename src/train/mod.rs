@@ -636,6 +636,16 @@ fn check_run_dir(run: &RunDir, opts: &TrainOptions) -> anyhow::Result<Option<Run
         user_bail!("{}: the run directory is a file", opts.run_dir.display());
     }
     let lock = if opts.run_dir.is_dir() { Some(run.lock()?) } else { None };
+    // Every run creates checkpoints/ before it logs anything, so logs without it mean the
+    // checkpoints were deleted; starting over would delete the logs too.
+    let logged = run.metrics().exists() || run.config().exists();
+    if logged && !run.checkpoints().is_dir() {
+        user_bail!(
+            "{}: missing, but the run directory holds a run's logs (metrics.jsonl, TensorBoard events) that starting \
+             over would delete; put the checkpoints back, or move the run directory aside and start again",
+            run.checkpoints().display()
+        );
+    }
     if opts.resume.is_none() && !run.list().is_empty() {
         user_bail!(
             "{}: run directory already holds a run; continue it with --resume or choose another --run-dir",
