@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Every architecture on one config, over several seeds, against single-task baselines
-# (docs/ARCHITECTURES.md): for each seed the single-task runs (`mtl-train baselines`, hard
+# (docs/results/ARCHITECTURES.md): for each seed the single-task runs (`mtl-train baselines`, hard
 # sharing with one task), then their mean as the baselines every multi-task run reports Δm
 # against, then each architecture with each seed, then the summary table
 # (scripts/arch_table.py: Δm mean and spread over the seeds, parameters, metrics).
 #   scripts/arch_sweep.sh CONFIG OUT_DIR [SEED ...]        (default seeds: 0 1 2)
-# Environment: MTL_BIN (binary, default target/release/mtl-train), ARCHS (default: all eight),
+# Environment: MTL_BIN (binary, default target/release/mtl-train), ARCHS (default: every one
+# `mtl-train list` names),
 # PY (python with torch, default .venv/bin/python). Finished runs are reused, so an
 # interrupted sweep continues where it stopped.
 set -euo pipefail
@@ -17,7 +18,7 @@ out="$2"
 shift 2
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(0 1 2)
-archs=(${ARCHS:-hps cross_stitch mtan mmoe cgc ple dselect_k ltb})
+archs=(${ARCHS:-$("$bin" list --json | "$py" -c 'import json, sys; print(*(a["name"] for a in json.load(sys.stdin)["architectures"]))')})
 mkdir -p "$out"
 export RUST_LOG="${RUST_LOG:-warn}"
 name="$("$py" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["name"])' "$cfg")"

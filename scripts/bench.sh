@@ -17,14 +17,14 @@
 # Options: --device cpu|cuda (default cpu), --threads N (default: nproc; both sides),
 #   --rounds N (default 2), --quick (fewer steps), --extra (also PyTorch with channels_last and
 #   with the fused optimizer, each in lockstep with mtl), --ab (also mtl against itself with channels-last and the fused CPU
-#   optimizer off: the "before" of docs/BENCHMARKS.md), --out FILE.jsonl (results; default
+#   optimizer off: the "before" of docs/results/BENCHMARKS.md), --out FILE.jsonl (results; default
 #   runs/bench/<date>-<device>.jsonl), --no-build, --balance "M1 M2 ..." (instead of the cases
 #   above: static weighting against each gradient method in both spaces, default config at its
-#   own batch size, mtl against itself in lockstep; docs/METHODS.md), --tasks "2 4 8" (with --balance:
+#   own batch size, mtl against itself in lockstep; docs/results/METHODS.md), --tasks "2 4 8" (with --balance:
 #   the same at each task count T, on the default config with T tasks: shapes' four targets kind, seg,
 #   count, color, repeated under new names and heads beyond four), --arch "A1 A2 ..." (instead: hard
 #   sharing against each architecture, mtl against itself in lockstep, on --arch-config FILE, default
-#   configs/shapes_methods.yaml, at its own batch size; docs/ARCHITECTURES.md). Environment: MTL (binary, default target/release/mtl-train), PY (python with
+#   configs/shapes_methods.yaml, at its own batch size; docs/results/ARCHITECTURES.md). Environment: MTL (binary, default target/release/mtl-train), PY (python with
 #   torch; default .venv/bin/python, else python3), COMPILE_FP32=1 (torch.compile for fp32 too),
 #   COMPILE_TIMEOUT (seconds for each torch.compile run, default 180), BALANCE_STEPS / BALANCE_REPS
 #   (steps per repetition and repetitions of --balance, default 4 and 5).

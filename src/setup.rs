@@ -13,6 +13,8 @@ use crate::{user_bail, user_error};
 use std::path::{Path, PathBuf};
 use tch::Device;
 
+pub mod catalog;
+
 /// Where runs go unless told otherwise: `runs/<name>`.
 pub const RUNS_DIR: &str = "runs";
 
@@ -257,8 +259,9 @@ fn check_data(d: &DataConfig, dataset: &dyn Dataset, at: &str) -> Result<(), Str
     }
     if !d.classes.is_empty() && !dataset.class_folders() {
         return Err(format!(
-            "{at}.classes: {} does not read a class per subfolder (office31, office_home do); remove the key",
-            dataset.name()
+            "{at}.classes: {} does not read a class per subfolder ({} do); remove the key",
+            dataset.name(),
+            crate::data::DATASETS.iter().filter(|d| d.class_folders()).map(|d| d.name()).collect::<Vec<_>>().join(", ")
         ));
     }
     Ok(())

@@ -24,7 +24,7 @@ pub struct TaskGrads {
 /// The `[T, P]` gradient matrix's memory, kept from one step to the next. A fresh matrix each
 /// step is above glibc's largest mmap threshold at a few tasks in representation space (88 MB
 /// at T = 8, batch 64, the default model), so the kernel faulted in and zeroed every page of it
-/// again each step (docs/BENCHMARKS.md). Every step overwrites all of it.
+/// again each step (docs/results/BENCHMARKS.md). Every step overwrites all of it.
 #[derive(Default)]
 pub struct MatrixBuffer(Option<Tensor>);
 

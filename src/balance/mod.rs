@@ -44,7 +44,8 @@ mod tests;
 
 pub use gradient::{Combination, GradientBalancer, GradientMethod};
 
-use crate::config::{BalanceConfig, Config};
+use crate::config::{BalanceConfig, Config, GradientOn};
+use std::collections::BTreeMap;
 use options::Options;
 use tch::Tensor;
 
@@ -176,6 +177,22 @@ pub fn build_for(balance: &BalanceConfig, tasks: usize) -> anyhow::Result<Box<dy
     let balancer = (method.build)(&mut o, tasks)?;
     o.finish()?;
     Ok(balancer)
+}
+
+/// What `mtl-train list` shows of a method: every option with its default, and whether it
+/// combines per-task gradients (then `balance.on` applies).
+pub struct MethodFacts {
+    pub options: BTreeMap<String, serde_yaml::Value>,
+    pub gradient: bool,
+}
+
+/// The [`MethodFacts`] of `method` built for `tasks` tasks with no options set.
+pub fn facts(method: &Method, tasks: usize) -> anyhow::Result<MethodFacts> {
+    let none = BalanceConfig { method: method.name.into(), on: GradientOn::Params, options: BTreeMap::new() };
+    let mut o = Options::new(&none);
+    (method.build)(&mut o, tasks)?;
+    let gradient = o.reads_space();
+    Ok(MethodFacts { options: o.finish()?, gradient })
 }
 
 /// Numerically stable softmax of a few values.

@@ -5,7 +5,7 @@
 //! step allocates and frees the same activation and gradient buffers every step (megabytes each),
 //! so each step page-faults them back in and the kernel zeroes every page again: on the default
 //! config at batch 128 (one thread) 37 000 page faults and ~14 % of the step's CPU time
-//! (docs/BENCHMARKS.md, "Where the time goes at batch 128"). With blocks up to 32 MiB (glibc's
+//! (docs/results/BENCHMARKS.md, "Where the time goes at batch 128"). With blocks up to 32 MiB (glibc's
 //! maximum threshold) served from the heap and no trimming, freed buffers are reused as they are.
 //! Peak memory is the same (the buffers are live at the same time either way); the resident set
 //! no longer shrinks between steps. Numbers do not change: only where memory comes from.

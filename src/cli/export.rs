@@ -243,7 +243,12 @@ fn export_onnx(checkpoint: &Path, (h, w): (i64, i64), path: &Path, python: Optio
     let scratch = tempfile_dir()?;
     let script = scratch.join("mtl_torch.py");
     write_atomically(&script, MTL_TORCH_PY.as_bytes())?;
-    let status = std::process::Command::new(&python)
+    let mut command = std::process::Command::new(&python);
+    // The script reads the registries it does not copy (`list --json`) from this binary.
+    if let Ok(exe) = std::env::current_exe() {
+        command.env("MTL_BIN", exe);
+    }
+    let status = command
         .arg(&script)
         .arg(checkpoint)
         .args(["--onnx".as_ref(), path.as_os_str()])

@@ -7,6 +7,7 @@ mod compare;
 mod eval;
 mod export;
 mod launcher;
+mod list;
 mod logs;
 mod predict;
 mod signals;
@@ -84,6 +85,9 @@ enum Command {
     /// `torch.jit.load`) and/or ONNX (`--onnx model.onnx`, through PyTorch): a normalized
     /// float [N, C, H, W] batch in, one fp32 tensor per task out, as a tuple in task order.
     Export(export::ExportArgs),
+    /// List the datasets, task kinds, balancing methods (with their options), architectures
+    /// (with their options) and backbones; `--json` for scripts.
+    List(list::ListArgs),
 }
 
 /// The config a command reads.
@@ -147,6 +151,7 @@ pub fn main() -> ExitCode {
         Some(Command::Compare(args)) => compare::run(args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Export(args)) => export::run(args),
+        Some(Command::List(args)) => list::run(args),
         None => train::run(cli.train),
     };
     match result {

@@ -1,4 +1,4 @@
-//! Properties from MTL_METHODS.md, checked on the pure functions with no reference code:
+//! Properties the methods' papers state, checked on the pure functions with no reference code:
 //! aligned / opposite / zero gradients, simplex weights, non-conflict, KKT conditions,
 //! permutation equivariance, scale invariance and two-task closed forms.
 use super::*;
