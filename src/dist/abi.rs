@@ -131,7 +131,7 @@ mod tests {
             notes.extend(desc);
             notes.resize(notes.len().div_ceil(4) * 4, 0);
         }
-        assert_eq!(super::build_id::from_notes(&notes).as_deref(), Some("ab01ff10"));
-        assert_eq!(super::build_id::from_notes(&notes[..20]), None);
+        assert_eq!(crate::dist::build_id::from_notes(&notes).as_deref(), Some("ab01ff10"));
+        assert_eq!(crate::dist::build_id::from_notes(&notes[..20]), None);
     }
 }
