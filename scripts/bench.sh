@@ -69,9 +69,9 @@ if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 if [ "$build" = 1 ] && [ -f scripts/env.sh ] && command -v cargo >/dev/null; then
-  (source scripts/env.sh && cargo build --release --bins -q)
+  (source scripts/env.sh && cargo build --release --bins --features bench -q)
 fi
-[ -x "$MTL" ] || { echo "bench.sh: $MTL not found (build it, or set MTL=...)" >&2; exit 2; }
+[ -x "$MTL" ] || { echo "bench.sh: $MTL not found (cargo build --release --features bench, or set MTL=...)" >&2; exit 2; }
 
 stamp="$(date -u +%Y%m%d-%H%M%S)"
 out="${out:-runs/bench/$stamp-$device.jsonl}"

@@ -25,8 +25,8 @@ cd "$root"
 if [ "${1:-}" = "--prepare" ]; then
   set -e
   source scripts/env.sh
-  cargo build --release --bins
-  exe="$(cargo test --release --lib --no-run --message-format=json 2>/dev/null | python -c '
+  cargo build --release --bins --features bench
+  exe="$(cargo test --release --features bench --lib --no-run --message-format=json 2>/dev/null | python -c '
 import json, sys
 for line in sys.stdin:
     j = json.loads(line)

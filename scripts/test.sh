@@ -7,6 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
 source scripts/env.sh
-cargo build --release --bins
-cargo test --release -- --test-threads=2
+# The tooling (`mtl-train bench`) is built and tested too.
+cargo build --release --bins --features bench
+cargo test --release --features bench -- --test-threads=2
 python -m pytest -q tests

@@ -145,11 +145,6 @@ fn bad_commands() -> Vec<(Vec<&'static str>, &'static str)> {
         (vec!["compare", "runs/h", "--baselines", "missing.json"], "missing.json"),
         (vec!["compare", "runs/h", "--baselines", "garbage.yaml"], "garbage.yaml"),
         (vec!["compare", "runs/h", "--chart", "/proc/nope/chart.png"], "/proc/nope"),
-        (vec!["bench", "t.yaml", "--steps", "0"], "--steps"),
-        (vec!["bench", "t.yaml", "--reps", "0"], "--reps"),
-        (vec!["bench", "t.yaml", "--lockstep", "no-fifos"], "no-fifos"),
-        (vec!["bench", "t.yaml", "--reps", "0", "--export", "/proc/nope/export"], "/proc/nope"),
-        (vec!["bench", "t.yaml", "--set", "optim.lr=-1"], "optim.lr"),
         (vec!["baselines", "t.yaml", "--set", "tasks.0.kind=nope"], "tasks[0].kind"),
         (vec!["export", "nowhere", "--torchscript", "m.pt"], "nowhere"),
         (vec!["export", "runs/h"], "--torchscript"),
@@ -168,6 +163,21 @@ fn bad_commands() -> Vec<(Vec<&'static str>, &'static str)> {
         (vec!["t.yaml", "--run-dir", "lost-checkpoints", "--resume"], "lost-checkpoints/checkpoints"),
         (vec!["t.yaml", "--run-dir", "lost-checkpoints"], "lost-checkpoints/checkpoints"),
     ]
+}
+
+/// The benchmark's bad flags (a build with the `bench` feature), or its absence named.
+fn bench_commands() -> Vec<(Vec<&'static str>, &'static str)> {
+    if cfg!(feature = "bench") {
+        vec![
+            (vec!["bench", "t.yaml", "--steps", "0"], "--steps"),
+            (vec!["bench", "t.yaml", "--reps", "0"], "--reps"),
+            (vec!["bench", "t.yaml", "--lockstep", "no-fifos"], "no-fifos"),
+            (vec!["bench", "t.yaml", "--reps", "0", "--export", "/proc/nope/export"], "/proc/nope"),
+            (vec!["bench", "t.yaml", "--set", "optim.lr=-1"], "optim.lr"),
+        ]
+    } else {
+        vec![(vec!["bench", "t.yaml", "--steps", "3"], "--features bench")]
+    }
 }
 
 /// Writes the files the corpus refers to: a config, a trained run, and every kind of bad file.
@@ -278,7 +288,7 @@ fn corpus() -> Vec<Case> {
             }
         }
     }
-    for (args, needle) in bad_commands() {
+    for (args, needle) in bad_commands().into_iter().chain(bench_commands()) {
         cases.push(Case { args: args.iter().map(|s| s.to_string()).collect(), needle: needle.into() });
     }
     cases

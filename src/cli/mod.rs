@@ -2,6 +2,7 @@
 //! one line and an exit code (2: something the user can fix; 1: an internal failure).
 mod allocator;
 mod baselines;
+#[cfg(feature = "bench")]
 mod bench;
 mod compare;
 mod eval;
@@ -80,7 +81,16 @@ enum Command {
     /// Time the training step (warm-up excluded; median of repetitions) and print images/s and
     /// peak memory; scripts/bench.sh runs it side by side with PyTorch. Set the batch size and
     /// threads with --set data.batch_size=N --set threads=N.
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
+    /// Without the `bench` feature: says how to get the benchmark instead of reading "bench" as
+    /// a config file name.
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Write a trained model as TorchScript (`--torchscript model.pt`, loads with
     /// `torch.jit.load`) and/or ONNX (`--onnx model.onnx`, through PyTorch): a normalized
     /// float [N, C, H, W] batch in, one fp32 tensor per task out, as a tuple in task order.
@@ -149,7 +159,13 @@ pub fn main() -> ExitCode {
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Baselines(args)) => baselines::run(args),
         Some(Command::Compare(args)) => compare::run(args),
+        #[cfg(feature = "bench")]
         Some(Command::Bench(args)) => bench::run(args),
+        #[cfg(not(feature = "bench"))]
+        Some(Command::Bench { .. }) => Err(mtl::user_error!(
+            "bench: this mtl-train is built without the benchmark (tooling, not the product); build it with \
+             cargo build --release --features bench (scripts/bench.sh does)"
+        )),
         Some(Command::Export(args)) => export::run(args),
         Some(Command::List(args)) => list::run(args),
         None => train::run(cli.train),

@@ -61,7 +61,7 @@ pub struct DataConfig {
     #[serde(default)]
     pub root: Option<String>,
     /// Fetch a public dataset (`mtl-train list`: those with `download`) into `root` when it is
-    /// absent there, from the URLs and with the checksums of scripts/datasets.txt. `false`
+    /// absent there, from the URLs and with the checksums of src/data/fetch/datasets.txt. `false`
     /// never touches the network: a missing dataset is an error.
     #[serde(default, skip_serializing_if = "is_false")]
     pub download: bool,

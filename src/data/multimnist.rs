@@ -31,7 +31,7 @@ pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
 pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
 pub const VAL_IMAGES: &str = "t10k-images-idx3-ubyte";
 pub const VAL_LABELS: &str = "t10k-labels-idx1-ubyte";
-const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch_multimnist.sh) to download MNIST";
+const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch.sh multimnist) to download MNIST";
 
 pub const TARGETS: &[TargetInfo] = &[
     TargetInfo { name: "left", shape: TargetShape::PerImage, classes: 10 },
@@ -366,6 +366,6 @@ mod tests {
         assert!(m.contains("train-images-idx3-ubyte.gz") && m.contains("gzip"), "{m}");
         std::fs::remove_file(dir.path().join(format!("{TRAIN_IMAGES}.gz"))).unwrap();
         let m = text(load(&c, 0));
-        assert!(m.contains(TRAIN_IMAGES) && m.contains("fetch_multimnist.sh"), "{m}");
+        assert!(m.contains(TRAIN_IMAGES) && m.contains("scripts/fetch.sh multimnist"), "{m}");
     }
 }

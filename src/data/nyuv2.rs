@@ -25,7 +25,7 @@ pub const CLASSES: i64 = 13;
 /// The widest (and, inverted, the tallest) aspect of the stored arrays accepted: the model's
 /// width follows from it, so a file must not be able to ask for an unbounded allocation.
 const MAX_ASPECT: f64 = 4.0;
-const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch_nyuv2.sh) to download the preprocessed NYUv2";
+const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch.sh nyuv2) to download the preprocessed NYUv2";
 
 pub const TARGETS: &[TargetInfo] = &[
     TargetInfo { name: "semantic", shape: TargetShape::PerPixel, classes: CLASSES },
@@ -388,6 +388,6 @@ mod tests {
         assert!(wide.contains("train/image") && wide.contains("1×1000"), "{wide}");
         std::fs::remove_dir_all(dir.path().join("val")).unwrap();
         let m = sources(&cfg(dir.path(), 8)).err().unwrap().to_string();
-        assert!(m.contains("val/image") && m.contains("fetch_nyuv2.sh"), "{m}");
+        assert!(m.contains("val/image") && m.contains("scripts/fetch.sh nyuv2"), "{m}");
     }
 }
