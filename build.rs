@@ -143,7 +143,9 @@ fn record_library(lib_dir: &Path, nccl: bool) {
                 .lines()
                 .map(str::split_whitespace)
                 .find_map(|mut f| (f.next() == Some(lib) && f.next() == Some(&id)).then_some(f))
-                .ok_or_else(|| format!("{lib} build id {id} is not in {C10D_SIZES}; scripts/c10d_sizes.sh measures it"))?;
+                .ok_or_else(|| {
+                    format!("{lib} build id {id} is not in {C10D_SIZES}; scripts/c10d_sizes.sh measures it")
+                })?;
             row.for_each(|pair| sizes.push_str(&format!("{pair};")));
             ids.push_str(&format!("{lib}={id};"));
         }

@@ -45,8 +45,8 @@ mod tests;
 pub use gradient::{Combination, GradientBalancer, GradientMethod};
 
 use crate::config::{BalanceConfig, Config, GradientOn};
-use std::collections::BTreeMap;
 use options::Options;
+use std::collections::BTreeMap;
 use tch::Tensor;
 
 /// Where gradient methods take the per-task gradients.

@@ -813,7 +813,7 @@ mod tests {
 
     #[test]
     fn cagrad_finds_the_optimum_with_the_origin_inside_the_hull() {
-        // Issue 15's case (three gradients around the origin): g_w ≠ 0 at the optimum.
+        // Three gradients around the origin (a reported failure case): g_w ≠ 0 at the optimum.
         let rows = [vec![-1.48987, 0.49396], vec![0.58870, -0.89139], vec![-0.52097, 0.89135]];
         let m = gram(&rows);
         let b = [1.0 / 3.0; 3];

@@ -418,7 +418,7 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
             trainer.balancer.as_ref(),
             &cfg.balance.method,
             channels_last,
-            cfg.speed.fused_optimizer.resolve(true),
+            cfg.speed.fused_optimizer.is_on(),
         ) + if opts.input_only { "-input" } else { "" },
         config: cfg.name.clone(),
         device: format!("{device:?}").to_lowercase(),

@@ -38,10 +38,13 @@ fn table(c: &Value) -> String {
     }
     out += "task kinds (tasks[].kind)\n";
     for k in entries("task_kinds") {
-        let metrics: Vec<&str> = k["metrics"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str()).collect();
+        let metrics: Vec<&str> =
+            k["metrics"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str()).collect();
         out += &format!("  {:<16}metrics: {}\n", k["name"].as_str().unwrap_or_default(), metrics.join(", "));
     }
-    for (key, title) in [("methods", "methods (balance.method)"), ("architectures", "architectures (model.architecture.kind)")] {
+    for (key, title) in
+        [("methods", "methods (balance.method)"), ("architectures", "architectures (model.architecture.kind)")]
+    {
         out += &format!("{title}\n");
         for m in entries(key) {
             let gradient = if m["gradient"] == true { "(gradient) " } else { "" };

@@ -772,13 +772,9 @@ pub enum Toggle {
 }
 
 impl Toggle {
-    /// Whether the feature is used, given what `auto` means here.
-    pub fn resolve(self, auto: bool) -> bool {
-        match self {
-            Toggle::Auto => auto,
-            Toggle::On => true,
-            Toggle::Off => false,
-        }
+    /// Whether the feature is used: `auto` means on (what measured fastest for both switches).
+    pub fn is_on(self) -> bool {
+        self != Toggle::Off
     }
 }
 

@@ -352,9 +352,9 @@ fn cagrad_maximises_the_worst_improvement_in_the_ball() {
 
 #[test]
 fn cagrad_with_the_origin_inside_the_hull_is_not_the_mean() {
-    // Issue 15's case: three gradients around the origin. The optimum of the CAGrad problem
+    // A reported failure case: three gradients around the origin. The optimum of the CAGrad problem
     // before the 1/(1+α²) factor, by SLSQP on the primal (tests/balance_optimum.py's
-    // formulation, to ftol 1e-16), is d = [−0.33577136, −0.04473188]; the issue quotes
+    // formulation, to ftol 1e-16), is d = [−0.33577136, −0.04473188]; the report quotes
     // [−0.335769, −0.044730] from a default-tolerance solve. Falling back to the mean gave
     // [−0.379236, 0.131712].
     let g = mat(&[vec![-1.48987, 0.49396], vec![0.58870, -0.89139], vec![-0.52097, 0.89135]]);
