@@ -53,8 +53,8 @@ pub enum Precision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// The dataset: `shapes` (generated, no download), `cifar10_seg`, `multimnist`, `pet`,
-    /// `nyuv2` or `folder` (src/data/registry.rs lists them).
+    /// The dataset: one of `mtl-train list` (`data::DATASETS` in src/data/mod.rs registers them;
+    /// `shapes`, the default, is generated and needs no download).
     pub dataset: String,
     /// Where the files of a real dataset live (relative to the config file; unset: the
     /// dataset's default, `data/<name>` relative to the working directory).
