@@ -17,8 +17,8 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-#[path = "src/dist/build_id.rs"]
-mod build_id;
+#[path = "src/dist/library_id.rs"]
+mod library_id;
 
 const TRACE_TUPLE: &str = "src/model/trace_tuple.cpp";
 const C10D_SIZES: &str = "csrc/dist/c10d_sizes.txt";
@@ -139,14 +139,10 @@ fn record_library(lib_dir: &Path, nccl: bool) {
         let (mut sizes, mut ids) = (String::new(), String::new());
         for lib in libraries {
             let id = build_id(&lib_dir.join(lib))?;
-            let row = table
-                .lines()
-                .map(str::split_whitespace)
-                .find_map(|mut f| (f.next() == Some(lib) && f.next() == Some(&id)).then_some(f))
-                .ok_or_else(|| {
-                    format!("{lib} build id {id} is not in {C10D_SIZES}; scripts/c10d_sizes.sh measures it")
-                })?;
-            row.for_each(|pair| sizes.push_str(&format!("{pair};")));
+            let row = library_id::sizes_in_table(&table, lib, &id).ok_or_else(|| {
+                format!("{lib} build id {id} is not in {C10D_SIZES}; scripts/c10d_sizes.sh measures it")
+            })?;
+            row.iter().for_each(|pair| sizes.push_str(&format!("{pair};")));
             ids.push_str(&format!("{lib}={id};"));
         }
         Ok((sizes, ids))
@@ -185,7 +181,7 @@ fn build_id(lib: &Path) -> Result<String, String> {
         const PT_NOTE: u32 = 4;
         if u32::from_le_bytes(ph[..4].try_into().expect("4 bytes")) == PT_NOTE {
             let notes = read_at(u64_at(ph, 8), u64_at(ph, 32) as usize)?;
-            if let Some(id) = build_id::from_notes(&notes) {
+            if let Some(id) = library_id::from_notes(&notes) {
                 return Ok(id);
             }
         }

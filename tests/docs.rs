@@ -34,7 +34,9 @@ fn every_path_the_text_names_exists() {
     let listed = Command::new("git").args(["ls-files"]).current_dir(root).output().expect("git runs");
     let files = String::from_utf8_lossy(&listed.stdout).into_owned();
     let mut dangling = Vec::new();
-    for file in files.lines().filter(|f| [".md", ".rs", ".py", ".sh", ".yaml", ".toml", ".txt"].iter().any(|e| f.ends_with(e))) {
+    for file in
+        files.lines().filter(|f| [".md", ".rs", ".py", ".sh", ".yaml", ".toml", ".txt"].iter().any(|e| f.ends_with(e)))
+    {
         let Ok(text) = std::fs::read_to_string(root.join(file)) else { continue };
         for path in paths(&text) {
             if !root.join(&path).exists() {

@@ -21,9 +21,7 @@ fn pairs(text: &str) -> BTreeMap<&str, &str> {
 /// libtorch is not the one they were measured on.
 pub fn check() -> anyhow::Result<()> {
     let measured = env!("MTL_C10D_LIBRARY_SIZES");
-    if let Some(why) = measured.strip_prefix("unmeasured: ") {
-        user_bail!("distributed training: this libtorch's c10d object sizes are unknown ({why})");
-    }
+    sizes_known(measured)?;
     // SAFETY: the shim returns a static NUL-terminated string.
     let compiled = unsafe { std::ffi::CStr::from_ptr(ffi::mtl_dist_compiled_sizes()) }.to_string_lossy().into_owned();
     compare(&pairs(&compiled), &pairs(measured))?;
@@ -35,6 +33,15 @@ pub fn check() -> anyhow::Result<()> {
             ),
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Refuses a build whose libtorch was not in the table of known builds (build.rs then compiles
+/// in "unmeasured: why").
+fn sizes_known(measured: &str) -> anyhow::Result<()> {
+    if let Some(why) = measured.strip_prefix("unmeasured: ") {
+        user_bail!("distributed training: this libtorch's c10d object sizes are unknown ({why})");
     }
     Ok(())
 }
@@ -80,7 +87,7 @@ fn loaded_build_id(name: &str) -> Option<String> {
             let start = (info.dlpi_addr + ph.p_vaddr) as usize;
             // SAFETY: a PT_NOTE segment of a loaded object is mapped and readable.
             let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, ph.p_memsz as usize) };
-            if let Some(id) = super::build_id::from_notes(bytes) {
+            if let Some(id) = super::library_id::from_notes(bytes) {
                 search.found = Some(id);
                 return 1;
             }
@@ -100,6 +107,14 @@ mod tests {
     #[test]
     fn sizes_compiled_here_match_the_library_this_build_measured() {
         check().expect("the c10d shim matches the libtorch it links");
+    }
+
+    #[test]
+    fn an_unknown_libtorch_build_refuses_in_one_line() {
+        let why = "libtorch_cpu.so build id ab12 is not in csrc/dist/c10d_sizes.txt; scripts/c10d_sizes.sh measures it";
+        let msg = crate::error::one_line_user_error(sizes_known(&format!("unmeasured: {why}")).unwrap_err());
+        assert!(msg.contains("unknown") && msg.contains("ab12") && !msg.contains('\n'), "{msg}");
+        assert!(sizes_known("TCPStore=216;").is_ok());
     }
 
     #[test]
@@ -131,7 +146,7 @@ mod tests {
             notes.extend(desc);
             notes.resize(notes.len().div_ceil(4) * 4, 0);
         }
-        assert_eq!(crate::dist::build_id::from_notes(&notes).as_deref(), Some("ab01ff10"));
-        assert_eq!(crate::dist::build_id::from_notes(&notes[..20]), None);
+        assert_eq!(crate::dist::library_id::from_notes(&notes).as_deref(), Some("ab01ff10"));
+        assert_eq!(crate::dist::library_id::from_notes(&notes[..20]), None);
     }
 }
