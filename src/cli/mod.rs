@@ -145,6 +145,15 @@ impl CheckpointArgs {
     }
 }
 
+/// Training in this process, or with `--nproc N` as the launcher of N ranks (each of which then
+/// trains in its own process).
+fn train_or_launch(args: train::TrainArgs) -> anyhow::Result<ExitCode> {
+    match args.nproc {
+        Some(n) => launcher::run(&args, n),
+        None => train::run(args),
+    }
+}
+
 pub fn main() -> ExitCode {
     allocator::keep_freed_memory();
     install_panic_hook();
@@ -154,7 +163,7 @@ pub fn main() -> ExitCode {
         Err(e) => return flag_error(e),
     };
     let result = match cli.command {
-        Some(Command::Train(args)) => train::run(args),
+        Some(Command::Train(args)) => train_or_launch(args),
         Some(Command::Predict(args)) => predict::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Baselines(args)) => baselines::run(args),
@@ -168,7 +177,7 @@ pub fn main() -> ExitCode {
         )),
         Some(Command::Export(args)) => export::run(args),
         Some(Command::List(args)) => list::run(args),
-        None => train::run(cli.train),
+        None => train_or_launch(cli.train),
     };
     match result {
         Ok(code) => {
