@@ -1,8 +1,8 @@
 //! Aligned-MTL (Senushkin et al. 2023): eigen-decompose `M = V Λ Vᵀ`, drop eigenvalues
 //! below `λ_max · T · ε_f32`, `B = √λ_min V Λ^{-1/2} Vᵀ`, `α = B 1`, `d = Σ α_i g_i`
 //! (the gradients' condition number becomes 1). Weights: `α`.
-use super::gradient::{Combination, GradientMethod};
-use super::grads::gram;
+use super::autograd::gram;
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
 use super::solvers::aligned_weights;
 use super::Balancer;

@@ -8,8 +8,8 @@
 //! of the correction is undefined) every point of the ball that conflicts with no task is
 //! optimal and the one nearest the mean is taken: the mean itself (`d = g0 / (1 + α_c²)`)
 //! when it conflicts with no task, and always when `c = 0`.
-use super::gradient::{Combination, GradientMethod};
-use super::grads::gram;
+use super::autograd::gram;
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
 use super::solvers::cagrad_correction;
 use super::Balancer;

@@ -17,16 +17,16 @@
 //! the stateful ones structs with a `combine` method, so they can be used without a trainer.
 pub(crate) mod adam;
 pub mod aligned;
+pub mod autograd;
+pub mod blocked_gram;
 pub mod cagrad;
 pub mod dbmtl;
 pub mod dwa;
 pub mod famo;
 pub mod gls;
-pub mod gradient;
+pub mod gradient_method;
 pub mod gradnorm;
-pub mod grads;
 pub mod gradvac;
-pub mod gram_host;
 pub mod imtl;
 pub mod mgda;
 pub mod nash;
@@ -42,7 +42,7 @@ pub mod upgrad;
 #[cfg(test)]
 mod tests;
 
-pub use gradient::{Combination, GradientBalancer, GradientMethod};
+pub use gradient_method::{Combination, GradientBalancer, GradientMethod};
 
 use crate::config::{BalanceConfig, Config, GradientOn};
 use options::Options;
@@ -82,7 +82,7 @@ pub struct StepContext<'a> {
     pub seed: u64,
     /// In a distributed run, the ranks: the losses above are then already averaged over them,
     /// and gradient methods combine the gradients of the whole global batch
-    /// ([`grads::across_ranks`]), so every rank computes the same task weights.
+    /// ([`autograd::across_ranks`]), so every rank computes the same task weights.
     pub ranks: Option<&'a crate::dist::Group>,
 }
 

@@ -5,8 +5,8 @@
 //! Option `update_every = k`: α is recomputed on steps that are multiples of `k`; in between
 //! the last α is reused and the step is one ordinary backward of `Σ α_i l_i` (no per-task
 //! gradients), as in the paper. The last α is the checkpointed state. Weights: `α`.
-use super::gradient::{Combination, GradientMethod};
-use super::grads::gram;
+use super::autograd::gram;
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
 use super::solvers::nash_weights;
 use super::Balancer;

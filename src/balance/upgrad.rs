@@ -5,8 +5,8 @@
 //!
 //! Unlike TorchJD, `M` is normalized whenever its trace is positive (TorchJD treats traces
 //! below 1e-4 as zero, which makes the method depend on the loss scale).
-use super::gradient::{Combination, GradientMethod};
-use super::grads::gram;
+use super::autograd::gram;
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
 use super::solvers::{upgrad_weights, Mat};
 use super::Balancer;

@@ -3,13 +3,13 @@
 //! permutation equivariance, scale invariance and two-task closed forms.
 use super::*;
 use crate::balance::aligned::aligned_mtl;
+use crate::balance::autograd::gram;
 use crate::balance::cagrad::cagrad;
 use crate::balance::dbmtl::DbMtl;
 use crate::balance::dwa::dwa_weights;
 use crate::balance::famo::Famo;
 use crate::balance::gls::gls_weights;
 use crate::balance::gradnorm::GradNorm;
-use crate::balance::grads::gram;
 use crate::balance::gradvac::GradVac;
 use crate::balance::imtl::{imtl, imtl_weights};
 use crate::balance::mgda::{mgda, MgdaNormalization};
@@ -281,7 +281,7 @@ fn pcgrad_two_task_closed_form_and_no_conflict_after_projection() {
     assert_close(&values(&pcgrad(&g, &[vec![1], vec![0]]).unwrap().direction), &want, 1e-12);
     for seed in 0..20 {
         let g = random_grads(300 + seed, 2, 5);
-        let m = crate::balance::grads::gram(&g).unwrap();
+        let m = crate::balance::autograd::gram(&g).unwrap();
         let c = pcgrad_coefficients(&m, &[vec![1], vec![0]]);
         for (i, j) in [(0, 1), (1, 0)] {
             let proj: f64 = (0..2).map(|k| c[i][k] * m[(k, j)]).sum();
@@ -628,7 +628,7 @@ fn uncertainty_log_variance_tracks_the_log_loss() {
 fn solver_weights_mats_are_consistent() {
     // The Mat helpers used by the methods agree with the tensor Gram matrix.
     let g = random_grads(5, 3, 4);
-    let m = crate::balance::grads::gram(&g).unwrap();
+    let m = crate::balance::autograd::gram(&g).unwrap();
     let rows = rows_of(&g);
     let want = Mat::from_fn(3, |i, j| dot(&rows[i], &rows[j]));
     assert_close(m.values(), want.values(), 1e-12);
