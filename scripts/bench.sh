@@ -15,7 +15,9 @@
 #   THREADS=1 ROUNDS=3 scripts/bench.sh --quick
 #
 # Options: --device cpu|cuda (default cpu), --threads N (default: nproc; both sides),
-#   --rounds N (default 2), --quick (fewer steps), --extra (also PyTorch with channels_last and
+#   --rounds N (default 2), --quick (fewer steps), --smoke (the GPU's case list, fp32 only off CUDA,
+#   one step per repetition at batch 8 and no torch.compile; with --balance, one step at batch 8:
+#   proves every case runs, measures nothing; the GPU check's CPU rehearsal uses it), --extra (also PyTorch with channels_last and
 #   with the fused optimizer, each in lockstep with mtl), --ab (also mtl against itself with channels-last and the fused CPU
 #   optimizer off: the "before" of docs/results/BENCHMARKS.md), --out FILE.jsonl (results; default
 #   runs/bench/<date>-<device>.jsonl), --no-build, --balance "M1 M2 ..." (instead of the cases
@@ -37,6 +39,7 @@ device=cpu
 threads="${THREADS:-$(nproc)}"
 rounds="${ROUNDS:-2}"
 quick=0
+smoke=0
 extra=0
 ab=0
 balance=""
@@ -51,6 +54,7 @@ while [ $# -gt 0 ]; do
     --threads) threads="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
+    --smoke) smoke=1; shift ;;
     --extra) extra=1; shift ;;
     --ab) ab=1; shift ;;
     --balance) balance="$2"; shift 2 ;;
@@ -154,9 +158,9 @@ run_case() {
       done
     done
   fi
-  if [ "$dev" != cpu ]; then
+  if [ "$gpu_cases" = 1 ]; then
     "$MTL" bench "$@" "${sets[@]}" "${common[@]}" --set speed.channels_last=false
-    if [ "$prec" = bf16 ] || [ "${COMPILE_FP32:-0}" = 1 ]; then
+    if [ "$dev" != cpu ] && { [ "$prec" = bf16 ] || [ "${COMPILE_FP32:-0}" = 1 ]; }; then
       # torch.compile compiles in its first calls (tens of seconds): a longer warm-up, one run,
       # bounded so a slow compile cannot eat the GPU check's budget.
       timeout "${COMPILE_TIMEOUT:-180}" "${torch[@]}" --warmup $((warmup + 5)) --steps "$steps" --reps "$reps" \
@@ -170,6 +174,7 @@ run_case() {
 balance_case() {
   local config=() sets=(--set "threads=$threads" --device "$device")
   local common=(--warmup 2 --steps "${BALANCE_STEPS:-4}" --reps "${BALANCE_REPS:-5}" --json "$out")
+  [ "$smoke" = 1 ] && { sets+=(--set data.batch_size=8); common=(--warmup 0 --steps 1 --reps 1 --json "$out"); }
   [ -n "${2:-}" ] && config=("$2")
   local static=("$MTL" bench "${config[@]}" "${sets[@]}" "${common[@]}")
   echo "== balance: static vs $1 ${2:-} (load $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -217,6 +222,10 @@ arch_case() {
   done
 }
 
+# The GPU's case list runs on a GPU, and on the CPU with --smoke (the rehearsal of the GPU check).
+gpu_cases=0
+{ [ "$device" != cpu ] || [ "$smoke" = 1 ]; } && gpu_cases=1
+
 if [ -n "$arch" ]; then
   for a in $arch; do arch_case "$a"; done
 elif [ -n "$balance" ] && [ -n "$task_counts" ]; then
@@ -226,7 +235,7 @@ elif [ -n "$balance" ] && [ -n "$task_counts" ]; then
   done
 elif [ -n "$balance" ]; then
   for m in $balance; do balance_case "$m"; done
-elif [ "$device" = cpu ]; then
+elif [ "$gpu_cases" = 0 ]; then
   if [ "$quick" = 1 ]; then
     run_case default fp32 16 2 4 3 --
     run_case default fp32 128 1 1 3 --
@@ -237,11 +246,13 @@ elif [ "$device" = cpu ]; then
     run_case cifar_seg fp32 16 1 2 3 -- "${cifar[@]}"
   fi
 else
-  s=20; r=5
+  b=128; w=10; s=20; r=5; precisions="fp32 bf16"
   [ "$quick" = 1 ] && { s=10; r=3; }
-  for prec in fp32 bf16; do
-    run_case default "$prec" 128 10 "$s" "$r" --
-    run_case cifar_seg "$prec" 128 10 "$s" "$r" -- "${cifar[@]}"
+  [ "$smoke" = 1 ] && { b=8; w=0; s=1; r=1; }
+  [ "$device" = cpu ] && precisions=fp32   # bf16 is for CUDA (bench_torch.py refuses it elsewhere)
+  for prec in $precisions; do
+    run_case default "$prec" "$b" "$w" "$s" "$r" --
+    run_case cifar_seg "$prec" "$b" "$w" "$s" "$r" -- "${cifar[@]}"
   done
 fi
 

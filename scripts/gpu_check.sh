@@ -13,17 +13,28 @@
 #   scripts/gpu_check.sh --prepare     # here: builds target/gpu/{mtl-train,mtl-lib-tests}
 #   scripts/gpu_check.sh               # there, from the repository root (carry target/gpu)
 #
+# Rehearsal on a machine without a GPU (the test suite runs it: tests/test_gpu_check.py):
+#
+#   scripts/gpu_check.sh --prepare && DRY=1 bash scripts/gpu_check.sh
+#
+# Every section then runs on the CPU with small data, and each row's detail says what the
+# section measures on a GPU; a row that is not PASS in the rehearsal would fail on the GPU too.
+#
 # Environment: EPOCHS (default: the config's 5), BENCH=0 to skip the benchmark, QUICK=1 for a shorter one,
 # DIST=0 to skip the data-parallel checks,
 # SPEED=0 to skip the speed tables (whole processes, input pipeline, methods at T = 2 and 8; ~4 minutes),
 # OUT (a folder for the logs and results; default a temporary one), DRY=1 to rehearse the whole
-# script on the CPU (small data, quick CPU benchmark) on a machine without a GPU.
+# script on the CPU (small data, quick CPU benchmark) on a machine without a GPU, SMOKE=1 with
+# DRY=1 for the smallest rehearsal that still runs every section (one step per benchmark case),
+# TEST_FILTER (a name filter for the unit tests, e.g. cuda_), PY (a python with torch; default:
+# the project's .venv/bin/python where it exists, else python3).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 if [ "${1:-}" = "--prepare" ]; then
   set -e
+  bash scripts/setup.sh
   source scripts/env.sh
   cargo build --release --bins --features bench
   exe="$(cargo test --release --features bench --lib --no-run --message-format=json 2>/dev/null | python -c '
@@ -46,7 +57,9 @@ mkdir -p "$out"
 log="$out/gpu_check.log"
 exec > >(tee "$log") 2>&1
 export PYTHONUNBUFFERED=1 RUST_LOG="${RUST_LOG:-warn}"
-PY="${PY:-python3}"
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
 torch_lib="$("$PY" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" || {
   echo "gpu_check: $PY cannot import torch"; exit 1; }
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -65,25 +78,33 @@ small=()
 if [ "${DRY:-0}" = 1 ]; then
   dev=cpu
   small=(--set data.train_size=512 --set data.val_size=128 --set train.log_every=2)
+  [ "${SMOKE:-0}" = 1 ] && small=(--set data.train_size=128 --set data.val_size=64 --set train.log_every=2)
   echo "DRY=1: rehearsal on the CPU; the CUDA tests skip themselves"
 fi
 
 rows=()   # "check|result|detail"
-row() { rows+=("$1|$2|$3"); }
+# row CHECK RESULT DETAIL ON_GPU: ON_GPU (what the section measures on a GPU) is added to the
+# detail in a rehearsal, so a rehearsal shows the whole table a device run would fill.
+row() {
+  local detail="$3"
+  [ "$dev" = cpu ] && detail+=" · on a GPU: $4"
+  rows+=("$1|$2|$detail")
+}
 
 echo "== CUDA tests (library unit tests; the cuda_* ones need a GPU, the rest run on its CPU)"
 t0=$(date +%s)
 if [ -x "$TESTS" ]; then
-  "$TESTS" --test-threads=4 2>&1 | tee "$out/tests.log" | grep -E "^test .*(cuda|FAILED)|^test result|panicked" || true
+  "$TESTS" ${TEST_FILTER:+"$TEST_FILTER"} --test-threads=4 2>&1 | tee "$out/tests.log" | grep -E "^test .*(cuda|FAILED)|^test result|panicked" || true
   summary="$(grep -E '^test result' "$out/tests.log" | tail -1)"
   cuda_ok=$(grep -cE '^test .*cuda_.* ok$' "$out/tests.log" || true)
   cuda_failed=$(grep -cE '^test .*cuda_.* FAILED$' "$out/tests.log" || true)
   skipped=$(grep -c 'skipped: no CUDA' "$out/tests.log" || true)
   if grep -q 'test result: ok' "$out/tests.log" && { [ "$skipped" = 0 ] || [ "$dev" = cpu ]; }; then res=PASS; else res=FAIL; fi
   [ "$dev" = cpu ] && cuda_ok="0 (no GPU: the $cuda_ok cuda_* tests returned early)"
-  row "unit tests (lib)" "$res" "$cuda_ok cuda tests ok, $cuda_failed failed, $skipped skipped; ${summary#test result: } ($(( $(date +%s) - t0 ))s)"
+  row "unit tests (lib)" "$res" "$cuda_ok cuda tests ok, $cuda_failed failed, $skipped skipped; ${summary#test result: } ($(( $(date +%s) - t0 ))s)" \
+    "the cuda_* tests run (NCCL collectives, synchronized BatchNorm, CUDA steps against the CPU, bf16 master weights)"
 else
-  row "unit tests (lib)" "MISSING" "$TESTS not carried"
+  row "unit tests (lib)" "MISSING" "$TESTS not carried" "the cuda_* tests"
 fi
 
 epochs=(); [ -n "${EPOCHS:-}" ] && epochs=(--set "train.epochs=$EPOCHS")
@@ -91,7 +112,6 @@ echo "== shapes_seg, ${EPOCHS:-5} epochs, fp32 and bf16 on $dev"
 for prec in fp32 bf16; do
   t0=$(date +%s)
   dir="$(mktemp -d)/run-$prec"
-  [ "$dev" = cpu ] && [ "$prec" = bf16 ] && continue
   if "$MTL" configs/shapes_seg.yaml --device "$dev" --run-dir "$dir" --set "precision=$prec" \
       "${epochs[@]}" "${small[@]}" > "$out/train-$prec.log" 2>&1; then
     cp "$dir/metrics.jsonl" "$out/metrics-$prec.jsonl" 2>/dev/null || true
@@ -105,9 +125,11 @@ speed = f"; {statistics.median(ips):.0f} img/s (median of log rows)" if ips else
 print(", ".join(f"{k} {val[k]:.3f}" for k in keys) + speed)
 EOF
 )"
-    row "train shapes_seg $prec" PASS "$detail ($(( $(date +%s) - t0 ))s)"
+    row "train shapes_seg $prec" PASS "$detail ($(( $(date +%s) - t0 ))s)" \
+      "accuracy, mIoU and img/s of the default config trained in $prec"
   else
-    row "train shapes_seg $prec" FAIL "exit $?; see train-$prec.log: $(tail -1 "$out/train-$prec.log")"
+    row "train shapes_seg $prec" FAIL "exit $?; see train-$prec.log: $(tail -1 "$out/train-$prec.log")" \
+      "accuracy, mIoU and img/s of the default config trained in $prec"
   fi
   tail -3 "$out/train-$prec.log"
 done
@@ -123,6 +145,7 @@ if [ "${DIST:-1}" = 1 ]; then
          --set data.train_size=2048 --set data.val_size=256 --set data.download=false)
   dist_batch=128; dist_steps=(--warmup 3 --steps 10 --reps 5)
   [ "$dev" = cpu ] && { dist_batch=8; dist_steps=(--warmup 1 --steps 2 --reps 2); }
+  [ "$dev" = cpu ] && [ "${SMOKE:-0}" = 1 ] && dist_steps=(--warmup 0 --steps 1 --reps 1)
   for model in shapes_seg cifar_seg; do
     if [ "$model" = shapes_seg ]; then args=(configs/shapes_seg.yaml); else args=("${cifar[@]}"); fi
     t0=$(date +%s)
@@ -134,9 +157,11 @@ if [ "${DIST:-1}" = 1 ]; then
         --json "$out/dist.jsonl" > "$out/dist-$model.log" 2>&1; then
       plain="$(grep -oE '[0-9.]+ img/s' "$out/dist-$model-plain.log" | head -1)"
       got="$(grep -oE '[0-9.]+ img/s|step [0-9.]+ ms, collectives .*' "$out/dist-$model.log" | tr '\n' ' ')"
-      row "$backend world of 1: $model bs=$dist_batch" PASS "$got(plain: $plain; $(( $(date +%s) - t0 ))s)"
+      row "$backend world of 1: $model bs=$dist_batch" PASS "$got(plain: $plain; $(( $(date +%s) - t0 ))s)" \
+        "$model's step at batch 128 through NCCL: step time, the collectives' time and volume"
     else
-      row "$backend world of 1: $model" FAIL "see dist-$model.log: $(tail -1 "$out/dist-$model.log")"
+      row "$backend world of 1: $model" FAIL "see dist-$model.log: $(tail -1 "$out/dist-$model.log")" \
+        "$model's step at batch 128 through NCCL"
     fi
     tail -2 "$out/dist-$model.log"
   done
@@ -144,6 +169,7 @@ if [ "${DIST:-1}" = 1 ]; then
   t0=$(date +%s)
   d="$(mktemp -d)"
   depochs=(--set train.epochs=2)
+  [ "${SMOKE:-0}" = 1 ] && depochs=(--set train.epochs=1)
   "$MTL" configs/shapes_seg.yaml --device "$dev" --run-dir "$d/plain" "${depochs[@]}" "${small[@]}" > "$out/dist-plain.log" 2>&1
   if "$MTL" configs/shapes_seg.yaml --device "$dev" --run-dir "$d/nproc1" --nproc 1 "${depochs[@]}" "${small[@]}" \
       > "$out/dist-nproc1.log" 2>&1; then
@@ -161,23 +187,27 @@ va, vb = val(sys.argv[1]), val(sys.argv[2])
 print(f"weights differ by {diff:.1e} (relative); seg.miou {va['seg.miou']:.4f} vs {vb['seg.miou']:.4f}")
 EOF
 )"
-    row "--nproc 1 through $backend vs plain" PASS "$detail ($(( $(date +%s) - t0 ))s)"
+    row "--nproc 1 through $backend vs plain" PASS "$detail ($(( $(date +%s) - t0 ))s)" \
+      "weights and mIoU of --nproc 1 through NCCL against a plain run"
   else
-    row "--nproc 1 through $backend vs plain" FAIL "see dist-nproc1.log: $(tail -1 "$out/dist-nproc1.log")"
+    row "--nproc 1 through $backend vs plain" FAIL "see dist-nproc1.log: $(tail -1 "$out/dist-nproc1.log")" \
+      "weights and mIoU of --nproc 1 through NCCL against a plain run"
   fi
 fi
 
 bench_table=""
 if [ "${BENCH:-1}" = 1 ]; then
   echo "== benchmark (scripts/bench.sh --device $dev)"
+  bench_on_gpu="mtl against PyTorch eager (and torch.compile in bf16) on the default and cifar_seg models, fp32 and bf16, batch 128"
   t0=$(date +%s)
   quick=(); [ "${QUICK:-0}" = 1 ] || [ "$dev" = cpu ] && quick=(--quick)
   [ "$dev" = cpu ] && quick+=(--rounds 1 --threads 1)
+  [ "$dev" = cpu ] && [ "${SMOKE:-0}" = 1 ] && quick=(--smoke --rounds 1 --threads 1)
   if MTL="$MTL" PY="$PY" bash scripts/bench.sh --device "$dev" --no-build --out "$out/bench.jsonl" "${quick[@]}" \
       > "$out/bench.log" 2>&1; then
-    row "benchmark" PASS "$(( $(date +%s) - t0 ))s; results in bench.jsonl"
+    row "benchmark" PASS "$(( $(date +%s) - t0 ))s; results in bench.jsonl" "$bench_on_gpu"
   else
-    row "benchmark" FAIL "see bench.log: $(tail -1 "$out/bench.log")"
+    row "benchmark" FAIL "see bench.log: $(tail -1 "$out/bench.log")" "$bench_on_gpu"
   fi
   grep -vE '^\|' "$out/bench.log" | tail -25
   [ -s "$out/bench.jsonl" ] && bench_table="$("$PY" scripts/bench_torch.py --table "$out/bench.jsonl")"
@@ -197,6 +227,10 @@ if [ "${SPEED:-1}" = 1 ]; then
     proc=(--batch 16 --n1 2 --n2 6 --rounds 1 --variants eager --threads 1)
     inp=(--images 200 --workers 1 --rounds 1 --batches 5)
     tasks="2"; methods="mgda"
+    if [ "${SMOKE:-0}" = 1 ]; then
+      proc=(--batch 8 --n1 1 --n2 4 --rounds 1 --variants eager --threads 1)
+      inp=(--images 64 --batch 8 --workers 1 --rounds 1 --batches 2)   # 3 start-up + 2 timed batches
+    fi
   fi
   ok=PASS
   "$PY" scripts/bench_process.py --mtl "$MTL" --device "$dev" "${proc[@]}" \
@@ -206,9 +240,11 @@ if [ "${SPEED:-1}" = 1 ]; then
   else
     echo "no PIL/numpy in $PY: input pipeline table skipped" > "$out/speed-input.log"
   fi
-  MTL="$MTL" PY="$PY" bash scripts/bench.sh --device "$dev" --no-build --rounds 1 --balance "$methods" --tasks "$tasks" \
+  balance_smoke=(); [ "$dev" = cpu ] && [ "${SMOKE:-0}" = 1 ] && balance_smoke=(--smoke)
+  MTL="$MTL" PY="$PY" bash scripts/bench.sh --device "$dev" --no-build --rounds 1 --balance "$methods" --tasks "$tasks" "${balance_smoke[@]}" \
     --out "$out/speed-balance.jsonl" > "$out/speed-balance.log" 2>&1 || ok=FAIL
-  row "speed tables" "$ok" "$(( $(date +%s) - t0 ))s; speed-*.log"
+  row "speed tables" "$ok" "$(( $(date +%s) - t0 ))s; speed-*.log" \
+    "whole training processes against PyTorch at batch 128, the input pipeline against DataLoader with $(nproc) workers, gradient methods at T = 2 and 8"
   speed_tables="$(grep -hE '^\||^[a-z_0-9]+, (cpu|cuda)|images/s' "$out/speed-process.log" "$out/speed-input.log" 2>/dev/null)"
   [ -s "$out/speed-balance.jsonl" ] && speed_tables+=$'\n\n'"$("$PY" scripts/bench_torch.py --table "$out/speed-balance.jsonl")"
 fi
@@ -229,3 +265,8 @@ if [ -n "$speed_tables" ]; then
   echo
   echo "$speed_tables"
 fi
+# A row that is not PASS fails the check (the test suite's rehearsal relies on it).
+for r in "${rows[@]}"; do
+  IFS='|' read -r _ result _ <<< "$r"
+  [ "$result" = PASS ] || exit 1
+done
