@@ -76,6 +76,9 @@ if [ "$build" = 1 ] && [ -f scripts/env.sh ] && command -v cargo >/dev/null; the
   (source scripts/env.sh && cargo build --release --bins --features bench -q)
 fi
 [ -x "$MTL" ] || { echo "bench.sh: $MTL not found (cargo build --release --features bench, or set MTL=...)" >&2; exit 2; }
+# The PyTorch side reads the datasets' normalization from this binary (mtl_torch.catalog).
+MTL_BIN="${MTL_BIN:-$(cd "$(dirname "$MTL")" && pwd)/$(basename "$MTL")}"
+export MTL_BIN
 
 stamp="$(date -u +%Y%m%d-%H%M%S)"
 out="${out:-runs/bench/$stamp-$device.jsonl}"

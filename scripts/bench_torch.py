@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mtl_torch import NORMALIZATION, build_model  # noqa: E402
+from mtl_torch import build_model, dataset_normalization  # noqa: E402
 
 
 def lr_lambda(cfg: dict, total_steps: int, steps_per_epoch: int):
@@ -95,7 +95,7 @@ class Data:
         self.images = t["images"].to(device)
         self.targets = [t[f"target.{task['target']}"].to(device) for task in cfg["tasks"]]
         self.spatial = [y.dim() == 3 for y in self.targets]
-        mean, std = NORMALIZATION[cfg["data"]["dataset"]]
+        mean, std = dataset_normalization(cfg)
         c = self.images.shape[1]
         if c == 1:
             mean, std = (sum(mean) / 3,), (sum(std) / 3,)

@@ -79,6 +79,7 @@ __all__ = [
     "resnet_widths",
     "input_shape",
     "normalize",
+    "dataset_normalization",
     "catalog",
     "export_onnx",
 ]
@@ -456,13 +457,19 @@ def _entry(section: str, name: str) -> dict:
     raise ValueError(f"unknown {section[:-1]} {name!r} ({', '.join(e['name'] for e in entries)})")
 
 
+def dataset_normalization(config: dict) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Per-channel (mean, std) of a config's images after dividing by 255: the config's
+    ``data.normalization`` when it records one, else its dataset's (``mtl-train list --json``)."""
+    norm = config["data"].get("normalization") or _entry("datasets", config["data"]["dataset"])["normalization"]
+    return tuple(norm["mean"]), tuple(norm["std"])
+
+
 def normalize(images: torch.Tensor, config: dict) -> torch.Tensor:
     """uint8 ``[N, C, H, W]`` images → the float input the model was trained on: per-channel
     mean and std after dividing by 255, the config's ``data.normalization`` when it records
     one, else its dataset's (``mtl-train list --json``). One grey channel uses the mean of
     the three values, as src/data/loader.rs does."""
-    norm = config["data"].get("normalization") or _entry("datasets", config["data"]["dataset"])["normalization"]
-    mean, std = norm["mean"], norm["std"]
+    mean, std = dataset_normalization(config)
     c = images.shape[1]
     if c == 1:
         mean, std = (sum(mean) / 3.0,), (sum(std) / 3.0,)
