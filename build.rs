@@ -9,16 +9,19 @@
 //! The shim is compiled against the headers of the very libtorch torch-sys links (its
 //! `include/` beside `lib/`). Its NCCL part needs CUDA headers the torch wheel does not ship;
 //! it is compiled only where they are found. The sizes of the c10d classes the shim constructs
-//! are read from the library's own machine code (the `operator new(N)` before their
-//! constructors, as docs/DISTRIBUTED.md explains) and compiled in with the library's build id,
-//! for the start-up check in src/dist/abi.rs.
+//! are looked up by the libraries' build ids in csrc/dist/c10d_sizes.txt and compiled in with
+//! those ids, for the start-up check in src/dist/abi.rs (docs/DISTRIBUTED.md, "The size check").
 //!
 //! It also records the Python of the virtualenv the build ran in (scripts/env.sh sets
 //! `VIRTUAL_ENV`): `mtl-train export --onnx` runs it when no other Python is named.
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+#[path = "src/dist/library_id.rs"]
+mod library_id;
 
 const TRACE_TUPLE: &str = "src/model/trace_tuple.cpp";
+const C10D_SIZES: &str = "csrc/dist/c10d_sizes.txt";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -127,126 +130,63 @@ fn cuda_includes(lib_dir: &Path) -> Option<Vec<PathBuf>> {
     needed.iter().all(|h| has(h)).then_some(with_cccl)
 }
 
-/// One class whose size the library's code reveals: inside `function`, the `operator new` call
-/// that precedes the first call of the class's constructor `constructor`.
-struct SizeProbe {
-    class: &'static str,
-    library: &'static str,
-    function: &'static str,
-    constructor: &'static str,
-}
-
-const PROBES: &[SizeProbe] = &[
-    SizeProbe {
-        class: "TCPStore",
-        library: "libtorch_cpu.so",
-        function: "_ZN4c10d8TCPStore5cloneEv",
-        constructor: "_ZN4c10d8TCPStoreC1",
-    },
-    SizeProbe {
-        class: "ProcessGroupGloo::Options",
-        library: "libtorch_cpu.so",
-        function: "_ZN4c10d16ProcessGroupGloo7Options14create_default",
-        constructor: "_ZN4c10d16ProcessGroupGloo7OptionsC1",
-    },
-    SizeProbe {
-        class: "ProcessGroupGloo",
-        library: "libtorch_cpu.so",
-        function: "_ZN4c10d16ProcessGroupGloo5split",
-        constructor: "_ZN4c10d16ProcessGroupGlooC1",
-    },
-    SizeProbe {
-        class: "ProcessGroupNCCL",
-        library: "libtorch_cuda.so",
-        function: "_ZN4c10d16ProcessGroupNCCL5merge",
-        constructor: "_ZN4c10d16ProcessGroupNCCLC1",
-    },
-    SizeProbe {
-        class: "ProcessGroupNCCL::Options",
-        library: "libtorch_cuda.so",
-        function: "_ZN4c10d16ProcessGroupNCCL6shrink",
-        constructor: "_ZN4c10d16ProcessGroupNCCL7OptionsC1",
-    },
-];
-
-/// Compiles in `MTL_C10D_LIBRARY_SIZES` ("Class=bytes" lines, or "unmeasured: why") and
-/// `MTL_C10D_BUILD_IDS` ("library=build id" lines) for the start-up check.
+/// Compiles in `MTL_C10D_LIBRARY_SIZES` ("Class=bytes" pairs, or "unmeasured: why") and
+/// `MTL_C10D_BUILD_IDS` ("library=build id" pairs) for the start-up check.
 fn record_library(lib_dir: &Path, nccl: bool) {
     let libraries: &[&str] = if nccl { &["libtorch_cpu.so", "libtorch_cuda.so"] } else { &["libtorch_cpu.so"] };
-    let measured = (|| -> Result<(String, String), String> {
-        let mut sizes = String::new();
-        for p in PROBES.iter().filter(|p| libraries.contains(&p.library)) {
-            let size = allocation_size(&lib_dir.join(p.library), p)?;
-            sizes.push_str(&format!("{}={size};", p.class));
-        }
-        let mut ids = String::new();
+    let table = std::fs::read_to_string(C10D_SIZES).unwrap_or_else(|e| panic!("{C10D_SIZES}: {e}"));
+    let looked_up = (|| -> Result<(String, String), String> {
+        let (mut sizes, mut ids) = (String::new(), String::new());
         for lib in libraries {
-            ids.push_str(&format!("{lib}={};", build_id(&lib_dir.join(lib))?));
+            let id = build_id(&lib_dir.join(lib))?;
+            let row = library_id::sizes_in_table(&table, lib, &id).ok_or_else(|| {
+                format!("{lib} build id {id} is not in {C10D_SIZES}; scripts/c10d_sizes.sh measures it")
+            })?;
+            row.iter().for_each(|pair| sizes.push_str(&format!("{pair};")));
+            ids.push_str(&format!("{lib}={id};"));
         }
         Ok((sizes, ids))
     })();
-    let (sizes, ids) = measured.unwrap_or_else(|why| {
-        println!("cargo:warning=c10d object sizes not measured ({why}); distributed runs will refuse to start");
+    let (sizes, ids) = looked_up.unwrap_or_else(|why| {
+        println!("cargo:warning=c10d object sizes unknown ({why}); distributed runs will refuse to start");
         (format!("unmeasured: {why}"), String::new())
     });
     println!("cargo:rustc-env=MTL_C10D_LIBRARY_SIZES={sizes}");
     println!("cargo:rustc-env=MTL_C10D_BUILD_IDS={ids}");
+    println!("cargo:rerun-if-changed={C10D_SIZES}");
     for lib in libraries {
         println!("cargo:rerun-if-changed={}", lib_dir.join(lib).display());
     }
 }
 
-fn tool(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program).args(args).output().map_err(|e| format!("cannot run {program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+/// The GNU build id in the PT_NOTE segments of a 64-bit little-endian ELF file, read from its
+/// program headers (a few kilobytes of a library that may be gigabytes).
+fn build_id(lib: &Path) -> Result<String, String> {
+    let cannot = |e: std::io::Error| format!("{}: {e}", lib.display());
+    let mut file = std::fs::File::open(lib).map_err(cannot)?;
+    let mut read_at = |at: u64, len: usize| -> Result<Vec<u8>, String> {
+        let mut buf = vec![0u8; len];
+        file.seek(SeekFrom::Start(at)).and_then(|_| file.read_exact(&mut buf)).map_err(cannot)?;
+        Ok(buf)
+    };
+    let header = read_at(0, 64)?;
+    if &header[..4] != b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return Err(format!("{} is not a 64-bit little-endian ELF file", lib.display()));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The byte count `probe.function` passes to `operator new` for the object it then constructs.
-fn allocation_size(lib: &Path, probe: &SizeProbe) -> Result<u64, String> {
-    let lib_s = lib.display().to_string();
-    let symbols = tool("nm", &["-DS", "--defined-only", &lib_s])?;
-    let (start, len) = symbols
-        .lines()
-        .find_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            match f.as_slice() {
-                [addr, size, _, name] if name.starts_with(probe.function) => {
-                    Some((u64::from_str_radix(addr, 16).ok()?, u64::from_str_radix(size, 16).ok()?))
-                }
-                _ => None,
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let (phoff, phentsize, phnum) = (u64_at(&header, 0x20), u16_at(&header, 0x36), u16_at(&header, 0x38));
+    let headers = read_at(phoff, phentsize * phnum)?;
+    for ph in headers.chunks_exact(phentsize) {
+        const PT_NOTE: u32 = 4;
+        if u32::from_le_bytes(ph[..4].try_into().expect("4 bytes")) == PT_NOTE {
+            let notes = read_at(u64_at(ph, 8), u64_at(ph, 32) as usize)?;
+            if let Some(id) = library_id::from_notes(&notes) {
+                return Ok(id);
             }
-        })
-        .ok_or_else(|| format!("{} has no {}", probe.library, probe.function))?;
-    let range = [format!("--start-address={start:#x}"), format!("--stop-address={:#x}", start + len)];
-    let code = tool("objdump", &["-d", "--no-show-raw-insn", &range[0], &range[1], &lib_s])?;
-    let (mut immediate, mut pending) = (None, None);
-    for line in code.lines() {
-        if let Some(at) = line.find("mov    $0x") {
-            let rest = &line[at + "mov    $0x".len()..];
-            if let Some(hex) = rest.strip_suffix(",%edi") {
-                immediate = u64::from_str_radix(hex, 16).ok();
-            }
-        } else if line.contains("call") {
-            if line.contains("<_Znwm@plt>") {
-                pending = immediate;
-            } else if line.contains(&format!("<{}", probe.constructor)) {
-                return pending.ok_or_else(|| format!("no allocation before {} in {}", probe.class, probe.function));
-            }
-            immediate = None;
         }
     }
-    Err(format!("{} does not construct {} the expected way", probe.function, probe.class))
-}
-
-fn build_id(lib: &Path) -> Result<String, String> {
-    let notes = tool("readelf", &["-n", &lib.display().to_string()])?;
-    notes
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
-        .ok_or_else(|| format!("{} has no build id", lib.display()))
+    Err(format!("{} has no build id", lib.display()))
 }
 
 /// Compiles the tuple-output end of tracing against libtorch's headers (next to its `lib/`,

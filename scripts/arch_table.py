@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The table of docs/ARCHITECTURES.md from a scripts/arch_sweep.sh directory: per architecture,
+"""The table of docs/results/ARCHITECTURES.md from a scripts/arch_sweep.sh directory: per architecture,
 the parameters (trainable, counted by scripts/mtl_torch.py from the run's weights), Δm (%, the
 runs' last evaluation against the mean single-task baselines) as mean ± standard deviation over
 the seeds with each seed's value, its paired difference to hard sharing (same seed) with the
@@ -20,9 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import yaml  # noqa: E402
 
-from mtl_torch import load_run  # noqa: E402
+from mtl_torch import catalog, load_run  # noqa: E402
 
-ORDER = ["hps", "cross_stitch", "mtan", "mmoe", "cgc", "ple", "dselect_k", "ltb"]
 MAIN = ("accuracy", "miou", "abs_error", "mean_angle")
 # Two-sided 95% critical values of Student's t by degrees of freedom.
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
@@ -40,10 +39,11 @@ def sd(v):
 
 def main(argv=None) -> int:
     out = Path((argv or sys.argv[1:])[0])
+    order = [a["name"] for a in catalog()["architectures"]]  # the registry's order, hps first
     runs = {}
     for d in sorted(out.iterdir()):
         m = re.fullmatch(r"(.+)-seed(\d+)", d.name)
-        if m and (d / "checkpoints" / "LATEST").is_file() and m.group(1) in ORDER:
+        if m and (d / "checkpoints" / "LATEST").is_file() and m.group(1) in order:
             runs.setdefault(m.group(1), {})[int(m.group(2))] = d
     base = json.load(open(out / "baselines-mean.json"))["metrics"]
     first = next(iter(next(iter(runs.values())).values()))
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
             "Δm − hps (paired) mean ± sd, t"] + [f"{k}" for k in main_keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| single-task (mean of seeds) | – | 0 | – | – | " + " | ".join(f"{base[k]:.4f}" for k in main_keys) + " |")
-    for a in [a for a in ORDER if a in runs]:
+    for a in [a for a in order if a in runs]:
         seeds = sorted(runs[a])
         vals = {s: last_val(runs[a][s]) for s in seeds}
         dm = [vals[s]["delta_m"] for s in seeds]

@@ -19,14 +19,14 @@
 #   one step per repetition at batch 8 and no torch.compile; with --balance, one step at batch 8:
 #   proves every case runs, measures nothing; the GPU check's CPU rehearsal uses it), --extra (also PyTorch with channels_last and
 #   with the fused optimizer, each in lockstep with mtl), --ab (also mtl against itself with channels-last and the fused CPU
-#   optimizer off: the "before" of docs/BENCHMARKS.md), --out FILE.jsonl (results; default
+#   optimizer off: the "before" of docs/results/BENCHMARKS.md), --out FILE.jsonl (results; default
 #   runs/bench/<date>-<device>.jsonl), --no-build, --balance "M1 M2 ..." (instead of the cases
 #   above: static weighting against each gradient method in both spaces, default config at its
-#   own batch size, mtl against itself in lockstep; docs/METHODS.md), --tasks "2 4 8" (with --balance:
+#   own batch size, mtl against itself in lockstep; docs/results/METHODS.md), --tasks "2 4 8" (with --balance:
 #   the same at each task count T, on the default config with T tasks: shapes' four targets kind, seg,
 #   count, color, repeated under new names and heads beyond four), --arch "A1 A2 ..." (instead: hard
 #   sharing against each architecture, mtl against itself in lockstep, on --arch-config FILE, default
-#   configs/shapes_methods.yaml, at its own batch size; docs/ARCHITECTURES.md). Environment: MTL (binary, default target/release/mtl-train), PY (python with
+#   configs/shapes_methods.yaml, at its own batch size; docs/results/ARCHITECTURES.md). Environment: MTL (binary, default target/release/mtl-train), PY (python with
 #   torch; default .venv/bin/python, else python3), COMPILE_FP32=1 (torch.compile for fp32 too),
 #   COMPILE_TIMEOUT (seconds for each torch.compile run, default 180), BALANCE_STEPS / BALANCE_REPS
 #   (steps per repetition and repetitions of --balance, default 4 and 5).
@@ -73,9 +73,12 @@ if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 if [ "$build" = 1 ] && [ -f scripts/env.sh ] && command -v cargo >/dev/null; then
-  (source scripts/env.sh && cargo build --release --bins -q)
+  (source scripts/env.sh && cargo build --release --bins --features bench -q)
 fi
-[ -x "$MTL" ] || { echo "bench.sh: $MTL not found (build it, or set MTL=...)" >&2; exit 2; }
+[ -x "$MTL" ] || { echo "bench.sh: $MTL not found (cargo build --release --features bench, or set MTL=...)" >&2; exit 2; }
+# The PyTorch side reads the datasets' normalization from this binary (mtl_torch.catalog).
+MTL_BIN="${MTL_BIN:-$(cd "$(dirname "$MTL")" && pwd)/$(basename "$MTL")}"
+export MTL_BIN
 
 stamp="$(date -u +%Y%m%d-%H%M%S)"
 out="${out:-runs/bench/$stamp-$device.jsonl}"

@@ -9,7 +9,7 @@ backward (input and weight gradients) time of one 3×3 convolution, channels-las
   with tensor ops (autograd differentiates it).
 
 It answers whether an engine built on libtorch could route a convolution around oneDNN to make
-a step faster (docs/BENCHMARKS.md, "Where a ResNet-18 step goes"). Each row also shows the
+a step faster (docs/results/BENCHMARKS.md, "Where a ResNet-18 step goes"). Each row also shows the
 largest relative difference of the other paths' outputs and gradients from oneDNN's.
 
     python scripts/bench_conv_paths.py --threads 2 --batch 16

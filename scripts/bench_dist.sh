@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 MTL="${MTL:-target/release/mtl-train}"
-[ -x "$MTL" ] || { echo "bench_dist.sh: $MTL not built (cargo build --release)" >&2; exit 2; }
+[ -x "$MTL" ] || { echo "bench_dist.sh: $MTL not built (cargo build --release --features bench)" >&2; exit 2; }
 out="${out:-runs/bench/$(date +%Y-%m-%d)-dist-$device.jsonl}"
 mkdir -p "$(dirname "$out")"
 cores=$(nproc)

@@ -56,7 +56,7 @@ def worker(export: Path, steps: int, variant: str, threads: int, device: str) ->
     from safetensors.torch import load_file, save_file
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from mtl_torch import NORMALIZATION, build_model
+    from mtl_torch import build_model, dataset_normalization
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -72,7 +72,7 @@ def worker(export: Path, steps: int, variant: str, threads: int, device: str) ->
     tasks = cfg["tasks"]
     targets = [data[f"target.{t['target']}"].to(device) for t in tasks]
     n, c, h, w = images.shape
-    mean, std = NORMALIZATION[cfg["data"]["dataset"]]
+    mean, std = dataset_normalization(cfg)
     if c == 1:
         mean, std = [sum(mean) / 3], [sum(std) / 3]
     mean = torch.tensor(mean, device=device).view(1, c, 1, 1)
@@ -214,6 +214,8 @@ def main(argv=None) -> int:
                          "side's step into the time inside oneDNN's primitives (convolutions, weight reorders) "
                          "and everything else")
     args = ap.parse_args(argv)
+    # The PyTorch side reads the datasets' normalization from this binary (mtl_torch.catalog).
+    os.environ.setdefault("MTL_BIN", os.path.abspath(args.mtl))
     if not mtl_args:
         mtl_args = [str(ROOT / "configs/shapes_seg.yaml")]
     if args.n2 <= args.n1:

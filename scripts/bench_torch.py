@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The PyTorch side of ``scripts/bench.sh``: an idiomatic eager training loop for the model of
 ``scripts/mtl_torch.py``, on what ``mtl-train bench --export DIR`` wrote (the resolved config,
-the train split as uint8, the initial weights), timed like ``src/bench.rs`` times mtl's step.
+the train split as uint8, the initial weights), timed like ``src/cli/bench.rs`` times mtl's step.
 
 The loop is what a PyTorch engineer would write for a dataset that fits on the device:
 
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mtl_torch import NORMALIZATION, build_model  # noqa: E402
+from mtl_torch import build_model, dataset_normalization  # noqa: E402
 
 
 def lr_lambda(cfg: dict, total_steps: int, steps_per_epoch: int):
@@ -95,7 +95,7 @@ class Data:
         self.images = t["images"].to(device)
         self.targets = [t[f"target.{task['target']}"].to(device) for task in cfg["tasks"]]
         self.spatial = [y.dim() == 3 for y in self.targets]
-        mean, std = NORMALIZATION[cfg["data"]["dataset"]]
+        mean, std = dataset_normalization(cfg)
         c = self.images.shape[1]
         if c == 1:
             mean, std = (sum(mean) / 3,), (sum(std) / 3,)
@@ -372,7 +372,7 @@ def main(argv=None) -> int:
         return 0
     turns = None
     if args.lockstep is not None:
-        # O_RDWR: opening a FIFO this way never blocks (see src/bench.rs, Lockstep).
+        # O_RDWR: opening a FIFO this way never blocks (see src/cli/bench.rs, Lockstep).
         names = ("second.fifo", "first.fifo") if args.lockstep_second else ("first.fifo", "second.fifo")
         turns = [os.open(args.lockstep / n, os.O_RDWR) for n in names]
     for _ in range(args.warmup):

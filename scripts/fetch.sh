@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Downloads a public dataset into the directory its `data.root` names, from the URLs and with
-# the checksums of scripts/datasets.txt: what `data.download: true` does inside mtl-train, for
+# the checksums of src/data/fetch/datasets.txt: what `data.download: true` does inside mtl-train, for
 # machines where the binary should not reach the network itself.
 #
 # Usage: scripts/fetch.sh DATASET [ROOT]         ROOT defaults to the dataset's data/<name>

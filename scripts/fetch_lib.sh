@@ -1,10 +1,10 @@
 # Shared by scripts/fetch.sh and the fetch_*.sh wrappers (sourced, not run): downloads from the
-# URLs and with the checksums of scripts/datasets.txt (the file the binary compiles in for
+# URLs and with the checksums of src/data/fetch/datasets.txt (the file the binary compiles in for
 # `data.download: true`), resumed where the server allows it, never leaving a partial file or
 # directory that looks complete; checksum checks that work on Linux and macOS.
 # The sourcing script may set FETCH_NAME (its name, for messages) before sourcing this file.
 
-FETCH_SOURCES="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/datasets.txt"
+FETCH_SOURCES="${FETCH_SOURCES:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/src/data/fetch/datasets.txt}"
 
 die() {
     echo "${FETCH_NAME:-fetch}: error: $*" >&2
@@ -113,7 +113,7 @@ fetch_file() {
     say "downloading $url"
     download "$url" "$file" || { echo "${FETCH_NAME:-fetch}: download failed: $url" >&2; return 1; }
     if [[ "$want" == - ]]; then
-        say "$(basename "$file") has no published checksum; its sha256 is $(sha256_of "$file") (pin it in scripts/datasets.txt)"
+        say "$(basename "$file") has no published checksum; its sha256 is $(sha256_of "$file") (pin it in src/data/fetch/datasets.txt)"
         return 0
     fi
     got="$(digest_of "$file" "$want")"

@@ -36,8 +36,8 @@ if [ "${1:-}" = "--prepare" ]; then
   set -e
   bash scripts/setup.sh
   source scripts/env.sh
-  cargo build --release --bins
-  exe="$(cargo test --release --lib --no-run --message-format=json 2>/dev/null | python -c '
+  cargo build --release --bins --features bench
+  exe="$(cargo test --release --features bench --lib --no-run --message-format=json 2>/dev/null | python -c '
 import json, sys
 for line in sys.stdin:
     j = json.loads(line)
@@ -137,7 +137,7 @@ done
 if [ "${DIST:-1}" = 1 ]; then
   # One GPU here: a world of one through NCCL (Gloo on the CPU with DRY=1). The collectives run
   # for real (NCCL all-reduces the whole gradient buffer on the device), so the bench gives the
-  # step time with them, their time alone and their volume: the numbers docs/BENCHMARKS.md
+  # step time with them, their time alone and their volume: the numbers docs/results/BENCHMARKS.md
   # projects to 8 GPUs from.
   backend=NCCL; [ "$dev" = cpu ] && backend=Gloo
   echo "== data-parallel through $backend: a world of one"
@@ -215,7 +215,7 @@ fi
 
 speed_tables=""
 if [ "${SPEED:-1}" = 1 ]; then
-  # docs/BENCHMARKS.md's three speed tables: whole training processes against an independent
+  # docs/results/BENCHMARKS.md's three speed tables: whole training processes against an independent
   # PyTorch loop (start-up cancelled), the input pipeline against DataLoader (a CPU table: decoding
   # runs on the host's cores), and gradient methods at T = 2 and 8 tasks against static weighting.
   echo "== speed tables (bench_process.py, bench_input.py, bench.sh --balance --tasks) on $dev"

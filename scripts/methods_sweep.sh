@@ -13,8 +13,14 @@ out="${1:-$root/runs/methods}"
 cfg="$root/configs/shapes_methods.yaml"
 extra=("${@:2}")
 read -r -a seeds <<< "${SEEDS:-0 1 2}"
-loss_methods=(static ew uncertainty dwa gls rlw famo)
-grad_methods=(mgda pcgrad gradvac cagrad imtl nash aligned dbmtl gradnorm upgrad)
+# Every method the binary registers; the gradient methods (those `balance.on` applies to) run
+# in both spaces.
+methods() { # gradient: true | false
+  "$bin" list --json | python3 -c 'import json, sys
+print(*(m["name"] for m in json.load(sys.stdin)["methods"] if m["gradient"] == (sys.argv[1] == "true")))' "$1"
+}
+read -r -a loss_methods <<< "$(methods false)"
+read -r -a grad_methods <<< "$(methods true)"
 runs=()
 run() { # seed_dir seed method space
   local dir="$1/$3-$4"

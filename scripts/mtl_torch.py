@@ -5,8 +5,14 @@ The module tree, the tensor names and the forward pass mirror ``src/model`` exac
 checkpoint's ``model.safetensors`` loads with ``load_state_dict(..., strict=True)`` and gives
 the same logits as the Rust forward pass (bit for bit in fp32 on the CPU, when checked
 against models built and run by the Rust crate). Every architecture of ``model.architecture``
-(hps, cross_stitch, mtan, mmoe, cgc, ple, dselect_k, ltb; docs/ARCHITECTURES.md) is a subclass
-of ``MultiTaskModel`` in ``ARCHITECTURES``; ``build_model`` picks the configured one.
+(``mtl-train list``; docs/MODEL_ARCHITECTURES.md) is a subclass of ``MultiTaskModel`` in
+``ARCHITECTURES``; ``build_model`` picks the configured one.
+
+What the Rust registries define (each dataset's normalization, each architecture's option
+defaults) is not copied here: ``catalog()`` reads ``mtl-train list --json`` from the binary
+(``$MTL_BIN``, else this checkout's ``target/release/mtl-train``, else ``mtl-train`` on
+``PATH``). A run's config.yaml records every architecture option, so loading a run asks the
+binary only for its dataset's normalization.
 
 Use from Python (the model takes a *normalized* float ``[N, C, H, W]`` batch; ``normalize``
 turns uint8 images into one the way ``src/data`` does for the run's dataset)::
@@ -54,7 +60,12 @@ its outputs differ from the Rust bf16 forward by bf16 rounding.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import math
+import os
+import shutil
+import subprocess
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -75,6 +86,8 @@ __all__ = [
     "resnet_widths",
     "input_shape",
     "normalize",
+    "dataset_normalization",
+    "catalog",
     "export_onnx",
     "DomainBatchNorm2d",
     "data_groups",
@@ -495,25 +508,52 @@ class Heads(nn.Module):
         return list(self._modules)
 
 
-# Per-channel mean and std of each dataset, applied after dividing uint8 pixels by 255: a copy
-# of src/data/mod.rs `normalization` (keep in step). One grey channel uses the mean of the
-# three values, as src/data/loader.rs does.
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-NORMALIZATION = {
-    "shapes": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-    "cifar10_seg": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "multimnist": ((0.1307,) * 3, (0.3081,) * 3),
-    "pet": _IMAGENET,
-    "nyuv2": _IMAGENET,
-    "folder": _IMAGENET,
-    "office31": _IMAGENET,
-    "office_home": _IMAGENET,
-}
+def mtl_binary() -> str:
+    """The ``mtl-train`` whose registries this module follows: ``$MTL_BIN``, else this
+    checkout's ``target/release/mtl-train``, else the one on ``PATH``."""
+    if os.environ.get("MTL_BIN"):
+        return os.environ["MTL_BIN"]
+    built = Path(__file__).resolve().parent.parent / "target" / "release" / "mtl-train"
+    if built.is_file():
+        return str(built)
+    found = shutil.which("mtl-train")
+    if found is None:
+        raise FileNotFoundError(
+            "mtl-train not found: set MTL_BIN, build target/release/mtl-train or put it on PATH "
+            "(its `list --json` holds the datasets' normalization and the architectures' options)"
+        )
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def catalog(binary: Optional[str] = None) -> dict:
+    """``mtl-train list --json``: the datasets (targets, normalization), task kinds, balancing
+    methods and architectures (options with their defaults) and backbones."""
+    out = subprocess.run([binary or mtl_binary(), "list", "--json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def _entry(section: str, name: str) -> dict:
+    entries = catalog()[section]
+    for e in entries:
+        if e["name"] == name:
+            return e
+    raise ValueError(f"unknown {section[:-1]} {name!r} ({', '.join(e['name'] for e in entries)})")
+
+
+def dataset_normalization(config: dict) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Per-channel (mean, std) of a config's images after dividing by 255: the config's
+    ``data.normalization`` when it records one, else its dataset's (``mtl-train list --json``)."""
+    norm = config["data"].get("normalization") or _entry("datasets", config["data"]["dataset"])["normalization"]
+    return tuple(norm["mean"]), tuple(norm["std"])
 
 
 def normalize(images: torch.Tensor, config: dict) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` images → the float input the model was trained on."""
-    mean, std = NORMALIZATION[config["data"]["dataset"]]
+    """uint8 ``[N, C, H, W]`` images → the float input the model was trained on: per-channel
+    mean and std after dividing by 255, the config's ``data.normalization`` when it records
+    one, else its dataset's (``mtl-train list --json``). One grey channel uses the mean of
+    the three values, as src/data/loader.rs does."""
+    mean, std = dataset_normalization(config)
     c = images.shape[1]
     if c == 1:
         mean, std = (sum(mean) / 3.0,), (sum(std) / 3.0,)
@@ -704,36 +744,35 @@ class MultiTaskModel(nn.Module):
 
 # --- the architectures (src/model/arch/) ---------------------------------------------------
 
-# Every option of every architecture with its default (src/model/arch/<name>.rs); a run's
-# config.yaml records them all, these fill in hand-written configs.
-ARCHITECTURE_OPTIONS = {
-    "hps": {},
-    "cross_stitch": {"self_weight": 0.9},
-    "mtan": {"attention_width": 0},
-    "mmoe": {"experts": 3},
-    "cgc": {"shared_experts": 1, "task_experts": 1},
-    "ple": {"shared_experts": 1, "task_experts": 1},
-    "dselect_k": {"experts": 3, "k": 2, "gamma": 1.0, "entropy_reg": 1e-6},
-    "ltb": {"temperature": 1.0},
-}
-
-
 def architecture_kind(config: dict) -> str:
     arch = config["model"].get("architecture") or {}
     return arch.get("kind", "hps")
 
 
-def architecture_options(config: dict) -> dict:
-    """``model.architecture``'s options with their defaults; unknown ones are refused."""
+class ArchitectureOptions(dict):
+    """``model.architecture``'s options as the config gives them. A run's config.yaml records
+    every one; an option a hand-written config leaves out is its default from
+    ``mtl-train list --json``, and then options the architecture does not have are refused."""
+
+    def __init__(self, kind: str, given: dict):
+        super().__init__(given)
+        self.kind = kind
+
+    def __missing__(self, key: str):
+        defaults = _entry("architectures", self.kind)["options"]
+        unknown = sorted(set(self) - set(defaults))
+        if unknown:
+            raise ValueError(f"model.architecture.{unknown[0]}: not an option of architecture {self.kind!r}")
+        if key not in defaults:
+            raise KeyError(key)
+        self[key] = defaults[key]
+        return self[key]
+
+
+def architecture_options(config: dict) -> ArchitectureOptions:
     arch = dict(config["model"].get("architecture") or {})
     kind = arch.pop("kind", "hps")
-    if kind not in ARCHITECTURE_OPTIONS:
-        raise ValueError(f"unknown architecture {kind!r} ({', '.join(ARCHITECTURE_OPTIONS)})")
-    defaults = ARCHITECTURE_OPTIONS[kind]
-    unknown = sorted(set(arch) - set(defaults))
-    if unknown:
-        raise ValueError(f"model.architecture.{unknown[0]}: not an option of architecture {kind!r}")
-    return {k: type(v)(arch.get(k, v)) for k, v in defaults.items()}
+    return ArchitectureOptions(kind, arch)
 
 
 def weighted_sum(weights: torch.Tensor, items: Sequence[torch.Tensor]) -> torch.Tensor:

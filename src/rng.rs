@@ -1,7 +1,7 @@
 //! Every random decision comes from a ChaCha stream that is a pure function of
 //! (run seed, purpose, index). Nothing random carries hidden state from one step to the next,
 //! so a resumed run reproduces the uninterrupted one exactly: the checkpoint only has to know
-//! the step and epoch (see docs/DESIGN_DECISIONS.md).
+//! the step and epoch (docs/DECISIONS.md, "Randomness: derived, not stored").
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

@@ -13,6 +13,8 @@ use crate::{user_bail, user_error};
 use std::path::{Path, PathBuf};
 use tch::Device;
 
+pub mod catalog;
+
 /// Where runs go unless told otherwise: `runs/<name>`.
 pub const RUNS_DIR: &str = "runs";
 
@@ -53,6 +55,20 @@ pub struct Monitor {
 }
 
 impl Resolved {
+    /// The part of resolving that needs the device and the number of ranks, which the config
+    /// alone does not give: what the trainer calls before it loads anything.
+    pub fn check_placement(&self, device: Device, ranks: usize) -> anyhow::Result<()> {
+        if ranks > 1 && self.multi_input() {
+            user_bail!(
+                "tasks[].data: tasks with their own data do not train data-parallel yet ({ranks} ranks); run one process"
+            );
+        }
+        if self.cfg.speed.fused_optimizer == crate::config::Toggle::On && device != Device::Cpu {
+            user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
+        }
+        Ok(())
+    }
+
     pub fn task_names(&self) -> Vec<String> {
         self.tasks.iter().map(|t| t.name.clone()).collect()
     }
@@ -293,8 +309,9 @@ fn check_data(d: &DataConfig, dataset: &dyn Dataset, at: &str) -> Result<(), Str
     }
     if !d.classes.is_empty() && !dataset.class_folders() {
         return Err(format!(
-            "{at}.classes: {} does not read a class per subfolder (office31, office_home do); remove the key",
-            dataset.name()
+            "{at}.classes: {} does not read a class per subfolder ({} do); remove the key",
+            dataset.name(),
+            crate::data::DATASETS.iter().filter(|d| d.class_folders()).map(|d| d.name()).collect::<Vec<_>>().join(", ")
         ));
     }
     Ok(())

@@ -2,7 +2,7 @@
 
 Prints JSON: for a few fixed 3-task gradient matrices (a conflicting case, a near-parallel
 case, a case with very different scales), the weights and direction of each method as
-defined in MTL_METHODS.md. tests/balance_reference.rs compares the Rust implementations
+defined in their papers. tests/balance_reference.rs compares the Rust implementations
 with it.
 
 The algorithms here are deliberately different from the Rust ones: vector operations

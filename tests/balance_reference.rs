@@ -149,7 +149,7 @@ fn norm(v: &[f64]) -> f64 {
 /// be below `ZERO_DIRECTION` times the smallest gradient's norm.
 #[test]
 fn convex_methods_reach_an_independent_solvers_optimum() {
-    /// The acceptance bar of issue 15 (the solvers agree far more closely: see the printout).
+    /// The bar every convex method must clear (the solvers agree far more closely: see the printout).
     const MIN_COSINE: f64 = 0.9999;
     /// A zero optimum: the Gram matrix carries the gradients to about √ε_f64 of the largest
     /// norm, so "zero" is measured at 1e-6 of the smallest gradient.

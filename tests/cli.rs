@@ -109,7 +109,11 @@ fn missing_dataset_names_the_path_and_the_fetch_script() {
         .replace("target: kind, classes: 10", "target: class, classes: 10")
         .replace("classes: 11", "classes: 10");
     write(tmp.path(), "c.yaml", &text);
-    run_in(tmp.path(), &["c.yaml"]).assert_user_error(&["nowhere/cifar", "data.download: true", "fetch_cifar10.sh"]);
+    run_in(tmp.path(), &["c.yaml"]).assert_user_error(&[
+        "nowhere/cifar",
+        "data.download: true",
+        "scripts/fetch.sh cifar10_seg",
+    ]);
 }
 
 #[test]

@@ -364,7 +364,8 @@ fn pet_bad_files_are_listed_once_and_skipped_or_refused() {
     refuse.assert_user_error(&["(Abyssinian_3): SPECIES 2", "2 more bad sample(s)", "data.on_bad_file"]);
     // A list file that is not there at all.
     std::fs::remove_file(root.join("annotations/test.txt")).unwrap();
-    run_in(tmp.path(), &["pet.yaml", "--run-dir", "t"]).assert_user_error(&["annotations/test.txt", "fetch_pet.sh"]);
+    run_in(tmp.path(), &["pet.yaml", "--run-dir", "t"])
+        .assert_user_error(&["annotations/test.txt", "scripts/fetch.sh pet"]);
 }
 
 // --- NYUv2 ----------------------------------------------------------------------------------

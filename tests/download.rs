@@ -503,7 +503,7 @@ fn download_false_never_touches_the_network() {
     run_with_env(tmp.path(), &["c.yaml"], &[(fetch::MIRROR_ENV, &mirror)]).assert_user_error(&[
         "data/cifar-10-batches-bin",
         "data.download: true",
-        "fetch_cifar10.sh",
+        "scripts/fetch.sh cifar10_seg",
     ]);
     assert_eq!(server.served(), 0);
     assert_eq!(listing(tmp.path()), ["c.yaml"]);

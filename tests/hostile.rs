@@ -145,11 +145,6 @@ fn bad_commands() -> Vec<(Vec<&'static str>, &'static str)> {
         (vec!["compare", "runs/h", "--baselines", "missing.json"], "missing.json"),
         (vec!["compare", "runs/h", "--baselines", "garbage.yaml"], "garbage.yaml"),
         (vec!["compare", "runs/h", "--chart", "/proc/nope/chart.png"], "/proc/nope"),
-        (vec!["bench", "t.yaml", "--steps", "0"], "--steps"),
-        (vec!["bench", "t.yaml", "--reps", "0"], "--reps"),
-        (vec!["bench", "t.yaml", "--lockstep", "no-fifos"], "no-fifos"),
-        (vec!["bench", "t.yaml", "--reps", "0", "--export", "/proc/nope/export"], "/proc/nope"),
-        (vec!["bench", "t.yaml", "--set", "optim.lr=-1"], "optim.lr"),
         (vec!["baselines", "t.yaml", "--set", "tasks.0.kind=nope"], "tasks[0].kind"),
         (vec!["export", "nowhere", "--torchscript", "m.pt"], "nowhere"),
         (vec!["export", "runs/h"], "--torchscript"),
@@ -162,7 +157,27 @@ fn bad_commands() -> Vec<(Vec<&'static str>, &'static str)> {
         (vec!["export", "runs/h", "--torchscript", "m.pt", "--size", "99999999999"], "--size"),
         (vec!["export", "runs/h", "--onnx", "m.onnx", "--python", "fifo.yaml"], "fifo.yaml"),
         (vec!["export", "runs/h", "--onnx", "m.onnx", "--python", "no-such-python"], "no-such-python"),
+        // Files whose contents would make the run allocate without bound.
+        (vec!["nyu.yaml", "--run-dir", "nyu-run"], "1×100000"),
+        // A run whose checkpoints were deleted: resuming (or starting over) would delete its logs.
+        (vec!["t.yaml", "--run-dir", "lost-checkpoints", "--resume"], "lost-checkpoints/checkpoints"),
+        (vec!["t.yaml", "--run-dir", "lost-checkpoints"], "lost-checkpoints/checkpoints"),
     ]
+}
+
+/// The benchmark's bad flags (a build with the `bench` feature), or its absence named.
+fn bench_commands() -> Vec<(Vec<&'static str>, &'static str)> {
+    if cfg!(feature = "bench") {
+        vec![
+            (vec!["bench", "t.yaml", "--steps", "0"], "--steps"),
+            (vec!["bench", "t.yaml", "--reps", "0"], "--reps"),
+            (vec!["bench", "t.yaml", "--lockstep", "no-fifos"], "no-fifos"),
+            (vec!["bench", "t.yaml", "--reps", "0", "--export", "/proc/nope/export"], "/proc/nope"),
+            (vec!["bench", "t.yaml", "--set", "optim.lr=-1"], "optim.lr"),
+        ]
+    } else {
+        vec![(vec!["bench", "t.yaml", "--steps", "3"], "--features bench")]
+    }
 }
 
 /// Writes the files the corpus refers to: a config, a trained run, and every kind of bad file.
@@ -192,9 +207,36 @@ fn fixtures(dir: &Path) {
     std::fs::create_dir(dir.join("bad-images")).unwrap();
     std::fs::write(dir.join("bad-images/a.png"), b"not a png").unwrap();
     std::fs::write(dir.join("bad-images/b.jpg"), b"not a jpeg").unwrap();
+    nyuv2_one_pixel_high(dir);
+    copy_without_checkpoints(&dir.join("runs/h"), &dir.join("lost-checkpoints"));
     std::fs::create_dir_all(dir.join("empty-run/checkpoints")).unwrap();
     std::fs::create_dir_all(dir.join("bad-pointer/checkpoints")).unwrap();
     std::fs::write(dir.join("bad-pointer/checkpoints/LATEST"), "step-000099\n").unwrap();
+}
+
+/// An NYUv2 tree whose images are 1 × 100 000 pixels (at image size 288 the model's width
+/// would be 28.8 million), and a config that reads it.
+fn nyuv2_one_pixel_high(dir: &Path) {
+    let image = mtl::data::npy::encode_f32(&[1, 100_000, 3], &vec![0.5; 300_000]);
+    for split in ["train", "val"] {
+        std::fs::create_dir_all(dir.join(format!("nyu/{split}/image"))).unwrap();
+        std::fs::write(dir.join(format!("nyu/{split}/image/0.npy")), &image).unwrap();
+    }
+    let cfg = "name: nyu\ndevice: cpu\ndata: {dataset: nyuv2, root: nyu, image_size: 288, batch_size: 1}\n\
+               model: {backbone: {kind: conv, widths: [4], depth: 1}}\n\
+               tasks:\n  - {name: semantic, kind: segmentation, target: semantic, classes: 13}\n";
+    write(dir, "nyu.yaml", cfg);
+}
+
+/// A run directory as a user leaves it after deleting its checkpoints/.
+fn copy_without_checkpoints(from: &Path, to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+    assert!(to.join("metrics.jsonl").exists());
 }
 
 fn mkfifo(path: &Path) {
@@ -246,7 +288,7 @@ fn corpus() -> Vec<Case> {
             }
         }
     }
-    for (args, needle) in bad_commands() {
+    for (args, needle) in bad_commands().into_iter().chain(bench_commands()) {
         cases.push(Case { args: args.iter().map(|s| s.to_string()).collect(), needle: needle.into() });
     }
     cases

@@ -11,7 +11,7 @@ For each architecture and each backbone it accepts, on three tasks:
    what `mtl-train predict` predicts from the trained checkpoint.
 Both within a relative error of 1e-5; the largest error per case is printed with `pytest -s`
 (0 means bit-identical). The run's config.yaml records every option, and they are the
-defaults mtl_torch.py assumes for hand-written configs.
+defaults `mtl-train list --json` reports (which mtl_torch.py fills hand-written configs with).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_interop import (  # noqa: E402, F401  (helpers and the `binary` fixture)
+    BINARY,
     binary,
     mtl,
     random_batch,
@@ -36,14 +37,23 @@ from test_interop import (  # noqa: E402, F401  (helpers and the `binary` fixtur
     train,
 )
 import mtl_torch  # noqa: E402
-from mtl_torch import ARCHITECTURE_OPTIONS, load_run, predict  # noqa: E402
+from mtl_torch import catalog, load_run, predict  # noqa: E402
 
 TOL = 1e-5
 MEASURED: dict = {}
 
-ARCHITECTURES = ["hps", "cross_stitch", "mtan", "mmoe", "cgc", "ple", "dselect_k", "ltb"]
-MAPS_ONLY = {"mtan", "ltb"}
-CASES = [(a, b) for a in ARCHITECTURES for b in ("conv", "resnet", "mlp") if not (b == "mlp" and a in MAPS_ONLY)]
+# Every architecture with every backbone it accepts, from the binary's registries (none
+# without the binary: then test_the_binary_lists_architectures fails, naming it).
+ARCHITECTURES = {a["name"]: a for a in (catalog(str(BINARY))["architectures"] if BINARY.is_file() else [])}
+CASES = [(a, b) for a, entry in ARCHITECTURES.items() for b in entry["backbones"]]
+MAPS_ONLY = sorted(a for a, entry in ARCHITECTURES.items() if "mlp" not in entry["backbones"])
+
+
+def test_the_binary_lists_architectures(binary):
+    names = [a["name"] for a in catalog(str(binary))["architectures"]]
+    assert names[0] == "hps" and len(names) == len(set(names)) >= 8
+    assert set(names) == set(mtl_torch.ARCHITECTURES), "every architecture has its PyTorch twin"
+    assert {"mtan", "ltb"} <= set(MAPS_ONLY)
 
 
 def arch_config(arch: str, backbone: str) -> dict:
@@ -138,10 +148,11 @@ def test_architecture_matches_pytorch_both_ways(binary, tmp_path, capsys, arch, 
         assert len(tree) == 2 and all(0 <= int(n) < 3 for line in tree for n in re.findall(r"\d+", line.split("parents")[1]))
     recorded = dict(yaml.safe_load((run / "config.yaml").read_text())["model"].get("architecture") or {"kind": "hps"})
     assert recorded.pop("kind") == arch
-    assert {k: float(v) for k, v in recorded.items()} == {k: float(v) for k, v in ARCHITECTURE_OPTIONS[arch].items()}
+    defaults = ARCHITECTURES[arch]["options"]
+    assert {k: float(v) for k, v in recorded.items()} == {k: float(v) for k, v in defaults.items()}
 
 
-@pytest.mark.parametrize("arch", sorted(MAPS_ONLY))
+@pytest.mark.parametrize("arch", MAPS_ONLY)
 def test_maps_only_architectures_refuse_the_mlp(binary, tmp_path, arch):
     cfg = arch_config(arch, "mlp")
     config = tmp_path / "c.yaml"

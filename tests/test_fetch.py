@@ -1,6 +1,6 @@
 """scripts/fetch.sh and scripts/fetch_lib.sh, offline: file:// URLs stand in for the download
 servers (curl reads them like any other URL), and a copy of the scripts with a sources file of
-the test's own stands in for scripts/datasets.txt."""
+the test's own stands in for src/data/fetch/datasets.txt."""
 import hashlib
 import io
 import shutil
@@ -99,7 +99,8 @@ def scripts_with_sources(tmp_path: Path, sources: str) -> Path:
     copy.mkdir()
     for name in ["fetch.sh", "fetch_lib.sh"]:
         shutil.copy(SCRIPTS / name, copy / name)
-    (copy / "datasets.txt").write_text(sources)
+    (tmp_path / "src" / "data" / "fetch").mkdir(parents=True)
+    (tmp_path / "src" / "data" / "fetch" / "datasets.txt").write_text(sources)
     return copy
 
 
@@ -148,10 +149,10 @@ def test_fetch_sh_downloads_checks_and_moves_the_dataset_into_place(tmp_path):
 
 
 def test_the_shipped_sources_read_the_same_in_bash_as_in_python():
-    """The binary parses scripts/datasets.txt in Rust (src/data/fetch/manifest.rs, with its own
+    """The binary parses src/data/fetch/datasets.txt in Rust (src/data/fetch/manifest.rs, with its own
     tests); here the shell reader must see the same datasets, files, checksums and URLs."""
     expected = {}
-    for line in (SCRIPTS / "datasets.txt").read_text().splitlines():
+    for line in (SCRIPTS.parent / "src" / "data" / "fetch" / "datasets.txt").read_text().splitlines():
         fields = line.split()
         if fields and fields[0] == "file":
             expected.setdefault(fields[1], []).append(" ".join(fields[2:]))

@@ -119,7 +119,13 @@ def tiny_config(case: str) -> dict:
     return cfg
 
 
+# One config per backbone (make_config builds each); test_every_backbone_has_a_case keeps the
+# list in step with the binary's registry.
 CASES = ["conv", "resnet", "mlp"]
+
+
+def test_every_backbone_has_a_case(binary):
+    assert CASES == mtl_torch.catalog(str(binary))["backbones"]
 
 
 def write_config(tmp_path: Path, cfg: dict) -> Path:

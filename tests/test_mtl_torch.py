@@ -512,10 +512,23 @@ def test_flatten_pool_sees_position():
 
 
 def test_normalize_knows_every_dataset():
-    for name in ("shapes", "cifar10_seg", "multimnist", "pet", "nyuv2", "folder"):
+    datasets = mtl_torch.catalog()["datasets"]
+    assert len(datasets) >= 8
+    for d in datasets:
         cfg = make_config()
-        cfg["data"]["dataset"] = name
-        assert mtl_torch.normalize(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), cfg).shape == (1, 3, 2, 2)
+        cfg["data"]["dataset"] = d["name"]
+        x = mtl_torch.normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), cfg)
+        want = [(1 - m) / s for m, s in zip(d["normalization"]["mean"], d["normalization"]["std"])]
+        torch.testing.assert_close(x.flatten(), torch.tensor(want, dtype=torch.float32), msg=d["name"])
+    with pytest.raises(ValueError, match="unknown dataset"):
+        mtl_torch.normalize(torch.zeros(1, 3, 1, 1, dtype=torch.uint8), {"data": {"dataset": "nope"}})
+
+
+def test_normalize_prefers_the_configs_recorded_normalization():
+    cfg = make_config()
+    cfg["data"]["normalization"] = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    x = mtl_torch.normalize(torch.full((1, 3, 1, 1), 51, dtype=torch.uint8), cfg)
+    torch.testing.assert_close(x.flatten(), torch.full((3,), 0.2))
 
 
 # --- Rust ↔ PyTorch on the new heads, through the binary -----------------------------------

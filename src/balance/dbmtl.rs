@@ -5,8 +5,8 @@
 //! Weights: `α` (coefficients on the EMA rows, not on this step's gradients). Heads follow
 //! the paper: they get the plain gradient of `log(l_i + ε)`, i.e. weight `1 / (l_i + ε)`.
 //! The EMA (`[T, P]`) is the checkpointed state.
-use super::gradient::{Combination, GradientMethod};
-use super::grads::host_vec;
+use super::autograd::host_vec;
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
 use super::Balancer;
 use super::{state, StepContext};

@@ -2,7 +2,7 @@
 //! `w = T · softmax(r / τ)` with `r_i = L̄_i(e−1) / L̄_i(e−2)` (epoch-mean training losses,
 //! fed by [`Balancer::end_epoch`]); all weights 1 before that.
 use super::options::Options;
-use super::{grads, state, Balancer, GradientSpace, StepContext};
+use super::{autograd, state, Balancer, GradientSpace, StepContext};
 use tch::Tensor;
 
 pub(super) fn build(o: &mut Options, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
@@ -55,7 +55,7 @@ impl Balancer for Dwa {
             ctx.losses.len(),
             self.tasks
         );
-        grads::backward_with_weights(ctx, &self.weights())
+        autograd::backward_with_weights(ctx, &self.weights())
     }
 
     fn end_epoch(&mut self, _epoch: u64, mean_losses: &[f64]) {
@@ -78,7 +78,7 @@ impl Balancer for Dwa {
 
     fn load_state(&mut self, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
         let t = self.tasks as i64;
-        let rows = grads::host_vec(&state::get(tensors, "loss_history", &[2, t])?)?;
+        let rows = autograd::host_vec(&state::get(tensors, "loss_history", &[2, t])?)?;
         let count = state::get_count(tensors, "epochs_recorded")?.clamp(0, 2) as usize;
         self.history = rows.chunks(self.tasks).take(count).map(<[f64]>::to_vec).collect();
         Ok(())

@@ -8,7 +8,7 @@
 //! 1e-3 by default, as `torch.optim.Adam`). Everything stays on the device.
 use super::adam::Adam;
 use super::options::Options;
-use super::{grads, state, Balancer, GradientSpace, StepContext};
+use super::{autograd, state, Balancer, GradientSpace, StepContext};
 use tch::{Kind, Tensor};
 
 pub(super) fn build(o: &mut Options, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
@@ -71,8 +71,8 @@ impl Balancer for Famo {
     }
 
     fn backward(&mut self, ctx: &StepContext) -> anyhow::Result<Tensor> {
-        let w = self.weights(&grads::stacked_losses(ctx.losses));
-        grads::backward_weighted(ctx, &w)?;
+        let w = self.weights(&autograd::stacked_losses(ctx.losses));
+        autograd::backward_weighted(ctx, &w)?;
         Ok(w)
     }
 
@@ -87,7 +87,7 @@ impl Balancer for Famo {
             losses_after.len(),
             self.logits.size()[0]
         );
-        self.update(&grads::stacked_losses(losses_after));
+        self.update(&autograd::stacked_losses(losses_after));
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! (computed on the device); losses are floored at 1e-12 so a zero loss gives a finite
 //! (zero-gradient) term instead of NaN.
 use super::options::Options;
-use super::{grads, Balancer, GradientSpace, StepContext};
+use super::{autograd, Balancer, GradientSpace, StepContext};
 use tch::{Kind, Tensor};
 
 pub(super) fn build(_o: &mut Options, _tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
@@ -31,8 +31,8 @@ impl Balancer for Gls {
     }
 
     fn backward(&mut self, ctx: &StepContext) -> anyhow::Result<Tensor> {
-        let w = gls_weights(&grads::stacked_losses(ctx.losses));
-        grads::backward_weighted(ctx, &w)?;
+        let w = gls_weights(&autograd::stacked_losses(ctx.losses));
+        autograd::backward_weighted(ctx, &w)?;
         Ok(w)
     }
 }

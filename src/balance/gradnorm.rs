@@ -9,8 +9,8 @@
 //! `s` is closed-form: `∂/∂w_i = sign(G_i − target_i) ‖g_i‖`, `∂w/∂s = T (diag p − p pᵀ)`.
 //! State: `s`, its Adam moments, and the initial losses.
 use super::adam::Adam;
-use super::gradient::{Combination, GradientMethod};
-use super::grads::{host_vec, tensor_like};
+use super::autograd::{host_vec, tensor_like};
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
 use super::Balancer;
 use super::{softmax, state, StepContext};

@@ -6,8 +6,8 @@
 //!
 //! Like PCGrad it runs on the Gram matrix; weights are the coefficients (`d = Σ w_k g_k`),
 //! heads get weight 1. The targets are the checkpointed state.
-use super::gradient::{Combination, GradientMethod};
-use super::grads::{gram, host_vec};
+use super::autograd::{gram, host_vec};
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
 use super::pcgrad::{check_orders, column_sums, dot_with, identity_rows, random_orders};
 use super::solvers::Mat;

@@ -19,8 +19,8 @@
 //!   minimum-norm least-squares solution, which keeps permuted tasks symmetric.
 //!
 //! Weights: `α` (may be negative for T ≥ 3; heads then get 0).
-use super::gradient::{Combination, GradientMethod};
-use super::grads::gram;
+use super::autograd::gram;
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
 use super::solvers::{lstsq_min_norm, solve_linear, Cosines, Mat, RESOLUTION};
 use super::Balancer;

@@ -4,8 +4,8 @@
 //! loss+l2: l_i‖g_i‖). In representation space this is MGDA-UB.
 //!
 //! Weights: `α` (on the simplex). The direction is `Σ (α_i / s_i) g_i`.
-use super::gradient::{Combination, GradientMethod};
-use super::grads::{gram, host_vec};
+use super::autograd::{gram, host_vec};
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
 use super::solvers::min_norm_simplex;
 use super::Balancer;

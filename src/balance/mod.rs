@@ -17,16 +17,16 @@
 //! the stateful ones structs with a `combine` method, so they can be used without a trainer.
 pub(crate) mod adam;
 pub mod aligned;
+pub mod autograd;
+pub mod blocked_gram;
 pub mod cagrad;
 pub mod dbmtl;
 pub mod dwa;
 pub mod famo;
 pub mod gls;
-pub mod gradient;
+pub mod gradient_method;
 pub mod gradnorm;
-pub mod grads;
 pub mod gradvac;
-pub mod gram_host;
 pub mod imtl;
 pub mod mgda;
 pub mod nash;
@@ -42,10 +42,11 @@ pub mod upgrad;
 #[cfg(test)]
 mod tests;
 
-pub use gradient::{Combination, GradientBalancer, GradientMethod};
+pub use gradient_method::{Combination, GradientBalancer, GradientMethod};
 
-use crate::config::{BalanceConfig, Config};
+use crate::config::{BalanceConfig, Config, GradientOn};
 use options::Options;
+use std::collections::BTreeMap;
 use tch::Tensor;
 
 /// Where gradient methods take the per-task gradients.
@@ -81,7 +82,7 @@ pub struct StepContext<'a> {
     pub seed: u64,
     /// In a distributed run, the ranks: the losses above are then already averaged over them,
     /// and gradient methods combine the gradients of the whole global batch
-    /// ([`grads::across_ranks`]), so every rank computes the same task weights.
+    /// ([`autograd::across_ranks`]), so every rank computes the same task weights.
     pub ranks: Option<&'a crate::dist::Group>,
 }
 
@@ -176,6 +177,22 @@ pub fn build_for(balance: &BalanceConfig, tasks: usize) -> anyhow::Result<Box<dy
     let balancer = (method.build)(&mut o, tasks)?;
     o.finish()?;
     Ok(balancer)
+}
+
+/// What `mtl-train list` shows of a method: every option with its default, and whether it
+/// combines per-task gradients (then `balance.on` applies).
+pub struct MethodFacts {
+    pub options: BTreeMap<String, serde_yaml::Value>,
+    pub gradient: bool,
+}
+
+/// The [`MethodFacts`] of `method` built for `tasks` tasks with no options set.
+pub fn facts(method: &Method, tasks: usize) -> anyhow::Result<MethodFacts> {
+    let none = BalanceConfig { method: method.name.into(), on: GradientOn::Params, options: BTreeMap::new() };
+    let mut o = Options::new(&none);
+    (method.build)(&mut o, tasks)?;
+    let gradient = o.reads_space();
+    Ok(MethodFacts { options: o.finish()?, gradient })
 }
 
 /// Numerically stable softmax of a few values.

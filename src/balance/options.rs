@@ -3,6 +3,8 @@
 //! only accepted by a gradient method.
 use super::{Balancer, GradientBalancer, GradientMethod, GradientSpace};
 use crate::config::{BalanceConfig, GradientOn, OptionMap};
+use serde_yaml::Value;
+use std::collections::BTreeMap;
 
 pub struct Options<'a> {
     map: OptionMap<'a>,
@@ -48,18 +50,24 @@ impl<'a> Options<'a> {
         }
     }
 
+    /// Whether the method asked for `balance.on` (only gradient methods do).
+    pub fn reads_space(&self) -> bool {
+        self.on_used
+    }
+
     /// Fails on the first key that no getter asked for, and on `balance.on: representation`
     /// for a method that works on the losses alone.
-    pub fn finish(self) -> anyhow::Result<()> {
+    /// Returns every option's value, defaults included.
+    pub fn finish(self) -> anyhow::Result<BTreeMap<String, Value>> {
         let hint = |key: &str| if key == "on" { " (`on` is `balance.on`, not an option)" } else { "" };
-        self.map.finish(hint)?;
+        let values = self.map.finish(hint)?;
         if !self.on_used && self.on == GradientOn::Representation {
             crate::user_bail!(
                 "balance.on: method '{}' works on the losses alone; 'representation' applies to gradient methods only",
                 self.method
             );
         }
-        Ok(())
+        Ok(values)
     }
 }
 

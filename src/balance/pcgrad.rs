@@ -9,8 +9,8 @@
 //!
 //! The order is injectable ([`pcgrad`] takes it); in training it is [`random_orders`] of
 //! `rng::stream(seed, Balance, step)`.
-use super::gradient::{Combination, GradientMethod};
-use super::grads::gram;
+use super::autograd::gram;
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
 use super::solvers::Mat;
 use super::Balancer;

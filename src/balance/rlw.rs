@@ -1,7 +1,7 @@
 //! Random loss weighting: `w = softmax(z)`, `z ~ N(0, I)` drawn every step from
 //! `rng::stream(seed, Balance, step)`, so a resumed run draws the same weights.
 use super::options::Options;
-use super::{grads, Balancer, GradientSpace, StepContext};
+use super::{autograd, Balancer, GradientSpace, StepContext};
 use crate::rng::{self, Purpose};
 use rand::Rng;
 use tch::Tensor;
@@ -40,6 +40,6 @@ impl Balancer for Rlw {
     fn backward(&mut self, ctx: &StepContext) -> anyhow::Result<Tensor> {
         anyhow::ensure!(!ctx.losses.is_empty(), "balance: no task losses");
         let w = rlw_weights(ctx.losses.len(), ctx.seed, ctx.step);
-        grads::backward_with_weights(ctx, &w)
+        autograd::backward_with_weights(ctx, &w)
     }
 }

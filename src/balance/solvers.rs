@@ -5,6 +5,9 @@
 //! Jacobi) instead of by a few iterations of a first-order method: the weights are then
 //! reproducible to many digits, which the reference test relies on. Every routine is
 //! deterministic and returns finite numbers for zero, parallel and opposite gradients.
+//! What is general lives here (linear systems, eigenpairs, non-negative and simplex QPs, the
+//! cosine form of a Gram matrix); a method's own problem lives in its file (`nash.rs`,
+//! `aligned.rs`, `cagrad.rs`, `upgrad.rs`).
 
 /// A square, row-major matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,12 +121,12 @@ pub fn dot(x: &[f64], y: &[f64]) -> f64 {
     x.iter().zip(y).map(|(a, b)| a * b).sum()
 }
 
-fn uniform(n: usize) -> Vec<f64> {
+pub(super) fn uniform(n: usize) -> Vec<f64> {
     vec![1.0 / n as f64; n]
 }
 
 /// A Gram matrix whose trace (or norm) is below this is all zeros: there is nothing to balance.
-const TINY: f64 = 1e-300;
+pub(super) const TINY: f64 = 1e-300;
 
 /// Solves `A x = b` by Gaussian elimination with partial pivoting. `None` when a pivot is
 /// below `1e-13 · max|A|` (numerically singular).
@@ -403,7 +406,7 @@ pub fn min_norm_simplex(m: &Mat) -> Vec<f64> {
 }
 
 /// Clamps rounding-level negatives and renormalizes, so a simplex point is exactly on it.
-fn clean_simplex(mut w: Vec<f64>) -> Vec<f64> {
+pub(super) fn clean_simplex(mut w: Vec<f64>) -> Vec<f64> {
     for v in w.iter_mut() {
         *v = v.max(0.0);
     }
@@ -416,100 +419,11 @@ fn clean_simplex(mut w: Vec<f64>) -> Vec<f64> {
     }
 }
 
-/// UPGrad's projection of each preference row `e_i/T` onto the dual cone:
-/// `v⁽ⁱ⁾ = argmin vᵀ M v s.t. v ≥ e_i/T`, returned as the sum `w = Σ_i v⁽ⁱ⁾`.
-/// `m` should already be normalized and regularised.
-pub fn upgrad_weights(m: &Mat) -> Vec<f64> {
-    let n = m.n();
-    let mut w = vec![0.0; n];
-    for i in 0..n {
-        // v = u + x with x ≥ 0:  min xᵀMx + 2 (Mu)ᵀx.
-        let mut u = vec![0.0; n];
-        u[i] = 1.0 / n as f64;
-        let x = qp_nonneg(m, &m.mul_vec(&u), None);
-        for k in 0..n {
-            w[k] += u[k] + x[k];
-        }
-    }
-    w
-}
-
 /// The smallest norm of a combination `g_w = Σ w_i g_i` the Gram matrix resolves, relative
 /// to `Σ w_i ‖g_i‖`: `‖g_w‖² = wᵀMw` is a sum of terms up to `(Σ w_i ‖g_i‖)²` computed
 /// with relative rounding ε, so a norm below ~`√ε·Σ w_i ‖g_i‖` (1.5e-8) is noise; at 1e-6
 /// it carries about four digits.
 pub const RESOLUTION: f64 = 1e-6;
-
-/// CAGrad's direction as `d = g0 + Gᵀy` (`g0 = Gᵀ1/T` the mean gradient, `c = α‖g0‖`):
-/// returns `y`, the coefficients of the correction, which has norm `≤ c`.
-///
-/// The paper's problem is `max_d min_i g_i·d` over the ball `‖d − g0‖ ≤ c`; its dual is
-/// `w = argmin_{w ∈ Δ} wᵀ M b + c √(wᵀ M w)` (`b = 1/T`) and `d = g0 + c g_w/‖g_w‖` with
-/// `g_w = Gᵀw`, so `y = c w/‖g_w‖`. The dual is solved through
-/// `c‖x‖ = min_{t>0} (c/2)(‖x‖²/t + t)`: for fixed `t` it is a simplex QP (solved exactly)
-/// whose `g_{w(t)}` is the point of the convex hull `H` of the gradients nearest to
-/// `−(t/c) g0`, and the optimal `t` is the root of `φ(t) = ‖g_{w(t)}‖ − t` (decreasing, the
-/// derivative of a convex function of `t`), found by bisection in `log t`.
-///
-/// Where `‖g_{w(t)}‖` is too small for the Gram matrix to resolve (below [`RESOLUTION`]) the
-/// hull reaches the origin, and there `g_{w(t)} = (t/c) Π` exactly for small `t`, with
-/// `Π = Π_K(−g0)` the projection onto the cone `K` spanned by the gradients: one
-/// non-negative least-squares problem with O(1) terms, exact whatever the scale. So the sign
-/// of `φ` there is that of `‖Π‖ − c`, and if the root lies in that range the correction is
-/// `c Π/‖Π‖`. If there is no root (`‖Π‖ ≤ c`: `g_w = 0` at the optimum, whose direction is
-/// undefined), every point of the ball that conflicts with no task is optimal, and the one
-/// nearest the mean is `g0 + Π` (the dual cone's projection of `g0`): the mean itself when it
-/// conflicts with no task.
-///
-/// (Deciding at a tiny `t` instead let the QP's linear term fall below rounding, so the mean
-/// was returned exactly when the origin lies inside the hull, where the optimum is elsewhere.)
-pub fn cagrad_correction(m: &Mat, c: f64) -> Vec<f64> {
-    let n = m.n();
-    let norms: Vec<f64> = (0..n).map(|i| m[(i, i)].max(0.0).sqrt()).collect();
-    let max_norm = norms.iter().copied().fold(0.0, f64::max);
-    let smallest = norms.iter().copied().filter(|&v| v > 0.0).fold(f64::INFINITY, f64::min);
-    if n == 0 || max_norm <= 0.0 || c.is_nan() || c <= 0.0 {
-        return vec![0.0; n];
-    }
-    let lin = m.mul_vec(&uniform(n));
-    // Π_K(−g0) = Gᵀw with w = argmin_{w ≥ 0} ½‖Gᵀw + g0‖² = ½wᵀMw + (Mb)ᵀw + const.
-    let cone = qp_nonneg(m, &lin, None);
-    let cone_norm = m.quad(&cone, &cone).max(0.0).sqrt();
-    let q = m.scaled(c);
-    // min (c/2t) wᵀMw + linᵀw  ⇔  min ½ wᵀ(cM)w + t·linᵀw
-    let solve = |t: f64| clean_simplex(qp_nonneg(&q, &lin.iter().map(|v| v * t).collect::<Vec<_>>(), Some(1.0)));
-    // ‖g_w‖ when it is resolved, `None` when it is not.
-    let resolved_norm = |w: &[f64]| {
-        let norm = m.quad(w, w).max(0.0).sqrt();
-        let terms: f64 = w.iter().zip(&norms).map(|(w, n)| w.abs() * n).sum();
-        (norm > RESOLUTION * terms).then_some(norm)
-    };
-    let positive = |t: f64| resolved_norm(&solve(t)).map_or(cone_norm > c, |norm| norm > t);
-    // Below the resolution, along the cone: the correction c Π/‖Π‖, or Π when ‖Π‖ ≤ c.
-    let along_cone = || cone.iter().map(|v| v * (c / cone_norm).min(1.0)).collect::<Vec<_>>();
-    // A resolved g_w has ‖g_w‖ > RESOLUTION·Σ w_i‖g_i‖ ≥ RESOLUTION·min‖g_i‖, so a root below
-    // that lies in the unresolved range. φ(max‖g_i‖) ≤ 0 since ‖g_w‖ ≤ max‖g_i‖.
-    let (mut lo, mut hi) = ((RESOLUTION * smallest).ln(), max_norm.ln());
-    if !positive(lo.exp()) {
-        return along_cone();
-    }
-    for _ in 0..200 {
-        let mid = 0.5 * (lo + hi);
-        if mid <= lo || mid >= hi {
-            break;
-        }
-        if positive(mid.exp()) {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    let w = solve((0.5 * (lo + hi)).exp());
-    match resolved_norm(&w) {
-        Some(norm) => w.iter().map(|v| v * c / norm).collect(),
-        None => along_cone(),
-    }
-}
 
 /// The Gram matrix as norms and cosines, `M_ij = n_i n_j C_ij`, over the tasks whose
 /// gradient is not zero (`active`). Methods whose direction does not depend on each task's
@@ -542,140 +456,15 @@ impl Cosines {
     }
 }
 
-/// Nash-MTL's ridge, relative to each task's squared gradient norm: it keeps the problem
-/// bounded when gradients are parallel or opposite (weights then stay within ~1/√ridge =
-/// 1000 of their scale) and, being relative, leaves the method invariant to each task's scale.
-pub const NASH_RIDGE: f64 = 1e-6;
-
-/// Nash-MTL's bargaining weights: the `α > 0` with `(M̃ α)_i = 1/α_i`, where
-/// `M̃ = (M + ridge·diag(M)) / ‖M‖_F`.
-///
-/// The solution scales as `α_i ∝ 1/‖g_i‖` when a task's gradient is rescaled (the direction
-/// `Σ α_i g_i` does not change), so it is computed on the cosine matrix: `α_i = √‖M‖_F β_i/‖g_i‖`
-/// with `((C + ridge·I) β)_i = 1/β_i`, whose terms are O(1) whatever the norms. That system is
-/// the stationarity condition of the strictly convex, self-concordant
-/// `f(β) = ½ βᵀ(C + ridge·I)β − Σ log β_i`, so damped Newton (step `1/(1+λ)` while the Newton
-/// decrement `λ` is large, full steps after) converges globally and quadratically and never
-/// leaves `β > 0`. `init` (e.g. last step's α) only changes the speed.
-///
-/// A task with a zero gradient has no stake in the shared direction (its equation has no
-/// solution): it gets `α_i = 0` and the others bargain without it. All ones for an all-zero `M`.
-pub fn nash_weights(m: &Mat, init: Option<&[f64]>) -> Vec<f64> {
-    let n = m.n();
-    let fro = m.frobenius();
-    let Cosines { norms, active, cos } = Cosines::of(m);
-    if active.is_empty() || !(fro > TINY && fro.is_finite()) {
-        return vec![1.0; n];
-    }
-    let k = active.len();
-    let scale = fro.sqrt();
-    let ct = cos.with_ridge(NASH_RIDGE);
-    let warm: Option<Vec<f64>> = init
-        .filter(|v| v.len() == n)
-        .map(|v| active.iter().map(|&i| v[i] * norms[i] / scale).collect::<Vec<_>>())
-        .filter(|b| b.iter().all(|x| x.is_finite() && *x > 0.0));
-    let mut b: Vec<f64> = warm.unwrap_or_else(|| {
-        // Best multiple of the ones vector: t² = k / 1ᵀC̃1.
-        let s = ct.quad(&vec![1.0; k], &vec![1.0; k]).max(f64::MIN_POSITIVE);
-        vec![(k as f64 / s).sqrt(); k]
-    });
-    for _ in 0..200 {
-        let cb = ct.mul_vec(&b);
-        let grad: Vec<f64> = (0..k).map(|i| cb[i] - 1.0 / b[i]).collect();
-        let hess = Mat::from_fn(k, |i, j| ct[(i, j)] + if i == j { 1.0 / (b[i] * b[i]) } else { 0.0 });
-        let Some(step) = solve_linear(&hess, &grad.iter().map(|g| -g).collect::<Vec<_>>()) else {
-            break;
-        };
-        let decrement = hess.quad(&step, &step).max(0.0).sqrt();
-        let tau = if decrement > 0.25 { 1.0 / (1.0 + decrement) } else { 1.0 };
-        let next: Vec<f64> = (0..k).map(|i| b[i] + tau * step[i]).collect();
-        if next.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
-            break;
-        }
-        b = next;
-        if decrement < 1e-13 {
-            break;
-        }
-    }
-    let mut alpha = vec![0.0; n];
-    for (r, &i) in active.iter().enumerate() {
-        alpha[i] = scale * b[r] / norms[i];
-    }
-    alpha
-}
-
-/// Aligned-MTL's balance weights `α = B 1` with `B = √λ_min V Λ^{-1/2} Vᵀ` over the
-/// eigenpairs `(λ, V)` of `M` on the span of the gradients. All ones for an all-zero `M`.
-///
-/// Dependent gradients make `M` singular and its zero eigenvalues must be left out (`Λ^{-1/2}`
-/// would amplify rounding). The reference code drops eigenvalues below `λ_max · T · ε_f32`,
-/// which also drops a task whose gradient is ~2000× smaller than another's (its eigenvalue is
-/// ~4e-7 of the largest), so the step then ignores or opposes that task. Here dependence is
-/// decided where it is scale-free: on the cosine matrix `C`, with the reference's threshold
-/// (`λ ≤ λ_max(C) · T · ε_f32`, the precision of f32 gradients' directions, whatever their
-/// norms). Each such eigenvector `w` of `C` is the dependence `α = w / ‖g‖` of `M` (zero
-/// gradients count too); `M` is projected off them and the rest of its spectrum is kept, however
-/// small: a graded matrix's small eigenvalues are accurate ([`sym_eigen`]).
-pub fn aligned_weights(m: &Mat) -> Vec<f64> {
-    let n = m.n();
-    let Cosines { norms, active, cos } = Cosines::of(m);
-    if active.is_empty() {
-        return vec![1.0; n];
-    }
-    let (cl, cv) = sym_eigen(&cos);
-    let cut = n as f64 * f32::EPSILON as f64 * cl[0];
-    let mut dependences: Vec<Vec<f64>> =
-        (0..n).filter(|&i| norms[i] == 0.0).map(|i| (0..n).map(|j| if i == j { 1.0 } else { 0.0 }).collect()).collect();
-    for k in (0..active.len()).filter(|&k| cl[k] <= cut) {
-        let mut z = vec![0.0; n];
-        for (r, &i) in active.iter().enumerate() {
-            z[i] = cv[(r, k)] / norms[i];
-        }
-        dependences.push(z);
-    }
-    // P = I − ZZᵀ with Z an orthonormal basis of the dependences (Gram–Schmidt, twice).
-    let mut basis: Vec<Vec<f64>> = Vec::new();
-    for mut z in dependences {
-        for _ in 0..2 {
-            for b in &basis {
-                let p = dot(&z, b);
-                z.iter_mut().zip(b).for_each(|(zi, bi)| *zi -= p * bi);
-            }
-        }
-        let norm = dot(&z, &z).sqrt();
-        if norm > 1e-8 {
-            basis.push(z.iter().map(|v| v / norm).collect());
-        }
-    }
-    let proj =
-        Mat::from_fn(n, |i, j| (if i == j { 1.0 } else { 0.0 }) - basis.iter().map(|b| b[i] * b[j]).sum::<f64>());
-    let on_span = if basis.is_empty() { m.clone() } else { proj.matmul(m).matmul(&proj) };
-    let (lam, v) = sym_eigen(&on_span);
-    // The eigenvectors of P M P lie either in the span (‖P v‖ = 1) or in the dependences (0).
-    let kept: Vec<usize> = (0..n)
-        .filter(|&k| {
-            lam[k] > 0.0 && {
-                let col: Vec<f64> = (0..n).map(|i| v[(i, k)]).collect();
-                proj.quad(&col, &col) > 0.5
-            }
-        })
-        .collect();
-    let lmin = kept.iter().map(|&k| lam[k]).fold(f64::INFINITY, f64::min);
-    let mut alpha = vec![0.0; n];
-    for &k in &kept {
-        // B 1 = √λ_min Σ_k v_k (v_kᵀ 1) / √λ_k
-        let proj_one: f64 = (0..n).map(|i| v[(i, k)]).sum();
-        let f = (lmin / lam[k]).sqrt() * proj_one;
-        for (i, a) in alpha.iter_mut().enumerate() {
-            *a += f * v[(i, k)];
-        }
-    }
-    alpha
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::{
+        aligned::aligned_weights,
+        cagrad::cagrad_correction,
+        nash::{nash_weights, NASH_RIDGE},
+        upgrad::upgrad_weights,
+    };
 
     fn gram(rows: &[Vec<f64>]) -> Mat {
         Mat::from_fn(rows.len(), |i, j| dot(&rows[i], &rows[j]))
@@ -813,7 +602,7 @@ mod tests {
 
     #[test]
     fn cagrad_finds_the_optimum_with_the_origin_inside_the_hull() {
-        // Issue 15's case (three gradients around the origin): g_w ≠ 0 at the optimum.
+        // Three gradients around the origin (a reported failure case): g_w ≠ 0 at the optimum.
         let rows = [vec![-1.48987, 0.49396], vec![0.58870, -0.89139], vec![-0.52097, 0.89135]];
         let m = gram(&rows);
         let b = [1.0 / 3.0; 3];

@@ -20,7 +20,7 @@ pub fn get(tensors: &[(String, Tensor)], name: &str, shape: &[i64]) -> anyhow::R
 
 /// A `[n]` float64 tensor's values.
 pub fn get_vec(tensors: &[(String, Tensor)], name: &str, n: usize) -> anyhow::Result<Vec<f64>> {
-    super::grads::host_vec(&get(tensors, name, &[n as i64])?)
+    super::autograd::host_vec(&get(tensors, name, &[n as i64])?)
 }
 
 /// An integer counter stored as a `[1]` int64 tensor.

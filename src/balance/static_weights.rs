@@ -1,6 +1,6 @@
 //! Static weighting: L = Σ w_i l_i with the configured task weights (EW: all weights 1).
 use super::options::Options;
-use super::{grads, Balancer, GradientSpace, StepContext};
+use super::{autograd, Balancer, GradientSpace, StepContext};
 use tch::Tensor;
 
 /// `static`: the configured `tasks[].weight`s.
@@ -45,6 +45,6 @@ impl Balancer for StaticWeights {
         anyhow::ensure!(t > 0, "balance: no task losses");
         let weights: Vec<f64> = if self.equal { vec![1.0; t] } else { ctx.task_weights.to_vec() };
         anyhow::ensure!(weights.len() == t, "balance: {} task weights for {t} losses", weights.len());
-        grads::backward_with_weights(ctx, &weights)
+        autograd::backward_with_weights(ctx, &weights)
     }
 }

@@ -7,7 +7,7 @@
 //! about `s`. Everything stays on the device: no host synchronisation.
 use super::adam::Adam;
 use super::options::Options;
-use super::{grads, state, Balancer, GradientSpace, StepContext};
+use super::{autograd, state, Balancer, GradientSpace, StepContext};
 use tch::{Kind, Tensor};
 
 pub(super) fn build(o: &mut Options, tasks: usize) -> anyhow::Result<Box<dyn Balancer>> {
@@ -53,8 +53,8 @@ impl Balancer for Uncertainty {
     }
 
     fn backward(&mut self, ctx: &StepContext) -> anyhow::Result<Tensor> {
-        let w = self.weights(&grads::stacked_losses(ctx.losses));
-        grads::backward_weighted(ctx, &w)?;
+        let w = self.weights(&autograd::stacked_losses(ctx.losses));
+        autograd::backward_weighted(ctx, &w)?;
         Ok(w)
     }
 

@@ -5,10 +5,10 @@
 //!
 //! Unlike TorchJD, `M` is normalized whenever its trace is positive (TorchJD treats traces
 //! below 1e-4 as zero, which makes the method depend on the loss scale).
-use super::gradient::{Combination, GradientMethod};
-use super::grads::gram;
+use super::autograd::gram;
+use super::gradient_method::{Combination, GradientMethod};
 use super::options::Options;
-use super::solvers::{upgrad_weights, Mat};
+use super::solvers::{qp_nonneg, Mat};
 use super::Balancer;
 use super::StepContext;
 use tch::Tensor;
@@ -45,4 +45,22 @@ impl GradientMethod for UpGrad {
     fn combine_step(&mut self, grads: &Tensor, _losses: &Tensor, _ctx: &StepContext) -> anyhow::Result<Combination> {
         upgrad(grads, self.reg_eps)
     }
+}
+
+/// UPGrad's projection of each preference row `e_i/T` onto the dual cone:
+/// `v⁽ⁱ⁾ = argmin vᵀ M v s.t. v ≥ e_i/T`, returned as the sum `w = Σ_i v⁽ⁱ⁾`.
+/// `m` should already be normalized and regularised.
+pub fn upgrad_weights(m: &Mat) -> Vec<f64> {
+    let n = m.n();
+    let mut w = vec![0.0; n];
+    for i in 0..n {
+        // v = u + x with x ≥ 0:  min xᵀMx + 2 (Mu)ᵀx.
+        let mut u = vec![0.0; n];
+        u[i] = 1.0 / n as f64;
+        let x = qp_nonneg(m, &m.mul_vec(&u), None);
+        for k in 0..n {
+            w[k] += u[k] + x[k];
+        }
+    }
+    w
 }

@@ -1,14 +1,11 @@
 //! glibc's allocator, told to keep freed memory for reuse.
 //!
-//! By default glibc serves every block above a dynamic threshold (128 KiB at start) with its own
-//! `mmap` and returns it to the kernel on `free`, and trims the heap top above 128 KiB. A training
-//! step allocates and frees the same activation and gradient buffers every step (megabytes each),
-//! so each step page-faults them back in and the kernel zeroes every page again: on the default
-//! config at batch 128 (one thread) 37 000 page faults and ~14 % of the step's CPU time
-//! (docs/BENCHMARKS.md, "Where the time goes at batch 128"). With blocks up to 32 MiB (glibc's
-//! maximum threshold) served from the heap and no trimming, freed buffers are reused as they are.
-//! Peak memory is the same (the buffers are live at the same time either way); the resident set
-//! no longer shrinks between steps. Numbers do not change: only where memory comes from.
+//! Why: by default glibc returns large blocks (above a dynamic `mmap` threshold) to the kernel on
+//! `free` and trims the heap top, so the activation and gradient buffers a training step frees
+//! and allocates again are page-faulted and zeroed afresh every step (the cost is measured in
+//! docs/results/BENCHMARKS.md, "Where the time goes"). With blocks up to glibc's maximum
+//! threshold served from the heap and no trimming, freed buffers are reused as they are. Peak
+//! memory is the same; the resident set no longer shrinks between steps; results do not change.
 //!
 //! A user who set glibc's own knobs (`GLIBC_TUNABLES`, `MALLOC_MMAP_THRESHOLD_`,
 //! `MALLOC_TRIM_THRESHOLD_`) keeps them.

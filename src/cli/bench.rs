@@ -12,7 +12,7 @@
 //! steps, which then include the collectives, and afterwards the step's collectives alone (the
 //! all-reduce of the flat gradient buffer, of the losses, and the broadcast of BatchNorm
 //! statistics, at their real sizes on the real group); rank 0 reports both, and their ratio is
-//! the all-reduce share of the step (docs/BENCHMARKS.md).
+//! the all-reduce share of the step (docs/results/BENCHMARKS.md).
 //!
 //! Memory: the peak resident set (`VmHWM`, reset through `/proc/self/clear_refs` after the
 //! warm-up, so it is the peak while training with the model and data resident) and, on CUDA,
@@ -207,7 +207,7 @@ impl Spread {
 /// "mtl", with the architecture when it is not hard sharing ("-mmoe"), the balancing method
 /// when it is not static ("-mgda-representation"), "-nchw" when channels-last training is off
 /// and "-unfused" when the CPU optimizer runs as tensor ops (the "before" of
-/// docs/BENCHMARKS.md).
+/// docs/results/BENCHMARKS.md).
 pub fn side_name(
     architecture: &str,
     balancer: &dyn mtl::balance::Balancer,
@@ -418,7 +418,7 @@ pub fn bench(resolved: Resolved, opts: &BenchOptions) -> anyhow::Result<BenchRep
             trainer.balancer.as_ref(),
             &cfg.balance.method,
             channels_last,
-            cfg.speed.fused_optimizer.resolve(true),
+            cfg.speed.fused_optimizer.is_on(),
         ) + if opts.input_only { "-input" } else { "" },
         config: cfg.name.clone(),
         device: format!("{device:?}").to_lowercase(),

@@ -9,6 +9,7 @@
 //! return one fp32 tensor per task, in task order.
 use clap::Args;
 use mtl::checkpoint::write_atomically;
+use mtl::model::Mode;
 use mtl::train::restore::{checkpoint_dir, restore, Restored};
 use mtl::{user_bail, user_error};
 use serde_json::json;
@@ -126,7 +127,7 @@ fn export_torchscript(r: &mut Restored, (h, w): (i64, i64), path: &Path) -> anyh
 fn check_against_model(r: &Restored, file: &Path, (h, w): (i64, i64)) -> anyhow::Result<f64> {
     let module = tch::CModule::load(file).map_err(|e| anyhow::anyhow!("{}: does not load: {e}", file.display()))?;
     let probe = Tensor::randn([TRACE_BATCH + 1, r.run.in_channels(), h, w], (Kind::Float, Device::Cpu));
-    let expected = tch::no_grad(|| r.model.forward(&probe, false));
+    let expected = tch::no_grad(|| r.model.forward(&probe, Mode::Eval));
     let got = tch::no_grad(|| module.forward_is(&[tch::IValue::Tensor(probe.shallow_clone())]))
         .map_err(|e| anyhow::anyhow!("running the traced module failed: {e}"))?;
     let got = outputs(got)?;
@@ -243,7 +244,12 @@ fn export_onnx(checkpoint: &Path, (h, w): (i64, i64), path: &Path, python: Optio
     let scratch = tempfile_dir()?;
     let script = scratch.join("mtl_torch.py");
     write_atomically(&script, MTL_TORCH_PY.as_bytes())?;
-    let status = std::process::Command::new(&python)
+    let mut command = std::process::Command::new(&python);
+    // The script reads the registries it does not copy (`list --json`) from this binary.
+    if let Ok(exe) = std::env::current_exe() {
+        command.env("MTL_BIN", exe);
+    }
+    let status = command
         .arg(&script)
         .arg(checkpoint)
         .args(["--onnx".as_ref(), path.as_os_str()])

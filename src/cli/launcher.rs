@@ -30,6 +30,7 @@ pub fn run(args: &TrainArgs, nproc: usize) -> anyhow::Result<ExitCode> {
     }
     let resolved = args.config.resolve()?;
     let device = mtl::setup::device(&resolved.cfg.device)?;
+    mtl::dist::check_build()?;
     if device.is_cuda() {
         let gpus = tch::Cuda::device_count() as usize;
         if nproc > gpus {

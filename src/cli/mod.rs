@@ -2,11 +2,13 @@
 //! one line and an exit code (2: something the user can fix; 1: an internal failure).
 mod allocator;
 mod baselines;
+#[cfg(feature = "bench")]
 mod bench;
 mod compare;
 mod eval;
 mod export;
 mod launcher;
+mod list;
 mod logs;
 mod predict;
 mod signals;
@@ -81,11 +83,23 @@ enum Command {
     /// Time the training step (warm-up excluded; median of repetitions) and print images/s and
     /// peak memory; scripts/bench.sh runs it side by side with PyTorch. Set the batch size and
     /// threads with --set data.batch_size=N --set threads=N.
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
+    /// Without the `bench` feature: says how to get the benchmark instead of reading "bench" as
+    /// a config file name.
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Write a trained model as TorchScript (`--torchscript model.pt`, loads with
     /// `torch.jit.load`) and/or ONNX (`--onnx model.onnx`, through PyTorch): a normalized
     /// float [N, C, H, W] batch in, one fp32 tensor per task out, as a tuple in task order.
     Export(export::ExportArgs),
+    /// List the datasets, task kinds, balancing methods (with their options), architectures
+    /// (with their options) and backbones; `--json` for scripts.
+    List(list::ListArgs),
 }
 
 /// The config a command reads.
@@ -133,6 +147,15 @@ impl CheckpointArgs {
     }
 }
 
+/// Training in this process, or with `--nproc N` as the launcher of N ranks (each of which then
+/// trains in its own process).
+fn train_or_launch(args: train::TrainArgs) -> anyhow::Result<ExitCode> {
+    match args.nproc {
+        Some(n) => launcher::run(&args, n),
+        None => train::run(args),
+    }
+}
+
 pub fn main() -> ExitCode {
     allocator::keep_freed_memory();
     install_panic_hook();
@@ -142,14 +165,21 @@ pub fn main() -> ExitCode {
         Err(e) => return flag_error(e),
     };
     let result = match cli.command {
-        Some(Command::Train(args)) => train::run(args),
+        Some(Command::Train(args)) => train_or_launch(args),
         Some(Command::Predict(args)) => predict::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Baselines(args)) => baselines::run(args),
         Some(Command::Compare(args)) => compare::run(args),
+        #[cfg(feature = "bench")]
         Some(Command::Bench(args)) => bench::run(args),
+        #[cfg(not(feature = "bench"))]
+        Some(Command::Bench { .. }) => Err(mtl::user_error!(
+            "bench: this mtl-train is built without the benchmark (tooling, not the product); build it with \
+             cargo build --release --features bench (scripts/bench.sh does)"
+        )),
         Some(Command::Export(args)) => export::run(args),
-        None => train::run(cli.train),
+        Some(Command::List(args)) => list::run(args),
+        None => train_or_launch(cli.train),
     };
     match result {
         Ok(code) => {

@@ -2,6 +2,7 @@
 use super::CheckpointArgs;
 use clap::Args;
 use mtl::checkpoint::read_tensors;
+use mtl::model::Mode;
 use mtl::tasks::Prediction;
 use mtl::train::restore::Restored;
 use mtl::{user_bail, user_error};
@@ -93,7 +94,7 @@ fn predict_tensor_file(r: &Restored, chosen: &[usize], input: &Path, output: &Pa
     }
     super::check_input_hw(cfg, s[2], s[3]).map_err(|e| user_error!("{}: 'input' {e}", input.display()))?;
     let x = x.to_kind(Kind::Float).to_device(r.model.device());
-    let outputs = tch::no_grad(|| r.model.forward(&x, false));
+    let outputs = tch::no_grad(|| r.model.forward(&x, Mode::Eval));
     let names = r.run.task_names();
     let named: Vec<(String, Tensor)> =
         chosen.iter().map(|&i| (names[i].clone(), outputs[i].to_device(Device::Cpu).contiguous())).collect();
@@ -182,7 +183,7 @@ fn predict_folder(r: &Restored, chosen: &[usize], images: &Path, out: &Path) -> 
             let norm = normalization(i);
             if !forwards.iter().any(|(n, _)| *n == norm) {
                 let x = to_input(&resized, grey, &norm.0, &norm.1).to_device(r.model.device());
-                forwards.push((norm, tch::no_grad(|| r.model.forward(&x, false))));
+                forwards.push((norm, tch::no_grad(|| r.model.forward(&x, Mode::Eval))));
             }
             let (_, out) = forwards.iter().find(|(n, _)| *n == norm).expect("just computed");
             outputs.push(out[i].shallow_clone());

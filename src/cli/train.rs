@@ -35,9 +35,6 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    if let Some(n) = args.nproc {
-        return super::launcher::run(&args, n);
-    }
     let resolved = args.config.resolve()?;
     let run_dir = args.run_dir.clone().unwrap_or_else(|| resolved.default_run_dir());
     let resume = match &args.resume {

@@ -53,15 +53,15 @@ pub enum Precision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// The dataset: `shapes` (generated, no download), `cifar10_seg`, `multimnist`, `pet`,
-    /// `nyuv2` or `folder` (src/data/registry.rs lists them).
+    /// The dataset: one of `mtl-train list` (`data::DATASETS` in src/data/mod.rs registers them;
+    /// `shapes`, the default, is generated and needs no download).
     pub dataset: String,
     /// Where the files of a real dataset live (relative to the config file; unset: the
     /// dataset's default, `data/<name>` relative to the working directory).
     #[serde(default)]
     pub root: Option<String>,
-    /// Fetch a public dataset (cifar10_seg, multimnist, pet, nyuv2) into `root` when it is
-    /// absent there, from the URLs and with the checksums of scripts/datasets.txt. `false`
+    /// Fetch a public dataset (`mtl-train list`: those with `download`) into `root` when it is
+    /// absent there, from the URLs and with the checksums of src/data/fetch/datasets.txt. `false`
     /// never touches the network: a missing dataset is an error.
     #[serde(default, skip_serializing_if = "is_false")]
     pub download: bool,
@@ -255,10 +255,9 @@ impl Default for AugmentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// How the tasks share the network: `hps` (default: one backbone, one head per task),
-    /// `cross_stitch`, `mtan`, `mmoe`, `cgc`, `ple`, `dselect_k` or `ltb` (src/model/arch/
-    /// lists them), with the architecture's own options in the same map. Not written to
-    /// config.yaml when it is the default `hps`.
+    /// How the tasks share the network: `hps` (default: one backbone, one head per task) or
+    /// another architecture of `mtl-train list`, with the architecture's own options in the
+    /// same map. Not written to config.yaml when it is the default `hps`.
     #[serde(default, skip_serializing_if = "ArchitectureConfig::is_default")]
     pub architecture: ArchitectureConfig,
     pub backbone: BackboneConfig,
@@ -322,15 +321,8 @@ impl DomainNorm {
 
 /// `model.architecture`: `{kind: <name>, <option>: <value>, …}`. The options are checked by
 /// the architecture itself when the config is resolved, which also records every option's
-/// value (defaults included) in the run's config.yaml. The options of each architecture
-/// (docs/ARCHITECTURES.md):
-/// - `cross_stitch`: `self_weight` (0.9): initial weight of a task's own column in its units.
-/// - `mtan`: `attention_width` (0: the stage's width): channels inside the attention masks.
-/// - `mmoe`: `experts` (3).
-/// - `cgc`, `ple`: `shared_experts` (1), `task_experts` (1, per task).
-/// - `dselect_k`: `experts` (3), `k` (2, experts selected), `gamma` (1.0, smooth-step width),
-///   `entropy_reg` (1e-6).
-/// - `ltb`: `temperature` (1.0, Gumbel-softmax temperature of epoch 0, then / √(epoch + 1)).
+/// value (defaults included) in the run's config.yaml. `mtl-train list` shows every
+/// architecture's options with their defaults; docs/MODEL_ARCHITECTURES.md explains them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(expecting = "a map like {kind: mmoe, experts: 4}")]
 pub struct ArchitectureConfig {
@@ -388,6 +380,19 @@ pub enum BackboneKind {
     Mlp,
 }
 
+impl BackboneKind {
+    pub const ALL: [Self; 3] = [Self::Conv, Self::Resnet, Self::Mlp];
+
+    /// The name `model.backbone.kind` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Conv => "conv",
+            Self::Resnet => "resnet",
+            Self::Mlp => "mlp",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Norm {
@@ -442,7 +447,7 @@ impl Pool {
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
     pub name: String,
-    /// `classification`, `segmentation`, `regression` or `normals` (src/tasks/mod.rs lists them).
+    /// A task kind of `mtl-train list` (src/tasks/mod.rs registers them).
     pub kind: String,
     /// Which of the dataset's targets this task learns.
     pub target: String,
@@ -815,13 +820,9 @@ pub enum Toggle {
 }
 
 impl Toggle {
-    /// Whether the feature is used, given what `auto` means here.
-    pub fn resolve(self, auto: bool) -> bool {
-        match self {
-            Toggle::Auto => auto,
-            Toggle::On => true,
-            Toggle::Off => false,
-        }
+    /// Whether the feature is used: `auto` means on (what measured fastest for both switches).
+    pub fn is_on(self) -> bool {
+        self != Toggle::Off
     }
 }
 

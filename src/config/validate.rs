@@ -110,7 +110,7 @@ fn multi_input(cfg: &Config) -> Check {
 }
 
 /// Ranges every dataset shares; what one dataset allows is its own file's business
-/// (src/data/registry.rs), checked when the config is resolved.
+/// (`data::DATASETS`, src/data/mod.rs), checked when the config is resolved.
 fn data(d: &DataConfig, at: &str) -> Check {
     let key = |k: &str| format!("{at}.{k}");
     ensure(is_identifier(&d.dataset), &key("dataset"), format!("'{}' must be a dataset name", d.dataset))?;

@@ -26,7 +26,7 @@ pub const CLASSES: usize = 10;
 pub const TRAIN_FILES: [&str; 5] =
     ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 pub const VAL_FILE: &str = "test_batch.bin";
-const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch_cifar10.sh) to download CIFAR-10";
+const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch.sh cifar10_seg) to download CIFAR-10";
 
 /// The pasted rectangle covers this many pixels (25–50% of 32×32).
 const PASTE_AREA: std::ops::RangeInclusive<usize> = (SIDE * SIDE / 4)..=(SIDE * SIDE / 2);
@@ -373,12 +373,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         let msg = user_error_text(load(&cfg(&missing, 0, 0), 0));
-        assert!(msg.contains("nope") && msg.contains("scripts/fetch_cifar10.sh"), "{msg}");
+        assert!(msg.contains("nope") && msg.contains("scripts/fetch.sh cifar10_seg"), "{msg}");
 
         write_fake_cifar_dir(dir.path(), 2).unwrap();
         std::fs::remove_file(dir.path().join("data_batch_4.bin")).unwrap();
         let msg = user_error_text(load(&cfg(dir.path(), 0, 0), 0));
-        assert!(msg.contains("data_batch_4.bin") && msg.contains("scripts/fetch_cifar10.sh"), "{msg}");
+        assert!(msg.contains("data_batch_4.bin") && msg.contains("scripts/fetch.sh cifar10_seg"), "{msg}");
     }
 
     #[test]

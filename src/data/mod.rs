@@ -62,7 +62,7 @@ pub trait Dataset: Sync {
     fn targets(&self, d: &DataConfig) -> Option<Vec<TargetInfo>>;
     /// Per-channel mean and std that normalize its images (after dividing by 255).
     fn normalization(&self) -> ([f64; 3], [f64; 3]);
-    /// Where its files are published, for `data.download` (scripts/datasets.txt, by name);
+    /// Where its files are published, for `data.download` (src/data/fetch/datasets.txt, by name);
     /// `None` for generated data and for your own files.
     fn source(&self) -> Option<&'static fetch::Source> {
         fetch::source(self.name())

@@ -35,7 +35,7 @@ pub const VAL_LABELS: &str = "t10k-labels-idx1-ubyte";
 /// `configs/multimnist_glyphs.yaml` reads (with the project's Python, which has numpy).
 fn fetch_hint(root: &Path) -> String {
     format!(
-        "for MNIST set data.download: true (or run scripts/fetch_multimnist.sh); for the generated glyph digits \
+        "for MNIST set data.download: true (or run scripts/fetch.sh multimnist); for the generated glyph digits \
          (configs/multimnist_glyphs.yaml) run .venv/bin/python scripts/make_glyph_digits.py {} --train 12000 --test 2000",
         root.display()
     )
@@ -374,7 +374,7 @@ mod tests {
         assert!(m.contains("train-images-idx3-ubyte.gz") && m.contains("gzip"), "{m}");
         std::fs::remove_file(dir.path().join(format!("{TRAIN_IMAGES}.gz"))).unwrap();
         let m = text(load(&c, 0));
-        assert!(m.contains(TRAIN_IMAGES) && m.contains("fetch_multimnist.sh"), "{m}");
+        assert!(m.contains(TRAIN_IMAGES) && m.contains("scripts/fetch.sh multimnist"), "{m}");
         let glyphs = format!(".venv/bin/python scripts/make_glyph_digits.py {}", dir.path().display());
         assert!(m.contains(&glyphs), "the glyph digits' command, with the project's Python: {m}");
     }

@@ -22,7 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const CLASSES: i64 = 13;
-const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch_nyuv2.sh) to download the preprocessed NYUv2";
+/// The widest (and, inverted, the tallest) aspect of the stored arrays accepted: the model's
+/// width follows from it, so a file must not be able to ask for an unbounded allocation.
+const MAX_ASPECT: f64 = 4.0;
+const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch.sh nyuv2) to download the preprocessed NYUv2";
 
 pub const TARGETS: &[TargetInfo] = &[
     TargetInfo { name: "semantic", shape: TargetShape::PerPixel, classes: CLASSES },
@@ -76,6 +79,9 @@ pub fn sources(d: &DataConfig) -> anyhow::Result<FileSources> {
     }
     let (train_ids, train_hw) = scan(&root.join("train"), d.train_size, "data.train_size")?;
     let (val_ids, val_hw) = scan(&root.join("val"), d.val_size, "data.val_size")?;
+    for (split, hw) in [("train", train_hw), ("val", val_hw)] {
+        check_aspect(&root.join(split).join("image"), hw)?;
+    }
     let h = d.image_size as usize;
     let w = ((h * train_hw.1) as f64 / train_hw.0 as f64).round() as usize;
     let targets: Vec<TargetSpec> =
@@ -84,6 +90,19 @@ pub fn sources(d: &DataConfig) -> anyhow::Result<FileSources> {
         Arc::new(NyuSource { dir: root.join(split), split, ids, src_hw, out_hw: (h, w), targets: targets.clone() })
     };
     Ok(FileSources { train: source("train", train_ids, train_hw), val: source("val", val_ids, val_hw) })
+}
+
+/// Refuses arrays whose width/height lies outside 1/[`MAX_ASPECT`]..=[`MAX_ASPECT`].
+fn check_aspect(images: &Path, (h, w): (usize, usize)) -> anyhow::Result<()> {
+    let aspect = w as f64 / h as f64;
+    if !(1.0 / MAX_ASPECT..=MAX_ASPECT).contains(&aspect) {
+        user_bail!(
+            "{}: arrays of {h}×{w} (H×W): width/height {aspect:.4} is outside 1/{MAX_ASPECT}..{MAX_ASPECT}, and the \
+             model's width follows from it",
+            images.display()
+        );
+    }
+    Ok(())
 }
 
 /// The sample numbers of a split (`image/<i>.npy`, ascending) and the arrays' (H, W), read
@@ -364,8 +383,11 @@ mod tests {
         std::fs::remove_file(train.join("normal/1.npy")).unwrap();
         let e1 = s.train.read(1).unwrap_err().to_string();
         assert!(e1.contains("label/1.npy"), "the first bad file of a sample is named: {e1}");
+        put("image", 0, encode_f32(&[1, 1000, 3], &[0.5; 3000]));
+        let wide = sources(&cfg(dir.path(), 8)).err().unwrap().to_string();
+        assert!(wide.contains("train/image") && wide.contains("1×1000"), "{wide}");
         std::fs::remove_dir_all(dir.path().join("val")).unwrap();
         let m = sources(&cfg(dir.path(), 8)).err().unwrap().to_string();
-        assert!(m.contains("val/image") && m.contains("fetch_nyuv2.sh"), "{m}");
+        assert!(m.contains("val/image") && m.contains("scripts/fetch.sh nyuv2"), "{m}");
     }
 }

@@ -31,7 +31,7 @@ pub const BREEDS: i64 = 37;
 /// Breed ids within a species: 12 cat breeds, 25 dog breeds.
 pub const CAT_BREEDS: i64 = 12;
 pub const DOG_BREEDS: i64 = 25;
-const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch_pet.sh) to download Oxford-IIIT Pet";
+const FETCH_HINT: &str = "set data.download: true (or run scripts/fetch.sh pet) to download Oxford-IIIT Pet";
 
 pub fn targets(border: PetBorder) -> [TargetInfo; 3] {
     [
@@ -408,10 +408,10 @@ mod tests {
     fn missing_files_are_user_errors_with_the_fetch_hint() {
         let dir = tempfile::tempdir().unwrap();
         let e = sources(&cfg(&dir.path().join("nope"), 16)).err().unwrap().to_string();
-        assert!(e.contains("nope") && e.contains("fetch_pet.sh"), "{e}");
+        assert!(e.contains("nope") && e.contains("scripts/fetch.sh pet"), "{e}");
         write_pet(dir.path());
         std::fs::remove_file(dir.path().join("annotations/test.txt")).unwrap();
         let e = sources(&cfg(dir.path(), 16)).err().unwrap().to_string();
-        assert!(e.contains("test.txt") && e.contains("fetch_pet.sh"), "{e}");
+        assert!(e.contains("test.txt") && e.contains("scripts/fetch.sh pet"), "{e}");
     }
 }

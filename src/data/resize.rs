@@ -2,7 +2,7 @@
 //! channel-major bytes: bit for bit what `image::imageops::resize(.., FilterType::Triangle)`
 //! computes, without its per-pixel generic accessors, fourth (alpha) channel and separate
 //! interleaved output. It was the largest cost of streaming a folder of photos (a quarter of
-//! the decode threads' time, more than decoding the JPEG itself; docs/BENCHMARKS.md).
+//! the decode threads' time, more than decoding the JPEG itself; docs/results/BENCHMARKS.md).
 //!
 //! The arithmetic is the `image` crate's, in the same order per output value: a vertical pass
 //! into f32 (`Σ_i src·w_i`, taps left to right, each weight normalised by the taps' sum), then a

@@ -4,10 +4,10 @@
 //! with the sizes its headers give, and the library's constructors fill them in. The torch
 //! wheel ships no gloo headers, so csrc/dist/gloo_shim/ declares what ProcessGroupGloo.hpp
 //! names; should a torch upgrade make those declarations (or the headers) disagree with the
-//! compiled library, the constructors would write past the allocation. build.rs reads each
-//! class's size from the library's own code (the `operator new(N)` in a library function that
-//! constructs one) and its build id; here both are compared with what the shim was compiled
-//! with and with the library actually loaded.
+//! compiled library, the constructors would write past the allocation. build.rs looks the
+//! library's sizes up by its build id in csrc/dist/c10d_sizes.txt (measured once per torch
+//! release); here they are compared with what the shim was compiled with, and the build id
+//! with the library actually loaded.
 use super::ffi;
 use crate::user_bail;
 use std::collections::BTreeMap;
@@ -21,12 +21,7 @@ fn pairs(text: &str) -> BTreeMap<&str, &str> {
 /// libtorch is not the one they were measured on.
 pub fn check() -> anyhow::Result<()> {
     let measured = env!("MTL_C10D_LIBRARY_SIZES");
-    if let Some(why) = measured.strip_prefix("unmeasured: ") {
-        user_bail!(
-            "distributed training: this build could not measure libtorch's c10d object sizes ({why}); rebuild \
-             where binutils (nm, objdump, readelf) are installed"
-        );
-    }
+    sizes_known(measured)?;
     // SAFETY: the shim returns a static NUL-terminated string.
     let compiled = unsafe { std::ffi::CStr::from_ptr(ffi::mtl_dist_compiled_sizes()) }.to_string_lossy().into_owned();
     compare(&pairs(&compiled), &pairs(measured))?;
@@ -38,6 +33,15 @@ pub fn check() -> anyhow::Result<()> {
             ),
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Refuses a build whose libtorch was not in the table of known builds (build.rs then compiles
+/// in "unmeasured: why").
+fn sizes_known(measured: &str) -> anyhow::Result<()> {
+    if let Some(why) = measured.strip_prefix("unmeasured: ") {
+        user_bail!("distributed training: this libtorch's c10d object sizes are unknown ({why})");
     }
     Ok(())
 }
@@ -83,7 +87,7 @@ fn loaded_build_id(name: &str) -> Option<String> {
             let start = (info.dlpi_addr + ph.p_vaddr) as usize;
             // SAFETY: a PT_NOTE segment of a loaded object is mapped and readable.
             let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, ph.p_memsz as usize) };
-            if let Some(id) = gnu_build_id(bytes) {
+            if let Some(id) = super::library_id::from_notes(bytes) {
                 search.found = Some(id);
                 return 1;
             }
@@ -96,25 +100,6 @@ fn loaded_build_id(name: &str) -> Option<String> {
     search.found
 }
 
-/// The NT_GNU_BUILD_ID descriptor in a PT_NOTE segment, as hex.
-fn gnu_build_id(mut notes: &[u8]) -> Option<String> {
-    let word = |b: &[u8], at: usize| -> Option<usize> {
-        Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
-    let align = |n: usize| (n + 3) & !3;
-    while notes.len() >= 12 {
-        let (namesz, descsz, kind) = (word(notes, 0)?, word(notes, 4)?, word(notes, 8)?);
-        let name = notes.get(12..12 + namesz)?;
-        let desc_at = 12 + align(namesz);
-        let desc = notes.get(desc_at..desc_at + descsz)?;
-        if kind == 3 && name == b"GNU\0" {
-            return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
-        }
-        notes = notes.get(desc_at + align(descsz)..)?;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +107,14 @@ mod tests {
     #[test]
     fn sizes_compiled_here_match_the_library_this_build_measured() {
         check().expect("the c10d shim matches the libtorch it links");
+    }
+
+    #[test]
+    fn an_unknown_libtorch_build_refuses_in_one_line() {
+        let why = "libtorch_cpu.so build id ab12 is not in csrc/dist/c10d_sizes.txt; scripts/c10d_sizes.sh measures it";
+        let msg = crate::error::one_line_user_error(sizes_known(&format!("unmeasured: {why}")).unwrap_err());
+        assert!(msg.contains("unknown") && msg.contains("ab12") && !msg.contains('\n'), "{msg}");
+        assert!(sizes_known("TCPStore=216;").is_ok());
     }
 
     #[test]
@@ -153,7 +146,7 @@ mod tests {
             notes.extend(desc);
             notes.resize(notes.len().div_ceil(4) * 4, 0);
         }
-        assert_eq!(gnu_build_id(&notes).as_deref(), Some("ab01ff10"));
-        assert_eq!(gnu_build_id(&notes[..20]), None);
+        assert_eq!(crate::dist::library_id::from_notes(&notes).as_deref(), Some("ab01ff10"));
+        assert_eq!(crate::dist::library_id::from_notes(&notes[..20]), None);
     }
 }

@@ -11,6 +11,7 @@
 mod abi;
 mod ffi;
 pub mod launch;
+mod library_id;
 mod store;
 mod watch;
 
@@ -60,6 +61,12 @@ impl std::fmt::Debug for Group {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Group(rank {} of {} on {:?})", self.inner.rank, self.inner.world, self.inner.device)
     }
+}
+
+/// Whether this build can train data-parallel with the libtorch it runs on (the c10d size
+/// check, src/dist/abi.rs): a launcher asks before it starts any rank, so a refusal is one line.
+pub fn check_build() -> anyhow::Result<()> {
+    abi::check()
 }
 
 /// Joins the run `launch` describes, on `device` (CPU: Gloo; `cuda:i`: NCCL): checks the

@@ -12,6 +12,7 @@
 //! This is tch's `CModule::create_by_tracing` with another ending: tch registers each output
 //! tensor as a separate graph output, which libtorch refuses to run or save for more than one;
 //! `mtl_end_tracing_tuple` (src/model/trace_tuple.cpp) packs them into a tuple first.
+use super::Mode;
 use super::MultiTaskModel;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::Path;
@@ -56,7 +57,7 @@ fn trace_and_save(model: &MultiTaskModel, example: &Tensor, path: &Path) -> anyh
     }
     // The tracer records what runs between its start and end: the forward, on the input the
     // tracer knows (`input`, the very tensor registered above).
-    let mut outputs = model.forward(&input, false);
+    let mut outputs = model.forward(&input, Mode::Eval);
     let pointers: Vec<*mut torch_sys::C_tensor> = outputs.iter_mut().map(Tensor::as_mut_ptr).collect();
     // SAFETY: `module` is the live module of the trace begun above, `pointers` are live tensors
     // for the duration of the call; a non-null result is a malloc'd message we free.

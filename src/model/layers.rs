@@ -31,7 +31,7 @@ pub fn is_channels_last(x: &Tensor) -> bool {
 /// gradient), copies the gradient to NCHW and runs the generic one. Multiplying by one is
 /// exact both ways, and its backward writes a fresh gradient laid out like `x`. Measured
 /// (batch 128, 2 threads, upsample + cat forward and backward): 8.0 → 4.0 ms at 8² → 16²,
-/// 33 → 19 ms at 16² → 32² (docs/BENCHMARKS.md).
+/// 33 → 19 ms at 16² → 32² (docs/results/BENCHMARKS.md).
 pub fn with_dense_gradient(x: &Tensor) -> Tensor {
     x * 1.0
 }
@@ -45,7 +45,7 @@ pub struct Compute {
     /// Training forwards run their conv activations in channels-last (NHWC) memory
     /// (`speed.channels_last`). Measured on the CPU (oneDNN): the default model's step is
     /// 10–20% faster, because convolutions, max-pooling and BatchNorm skip their internal
-    /// reorders (docs/BENCHMARKS.md); on CUDA, cuDNN's bf16/TF32 tensor-core kernels want NHWC
+    /// reorders (docs/results/BENCHMARKS.md); on CUDA, cuDNN's bf16/TF32 tensor-core kernels want NHWC
     /// as well. Evaluation and inference forwards stay NCHW, so their outputs are bit for bit
     /// those of the PyTorch twin (`scripts/mtl_torch.py`) in fp32 on the CPU. Weights stay NCHW
     /// (they are views into the optimizer's flat buffer); the convolution reorders them, which

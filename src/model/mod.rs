@@ -22,6 +22,29 @@ use tch::{Device, Kind, Tensor};
 pub const BACKBONE: &str = "backbone";
 pub const HEADS: &str = "heads";
 
+/// What loading weights does with head variables the file lacks (`--allow-missing-heads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingHeads {
+    Refuse,
+    KeepInitialised,
+}
+
+/// Whether a forward pass trains (batch statistics, dropout, an architecture's random draws)
+/// or evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// What the heads read: the shared representation itself, or detached copies of it whose
+/// gradients a gradient method takes one per task (`balance.on: representation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadInput {
+    Attached,
+    Detached,
+}
+
 pub struct MultiTaskModel {
     pub vs: VarStore,
     arch: Box<dyn Architecture>,
@@ -109,7 +132,7 @@ impl MultiTaskModel {
                 Precision::Fp32 => Kind::Float,
                 Precision::Bf16 => Kind::BFloat16,
             };
-            let channels_last = cfg.speed.channels_last.resolve(true);
+            let channels_last = cfg.speed.channels_last.is_on();
             let compute = Compute { kind, channels_last, domain: 0 };
             Self { vs, arch, heads, private, domains, layout, compute, seed: cfg.seed }
         }))
@@ -129,13 +152,12 @@ impl MultiTaskModel {
         self.layout
     }
 
-    /// A forward pass's settings: train or eval mode, the training step (for architectures
-    /// that draw random numbers while training; None: deterministic), and whether the heads
-    /// run on detached copies of the shared representation. It reads data group 0's images
+    /// A forward pass's settings: its mode, the training step (for architectures
+    /// that draw random numbers while training; None: deterministic), and what the heads read. It reads data group 0's images
     /// ([`Pass::on_domain`] says another).
-    pub fn pass(&self, train: bool, step: Option<(u64, u64)>, representation: bool) -> Pass {
+    pub fn pass(&self, mode: Mode, step: Option<(u64, u64)>, heads: HeadInput) -> Pass {
         let step = step.map(|(step, epoch)| StepIndex { seed: self.seed, step, epoch });
-        Pass::new(train, self.compute, step, representation)
+        Pass::new(mode == Mode::Train, self.compute, step, heads == HeadInput::Detached)
     }
 
     /// Every head's fp32 outputs for a normalized float batch `[N, C, H, W]` of the pass's data
@@ -156,9 +178,9 @@ impl MultiTaskModel {
     /// One output per task, in task order, each computed as for its own data group's images
     /// (with that group's BatchNorm state, when groups keep their own: one pass per group);
     /// every choice deterministic (evaluation, prediction, export).
-    pub fn forward(&self, x: &Tensor, train: bool) -> Vec<Tensor> {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Vec<Tensor> {
         if self.layout.domains <= 1 {
-            return self.forward_on(x, 0, train);
+            return self.forward_on(x, 0, mode);
         }
         let mut outputs: Vec<Option<Tensor>> = self.domains.iter().map(|_| None).collect();
         for d in 0..self.layout.domains {
@@ -166,7 +188,7 @@ impl MultiTaskModel {
             if of_d.is_empty() {
                 continue;
             }
-            let mut all = self.forward_on(x, d, train);
+            let mut all = self.forward_on(x, d, mode);
             for i in of_d {
                 outputs[i] = Some(std::mem::replace(&mut all[i], Tensor::new()));
             }
@@ -176,8 +198,8 @@ impl MultiTaskModel {
 
     /// Every head's output for a batch of data group `domain`'s images, in task order (only
     /// that group's tasks' outputs mean something when groups keep their own BatchNorm state).
-    pub fn forward_on(&self, x: &Tensor, domain: usize, train: bool) -> Vec<Tensor> {
-        self.run(x, self.pass(train, None, false).on_domain(domain)).outputs
+    pub fn forward_on(&self, x: &Tensor, domain: usize, mode: Mode) -> Vec<Tensor> {
+        self.run(x, self.pass(mode, None, HeadInput::Attached).on_domain(domain)).outputs
     }
 
     /// The data group of each task, in task order.
@@ -231,14 +253,15 @@ impl MultiTaskModel {
 
     /// Copies `tensors` (read from `file`) into the variables after checking every name,
     /// shape, dtype and that the values are finite; any problem is a user error naming the
-    /// first few. With
-    /// `allow_missing_heads`, head variables absent from the file keep their initialisation.
+    /// first few. With [`MissingHeads::KeepInitialised`], head variables absent from the file
+    /// keep their initialisation.
     pub fn load_tensors(
         &self,
         tensors: &[(String, Tensor)],
         file: &std::path::Path,
-        allow_missing_heads: bool,
+        missing_heads: MissingHeads,
     ) -> anyhow::Result<()> {
+        let allow_missing_heads = missing_heads == MissingHeads::KeepInitialised;
         let vars = self.named_variables();
         let given: BTreeMap<&str, &Tensor> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let mut problems = Vec::new();

@@ -10,7 +10,7 @@
 //! the buffers and viewed as `[O, I, kh, kw]` with channels-last strides. A channels-last
 //! training forward then hands the convolution weights already in its layout: libtorch
 //! otherwise copies every NCHW weight to channels-last in every forward and backward (in
-//! PyTorch itself: +9 % on a ResNet-18 forward and backward at batch 16; docs/BENCHMARKS.md).
+//! PyTorch itself: +9 % on a ResNet-18 forward and backward at batch 16; docs/results/BENCHMARKS.md).
 //! Everything element-wise (the optimizer, clipping, the all-reduce) sees the flat buffer and
 //! does not care; what reads a variable by name sees its logical `[O, I, kh, kw]` values.
 use tch::{Kind, Tensor};

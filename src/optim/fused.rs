@@ -1,11 +1,9 @@
 //! Single-pass optimizer updates for flat fp32 buffers in CPU memory.
 //!
-//! Written as tensor ops, an AdamW update over the flat buffers is ten passes over memory and
-//! four temporaries as large as the model; for a ResNet-18 (11 M parameters) the temporaries
-//! (45 MB each, above glibc's mmap threshold) are mapped and page-faulted afresh every step,
-//! and the update cost ~160 ms of CPU per step. Here every element is read and written once:
-//! `p`, `g`, and the state buffers, in one loop that the compiler vectorises, split over the
-//! libtorch thread count for large buffers. The arithmetic is PyTorch's, element by element
+//! Why: written as tensor ops, an AdamW update is ten passes over memory and four temporaries
+//! as large as the model (measured in docs/results/BENCHMARKS.md). Here every element is read
+//! and written once: `p`, `g`, and the state buffers, in one loop that the compiler vectorises,
+//! split over the libtorch thread count for large buffers. The arithmetic is PyTorch's, element by element
 //! (`torch.optim.AdamW` / `torch.optim.SGD`, single-tensor form, in fp32 with the step's
 //! scalars computed in f64 on the host and rounded to f32, as libtorch's kernels do).
 //!

@@ -2,7 +2,7 @@
 //!
 //! Δm = (100 / K) Σ_k (−1)^{δ_k} (M_k − B_k) / B_k over the K quality metrics (every metric but
 //! the losses), δ_k = 1 when higher is better: lower Δm is better, negative means the multi-task
-//! model beats its single-task baselines (the Nash-MTL / FAMO convention; docs/METHODS.md).
+//! model beats its single-task baselines (the Nash-MTL / FAMO convention; docs/results/METHODS.md).
 use super::Task;
 use crate::user_error;
 use serde::{Deserialize, Serialize};

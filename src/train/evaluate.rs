@@ -3,6 +3,7 @@
 use super::inputs::Inputs;
 use crate::data::loader::Loader;
 use crate::dist::Group;
+use crate::model::Mode;
 use crate::model::MultiTaskModel;
 use crate::tasks::Task;
 
@@ -32,7 +33,7 @@ fn evaluate_on(
     let mut meters: Vec<_> = ids.iter().map(|&i| tasks[i].meter(model.device())).collect();
     tch::no_grad(|| {
         for batch in loader.eval_batches() {
-            let outputs = model.forward_on(&batch.images, domain, false);
+            let outputs = model.forward_on(&batch.images, domain, Mode::Eval);
             for ((&i, meter), target) in ids.iter().zip(meters.iter_mut()).zip(&batch.targets) {
                 let logits = &outputs[i];
                 meter.update(logits, target, &tasks[i].loss(logits, target));

@@ -1,5 +1,7 @@
 //! The training loop: data → model → losses → balancer → optimizer, with evaluation,
 //! reporting and checkpoints at their boundaries.
+mod best;
+mod checkpoint_policy;
 pub mod evaluate;
 mod health;
 pub mod inputs;
@@ -9,6 +11,7 @@ pub mod plot;
 pub mod report;
 pub mod restore;
 pub mod resume;
+mod skip;
 pub mod tensorboard;
 
 use crate::balance::{self, Balancer, GradientSpace, StepContext};
@@ -17,14 +20,17 @@ use crate::config::{Config, OnNonFinite};
 use crate::data::loader::Batch;
 use crate::dist::Group;
 use crate::error::Diverged;
-use crate::model::{backbone, MultiTaskModel};
+use crate::model::{backbone, HeadInput, MissingHeads, Mode, MultiTaskModel};
 use crate::optim::{flat::FlatParams, schedule::Schedule, Optimizer};
-use crate::setup::{Monitor, Resolved};
+use crate::setup::Resolved;
 use crate::tasks::{Baselines, Task};
 use crate::{user_bail, user_error};
+use best::BestTracker;
+use checkpoint_policy::{CheckpointPolicy, StepEnd};
 use health::{Health, StepFlags};
 use parallel::Ranks;
 use report::{MetricsLog, Progress, RunLog};
+use skip::{Skips, Undo};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
@@ -59,6 +65,14 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+/// Whether the state a checkpoint saves holds the best value of the monitored metric so far
+/// (then `BEST` points at it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Best {
+    Improved,
+    Unchanged,
+}
+
 /// Position in training: the next step's global index, its epoch and place in the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
@@ -79,8 +93,9 @@ pub struct Trainer {
     pub balancer: Box<dyn Balancer>,
     pub run: RunDir,
     pub at: Position,
-    pub best: Option<BestMetric>,
-    pub monitor: Monitor,
+    /// The best value of `checkpoint.monitor` so far.
+    best: BestTracker,
+    checkpoints: CheckpointPolicy,
     /// Writes the import of `--init-from` as checkpoint `step-000000` when the run starts.
     save_initial: bool,
     /// Single-task baselines for Δm, when `train.baselines` is set.
@@ -103,31 +118,6 @@ pub struct Trainer {
     task_names: Vec<String>,
 }
 
-/// Steps dropped by `train.on_nonfinite: skip_step`: since the last log line, since the epoch
-/// began (the loss means leave them out), in all, and in a row (the run stops after
-/// `train.max_consecutive_skips`). Checkpointed, so a resumed run counts the same.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Skips {
-    window: u64,
-    epoch: u64,
-    total: u64,
-    consecutive: u64,
-}
-
-impl Skips {
-    const TENSOR: &'static str = "loop.skips";
-
-    fn to_tensor(self) -> Tensor {
-        Tensor::from_slice(&[self.window, self.epoch, self.total, self.consecutive].map(|v| v as i64))
-    }
-
-    fn from_tensor(t: &Tensor) -> Option<Self> {
-        let v = Vec::<i64>::try_from(t.to_device(Device::Cpu)).ok()?;
-        let [window, epoch, total, consecutive] = v[..] else { return None };
-        Some(Self { window: window as u64, epoch: epoch as u64, total: total as u64, consecutive: consecutive as u64 })
-    }
-}
-
 /// A step's forward passes: the per-task losses, the shared representation (single-input
 /// only) and the architectures' regularizers.
 struct StepForward {
@@ -136,19 +126,13 @@ struct StepForward {
     regularizers: Vec<Tensor>,
 }
 
-/// What a skipped step must put back: BatchNorm statistics and the balancer's state, both
-/// already changed by the step's forward and backward.
-struct Undo {
-    buffers: Vec<Tensor>,
-    balancer: Vec<(String, Tensor)>,
-}
-
 impl Trainer {
     /// Loads the data, builds the model and the optimizer, and restores a checkpoint when
     /// resuming. Writes nothing: everything a run could refuse is checked before
     /// [`Trainer::run`] touches the run directory.
     pub fn new(mut r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
         let ranks = Ranks::new(opts.ranks.clone(), r.cfg.model.sync_batchnorm);
+        r.check_placement(device, ranks.world())?;
         if let Some(dir) = &opts.resume {
             resume::keep_global_batch(dir, &mut r.cfg, ranks.world())?;
             // The groups were resolved from the config before the batch was kept; a task's own
@@ -184,14 +168,13 @@ impl Trainer {
         check_model_fits(cfg, &r.heads(), channels, size, device)?;
         let model = MultiTaskModel::new(cfg, &r.heads(), device, channels, size)?;
         if let Some(path) = &opts.init_from {
-            resume::init_from(&model, path, opts.allow_missing_heads)?;
+            let missing_heads =
+                if opts.allow_missing_heads { MissingHeads::KeepInitialised } else { MissingHeads::Refuse };
+            resume::init_from(&model, path, missing_heads)?;
         }
         let task_names = r.task_names();
         let (shared, head_params) = model.param_groups();
-        let fused = cfg.speed.fused_optimizer.resolve(true);
-        if cfg.speed.fused_optimizer == crate::config::Toggle::On && device != Device::Cpu {
-            user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
-        }
+        let fused = cfg.speed.fused_optimizer.is_on();
         let optimizer =
             Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable(), model.compute().channels_last), fused);
         let spe = inputs.steps_per_epoch();
@@ -201,6 +184,7 @@ impl Trainer {
         let t = tasks.len() as i64;
         let zeros = || Tensor::zeros([t], (Kind::Double, device));
         let Resolved { cfg, tasks, monitor, .. } = r;
+        let checkpoints = CheckpointPolicy::new(&cfg.checkpoint);
         let mut trainer = Self {
             cfg,
             device,
@@ -212,8 +196,8 @@ impl Trainer {
             balancer,
             run,
             at: Position { step: 0, epoch: 0, position: 0 },
-            best: None,
-            monitor,
+            best: BestTracker::new(monitor),
+            checkpoints,
             save_initial: opts.init_from.is_some() && opts.resume.is_none(),
             baselines,
             window_loss: zeros(),
@@ -278,11 +262,15 @@ impl Trainer {
     pub fn step(&mut self) -> anyhow::Result<()> {
         let Position { step, epoch, .. } = self.at;
         let batches = self.inputs.train_batches(step);
-        let undo = (self.cfg.train.on_nonfinite == OnNonFinite::SkipStep).then(|| self.undo_point());
+        let undo = (self.cfg.train.on_nonfinite == OnNonFinite::SkipStep)
+            .then(|| Undo::capture(&self.model, self.balancer.as_ref()));
         crate::rng::seed_torch(self.cfg.seed, step);
         self.optimizer.zero_grad();
-        let representation = self.balancer.space() == GradientSpace::Representation;
-        let forward = self.losses(&batches, (step, epoch), representation);
+        let heads = match self.balancer.space() {
+            GradientSpace::Representation => HeadInput::Detached,
+            GradientSpace::Losses | GradientSpace::Params => HeadInput::Attached,
+        };
+        let forward = self.losses(&batches, (step, epoch), heads);
         let losses = &forward.losses;
         let weights: Vec<f64> = self.cfg.tasks.iter().map(|t| t.weight).collect();
         let ctx = StepContext {
@@ -321,7 +309,7 @@ impl Trainer {
             // In train mode like the reference implementation (BatchNorm statistics see the
             // batch twice).
             crate::rng::seed_torch(self.cfg.seed, step);
-            let after = tch::no_grad(|| self.losses(&batches, (step, epoch), false)).losses;
+            let after = tch::no_grad(|| self.losses(&batches, (step, epoch), HeadInput::Attached)).losses;
             self.balancer.after_step(&after)?;
         }
         let _ = self.window_loss.g_add_(&detached_losses);
@@ -332,11 +320,11 @@ impl Trainer {
 
     /// Each group's batch through the model (in training mode), and every task's loss on its
     /// own group's batch, in task order.
-    fn losses(&self, batches: &[Batch], at: (u64, u64), representation: bool) -> StepForward {
+    fn losses(&self, batches: &[Batch], at: (u64, u64), heads: HeadInput) -> StepForward {
         let mut losses: Vec<Option<Tensor>> = self.tasks.iter().map(|_| None).collect();
         let mut out = StepForward { losses: Vec::new(), representation: None, regularizers: Vec::new() };
         for (g, (input, batch)) in self.inputs.groups.iter().zip(batches).enumerate() {
-            let pass = self.model.pass(true, Some(at), representation).on_domain(g);
+            let pass = self.model.pass(Mode::Train, Some(at), heads).on_domain(g);
             let forward = self.model.run(&batch.images, pass);
             for (&i, y) in input.tasks.iter().zip(&batch.targets) {
                 losses[i] = Some(self.tasks[i].loss(&forward.outputs[i], y));
@@ -359,28 +347,11 @@ impl Trainer {
         }
     }
 
-    /// Copies of what a step changes besides the weights and optimizer (which a skipped step
-    /// never reaches).
-    fn undo_point(&self) -> Undo {
-        Undo {
-            buffers: self.model.buffers().iter().map(Tensor::copy).collect(),
-            balancer: self.balancer.state().into_iter().map(|(k, v)| (k, v.copy())).collect(),
-        }
-    }
-
     /// Drops a step whose loss or gradient is not finite, as AMP's scaler does: no update, the
     /// step's BatchNorm statistics and balancer state undone; too many in a row end the run.
     fn skip(&mut self, undo: Undo, flags: &StepFlags) -> anyhow::Result<()> {
-        tch::no_grad(|| {
-            for (b, saved) in self.model.buffers().iter().zip(&undo.buffers) {
-                b.shallow_clone().copy_(saved);
-            }
-        });
-        self.balancer.load_state(&undo.balancer)?;
-        self.skips.window += 1;
-        self.skips.epoch += 1;
-        self.skips.total += 1;
-        self.skips.consecutive += 1;
+        undo.restore(&self.model, self.balancer.as_mut())?;
+        self.skips.record();
         let mut health = Health::new(self.device);
         health.record(self.at.step, flags);
         let reason = health.check(&self.task_names).expect_err("a skipped step is not finite");
@@ -433,20 +404,7 @@ impl Trainer {
         {
             metrics.push(("delta_m".into(), dm));
         }
-        let key = &self.monitor.key;
-        let value = if key == "loss" {
-            metrics.iter().filter(|(k, _)| k.ends_with(".loss")).map(|(_, v)| v).sum()
-        } else {
-            metrics.iter().find(|(k, _)| k == key).map(|(_, v)| *v).unwrap_or(f64::NAN)
-        };
-        let better = match &self.best {
-            None => value.is_finite(),
-            Some(b) if self.monitor.higher_is_better => value > b.value,
-            Some(b) => value < b.value,
-        };
-        if better {
-            self.best = Some(BestMetric { metric: key.clone(), value, step: self.at.step });
-        }
+        let better = self.best.offer(&metrics, self.at.step);
         log.append(&report::record(self.at.step, self.at.epoch, "val", &metrics))?;
         log.images(self.at.step, &self.model, &self.tasks)?;
         progress.println(&report::metrics_table(
@@ -463,7 +421,7 @@ impl Trainer {
             step: self.at.step,
             epoch: self.at.epoch,
             position: self.at.position,
-            best: self.best.clone(),
+            best: self.best.best().cloned(),
             config_fingerprint: resume::fingerprint(&self.cfg),
             mtl_version: env!("CARGO_PKG_VERSION").to_string(),
             rng: "derived from (seed, purpose, epoch/step/index); nothing to restore".into(),
@@ -506,7 +464,7 @@ impl Trainer {
     /// Writes a checkpoint of the current state; weights that are not finite are never
     /// written (a [`Diverged`] error instead). In a distributed run every rank checks, and
     /// rank 0 writes (the others return None).
-    pub fn save_checkpoint(&mut self, is_best: bool) -> anyhow::Result<Option<PathBuf>> {
+    pub fn save_checkpoint(&mut self, best: Best) -> anyhow::Result<Option<PathBuf>> {
         self.check_health()?;
         if !self.ranks.is_first() {
             return Ok(None);
@@ -519,7 +477,7 @@ impl Trainer {
             train_tensors: self.train_tensors(),
             config_yaml: &yaml,
         };
-        let dir = self.run.save(&snap, is_best)?;
+        let dir = self.run.save(&snap, best == Best::Improved)?;
         self.run.prune(self.cfg.checkpoint.keep_last)?;
         Ok(Some(dir))
     }
@@ -535,7 +493,7 @@ impl Trainer {
                 run_dir: self.run.root.clone(),
                 steps: self.at.step,
                 final_metrics: report::last_val(&self.run.root),
-                best: self.best.clone(),
+                best: self.best.best().cloned(),
                 interrupted: false,
                 seconds: 0.0,
             });
@@ -550,7 +508,7 @@ impl Trainer {
         if std::mem::take(&mut self.save_initial) {
             // The imported starting point is kept as checkpoint step-000000: it can be evaluated,
             // compared with PyTorch, or trained again from.
-            self.save_checkpoint(false)?;
+            self.save_checkpoint(Best::Unchanged)?;
         }
         let summary = self.train_loop()?;
         if self.ranks.is_first() {
@@ -621,15 +579,11 @@ impl Trainer {
                 final_metrics = metrics;
                 is_best = better;
             }
-            let every_steps = self.cfg.checkpoint.every_steps;
-            if (epoch_done && self.at.epoch.is_multiple_of(self.cfg.checkpoint.every))
-                || last
-                || paused
-                || stop
-                || is_best
-                || (every_steps > 0 && step.is_multiple_of(every_steps))
-            {
-                if let Some(dir) = self.save_checkpoint(is_best)? {
+            let end =
+                StepEnd { step, epoch: self.at.epoch, epoch_done, last, pausing: paused || stop, improved: is_best };
+            if self.checkpoints.due(&end) {
+                let best = if is_best { Best::Improved } else { Best::Unchanged };
+                if let Some(dir) = self.save_checkpoint(best)? {
                     tracing::info!(checkpoint = %dir.display(), "checkpoint written");
                 }
             }
@@ -646,7 +600,7 @@ impl Trainer {
             run_dir: self.run.root.clone(),
             steps: self.at.step,
             final_metrics,
-            best: self.best.clone(),
+            best: self.best.best().cloned(),
             interrupted,
             seconds: started.elapsed().as_secs_f64(),
         })
@@ -665,6 +619,16 @@ fn check_run_dir(run: &RunDir, opts: &TrainOptions) -> anyhow::Result<Option<Run
         user_bail!("{}: the run directory is a file", opts.run_dir.display());
     }
     let lock = if opts.run_dir.is_dir() { Some(run.lock()?) } else { None };
+    // Every run creates checkpoints/ before it logs anything, so logs without it mean the
+    // checkpoints were deleted; starting over would delete the logs too.
+    let logged = run.metrics().exists() || run.config().exists();
+    if logged && !run.checkpoints().is_dir() {
+        user_bail!(
+            "{}: missing, but the run directory holds a run's logs (metrics.jsonl, TensorBoard events) that starting \
+             over would delete; put the checkpoints back, or move the run directory aside and start again",
+            run.checkpoints().display()
+        );
+    }
     if opts.resume.is_none() && !run.list().is_empty() {
         user_bail!(
             "{}: run directory already holds a run; continue it with --resume or choose another --run-dir",
@@ -757,7 +721,7 @@ impl Trainer {
     /// checkpoint marked. A failure is logged, never fatal: the run itself is done.
     fn draw_curves(&self) {
         let records = report::read_records(&self.run.metrics());
-        let best = self.best.as_ref().map(|b| (b.step, b.metric.as_str(), b.value));
+        let best = self.best.best().map(|b| (b.step, b.metric.as_str(), b.value));
         let chart = plot::task_chart(&self.cfg.name, &records, &self.task_names, best);
         let png = self.run.root.join("curves.png");
         if let Err(e) = chart.write_png(&png) {

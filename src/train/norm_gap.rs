@@ -8,7 +8,7 @@
 //! gradients: it updates no statistic, draws no random number and changes no weight.
 use super::inputs::Inputs;
 use crate::model::layers::probe::{self, Moments};
-use crate::model::MultiTaskModel;
+use crate::model::{Mode, MultiTaskModel};
 use tch::Tensor;
 
 /// The largest gap between two groups at the first BatchNorm layer.
@@ -41,7 +41,7 @@ pub fn measure(model: &MultiTaskModel, inputs: &Inputs, step: u64) -> Option<Gap
             .map(|(g, input)| {
                 let batch = input.train.train_batch_at(step);
                 probe::first_norm_input(|| {
-                    model.forward_on(&batch.images, g, false);
+                    model.forward_on(&batch.images, g, Mode::Eval);
                 })
             })
             .collect::<Option<Vec<_>>>()

@@ -5,7 +5,7 @@
 //!
 //! Per step, in this order on every rank: the per-task losses are averaged over the ranks
 //! (one small all-reduce; loss-level methods see them, and the logs); gradient methods combine
-//! the gradients of the whole global batch ([`crate::balance::grads::across_ranks`]); the flat
+//! the gradients of the whole global batch ([`crate::balance::autograd::across_ranks`]); the flat
 //! gradient buffer is averaged (one all-reduce over all parameters); BatchNorm statistics are
 //! copied from rank 0 (one broadcast, unless `model.sync_batchnorm` keeps them equal); then the
 //! same optimizer step runs everywhere, so the weights stay identical without being sent again.

@@ -1,7 +1,7 @@
 //! A trained model back from a checkpoint, for `predict`, `eval` and export: the run's
 //! resolved config and the model with the checkpoint's weights.
 use crate::checkpoint::{self, RunDir, BEST, LATEST};
-use crate::model::MultiTaskModel;
+use crate::model::{MissingHeads, MultiTaskModel};
 use crate::setup::{self, Resolved};
 use crate::{user_bail, user_error};
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ pub fn restore(checkpoint_dir: &Path, device: Device) -> anyhow::Result<Restored
     let run = setup::resolve(cfg, &cfg_path.display().to_string(), checkpoint_dir)?;
     let model = MultiTaskModel::new(&run.cfg, &run.heads(), device, run.in_channels(), run.cfg.data.image_size)?;
     let model_file = checkpoint_dir.join(checkpoint::MODEL_FILE);
-    model.load_tensors(&checkpoint::read_tensors(&model_file)?, &model_file, false)?;
+    model.load_tensors(&checkpoint::read_tensors(&model_file)?, &model_file, MissingHeads::Refuse)?;
     Ok(Restored { run, model, dir: checkpoint_dir.to_path_buf() })
 }
 

@@ -1,8 +1,9 @@
 //! Continuing a run from a checkpoint, and starting one from PyTorch weights.
+use super::skip::Skips;
 use super::{Position, Trainer};
 use crate::checkpoint::{self, DataPosition, Loaded};
 use crate::config::Config;
-use crate::model::MultiTaskModel;
+use crate::model::{MissingHeads, MultiTaskModel};
 use crate::{user_bail, user_error};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -86,7 +87,7 @@ pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
     for change in compare_configs(&saved_cfg, &trainer.cfg, dir)? {
         tracing::info!("resume: accepted config change {change}");
     }
-    trainer.model.load_tensors(&loaded.model, &dir.join(checkpoint::MODEL_FILE), false)?;
+    trainer.model.load_tensors(&loaded.model, &dir.join(checkpoint::MODEL_FILE), MissingHeads::Refuse)?;
     let state_file = dir.join(checkpoint::TRAIN_STATE_FILE);
     let find = |prefix: &str| {
         let list: Vec<(String, Tensor)> = loaded
@@ -124,15 +125,15 @@ pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
         }
         tch::no_grad(|| dst.shallow_clone().copy_(src));
     }
-    // Written since the third session; older checkpoints skipped nothing.
-    if let Some((_, t)) = loaded.train_tensors.iter().find(|(k, _)| k == super::Skips::TENSOR) {
-        trainer.skips = super::Skips::from_tensor(t)
-            .ok_or_else(|| user_error!("{}: tensor '{}' is malformed", state_file.display(), super::Skips::TENSOR))?;
+    // Absent from checkpoints older than step skipping, which skipped nothing.
+    if let Some((_, t)) = loaded.train_tensors.iter().find(|(k, _)| k == Skips::TENSOR) {
+        trainer.skips = Skips::from_tensor(t)
+            .ok_or_else(|| user_error!("{}: tensor '{}' is malformed", state_file.display(), Skips::TENSOR))?;
     }
     check_position(&loaded, trainer.steps_per_epoch())?;
     trainer.at = Position { step: loaded.state.step, epoch: loaded.state.epoch, position: loaded.state.position };
     check_data_positions(&loaded, &trainer.data_positions())?;
-    trainer.best = loaded.state.best.clone();
+    trainer.best.restore(loaded.state.best.clone());
     tracing::info!(step = loaded.state.step, "resumed from {}", dir.display());
     Ok(())
 }
@@ -266,9 +267,9 @@ fn check_data_positions(loaded: &Loaded, now: &[DataPosition]) -> anyhow::Result
 }
 
 /// `--init-from`: PyTorch-written weights (`safetensors.torch.save_file(model.state_dict())`).
-pub fn init_from(model: &MultiTaskModel, path: &Path, allow_missing_heads: bool) -> anyhow::Result<()> {
+pub fn init_from(model: &MultiTaskModel, path: &Path, missing_heads: MissingHeads) -> anyhow::Result<()> {
     let tensors = checkpoint::read_tensors(path)?;
-    model.load_tensors(&tensors, path, allow_missing_heads)?;
+    model.load_tensors(&tensors, path, missing_heads)?;
     tracing::info!("initialised weights from {}", path.display());
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The trainer on tiny configs: layouts, devices and precisions compute the same thing.
 use super::*;
 use crate::model::layers;
+use crate::model::Mode;
 
 /// The built-in default config shrunk to train in a blink: 16×16 shapes, a two-stage conv net
 /// with one block per stage, classification + segmentation, one thread.
@@ -56,8 +57,8 @@ fn channels_last_forward_matches_nchw() {
     let x = t.inputs.first().train.train_batch(0, 0, 0).images;
     let cl = layers::to_channels_last(&x);
     assert!(cl.equal(&x) && !cl.is_contiguous() && cl.stride()[1] == 1);
-    let a = tch::no_grad(|| t.model.forward(&x, false));
-    let b = tch::no_grad(|| t.model.forward(&cl, false));
+    let a = tch::no_grad(|| t.model.forward(&x, Mode::Eval));
+    let b = tch::no_grad(|| t.model.forward(&cl, Mode::Eval));
     for (a, b) in a.iter().zip(&b) {
         assert!(rel(a, b) < 1e-5, "{}", rel(a, b));
     }
@@ -133,7 +134,7 @@ fn cuda_bf16_trains_with_fp32_master_weights() {
     assert_eq!(t.optimizer.flat.params.kind(), Kind::Float);
     let batch = t.inputs.first().train.train_batch(0, 0, 0);
     let loss = |t: &Trainer| -> f64 {
-        let out = tch::no_grad(|| t.model.forward(&batch.images, false));
+        let out = tch::no_grad(|| t.model.forward(&batch.images, Mode::Eval));
         t.tasks.iter().zip(&out).zip(&batch.targets).map(|((k, o), y)| k.loss(o, y).double_value(&[])).sum()
     };
     let before = loss(&t);
@@ -142,7 +143,7 @@ fn cuda_bf16_trains_with_fp32_master_weights() {
     }
     let after = loss(&t);
     assert!(after.is_finite() && after < before, "loss {before} -> {after}");
-    let outs = tch::no_grad(|| t.model.forward(&batch.images, true));
+    let outs = tch::no_grad(|| t.model.forward(&batch.images, Mode::Train));
     assert!(outs.iter().all(|o| o.kind() == Kind::Float));
 }
 

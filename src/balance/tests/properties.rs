@@ -1,22 +1,23 @@
-//! Properties from MTL_METHODS.md, checked on the pure functions with no reference code:
+//! Properties the methods' papers state, checked on the pure functions with no reference code:
 //! aligned / opposite / zero gradients, simplex weights, non-conflict, KKT conditions,
 //! permutation equivariance, scale invariance and two-task closed forms.
 use super::*;
 use crate::balance::aligned::aligned_mtl;
+use crate::balance::autograd::gram;
 use crate::balance::cagrad::cagrad;
 use crate::balance::dbmtl::DbMtl;
 use crate::balance::dwa::dwa_weights;
 use crate::balance::famo::Famo;
 use crate::balance::gls::gls_weights;
 use crate::balance::gradnorm::GradNorm;
-use crate::balance::grads::gram;
 use crate::balance::gradvac::GradVac;
 use crate::balance::imtl::{imtl, imtl_weights};
 use crate::balance::mgda::{mgda, MgdaNormalization};
 use crate::balance::nash::nash_mtl;
+use crate::balance::nash::NASH_RIDGE;
 use crate::balance::pcgrad::{pcgrad, pcgrad_coefficients, random_orders};
 use crate::balance::rlw::rlw_weights;
-use crate::balance::solvers::{Mat, NASH_RIDGE};
+use crate::balance::solvers::Mat;
 use crate::balance::uncertainty::Uncertainty;
 use crate::balance::upgrad::upgrad;
 use crate::balance::Combination;
@@ -281,7 +282,7 @@ fn pcgrad_two_task_closed_form_and_no_conflict_after_projection() {
     assert_close(&values(&pcgrad(&g, &[vec![1], vec![0]]).unwrap().direction), &want, 1e-12);
     for seed in 0..20 {
         let g = random_grads(300 + seed, 2, 5);
-        let m = crate::balance::grads::gram(&g).unwrap();
+        let m = crate::balance::autograd::gram(&g).unwrap();
         let c = pcgrad_coefficients(&m, &[vec![1], vec![0]]);
         for (i, j) in [(0, 1), (1, 0)] {
             let proj: f64 = (0..2).map(|k| c[i][k] * m[(k, j)]).sum();
@@ -352,9 +353,9 @@ fn cagrad_maximises_the_worst_improvement_in_the_ball() {
 
 #[test]
 fn cagrad_with_the_origin_inside_the_hull_is_not_the_mean() {
-    // Issue 15's case: three gradients around the origin. The optimum of the CAGrad problem
+    // A reported failure case: three gradients around the origin. The optimum of the CAGrad problem
     // before the 1/(1+α²) factor, by SLSQP on the primal (tests/balance_optimum.py's
-    // formulation, to ftol 1e-16), is d = [−0.33577136, −0.04473188]; the issue quotes
+    // formulation, to ftol 1e-16), is d = [−0.33577136, −0.04473188]; the report quotes
     // [−0.335769, −0.044730] from a default-tolerance solve. Falling back to the mean gave
     // [−0.379236, 0.131712].
     let g = mat(&[vec![-1.48987, 0.49396], vec![0.58870, -0.89139], vec![-0.52097, 0.89135]]);
@@ -628,7 +629,7 @@ fn uncertainty_log_variance_tracks_the_log_loss() {
 fn solver_weights_mats_are_consistent() {
     // The Mat helpers used by the methods agree with the tensor Gram matrix.
     let g = random_grads(5, 3, 4);
-    let m = crate::balance::grads::gram(&g).unwrap();
+    let m = crate::balance::autograd::gram(&g).unwrap();
     let rows = rows_of(&g);
     let want = Mat::from_fn(3, |i, j| dot(&rows[i], &rows[j]));
     assert_close(m.values(), want.values(), 1e-12);

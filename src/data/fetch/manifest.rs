@@ -1,11 +1,11 @@
-//! `scripts/datasets.txt`: where each public dataset is downloaded from, with its checksums and
+//! `src/data/fetch/datasets.txt`: where each public dataset is downloaded from, with its checksums and
 //! the layout of a complete copy. The same file drives `scripts/fetch.sh`, so the binary and the
 //! scripts cannot disagree about a URL or a checksum. Its format is described in its header.
 use crate::config::is_http_url;
 use std::sync::OnceLock;
 
 /// The sources file as shipped, compiled in.
-pub const SHIPPED: &str = include_str!("../../../scripts/datasets.txt");
+pub const SHIPPED: &str = include_str!("datasets.txt");
 
 /// How a public dataset is fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +79,7 @@ static SOURCES: OnceLock<Vec<Source>> = OnceLock::new();
 
 /// Every dataset source: the shipped file (unless a test replaced it first).
 pub fn sources() -> &'static [Source] {
-    SOURCES.get_or_init(|| parse(SHIPPED).unwrap_or_else(|e| panic!("scripts/datasets.txt: {e}")))
+    SOURCES.get_or_init(|| parse(SHIPPED).unwrap_or_else(|e| panic!("src/data/fetch/datasets.txt: {e}")))
 }
 
 /// The source of `dataset`, if it is downloadable.

@@ -1,5 +1,5 @@
 //! `data.download: true`: a public dataset absent from `data.root` is fetched there before it is
-//! loaded, from the URLs and with the checksums of `scripts/datasets.txt` ([`manifest`]).
+//! loaded, from the URLs and with the checksums of `src/data/fetch/datasets.txt` ([`manifest`]).
 //!
 //! Nothing half-done ever looks complete: each file is downloaded to `<file>.part` next to the
 //! root, checked against its checksum, and only then renamed; archives are unpacked into a
@@ -160,7 +160,7 @@ fn check(file: &RemoteFile, url: &str, part: &Path) -> anyhow::Result<()> {
         Ok(None) => {
             let sha = unpack::sha256(part).map_err(|e| user_error!("{}: {e}", part.display()))?;
             tracing::warn!(
-                "data.download: {} has no published checksum; its sha256 is {sha} (pin it in scripts/datasets.txt)",
+                "data.download: {} has no published checksum; its sha256 is {sha} (pin it in src/data/fetch/datasets.txt)",
                 file.name
             );
             Ok(())

@@ -15,7 +15,7 @@
 //!   combined direction through the shared part. For hard sharing this is the backbone's
 //!   output; [`Plan::no_representation`] says why an architecture has no such cut.
 //!
-//! docs/ARCHITECTURES.md describes each architecture, its names and its representation.
+//! docs/MODEL_ARCHITECTURES.md describes each architecture, its names and its representation.
 pub mod cgc;
 pub mod cross_stitch;
 pub mod dselect_k;

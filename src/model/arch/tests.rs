@@ -4,7 +4,7 @@
 use super::*;
 use crate::config::Config;
 use crate::error::is_user_error;
-use crate::model::{HeadKind, HeadSpec, MultiTaskModel};
+use crate::model::{HeadInput, HeadKind, HeadSpec, Mode, MultiTaskModel};
 use tch::{Device, Kind};
 
 /// Three tasks on 8×8 images: classification, segmentation, classification (three of them
@@ -94,16 +94,16 @@ fn outputs_have_the_heads_shapes_in_train_and_eval() {
     for (arch, backbone) in cases() {
         let (cfg, model) = build(arch, backbone);
         let x = batch(&model, &cfg);
-        for train in [false, true] {
-            let step = train.then_some((3, 1));
-            let out = tch::no_grad(|| model.run(&x, model.pass(train, step, false))).outputs;
+        for mode in [Mode::Eval, Mode::Train] {
+            let step = (mode == Mode::Train).then_some((3, 1));
+            let out = tch::no_grad(|| model.run(&x, model.pass(mode, step, HeadInput::Attached))).outputs;
             let shapes: Vec<Vec<i64>> = out.iter().map(Tensor::size).collect();
             let want: Vec<Vec<i64>> = if backbone == "mlp" {
                 vec![vec![4, 3], vec![4, 3], vec![4, 2]]
             } else {
                 vec![vec![4, 3], vec![4, 4, 8, 8], vec![4, 2]]
             };
-            assert_eq!(shapes, want, "{arch} {backbone} train {train}");
+            assert_eq!(shapes, want, "{arch} {backbone} {mode:?}");
             for o in &out {
                 assert!(o.isfinite().all().int64_value(&[]) == 1, "{arch} {backbone}: non-finite output");
             }
@@ -122,7 +122,7 @@ fn each_loss_reaches_its_own_and_the_shared_parameters_only() {
         let (shared, private) = model.param_groups();
         assert!(!shared.is_empty(), "{arch} {backbone}: nothing shared");
         let step = Some((7, 0));
-        let forward = model.run(&x, model.pass(true, step, false));
+        let forward = model.run(&x, model.pass(Mode::Train, step, HeadInput::Attached));
         let losses = losses(&forward.outputs);
         let all: Vec<Tensor> = shared.iter().chain(private.iter().flatten()).map(Tensor::shallow_clone).collect();
         let mut shared_users = vec![0; shared.len()];
@@ -184,12 +184,12 @@ fn the_representation_separates_shared_from_private_parameters() {
             }
         };
         let step = Some((7, 0));
-        let plain = model.run(&x, model.pass(true, step, false));
+        let plain = model.run(&x, model.pass(Mode::Train, step, HeadInput::Attached));
         losses(&plain.outputs).into_iter().reduce(|a, b| a + b).unwrap().backward();
         let want = grads();
         zero();
 
-        let rep = model.run(&x, model.pass(true, step, true));
+        let rep = model.run(&x, model.pass(Mode::Train, step, HeadInput::Detached));
         let (z, copies) = rep.representation.expect("representation recorded");
         assert!(!z.is_empty(), "{arch} {backbone}: empty representation");
         losses(&rep.outputs).into_iter().reduce(|a, b| a + b).unwrap().backward();
@@ -258,15 +258,15 @@ fn options_are_recorded_with_their_defaults() {
 fn ltb_samples_trees_by_step_and_fixes_them_for_evaluation() {
     let (cfg, model) = build("ltb", "conv");
     let x = batch(&model, &cfg);
-    let run = |step: Option<(u64, u64)>, train: bool| -> Vec<Tensor> {
-        tch::no_grad(|| model.run(&x, model.pass(train, step, false)).outputs)
+    let run = |step: Option<(u64, u64)>, mode: Mode| -> Vec<Tensor> {
+        tch::no_grad(|| model.run(&x, model.pass(mode, step, HeadInput::Attached)).outputs)
     };
     let same = |a: &[Tensor], b: &[Tensor]| a.iter().zip(b).all(|(a, b)| a.equal(b));
-    assert!(same(&run(Some((4, 0)), true), &run(Some((4, 0)), true)));
-    let differs = (0..20).any(|s| !same(&run(Some((s, 0)), true), &run(Some((4, 0)), true)));
+    assert!(same(&run(Some((4, 0)), Mode::Train), &run(Some((4, 0)), Mode::Train)));
+    let differs = (0..20).any(|s| !same(&run(Some((s, 0)), Mode::Train), &run(Some((4, 0)), Mode::Train)));
     assert!(differs, "twenty steps drew the same tree");
     // Evaluation: every parent is column 0 while the logits tie (zeros), whatever the step.
-    assert!(same(&run(None, false), &run(Some((9, 0)), false)));
+    assert!(same(&run(None, Mode::Eval), &run(Some((9, 0)), Mode::Eval)));
 }
 
 /// Gates on the flattened image are built for `data.image_size`² inputs: other images (NYUv2's

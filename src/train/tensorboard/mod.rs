@@ -23,7 +23,6 @@ pub mod proto;
 use events::event_files;
 pub use preview::Preview;
 
-use super::report::Record;
 use crate::config::Config;
 use crate::model::MultiTaskModel;
 use crate::tasks::Task;
@@ -105,7 +104,7 @@ impl Board {
 
     /// Every number of a metrics.jsonl row as a scalar at the row's step (a null, which
     /// metrics.jsonl writes for NaN and infinities, as NaN).
-    pub fn record(&mut self, row: &Record) -> anyhow::Result<()> {
+    pub fn record(&mut self, row: &serde_json::Map<String, serde_json::Value>) -> anyhow::Result<()> {
         let (Some(step), Some(split)) =
             (row.get("step").and_then(|v| v.as_u64()), row.get("split").and_then(|v| v.as_str()))
         else {

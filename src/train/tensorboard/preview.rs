@@ -8,6 +8,7 @@
 //! prediction; three channels (normals) the usual `(n + 1) / 2` colours. Invalid target
 //! pixels are black.
 use crate::data::loader::Loader;
+use crate::model::Mode;
 use crate::model::MultiTaskModel;
 use crate::tasks::{class_colour, Prediction, Task};
 use image::RgbImage;
@@ -80,7 +81,7 @@ impl Preview {
     /// `(task name, picture)` for every task that predicts per pixel, from `model`'s
     /// eval-mode outputs on the preview images.
     pub fn render(&self, model: &MultiTaskModel, tasks: &[Task]) -> Vec<(String, RgbImage)> {
-        let outputs = tch::no_grad(|| model.forward(&self.images, false));
+        let outputs = tch::no_grad(|| model.forward(&self.images, Mode::Eval));
         self.tasks
             .iter()
             .zip(&self.targets)

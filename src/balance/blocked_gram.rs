@@ -1,13 +1,11 @@
 //! The Gram matrix of per-task gradients held in CPU memory: read once, in place, accumulated
 //! in f64, skipping zero blocks.
 //!
-//! Through libtorch the Gram of an fp32 `[T, P]` matrix costs a conversion of every block to
-//! f64 and a `dgemm` whose eight-by-eight output keeps OpenMP threads spinning: 26–58 ms for
-//! T = 8 at batch 64 in representation space (2.75 M feature values), the largest item a
-//! gradient method adds to a step. Here each block of columns is read once from cache per
-//! pair of rows, and a row that is all zero over a block is left out of it — in representation
-//! space a classifier reaches only the last stage's features, so six of eight rows are zero
-//! over 86 % of the columns: 8.6 ms on one thread for the same matrix.
+//! Why not libtorch: its Gram of an fp32 `[T, P]` matrix converts every block to f64 and runs a
+//! `dgemm` whose tiny `T × T` output keeps OpenMP threads spinning. Here each block of columns
+//! is read once from cache per pair of rows, and a row that is all zero over a block is left
+//! out of it (in representation space most classifier rows are zero over most columns). The
+//! measured difference is in docs/results/BENCHMARKS.md, "Gradient methods".
 //!
 //! Each block's partial sums are formed alone and then added in block order, so the result
 //! does not depend on how many threads share the blocks.

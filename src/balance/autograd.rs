@@ -24,7 +24,7 @@ pub struct TaskGrads {
 /// The `[T, P]` gradient matrix's memory, kept from one step to the next. A fresh matrix each
 /// step is above glibc's largest mmap threshold at a few tasks in representation space (88 MB
 /// at T = 8, batch 64, the default model), so the kernel faulted in and zeroed every page of it
-/// again each step (docs/BENCHMARKS.md). Every step overwrites all of it.
+/// again each step (docs/results/BENCHMARKS.md). Every step overwrites all of it.
 #[derive(Default)]
 pub struct MatrixBuffer(Option<Tensor>);
 
@@ -228,7 +228,7 @@ const GRAM_CHUNK: i64 = 1 << 18;
 
 /// The Gram matrix `G Gᵀ` of the rows of `grads`, accumulated in `f64` (near-parallel
 /// gradients need the digits) and brought to the host: the one synchronisation of a gradient
-/// method. A contiguous fp32 CPU matrix is read in place by [`super::gram_host`] (one pass,
+/// method. A contiguous fp32 CPU matrix is read in place by [`super::blocked_gram`] (one pass,
 /// skipping zero blocks; 3–4× faster than the tensor path at T = 8). Otherwise (CUDA, other
 /// kinds) the `f64` copy is made a block of columns at a time, so a step never holds an `f64`
 /// copy of the whole `[T, P]` matrix (twice its size: ~44 MB for the default config's feature
@@ -237,7 +237,7 @@ pub fn gram(grads: &Tensor) -> anyhow::Result<Mat> {
     let size = grads.size();
     let (n, cols) = (size.first().copied().unwrap_or(0), size.get(1).copied().unwrap_or(0));
     if let Some(values) = crate::transfer::host_f32(grads).filter(|_| size.len() == 2) {
-        return Ok(Mat::from_rows(n as usize, super::gram_host::gram(values, n as usize, cols as usize)));
+        return Ok(Mat::from_rows(n as usize, super::blocked_gram::gram(values, n as usize, cols as usize)));
     }
     let mut m = Tensor::zeros([n, n], (Kind::Double, grads.device()));
     for start in (0..cols).step_by(GRAM_CHUNK as usize) {

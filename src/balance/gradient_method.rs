@@ -1,7 +1,7 @@
 //! What every gradient method shares: the [`Combination`] it returns, the [`GradientMethod`]
 //! trait each method implements, and [`GradientBalancer`], the one [`Balancer`] that runs any
 //! of them in a training step (per-task gradients, combine, write `.grad`).
-use super::grads::{self, TaskGrads};
+use super::autograd::{self, TaskGrads};
 use super::{Balancer, GradientSpace, StepContext};
 use tch::{Kind, Tensor};
 
@@ -19,7 +19,7 @@ pub struct Combination {
 impl Combination {
     /// `direction = Σ_i coef_i · rows_i`, with `weights` as the task weights.
     pub fn from_rows(rows: &Tensor, coef: &[f64], weights: &[f64]) -> Self {
-        Self { direction: grads::combine_rows(rows, coef), weights: grads::tensor_like(weights, rows) }
+        Self { direction: autograd::combine_rows(rows, coef), weights: autograd::tensor_like(weights, rows) }
     }
 
     /// A method whose task weights are exactly its coefficients.
@@ -61,12 +61,12 @@ pub trait GradientMethod {
 pub struct GradientBalancer<M> {
     method: M,
     space: GradientSpace,
-    matrix: grads::MatrixBuffer,
+    matrix: autograd::MatrixBuffer,
 }
 
 impl<M: GradientMethod> GradientBalancer<M> {
     pub fn new(method: M, space: GradientSpace) -> Self {
-        Self { method, space, matrix: grads::MatrixBuffer::default() }
+        Self { method, space, matrix: autograd::MatrixBuffer::default() }
     }
 
     pub fn method(&self) -> &M {
@@ -87,15 +87,15 @@ impl<M: GradientMethod> Balancer for GradientBalancer<M> {
         anyhow::ensure!(!ctx.losses.is_empty(), "balance: no task losses");
         let device = ctx.losses[0].device();
         if let Some(w) = self.method.reuse(ctx.step) {
-            return grads::backward_with_weights(ctx, &w);
+            return autograd::backward_with_weights(ctx, &w);
         }
-        let TaskGrads { matrix, heads } = grads::task_gradients(ctx, self.space, &mut self.matrix)?;
-        let matrix = grads::across_ranks(ctx, self.space, matrix);
-        let losses = grads::stacked_losses(ctx.losses);
+        let TaskGrads { matrix, heads } = autograd::task_gradients(ctx, self.space, &mut self.matrix)?;
+        let matrix = autograd::across_ranks(ctx, self.space, matrix);
+        let losses = autograd::stacked_losses(ctx.losses);
         let comb = self.method.combine_step(&matrix, &losses, ctx)?;
         let head_weights = self.method.head_weights(&comb, &losses);
-        let direction = grads::own_part(ctx, self.space, &comb.direction);
-        grads::apply(ctx, self.space, &direction, &heads, &head_weights)?;
+        let direction = autograd::own_part(ctx, self.space, &comb.direction);
+        autograd::apply(ctx, self.space, &direction, &heads, &head_weights)?;
         Ok(comb.weights.detach().to_kind(Kind::Float).to_device(device))
     }
 
