@@ -253,8 +253,8 @@ fn each_data_group_keeps_its_own_batchnorm_statistics() {
     assert!(!m0.equal(&m1), "the groups' statistics moved apart");
     assert_eq!(variable(&t, &format!("{bn}.domains.1.num_batches_tracked")).int64_value(&[]), 3);
     let x = t.inputs.groups[1].val.eval_batches().next().unwrap().images;
-    let each = tch::no_grad(|| t.model.forward(&x, false));
-    let on = |d: usize| tch::no_grad(|| t.model.forward_on(&x, d, false));
+    let each = tch::no_grad(|| t.model.forward(&x, crate::model::Mode::Eval));
+    let on = |d: usize| tch::no_grad(|| t.model.forward_on(&x, d, crate::model::Mode::Eval));
     assert!(each[0].equal(&on(0)[0]) && each[1].equal(&on(1)[1]), "each task through its own group's statistics");
     assert!(!on(0)[1].equal(&on(1)[1]), "the other group's statistics give other outputs");
 
