@@ -37,6 +37,10 @@ fn every_path_the_text_names_exists() {
     for file in
         files.lines().filter(|f| [".md", ".rs", ".py", ".sh", ".yaml", ".toml", ".txt"].iter().any(|e| f.ends_with(e)))
     {
+        // Rust tests build their own fixture trees (a `configs/c.yaml` in a temporary folder).
+        if file.starts_with("tests/") && file.ends_with(".rs") {
+            continue;
+        }
         let Ok(text) = std::fs::read_to_string(root.join(file)) else { continue };
         for path in paths(&text) {
             if !root.join(&path).exists() {
