@@ -55,14 +55,9 @@ pub struct Monitor {
 }
 
 impl Resolved {
-    /// The part of resolving that needs the device and the number of ranks, which the config
-    /// alone does not give: what the trainer calls before it loads anything.
-    pub fn check_placement(&self, device: Device, ranks: usize) -> anyhow::Result<()> {
-        if ranks > 1 && self.multi_input() {
-            user_bail!(
-                "tasks[].data: tasks with their own data do not train data-parallel yet ({ranks} ranks); run one process"
-            );
-        }
+    /// The part of resolving that needs the device, which the config alone does not give: what
+    /// the trainer calls before it loads anything.
+    pub fn check_placement(&self, device: Device) -> anyhow::Result<()> {
         if self.cfg.speed.fused_optimizer == crate::config::Toggle::On && device != Device::Cpu {
             user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
         }

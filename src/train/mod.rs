@@ -132,7 +132,7 @@ impl Trainer {
     /// [`Trainer::run`] touches the run directory.
     pub fn new(mut r: Resolved, device: Device, opts: &TrainOptions) -> anyhow::Result<Self> {
         let ranks = Ranks::new(opts.ranks.clone(), r.cfg.model.sync_batchnorm);
-        r.check_placement(device, ranks.world())?;
+        r.check_placement(device)?;
         if let Some(dir) = &opts.resume {
             resume::keep_global_batch(dir, &mut r.cfg, ranks.world())?;
             // The groups were resolved from the config before the batch was kept; a task's own
