@@ -2,7 +2,9 @@
 # Creates .venv with the PyTorch 2.11.0 wheel (libtorch for the build) and the packages the
 # Python tests need: interop (safetensors, numpy, pyyaml, pytest), the balancing cross-check
 # (scipy), TensorBoard's own readers and server (tensorboard), the ONNX export and its check
-# (onnx, onnxscript, onnxruntime). Idempotent: a second run only checks and returns in about a second.
+# (onnx, onnxscript, onnxruntime), torchvision's own ResNets and DeepLab heads as the reference for
+# mtl's (torchvision), scikit-learn's AUC as the reference for mtl's, and Parquet files written
+# for the table tests (pyarrow). Idempotent: a second run only checks and returns in about a second.
 #
 # With a CUDA build of torch it also installs the CUDA headers that the NCCL backend of the
 # c10d shim (csrc/dist/) compiles against and the torch wheels do not ship: nvidia-cuda-crt and
@@ -12,11 +14,13 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 want_torch="2.11.0"
+want_torchvision="0.26.0"
 py="${PYTHON:-python3}"
 
 check() {
   "$venv/bin/python" - "$want_torch" <<'PY' 2>/dev/null
 import sys, torch, safetensors, numpy, scipy, yaml, pytest, tensorboard, onnx, onnxscript, onnxruntime
+import torchvision, sklearn, pyarrow
 sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
 PY
 }
@@ -50,7 +54,8 @@ else
   echo "setup: installing torch==$want_torch and test packages into $venv (a few minutes, ~4.7 GB)" >&2
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "torch==$want_torch" safetensors numpy scipy pyyaml pytest tensorboard onnx onnxscript onnxruntime
+    "torch==$want_torch" "torchvision==$want_torchvision" safetensors numpy scipy pyyaml pytest tensorboard \
+    onnx onnxscript onnxruntime scikit-learn pyarrow
   check || { echo "setup: torch $want_torch did not install correctly in $venv" >&2; exit 1; }
   headers="$(cuda_header_packages || true)"
 fi
