@@ -154,6 +154,31 @@ fn anchor_command_line_path(assignment: &str) -> String {
     format!("{key}={}", quoted.trim_end())
 }
 
+/// `model.backbone.pretrained`: a path made absolute (relative to the config file), RGB
+/// images, and the normalization the weights were trained with (ImageNet's, unless
+/// `data.normalize` says otherwise), which config.yaml then records.
+fn pretrained_weights(cfg: &mut Config, dir: &Path) -> Result<(), String> {
+    let Some(given) = cfg.model.backbone.pretrained.clone() else { return Ok(()) };
+    if cfg.data.grayscale {
+        return Err("model.backbone.pretrained: the weights take RGB images; remove data.grayscale".into());
+    }
+    if given != IMAGENET_WEIGHTS {
+        let path = dir.join(&given);
+        let path = std::path::absolute(&path).unwrap_or(path);
+        cfg.model.backbone.pretrained = Some(path.display().to_string());
+    }
+    if cfg.data.normalize.is_none() {
+        cfg.data.normalize = Some(crate::config::Normalize { mean: IMAGENET_MEAN, std: IMAGENET_STD });
+    }
+    Ok(())
+}
+
+/// `pretrained: imagenet` (train/pretrained.rs downloads it).
+pub const IMAGENET_WEIGHTS: &str = "imagenet";
+/// The normalization of torchvision's ImageNet weights (its transforms' mean and std).
+pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+
 /// Resolves a parsed config; `origin` names it in errors, `dir` anchors relative paths.
 pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Resolved> {
     let at = |e: String| user_error!("{origin}: {e}");
@@ -165,6 +190,7 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
         ))
     })?;
     cfg.data.root = root(&cfg.data, dataset, dir);
+    pretrained_weights(&mut cfg, dir).map_err(at)?;
     let b = &cfg.model.backbone;
     backbone::check(b).map_err(at)?;
     backbone::check_input_size(b, cfg.data.image_size, cfg.data.image_size).map_err(at)?;

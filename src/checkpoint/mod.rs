@@ -6,6 +6,7 @@
 //! A checkpoint is written into `step-NNNNNN.tmp/`, every file and the directory fsynced,
 //! then renamed into place; `LATEST` and `BEST` are replaced by rename. A reader therefore
 //! never sees a half-written checkpoint, and a crash at any instant leaves the previous one.
+pub mod pth;
 pub mod safetensors_check;
 
 use crate::user_error;

@@ -171,7 +171,7 @@ fn description(r: &Restored, (h, w): (i64, i64)) -> String {
     let c = r.run.in_channels();
     // Tasks with their own data may come from datasets normalized differently; the file
     // records the first one's (see docs/MULTI_INPUT.md).
-    let (mean, std) = r.run.dataset.normalization();
+    let (mean, std) = r.run.cfg.data.normalization(r.run.dataset.normalization());
     let (mean, std) = if c == 1 {
         (vec![mean.iter().sum::<f64>() / 3.0], vec![std.iter().sum::<f64>() / 3.0])
     } else {

@@ -149,7 +149,7 @@ fn predict_folder(r: &Restored, chosen: &[usize], images: &Path, out: &Path) -> 
     // Each task's images are normalized as its own data's were in training.
     let normalization = |i: usize| {
         let g = r.run.groups.iter().find(|g| g.tasks.contains(&i)).expect("every task is in a group");
-        g.dataset.normalization()
+        g.data.normalization(g.dataset.normalization())
     };
     let tasks: Vec<&mtl::tasks::Task> = chosen.iter().map(|&i| &r.run.tasks[i]).collect();
     let mut header = vec!["file".to_string()];

@@ -116,9 +116,28 @@ pub struct DataConfig {
     /// subfolders, sorted by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<String>,
+    /// Per-channel mean and std that normalize the images (after dividing by 255) in place of
+    /// the dataset's own. Set by the resolve step to ImageNet's when the backbone starts from
+    /// pretrained weights (the normalization follows the weights), so config.yaml records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalize>,
+}
+
+/// `data.normalize`: `{mean: [r, g, b], std: [r, g, b]}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalize {
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
 }
 
 impl DataConfig {
+    /// The images' normalization: `data.normalize` when set, else `dataset_default` (the
+    /// dataset's own).
+    pub fn normalization(&self, dataset_default: ([f64; 3], [f64; 3])) -> ([f64; 3], [f64; 3]) {
+        self.normalize.map_or(dataset_default, |n| (n.mean, n.std))
+    }
+
     /// Every setting at its default, for `dataset` (library use and tests).
     pub fn defaults(dataset: &str) -> Self {
         Self {
@@ -140,6 +159,7 @@ impl DataConfig {
             pet: PetOptions::default(),
             folder: FolderOptions::default(),
             classes: Vec::new(),
+            normalize: None,
         }
     }
 }
@@ -357,7 +377,9 @@ impl ArchitectureConfig {
 pub struct BackboneConfig {
     pub kind: BackboneKind,
     /// Channels per stage (conv, resnet: the first stage's width is used as the base width
-    /// when one number is given) or hidden sizes (mlp).
+    /// when one number is given) or hidden sizes (mlp). The torchvision ResNets (`resnet18` …)
+    /// take none (torchvision's base width 64) or one base width (tiny test models).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub widths: Vec<i64>,
     /// conv: conv blocks per stage; resnet: basic blocks per stage.
     #[serde(default = "one")]
@@ -366,6 +388,26 @@ pub struct BackboneConfig {
     pub norm: Norm,
     #[serde(default)]
     pub activation: Activation,
+    /// Torchvision ResNets: the input's size over the last stage's (32, or 16 and 8 with
+    /// torchvision's `replace_stride_with_dilation` on the last one or two stages).
+    #[serde(default = "default_output_stride", skip_serializing_if = "is_default_output_stride")]
+    pub output_stride: i64,
+    /// Torchvision ResNets: weights to start from, `imagenet` (torchvision's IMAGENET1K_V1,
+    /// downloaded once into a cache) or the path of a `.pth` or `.safetensors` file in
+    /// torchvision's key names (docs/PRETRAINED.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
+}
+
+/// `model.backbone.output_stride`'s default: no dilation.
+pub const DEFAULT_OUTPUT_STRIDE: i64 = 32;
+
+fn default_output_stride() -> i64 {
+    DEFAULT_OUTPUT_STRIDE
+}
+
+fn is_default_output_stride(v: &i64) -> bool {
+    *v == DEFAULT_OUTPUT_STRIDE
 }
 
 fn one() -> usize {
@@ -378,10 +420,15 @@ pub enum BackboneKind {
     Conv,
     Resnet,
     Mlp,
+    Resnet18,
+    Resnet34,
+    Resnet50,
+    Resnet101,
 }
 
 impl BackboneKind {
-    pub const ALL: [Self; 3] = [Self::Conv, Self::Resnet, Self::Mlp];
+    pub const ALL: [Self; 7] =
+        [Self::Conv, Self::Resnet, Self::Mlp, Self::Resnet18, Self::Resnet34, Self::Resnet50, Self::Resnet101];
 
     /// The name `model.backbone.kind` uses.
     pub fn name(self) -> &'static str {
@@ -389,7 +436,17 @@ impl BackboneKind {
             Self::Conv => "conv",
             Self::Resnet => "resnet",
             Self::Mlp => "mlp",
+            Self::Resnet18 => "resnet18",
+            Self::Resnet34 => "resnet34",
+            Self::Resnet50 => "resnet50",
+            Self::Resnet101 => "resnet101",
         }
+    }
+
+    /// Whether this is one of torchvision's ImageNet ResNets (7×7 stem, max-pool, its layout
+    /// and names), which can start from published weights.
+    pub fn is_torchvision(self) -> bool {
+        matches!(self, Self::Resnet18 | Self::Resnet34 | Self::Resnet50 | Self::Resnet101)
     }
 }
 

@@ -115,6 +115,13 @@ fn data(d: &DataConfig, at: &str) -> Check {
     let key = |k: &str| format!("{at}.{k}");
     ensure(is_identifier(&d.dataset), &key("dataset"), format!("'{}' must be a dataset name", d.dataset))?;
     count(d.batch_size as u64, &key("batch_size"), 1, 1 << 20)?;
+    if let Some(n) = &d.normalize {
+        ensure(
+            n.mean.iter().all(|m| m.is_finite()) && n.std.iter().all(|s| s.is_finite() && *s > 0.0),
+            &key("normalize"),
+            format!("mean {:?} must be finite and std {:?} positive", n.mean, n.std),
+        )?;
+    }
     count(d.eval_batch_size as u64, &key("eval_batch_size"), 1, 1 << 20)?;
     count(d.train_size as u64, &key("train_size"), 0, 1 << 32)?;
     count(d.val_size as u64, &key("val_size"), 0, 1 << 32)?;
@@ -164,7 +171,21 @@ fn model(cfg: &Config) -> Check {
     let a = &cfg.model.architecture;
     ensure(is_identifier(&a.kind), "model.architecture.kind", format!("'{}' must be an architecture name", a.kind))?;
     let b = &cfg.model.backbone;
-    ensure(!b.widths.is_empty(), "model.backbone.widths", "needs at least one width")?;
+    if b.kind.is_torchvision() {
+        torchvision_backbone(b)?;
+    } else {
+        ensure(!b.widths.is_empty(), "model.backbone.widths", "needs at least one width")?;
+        ensure(
+            b.output_stride == crate::config::DEFAULT_OUTPUT_STRIDE,
+            "model.backbone.output_stride",
+            format!("only the torchvision ResNets (resnet18 … resnet101) dilate; {} has no such setting", b.kind.name()),
+        )?;
+        ensure(
+            b.pretrained.is_none(),
+            "model.backbone.pretrained",
+            format!("only the torchvision ResNets (resnet18 … resnet101) load published weights, not {}", b.kind.name()),
+        )?;
+    }
     for (i, w) in b.widths.iter().enumerate() {
         ensure(
             (1..=MAX_WIDTH).contains(w),
@@ -200,6 +221,33 @@ fn model(cfg: &Config) -> Check {
         )?;
     }
     Ok(())
+}
+
+/// A torchvision ResNet's settings: at most one base width, no depth, a stride it can dilate to.
+fn torchvision_backbone(b: &crate::config::BackboneConfig) -> Check {
+    let kind = b.kind.name();
+    ensure(
+        b.widths.len() <= 1,
+        "model.backbone.widths",
+        format!("{kind} takes one base width (default 64, torchvision's), not a list"),
+    )?;
+    ensure(b.depth == 1, "model.backbone.depth", format!("{kind} has torchvision's block counts; remove depth"))?;
+    ensure(
+        matches!(b.output_stride, 8 | 16 | 32),
+        "model.backbone.output_stride",
+        format!("{} must be 32, 16 or 8", b.output_stride),
+    )?;
+    let pretrained_width = b.widths.first().is_none_or(|&w| w == 64);
+    ensure(
+        b.pretrained.is_none() || pretrained_width,
+        "model.backbone.widths",
+        format!("pretrained weights are for base width 64; remove widths to load them into {kind}"),
+    )?;
+    ensure(
+        b.pretrained.as_deref().is_none_or(|p| !p.trim().is_empty()),
+        "model.backbone.pretrained",
+        "must be imagenet or the path of a .pth or .safetensors file",
+    )
 }
 
 /// What a task's fields must satisfy whatever its kind; the kind's own rules and the match

@@ -2,6 +2,7 @@
 //! them (cross-stitch units, attention, experts per level). Conv backbones return one feature
 //! map per stage, finest first, at strides 1, 2, 4, …; the MLP returns its last hidden vector.
 use super::layers::{activate, to_channels_last, BatchNorm2d, Compute, Conv2d, ConvBnAct, Linear};
+use super::torchvision;
 use crate::config::{Activation, BackboneConfig, BackboneKind, Norm};
 use tch::nn::Path;
 use tch::Tensor;
@@ -26,14 +27,17 @@ pub struct Backbone {
 }
 
 /// A stage. Variable names are those of the backbone as a whole (`stages.{i}.{j}.…` for conv,
-/// `stem.…` / `layers.{i}.{j}.…` for resnet, `layers.{i}.…` for mlp), so that a backbone built
-/// stage by stage names its tensors as PyTorch's module tree does.
+/// `stem.…` / `layers.{i}.{j}.…` for resnet, `stem.…` / `layer{i+1}.{j}.…` for the torchvision
+/// ResNets, `layers.{i}.…` for mlp), so that a backbone built stage by stage names its tensors
+/// as PyTorch's module tree does.
 #[derive(Debug)]
 enum Stage {
     /// `depth` conv–BN–activation blocks, after a 2×2 max-pool in every stage but the first.
     Conv { pool: bool, blocks: Vec<ConvBnAct> },
     /// Basic blocks; the first stage starts with the 3×3 stem.
     Res { stem: Option<(Conv2d, BatchNorm2d)>, blocks: Vec<BasicBlock>, act: Activation },
+    /// A torchvision ResNet's layer; the first one starts with the 7×7 stem and max-pool.
+    Torchvision { stem: Option<torchvision::Stem>, blocks: Vec<torchvision::Block>, act: Activation },
     /// A linear layer and its activation; the first one flattens the image.
     Dense { flatten: bool, layer: Linear, act: Activation },
 }
@@ -49,6 +53,11 @@ impl Backbone {
             BackboneKind::Conv => conv_stages(p, in_channels, &widths, cfg.depth, bn, act),
             BackboneKind::Resnet => resnet_stages(p, in_channels, &widths, cfg.depth, act),
             BackboneKind::Mlp => mlp_stages(p, in_features, &widths, act),
+            BackboneKind::Resnet18 | BackboneKind::Resnet34 | BackboneKind::Resnet50 | BackboneKind::Resnet101 => {
+                let (stem, layers) = torchvision::build(p, in_channels, cfg);
+                let mut stem = Some(stem);
+                layers.into_iter().map(|blocks| Stage::Torchvision { stem: stem.take(), blocks, act }).collect()
+            }
         };
         Self { stages, widths, spatial: cfg.kind != BackboneKind::Mlp }
     }
@@ -82,6 +91,13 @@ impl Backbone {
             Stage::Res { stem, blocks, act } => {
                 let h = match stem {
                     Some((conv, bn)) => activate(bn.forward(&conv.forward(&input(h, train, c), c), train, c), *act),
+                    None => h.shallow_clone(),
+                };
+                run_blocks(blocks, h, |b, h| b.forward(h, train, c, *act))
+            }
+            Stage::Torchvision { stem, blocks, act } => {
+                let h = match stem {
+                    Some(stem) => stem.forward(&input(h, train, c), train, c, *act),
                     None => h.shallow_clone(),
                 };
                 run_blocks(blocks, h, |b, h| b.forward(h, train, c, *act))
@@ -149,11 +165,23 @@ pub fn feature_info(cfg: &BackboneConfig) -> FeatureInfo {
     }
 }
 
-/// Output width of every stage: conv and mlp `widths`, resnet [`resnet_widths`].
+/// Output width of every stage: conv and mlp `widths`, resnet [`resnet_widths`], the
+/// torchvision ResNets their layers' (64-128-256-512, ×4 with bottleneck blocks).
 pub fn stage_widths(cfg: &BackboneConfig) -> Vec<i64> {
     match cfg.kind {
         BackboneKind::Resnet => resnet_widths(&cfg.widths),
+        k if k.is_torchvision() => torchvision::widths(cfg),
         _ => cfg.widths.clone(),
+    }
+}
+
+/// How much smaller than the image each stage's map is (1, 2, 4, … for conv and resnet; 4, 8,
+/// 16, 32 for the torchvision ResNets, held at `output_stride`); 1 for the MLP's vectors.
+pub fn stage_strides(cfg: &BackboneConfig) -> Vec<i64> {
+    match cfg.kind {
+        BackboneKind::Mlp => vec![1; cfg.widths.len()],
+        k if k.is_torchvision() => torchvision::strides(cfg),
+        _ => (0..stages(cfg)).map(|i| 1i64 << i).collect(),
     }
 }
 
@@ -168,16 +196,16 @@ pub fn stage_prefixes(cfg: &BackboneConfig, i: usize) -> Vec<String> {
         BackboneKind::Conv => vec![format!("stages.{i}")],
         BackboneKind::Resnet if i == 0 => vec!["stem".into(), "layers.0".into()],
         BackboneKind::Resnet | BackboneKind::Mlp => vec![format!("layers.{i}")],
+        BackboneKind::Resnet18 | BackboneKind::Resnet34 | BackboneKind::Resnet50 | BackboneKind::Resnet101 => {
+            torchvision::stage_prefixes(i)
+        }
     }
 }
 
-/// What the image sides must be divisible by: each stage after the first halves the
-/// resolution, and the decoder needs exact halvings.
+/// What the image sides must be divisible by: the coarsest stage's stride, so that every
+/// stage's map is the image's size over its stride exactly (the decoder needs exact halvings).
 pub fn size_multiple(cfg: &BackboneConfig) -> i64 {
-    match cfg.kind {
-        BackboneKind::Mlp => 1,
-        _ => 1i64 << (stages(cfg).saturating_sub(1)),
-    }
+    stage_strides(cfg).last().copied().unwrap_or(1)
 }
 
 /// Checks images of `h`×`w` against the backbone: `"data.image_size: …"` when a side does not
@@ -201,6 +229,10 @@ pub fn check(cfg: &BackboneConfig) -> Result<(), String> {
         BackboneKind::Resnet if cfg.norm != Norm::Batch => {
             Err("model.backbone.norm: resnet blocks need batch norm".into())
         }
+        k if k.is_torchvision() && cfg.norm != Norm::Batch => {
+            Err(format!("model.backbone.norm: {} blocks need batch norm", k.name()))
+        }
+        k if k.is_torchvision() => torchvision::check(cfg),
         _ => Ok(()),
     }
 }
@@ -268,7 +300,7 @@ fn resnet_stages(p: &Path, c_in: i64, widths: &[i64], depth: usize, act: Activat
 }
 
 #[derive(Debug)]
-struct BasicBlock {
+pub struct BasicBlock {
     conv1: Conv2d,
     bn1: BatchNorm2d,
     conv2: Conv2d,
@@ -291,7 +323,25 @@ impl BasicBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool, c: Compute, act: Activation) -> Tensor {
+    /// torchvision's basic block (its init, no dilation): `conv1` (3×3, `stride`), `bn1`,
+    /// `conv2`, `bn2`, and the given shortcut.
+    pub fn torchvision(
+        p: &Path,
+        c_in: i64,
+        c_out: i64,
+        stride: i64,
+        shortcut: Option<(Conv2d, BatchNorm2d)>,
+    ) -> Self {
+        Self {
+            conv1: Conv2d::new(p / "conv1", c_in, c_out, 3, stride, false).kaiming_fan_out(),
+            bn1: BatchNorm2d::new(p / "bn1", c_out),
+            conv2: Conv2d::new(p / "conv2", c_out, c_out, 3, 1, false).kaiming_fan_out(),
+            bn2: BatchNorm2d::new(p / "bn2", c_out),
+            shortcut,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool, c: Compute, act: Activation) -> Tensor {
         let h = activate(self.bn1.forward(&self.conv1.forward(x, c), train, c), act);
         let h = self.bn2.forward(&self.conv2.forward(&h, c), train, c);
         let skip = match &self.shortcut {

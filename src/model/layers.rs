@@ -140,6 +140,7 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     stride: i64,
     padding: i64,
+    dilation: i64,
     /// CPU only: run this convolution on NCHW input even in a channels-last forward.
     nchw_on_cpu: bool,
 }
@@ -155,7 +156,27 @@ impl Conv2d {
         // #6035; seen here with libtorch 2.11 as "double free or corruption" on a ResNet with
         // widths [4]). Such convolutions (tiny ResNet shortcuts) take NCHW input.
         let nchw_on_cpu = k == 1 && stride > 1 && c_in < 16;
-        Self { weight, bias, stride, padding: k / 2, nchw_on_cpu }
+        Self { weight, bias, stride, padding: k / 2, dilation: 1, nchw_on_cpu }
+    }
+
+    /// The same kernel spread over `dilation` pixels, padded to keep the size (torchvision's
+    /// `padding=dilation` for 3×3).
+    pub fn dilated(self, dilation: i64) -> Self {
+        let k = self.weight.size().get(2).copied().unwrap_or(1);
+        Self { dilation, padding: dilation * (k / 2), ..self }
+    }
+
+    /// Redraws the weight as torchvision's ResNets initialize theirs: kaiming_normal with
+    /// fan_out and the ReLU gain, N(0, 2 / (c_out·k·k)).
+    pub fn kaiming_fan_out(self) -> Self {
+        let s = self.weight.size();
+        if s.len() == 4 {
+            let fan_out = (s[0] * s[2] * s[3]) as f64;
+            tch::no_grad(|| {
+                let _ = self.weight.shallow_clone().normal_(0.0, (2.0 / fan_out).sqrt());
+            });
+        }
+        self
     }
 
     pub fn forward(&self, x: &Tensor, c: Compute) -> Tensor {
@@ -171,7 +192,7 @@ impl Conv2d {
         } else {
             self.weight.reshape([-1]).view(self.weight.size().as_slice())
         };
-        x.conv2d(&c.cast(&w), b.as_ref(), [self.stride], [self.padding], [1], 1)
+        x.conv2d(&c.cast(&w), b.as_ref(), [self.stride], [self.padding], [self.dilation], 1)
     }
 }
 

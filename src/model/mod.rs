@@ -5,6 +5,7 @@ pub mod backbone;
 pub mod export;
 pub mod heads;
 pub mod layers;
+pub mod torchvision;
 
 pub use arch::{Pass, Representation, StepIndex};
 pub use heads::{HeadKind, HeadSpec};

@@ -21,7 +21,22 @@ pub fn catalog() -> anyhow::Result<Value> {
         "methods": methods()?,
         "architectures": architectures()?,
         "backbones": BackboneKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        "torchvision_keys": torchvision_keys(),
     }))
+}
+
+/// The table between the torchvision ResNets' variable names and torchvision's state-dict
+/// keys (`model::torchvision::KEY_TABLE`), for the PyTorch twin.
+fn torchvision_keys() -> Value {
+    use crate::model::torchvision::{Scope, IGNORED_KEYS, KEY_TABLE};
+    let rows: Vec<Value> = KEY_TABLE
+        .iter()
+        .map(|&(scope, ours, theirs)| {
+            let scope = if scope == Scope::Top { "top" } else { "block" };
+            json!({"scope": scope, "mtl": ours, "torchvision": theirs})
+        })
+        .collect();
+    json!({"table": rows, "ignored": IGNORED_KEYS})
 }
 
 fn datasets() -> Vec<Value> {
@@ -100,6 +115,8 @@ fn architectures() -> anyhow::Result<Vec<Value>> {
         depth: 1,
         norm: Norm::default(),
         activation: Activation::default(),
+        output_stride: crate::config::DEFAULT_OUTPUT_STRIDE,
+        pretrained: None,
     };
     ARCHITECTURES
         .iter()

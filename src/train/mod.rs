@@ -8,6 +8,7 @@ pub mod inputs;
 pub mod norm_gap;
 pub mod parallel;
 pub mod plot;
+pub mod pretrained;
 pub mod report;
 pub mod restore;
 pub mod resume;
@@ -172,6 +173,12 @@ impl Trainer {
                 if opts.allow_missing_heads { MissingHeads::KeepInitialised } else { MissingHeads::Refuse };
             resume::init_from(&model, path, missing_heads)?;
         }
+        // Published weights start a fresh run; a resumed one has its own, and --init-from's
+        // replace them.
+        let pretrained = cfg.model.backbone.pretrained.is_some() && opts.resume.is_none() && opts.init_from.is_none();
+        if pretrained {
+            pretrained::load(&model, &cfg.model.backbone)?;
+        }
         let task_names = r.task_names();
         let (shared, head_params) = model.param_groups();
         let fused = cfg.speed.fused_optimizer.is_on();
@@ -198,7 +205,7 @@ impl Trainer {
             at: Position { step: 0, epoch: 0, position: 0 },
             best: BestTracker::new(monitor),
             checkpoints,
-            save_initial: opts.init_from.is_some() && opts.resume.is_none(),
+            save_initial: (opts.init_from.is_some() || pretrained) && opts.resume.is_none(),
             baselines,
             window_loss: zeros(),
             epoch_loss: zeros(),

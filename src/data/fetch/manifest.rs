@@ -36,19 +36,21 @@ pub struct RemoteFile {
 pub enum Checksum {
     Md5(String),
     Sha256(String),
+    /// The first hex digits of the SHA-256 (torchvision's weight files carry 8 in their names).
+    Sha256Prefix(String),
 }
 
 impl Checksum {
     pub fn algorithm(&self) -> &'static str {
         match self {
             Checksum::Md5(_) => "md5",
-            Checksum::Sha256(_) => "sha256",
+            Checksum::Sha256(_) | Checksum::Sha256Prefix(_) => "sha256",
         }
     }
 
     pub fn hex(&self) -> &str {
         match self {
-            Checksum::Md5(h) | Checksum::Sha256(h) => h,
+            Checksum::Md5(h) | Checksum::Sha256(h) | Checksum::Sha256Prefix(h) => h,
         }
     }
 }

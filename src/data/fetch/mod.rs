@@ -39,10 +39,16 @@ pub fn mirror(configured: Option<&str>) -> anyhow::Result<Option<String>> {
     if let Some(m) = configured {
         return Ok(Some(m.to_string()));
     }
-    match std::env::var(MIRROR_ENV) {
+    mirror_from_env(MIRROR_ENV)
+}
+
+/// The mirror the environment variable `var` names (unset or empty: none); it must be an
+/// http(s) URL.
+pub fn mirror_from_env(var: &str) -> anyhow::Result<Option<String>> {
+    match std::env::var(var) {
         Ok(m) if m.trim().is_empty() => Ok(None),
         Ok(m) if is_http_url(&m) => Ok(Some(m)),
-        Ok(m) => Err(user_error!("{MIRROR_ENV}: '{m}' must be an http:// or https:// URL")),
+        Ok(m) => Err(user_error!("{var}: '{m}' must be an http:// or https:// URL")),
         Err(_) => Ok(None),
     }
 }
@@ -93,30 +99,58 @@ fn obtain(
     parent: &Path,
     mirror: Option<&str>,
 ) -> anyhow::Result<PathBuf> {
-    let dest = parent.join(&file.name);
-    if dest.is_file() && verify(file, &dest).is_ok() {
-        tracing::info!("data.download: using {} (already there, checksum ok)", dest.display());
-        return Ok(dest);
+    match download_checked(agent, DATA_KEY, file, parent, mirror)? {
+        Ok(dest) => Ok(dest),
+        Err(failures) => {
+            let part = parent.join(format!("{}.part", file.name));
+            Err(give_up(source, file, root, parent, &part, &failures))
+        }
     }
-    let part = parent.join(format!("{}.part", file.name));
+}
+
+/// The key data downloads report under.
+const DATA_KEY: &str = "data.download";
+
+/// Every URL that failed, with why.
+pub type Failures = Vec<(String, Failure)>;
+
+/// `dir/<file>`, checked: a copy already there with the right checksum is used as it is (a file
+/// put there by hand needs no network); anything else is downloaded (from `<mirror>/<file>`
+/// when a mirror is named, else from the file's URLs in order) into `<file>.part`, checked and
+/// renamed into place, so `dir/<file>` is never half-written. `Ok(Err(failures))` when no URL
+/// gave the file (a `.part` with bytes in it is kept for the next call to resume); a checksum
+/// mismatch is a user error reported under `key`, the download deleted.
+pub fn download_checked(
+    agent: &ureq::Agent,
+    key: &str,
+    file: &RemoteFile,
+    dir: &Path,
+    mirror: Option<&str>,
+) -> anyhow::Result<Result<PathBuf, Failures>> {
+    let dest = dir.join(&file.name);
+    if dest.is_file() && verify(file, &dest).is_ok() {
+        tracing::info!("{key}: using {} (already there, checksum ok)", dest.display());
+        return Ok(Ok(dest));
+    }
+    let part = dir.join(format!("{}.part", file.name));
     let urls: Vec<String> = match mirror {
         Some(m) => vec![format!("{}/{}", m.trim_end_matches('/'), file.name)],
         None => file.urls.clone(),
     };
     let size = file.bytes.map(|b| format!(" ({})", http::mb(b))).unwrap_or_default();
     let mut failures = Vec::new();
-    for url in &urls {
-        tracing::info!("data.download: {url}{size} → {}", parent.display());
-        match http::download(agent, url, &part, file.bytes) {
+    for url in urls {
+        tracing::info!("{key}: {url}{size} → {}", dir.display());
+        match http::download(agent, &url, &part, file.bytes) {
             Ok(()) => {
-                check(file, url, &part)?;
-                std::fs::rename(&part, &dest).map_err(|e| user_error!("data.root: {}: {e}", dest.display()))?;
-                return Ok(dest);
+                check(key, file, &url, &part)?;
+                std::fs::rename(&part, &dest).map_err(|e| user_error!("{key}: {}: {e}", dest.display()))?;
+                return Ok(Ok(dest));
             }
             Err(failure) => failures.push((url, failure)),
         }
     }
-    Err(give_up(source, file, root, parent, &part, &failures))
+    Ok(Err(failures))
 }
 
 /// The one-line error after every URL failed: what was tried, why, and what to do by hand.
@@ -126,7 +160,7 @@ fn give_up(
     root: &Path,
     parent: &Path,
     part: &Path,
-    failures: &[(&String, Failure)],
+    failures: &[(String, Failure)],
 ) -> anyhow::Error {
     let tried: Vec<String> = failures.iter().map(|(url, f)| format!("{url} ({})", http::describe(f))).collect();
     let partial = failures.iter().any(|(_, f)| matches!(f, Failure::Interrupted { have, .. } if *have > 0));
@@ -151,10 +185,10 @@ fn give_up(
 }
 
 /// A finished download against its checksum; a mismatch deletes it.
-fn check(file: &RemoteFile, url: &str, part: &Path) -> anyhow::Result<()> {
+fn check(key: &str, file: &RemoteFile, url: &str, part: &Path) -> anyhow::Result<()> {
     match verify(file, part) {
         Ok(Some(sum)) => {
-            tracing::info!("data.download: {} {} ok", file.name, sum);
+            tracing::info!("{key}: {} {} ok", file.name, sum);
             Ok(())
         }
         Ok(None) => {
@@ -169,7 +203,7 @@ fn check(file: &RemoteFile, url: &str, part: &Path) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(part);
             let want = file.checksum.as_ref().expect("a mismatch needs a checksum");
             Err(user_error!(
-                "data.download: {url}: {} {got}, expected {} (not the published {}; deleted)",
+                "{key}: {url}: {} {got}, expected {} (not the published {}; deleted)",
                 want.algorithm(),
                 want.hex(),
                 file.name
@@ -254,7 +288,7 @@ impl Drop for Scratch {
 }
 
 /// Creates `dir` and its missing ancestors; returns the ones it created, outermost first.
-fn create_dir_all(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn create_dir_all(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let missing: Vec<PathBuf> = dir.ancestors().take_while(|a| !a.exists()).map(Path::to_path_buf).collect();
     std::fs::create_dir_all(dir).map_err(|e| user_error!("data.root: cannot create {}: {e}", dir.display()))?;
     Ok(missing.into_iter().rev().collect())

@@ -12,6 +12,7 @@ pub fn digest(path: &Path, checksum: &Checksum) -> std::io::Result<String> {
     match checksum {
         Checksum::Md5(_) => hash_file::<Md5>(path),
         Checksum::Sha256(_) => hash_file::<Sha256>(path),
+        Checksum::Sha256Prefix(p) => hash_file::<Sha256>(path).map(|h| h[..p.len().min(h.len())].to_string()),
     }
 }
 

@@ -90,12 +90,16 @@ impl Build<'_> {
         self.in_channels * self.image_size * self.image_size
     }
 
-    /// The flat size of one sample's output of every stage of the backbone (stage `i` of a conv
-    /// or resnet backbone is its width at 1/2^i of the image's side; the MLP's its width).
+    /// The flat size of one sample's output of every stage of the backbone (a spatial stage is
+    /// its width at the image's side over the stage's stride; the MLP's its width).
     pub fn stage_sizes(&self) -> Vec<i64> {
         let widths = backbone::stage_widths(self.backbone);
         match backbone::is_spatial(self.backbone) {
-            true => widths.iter().enumerate().map(|(i, w)| w * (self.image_size >> i).pow(2)).collect(),
+            true => widths
+                .iter()
+                .zip(backbone::stage_strides(self.backbone))
+                .map(|(w, s)| w * (self.image_size / s).pow(2))
+                .collect(),
             false => widths,
         }
     }
