@@ -84,6 +84,9 @@ __all__ = [
     "load_run",
     "predict",
     "resnet_widths",
+    "TorchvisionResNet",
+    "to_torchvision_key",
+    "from_torchvision_key",
     "input_shape",
     "normalize",
     "dataset_normalization",
@@ -270,6 +273,8 @@ def stage_prefixes(kind: str, i: int) -> List[str]:
         return [f"stages.{i}"]
     if kind == "resnet" and i == 0:
         return ["stem", "layers.0"]
+    if kind in TORCHVISION_RESNETS:
+        return ["stem", "layer1"] if i == 0 else [f"layer{i + 1}"]
     return [f"layers.{i}"]
 
 
@@ -349,6 +354,109 @@ class ResNet(nn.Module):
         for layer in self.layers:
             for block in layer:
                 h = block(h)
+            maps.append(h)
+        return maps
+
+
+# torchvision's ResNets (src/model/torchvision.rs): their blocks per layer, and which blocks.
+TORCHVISION_RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+TORCHVISION_BASE_WIDTH = 64
+
+
+def torchvision_widths(kind: str, widths: Sequence[int]) -> List[int]:
+    """The four layers' output channels: 64-128-256-512, ×4 for bottleneck blocks."""
+    w = int(widths[0]) if widths else TORCHVISION_BASE_WIDTH
+    expansion = 4 if TORCHVISION_RESNETS[kind] >= 50 else 1
+    return [(w << i) * expansion for i in range(4)]
+
+
+def torchvision_key_table(binary: Optional[str] = None) -> List[dict]:
+    """``model::torchvision::KEY_TABLE`` from ``mtl-train list --json``: rows of
+    {scope: top|block, mtl: prefix, torchvision: prefix}."""
+    return catalog(binary)["torchvision_keys"]["table"]
+
+
+def _translate(name: str, table: List[dict], to_torchvision: bool) -> str:
+    parts = name.split(".", 2)
+    block = (len(parts) == 3 and parts[0].startswith("layer") and parts[0][5:].isdigit() and parts[1].isdigit())
+    head, rest = (f"{parts[0]}.{parts[1]}.", parts[2]) if block else ("", name)
+    scope = "block" if block else "top"
+    for row in table:
+        src, dst = (row["mtl"], row["torchvision"]) if to_torchvision else (row["torchvision"], row["mtl"])
+        if row["scope"] == scope and rest.startswith(src):
+            return head + dst + rest[len(src):]
+    return name
+
+
+def to_torchvision_key(name: str, table: Optional[List[dict]] = None) -> str:
+    """torchvision's state-dict key for an mtl backbone variable (relative to the backbone)."""
+    return _translate(name, table if table is not None else torchvision_key_table(), True)
+
+
+def from_torchvision_key(key: str, table: Optional[List[dict]] = None) -> str:
+    """mtl's backbone variable name for a torchvision key."""
+    return _translate(key, table if table is not None else torchvision_key_table(), False)
+
+
+class _Shortcut(nn.Module):
+    """torchvision's ``downsample`` (conv, BN) under mtl's names ``shortcut.conv|bn``."""
+
+    def __init__(self, downsample: nn.Sequential):
+        super().__init__()
+        self.conv, self.bn = downsample[0], downsample[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision's own ``resnet18`` … ``resnet101`` (``replace_stride_with_dilation`` from
+    ``output_stride``), its modules re-hung under mtl's names (``stem.conv|bn``,
+    ``layer{k}.{j}.shortcut.conv|bn``), so ``state_dict()`` has the run's keys and every
+    forward is torchvision's. Returns the four layers' maps (strides 4, 8, 16, 32)."""
+
+    spatial = True
+
+    def __init__(self, kind: str, c_in: int, widths: Sequence[int], output_stride: int, act: str):
+        super().__init__()
+        import torchvision
+
+        if widths and int(widths[0]) != TORCHVISION_BASE_WIDTH:
+            raise ValueError(f"the twin builds torchvision's {kind} at its base width 64, not {widths[0]}")
+        if act != "relu":
+            raise ValueError(f"torchvision's {kind} uses relu, not {act}")
+        dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[int(output_stride)]
+        tv = getattr(torchvision.models, kind)(weights=None, replace_stride_with_dilation=dilate
+                                               if any(dilate) else None)
+        if c_in != 3:
+            tv.conv1 = nn.Conv2d(c_in, TORCHVISION_BASE_WIDTH, 7, 2, 3, bias=False)
+        self.stem = nn.Module()
+        self.stem.conv, self.stem.bn = tv.conv1, tv.bn1
+        self.maxpool = tv.maxpool
+        for k in range(1, 5):
+            layer = getattr(tv, f"layer{k}")
+            for block in layer:
+                if block.downsample is not None:
+                    shortcut = _Shortcut(block.downsample)
+                    del block._modules["downsample"]
+                    block.shortcut = shortcut
+                    # torchvision's forward calls self.downsample: the same module, unregistered.
+                    object.__setattr__(block, "downsample", shortcut)
+            setattr(self, f"layer{k}", layer)
+        self.widths = torchvision_widths(kind, widths)
+
+    def num_stages(self) -> int:
+        return 4
+
+    def stage_parts(self, i: int, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if i == 0:
+            h = self.maxpool(torch.relu(self.stem.bn(self.stem.conv(h))))
+        return _run_blocks(getattr(self, f"layer{i + 1}"), h)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        maps, h = [], x
+        for i in range(4):
+            h = self.stage_parts(i, h)[1]
             maps.append(h)
         return maps
 
@@ -591,7 +699,7 @@ class MultiTaskModel(nn.Module):
         model_cfg = config["model"]
         bb = model_cfg["backbone"]
         kind = bb["kind"]
-        widths = [int(w) for w in bb["widths"]]
+        widths = [int(w) for w in bb.get("widths") or []]
         depth = int(_get(bb, "depth", 1))
         norm = _get(bb, "norm", "batch")
         if norm not in ("batch", "none"):
@@ -602,17 +710,20 @@ class MultiTaskModel(nn.Module):
         self.in_channels = c_in
         self.image_size = h
         bn = norm == "batch"
-        if not widths:
+        if not widths and kind not in TORCHVISION_RESNETS:
             raise ValueError("model.backbone.widths is empty")
-        if kind == "conv":
+        if kind in TORCHVISION_RESNETS:
+            stage_widths, spatial = torchvision_widths(kind, widths), True
+        elif kind == "conv":
             stage_widths, spatial = list(widths), True
         elif kind == "resnet":
             stage_widths, spatial = resnet_widths(widths), True
         elif kind == "mlp":
             stage_widths, spatial = list(widths), False
         else:
-            raise ValueError(f"unknown backbone kind {kind!r} (conv, resnet, mlp)")
+            raise ValueError(f"unknown backbone kind {kind!r} (conv, resnet, mlp, {', '.join(TORCHVISION_RESNETS)})")
         self.backbone_kind = kind
+        self.output_stride = int(_get(bb, "output_stride", 32))
         self._backbone_args = (kind, c_in, h, w, widths, depth, bn, act)
         self.stage_widths = stage_widths
         self.feature_channels = stage_widths if spatial else [stage_widths[-1]]
@@ -688,6 +799,8 @@ class MultiTaskModel(nn.Module):
             return ConvNet(c_in, widths, depth, bn, act)
         if kind == "resnet":
             return ResNet(c_in, resnet_widths(widths), depth, act)
+        if kind in TORCHVISION_RESNETS:
+            return TorchvisionResNet(kind, c_in, widths, self.output_stride, act)
         return Mlp(c_in * h * w, widths, act)
 
     def new_backbones(self, count: int) -> nn.ModuleList:

@@ -156,7 +156,7 @@ fn anchor_command_line_path(assignment: &str) -> String {
 
 /// `model.backbone.pretrained`: a path made absolute (relative to the config file), RGB
 /// images, and the normalization the weights were trained with (ImageNet's, unless
-/// `data.normalize` says otherwise), which config.yaml then records.
+/// `data.normalization` says otherwise), which config.yaml then records.
 fn pretrained_weights(cfg: &mut Config, dir: &Path) -> Result<(), String> {
     let Some(given) = cfg.model.backbone.pretrained.clone() else { return Ok(()) };
     if cfg.data.grayscale {
@@ -167,8 +167,8 @@ fn pretrained_weights(cfg: &mut Config, dir: &Path) -> Result<(), String> {
         let path = std::path::absolute(&path).unwrap_or(path);
         cfg.model.backbone.pretrained = Some(path.display().to_string());
     }
-    if cfg.data.normalize.is_none() {
-        cfg.data.normalize = Some(crate::config::Normalize { mean: IMAGENET_MEAN, std: IMAGENET_STD });
+    if cfg.data.normalization.is_none() {
+        cfg.data.normalization = Some(crate::config::Normalization { mean: IMAGENET_MEAN, std: IMAGENET_STD });
     }
     Ok(())
 }

@@ -570,3 +570,51 @@ fn rank_of_a_downloading_run() {
     // 48 images, a global batch of 2 × 16: one step per epoch.
     assert_eq!(summary.steps, 1);
 }
+
+// --- Pretrained weights (`model.backbone.pretrained: imagenet`) ----------------------------
+
+/// A stand-in weights file and its torchvision-style entry (name `<stem>-<8 hex>.pth`, the
+/// hex digits starting its SHA-256), fetched from `urls`.
+fn weights_file(urls: Vec<String>) -> (Vec<u8>, RemoteFile) {
+    use sha2::{Digest, Sha256};
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let hex: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("resnet18-{}.pth", &hex[..8]);
+    let file = RemoteFile { name, bytes: None, checksum: Some(Checksum::Sha256Prefix(hex[..8].into())), urls };
+    (body, file)
+}
+
+#[test]
+fn weights_are_downloaded_resumed_and_checked_into_the_cache_then_reused() {
+    hermetic();
+    let tmp = tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let (body, _) = weights_file(vec![]);
+    let cut = body.len() / 3;
+    let server = Server::start(body.clone(), vec![Reply::CutAfter(cut), Reply::Ranged]);
+    let (_, file) = weights_file(vec![format!("{}/w.pth", server.url())]);
+    let path = mtl::train::pretrained::download(&file, &cache, None).unwrap();
+    let heads = server.finish();
+    assert_eq!(range_start(&heads[1]), Some(cut), "resumed with a byte range: {heads:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    assert_eq!(listing(&cache), vec![file.name.clone()], "only the checked file, no .part");
+    // The cached copy needs no server (none is listening now).
+    let (_, offline) = weights_file(vec![dead_url()]);
+    assert_eq!(mtl::train::pretrained::download(&offline, &cache, None).unwrap(), path);
+}
+
+#[test]
+fn weights_from_a_mirror_with_a_wrong_checksum_are_deleted() {
+    hermetic();
+    let tmp = tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let server = Server::start(b"not the published weights".to_vec(), vec![Reply::Ranged]);
+    let (_, file) = weights_file(vec![dead_url()]);
+    let err = mtl::train::pretrained::download(&file, &cache, Some(&server.url())).unwrap_err();
+    let heads = server.finish();
+    assert!(heads[0].starts_with(&format!("GET /{} ", file.name)), "the mirror serves the file by name: {heads:?}");
+    let msg = format!("{err:#}");
+    assert!(mtl::error::is_user_error(&err) && !msg.contains('\n'), "{msg}");
+    assert!(msg.contains("model.backbone.pretrained") && msg.contains("deleted"), "{msg}");
+    assert_eq!(listing(tmp.path()), Vec::<String>::new(), "the cache was made by the download and goes with it");
+}

@@ -120,22 +120,22 @@ pub struct DataConfig {
     /// the dataset's own. Set by the resolve step to ImageNet's when the backbone starts from
     /// pretrained weights (the normalization follows the weights), so config.yaml records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub normalize: Option<Normalize>,
+    pub normalization: Option<Normalization>,
 }
 
-/// `data.normalize`: `{mean: [r, g, b], std: [r, g, b]}`.
+/// `data.normalization`: `{mean: [r, g, b], std: [r, g, b]}`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Normalize {
+pub struct Normalization {
     pub mean: [f64; 3],
     pub std: [f64; 3],
 }
 
 impl DataConfig {
-    /// The images' normalization: `data.normalize` when set, else `dataset_default` (the
+    /// The images' normalization: `data.normalization` when set, else `dataset_default` (the
     /// dataset's own).
     pub fn normalization(&self, dataset_default: ([f64; 3], [f64; 3])) -> ([f64; 3], [f64; 3]) {
-        self.normalize.map_or(dataset_default, |n| (n.mean, n.std))
+        self.normalization.map_or(dataset_default, |n| (n.mean, n.std))
     }
 
     /// Every setting at its default, for `dataset` (library use and tests).
@@ -159,7 +159,7 @@ impl DataConfig {
             pet: PetOptions::default(),
             folder: FolderOptions::default(),
             classes: Vec::new(),
-            normalize: None,
+            normalization: None,
         }
     }
 }

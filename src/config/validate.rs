@@ -115,10 +115,10 @@ fn data(d: &DataConfig, at: &str) -> Check {
     let key = |k: &str| format!("{at}.{k}");
     ensure(is_identifier(&d.dataset), &key("dataset"), format!("'{}' must be a dataset name", d.dataset))?;
     count(d.batch_size as u64, &key("batch_size"), 1, 1 << 20)?;
-    if let Some(n) = &d.normalize {
+    if let Some(n) = &d.normalization {
         ensure(
             n.mean.iter().all(|m| m.is_finite()) && n.std.iter().all(|s| s.is_finite() && *s > 0.0),
-            &key("normalize"),
+            &key("normalization"),
             format!("mean {:?} must be finite and std {:?} positive", n.mean, n.std),
         )?;
     }
