@@ -573,6 +573,34 @@ class DenseHead(SegmentationHead):
         return F.normalize(out.float(), dim=1, eps=1e-12) if self.normalize else out
 
 
+# `aspp` heads (src/model/aspp.rs): DeepLabV3's rates at output stride 8 and its width.
+ASPP_RATES = (12, 24, 36)
+ASPP_WIDTH = 256
+
+
+class AsppHead(nn.Module):
+    """DeepLabV3's head on the coarsest map: torchvision's own ``ASPP`` (``aspp.*``), then
+    ``conv|bn`` (3×3, ReLU) and a 1×1 ``classifier``; logits resized to the input bilinearly
+    with align_corners=True (LibMTL's NYUv2 trainer); unit-length outputs for normals."""
+
+    def __init__(self, c_in: int, width: int, rates: Sequence[int], outputs: int, normalize: bool):
+        super().__init__()
+        from torchvision.models.segmentation.deeplabv3 import ASPP
+
+        self.aspp = ASPP(c_in, list(rates), width)
+        self.conv = conv2d(width, width, 3, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.classifier = conv2d(width, outputs, 1, 1, bias=True)
+        self.normalize = normalize
+
+    def forward(self, features: Sequence[torch.Tensor], out_hw: Tuple[int, int]) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(self.aspp(features[-1]))))
+        logits = self.classifier(y)
+        if tuple(logits.shape[-2:]) != tuple(out_hw):
+            logits = F.interpolate(logits, size=tuple(out_hw), mode="bilinear", align_corners=True)
+        return F.normalize(logits.float(), dim=1, eps=1e-12) if self.normalize else logits
+
+
 # Output channels of the dense heads (src/model/heads.rs).
 REGRESSION_CHANNELS = 1
 NORMAL_CHANNELS = 3
@@ -756,7 +784,14 @@ class MultiTaskModel(nn.Module):
             name, tkind, classes = task["name"], task["kind"], int(task.get("classes") or 0)
             hc = heads_cfg.get(name) or {}
             width = int(_get(hc, "decoder_width", 0))
-            if tkind == "classification":
+            if _get(hc, "kind", "unet") == "aspp" and tkind in ("segmentation", "regression", "normals"):
+                if self.norm_layout[0] > 1:
+                    raise ValueError("the twin's aspp head has one BatchNorm state (no model.domain_norm groups)")
+                outputs = {"segmentation": classes, "regression": REGRESSION_CHANNELS,
+                           "normals": NORMAL_CHANNELS}[tkind]
+                head = AsppHead(channels[-1], width or ASPP_WIDTH, _get(hc, "rates", None) or ASPP_RATES,
+                                outputs, normalize=tkind == "normals")
+            elif tkind == "classification":
                 flatten = pools[name] == "flatten" and spatial
                 d_in = channels[-1] * (top_hw[0] * top_hw[1] if flatten else 1)
                 head = ClassificationHead(

@@ -81,7 +81,8 @@ fn a_file_for_another_depth_or_shape_is_refused() {
     );
     // resnet18's keys with a stem for one input channel.
     let mut sd = resnet18_state_dict();
-    sd[0] = ("conv1.weight".into(), Tensor::zeros([64, 1, 7, 7], (Kind::Float, Device::Cpu)));
+    let stem = sd.iter().position(|(k, _)| k == "conv1.weight").unwrap();
+    sd[stem].1 = Tensor::zeros([64, 1, 7, 7], (Kind::Float, Device::Cpu));
     save(&tmp.path().join("grey.safetensors"), &sd);
     refused(
         tmp.path(),

@@ -122,10 +122,13 @@ def tiny_config(case: str) -> dict:
 # One config per backbone (make_config builds each); test_every_backbone_has_a_case keeps the
 # list in step with the binary's registry.
 CASES = ["conv", "resnet", "mlp"]
+# The torchvision ResNets, whose cases (with torchvision as the reference) are in
+# tests/test_pretrained.py.
+TORCHVISION_CASES = ["resnet18", "resnet34", "resnet50", "resnet101"]
 
 
 def test_every_backbone_has_a_case(binary):
-    assert CASES == mtl_torch.catalog(str(binary))["backbones"]
+    assert CASES + TORCHVISION_CASES == mtl_torch.catalog(str(binary))["backbones"]
 
 
 def write_config(tmp_path: Path, cfg: dict) -> Path:

@@ -15,7 +15,9 @@ perturbed, so evaluation mode matters) is saved by `torch.save(m.state_dict())` 
    (IntermediateLayerGetter over layer1..layer4) on our batch;
 4. `mtl-train predict` on that checkpoint equals the twin's outputs: a classification head
    (global pooling of layer4) and a U-Net segmentation head (reading all four layers), so
-   every stage of mtl's backbone is compared, max relative error ≤ 1e-5.
+   every stage of mtl's backbone is compared, max relative error ≤ 1e-5; in the dilated case
+   the segmentation head is DeepLabV3's ASPP (`kind: aspp`), which the twin builds from
+   torchvision's own `torchvision.models.segmentation.deeplabv3.ASPP`.
 
 Kept small: 32×32 images, batch 2, one training step.
 """
@@ -72,6 +74,8 @@ def random_torchvision(kind: str, output_stride: int, seed: int) -> torch.nn.Mod
 
 
 def config(kind: str, output_stride: int, weights: Path) -> dict:
+    # The dilated case decodes with DeepLabV3's ASPP head (LibMTL's NYUv2 setting).
+    heads = {"seg": {"kind": "aspp"}} if output_stride == 8 else {}
     return {
         "name": f"pretrained-{kind}",
         "seed": 1,
@@ -79,7 +83,8 @@ def config(kind: str, output_stride: int, weights: Path) -> dict:
         "threads": 1,
         "data": {"dataset": "shapes", "train_size": 4, "val_size": 2, "image_size": 32,
                  "batch_size": 2, "eval_batch_size": 2},
-        "model": {"backbone": {"kind": kind, "output_stride": output_stride, "pretrained": str(weights)}},
+        "model": {"backbone": {"kind": kind, "output_stride": output_stride, "pretrained": str(weights)},
+                  "heads": heads},
         "tasks": [
             {"name": "kind", "kind": "classification", "target": "kind", "classes": 10},
             {"name": "seg", "kind": "segmentation", "target": "mask", "classes": 11},
@@ -125,7 +130,11 @@ def test_torchvision_weights_load_exactly_and_compute_as_torchvision(binary, tmp
     for a, b in zip(ours, theirs):
         assert rel_err(a, b) <= TOL
 
-    # 4. mtl-train predict equals the twin (every stage reaches an output).
+    # 4. mtl-train predict equals the twin: a U-Net head reads every stage; the dilated case's
+    # ASPP head is torchvision's own ASPP module in the twin.
+    if output_stride == 8:
+        from torchvision.models.segmentation.deeplabv3 import ASPP
+        assert isinstance(twin.heads["seg"].aspp, ASPP)
     rust = rust_predict(binary, tmp_path, step0, x)
     torch_out = mtl_torch.predict(twin, x)
     for name in ("kind", "seg"):

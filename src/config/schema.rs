@@ -470,6 +470,15 @@ pub enum Activation {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadConfig {
+    /// Per-pixel tasks: the decoder, `unet` (default: the U-Net decoder over every stage) or
+    /// `aspp` (DeepLabV3's atrous spatial pyramid pooling on the coarsest map, as LibMTL's
+    /// NYUv2 setting; docs/PRETRAINED.md).
+    #[serde(default, skip_serializing_if = "DenseDecoder::is_unet")]
+    pub kind: DenseDecoder,
+    /// `aspp`: the dilation rates of its 3×3 branches (default 12, 24, 36: DeepLabV3's at
+    /// output stride 8, which LibMTL's NYUv2 example uses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rates: Vec<i64>,
     /// Classification: width of an optional hidden layer (0: none).
     #[serde(default)]
     pub hidden: i64,
@@ -485,6 +494,26 @@ pub struct HeadConfig {
     #[serde(default, skip_serializing_if = "Pool::is_avg")]
     pub pool: Pool,
 }
+
+/// `model.heads.<task>.kind`: how a per-pixel head decodes the backbone's maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DenseDecoder {
+    #[default]
+    Unet,
+    Aspp,
+}
+
+impl DenseDecoder {
+    fn is_unet(&self) -> bool {
+        *self == DenseDecoder::Unet
+    }
+}
+
+/// `aspp`'s rates when none are given.
+pub const DEFAULT_ASPP_RATES: [i64; 3] = [12, 24, 36];
+/// `aspp`'s channels when `decoder_width` is 0 (DeepLabV3's).
+pub const DEFAULT_ASPP_WIDTH: i64 = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

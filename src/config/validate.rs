@@ -214,6 +214,14 @@ fn model(cfg: &Config) -> Check {
             format!("{} must be 0 (none) or a width up to {MAX_WIDTH}", h.hidden),
         )?;
         ensure((0.0..1.0).contains(&h.dropout), &format!("{key}.dropout"), format!("{} must be in [0, 1)", h.dropout))?;
+        for (i, r) in h.rates.iter().enumerate() {
+            ensure((1..=64).contains(r), &format!("{key}.rates[{i}]"), format!("{r} is out of range (1..=64)"))?;
+        }
+        ensure(
+            h.rates.is_empty() || h.kind == crate::config::DenseDecoder::Aspp,
+            &format!("{key}.rates"),
+            "only an aspp head has rates (set kind: aspp)",
+        )?;
         ensure(
             (0..=MAX_WIDTH).contains(&h.decoder_width),
             &format!("{key}.decoder_width"),

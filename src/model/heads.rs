@@ -1,7 +1,8 @@
 //! Task heads. Each head reads the backbone's feature maps and returns fp32 outputs.
 use super::backbone::FeatureInfo;
 use super::layers::{activate, Compute, Conv2d, ConvBnAct, Linear};
-use crate::config::{Activation, HeadConfig, Pool};
+use super::aspp::AsppHead;
+use crate::config::{Activation, DenseDecoder, HeadConfig, Pool, DEFAULT_ASPP_RATES, DEFAULT_ASPP_WIDTH};
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
@@ -28,7 +29,14 @@ pub struct HeadSpec {
 #[derive(Debug)]
 pub enum Head {
     Vector(ClassificationHead),
-    Dense { decoder: SegmentationHead, unit_length: bool },
+    Dense { decoder: Decoder, unit_length: bool },
+}
+
+/// How a per-pixel head decodes the backbone's maps (`model.heads.<task>.kind`).
+#[derive(Debug)]
+pub enum Decoder {
+    UNet(SegmentationHead),
+    Aspp(AsppHead),
 }
 
 impl Head {
@@ -46,7 +54,16 @@ impl Head {
         match kind {
             HeadKind::Vector { outputs } => Head::Vector(ClassificationHead::new(p, info, cfg, outputs, act, top_hw)),
             HeadKind::Dense { channels, unit_length } => {
-                Head::Dense { decoder: SegmentationHead::new(p, info, cfg, channels, batch_norm, act), unit_length }
+                let decoder = match cfg.kind {
+                    DenseDecoder::Unet => Decoder::UNet(SegmentationHead::new(p, info, cfg, channels, batch_norm, act)),
+                    DenseDecoder::Aspp => {
+                        let c_in = *info.channels.last().expect("a backbone has at least one output");
+                        let width = if cfg.decoder_width > 0 { cfg.decoder_width } else { DEFAULT_ASPP_WIDTH };
+                        let rates = if cfg.rates.is_empty() { &DEFAULT_ASPP_RATES[..] } else { &cfg.rates[..] };
+                        Decoder::Aspp(AsppHead::new(p, c_in, width, rates, channels))
+                    }
+                };
+                Head::Dense { decoder, unit_length }
             }
         }
     }
@@ -56,7 +73,11 @@ impl Head {
         match self {
             Head::Vector(h) => h.forward(features, train, c).to_kind(Kind::Float),
             Head::Dense { decoder, unit_length } => {
-                let out = decoder.forward(features, out_hw, train, c).to_kind(Kind::Float);
+                let out = match decoder {
+                    Decoder::UNet(d) => d.forward(features, out_hw, train, c),
+                    Decoder::Aspp(d) => d.forward(features, out_hw, train, c),
+                }
+                .to_kind(Kind::Float);
                 if *unit_length {
                     l2_normalize(&out)
                 } else {

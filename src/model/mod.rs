@@ -1,6 +1,7 @@
 //! The multi-task model: an architecture (how the tasks share the network; hard parameter
 //! sharing by default) and one head per task.
 pub mod arch;
+pub mod aspp;
 pub mod backbone;
 pub mod export;
 pub mod heads;
