@@ -21,7 +21,7 @@
 # section measures on a GPU; a row that is not PASS in the rehearsal would fail on the GPU too.
 #
 # Environment: EPOCHS (default: the config's 5), BENCH=0 to skip the benchmark, QUICK=1 for a shorter one,
-# DIST=0 to skip the data-parallel checks,
+# DIST=0 to skip the data-parallel checks, NYU=0 to skip nyuv2_resnet50 (NYU_EPOCHS: its epochs, default 3),
 # SPEED=0 to skip the speed tables (whole processes, input pipeline, methods at T = 2 and 8; ~4 minutes),
 # OUT (a folder for the logs and results; default a temporary one), DRY=1 to rehearse the whole
 # script on the CPU (small data, quick CPU benchmark) on a machine without a GPU, SMOKE=1 with
@@ -193,6 +193,75 @@ EOF
     row "--nproc 1 through $backend vs plain" FAIL "see dist-nproc1.log: $(tail -1 "$out/dist-nproc1.log")" \
       "weights and mIoU of --nproc 1 through NCCL against a plain run"
   fi
+fi
+
+if [ "${NYU:-1}" = 1 ]; then
+  # LibMTL's NYUv2 setting (configs/nyuv2_resnet50.yaml: dilated ResNet-50 from ImageNet weights,
+  # ASPP heads) for a few epochs, its metrics beside LibMTL's published HPS + EW table
+  # (docs/PRETRAINED.md). It needs data/nyuv2 and the ResNet-50 weights in the cache (or
+  # MTL_WEIGHTS_MIRROR): the GPU machine reaches no network, so without them the row says SKIP.
+  # The rehearsal trains one epoch on a generated NYUv2 of 32×48 images (4 train, 2 val) from
+  # random torchvision weights.
+  echo "== nyuv2_resnet50 (LibMTL's NYUv2 setting), ${NYU_EPOCHS:-3} epochs on $dev"
+  t0=$(date +%s)
+  d="$(mktemp -d)"
+  nyu=(--set "train.epochs=${NYU_EPOCHS:-3}" --set checkpoint.every=1000 --set data.download=false)
+  ready=1; why=""
+  if [ "$dev" = cpu ]; then
+    "$PY" - "$d" <<'EOF' || ready=0
+import os, sys
+import numpy as np, torch, torchvision
+d = sys.argv[1]
+rng = np.random.default_rng(0)
+for split, n in (("train", 4), ("val", 2)):
+    for m, shape in (("image", (32, 48, 3)), ("label", (32, 48)), ("depth", (32, 48, 1)), ("normal", (32, 48, 3))):
+        os.makedirs(f"{d}/nyuv2/{split}/{m}", exist_ok=True)
+        for i in range(n):
+            a = rng.random(shape, dtype=np.float32)
+            if m == "label":
+                a = np.floor(a * 13)
+            elif m == "normal":
+                a = 2 * a - 1
+                a /= np.linalg.norm(a, axis=-1, keepdims=True)
+            np.save(f"{d}/nyuv2/{split}/{m}/{i}.npy", a)
+if os.environ.get("SMOKE", "0") != "1":
+    m = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
+    torch.save(m.state_dict(), f"{d}/resnet50-random.pth")
+EOF
+    nyu+=(--set "data.root=$d/nyuv2" --set data.image_size=32 --set data.batch_size=2 --set data.eval_batch_size=2
+          --set "model.backbone.pretrained=$d/resnet50-random.pth" --set train.epochs=1)
+    # The smallest rehearsal: a ResNet-50 at base width 4 from scratch (the weights' loading is
+    # tests/test_pretrained.py's); the heads, the data and the table are the same.
+    [ "${SMOKE:-0}" = 1 ] && nyu+=(--set "model.backbone={kind: resnet50, output_stride: 8, widths: [4]}"
+                                  --set "model.heads.semantic.decoder_width=8" --set "model.heads.depth.decoder_width=8"
+                                  --set "model.heads.normal.decoder_width=8")
+  else
+    cache="${MTL_WEIGHTS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mtl/weights}"
+    if [ ! -d data/nyuv2/train ]; then
+      ready=0; why="no data/nyuv2 on this machine (scripts/fetch.sh nyuv2, then carry it)"
+    elif [ ! -f "$cache/resnet50-0676ba61.pth" ] && [ -z "${MTL_WEIGHTS_MIRROR:-}" ]; then
+      ready=0; why="no resnet50-0676ba61.pth in $cache and no MTL_WEIGHTS_MIRROR"
+    fi
+  fi
+  nyu_gpu="semantic mIoU / pixel acc, depth abs err, normal mean angle after a few epochs, beside LibMTL's 200-epoch 54.10 / 75.78, 0.3771, 23.53°"
+  if [ "$ready" = 1 ] && "$MTL" configs/nyuv2_resnet50.yaml --device "$dev" --run-dir "$d/run" "${nyu[@]}" \
+      > "$out/nyuv2_resnet50.log" 2>&1; then
+    detail="$("$PY" - "$d/run/metrics.jsonl" <<'EOF'
+import json, sys
+val = [json.loads(l) for l in open(sys.argv[1]) if '"val"' in l][-1]
+published = [("semantic.miou", 100, "mIoU", 54.10), ("semantic.pixel_accuracy", 100, "pixel acc", 75.78),
+             ("depth.abs_error", 1, "abs err", 0.3771), ("normal.mean_angle", 1, "mean angle", 23.53)]
+print("; ".join(f"{name} {val[k] * scale:.4g} (LibMTL {ref})" for k, scale, name, ref in published))
+EOF
+)"
+    row "nyuv2_resnet50 vs LibMTL" PASS "$detail ($(( $(date +%s) - t0 ))s)" "$nyu_gpu"
+  elif [ "$ready" = 0 ] && [ "$dev" != cpu ]; then
+    row "nyuv2_resnet50 vs LibMTL" SKIP "$why" "$nyu_gpu"
+  else
+    row "nyuv2_resnet50 vs LibMTL" FAIL "see nyuv2_resnet50.log: $(tail -1 "$out/nyuv2_resnet50.log" 2>/dev/null)" "$nyu_gpu"
+  fi
+  tail -3 "$out/nyuv2_resnet50.log" 2>/dev/null
+  rm -rf "$d"
 fi
 
 bench_table=""

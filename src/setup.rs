@@ -389,7 +389,9 @@ fn check_task(cfg: &Config, i: usize, task: &Task) -> Result<(), String> {
         ));
     }
     let head = cfg.model.heads.get(&t.name);
-    if head.is_some_and(|h| h.kind == crate::config::DenseDecoder::Aspp) && matches!(task.head(), HeadKind::Vector { .. }) {
+    if head.is_some_and(|h| h.kind == crate::config::DenseDecoder::Aspp)
+        && matches!(task.head(), HeadKind::Vector { .. })
+    {
         return Err(format!(
             "model.heads.{}.kind: aspp is a per-pixel head, but task '{}' is {kind} (one value per image)",
             t.name, t.name

@@ -57,7 +57,12 @@ fn missing_and_unexpected_keys_are_named() {
         tmp.path(),
         &config("kind: resnet18, pretrained: w.safetensors"),
         &[],
-        &["model.backbone.pretrained", "w.safetensors", "missing 'layer4.1.bn2.running_var'", "unexpected 'head.weight'"],
+        &[
+            "model.backbone.pretrained",
+            "w.safetensors",
+            "missing 'layer4.1.bn2.running_var'",
+            "unexpected 'head.weight'",
+        ],
     );
 }
 
@@ -71,7 +76,8 @@ fn a_file_for_another_depth_or_shape_is_refused() {
             keys.push(format!("layer{}.{b}.conv3.weight", layer + 1));
         }
     }
-    let sd: Vec<(String, Tensor)> = keys.into_iter().map(|k| (k, Tensor::zeros([1], (Kind::Float, Device::Cpu)))).collect();
+    let sd: Vec<(String, Tensor)> =
+        keys.into_iter().map(|k| (k, Tensor::zeros([1], (Kind::Float, Device::Cpu)))).collect();
     save(&tmp.path().join("r50.safetensors"), &sd);
     refused(
         tmp.path(),
@@ -96,7 +102,12 @@ fn a_file_for_another_depth_or_shape_is_refused() {
 fn corrupt_files_and_checksum_mismatches_are_refused() {
     let tmp = tempdir().unwrap();
     std::fs::write(tmp.path().join("junk.pth"), b"this is not a zip archive").unwrap();
-    refused(tmp.path(), &config("kind: resnet18, pretrained: junk.pth"), &[], &["junk.pth", "not a torch.save zip archive"]);
+    refused(
+        tmp.path(),
+        &config("kind: resnet18, pretrained: junk.pth"),
+        &[],
+        &["junk.pth", "not a torch.save zip archive"],
+    );
     // A zip whose pickle calls something a state dict never does.
     {
         let file = std::fs::File::create(tmp.path().join("evil.pth")).unwrap();
@@ -105,7 +116,12 @@ fn corrupt_files_and_checksum_mismatches_are_refused() {
         std::io::Write::write_all(&mut zip, b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.").unwrap();
         zip.finish().unwrap();
     }
-    refused(tmp.path(), &config("kind: resnet18, pretrained: evil.pth"), &[], &["evil.pth", "'os.system'", "refused, not run"]);
+    refused(
+        tmp.path(),
+        &config("kind: resnet18, pretrained: evil.pth"),
+        &[],
+        &["evil.pth", "'os.system'", "refused, not run"],
+    );
     save(&tmp.path().join("resnet18-deadbeef.safetensors"), &resnet18_state_dict());
     refused(
         tmp.path(),
@@ -136,11 +152,23 @@ fn settings_the_backbone_cannot_have_are_refused() {
     for (backbone, needle) in [
         ("kind: resnet18, output_stride: 8", "model.backbone.output_stride: resnet18 is 32 only"),
         ("kind: resnet50, output_stride: 4", "model.backbone.output_stride: 4 must be 32, 16 or 8"),
-        ("kind: resnet18, widths: [8], pretrained: imagenet", "model.backbone.widths: pretrained weights are for base width 64"),
+        (
+            "kind: resnet18, widths: [8], pretrained: imagenet",
+            "model.backbone.widths: pretrained weights are for base width 64",
+        ),
         ("kind: conv, widths: [4, 8], pretrained: imagenet", "model.backbone.pretrained: only the torchvision ResNets"),
         ("kind: resnet, widths: [4], output_stride: 8", "model.backbone.output_stride: only the torchvision ResNets"),
         ("kind: resnet18, depth: 2", "model.backbone.depth: resnet18 has torchvision's block counts"),
     ] {
         refused(tmp.path(), &config(backbone), &[], &[needle]);
     }
+    let aspp_on_a_class = config("kind: resnet18").replace("model:\n", "model:\n  heads: {kind: {kind: aspp}}\n");
+    refused(
+        tmp.path(),
+        &aspp_on_a_class,
+        &[],
+        &["model.heads.kind.kind: aspp is a per-pixel head, but task 'kind' is classification"],
+    );
+    let rates_without_aspp = config("kind: resnet18").replace("model:\n", "model:\n  heads: {kind: {rates: [6]}}\n");
+    refused(tmp.path(), &rates_without_aspp, &[], &["model.heads.kind.rates: only an aspp head has rates"]);
 }

@@ -19,6 +19,7 @@ SECTIONS = [
     "Gloo world of 1: shapes_seg bs=8",
     "Gloo world of 1: cifar_seg bs=8",
     "--nproc 1 through Gloo vs plain",
+    "nyuv2_resnet50 vs LibMTL",
     "benchmark",
     "speed tables",
 ]

@@ -61,7 +61,9 @@ fn read_archive(file: std::fs::File) -> Result<Vec<(String, Tensor)>, String> {
     let mut storages: HashMap<String, Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(items.len());
     for (key, value) in items {
-        let Value::Str(key) = key else { return Err(format!("a state dict key is a {}, not a string", key.describe())) };
+        let Value::Str(key) = key else {
+            return Err(format!("a state dict key is a {}, not a string", key.describe()));
+        };
         let Value::Tensor(t) = value else {
             return Err(format!("'{key}' is a {}, not a tensor", value.describe()));
         };
@@ -76,16 +78,15 @@ fn read_archive(file: std::fs::File) -> Result<Vec<(String, Tensor)>, String> {
 }
 
 /// One storage's elements, checked against the size the pickle gives it.
-fn storage_bytes(
-    zip: &mut zip::ZipArchive<std::fs::File>,
-    prefix: &str,
-    s: &StorageRef,
-) -> Result<Tensor, String> {
+fn storage_bytes(zip: &mut zip::ZipArchive<std::fs::File>, prefix: &str, s: &StorageRef) -> Result<Tensor, String> {
     let name = format!("{prefix}data/{}", s.key);
     let entry = zip.by_name(&name).map_err(|_| format!("storage {name} is missing from the archive"))?;
     let want = s.numel.checked_mul(s.kind.elt_size_in_bytes() as u64).ok_or("a storage size overflows")?;
     if entry.size() != want {
-        return Err(format!("storage {name} holds {} bytes, the pickle says {want} (truncated or corrupt)", entry.size()));
+        return Err(format!(
+            "storage {name} holds {} bytes, the pickle says {want} (truncated or corrupt)",
+            entry.size()
+        ));
     }
     let mut bytes = Vec::with_capacity(want as usize);
     entry.take(want).read_to_end(&mut bytes).map_err(|e| format!("{name}: {e} (corrupt archive)"))?;
@@ -114,19 +115,28 @@ impl TensorRef {
     /// A contiguous copy of the elements the tensor sees in `storage`, after checking that
     /// every one of them lies inside it.
     fn view_of(&self, storage: &Tensor) -> Result<Tensor, String> {
-        if self.size.len() != self.stride.len() || self.size.iter().chain(&self.stride).any(|&v| v < 0) || self.offset < 0
+        if self.size.len() != self.stride.len()
+            || self.size.iter().chain(&self.stride).any(|&v| v < 0)
+            || self.offset < 0
         {
             return Err(format!("bad shape {:?} / strides {:?} / offset {}", self.size, self.stride, self.offset));
         }
         if self.size.contains(&0) {
             return Ok(Tensor::zeros(self.size.as_slice(), (self.storage.kind, tch::Device::Cpu)));
         }
-        let last = self.size.iter().zip(&self.stride).try_fold(self.offset, |acc, (&n, &s)| {
-            (n - 1).checked_mul(s).and_then(|d| acc.checked_add(d))
-        });
+        let last = self
+            .size
+            .iter()
+            .zip(&self.stride)
+            .try_fold(self.offset, |acc, (&n, &s)| (n - 1).checked_mul(s).and_then(|d| acc.checked_add(d)));
         match last {
             Some(last) if (last as u64) < self.storage.numel => {}
-            _ => return Err(format!("shape {:?} reaches past its storage of {} elements", self.size, self.storage.numel)),
+            _ => {
+                return Err(format!(
+                    "shape {:?} reaches past its storage of {} elements",
+                    self.size, self.storage.numel
+                ))
+            }
         }
         Ok(storage.as_strided(self.size.as_slice(), self.stride.as_slice(), Some(self.offset)).contiguous())
     }

@@ -178,12 +178,18 @@ fn model(cfg: &Config) -> Check {
         ensure(
             b.output_stride == crate::config::DEFAULT_OUTPUT_STRIDE,
             "model.backbone.output_stride",
-            format!("only the torchvision ResNets (resnet18 … resnet101) dilate; {} has no such setting", b.kind.name()),
+            format!(
+                "only the torchvision ResNets (resnet18 … resnet101) dilate; {} has no such setting",
+                b.kind.name()
+            ),
         )?;
         ensure(
             b.pretrained.is_none(),
             "model.backbone.pretrained",
-            format!("only the torchvision ResNets (resnet18 … resnet101) load published weights, not {}", b.kind.name()),
+            format!(
+                "only the torchvision ResNets (resnet18 … resnet101) load published weights, not {}",
+                b.kind.name()
+            ),
         )?;
     }
     for (i, w) in b.widths.iter().enumerate() {

@@ -325,13 +325,7 @@ impl BasicBlock {
 
     /// torchvision's basic block (its init, no dilation): `conv1` (3×3, `stride`), `bn1`,
     /// `conv2`, `bn2`, and the given shortcut.
-    pub fn torchvision(
-        p: &Path,
-        c_in: i64,
-        c_out: i64,
-        stride: i64,
-        shortcut: Option<(Conv2d, BatchNorm2d)>,
-    ) -> Self {
+    pub fn torchvision(p: &Path, c_in: i64, c_out: i64, stride: i64, shortcut: Option<(Conv2d, BatchNorm2d)>) -> Self {
         Self {
             conv1: Conv2d::new(p / "conv1", c_in, c_out, 3, stride, false).kaiming_fan_out(),
             bn1: BatchNorm2d::new(p / "bn1", c_out),

@@ -1,7 +1,7 @@
 //! Task heads. Each head reads the backbone's feature maps and returns fp32 outputs.
+use super::aspp::AsppHead;
 use super::backbone::FeatureInfo;
 use super::layers::{activate, Compute, Conv2d, ConvBnAct, Linear};
-use super::aspp::AsppHead;
 use crate::config::{Activation, DenseDecoder, HeadConfig, Pool, DEFAULT_ASPP_RATES, DEFAULT_ASPP_WIDTH};
 use tch::nn::Path;
 use tch::{Kind, Tensor};
@@ -36,7 +36,7 @@ pub enum Head {
 #[derive(Debug)]
 pub enum Decoder {
     UNet(SegmentationHead),
-    Aspp(AsppHead),
+    Aspp(Box<AsppHead>),
 }
 
 impl Head {
@@ -60,7 +60,7 @@ impl Head {
                         let c_in = *info.channels.last().expect("a backbone has at least one output");
                         let width = if cfg.decoder_width > 0 { cfg.decoder_width } else { DEFAULT_ASPP_WIDTH };
                         let rates = if cfg.rates.is_empty() { &DEFAULT_ASPP_RATES[..] } else { &cfg.rates[..] };
-                        Decoder::Aspp(AsppHead::new(p, c_in, width, rates, channels))
+                        Decoder::Aspp(Box::new(AsppHead::new(p, c_in, width, rates, channels)))
                     }
                 };
                 Head::Dense { decoder, unit_length }

@@ -167,7 +167,8 @@ pub fn build(p: &Path, c_in: i64, cfg: &BackboneConfig) -> (Stem, Vec<Vec<Block>
             (0..count)
                 .map(|j| {
                     let bp = &lp / j;
-                    let (block_stride, block_dilation) = if j == 0 { (stride, previous_dilation) } else { (1, dilation) };
+                    let (block_stride, block_dilation) =
+                        if j == 0 { (stride, previous_dilation) } else { (1, dilation) };
                     let out = planes * expansion;
                     let shortcut = (j == 0 && (stride != 1 || inplanes != out))
                         .then(|| conv_bn(&(&bp / "shortcut"), "conv", "bn", inplanes, out, 1, stride));

@@ -48,8 +48,15 @@ impl Inputs {
             })?;
             let uses = r.target_uses(g);
             let loader = |source: crate::data::Source, train: bool| {
-                Loader::new(&g.data, g.seed, g.data.normalization(g.dataset.normalization()), &uses, source.to_device(device), train)
-                    .sharded(ranks.shard())
+                Loader::new(
+                    &g.data,
+                    g.seed,
+                    g.data.normalization(g.dataset.normalization()),
+                    &uses,
+                    source.to_device(device),
+                    train,
+                )
+                .sharded(ranks.shard())
             };
             let (train, val) = (loader(sources.train, true), loader(sources.val, false));
             if train.is_empty() || val.is_empty() {

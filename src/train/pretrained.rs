@@ -83,8 +83,7 @@ pub fn download(file: &RemoteFile, cache: &Path, mirror: Option<&str>) -> anyhow
             return Err(e);
         }
     };
-    let tried: Vec<String> =
-        failures.iter().map(|(url, f)| format!("{url} ({})", fetch::http::describe(f))).collect();
+    let tried: Vec<String> = failures.iter().map(|(url, f)| format!("{url} ({})", fetch::http::describe(f))).collect();
     let part = cache.join(format!("{}.part", file.name));
     if part.is_file() && std::fs::metadata(&part).is_ok_and(|m| m.len() > 0) {
         user_bail!(
@@ -173,12 +172,9 @@ pub fn assign(
     let at = || format!("{KEY}: {}", file.display());
     let given: BTreeMap<&str, &Tensor> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     match torchvision::identify(given.keys().copied()) {
-        Some(kind) if kind != cfg.kind => user_bail!(
-            "{}: holds {} weights, but model.backbone.kind is {}",
-            at(),
-            kind.name(),
-            cfg.kind.name()
-        ),
+        Some(kind) if kind != cfg.kind => {
+            user_bail!("{}: holds {} weights, but model.backbone.kind is {}", at(), kind.name(), cfg.kind.name())
+        }
         _ => {}
     }
     let variables = model.named_variables();
@@ -193,7 +189,8 @@ pub fn assign(
         }
     }
     let wanted: BTreeSet<&str> = targets.iter().map(|(_, k)| k.as_str()).collect();
-    let mut problems: Vec<String> = wanted.iter().filter(|k| !given.contains_key(*k)).map(|k| format!("missing '{k}'")).collect();
+    let mut problems: Vec<String> =
+        wanted.iter().filter(|k| !given.contains_key(*k)).map(|k| format!("missing '{k}'")).collect();
     let ignored: BTreeSet<&str> = torchvision::IGNORED_KEYS.iter().copied().collect();
     problems.extend(
         given.keys().filter(|k| !wanted.contains(*k) && !ignored.contains(*k)).map(|k| format!("unexpected '{k}'")),
@@ -229,10 +226,16 @@ mod tests {
 
     #[test]
     fn file_names_carry_their_checksum() {
-        assert_eq!(name_checksum(Path::new("/x/resnet50-0676ba61.pth")), Some(Checksum::Sha256Prefix("0676ba61".into())));
+        assert_eq!(
+            name_checksum(Path::new("/x/resnet50-0676ba61.pth")),
+            Some(Checksum::Sha256Prefix("0676ba61".into()))
+        );
         assert_eq!(name_checksum(Path::new("my-weights.pth")), None);
         assert_eq!(name_checksum(Path::new("w-0676BA61.pth")), None);
-        assert_eq!(imagenet_file(BackboneKind::Resnet101).unwrap().urls[0], "https://download.pytorch.org/models/resnet101-63fe2227.pth");
+        assert_eq!(
+            imagenet_file(BackboneKind::Resnet101).unwrap().urls[0],
+            "https://download.pytorch.org/models/resnet101-63fe2227.pth"
+        );
         assert!(imagenet_file(BackboneKind::Resnet).is_none());
     }
 

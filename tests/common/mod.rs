@@ -78,8 +78,16 @@ pub fn run_in(dir: &Path, args: &[&str]) -> Run {
 }
 
 /// Environment variables that would send a test's downloads elsewhere than its local server.
-pub const NETWORK_ENV: &[&str] =
-    &["MTL_DATA_MIRROR", "MTL_WEIGHTS_MIRROR", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"];
+pub const NETWORK_ENV: &[&str] = &[
+    "MTL_DATA_MIRROR",
+    "MTL_WEIGHTS_MIRROR",
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+];
 
 /// `run_in` with environment variables set; the caller's mirror and proxies are not inherited.
 pub fn run_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
