@@ -147,10 +147,15 @@ mod tests {
         assert_eq!(names("methods"), balance::method_names());
         assert_eq!(names("architectures"), arch::architecture_names());
         assert_eq!(names("task_kinds"), crate::tasks::kind_names());
-        assert_eq!(c["backbones"], json!(["conv", "resnet", "mlp"]));
+        assert_eq!(c["backbones"], json!(["conv", "resnet", "mlp", "resnet18", "resnet34", "resnet50", "resnet101"]));
+        assert_eq!(c["torchvision_keys"]["table"][0], json!({"scope": "top", "mtl": "stem.conv.", "torchvision": "conv1."}));
         let mmoe = &c["architectures"].as_array().unwrap()[3];
         assert_eq!((mmoe["name"].as_str(), mmoe["options"]["experts"].as_i64()), (Some("mmoe"), Some(3)));
-        assert_eq!(c["architectures"][2]["backbones"], json!(["conv", "resnet"]), "mtan needs feature maps");
+        assert_eq!(
+            c["architectures"][2]["backbones"],
+            json!(["conv", "resnet", "resnet18", "resnet34", "resnet50", "resnet101"]),
+            "mtan needs feature maps"
+        );
         let methods = c["methods"].as_array().unwrap();
         let gradient = |name: &str| methods.iter().find(|m| m["name"] == name).unwrap()["gradient"].as_bool();
         assert_eq!((gradient("dwa"), gradient("pcgrad")), (Some(false), Some(true)));
