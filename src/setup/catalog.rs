@@ -148,7 +148,10 @@ mod tests {
         assert_eq!(names("architectures"), arch::architecture_names());
         assert_eq!(names("task_kinds"), crate::tasks::kind_names());
         assert_eq!(c["backbones"], json!(["conv", "resnet", "mlp", "resnet18", "resnet34", "resnet50", "resnet101"]));
-        assert_eq!(c["torchvision_keys"]["table"][0], json!({"scope": "top", "mtl": "stem.conv.", "torchvision": "conv1."}));
+        assert_eq!(
+            c["torchvision_keys"]["table"][0],
+            json!({"scope": "top", "mtl": "stem.conv.", "torchvision": "conv1."})
+        );
         let mmoe = &c["architectures"].as_array().unwrap()[3];
         assert_eq!((mmoe["name"].as_str(), mmoe["options"]["experts"].as_i64()), (Some("mmoe"), Some(3)));
         assert_eq!(
