@@ -177,7 +177,9 @@ impl Trainer {
         // replace them.
         let pretrained = cfg.model.backbone.pretrained.is_some() && opts.resume.is_none() && opts.init_from.is_none();
         if pretrained {
-            pretrained::load(&model, &cfg.model.backbone)?;
+            // The first rank of a machine downloads `imagenet` into the shared cache; the
+            // others then find it there.
+            ranks.first_on_machine("weights", || pretrained::load(&model, &cfg.model.backbone))?;
         }
         let task_names = r.task_names();
         let (shared, head_params) = model.param_groups();
