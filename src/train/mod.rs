@@ -388,6 +388,10 @@ impl Trainer {
     pub fn enter_stage(&mut self, k: usize) -> anyhow::Result<()> {
         let stage = self.stages.list[k].clone();
         let (settings, frozen_norms) = stages::settings(&self.cfg, &self.model, &self.optimizer.flat.names, &stage);
+        let at = if self.stages.configured { format!("train.stages[{k}]") } else { stage.groups_key.clone() };
+        if settings.iter().all(|s| s.frozen) {
+            user_bail!("{at}: every parameter is frozen (by {}, model.freeze_bn or the stage's tasks); nothing would train", stage.groups_key);
+        }
         self.optimizer.set_settings(settings);
         self.model.freeze_norms(&|p| frozen_norms.iter().any(|f| f == p));
         let active: Vec<usize> = (0..self.tasks.len()).filter(|&i| stage.active[i]).collect();
@@ -399,7 +403,6 @@ impl Trainer {
         self.head_params = self.active.iter().map(|&i| std::mem::take(&mut own[i])).collect();
         self.shared = shared;
         if self.balancer.space() == GradientSpace::Params && self.shared.is_empty() {
-            let at = if self.stages.configured { format!("train.stages[{k}]") } else { stage.groups_key.clone() };
             user_bail!(
                 "{at}: balance.method {} combines the tasks' gradients on the shared parameters, but none of them \
                  trains; unfreeze some, or use a loss-level method",
