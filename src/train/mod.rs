@@ -53,6 +53,8 @@ pub struct TrainOptions {
     /// A distributed run: this process's rank (see docs/DISTRIBUTED.md). Rank 0 owns the run
     /// directory; every rank trains on its shard of each global batch.
     pub ranks: Option<Group>,
+    /// Print no progress and no evaluation tables (a run inside another command: `probe`).
+    pub quiet: bool,
 }
 
 /// What a finished (or interrupted) run reports.
@@ -99,6 +101,8 @@ pub struct Trainer {
     checkpoints: CheckpointPolicy,
     /// Writes the import of `--init-from` as checkpoint `step-000000` when the run starts.
     save_initial: bool,
+    /// [`TrainOptions::quiet`].
+    quiet: bool,
     /// Single-task baselines for Δm, when `train.baselines` is set.
     baselines: Option<Baselines>,
     /// Per-task loss sums on the device: since the last log line, and since the epoch began.
@@ -207,6 +211,7 @@ impl Trainer {
             best: BestTracker::new(monitor),
             checkpoints,
             save_initial: opts.init_from.is_some() && opts.resume.is_none(),
+            quiet: opts.quiet,
             baselines,
             window_loss: zeros(),
             epoch_loss: zeros(),
@@ -644,7 +649,7 @@ impl Trainer {
         let spe = self.steps_per_epoch();
         let end = self.final_step();
         let batch = self.inputs.images_per_step * self.ranks.world() as u64;
-        let mut progress = Progress::new(end, spe, self.at.step, batch, first);
+        let mut progress = Progress::new(end, spe, self.at.step, batch, first && !self.quiet);
         let log_every = self.cfg.train.log_every;
         let mut final_metrics = Vec::new();
         let mut interrupted = false;
