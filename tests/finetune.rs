@@ -103,7 +103,8 @@ fn stages_train_their_tasks_and_resume_exactly_across_the_boundary() {
     assert_eq!(metric_rows(&straight), metric_rows(&paused), "metrics.jsonl differs");
 
     // Stage 1 leaves the classification head alone; stage 2 trains it.
-    let (first, boundary, last) = (tensors(&step(&straight, 6)), tensors(&step(&straight, 12)), final_weights(&straight));
+    let (first, boundary, last) =
+        (tensors(&step(&straight, 6)), tensors(&step(&straight, 12)), final_weights(&straight));
     let head = |w: &[(String, Vec<f64>)]| -> Vec<(String, Vec<f64>)> {
         w.iter().filter(|(n, _)| n.starts_with("heads.kind.")).cloned().collect()
     };
@@ -112,7 +113,10 @@ fn stages_train_their_tasks_and_resume_exactly_across_the_boundary() {
     assert_ne!(head(&boundary), head(&last), "the second stage did not train the task");
     let rows = metric_rows(&straight);
     let train_rows: Vec<_> = rows.iter().filter(|r| r["split"] == "train").collect();
-    assert!(train_rows.iter().filter(|r| r["stage"] == 1.0).all(|r| r.get("kind.loss").is_none() && r.get("seg.loss").is_some()));
+    assert!(train_rows
+        .iter()
+        .filter(|r| r["stage"] == 1.0)
+        .all(|r| r.get("kind.loss").is_none() && r.get("seg.loss").is_some()));
     assert!(train_rows.iter().filter(|r| r["stage"] == 2.0).all(|r| r.get("kind.loss").is_some()));
     let val: Vec<_> = rows.iter().filter(|r| r["split"] == "val").collect();
     assert_eq!(val.iter().map(|r| r["stage"].as_f64().unwrap()).collect::<Vec<_>>(), vec![1.0, 1.0, 2.0]);
@@ -133,7 +137,10 @@ fn bad_groups_and_stages_are_one_line_errors() {
         ("optim.groups=[{match: '*', lr_scale: -1}]", &["optim.groups[0].lr_scale: -1"]),
         ("optim.groups=[{match: '*', freeze: true, lr_scale: 2}]", &["optim.groups[0].freeze"]),
         ("optim.groups=[{match: '*', freeze: true}]", &["every parameter is frozen"]),
-        ("train.stages=[{epochs: 1, tasks: [seg]}, {epochs: 2}]", &["train.stages", "add up to 3", "train.epochs is 2"]),
+        (
+            "train.stages=[{epochs: 1, tasks: [seg]}, {epochs: 2}]",
+            &["train.stages", "add up to 3", "train.epochs is 2"],
+        ),
         ("train.stages=[{epochs: 2, tasks: [depth]}]", &["train.stages[0].tasks", "no task named 'depth'"]),
         ("train.stages=[{epochs: 2, tasks: some}]", &["train.stages[0].tasks", "'some' must be all or a list"]),
         (
@@ -201,8 +208,7 @@ fn probe_prints_three_numbers_and_the_trained_backbone_beats_a_random_one() {
         let line = out.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("{label}: {out}"));
         line.split_whitespace().last().unwrap().parse().unwrap()
     };
-    let (trained, random, alone) =
-        (value("the run's, frozen"), value("random, frozen"), value("trained end to end"));
+    let (trained, random, alone) = (value("the run's, frozen"), value("random, frozen"), value("trained end to end"));
     assert!(out.contains("count.accuracy") && out.contains("3 epochs each"), "{out}");
     for v in [trained, random, alone] {
         assert!((0.0..=1.0).contains(&v), "{out}");
@@ -213,7 +219,10 @@ fn probe_prints_three_numbers_and_the_trained_backbone_beats_a_random_one() {
     // Bad input: one line each.
     let cases: &[(&[&str], &[&str])] = &[
         (&["probe", "nowhere", "--task", "c: {kind: classification, target: count}"], &["nowhere", "no such run"]),
-        (&["probe", "run", "--task", "seg: {kind: classification, target: count}"], &["--task: 'seg' is already a task of the run"]),
+        (
+            &["probe", "run", "--task", "seg: {kind: classification, target: count}"],
+            &["--task: 'seg' is already a task of the run"],
+        ),
         (&["probe", "run", "--task", "c: {kind: classification, target: weight}"], &["target", "weight"]),
         (&["probe", "run", "--task", "c: {kind: classification, taget: count}"], &["--task", "taget"]),
         (&["probe", "run", "--task", "[1, 2]"], &["--task: must be one task keyed by its name"]),

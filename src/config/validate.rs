@@ -278,11 +278,7 @@ fn stages(cfg: &Config) -> Check {
             ensure(!names.is_empty(), &key("tasks"), "names no task; list some, or write all")?;
             let mut seen = BTreeSet::new();
             for n in names {
-                ensure(
-                    cfg.tasks.iter().any(|t| &t.name == n),
-                    &key("tasks"),
-                    format!("there is no task named '{n}'"),
-                )?;
+                ensure(cfg.tasks.iter().any(|t| &t.name == n), &key("tasks"), format!("there is no task named '{n}'"))?;
                 ensure(seen.insert(n), &key("tasks"), format!("'{n}' is listed twice"))?;
             }
         }

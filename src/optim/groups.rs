@@ -59,7 +59,9 @@ pub fn settings(groups: &[ParamGroup], names: &[String], weight_decay: f64) -> V
         .map(|n| match group_of(groups, n) {
             None => VarSetting::plain(weight_decay),
             Some(g) if g.freeze => VarSetting::FROZEN,
-            Some(g) => VarSetting { frozen: false, lr_scale: g.lr_scale, weight_decay: g.weight_decay.unwrap_or(weight_decay) },
+            Some(g) => {
+                VarSetting { frozen: false, lr_scale: g.lr_scale, weight_decay: g.weight_decay.unwrap_or(weight_decay) }
+            }
         })
         .collect()
 }
@@ -121,10 +123,14 @@ mod tests {
             group("backbone.*", false, 0.1),
             ParamGroup { weight_decay: Some(0.5), ..group("heads.*.bias", false, 2.0) },
         ];
-        let names: Vec<String> =
-            ["backbone.stages.0.conv.weight", "backbone.stages.1.conv.weight", "heads.a.out.bias", "heads.a.out.weight"]
-                .map(String::from)
-                .to_vec();
+        let names: Vec<String> = [
+            "backbone.stages.0.conv.weight",
+            "backbone.stages.1.conv.weight",
+            "heads.a.out.bias",
+            "heads.a.out.weight",
+        ]
+        .map(String::from)
+        .to_vec();
         let s = settings(&groups, &names, 0.01);
         assert_eq!(s[0], VarSetting::FROZEN);
         assert_eq!(s[1], VarSetting { frozen: false, lr_scale: 0.1, weight_decay: 0.01 });

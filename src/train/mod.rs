@@ -309,8 +309,8 @@ impl Trainer {
             r.f_backward()?;
         }
         self.ranks.after_backward(&self.optimizer.flat.grads, &self.model.buffers());
-        let detached_losses =
-            self.per_task(&Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double));
+        let detached_losses = self
+            .per_task(&Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double));
         // Skipping must also catch BatchNorm statistics that overflowed in this forward; the
         // stop mode finds them at the next boundary, with the weights.
         let buffers = if undo.is_some() { self.model.buffers() } else { Vec::new() };
@@ -395,7 +395,10 @@ impl Trainer {
         let (settings, frozen_norms) = stages::settings(&self.cfg, &self.model, &self.optimizer.flat.names, &stage);
         let at = if self.stages.configured { format!("train.stages[{k}]") } else { stage.groups_key.clone() };
         if settings.iter().all(|s| s.frozen) {
-            user_bail!("{at}: every parameter is frozen (by {}, model.freeze_bn or the stage's tasks); nothing would train", stage.groups_key);
+            user_bail!(
+                "{at}: every parameter is frozen (by {}, model.freeze_bn or the stage's tasks); nothing would train",
+                stage.groups_key
+            );
         }
         self.optimizer.set_settings(settings);
         self.model.freeze_norms(&|p| frozen_norms.iter().any(|f| f == p));
@@ -502,9 +505,9 @@ impl Trainer {
         let delta_m = baselines.and_then(|b| crate::tasks::delta_m(&metrics, b, &self.tasks));
         // A stage that trains some of the tasks: Δm over those too.
         let own = |(k, _): &&(String, f64)| k.split_once('.').is_some_and(|(t, _)| self.trains(t));
-        let stage_delta_m = baselines
-            .filter(|_| self.active.len() < self.tasks.len())
-            .and_then(|b| crate::tasks::delta_m(&metrics.iter().filter(own).cloned().collect::<Vec<_>>(), b, &self.tasks));
+        let stage_delta_m = baselines.filter(|_| self.active.len() < self.tasks.len()).and_then(|b| {
+            crate::tasks::delta_m(&metrics.iter().filter(own).cloned().collect::<Vec<_>>(), b, &self.tasks)
+        });
         if let Some(dm) = delta_m {
             metrics.push(("delta_m".into(), dm));
         }
