@@ -6,17 +6,6 @@ use common::*;
 use std::path::Path;
 use tempfile::tempdir;
 
-/// The tensors of one checkpoint's model.safetensors, by name, as f64.
-fn tensors(checkpoint: &Path) -> Vec<(String, Vec<f64>)> {
-    let mut named: Vec<(String, Vec<f64>)> = mtl::checkpoint::read_tensors(&checkpoint.join("model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).reshape([-1])).unwrap()))
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named
-}
-
 fn step(run: &Path, step: u64) -> std::path::PathBuf {
     run.join("checkpoints").join(format!("step-{step:06}"))
 }
@@ -42,7 +31,16 @@ fn frozen_groups_and_frozen_batchnorm_leave_their_tensors_bit_identical() {
         write(tmp.path(), "f.yaml", &yaml);
         run_in(tmp.path(), &["f.yaml", "--run-dir", lr]).assert_ok();
     }
+    // A gradient method takes per-task gradients of the shared parameters that train only
+    // (a frozen one in its autograd inputs would be an error) and leaves the frozen ones alone.
+    let yaml = config("f", &groups.replace("LR", "0.01"), "train: {epochs: 1, log_every: 2}");
+    write(tmp.path(), "p.yaml", &format!("{yaml}balance: {{method: pcgrad}}\n"));
+    run_in(tmp.path(), &["p.yaml", "--run-dir", "pcgrad"]).assert_ok();
     let (a, b) = (final_weights(&tmp.path().join("0.01")), final_weights(&tmp.path().join("0.03")));
+    let frozen_of = |w: Vec<(String, Vec<f64>)>| -> Vec<(String, Vec<f64>)> {
+        w.into_iter().filter(|(n, _)| n.starts_with("backbone.stages.0.")).collect()
+    };
+    assert_eq!(frozen_of(final_weights(&tmp.path().join("pcgrad"))), frozen_of(a.clone()));
     let frozen: Vec<&String> = a.iter().map(|(n, _)| n).filter(|n| n.starts_with("backbone.stages.0.")).collect();
     assert!(frozen.len() >= 5, "{frozen:?}");
     for ((name, x), (_, y)) in a.iter().zip(&b) {
@@ -104,7 +102,7 @@ fn stages_train_their_tasks_and_resume_exactly_across_the_boundary() {
 
     // Stage 1 leaves the classification head alone; stage 2 trains it.
     let (first, boundary, last) =
-        (tensors(&step(&straight, 6)), tensors(&step(&straight, 12)), final_weights(&straight));
+        (checkpoint_weights(&step(&straight, 6)), checkpoint_weights(&step(&straight, 12)), final_weights(&straight));
     let head = |w: &[(String, Vec<f64>)]| -> Vec<(String, Vec<f64>)> {
         w.iter().filter(|(n, _)| n.starts_with("heads.kind.")).cloned().collect()
     };
