@@ -229,4 +229,13 @@ fn probe_prints_three_numbers_and_the_trained_backbone_beats_a_random_one() {
     for (args, needles) in cases {
         run_in(tmp.path(), args).assert_user_error(needles);
     }
+    // Another architecture than hard sharing is refused before anything trains.
+    let other = tmp.path().join("mtan");
+    std::fs::create_dir_all(&other).unwrap();
+    let recorded = std::fs::read_to_string(checkpoint_pointer(&tmp.path().join("run"), "LATEST").join("config.yaml"));
+    let recorded = recorded.unwrap().replacen("model:\n", "model:\n  architecture: {kind: mtan}\n", 1);
+    write(&other, "config.yaml", &recorded);
+    write(&other, "model.safetensors", "");
+    run_in(tmp.path(), &["probe", "mtan", "--task", "c: {kind: classification, target: count}"])
+        .assert_user_error(&["probe: the run's model.architecture is mtan"]);
 }
