@@ -224,6 +224,7 @@ fn probe_prints_three_numbers_and_the_trained_backbone_beats_a_random_one() {
         (&["probe", "run", "--task", "c: {kind: classification, target: weight}"], &["target", "weight"]),
         (&["probe", "run", "--task", "c: {kind: classification, taget: count}"], &["--task", "taget"]),
         (&["probe", "run", "--task", "[1, 2]"], &["--task: must be one task keyed by its name"]),
+        (&["probe", "run", "--task", "a.b: {kind: classification, target: count}"], &["tasks[0].name: 'a.b'"]),
         (&["probe", "run", "--task", "c: {kind: classification, target: count}", "--steps", "0"], &["at least 1"]),
     ];
     for (args, needles) in cases {

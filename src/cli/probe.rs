@@ -73,6 +73,8 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         cfg.device = d.clone();
     }
     let origin = format!("probe --task '{}'", cfg.tasks[0].name);
+    // The checks a config file gets (task name, ranges).
+    let cfg = Config::parse(&cfg.to_yaml(), &origin, &[])?;
     let resolved = mtl::setup::resolve(cfg.clone(), &origin, &dir)?;
     let device = mtl::setup::device(&cfg.device)?;
     mtl::setup::init_runtime(&cfg, device);
