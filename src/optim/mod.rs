@@ -416,6 +416,62 @@ mod tests {
         assert!(again.load_state(&bad, 3).is_err());
     }
 
+    /// Against libtorch's own C++ optimizers (the code PyTorch's C++ frontend runs), with one
+    /// parameter group per setting: `b` in a group of a quarter of the rate and its own decay,
+    /// frozen for the first two steps (`requires_grad` off: no gradient, which libtorch's
+    /// optimizers skip, their per-parameter state starting at the first real update).
+    #[test]
+    fn groups_match_libtorch_param_groups() {
+        use tch::nn::OptimizerConfig;
+        let (lr, wd, wd_b, scale_b) = (0.1, 0.01, 0.3, 0.25);
+        let init_a = Tensor::from_slice(&[0.5f32, -1.5, 2.0]);
+        let init_b = Tensor::from_slice(&[1.0f32, -0.25]);
+        let loss = |a: &Tensor, b: &Tensor, k: usize| {
+            let k = (k + 1) as f64;
+            (a * a).sum(Kind::Float) * k + (b.sin() * a.narrow(0, 0, 2)).sum(Kind::Float)
+                - b.sum(Kind::Float) * (k - 2.0)
+        };
+        let kinds = [
+            OptimConfig { kind: OptimKind::Sgd, momentum: 0.9, nesterov: true, weight_decay: wd, ..Default::default() },
+            OptimConfig { weight_decay: wd, ..OptimConfig::default() },
+        ];
+        for cfg in kinds {
+            let reference_vs = VarStore::new(tch::Device::Cpu);
+            let ra = reference_vs.root().set_group(0).var_copy("a", &init_a);
+            let rb = reference_vs.root().set_group(1).var_copy("b", &init_b);
+            let mut reference = match cfg.kind {
+                OptimKind::Sgd => {
+                    tch::nn::Sgd { momentum: 0.9, dampening: 0.0, wd, nesterov: true }.build(&reference_vs, lr)
+                }
+                OptimKind::Adamw => tch::nn::AdamW { wd, ..Default::default() }.build(&reference_vs, lr),
+            }
+            .unwrap();
+            reference.set_lr_group(1, lr * scale_b);
+            reference.set_weight_decay_group(1, wd_b);
+
+            let vs = VarStore::new(tch::Device::Cpu);
+            let a = vs.root().var_copy("a", &init_a);
+            let b = vs.root().var_copy("b", &init_b);
+            let flat = FlatParams::new(vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())], false);
+            let mut ours = Optimizer::new(&cfg, flat, true);
+            let b_trains = VarSetting { frozen: false, lr_scale: scale_b, weight_decay: wd_b };
+            for k in 0..5 {
+                let frozen = k < 2;
+                let _ = rb.set_requires_grad(!frozen);
+                reference.zero_grad();
+                loss(&ra, &rb, k).backward();
+                reference.step();
+                ours.set_settings(vec![VarSetting::plain(wd), if frozen { VarSetting::FROZEN } else { b_trains }]);
+                ours.zero_grad();
+                loss(&a, &b, k).backward();
+                ours.step(lr);
+            }
+            let err = |x: &Tensor, y: &Tensor| f64::try_from((x - y).abs().max()).unwrap();
+            assert!(err(&a, &ra) < 1e-6 && err(&b, &rb) < 1e-6, "{:?}: {a} vs {ra}, {b} vs {rb}", cfg.kind);
+            assert!(!b.equal(&init_b), "b trained after it was unfrozen");
+        }
+    }
+
     #[test]
     fn state_round_trips_by_variable_name() {
         let (_vs, w, flat) = one_param(1.0);
