@@ -518,18 +518,6 @@ impl Trainer {
         let mut row = metrics.clone();
         if self.stages.configured {
             row.push(("stage".into(), (self.stage + 1) as f64));
-            if let (true, Some(dm)) = (stage_done, delta_m) {
-                let own = stage_delta_m.map(|d| format!(", {} over its tasks", crate::tasks::signed_percent(d)));
-                progress.println(&format!(
-                    "stage {} of {} ends at epoch {}: Δm {}{} (%, {})",
-                    self.stage + 1,
-                    self.stages.list.len(),
-                    self.at.epoch,
-                    crate::tasks::signed_percent(dm),
-                    own.unwrap_or_default(),
-                    crate::tasks::DELTA_M_DIRECTION
-                ));
-            }
         }
         log.append(&report::record(self.at.step, self.at.epoch, "val", &row))?;
         log.images(self.at.step, &self.model, &self.tasks)?;
@@ -537,6 +525,18 @@ impl Trainer {
             &format!("eval after epoch {} (step {})", self.at.epoch, self.at.step),
             &metrics,
         ));
+        if let (true, true, Some(dm)) = (self.stages.configured, stage_done, delta_m) {
+            let own = stage_delta_m.map(|d| format!(", {} % over its tasks", crate::tasks::signed_percent(d)));
+            progress.println(&format!(
+                "stage {} of {} ends at epoch {}: Δm {} %{} ({})\n",
+                self.stage + 1,
+                self.stages.list.len(),
+                self.at.epoch,
+                crate::tasks::signed_percent(dm),
+                own.unwrap_or_default(),
+                crate::tasks::DELTA_M_DIRECTION
+            ));
+        }
         Ok((metrics, better))
     }
 
