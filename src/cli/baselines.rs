@@ -2,7 +2,7 @@
 //! metrics written as the single-task baselines Δm is measured against.
 use super::ConfigArgs;
 use clap::Args;
-use mtl::config::{Config, MonitorMode};
+use mtl::config::{Config, MonitorMode, TaskConfig};
 use mtl::setup::Resolved;
 use mtl::tasks::{is_quality_metric, Baselines};
 use mtl::train::TrainOptions;
@@ -58,19 +58,32 @@ fn single_task(r: &Resolved, task: &str) -> anyhow::Result<Resolved> {
         mtl::user_bail!("no task named '{task}' in {}", r.cfg.name);
     };
     let cfg = &r.cfg;
-    let mut single: Config = cfg.clone();
-    single.name = format!("{}-stl-{task}", cfg.name);
-    single.tasks = vec![cfg.tasks[i].clone()];
-    single.model.heads.retain(|k, _| k == task);
-    single.model.architecture = Default::default();
-    single.balance = Default::default();
-    single.train.baselines = None;
-    // A task with its own data keeps it (and its seed, derived from the task's name).
-    single.train.epoch_by = mtl::config::EPOCH_BY_LARGEST.into();
+    let mut single = alone(cfg, cfg.tasks[i].clone(), format!("{}-stl-{task}", cfg.name));
     let main = r.tasks[i].main_metric();
     single.checkpoint.monitor = format!("{task}.{}", main.name);
     single.checkpoint.mode = if main.higher_is_better { MonitorMode::Max } else { MonitorMode::Min };
     mtl::setup::resolve(single, &format!("{} (single-task {task})", cfg.name), Path::new("."))
+}
+
+/// `cfg`'s recipe for `task` alone, named `name`: hard parameter sharing, static weighting, no
+/// Δm, no stages (they schedule several tasks; the single task trains every epoch), and the
+/// `optim.groups` that do not name another task's head. A task with its own data keeps it
+/// (and its seed, derived from the task's name).
+pub(super) fn alone(cfg: &Config, task: TaskConfig, name: String) -> Config {
+    let mut single: Config = cfg.clone();
+    single.name = name;
+    let others: Vec<String> =
+        cfg.tasks.iter().filter(|t| t.name != task.name).map(|t| format!("heads.{}.", t.name)).collect();
+    let own = |g: &mtl::config::ParamGroup| !others.iter().any(|o| g.pattern.starts_with(o.as_str()));
+    single.optim.groups.retain(own);
+    single.model.heads.retain(|k, _| *k == task.name);
+    single.tasks = vec![task];
+    single.model.architecture = Default::default();
+    single.balance = Default::default();
+    single.train.baselines = None;
+    single.train.stages = Vec::new();
+    single.train.epoch_by = mtl::config::EPOCH_BY_LARGEST.into();
+    single
 }
 
 #[cfg(test)]

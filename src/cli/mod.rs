@@ -11,6 +11,7 @@ mod launcher;
 mod list;
 mod logs;
 mod predict;
+mod probe;
 mod signals;
 mod train;
 
@@ -97,6 +98,10 @@ enum Command {
     /// `torch.jit.load`) and/or ONNX (`--onnx model.onnx`, through PyTorch): a normalized
     /// float [N, C, H, W] batch in, one fp32 tensor per task out, as a tuple in task order.
     Export(export::ExportArgs),
+    /// Probe a run's shared representation with a task it never had: train a fresh head for it
+    /// on the run's frozen backbone and on a random frozen one (--baseline: also a single-task
+    /// model end to end), same budget, and print the new task's metric for each.
+    Probe(probe::ProbeArgs),
     /// List the datasets, task kinds, balancing methods (with their options), architectures
     /// (with their options) and backbones; `--json` for scripts.
     List(list::ListArgs),
@@ -178,6 +183,7 @@ pub fn main() -> ExitCode {
              cargo build --release --features bench (scripts/bench.sh does)"
         )),
         Some(Command::Export(args)) => export::run(args),
+        Some(Command::Probe(args)) => probe::run(args),
         Some(Command::List(args)) => list::run(args),
         None => train_or_launch(cli.train),
     };

@@ -63,6 +63,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         init_from: args.init_from.clone(),
         allow_missing_heads: args.allow_missing_heads,
         ranks,
+        quiet: false,
     };
     let summary = train(resolved, device, &opts, nothing_to_resume)?;
     if summary.interrupted {

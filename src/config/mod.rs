@@ -36,15 +36,21 @@ impl Config {
         check_nesting(text).map_err(|e| user_error!("{origin}: {e}"))?;
         // First pass on the text itself, so type errors carry the YAML line.
         let cfg: Config = deserialize(serde_yaml::Deserializer::from_str(text), origin)?;
-        let cfg = if overrides.is_empty() {
-            cfg
+        let (mut cfg, epochs_written) = if overrides.is_empty() {
+            let written = cfg.train.stages.is_empty() || writes_epochs(&serde_yaml::from_str(text).unwrap_or_default());
+            (cfg, written)
         } else {
             let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| user_error!("{origin}: {e}"))?;
             for o in overrides {
                 overrides::apply(&mut value, o)?;
             }
-            deserialize(value, &format!("{origin} with --set {}", overrides.join(" --set ")))?
+            let written = writes_epochs(&value);
+            (deserialize(value, &format!("{origin} with --set {}", overrides.join(" --set ")))?, written)
         };
+        // Stages without train.epochs: the stages say how long the run is.
+        if !epochs_written {
+            cfg.train.epochs = cfg.train.stages.iter().map(|s| s.epochs).sum();
+        }
         validate::validate(&cfg).map_err(|e| user_error!("{origin}: {e}"))?;
         Ok(cfg)
     }
@@ -105,6 +111,13 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("a Config always serialises")
     }
+}
+
+/// Whether a config's YAML writes `train.epochs` (or stages none: then it is not derived).
+fn writes_epochs(value: &serde_yaml::Value) -> bool {
+    let train = value.get("train");
+    train.and_then(|t| t.get("stages")).is_none_or(|s| s.as_sequence().is_none_or(|s| s.is_empty()))
+        || train.and_then(|t| t.get("epochs")).is_some()
 }
 
 /// `over` written onto `base`: mappings key by key, anything else replaced.

@@ -298,6 +298,11 @@ pub struct ModelConfig {
     /// choice is the same single set. Not written to config.yaml when `auto`.
     #[serde(default, skip_serializing_if = "DomainNorm::is_auto")]
     pub domain_norm: DomainNorm,
+    /// Frozen BatchNorm (the usual choice when fine-tuning at small batches): every BatchNorm
+    /// layer normalizes with its running statistics while training too, and neither those nor
+    /// its scale and shift change. Not written to config.yaml when off.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub freeze_bn: bool,
 }
 
 /// `model.domain_norm`: how BatchNorm layers treat the data groups of multi-input MTL.
@@ -627,6 +632,31 @@ pub struct OptimConfig {
     /// Clip the global gradient norm to this value (0: no clipping).
     #[serde(default)]
     pub grad_clip: f64,
+    /// Per-group settings by variable name (docs/FINETUNING.md): each variable takes the first
+    /// group whose `match` pattern fits its name; variables no group matches train with the
+    /// settings above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<ParamGroup>,
+}
+
+/// One entry of `optim.groups`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamGroup {
+    /// A glob over the run's variable names (the checkpoint's keys): `*` any run of characters,
+    /// dots included; `?` one character.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The variables do not train: no gradient, no update, no optimizer state change (and a
+    /// BatchNorm layer whose scale is frozen keeps its running statistics too).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub freeze: bool,
+    /// The group's learning rate as a multiple of the scheduled one.
+    #[serde(default = "one_f64", skip_serializing_if = "is_one")]
+    pub lr_scale: f64,
+    /// The group's weight decay (unset: `optim.weight_decay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
 }
 
 fn default_lr() -> f64 {
@@ -650,6 +680,7 @@ impl Default for OptimConfig {
             momentum: 0.0,
             nesterov: false,
             grad_clip: 0.0,
+            groups: Vec::new(),
         }
     }
 }
@@ -757,6 +788,68 @@ pub struct TrainConfig {
     /// wraps around, each pass in its own seeded order.
     #[serde(default = "default_epoch_by", skip_serializing_if = "is_default_epoch_by")]
     pub epoch_by: String,
+    /// Learning in stages (docs/FINETUNING.md): consecutive spans of epochs, each training
+    /// some of the tasks (the others get no loss and no gradient) and optionally its own
+    /// `optim.groups`. Their epochs add up to `train.epochs` (which they set when it is not
+    /// written). Empty: one stage, every task, all epochs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageConfig>,
+}
+
+/// One entry of `train.stages`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    pub epochs: u64,
+    /// The tasks that train in this stage: `all` or a list of task names.
+    #[serde(default)]
+    pub tasks: StageTasks,
+    /// Replaces `optim.groups` for this stage (unset: `optim.groups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<ParamGroup>>,
+}
+
+/// `train.stages[].tasks`: `all`, or the names of the tasks that train.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum StageTasks {
+    #[default]
+    All,
+    Some(Vec<String>),
+}
+
+impl StageTasks {
+    /// Whether the task named `name` trains in the stage.
+    pub fn includes(&self, name: &str) -> bool {
+        match self {
+            StageTasks::All => true,
+            StageTasks::Some(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+impl Serialize for StageTasks {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StageTasks::All => s.serialize_str("all"),
+            StageTasks::Some(names) => names.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StageTasks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged, expecting = "all or a list of task names")]
+        enum Raw {
+            Word(String),
+            Names(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "all" => Ok(StageTasks::All),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!("'{w}' must be all or a list of task names"))),
+            Raw::Names(names) => Ok(StageTasks::Some(names)),
+        }
+    }
 }
 
 fn default_dist_timeout() -> f64 {
@@ -802,6 +895,7 @@ impl Default for TrainConfig {
             stop_grace_seconds: 0.0,
             dist_timeout_seconds: default_dist_timeout(),
             epoch_by: default_epoch_by(),
+            stages: Vec::new(),
         }
     }
 }

@@ -158,3 +158,33 @@ fn task_data_errors_name_the_task_and_key() {
     assert!(e(&["train.epoch_by=nope"]).contains("train.epoch_by: 'nope'"));
     assert!(parse(DEFAULT_CONFIG, &["train.epoch_by=seg"]).is_ok());
 }
+
+/// Stages set train.epochs when the config does not write it (in the file or with --set), must
+/// agree with it when it does, and round-trip through config.yaml with groups and freeze_bn.
+#[test]
+fn stages_make_up_the_epochs_and_round_trip() {
+    let staged = with(
+        "train:\n  epochs: 5\n",
+        "train:\n  stages:\n    - {epochs: 2, tasks: [seg], groups: [{match: 'backbone.*', freeze: true}]}\n    - {epochs: 7}\n",
+    );
+    let cfg = parse(&staged, &[]).unwrap();
+    assert_eq!(cfg.train.epochs, 9);
+    assert_eq!(cfg.train.stages[1].tasks, StageTasks::All);
+    assert!(cfg.train.stages[0].tasks.includes("seg") && !cfg.train.stages[0].tasks.includes("kind"));
+    assert_eq!(parse(&staged, &["train.log_every=5"]).unwrap().train.epochs, 9);
+    assert_eq!(parse(&cfg.to_yaml(), &[]).unwrap(), cfg);
+    let msg = error_of(&staged, &["train.epochs=5"]);
+    assert!(msg.contains("train.stages: the stages' epochs add up to 9, but train.epochs is 5"), "{msg}");
+    // Without stages the default epochs stay; with them written by --set, they are summed.
+    assert_eq!(parse(DEFAULT_CONFIG, &[]).unwrap().train.epochs, 5);
+    let set = parse(&with("  epochs: 5\n", ""), &["train.stages=[{epochs: 3}, {epochs: 1, tasks: [kind]}]"]).unwrap();
+    assert_eq!(set.train.epochs, 4);
+
+    let tuned =
+        with("  lr: 0.003\n", "  lr: 0.003\n  groups: [{match: 'heads.*', lr_scale: 2.0, weight_decay: 0.0}]\n");
+    let tuned = parse(&tuned, &["model.freeze_bn=true"]).unwrap();
+    assert_eq!(tuned.optim.groups[0].weight_decay, Some(0.0));
+    assert!(tuned.model.freeze_bn);
+    assert_eq!(parse(&tuned.to_yaml(), &[]).unwrap(), tuned);
+    assert!(!parse(DEFAULT_CONFIG, &[]).unwrap().to_yaml().contains("groups"), "defaults are not written");
+}

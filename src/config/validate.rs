@@ -20,8 +20,10 @@ pub fn validate(cfg: &Config) -> Check {
     multi_input(cfg)?;
     model(cfg)?;
     optim(&cfg.optim)?;
+    groups(&cfg.optim.groups, "optim.groups")?;
     schedule(&cfg.schedule)?;
     train(cfg)?;
+    stages(cfg)?;
     checkpoint(cfg)?;
     ensure(
         cfg.report.preview_images <= 64,
@@ -302,6 +304,60 @@ fn optim(o: &OptimConfig) -> Check {
     ensure((0.0..1.0).contains(&o.momentum), "optim.momentum", format!("{} must be in [0, 1)", o.momentum))?;
     ensure(!o.nesterov || o.momentum > 0.0, "optim.nesterov", "needs optim.momentum > 0")?;
     ensure(o.grad_clip >= 0.0 && o.grad_clip.is_finite(), "optim.grad_clip", "must be ≥ 0 (0 disables)")
+}
+
+/// `optim.groups` (or a stage's `groups`): patterns that can match, settings in range. Whether
+/// each pattern matches a variable of the model is checked when the model is built.
+fn groups(groups: &[ParamGroup], at: &str) -> Check {
+    for (i, g) in groups.iter().enumerate() {
+        let key = |k: &str| format!("{at}[{i}].{k}");
+        ensure(!g.pattern.is_empty(), &key("match"), "must be a variable name pattern (e.g. 'backbone.*')")?;
+        ensure(
+            g.lr_scale.is_finite() && g.lr_scale >= 0.0,
+            &key("lr_scale"),
+            format!("{} must be a finite number ≥ 0", g.lr_scale),
+        )?;
+        if let Some(wd) = g.weight_decay {
+            ensure(wd.is_finite() && wd >= 0.0, &key("weight_decay"), format!("{wd} must be a finite number ≥ 0"))?;
+        }
+        ensure(
+            !g.freeze || (g.lr_scale == 1.0 && g.weight_decay.is_none()),
+            &key("freeze"),
+            "a frozen group does not train: drop its lr_scale and weight_decay",
+        )?;
+    }
+    Ok(())
+}
+
+/// `train.stages`: each names known tasks (or all), has epochs, and together they make up
+/// `train.epochs` (which [`Config::parse`] set to their sum when the config does not write it).
+fn stages(cfg: &Config) -> Check {
+    let stages = &cfg.train.stages;
+    for (i, s) in stages.iter().enumerate() {
+        let key = |k: &str| format!("train.stages[{i}].{k}");
+        count(s.epochs, &key("epochs"), 1, 1_000_000)?;
+        if let StageTasks::Some(names) = &s.tasks {
+            ensure(!names.is_empty(), &key("tasks"), "names no task; list some, or write all")?;
+            let mut seen = BTreeSet::new();
+            for n in names {
+                ensure(cfg.tasks.iter().any(|t| &t.name == n), &key("tasks"), format!("there is no task named '{n}'"))?;
+                ensure(seen.insert(n), &key("tasks"), format!("'{n}' is listed twice"))?;
+            }
+        }
+        if let Some(g) = &s.groups {
+            groups(g, &key("groups"))?;
+        }
+    }
+    let sum: u64 = stages.iter().map(|s| s.epochs).sum();
+    ensure(
+        stages.is_empty() || sum == cfg.train.epochs,
+        "train.stages",
+        format!(
+            "the stages' epochs add up to {sum}, but train.epochs is {}; make them agree (or leave train.epochs out: \
+             the stages then set it)",
+            cfg.train.epochs
+        ),
+    )
 }
 
 fn schedule(s: &ScheduleConfig) -> Check {

@@ -229,7 +229,13 @@ impl Linear {
 pub struct BatchNorm2d {
     /// One per data group, or one for all.
     domains: Vec<NormState>,
+    /// Frozen (`model.freeze_bn`, or its scale frozen by `optim.groups`): training forwards
+    /// normalize with the running statistics and leave them as they are.
+    frozen: NormSwitch,
 }
+
+/// A BatchNorm layer's frozen switch, shared with the model that flips it.
+pub type NormSwitch = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 /// One group's BatchNorm tensors (shared affine parameters are the same tensors in every set).
 #[derive(Debug)]
@@ -260,13 +266,20 @@ thread_local! {
     static LAYOUT: std::cell::Cell<NormLayout> = const { std::cell::Cell::new(NormLayout::SHARED) };
 }
 
+thread_local! {
+    /// The BatchNorm layers built so far inside [`with_norm_layout`]: their paths and switches.
+    static BUILT: std::cell::RefCell<Vec<(String, NormSwitch)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Runs `build` with the BatchNorm layers it creates laid out as `layout` (the model sets it
-/// once around its construction, so the many layers that build a BatchNorm need not carry it).
-pub fn with_norm_layout<T>(layout: NormLayout, build: impl FnOnce() -> T) -> T {
+/// once around its construction, so the many layers that build a BatchNorm need not carry it);
+/// also returns every BatchNorm layer it built, by path, with its frozen switch.
+pub fn with_norm_layout<T>(layout: NormLayout, build: impl FnOnce() -> T) -> (T, Vec<(String, NormSwitch)>) {
     let before = LAYOUT.with(|l| l.replace(layout));
+    let outer = BUILT.with(|b| b.take());
     let built = build();
     LAYOUT.with(|l| l.set(before));
-    built
+    (built, BUILT.with(|b| b.replace(outer)))
 }
 
 const BN_MOMENTUM: f64 = 0.1;
@@ -331,15 +344,17 @@ impl BatchNorm2d {
     /// `c` channels under `p`, laid out as the model being built asks ([`with_norm_layout`]).
     pub fn new(p: Path, c: i64) -> Self {
         let layout = LAYOUT.with(|l| l.get());
+        let frozen = NormSwitch::default();
+        BUILT.with(|b| b.borrow_mut().push((p.components().collect::<Vec<_>>().join("."), frozen.clone())));
         if layout.domains <= 1 {
-            return Self { domains: vec![NormState::new(&p, c, None)] };
+            return Self { domains: vec![NormState::new(&p, c, None)], frozen };
         }
         let shared = (!layout.own_affine)
             .then(|| (var(&p, "weight", &[c], Init::Const(1.0)), var(&p, "bias", &[c], Init::Const(0.0))));
         let domains = (0..layout.domains)
             .map(|g| NormState::new(&(&p / "domains" / g), c, shared.as_ref().map(|(w, b)| (w, b))))
             .collect();
-        Self { domains }
+        Self { domains, frozen }
     }
 
     /// The tensors of the data group `c.domain` reads with (the only set when there is one).
@@ -352,6 +367,7 @@ impl BatchNorm2d {
 
     pub fn forward(&self, x: &Tensor, train: bool, c: Compute) -> Tensor {
         let s = self.state(c);
+        let train = train && !self.frozen.load(std::sync::atomic::Ordering::Relaxed);
         probe::record(x);
         if train {
             tch::no_grad(|| {

@@ -59,6 +59,10 @@ pub struct MultiTaskModel {
     layout: NormLayout,
     compute: Compute,
     seed: u64,
+    /// The names of the variables that are parameters (trained unless frozen), as built.
+    params: BTreeSet<String>,
+    /// Every BatchNorm layer: its path and the switch that freezes it.
+    norms: Vec<(String, layers::NormSwitch)>,
 }
 
 /// One forward pass's results.
@@ -101,7 +105,7 @@ impl MultiTaskModel {
         let groups = domains.iter().max().map_or(1, |d| d + 1);
         let layout = norm_layout(m.domain_norm, groups, m.backbone.norm == Norm::Batch);
         // Every BatchNorm built in here is laid out for the data groups.
-        Ok(layers::with_norm_layout(layout, move || {
+        let (model, norms) = layers::with_norm_layout(layout, move || {
             let root = vs.root();
             let tasks: Vec<String> = heads.iter().map(|h| h.task.clone()).collect();
             let arch =
@@ -136,8 +140,10 @@ impl MultiTaskModel {
             };
             let channels_last = cfg.speed.channels_last.is_on();
             let compute = Compute { kind, channels_last, domain: 0 };
-            Self { vs, arch, heads, private, domains, layout, compute, seed: cfg.seed }
-        }))
+            let params = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
+            Self { vs, arch, heads, private, domains, layout, compute, seed: cfg.seed, params, norms: Vec::new() }
+        });
+        Ok(Self { norms, ..model })
     }
 
     pub fn device(&self) -> Device {
@@ -164,17 +170,33 @@ impl MultiTaskModel {
 
     /// Every head's fp32 outputs for a normalized float batch `[N, C, H, W]` of the pass's data
     /// group, in task order, with what the pass recorded.
-    pub fn run(&self, x: &Tensor, mut pass: Pass) -> Forward {
+    pub fn run(&self, x: &Tensor, pass: Pass) -> Forward {
+        let (outputs, representation, regularizer) = self.run_heads(x, pass, None);
+        let outputs = outputs.into_iter().map(|o| o.expect("every head ran")).collect();
+        Forward { outputs, representation, regularizer }
+    }
+
+    /// [`MultiTaskModel::run`] with only the heads of the tasks `active` marks (a stage of
+    /// `train.stages`; None: all): the others do not run, so nothing of theirs changes.
+    pub fn run_heads(
+        &self,
+        x: &Tensor,
+        mut pass: Pass,
+        active: Option<&[bool]>,
+    ) -> (Vec<Option<Tensor>>, Option<Representation>, Option<Tensor>) {
         let s = x.size();
         let features = self.arch.forward(x, &mut pass);
         let outputs = self
             .heads
             .iter()
             .zip(&features)
-            .map(|(h, f)| h.forward(f, (s[2], s[3]), pass.train, pass.compute))
+            .enumerate()
+            .map(|(i, (h, f))| {
+                active.is_none_or(|a| a[i]).then(|| h.forward(f, (s[2], s[3]), pass.train, pass.compute))
+            })
             .collect();
         let (representation, regularizer) = pass.into_parts();
-        Forward { outputs, representation, regularizer }
+        (outputs, representation, regularizer)
     }
 
     /// One output per task, in task order, each computed as for its own data group's images
@@ -209,11 +231,26 @@ impl MultiTaskModel {
         &self.domains
     }
 
-    /// Trainable variables, sorted by name (a stable order for optimizer buffers).
+    /// The parameters (every variable that is not a statistic, frozen or not), sorted by name
+    /// (a stable order for optimizer buffers).
     pub fn named_trainable(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut v: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(n, _)| self.params.contains(n)).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// Every BatchNorm layer's path (`backbone.stages.0.bn`), in build order.
+    pub fn norm_paths(&self) -> Vec<&str> {
+        self.norms.iter().map(|(p, _)| p.as_str()).collect()
+    }
+
+    /// Freezes the BatchNorm layers whose path `frozen` accepts (training forwards use their
+    /// running statistics and leave them be) and unfreezes the others.
+    pub fn freeze_norms(&self, frozen: &dyn Fn(&str) -> bool) {
+        for (path, switch) in &self.norms {
+            switch.store(frozen(path), std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The task that alone uses the variable `name`, if one does.
@@ -222,12 +259,12 @@ impl MultiTaskModel {
         self.private.iter().position(|paths| paths.iter().any(under))
     }
 
-    /// The trainable variables shared by the tasks, and each task's private ones (its head
-    /// and what the architecture gives it alone), each sorted by name.
+    /// The parameters that train now (not frozen) shared by the tasks, and each task's
+    /// private ones (its head and what the architecture gives it alone), each sorted by name.
     pub fn param_groups(&self) -> (Vec<Tensor>, Vec<Vec<Tensor>>) {
         let mut shared = Vec::new();
         let mut private: Vec<Vec<Tensor>> = self.private.iter().map(|_| Vec::new()).collect();
-        for (name, t) in self.named_trainable() {
+        for (name, t) in self.named_trainable().into_iter().filter(|(_, t)| t.requires_grad()) {
             match self.owner(&name) {
                 Some(i) => private[i].push(t),
                 None => shared.push(t),
@@ -236,9 +273,9 @@ impl MultiTaskModel {
         (shared, private)
     }
 
-    /// The variables that are not trained (BatchNorm statistics and counters), sorted by name.
+    /// The variables that are not parameters (BatchNorm statistics and counters), sorted by name.
     pub fn buffers(&self) -> Vec<Tensor> {
-        self.named_variables().into_iter().filter(|(_, t)| !t.requires_grad()).map(|(_, t)| t).collect()
+        self.named_variables().into_iter().filter(|(n, _)| !self.params.contains(n)).map(|(_, t)| t).collect()
     }
 
     /// Every variable (trainable or not), sorted by name: what `model.safetensors` holds.

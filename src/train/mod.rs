@@ -13,6 +13,7 @@ pub mod report;
 pub mod restore;
 pub mod resume;
 mod skip;
+pub mod stages;
 pub mod tensorboard;
 
 use crate::balance::{self, Balancer, GradientSpace, StepContext};
@@ -53,6 +54,8 @@ pub struct TrainOptions {
     /// A distributed run: this process's rank (see docs/DISTRIBUTED.md). Rank 0 owns the run
     /// directory; every rank trains on its shard of each global batch.
     pub ranks: Option<Group>,
+    /// Print no progress and no evaluation tables (a run inside another command: `probe`).
+    pub quiet: bool,
 }
 
 /// What a finished (or interrupted) run reports.
@@ -99,6 +102,8 @@ pub struct Trainer {
     checkpoints: CheckpointPolicy,
     /// Writes the import of `--init-from` as checkpoint `step-000000` when the run starts.
     save_initial: bool,
+    /// [`TrainOptions::quiet`].
+    quiet: bool,
     /// Single-task baselines for Δm, when `train.baselines` is set.
     baselines: Option<Baselines>,
     /// Per-task loss sums on the device: since the last log line, and since the epoch began.
@@ -114,9 +119,15 @@ pub struct Trainer {
     lock: Option<RunLock>,
     /// The other ranks of a distributed run (none for a single process).
     ranks: Ranks,
+    /// The trainable shared parameters and, per task of the current stage, its own.
     shared: Vec<Tensor>,
     head_params: Vec<Vec<Tensor>>,
     task_names: Vec<String>,
+    /// The run's stages (one unless `train.stages`), and the one the settings are now for.
+    stages: stages::Stages,
+    stage: usize,
+    /// The tasks that train in the current stage (the balancer's tasks), in config order.
+    active: Vec<usize>,
 }
 
 /// A step's forward passes: the per-task losses, the shared representation (single-input
@@ -182,7 +193,8 @@ impl Trainer {
             ranks.first_on_machine("weights", || pretrained::load(&model, &cfg.model.backbone))?;
         }
         let task_names = r.task_names();
-        let (shared, head_params) = model.param_groups();
+        let stages = stages::Stages::new(cfg);
+        stages.check_patterns(&model).map_err(|e| user_error!("{e}"))?;
         let fused = cfg.speed.fused_optimizer.is_on();
         let optimizer =
             Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable(), model.compute().channels_last), fused);
@@ -208,6 +220,7 @@ impl Trainer {
             best: BestTracker::new(monitor),
             checkpoints,
             save_initial: (opts.init_from.is_some() || pretrained) && opts.resume.is_none(),
+            quiet: opts.quiet,
             baselines,
             window_loss: zeros(),
             epoch_loss: zeros(),
@@ -216,10 +229,14 @@ impl Trainer {
             health: Health::new(device),
             lock,
             ranks,
-            shared,
-            head_params,
+            shared: Vec::new(),
+            head_params: Vec::new(),
             task_names,
+            stages,
+            stage: 0,
+            active: (0..t as usize).collect(),
         };
+        trainer.enter_stage(0)?;
         if let Some(dir) = &opts.resume {
             resume::restore(&mut trainer, dir)?;
         }
@@ -269,6 +286,7 @@ impl Trainer {
     /// One optimization step on the next batch. Nothing here reads a value from the device,
     /// except the finiteness flag under `train.on_nonfinite: skip_step`.
     pub fn step(&mut self) -> anyhow::Result<()> {
+        self.follow_stages()?;
         let Position { step, epoch, .. } = self.at;
         let batches = self.inputs.train_batches(step);
         let undo = (self.cfg.train.on_nonfinite == OnNonFinite::SkipStep)
@@ -281,7 +299,7 @@ impl Trainer {
         };
         let forward = self.losses(&batches, (step, epoch), heads);
         let losses = &forward.losses;
-        let weights: Vec<f64> = self.cfg.tasks.iter().map(|t| t.weight).collect();
+        let weights: Vec<f64> = self.active.iter().map(|&i| self.cfg.tasks[i].weight).collect();
         let ctx = StepContext {
             losses,
             shared_params: &self.shared,
@@ -300,8 +318,8 @@ impl Trainer {
             r.f_backward()?;
         }
         self.ranks.after_backward(&self.optimizer.flat.grads, &self.model.buffers());
-        let detached_losses =
-            Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
+        let detached_losses = self
+            .per_task(&Tensor::stack(&losses.iter().map(|l| l.detach()).collect::<Vec<_>>(), 0).to_kind(Kind::Double));
         // Skipping must also catch BatchNorm statistics that overflowed in this forward; the
         // stop mode finds them at the next boundary, with the weights.
         let buffers = if undo.is_some() { self.model.buffers() } else { Vec::new() };
@@ -311,7 +329,8 @@ impl Trainer {
             Some(undo) if flags.finite.int64_value(&[]) == 0 => return self.skip(undo, &flags),
             Some(_) => self.skips.consecutive = 0,
         }
-        let _ = self.window_weight.g_add_(&task_weights.to_kind(Kind::Double).to_device(self.window_weight.device()));
+        let task_weights = self.per_task(&task_weights.to_kind(Kind::Double).to_device(self.window_weight.device()));
+        let _ = self.window_weight.g_add_(&task_weights);
         self.optimizer.step(self.schedule.lr(step));
         if self.balancer.needs_after_step() {
             // FAMO: the same batch's losses under the updated weights, same dropout stream.
@@ -327,24 +346,88 @@ impl Trainer {
         Ok(())
     }
 
-    /// Each group's batch through the model (in training mode), and every task's loss on its
-    /// own group's batch, in task order.
+    /// Each group's batch through the model (in training mode), and the loss of every task
+    /// that trains in the current stage on its own group's batch, in task order. The other
+    /// tasks' heads do not run, nor does the backbone on a group none of whose tasks trains.
     fn losses(&self, batches: &[Batch], at: (u64, u64), heads: HeadInput) -> StepForward {
         let mut losses: Vec<Option<Tensor>> = self.tasks.iter().map(|_| None).collect();
         let mut out = StepForward { losses: Vec::new(), representation: None, regularizers: Vec::new() };
+        let mask: Vec<bool> = (0..self.tasks.len()).map(|i| self.active.contains(&i)).collect();
+        let subset = (self.active.len() < self.tasks.len()).then_some(mask.as_slice());
         for (g, (input, batch)) in self.inputs.groups.iter().zip(batches).enumerate() {
+            if !input.tasks.iter().any(|&i| mask[i]) {
+                continue;
+            }
             let pass = self.model.pass(Mode::Train, Some(at), heads).on_domain(g);
-            let forward = self.model.run(&batch.images, pass);
+            let (outputs, representation, regularizer) = self.model.run_heads(&batch.images, pass, subset);
             for (&i, y) in input.tasks.iter().zip(&batch.targets) {
-                losses[i] = Some(self.tasks[i].loss(&forward.outputs[i], y));
+                if let Some(output) = &outputs[i] {
+                    losses[i] = Some(self.tasks[i].loss(output, y));
+                }
             }
             // One group when there is a representation: the config refuses the space otherwise.
-            out.representation = forward.representation;
-            out.regularizers.extend(forward.regularizer);
+            out.representation = representation;
+            out.regularizers.extend(regularizer);
         }
         // Every rank sees the global batch's mean loss per task (and so do the balancers).
-        out.losses = self.ranks.mean_losses(losses.into_iter().map(|l| l.expect("every task is in a group")).collect());
+        let active = self.active.iter().map(|&i| losses[i].take().expect("every task is in a group")).collect();
+        out.losses = self.ranks.mean_losses(active);
         out
+    }
+
+    /// A `[active tasks]` tensor spread over all tasks (zeros for the tasks that do not train
+    /// in this stage); itself when every task trains.
+    fn per_task(&self, values: &Tensor) -> Tensor {
+        if self.active.len() == self.tasks.len() {
+            return values.shallow_clone();
+        }
+        let index: Vec<i64> = self.active.iter().map(|&i| i as i64).collect();
+        let index = Tensor::from_slice(&index).to_device(values.device());
+        Tensor::zeros([self.tasks.len() as i64], (values.kind(), values.device())).index_copy(0, &index, values)
+    }
+
+    /// The stage the current epoch belongs to, entered if it is not the current one (at a
+    /// stage's first step, and when a run resumes into a stage).
+    fn follow_stages(&mut self) -> anyhow::Result<()> {
+        let due = self.stages.index_at(self.at.epoch);
+        if due != self.stage {
+            self.enter_stage(due)?;
+        }
+        Ok(())
+    }
+
+    /// Applies stage `k`'s settings: which variables train and how (optimizer settings,
+    /// autograd), which BatchNorm layers are frozen, the tasks the balancer balances (a new
+    /// balancer when they change: its state belongs to the tasks it balanced).
+    pub fn enter_stage(&mut self, k: usize) -> anyhow::Result<()> {
+        let stage = self.stages.list[k].clone();
+        let (settings, frozen_norms) = stages::settings(&self.cfg, &self.model, &self.optimizer.flat.names, &stage);
+        let at = if self.stages.configured { format!("train.stages[{k}]") } else { stage.groups_key.clone() };
+        if settings.iter().all(|s| s.frozen) {
+            user_bail!(
+                "{at}: every parameter is frozen (by {}, model.freeze_bn or the stage's tasks); nothing would train",
+                stage.groups_key
+            );
+        }
+        self.optimizer.set_settings(settings);
+        self.model.freeze_norms(&|p| frozen_norms.iter().any(|f| f == p));
+        let active: Vec<usize> = (0..self.tasks.len()).filter(|&i| stage.active[i]).collect();
+        if active != self.active {
+            self.balancer = balance::build_for(&self.cfg.balance, active.len())?;
+            self.active = active;
+        }
+        let (shared, mut own) = self.model.param_groups();
+        self.head_params = self.active.iter().map(|&i| std::mem::take(&mut own[i])).collect();
+        self.shared = shared;
+        if self.balancer.space() == GradientSpace::Params && self.shared.is_empty() {
+            user_bail!(
+                "{at}: balance.method {} combines the tasks' gradients on the shared parameters, but none of them \
+                 trains; unfreeze some, or use a loss-level method",
+                self.cfg.balance.method
+            );
+        }
+        self.stage = k;
+        Ok(())
     }
 
     fn advance(&mut self) {
@@ -399,6 +482,16 @@ impl Trainer {
         Ok(())
     }
 
+    /// Whether the task named `name` trains in the current stage.
+    fn trains(&self, name: &str) -> bool {
+        self.active.iter().any(|&i| self.tasks[i].name == name)
+    }
+
+    /// The per-task values of the tasks that train in the current stage.
+    fn only_active(&self, values: Vec<(String, f64)>) -> Vec<(String, f64)> {
+        values.into_iter().enumerate().filter(|(i, _)| self.active.contains(i)).map(|(_, v)| v).collect()
+    }
+
     /// Mean per-task loss over `count` steps of an accumulator, then zeroes it (reads the device).
     fn drain(acc: &mut Tensor, names: &[String], metric: &str, count: u64) -> Vec<(String, f64)> {
         let sums: Vec<f64> = Vec::try_from(acc.to_device(tch::Device::Cpu)).unwrap_or_default();
@@ -407,19 +500,52 @@ impl Trainer {
     }
 
     /// Evaluates, logs, and returns the metrics; updates the best value of the monitored metric.
-    fn evaluate(&mut self, log: &mut RunLog, progress: &Progress) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
+    /// Every task is evaluated, also those the stage does not train (docs/FINETUNING.md); with
+    /// stages, the row names its stage, and at a stage's end (`stage_done`) the console says
+    /// the stage's Δm.
+    fn evaluate(
+        &mut self,
+        log: &mut RunLog,
+        progress: &Progress,
+        stage_done: bool,
+    ) -> anyhow::Result<(Vec<(String, f64)>, bool)> {
         let mut metrics = evaluate::evaluate(&self.model, &self.inputs, &self.tasks, self.ranks.group());
-        if let Some(dm) = self.baselines.as_ref().and_then(|b| crate::tasks::delta_m(&metrics, &b.metrics, &self.tasks))
-        {
+        let baselines = self.baselines.as_ref().map(|b| &b.metrics);
+        let delta_m = baselines.and_then(|b| crate::tasks::delta_m(&metrics, b, &self.tasks));
+        // A stage that trains some of the tasks: Δm over those too.
+        let own = |(k, _): &&(String, f64)| k.split_once('.').is_some_and(|(t, _)| self.trains(t));
+        let stage_delta_m = baselines.filter(|_| self.active.len() < self.tasks.len()).and_then(|b| {
+            crate::tasks::delta_m(&metrics.iter().filter(own).cloned().collect::<Vec<_>>(), b, &self.tasks)
+        });
+        if let Some(dm) = delta_m {
             metrics.push(("delta_m".into(), dm));
         }
+        if let Some(dm) = stage_delta_m {
+            metrics.push(("stage_delta_m".into(), dm));
+        }
         let better = self.best.offer(&metrics, self.at.step);
-        log.append(&report::record(self.at.step, self.at.epoch, "val", &metrics))?;
+        let mut row = metrics.clone();
+        if self.stages.configured {
+            row.push(("stage".into(), (self.stage + 1) as f64));
+        }
+        log.append(&report::record(self.at.step, self.at.epoch, "val", &row))?;
         log.images(self.at.step, &self.model, &self.tasks)?;
         progress.println(&report::metrics_table(
             &format!("eval after epoch {} (step {})", self.at.epoch, self.at.step),
             &metrics,
         ));
+        if let (true, true, Some(dm)) = (self.stages.configured, stage_done, delta_m) {
+            let own = stage_delta_m.map(|d| format!(", {} % over its tasks", crate::tasks::signed_percent(d)));
+            progress.println(&format!(
+                "stage {} of {} ends at epoch {}: Δm {} %{} ({})\n",
+                self.stage + 1,
+                self.stages.list.len(),
+                self.at.epoch,
+                crate::tasks::signed_percent(dm),
+                own.unwrap_or_default(),
+                crate::tasks::DELTA_M_DIRECTION
+            ));
+        }
         Ok((metrics, better))
     }
 
@@ -535,7 +661,7 @@ impl Trainer {
         let spe = self.steps_per_epoch();
         let end = self.final_step();
         let batch = self.inputs.images_per_step * self.ranks.world() as u64;
-        let mut progress = Progress::new(end, spe, self.at.step, batch, first);
+        let mut progress = Progress::new(end, spe, self.at.step, batch, first && !self.quiet);
         let log_every = self.cfg.train.log_every;
         let mut final_metrics = Vec::new();
         let mut interrupted = false;
@@ -552,6 +678,7 @@ impl Trainer {
                 let window = (step - 1) % log_every + 1 - std::mem::take(&mut self.skips.window);
                 let losses = Self::drain(&mut self.window_loss, &self.task_names, "loss", window);
                 let weights = Self::drain(&mut self.window_weight, &self.task_names, "weight", window);
+                let (losses, weights) = (self.only_active(losses), self.only_active(weights));
                 let lr = self.schedule.lr(step - 1);
                 progress.log(step, epoch_before, &losses, lr);
                 let mut values = losses;
@@ -564,6 +691,9 @@ impl Trainer {
                 if self.cfg.train.on_nonfinite == OnNonFinite::SkipStep {
                     values.push(("skipped_steps".into(), self.skips.total as f64));
                 }
+                if self.stages.configured {
+                    values.push(("stage".into(), (self.stage + 1) as f64));
+                }
                 // Epochs are counted from 1 in metrics.jsonl, as on the console: a train row
                 // belongs to the epoch it is in, a val row to the epoch it follows.
                 log.append(&report::record(step, epoch_before + 1, "train", &values))?;
@@ -573,20 +703,26 @@ impl Trainer {
                 self.check_health()?;
                 let counted = spe - std::mem::take(&mut self.skips.epoch);
                 let means = Self::drain(&mut self.epoch_loss, &self.task_names, "loss", counted);
-                let means: Vec<f64> = means.into_iter().map(|(_, v)| v).collect();
+                let means: Vec<f64> = self.active.iter().map(|&i| means[i].1).collect();
                 self.balancer.end_epoch(epoch_before, &means);
             }
+            let stage_done = epoch_done && self.at.epoch == self.stages.list[self.stage].end_epoch;
             // Only the real end of training evaluates; a max_steps stop is a pause, like Ctrl-C,
             // so a run paused and resumed logs exactly what an uninterrupted one does.
             let last = step == self.cfg.train.epochs * spe;
             let paused = step == end && !last;
             let stop = self.ranks.stop_after(step, INTERRUPTED.load(Ordering::SeqCst));
             let mut is_best = false;
-            if (epoch_done && self.at.epoch.is_multiple_of(self.cfg.train.eval_every)) || last {
+            if (epoch_done && self.at.epoch.is_multiple_of(self.cfg.train.eval_every)) || last || stage_done {
                 self.check_health()?;
-                let (metrics, better) = self.evaluate(&mut log, &progress)?;
+                let (metrics, better) = self.evaluate(&mut log, &progress, stage_done)?;
                 final_metrics = metrics;
                 is_best = better;
+            }
+            // A checkpoint at a stage's end already holds the next stage's balancer (the
+            // state a run resumed there must load).
+            if !last {
+                self.follow_stages()?;
             }
             let end =
                 StepEnd { step, epoch: self.at.epoch, epoch_done, last, pausing: paused || stop, improved: is_best };

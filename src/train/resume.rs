@@ -97,6 +97,9 @@ pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
             .collect();
         list
     };
+    // The stage the checkpoint was written in decides the variables that train and the
+    // tasks whose balancer state it holds.
+    trainer.enter_stage(trainer.stages.index_at(loaded.state.epoch))?;
     let optim = find("optim.");
     let lookup = |k: &str| optim.iter().find(|(n, _)| n == k).map(|(_, t)| t.shallow_clone());
     trainer

@@ -117,7 +117,12 @@ pub fn checkpoint_pointer(run: &Path, pointer: &str) -> PathBuf {
 
 /// The variables of a run's LATEST checkpoint, by name, as f64.
 pub fn final_weights(run: &Path) -> Vec<(String, Vec<f64>)> {
-    let file = checkpoint_pointer(run, "LATEST").join("model.safetensors");
+    checkpoint_weights(&checkpoint_pointer(run, "LATEST"))
+}
+
+/// The variables of a checkpoint directory, by name, as f64.
+pub fn checkpoint_weights(checkpoint: &Path) -> Vec<(String, Vec<f64>)> {
+    let file = checkpoint.join("model.safetensors");
     let mut named: Vec<(String, Vec<f64>)> = mtl::checkpoint::read_tensors(&file)
         .unwrap()
         .into_iter()
