@@ -1,6 +1,6 @@
 //! Reading and resizing image files, PNG label masks and float planes, shared by the
 //! file-per-sample datasets. Errors are user errors of one line naming the file.
-use super::jpeg::ImageDecode;
+use super::jpeg::{Decoded, ImageDecode};
 use crate::user_error;
 use std::path::Path;
 
@@ -25,7 +25,7 @@ pub fn image_names(dir: &Path) -> std::io::Result<Vec<String>> {
 /// An RGB image file (JPEG or PNG; grey, CMYK and alpha images are converted), decoded as
 /// `decode` says, and its stored `(width, height)`. With `fit` a JPEG may come out smaller, at
 /// 1/2, 1/4 or 1/8 of its size, its sides still at least `fit` (`data.decode_scale`).
-pub fn read_rgb(path: &Path, decode: ImageDecode, fit: Option<u32>) -> anyhow::Result<(image::RgbImage, (u32, u32))> {
+pub fn read_rgb(path: &Path, decode: ImageDecode, fit: Option<u32>) -> anyhow::Result<Decoded> {
     crate::files::regular_len(path)?;
     let bytes = std::fs::read(path).map_err(|e| user_error!("{}: cannot read: {e}", path.display()))?;
     #[cfg(mtl_libjpeg)]

@@ -19,6 +19,9 @@ pub struct ImageDecode {
     pub scale: bool,
 }
 
+/// A decoded image and its stored `(width, height)` (larger when decoded at reduced size).
+pub type Decoded = (image::RgbImage, (u32, u32));
+
 /// Whether this build has libjpeg-turbo (build.rs found `jpeglib.h` and the library).
 pub const HAS_LIBJPEG_TURBO: bool = cfg!(mtl_libjpeg);
 
@@ -72,10 +75,7 @@ pub fn is_jpeg(bytes: &[u8]) -> bool {
 /// libjpeg does not turn into RGB (the caller decodes it another way). Errors are libjpeg's
 /// message.
 #[cfg(mtl_libjpeg)]
-pub fn decode_turbo(
-    bytes: &[u8],
-    denom: impl FnOnce(u32, u32) -> u32,
-) -> Result<Option<(image::RgbImage, (u32, u32))>, String> {
+pub fn decode_turbo(bytes: &[u8], denom: impl FnOnce(u32, u32) -> u32) -> Result<Option<Decoded>, String> {
     use std::ffi::{c_char, c_int, c_uint, CStr};
     #[repr(C)]
     struct Handle {
