@@ -32,7 +32,8 @@ DataLoader decodes), ``mtl-zune`` with zune-jpeg at full size (the decoder befor
 ``--sweep 1,2,4,8,16`` times mtl alone at each decode-thread count.
 
     python scripts/bench_input.py --images 2000 --workers 2 --rounds 2 [--wait]
-    python scripts/bench_input.py --entropy photo --images 800 --no-masks --workers 2 --rounds 6
+    python scripts/bench_input.py --entropy photo --images 800 --no-masks --workers 2 --rounds 6 \
+        --batches 40 --sides mtl,mtl-full,mtl-zune,torch,torch-draft
     python scripts/bench_input.py --entropy photo --images 800 --no-masks --sweep 2,4,8,16 --rounds 2 --sides mtl
 """
 from __future__ import annotations
@@ -211,7 +212,7 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=100, help="timed batches per repetition")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--wait", action="store_true", help="also: the real model's step, streamed vs in memory")
-    ap.add_argument("--sides", default="mtl,mtl-full,mtl-zune,torch,torch-draft",
+    ap.add_argument("--sides", default="mtl,torch,torch-draft",
                     help="comma list of mtl, mtl-full, mtl-zune, torch, torch-draft (torch is always run: "
                          "the pairing)")
     ap.add_argument("--entropy", choices=["low", "photo"], default="low",
