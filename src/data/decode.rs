@@ -40,6 +40,8 @@ pub fn read_rgb(path: &Path, decode: ImageDecode, fit: Option<u32>) -> anyhow::R
             Err(e) => return Err(user_error!("{}: cannot decode JPEG: {e}", path.display())),
         }
     }
+    // zune-jpeg decodes at full size: `decode` and `fit` only steer libjpeg-turbo.
+    #[cfg(not(mtl_libjpeg))]
     let _ = (decode, fit);
     let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
