@@ -8,7 +8,7 @@
  * with grey, Pillow refuses the truncated file, and so does mtl.
  *
  * The settings are libjpeg's defaults, which are Pillow's: the accurate integer IDCT
- * (JDCT_ISLOW) and fancy (smooth) chroma upsampling; docs/DATA.md, "JPEG decoding".
+ * (JDCT_ISLOW) and fancy (smooth) chroma upsampling (docs/DECISIONS.md, "JPEG decoding").
  */
 #include <setjmp.h>
 #include <stdio.h>

@@ -1,8 +1,8 @@
 //! Decoding JPEG files: libjpeg-turbo (the library Pillow bundles) through the small C shim
 //! csrc/jpeg/mtl_jpeg.c where the build found its headers, else zune-jpeg (through the `image`
 //! crate). libjpeg-turbo decodes high-entropy photos faster and can decode at 1/2, 1/4 or 1/8
-//! of the stored size (the IDCT's scaling, what Pillow's `draft` uses); docs/DECISIONS.md,
-//! "JPEG decoding", has the measurements.
+//! of the stored size (the IDCT's scaling, what Pillow's `draft` uses): docs/DECISIONS.md,
+//! "JPEG decoding", and docs/results/BENCHMARKS.md, "Photo-like JPEGs", have the measurements.
 //!
 //! `data.jpeg_decoder` and `data.decode_scale` choose; [`ImageDecode::of`] resolves their
 //! `auto` for this build, and a run over image files records the result in its config.yaml,
