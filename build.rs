@@ -12,6 +12,12 @@
 //! are looked up by the libraries' build ids in csrc/dist/c10d_sizes.txt and compiled in with
 //! those ids, for the start-up check in src/dist/abi.rs (docs/DISTRIBUTED.md, "The size check").
 //!
+//! It compiles the JPEG shim (csrc/jpeg/) against libjpeg-turbo's libjpeg API where the
+//! headers and the library are found (Debian/Ubuntu: libjpeg62-turbo-dev / libjpeg-turbo8-dev,
+//! which scripts/setup.sh installs when it can) and sets `cfg(mtl_libjpeg)`; without them the
+//! build decodes JPEGs with zune-jpeg and says so (docs/DECISIONS.md, "JPEG decoding").
+//! `MTL_JPEG=zune-jpeg` builds without it on purpose.
+//!
 //! It also records the Python of the virtualenv the build ran in (scripts/env.sh sets
 //! `VIRTUAL_ENV`): `mtl-train export --onnx` runs it when no other Python is named.
 use std::io::{Read, Seek, SeekFrom};
@@ -43,6 +49,55 @@ fn main() {
     build_trace_tuple(&lib_dir, &abi);
     let nccl = build_c10d_shim(&lib_dir, &abi);
     record_library(&lib_dir, nccl);
+    build_jpeg_shim();
+}
+
+const JPEG_SHIM: &str = "csrc/jpeg/mtl_jpeg.c";
+
+/// Compiles the libjpeg shim and links libjpeg (the static archive where there is one, so the
+/// binary does not depend on the system's shared libjpeg at run time); on any failure leaves
+/// `cfg(mtl_libjpeg)` unset, with a warning.
+fn build_jpeg_shim() {
+    println!("cargo::rustc-check-cfg=cfg(mtl_libjpeg)");
+    println!("cargo:rerun-if-changed={JPEG_SHIM}");
+    println!("cargo:rerun-if-env-changed=MTL_JPEG");
+    println!("cargo:rerun-if-env-changed=MTL_JPEG_INCLUDE");
+    println!("cargo:rerun-if-env-changed=MTL_JPEG_LIB");
+    if std::env::var("MTL_JPEG").is_ok_and(|v| v == "zune-jpeg") {
+        println!("cargo:warning=MTL_JPEG=zune-jpeg: JPEGs are decoded with zune-jpeg");
+        return;
+    }
+    let fallback = |why: &str| {
+        println!(
+            "cargo:warning=libjpeg-turbo not used ({why}): JPEGs are decoded with zune-jpeg, slower on \
+             photos; apt-get install libjpeg62-turbo-dev (or libjpeg-turbo8-dev) and rebuild"
+        )
+    };
+    let arch_dir = format!("{}-linux-gnu", std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default());
+    let lib_dirs: Vec<PathBuf> = std::env::var("MTL_JPEG_LIB").map(|d| vec![PathBuf::from(d)]).unwrap_or_else(|_| {
+        ["/usr/lib", "/usr/lib64", "/usr/local/lib", "/opt/libjpeg-turbo/lib64"]
+            .iter()
+            .flat_map(|d| [Path::new(d).join(&arch_dir), PathBuf::from(d)])
+            .collect()
+    });
+    let find = |name: &str| lib_dirs.iter().find(|d| d.join(name).is_file()).cloned();
+    let (dir, kind) = match (find("libjpeg.a"), find("libjpeg.so")) {
+        (Some(d), _) => (d, "static"),
+        (None, Some(d)) => (d, "dylib"),
+        (None, None) => return fallback("no libjpeg.a or libjpeg.so found"),
+    };
+    let mut build = cc::Build::new();
+    build.file(JPEG_SHIM).opt_level(2).warnings(false).cargo_warnings(false);
+    if let Ok(include) = std::env::var("MTL_JPEG_INCLUDE") {
+        build.include(include);
+    }
+    if let Err(e) = build.try_compile("mtl_jpeg") {
+        let first = e.to_string().lines().next().unwrap_or_default().to_string();
+        return fallback(&format!("{JPEG_SHIM} does not compile, jpeglib.h missing? {first}"));
+    }
+    println!("cargo:rustc-link-search=native={}", dir.display());
+    println!("cargo:rustc-link-lib={kind}=jpeg");
+    println!("cargo:rustc-cfg=mtl_libjpeg");
 }
 
 fn link_libtorch(lib_dir: &Path) {

@@ -306,6 +306,11 @@ if [ "${SPEED:-1}" = 1 ]; then
     > "$out/speed-process.log" 2>&1 || ok=FAIL
   if "$PY" -c 'import PIL, numpy' 2>/dev/null; then
     "$PY" scripts/bench_input.py --mtl "$MTL" "${inp[@]}" > "$out/speed-input.log" 2>&1 || ok=FAIL
+    if [ "$dev" = cuda ]; then
+      # Decode threads that scale (issue 29): photo-like JPEGs, mtl alone at 2, 4, 8, 16 threads.
+      "$PY" scripts/bench_input.py --mtl "$MTL" --entropy photo --images 800 --no-masks --sides mtl \
+        --sweep 2,4,8,16 --rounds 1 --batches 40 >> "$out/speed-input.log" 2>&1 || ok=FAIL
+    fi
   else
     echo "no PIL/numpy in $PY: input pipeline table skipped" > "$out/speed-input.log"
   fi

@@ -45,6 +45,21 @@ sys.exit(0 if found("crt/host_defines.h") and found("cccl/cuda/std/type_traits")
 PY
 }
 
+# libjpeg-turbo's headers and library for mtl's JPEG decoder (build.rs, csrc/jpeg/); without
+# them the build decodes JPEGs with zune-jpeg, slower on photos (docs/DECISIONS.md, "JPEG
+# decoding"). Installed here when this runs as root on a Debian-like system.
+if [ ! -f /usr/include/jpeglib.h ] && [ -z "${MTL_JPEG_INCLUDE:-}" ]; then
+  jpeg_install() { apt-get install -y -qq libjpeg62-turbo-dev || apt-get install -y -qq libjpeg-turbo8-dev; }
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing libjpeg-turbo's headers for the JPEG decoder" >&2
+    { jpeg_install || { apt-get update -qq && jpeg_install; }; } >/dev/null 2>&1 ||
+      echo "setup: could not install libjpeg62-turbo-dev; JPEGs will be decoded with zune-jpeg" >&2
+  else
+    echo "setup: no /usr/include/jpeglib.h: JPEGs will be decoded with zune-jpeg; for libjpeg-turbo" \
+      "install libjpeg62-turbo-dev (Debian) or libjpeg-turbo8-dev (Ubuntu) and rebuild" >&2
+  fi
+fi
+
 if [ -x "$venv/bin/python" ] && check; then
   headers="$(cuda_header_packages || true)"
   if [ -z "$headers" ] || cuda_headers_present; then

@@ -204,6 +204,10 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
         task.kind.check(t).map_err(|e| at(format!("tasks[{i}].{e}")))?;
         tasks.push(task);
     }
+    if dataset.decodes_image_files() {
+        // config.yaml records the decoder `auto` stood for: the run's pixels, decoded again.
+        crate::data::jpeg::ImageDecode::of(&cfg.data).map_err(at)?.record(&mut cfg.data);
+    }
     let groups = data_groups(&mut cfg, dir).map_err(at)?;
     for g in &groups {
         let mut sub: Vec<Task> = g.tasks.iter().map(|&i| tasks[i].clone()).collect();

@@ -93,13 +93,24 @@ pub struct DataConfig {
     /// threads (pet, folder, nyuv2) or is refused with its size (shapes, cifar10_seg, multimnist).
     #[serde(default = "default_max_memory_mb", skip_serializing_if = "is_default_max_memory_mb")]
     pub max_memory_mb: f64,
-    /// Threads that decode image and array files, at load time and when streaming
-    /// (0: one per CPU core, at most 16).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// Threads that decode image and array files: `auto` (also written 0; the rule is in
+    /// `data::decode_threads`: every core of this rank while loading into memory, all but the
+    /// trainer's while streaming, at most 16) or a number.
+    #[serde(default, skip_serializing_if = "is_zero", deserialize_with = "auto_or_count")]
     pub decode_threads: usize,
     /// Streaming: batches decoded ahead of the trainer (the bound of the decode channel).
     #[serde(default = "default_prefetch_batches", skip_serializing_if = "is_default_prefetch_batches")]
     pub prefetch_batches: usize,
+    /// The JPEG decoder: `auto` (libjpeg-turbo where the build found it, else zune-jpeg),
+    /// `libjpeg-turbo` or `zune-jpeg`. Their pixels differ by a few levels; each is the same
+    /// run to run. A run over image files records the one it used in its config.yaml.
+    #[serde(default, skip_serializing_if = "JpegDecoder::is_auto")]
+    pub jpeg_decoder: JpegDecoder,
+    /// Decode a JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling, as Pillow's
+    /// `draft`) when that still leaves both sides at least `image_size`: `auto` (= true with
+    /// libjpeg-turbo; zune-jpeg cannot), `true` or `false`. Recorded like `jpeg_decoder`.
+    #[serde(default, skip_serializing_if = "Toggle::is_auto")]
+    pub decode_scale: Toggle,
     /// An unreadable, malformed or mislabelled sample file: `skip` lists it once and leaves the
     /// sample out, `refuse` stops with an error naming it. Unset: `skip` for pet (the published
     /// archive has a few bad files), `refuse` for folder and nyuv2.
@@ -155,6 +166,8 @@ impl DataConfig {
             max_memory_mb: default_max_memory_mb(),
             decode_threads: 0,
             prefetch_batches: default_prefetch_batches(),
+            jpeg_decoder: JpegDecoder::Auto,
+            decode_scale: Toggle::Auto,
             on_bad_file: None,
             pet: PetOptions::default(),
             folder: FolderOptions::default(),
@@ -179,6 +192,55 @@ fn default_prefetch_batches() -> usize {
 fn is_default_prefetch_batches(v: &usize) -> bool {
     *v == default_prefetch_batches()
 }
+/// A count that may also be written `auto` (read as 0, which means the same).
+fn auto_or_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("auto or a number")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<usize, E> {
+            match v {
+                "auto" => Ok(0),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// `data.jpeg_decoder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JpegDecoder {
+    #[default]
+    Auto,
+    LibjpegTurbo,
+    ZuneJpeg,
+}
+
+impl JpegDecoder {
+    fn is_auto(&self) -> bool {
+        *self == JpegDecoder::Auto
+    }
+
+    /// The name the config uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            JpegDecoder::Auto => "auto",
+            JpegDecoder::LibjpegTurbo => "libjpeg-turbo",
+            JpegDecoder::ZuneJpeg => "zune-jpeg",
+        }
+    }
+}
+
 fn is_false(v: &bool) -> bool {
     !*v
 }
@@ -1000,6 +1062,10 @@ pub enum Toggle {
 }
 
 impl Toggle {
+    fn is_auto(&self) -> bool {
+        *self == Toggle::Auto
+    }
+
     /// Whether the feature is used: `auto` means on (what measured fastest for both switches).
     pub fn is_on(self) -> bool {
         self != Toggle::Off

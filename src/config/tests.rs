@@ -188,3 +188,27 @@ fn stages_make_up_the_epochs_and_round_trip() {
     assert_eq!(parse(&tuned.to_yaml(), &[]).unwrap(), tuned);
     assert!(!parse(DEFAULT_CONFIG, &[]).unwrap().to_yaml().contains("groups"), "defaults are not written");
 }
+
+#[test]
+fn decode_keys_read_auto_and_are_not_written_at_their_defaults() {
+    let auto = parse(DEFAULT_CONFIG, &["data.decode_threads=auto", "data.jpeg_decoder=auto", "data.decode_scale=auto"]);
+    let auto = auto.unwrap();
+    assert_eq!(
+        (auto.data.decode_threads, auto.data.jpeg_decoder, auto.data.decode_scale),
+        (0, JpegDecoder::Auto, Toggle::Auto)
+    );
+    let yaml = auto.to_yaml();
+    assert!(
+        !yaml.contains("decode_threads") && !yaml.contains("jpeg_decoder") && !yaml.contains("decode_scale"),
+        "{yaml}"
+    );
+    let set =
+        parse(DEFAULT_CONFIG, &["data.decode_threads=3", "data.jpeg_decoder=zune-jpeg", "data.decode_scale=false"]);
+    let set = set.unwrap();
+    assert_eq!(
+        (set.data.decode_threads, set.data.jpeg_decoder, set.data.decode_scale),
+        (3, JpegDecoder::ZuneJpeg, Toggle::Off)
+    );
+    assert_eq!(parse(&set.to_yaml(), &[]).unwrap(), set, "the recorded values read back");
+    assert!(error_of(DEFAULT_CONFIG, &["data.decode_threads=many"]).contains("data.decode_threads"));
+}

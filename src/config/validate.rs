@@ -140,7 +140,7 @@ fn data(d: &DataConfig, at: &str) -> Check {
     ensure(
         d.decode_threads <= 256,
         &key("decode_threads"),
-        format!("{} is out of range (0..=256; 0: one per core)", d.decode_threads),
+        format!("{} is out of range (auto or 1..=256; 0 is auto)", d.decode_threads),
     )?;
     ensure(
         (1..=1024).contains(&d.prefetch_batches),

@@ -12,6 +12,7 @@
 //! the next 20% to val and keep the last 20% as a test split that training never reads. Images
 //! are resized to `data.image_size`².
 use super::decode::{image_names, read_rgb, rgb_to_chw};
+use super::jpeg::ImageDecode;
 use super::stream::{FileSources, Sample, SampleSource, TargetSpec, Value};
 use super::{Dataset, Loaded, TargetInfo, TargetShape, Wanted, IMAGENET};
 use crate::config::{DataConfig, OnBadFile};
@@ -144,6 +145,10 @@ impl Dataset for ClassFolders {
         true
     }
 
+    fn decodes_image_files(&self) -> bool {
+        true
+    }
+
     fn class_folders(&self) -> bool {
         true
     }
@@ -184,6 +189,7 @@ impl Dataset for ClassFolders {
                 );
             }
         }
+        let decode = ImageDecode::of(d).map_err(|e| user_error!("{e}"))?;
         let (mut train, mut val) = (Vec::new(), Vec::new());
         for (label, names) in index.images.iter().enumerate() {
             let (nt, nv) = split_counts(names.len());
@@ -213,6 +219,7 @@ impl Dataset for ClassFolders {
                 items,
                 targets: vec![TargetSpec { name: LABEL.into(), shape: TargetShape::PerImage }],
                 size: d.image_size as u32,
+                decode,
             });
             Ok(src)
         };
@@ -242,6 +249,7 @@ struct ClassSource {
     items: Vec<(String, i64)>,
     targets: Vec<TargetSpec>,
     size: u32,
+    decode: ImageDecode,
 }
 
 impl SampleSource for ClassSource {
@@ -263,7 +271,7 @@ impl SampleSource for ClassSource {
 
     fn read(&self, i: usize) -> anyhow::Result<Sample> {
         let (path, label) = &self.items[i];
-        let img = read_rgb(&self.dir.join(path))?;
+        let (img, _) = read_rgb(&self.dir.join(path), self.decode, Some(self.size))?;
         Ok(Sample { image: rgb_to_chw(&img, self.size, self.size), targets: vec![Value::Class(*label)] })
     }
 }

@@ -1,5 +1,6 @@
 //! Reading and resizing image files, PNG label masks and float planes, shared by the
 //! file-per-sample datasets. Errors are user errors of one line naming the file.
+use super::jpeg::{Decoded, ImageDecode};
 use crate::user_error;
 use std::path::Path;
 
@@ -21,16 +22,38 @@ pub fn image_names(dir: &Path) -> std::io::Result<Vec<String>> {
         .collect())
 }
 
-/// An RGB image file (JPEG or PNG; grey, CMYK and alpha images are converted).
-pub fn read_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
+/// An RGB image file (JPEG or PNG; grey, CMYK and alpha images are converted), decoded as
+/// `decode` says, and its stored `(width, height)`. With `fit` a JPEG may come out smaller, at
+/// 1/2, 1/4 or 1/8 of its size, its sides still at least `fit` (`data.decode_scale`).
+pub fn read_rgb(path: &Path, decode: ImageDecode, fit: Option<u32>) -> anyhow::Result<Decoded> {
     crate::files::regular_len(path)?;
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| user_error!("{}: cannot read: {e}", path.display()))?
+    let bytes = std::fs::read(path).map_err(|e| user_error!("{}: cannot read: {e}", path.display()))?;
+    #[cfg(mtl_libjpeg)]
+    if decode.decoder == crate::config::JpegDecoder::LibjpegTurbo && super::jpeg::is_jpeg(&bytes) {
+        let denom = |w, h| match fit.filter(|_| decode.scale) {
+            Some(fit) => super::jpeg::scale_denominator(w, h, fit),
+            None => 1,
+        };
+        match super::jpeg::decode_turbo(&bytes, denom) {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) => {} // CMYK: the `image` crate converts it below.
+            Err(e) => return Err(user_error!("{}: cannot decode JPEG: {e}", path.display())),
+        }
+    }
+    // zune-jpeg decodes at full size: `decode` and `fit` only steer libjpeg-turbo.
+    #[cfg(not(mtl_libjpeg))]
+    let _ = (decode, fit);
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| user_error!("{}: cannot read: {e}", path.display()))?;
-    let img = reader.decode().map_err(|e| user_error!("{}: cannot decode image: {e}", path.display()))?;
+    // The `image` crate's messages may end in a newline; the error is one line.
+    let img = reader
+        .decode()
+        .map_err(|e| user_error!("{}: cannot decode image: {}", path.display(), e.to_string().trim_end()))?;
     // `into_`: an RGB image is handed over, not copied.
-    Ok(img.into_rgb8())
+    let img = img.into_rgb8();
+    let stored = img.dimensions();
+    Ok((img, stored))
 }
 
 /// The image resized to `w`×`h` (bilinear with antialiasing when shrinking: `image`'s

@@ -13,6 +13,7 @@
 //! image; without it `data.folder.val_fraction` of the images go to val, chosen by a hash of
 //! the file name (stable when images are added).
 use super::decode::{image_names, read_mask_png, read_rgb, resize_nearest, rgb_to_chw};
+use super::jpeg::ImageDecode;
 use super::stream::{FileSources, Sample, SampleSource, TargetSpec, Value};
 use super::{on_bad_file, Dataset, Loaded, TargetInfo, TargetShape, Wanted, IGNORE_LABEL, IMAGENET};
 use crate::config::{DataConfig, OnBadFile};
@@ -186,6 +187,10 @@ impl Dataset for Folder {
         true
     }
 
+    fn decodes_image_files(&self) -> bool {
+        true
+    }
+
     fn check(&self, d: &DataConfig) -> Result<(), String> {
         if d.root.is_none() {
             return Err(
@@ -333,12 +338,14 @@ pub struct FolderSource {
     wanted: Vec<(String, TargetShape, i64)>,
     targets: Vec<TargetSpec>,
     size: u32,
+    decode: ImageDecode,
 }
 
 /// The train and val sources. `data.train_size` / `data.val_size` other than 0 take the first N
 /// images (by name) of each split.
 pub fn sources(d: &DataConfig, wanted: &[Wanted]) -> anyhow::Result<FileSources> {
     check_shapes(wanted)?;
+    let decode = ImageDecode::of(d).map_err(|e| user_error!("{e}"))?;
     let root = folder_root(d)?;
     let index = scan(&root)?;
     check_targets(wanted, &index)?;
@@ -426,6 +433,7 @@ pub fn sources(d: &DataConfig, wanted: &[Wanted]) -> anyhow::Result<FileSources>
             wanted: wanted.clone(),
             targets: targets.clone(),
             size: d.image_size as u32,
+            decode,
         }))
     };
     Ok(FileSources {
@@ -455,8 +463,7 @@ impl SampleSource for FolderSource {
         let name = &self.images[i];
         let (line, labels) = self.labels[i].clone().map_err(|m| user_error!("{m}"))?;
         let image_path = self.root.join("images").join(name);
-        let img = read_rgb(&image_path)?;
-        let (w, h) = img.dimensions();
+        let (img, (w, h)) = read_rgb(&image_path, self.decode, Some(self.size))?;
         let s = self.size;
         let mut labels = labels.into_iter();
         let mut targets = Vec::new();

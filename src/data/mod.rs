@@ -16,6 +16,7 @@ pub mod class_folders;
 pub mod decode;
 pub mod fetch;
 pub mod folder;
+pub mod jpeg;
 pub mod loader;
 pub mod multimnist;
 pub mod npy;
@@ -75,6 +76,11 @@ pub trait Dataset: Sync {
     /// Whether samples are separate files read one by one: then a bad file can be skipped
     /// (`data.on_bad_file`) and the dataset can stream when it does not fit in memory.
     fn per_sample_files(&self) -> bool {
+        false
+    }
+    /// Whether it decodes JPEG or PNG image files (then `data.jpeg_decoder` and
+    /// `data.decode_scale` apply, and the run records them).
+    fn decodes_image_files(&self) -> bool {
         false
     }
     /// Whether it reads a class per subfolder (then `data.classes` may list them).
@@ -358,10 +364,32 @@ pub fn on_bad_file(dataset: &dyn Dataset, d: &DataConfig) -> OnBadFile {
     d.on_bad_file.unwrap_or_else(|| dataset.default_on_bad_file())
 }
 
-/// Decode threads for `data.decode_threads` (0: one per core, at most 16).
+/// Most decode threads `auto` starts (each holds `prefetch_batches / threads + 1` batches).
+const MAX_AUTO_DECODE_THREADS: usize = 16;
+
+/// The cores this process may run on (its affinity mask and cgroup quota), shared with the
+/// other ranks the launcher or torchrun started on this machine (`LOCAL_WORLD_SIZE`).
+pub fn cores_per_rank() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let local_ranks = std::env::var("LOCAL_WORLD_SIZE").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1);
+    (cores / local_ranks.max(1)).max(1)
+}
+
+/// Decode threads that read a whole split into memory, before training starts:
+/// `data.decode_threads`, or (`auto`) every core of this rank, at most 16.
 pub fn decode_threads(d: &DataConfig) -> usize {
     match d.decode_threads {
-        0 => std::thread::available_parallelism().map_or(1, |t| t.get()).min(16),
+        0 => cores_per_rank().min(MAX_AUTO_DECODE_THREADS),
+        n => n,
+    }
+}
+
+/// Decode threads that stream batches while the trainer's thread runs: `data.decode_threads`,
+/// or (`auto`) every core of this rank but one, which the trainer's thread keeps (at least 1,
+/// at most 16). On a GPU machine with 16 cores per GPU: 15.
+pub fn stream_threads(d: &DataConfig) -> usize {
+    match d.decode_threads {
+        0 => cores_per_rank().saturating_sub(1).clamp(1, MAX_AUTO_DECODE_THREADS),
         n => n,
     }
 }

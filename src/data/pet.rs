@@ -19,6 +19,7 @@
 //! other than the rest of its breed's) is listed once and skipped, or refused with
 //! `data.on_bad_file: refuse`.
 use super::decode::{read_mask_png, read_rgb, resize_nearest, rgb_to_chw};
+use super::jpeg::ImageDecode;
 use super::stream::{FileSources, Sample, SampleSource, TargetSpec, Value};
 use super::{root_dir, Dataset, Loaded, TargetInfo, TargetShape, Wanted, IGNORE_LABEL, IMAGENET};
 use crate::config::{DataConfig, OnBadFile, PetBorder};
@@ -69,6 +70,7 @@ pub struct PetSource {
     split: &'static str,
     entries: Vec<Entry>,
     size: u32,
+    decode: ImageDecode,
     border: PetBorder,
     targets: Vec<TargetSpec>,
 }
@@ -93,6 +95,10 @@ impl Dataset for Pet {
         true
     }
 
+    fn decodes_image_files(&self) -> bool {
+        true
+    }
+
     /// The published archive has a few broken and grey files.
     fn default_on_bad_file(&self) -> OnBadFile {
         OnBadFile::Skip
@@ -106,6 +112,7 @@ impl Dataset for Pet {
 /// The train (trainval.txt) and val (test.txt) sources; `data.train_size` / `data.val_size`
 /// other than 0 take the first N lines.
 pub fn sources(d: &DataConfig) -> anyhow::Result<FileSources> {
+    let decode = ImageDecode::of(d).map_err(|e| user_error!("{e}"))?;
     let root = root_dir(d);
     if !root.is_dir() {
         user_bail!("data.root: Oxford-IIIT Pet directory {} not found; {FETCH_HINT}", root.display());
@@ -145,6 +152,7 @@ pub fn sources(d: &DataConfig) -> anyhow::Result<FileSources> {
             split,
             entries,
             size: d.image_size as u32,
+            decode,
             border: d.pet.border,
             targets: targets(d.pet.border)
                 .iter()
@@ -269,10 +277,9 @@ impl SampleSource for PetSource {
         let e = &self.entries[i];
         let (breed, species) = e.labels.clone().map_err(|m| user_error!("{m}"))?;
         let image_path = self.image_path(&e.name);
-        let img = read_rgb(&image_path)?;
+        let (img, (w, h)) = read_rgb(&image_path, self.decode, Some(self.size))?;
         let trimap_path = self.trimap_path(&e.name);
         let (tw, th, values) = read_mask_png(&trimap_path)?;
-        let (w, h) = img.dimensions();
         if (tw, th) != (w, h) {
             return Err(user_error!(
                 "{}: trimap is {tw}×{th} but {} is {w}×{h}",

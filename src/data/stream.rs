@@ -8,7 +8,9 @@
 //! `(g − start) mod W`, so batches arrive in order, at most `W · (depth + 1)` are in memory, and
 //! a batch is a pure function of its index: the same bytes the in-memory path gathers, which is
 //! what keeps resume exact in this mode too.
-use super::{decode_threads, grayscale_images, on_bad_file, Dataset, Source, Sources, Split, TargetShape, MB};
+use super::{
+    decode_threads, grayscale_images, on_bad_file, stream_threads, Dataset, Source, Sources, Split, TargetShape, MB,
+};
 use crate::config::{DataConfig, OnBadFile};
 use crate::{user_bail, user_error};
 use std::collections::BTreeMap;
@@ -107,9 +109,11 @@ pub fn load_files(dataset: &dyn Dataset, d: &DataConfig, sources: &FileSources) 
         };
         return Ok(Sources { train: load(&sources.train)?, val: load(&sources.val)? });
     }
+    let streaming = stream_threads(d);
     tracing::info!(
         "data: {} {nt} train + {nv} val samples would take {} MB, more than data.max_memory_mb {}: \
-         streaming from disk with {threads} decode threads, {} batches ahead (checking every file first)",
+         streaming from disk with {streaming} decode threads, {} batches ahead (checking every file first \
+         with {threads})",
         d.dataset,
         super::show_mb(mb),
         d.max_memory_mb,
@@ -122,7 +126,7 @@ pub fn load_files(dataset: &dyn Dataset, d: &DataConfig, sources: &FileSources) 
             source: src.clone(),
             indices: Arc::new(good),
             grayscale: d.grayscale,
-            threads,
+            threads: streaming,
             prefetch: d.prefetch_batches,
             device: Device::Cpu,
         }))
