@@ -22,6 +22,7 @@ pub mod npy;
 pub mod nyuv2;
 pub mod pet;
 pub mod resize;
+pub mod scenes;
 pub mod shapes;
 pub mod stream;
 
@@ -34,6 +35,7 @@ use tch::{Kind, Tensor};
 /// Every dataset `data.dataset` names.
 pub const DATASETS: &[&dyn Dataset] = &[
     &shapes::Shapes,
+    &scenes::Scenes,
     &cifar10::Cifar10Seg,
     &multimnist::MultiMnist,
     &pet::Pet,
