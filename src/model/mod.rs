@@ -6,7 +6,7 @@ pub mod export;
 pub mod heads;
 pub mod layers;
 
-pub use arch::{Pass, Representation, StepIndex};
+pub use arch::{Auxiliary, Pass, Representation, StepIndex};
 pub use heads::{HeadKind, HeadSpec};
 
 use crate::config::{Config, DomainNorm, Norm, Precision};
@@ -68,6 +68,8 @@ pub struct Forward {
     pub representation: Option<Representation>,
     /// A term to backpropagate besides the task losses, on its own graph (DSelect-k).
     pub regularizer: Option<Tensor>,
+    /// Training only: extra predictions each scored by its task's loss and added to it.
+    pub auxiliary: Vec<Auxiliary>,
 }
 
 impl MultiTaskModel {
@@ -102,8 +104,15 @@ impl MultiTaskModel {
         Ok(layers::with_norm_layout(layout, move || {
             let root = vs.root();
             let tasks: Vec<String> = heads.iter().map(|h| h.task.clone()).collect();
-            let arch =
-                plan.build(&Build { root: &root, backbone: &m.backbone, tasks: &tasks, in_channels, image_size });
+            let outputs: Vec<HeadKind> = heads.iter().map(|h| h.kind).collect();
+            let arch = plan.build(&Build {
+                root: &root,
+                backbone: &m.backbone,
+                tasks: &tasks,
+                outputs: &outputs,
+                in_channels,
+                image_size,
+            });
             let info = backbone::feature_info(&m.backbone);
             // `pool: flatten` heads need the coarsest map's size: each stage after the first halves
             // the image exactly (the resolve step checks the divisibility).
@@ -171,8 +180,9 @@ impl MultiTaskModel {
             .zip(&features)
             .map(|(h, f)| h.forward(f, (s[2], s[3]), pass.train, pass.compute))
             .collect();
+        let auxiliary = pass.take_auxiliary();
         let (representation, regularizer) = pass.into_parts();
-        Forward { outputs, representation, regularizer }
+        Forward { outputs, representation, regularizer, auxiliary }
     }
 
     /// One output per task, in task order, each computed as for its own data group's images

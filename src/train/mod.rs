@@ -327,7 +327,13 @@ impl Trainer {
             let pass = self.model.pass(Mode::Train, Some(at), heads).on_domain(g);
             let forward = self.model.run(&batch.images, pass);
             for (&i, y) in input.tasks.iter().zip(&batch.targets) {
-                losses[i] = Some(self.tasks[i].loss(&forward.outputs[i], y));
+                let task = &self.tasks[i];
+                let mut loss = task.loss(&forward.outputs[i], y);
+                // Initial predictions (PAD-Net, MTI-Net) join their task's loss.
+                for aux in forward.auxiliary.iter().filter(|a| a.task == i) {
+                    loss = loss + task.loss(&aux.prediction, y) * aux.weight;
+                }
+                losses[i] = Some(loss);
             }
             // One group when there is a representation: the config refuses the space otherwise.
             out.representation = forward.representation;
