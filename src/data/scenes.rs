@@ -145,10 +145,7 @@ fn generate(seed: u64, val: bool, n: usize, size: usize) -> Split {
     let targets = BTreeMap::from([
         ("semantic".to_string(), Tensor::from_slice(&bytes(|r| &r.semantic)).view([n, side, side])),
         ("depth".to_string(), Tensor::from_slice(&floats(|r| &r.depth)).view([n, side, side]).to_kind(Kind::Half)),
-        (
-            "normal".to_string(),
-            Tensor::from_slice(&floats(|r| &r.normal)).view([n, 3, side, side]).to_kind(Kind::Half),
-        ),
+        ("normal".to_string(), Tensor::from_slice(&floats(|r| &r.normal)).view([n, 3, side, side]).to_kind(Kind::Half)),
         ("boundary".to_string(), Tensor::from_slice(&bytes(|r| &r.boundary)).view([n, side, side])),
         ("count".to_string(), Tensor::from_slice(&count)),
     ]);
@@ -209,10 +206,19 @@ impl Ground {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Shape {
-    Sphere { radius: f32 },
+    Sphere {
+        radius: f32,
+    },
     /// Half extents along its own horizontal axes, and its height; turned by `yaw` about up.
-    Box { half: (f32, f32), height: f32, yaw: f32 },
-    Cylinder { radius: f32, height: f32 },
+    Box {
+        half: (f32, f32),
+        height: f32,
+        yaw: f32,
+    },
+    Cylinder {
+        radius: f32,
+        height: f32,
+    },
 }
 
 /// A solid standing on the ground, base centre at ground coordinates (`x`, `z`).
@@ -402,7 +408,10 @@ impl Scene {
         let elevation = rng.gen_range(35f32..70.0).to_radians();
         let light = normalize(add(
             scale(ground.up, elevation.sin()),
-            add(scale(ground.right, elevation.cos() * azimuth.cos()), scale(ground.ahead, elevation.cos() * azimuth.sin())),
+            add(
+                scale(ground.right, elevation.cos() * azimuth.cos()),
+                scale(ground.ahead, elevation.cos() * azimuth.sin()),
+            ),
         ));
         let grey = rng.gen_range(0.35..0.6);
         let tint = hsv_to_rgb(rng.gen_range(0.0..360.0), rng.gen_range(0.0..0.2), grey);
@@ -532,14 +541,7 @@ mod tests {
     /// A scene of the given solids under a fixed camera, light and ground.
     fn scene(solids: Vec<Solid>) -> Scene {
         let ground = Ground::new(1.5, 45f32.to_radians());
-        Scene {
-            ground,
-            solids,
-            light: ground.up,
-            ground_albedo: ([0.5; 3], [0.4; 3]),
-            checker: 0.5,
-            noise: 0.0,
-        }
+        Scene { ground, solids, light: ground.up, ground_albedo: ([0.5; 3], [0.4; 3]), checker: 0.5, noise: 0.0 }
     }
 
     #[test]

@@ -50,9 +50,7 @@ impl Predictor {
                     y
                 }
             }
-            Predictor::Vector { fc } => {
-                fc.forward(&f.mean_dim(&[-1i64, -2][..], false, None), c).to_kind(Kind::Float)
-            }
+            Predictor::Vector { fc } => fc.forward(&f.mean_dim(&[-1i64, -2][..], false, None), c).to_kind(Kind::Float),
         }
     }
 }
@@ -124,8 +122,7 @@ impl Distillation {
     pub(super) fn forward(&self, f: &[Tensor], c: Compute) -> Tensor {
         let own = &f[self.target];
         let gate = self.gate.forward(own, c).sigmoid();
-        let messages =
-            self.messages.iter().map(|(s, conv)| conv.forward(&f[*s], c)).reduce(|a, b| a + b);
+        let messages = self.messages.iter().map(|(s, conv)| conv.forward(&f[*s], c)).reduce(|a, b| a + b);
         match messages {
             Some(m) => own + gate * m,
             None => own.shallow_clone(),

@@ -228,7 +228,14 @@ pub struct Auxiliary {
 
 impl Pass {
     pub fn new(train: bool, compute: Compute, step: Option<StepIndex>, representation: bool) -> Self {
-        Self { train, compute, step, crossings: representation.then(Vec::new), regularizer: None, auxiliary: Vec::new() }
+        Self {
+            train,
+            compute,
+            step,
+            crossings: representation.then(Vec::new),
+            regularizer: None,
+            auxiliary: Vec::new(),
+        }
     }
 
     /// The same pass on data group `domain`'s images (see [`Compute::domain`]).

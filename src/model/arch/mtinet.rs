@@ -132,9 +132,11 @@ impl Architecture for MtiNet {
         let mut coarser: Option<Vec<Tensor>> = None;
         for (scale, map) in self.scales.iter().zip(&maps).rev() {
             let inputs: Vec<Tensor> = match (&scale.propagation, &coarser) {
-                (Some(p), Some(coarse)) => {
-                    p.forward(coarse, map, train, c).into_iter().map(|m| Tensor::cat(&[map.shallow_clone(), m], 1)).collect()
-                }
+                (Some(p), Some(coarse)) => p
+                    .forward(coarse, map, train, c)
+                    .into_iter()
+                    .map(|m| Tensor::cat(&[map.shallow_clone(), m], 1))
+                    .collect(),
                 _ => self.tasks.iter().map(|_| map.shallow_clone()).collect(),
             };
             let initial: Vec<Tensor> =
