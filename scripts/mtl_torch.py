@@ -1159,7 +1159,7 @@ class Predictor(nn.Module):
 
 class Distillation(nn.Module):
     """Multi-modal distillation for one target task: ``F_t + σ(gate(F_t)) ⊙ Σ_{s≠t}
-    from.<s>(F_s)``, 3×3 convolutions with biases (PAD-Net's eq. 3)."""
+    messages.<s>(F_s)``, 3×3 convolutions with biases (PAD-Net's eq. 3)."""
 
     def __init__(self, target: int, names: Sequence[str], width: int):
         super().__init__()
@@ -1169,7 +1169,7 @@ class Distillation(nn.Module):
         self.sources = [s for s in range(len(names)) if s != target]
         for s in self.sources:
             messages.add(names[s], conv2d(width, width, 3, 1, bias=True))
-        self.add_module("from", messages)
+        self.messages = messages
         self.names = list(names)
 
     def forward(self, f: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -1177,7 +1177,7 @@ class Distillation(nn.Module):
         gate = torch.sigmoid(self.gate(own))
         m = None
         for s in self.sources:
-            msg = getattr(self, "from")[self.names[s]](f[s])
+            msg = self.messages[self.names[s]](f[s])
             m = msg if m is None else m + msg
         return own if m is None else own + gate * m
 

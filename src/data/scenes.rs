@@ -565,8 +565,8 @@ mod tests {
         let expected = (s - radius) * dir[2];
         assert!((r.depth[p] - expected).abs() < 1e-4, "{} vs {expected}", r.depth[p]);
         let px = size * size;
-        for c in 0..3 {
-            assert!((r.normal[c * px + p] + dir[c]).abs() < 1e-4, "normal {c}");
+        for (c, d) in dir.iter().enumerate() {
+            assert!((r.normal[c * px + p] + d).abs() < 1e-4, "normal {c}");
         }
         assert_eq!(r.count, 1);
         assert_eq!(r.boundary[p], 0, "the centre is inside the silhouette");

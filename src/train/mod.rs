@@ -328,12 +328,10 @@ impl Trainer {
             let forward = self.model.run(&batch.images, pass);
             for (&i, y) in input.tasks.iter().zip(&batch.targets) {
                 let task = &self.tasks[i];
-                let mut loss = task.loss(&forward.outputs[i], y);
                 // Initial predictions (PAD-Net, MTI-Net) join their task's loss.
-                for aux in forward.auxiliary.iter().filter(|a| a.task == i) {
-                    loss = loss + task.loss(&aux.prediction, y) * aux.weight;
-                }
-                losses[i] = Some(loss);
+                let aux = forward.auxiliary.iter().filter(|a| a.task == i);
+                let aux = aux.map(|a| task.loss(&a.prediction, y) * a.weight);
+                losses[i] = Some(aux.fold(task.loss(&forward.outputs[i], y), |sum, l| sum + l));
             }
             // One group when there is a representation: the config refuses the space otherwise.
             out.representation = forward.representation;

@@ -90,7 +90,7 @@ pub(super) fn predict_all(
 
 /// Multi-modal distillation for one target task (PAD-Net, Xu et al. 2018, eq. 3, the
 /// attention-guided variant): `D_t = F_t + σ(gate(F_t)) ⊙ Σ_{s≠t} message_s(F_s)`, every
-/// convolution 3×3 with a bias. Names: `gate`, `from.<source task>`.
+/// convolution 3×3 with a bias. Names: `gate`, `messages.<source task>` (not `from`: a Python keyword, which torch.fx cannot name).
 #[derive(Debug)]
 pub(super) struct Distillation {
     target: usize,
@@ -111,7 +111,7 @@ impl Distillation {
                 };
                 let messages = (0..b.tasks.len())
                     .filter(|&s| s != target)
-                    .map(|s| (s, Conv2d::new(&p / "from" / b.tasks[s].as_str(), width, width, 3, 1, true)))
+                    .map(|s| (s, Conv2d::new(&p / "messages" / b.tasks[s].as_str(), width, width, 3, 1, true)))
                     .collect();
                 Distillation { target, gate: Conv2d::new(&p / "gate", width, width, 3, 1, true), messages }
             })
