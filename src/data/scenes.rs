@@ -18,7 +18,7 @@
 //!
 //! Like `shapes`, every sample is a pure function of (seed, split, index) drawn from
 //! `rng::stream(seed, SyntheticTrain | SyntheticVal, index)`, and generation runs on every core.
-use super::{Dataset, Loaded, Split, Splits, TargetInfo, TargetShape, Wanted};
+use super::{check_generated_sizes, generated_sizes, Dataset, Loaded, Split, Splits, TargetInfo, TargetShape, Wanted};
 use crate::config::DataConfig;
 use crate::rng::{self, Purpose};
 use crate::user_bail;
@@ -34,7 +34,6 @@ pub const DEFAULT_TRAIN_SIZE: usize = 4000;
 pub const DEFAULT_VAL_SIZE: usize = 500;
 pub const MIN_IMAGE_SIZE: i64 = 16;
 pub const MAX_IMAGE_SIZE: i64 = 256;
-const MAX_SAMPLES: usize = 1_000_000;
 
 /// Field of view, both axes (the images are square).
 pub const FOV_DEGREES: f32 = 60.0;
@@ -68,27 +67,16 @@ impl Dataset for Scenes {
     }
 
     fn planned_samples(&self, d: &DataConfig) -> Option<(usize, usize)> {
-        Some(sizes(d))
+        Some(generated_sizes(d, (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE)))
     }
 
     fn check(&self, d: &DataConfig) -> Result<(), String> {
-        if d.train_size > MAX_SAMPLES {
-            return Err(format!("data.train_size: at most {MAX_SAMPLES} generated samples"));
-        }
-        if d.val_size > MAX_SAMPLES {
-            return Err(format!("data.val_size: at most {MAX_SAMPLES} generated samples"));
-        }
-        Ok(())
+        check_generated_sizes(d)
     }
 
     fn load(&self, d: &DataConfig, seed: u64, _wanted: &[Wanted]) -> anyhow::Result<Loaded> {
         Ok(Loaded::Memory(load(d, seed)?))
     }
-}
-
-fn sizes(d: &DataConfig) -> (usize, usize) {
-    let or_default = |n: usize, default: usize| if n == 0 { default } else { n };
-    (or_default(d.train_size, DEFAULT_TRAIN_SIZE), or_default(d.val_size, DEFAULT_VAL_SIZE))
 }
 
 /// Generates both splits (train: `data.train_size`, val: `data.val_size`, defaults when 0).
@@ -100,7 +88,7 @@ pub fn load(cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
         );
     }
     let size = cfg.image_size as usize;
-    let (train, val) = sizes(cfg);
+    let (train, val) = generated_sizes(cfg, (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE));
     Ok(Splits { train: generate(seed, false, train, size), val: generate(seed, true, val, size) })
 }
 
