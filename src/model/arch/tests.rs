@@ -248,6 +248,8 @@ fn refused_combinations_are_one_line_user_errors() {
         ("{kind: cgc, expert: 2}", "model.architecture.expert: not an option of architecture 'cgc'"),
         ("{kind: cross_stitch, self_weight: 0}", "model.architecture.self_weight: expected a number in (0, 1]"),
         ("{kind: hps, experts: 2}", "accepted: none"),
+        ("{kind: padnet, aux_weight: -1}", "model.architecture.aux_weight: expected a number in [0, 100]"),
+        ("{kind: mtinet, aux_weights: 1}", "not an option of architecture 'mtinet'; accepted: aux_weight"),
         ("{kind: moe}", "unknown architecture 'moe' (expected one of: hps, cross_stitch"),
     ] {
         let cfg = config(arch, "conv");
