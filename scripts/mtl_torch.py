@@ -1267,8 +1267,189 @@ class Ltb(MultiTaskModel):
         return feats
 
 
+# --- task fusion: PAD-Net and MTI-Net (src/model/arch/fusion.rs, padnet.rs, mtinet.rs) ---------
+
+def head_output(task: dict) -> Tuple[bool, int, bool]:
+    """(dense, channels, unit_length) of a task's head output, as the task kinds say."""
+    kind = task["kind"]
+    if kind == "classification":
+        return False, int(task["classes"]), False
+    if kind == "segmentation":
+        return True, int(task["classes"]), False
+    if kind == "regression":
+        return True, REGRESSION_CHANNELS, False
+    if kind == "normals":
+        return True, NORMAL_CHANNELS, True
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+class Predictor(nn.Module):
+    """A task's initial prediction in its head's output shape: 1×1 ``classifier`` resized to
+    the input (L2-normalized for normals), or mean pooling and a linear ``fc``."""
+
+    def __init__(self, task: dict, c_in: int):
+        super().__init__()
+        self.dense, n, self.unit_length = head_output(task)
+        if self.dense:
+            self.classifier = conv2d(c_in, n, 1, 1, bias=True)
+        else:
+            self.fc = nn.Linear(c_in, n)
+
+    def forward(self, f: torch.Tensor, out_hw: Tuple[int, int]) -> torch.Tensor:
+        if not self.dense:
+            return self.fc(f.mean(dim=(-1, -2))).float()
+        y = self.classifier(f)
+        if tuple(y.shape[-2:]) != tuple(out_hw):
+            y = F.interpolate(y, size=tuple(out_hw), mode="bilinear", align_corners=False)
+        y = y.float()
+        return F.normalize(y, dim=1, eps=1e-12) if self.unit_length else y
+
+
+class Distillation(nn.Module):
+    """Multi-modal distillation for one target task: ``F_t + σ(gate(F_t)) ⊙ Σ_{s≠t}
+    messages.<s>(F_s)``, 3×3 convolutions with biases (PAD-Net's eq. 3)."""
+
+    def __init__(self, target: int, names: Sequence[str], width: int):
+        super().__init__()
+        self.target = target
+        self.gate = conv2d(width, width, 3, 1, bias=True)
+        messages = Heads()
+        self.sources = [s for s in range(len(names)) if s != target]
+        for s in self.sources:
+            messages.add(names[s], conv2d(width, width, 3, 1, bias=True))
+        self.messages = messages
+        self.names = list(names)
+
+    def forward(self, f: Sequence[torch.Tensor]) -> torch.Tensor:
+        own = f[self.target]
+        gate = torch.sigmoid(self.gate(own))
+        m = None
+        for s in self.sources:
+            msg = self.messages[self.names[s]](f[s])
+            m = msg if m is None else m + msg
+        return own if m is None else own + gate * m
+
+
+class _Fusion(MultiTaskModel):
+    """What PAD-Net and MTI-Net share: ``aux_weight`` and the initial predictions, kept in
+    ``self.auxiliary`` (task index, weight, prediction) by a training-mode forward."""
+
+    def fusion_setup(self) -> None:
+        if not self.spatial:
+            raise ValueError(f"{self.kind} needs a conv or resnet backbone")
+        self.aux_weight = float(self.options["aux_weight"])
+        self.task_configs = list(self.config["tasks"])
+        self.auxiliary: List[Tuple[int, float, torch.Tensor]] = []
+
+    def predict_all(self, predictors: Sequence[nn.Module], feats: Sequence[torch.Tensor], out_hw) -> None:
+        if self.training:
+            for t, (p, f) in enumerate(zip(predictors, feats)):
+                self.auxiliary.append((t, self.aux_weight, p(f, out_hw)))
+
+    def forward(self, x: torch.Tensor, domain: Optional[int] = None):
+        self.auxiliary = []
+        return super().forward(x, domain)
+
+
+class PadNet(_Fusion):
+    """``initial.<task>`` on the coarsest map, ``aux.<task>`` predictors, ``distill.<task>``;
+    each head reads the finer backbone maps and its distilled features (padnet.rs)."""
+
+    kind = "padnet"
+
+    def build_trunk(self) -> None:
+        self.fusion_setup()
+        self.backbone = self.new_backbone()
+        w = self.stage_widths[-1]
+        self.initial, self.aux, self.distill = Heads(), Heads(), Heads()
+        for t, task in enumerate(self.task_configs):
+            name = task["name"]
+            self.initial.add(name, ConvBnAct(w, w, self.bn, self.act))
+            self.aux.add(name, Predictor(task, w))
+            self.distill.add(name, Distillation(t, self.task_names, w))
+
+    def task_features(self, x):
+        maps = self.backbone(x)
+        top, skips = maps[-1], list(maps[:-1])
+        initial = [self.initial[n](top) for n in self.task_names]
+        self.predict_all([self.aux[n] for n in self.task_names], initial, tuple(x.shape[-2:]))
+        return [skips + [self.distill[n](initial)] for n in self.task_names]
+
+
+class Propagation(nn.Module):
+    """MTI-Net's feature propagation into one scale: a shared ``bottleneck`` over every task's
+    coarser initial features, upsampled, then per task a squeeze-and-excitation
+    ``se.<task>.fc1|fc2`` (reduction 4)."""
+
+    def __init__(self, names: Sequence[str], coarse: int, width: int, bn: bool, act: str):
+        super().__init__()
+        self.bottleneck = ConvBnAct(len(names) * coarse, width, bn, act)
+        self.se = Heads()
+        squeezed = max(width // 4, 1)
+        for name in names:
+            m = nn.Module()
+            m.fc1 = nn.Linear(width, squeezed)
+            m.fc2 = nn.Linear(squeezed, width)
+            self.se.add(name, m)
+        self.names = list(names)
+        self.act = act
+
+    def forward(self, coarse: Sequence[torch.Tensor], like: torch.Tensor) -> List[torch.Tensor]:
+        shared = self.bottleneck(torch.cat(list(coarse), dim=1))
+        shared = F.interpolate(shared, size=tuple(like.shape[-2:]), mode="bilinear", align_corners=False)
+        pooled = shared.mean(dim=(-1, -2))
+        out = []
+        for name in self.names:
+            se = self.se[name]
+            s = torch.sigmoid(se.fc2(activate(se.fc1(pooled), self.act)))
+            out.append(shared * s[:, :, None, None])
+        return out
+
+
+class MtiNet(_Fusion):
+    """Per scale ``initial.<task>.<i>``, ``aux.<task>.<i>``, ``distill.<task>.<i>`` and, below
+    the coarsest, ``propagate.<i>``; heads read the distilled features of every scale
+    (mtinet.rs)."""
+
+    kind = "mtinet"
+
+    def build_trunk(self) -> None:
+        self.fusion_setup()
+        self.backbone = self.new_backbone()
+        ws = self.stage_widths
+        last = len(ws) - 1
+        self.initial, self.aux, self.distill = Heads(), Heads(), Heads()
+        for t, task in enumerate(self.task_configs):
+            name = task["name"]
+            self.initial.add(name, nn.ModuleList(
+                [ConvBnAct(w if i == last else 2 * w, w, self.bn, self.act) for i, w in enumerate(ws)]))
+            self.aux.add(name, nn.ModuleList([Predictor(task, w) for w in ws]))
+            self.distill.add(name, nn.ModuleList([Distillation(t, self.task_names, w) for w in ws]))
+        self.propagate = nn.ModuleList(
+            [Propagation(self.task_names, ws[i + 1], ws[i], self.bn, self.act) for i in range(last)])
+
+    def task_features(self, x):
+        names = self.task_names
+        out_hw = tuple(x.shape[-2:])
+        maps = self.backbone(x)
+        feats: List[List[torch.Tensor]] = [[] for _ in names]
+        coarser = None
+        for i in range(len(maps) - 1, -1, -1):
+            m = maps[i]
+            if coarser is not None:
+                inputs = [torch.cat([m, p], dim=1) for p in self.propagate[i](coarser, m)]
+            else:
+                inputs = [m for _ in names]
+            initial = [self.initial[n][i](inp) for n, inp in zip(names, inputs)]
+            self.predict_all([self.aux[n][i] for n in names], initial, out_hw)
+            for t, n in enumerate(names):
+                feats[t].append(self.distill[n][i](initial))
+            coarser = initial
+        return [list(reversed(f)) for f in feats]
+
+
 ARCHITECTURES = {
-    cls.kind: cls for cls in (MultiTaskModel, CrossStitch, Mtan, Mmoe, Cgc, Ple, DselectK, Ltb)
+    cls.kind: cls for cls in (MultiTaskModel, CrossStitch, Mtan, Mmoe, Cgc, Ple, DselectK, Ltb, PadNet, MtiNet)
 }
 
 

@@ -88,3 +88,31 @@ fn every_architecture_resumes_bit_identically_mid_epoch() {
         assert_eq!(metric_rows(&a), metric_rows(&b), "{arch} ({method} {on}): metrics differ");
     }
 }
+
+/// PAD-Net and MTI-Net with every balancing method (gradient methods in parameter space, the
+/// default) on the dense `scenes` tasks, whose initial predictions each join their task's
+/// loss: one short epoch each, finite val losses.
+#[test]
+fn fusion_architectures_train_with_every_balancing_method() {
+    let tmp = tempdir().unwrap();
+    for arch in ["padnet", "mtinet"] {
+        for method in mtl::balance::method_names() {
+            let text = format!(
+                "name: f\nseed: 1\ndevice: cpu\nthreads: 1\n\
+                 data: {{dataset: scenes, train_size: 16, val_size: 8, image_size: 16, batch_size: 8, eval_batch_size: 8}}\n\
+                 model:\n  architecture: {{kind: {arch}, aux_weight: 0.5}}\n  backbone: {{kind: conv, widths: [4, 6], depth: 1}}\n\
+                 tasks:\n  - {{name: semantic, kind: segmentation, target: semantic, classes: 4}}\n  \
+                 - {{name: depth, kind: regression, target: depth}}\n  - {{name: normal, kind: normals, target: normal}}\n\
+                 balance: {{method: {method}}}\noptim: {{kind: adamw, lr: 0.01}}\ntrain: {{epochs: 1, log_every: 1}}\n"
+            );
+            write(tmp.path(), "f.yaml", &text);
+            let dir = format!("{arch}-{method}");
+            run_in(tmp.path(), &["f.yaml", "--run-dir", &dir]).assert_ok();
+            let rows = val_rows(&tmp.path().join(&dir));
+            for task in ["semantic", "depth", "normal"] {
+                let loss = rows[0][format!("{task}.loss")].as_f64();
+                assert!(loss.is_some_and(f64::is_finite), "{dir}: {task}.loss {loss:?}");
+            }
+        }
+    }
+}

@@ -63,6 +63,11 @@ ARCHITECTURES = {
     # computed with its own task's group's (docs/MULTI_INPUT.md, "Export").
     "conv-domains": (SHAPES, {"backbone": {"kind": "conv", "widths": [4, 8]}, "domain_norm": "affine"},
                      [CLASS_AND_SEG[0], dict(CLASS_AND_SEG[1], data={"train_size": 24})], {}),
+    # Task fusion (initial predictions are training-only: the export holds the final heads) on
+    # generated dense scenes.
+    "mtinet-scenes": ({"dataset": "scenes", "train_size": 16, "val_size": 8, "image_size": 16, "batch_size": 8},
+                      {"architecture": {"kind": "mtinet"}, "backbone": {"kind": "conv", "widths": [4, 8]}},
+                      [dict(DENSE[0], classes=4), DENSE[1], DENSE[2]], {}),
 }
 # The input width a case's images have (NYUv2 keeps its 2:3 aspect: 8 → 8×12).
 WIDTH = {"conv-dense": 12}

@@ -23,6 +23,7 @@ pub mod npy;
 pub mod nyuv2;
 pub mod pet;
 pub mod resize;
+pub mod scenes;
 pub mod shapes;
 pub mod stream;
 
@@ -35,6 +36,7 @@ use tch::{Kind, Tensor};
 /// Every dataset `data.dataset` names.
 pub const DATASETS: &[&dyn Dataset] = &[
     &shapes::Shapes,
+    &scenes::Scenes,
     &cifar10::Cifar10Seg,
     &multimnist::MultiMnist,
     &pet::Pet,
@@ -109,6 +111,26 @@ pub trait Dataset: Sync {
     }
     /// Reads (or generates) both splits on the CPU; `wanted` are the targets the tasks read.
     fn load(&self, d: &DataConfig, seed: u64, wanted: &[Wanted]) -> anyhow::Result<Loaded>;
+}
+
+/// Most samples a split of a generated dataset (`shapes`, `scenes`) may ask for.
+pub const MAX_GENERATED_SAMPLES: usize = 1_000_000;
+
+/// A generated dataset's (train, val) sample counts: `data.train_size` / `data.val_size`, or
+/// `defaults` where they are 0.
+pub fn generated_sizes(d: &DataConfig, defaults: (usize, usize)) -> (usize, usize) {
+    let or_default = |n: usize, default: usize| if n == 0 { default } else { n };
+    (or_default(d.train_size, defaults.0), or_default(d.val_size, defaults.1))
+}
+
+/// A generated dataset's rule for its sizes, as [`Dataset::check`] reports it.
+pub fn check_generated_sizes(d: &DataConfig) -> Result<(), String> {
+    for (key, n) in [("train_size", d.train_size), ("val_size", d.val_size)] {
+        if n > MAX_GENERATED_SAMPLES {
+            return Err(format!("data.{key}: at most {MAX_GENERATED_SAMPLES} generated samples"));
+        }
+    }
+    Ok(())
 }
 
 /// What [`Dataset::load`] returns: splits already in memory, or files to decode.

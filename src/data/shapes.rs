@@ -11,7 +11,7 @@
 //! the main shape stays clearly the largest by visible area, so `kind` and `color` are
 //! well-defined. Shapes are sized by area rather than radius, so thin kinds (bars, rings) are
 //! not systematically smaller than solid ones.
-use super::{Dataset, Loaded, Split, Splits, TargetInfo, TargetShape, Wanted};
+use super::{check_generated_sizes, generated_sizes, Dataset, Loaded, Split, Splits, TargetInfo, TargetShape, Wanted};
 use crate::config::DataConfig;
 use crate::rng::{self, Purpose};
 use crate::user_bail;
@@ -77,9 +77,6 @@ pub struct Labels {
 /// The generated shapes dataset.
 pub struct Shapes;
 
-/// Most samples either split may ask for.
-const MAX_SAMPLES: usize = 1_000_000;
-
 impl Dataset for Shapes {
     fn name(&self) -> &'static str {
         "shapes"
@@ -94,18 +91,11 @@ impl Dataset for Shapes {
     }
 
     fn planned_samples(&self, d: &DataConfig) -> Option<(usize, usize)> {
-        let or_default = |n: usize, default: usize| if n == 0 { default } else { n };
-        Some((or_default(d.train_size, DEFAULT_TRAIN_SIZE), or_default(d.val_size, DEFAULT_VAL_SIZE)))
+        Some(generated_sizes(d, (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE)))
     }
 
     fn check(&self, d: &DataConfig) -> Result<(), String> {
-        if d.train_size > MAX_SAMPLES {
-            return Err(format!("data.train_size: at most {MAX_SAMPLES} generated samples"));
-        }
-        if d.val_size > MAX_SAMPLES {
-            return Err(format!("data.val_size: at most {MAX_SAMPLES} generated samples"));
-        }
-        Ok(())
+        check_generated_sizes(d)
     }
 
     fn load(&self, d: &DataConfig, seed: u64, _wanted: &[Wanted]) -> anyhow::Result<Loaded> {
@@ -122,11 +112,8 @@ pub fn load(cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
         );
     }
     let size = cfg.image_size as usize;
-    let or_default = |n: usize, default: usize| if n == 0 { default } else { n };
-    Ok(Splits {
-        train: generate(seed, false, or_default(cfg.train_size, DEFAULT_TRAIN_SIZE), size),
-        val: generate(seed, true, or_default(cfg.val_size, DEFAULT_VAL_SIZE), size),
-    })
+    let (train, val) = generated_sizes(cfg, (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE));
+    Ok(Splits { train: generate(seed, false, train, size), val: generate(seed, true, val, size) })
 }
 
 /// Renders sample `index` of the train (`val == false`) or val split at `size` × `size` px.

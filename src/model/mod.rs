@@ -8,7 +8,7 @@ pub mod heads;
 pub mod layers;
 pub mod torchvision;
 
-pub use arch::{Pass, Representation, StepIndex};
+pub use arch::{Auxiliary, Pass, Representation, StepIndex};
 pub use heads::{HeadKind, HeadSpec};
 
 use crate::config::{Config, DomainNorm, Norm, Precision};
@@ -65,15 +65,17 @@ pub struct MultiTaskModel {
     norms: Vec<(String, layers::NormSwitch)>,
 }
 
-/// One forward pass's results.
-pub struct Forward {
+/// One forward pass's results; `O` is `Option<Tensor>` when only some heads ran.
+pub struct Forward<O = Tensor> {
     /// One fp32 output per task, in task order.
-    pub outputs: Vec<Tensor>,
+    pub outputs: Vec<O>,
     /// In representation space: the shared representation (graph attached) and the detached
     /// copies the tasks' private parts ran on (see [`arch`]).
     pub representation: Option<Representation>,
     /// A term to backpropagate besides the task losses, on its own graph (DSelect-k).
     pub regularizer: Option<Tensor>,
+    /// Training only: extra predictions each scored by its task's loss and added to it.
+    pub auxiliary: Vec<Auxiliary>,
 }
 
 impl MultiTaskModel {
@@ -108,8 +110,15 @@ impl MultiTaskModel {
         let (model, norms) = layers::with_norm_layout(layout, move || {
             let root = vs.root();
             let tasks: Vec<String> = heads.iter().map(|h| h.task.clone()).collect();
-            let arch =
-                plan.build(&Build { root: &root, backbone: &m.backbone, tasks: &tasks, in_channels, image_size });
+            let outputs: Vec<HeadKind> = heads.iter().map(|h| h.kind).collect();
+            let arch = plan.build(&Build {
+                root: &root,
+                backbone: &m.backbone,
+                tasks: &tasks,
+                outputs: &outputs,
+                in_channels,
+                image_size,
+            });
             let info = backbone::feature_info(&m.backbone);
             // `pool: flatten` heads need the coarsest map's size: each stage after the first halves
             // the image exactly (the resolve step checks the divisibility).
@@ -171,9 +180,9 @@ impl MultiTaskModel {
     /// Every head's fp32 outputs for a normalized float batch `[N, C, H, W]` of the pass's data
     /// group, in task order, with what the pass recorded.
     pub fn run(&self, x: &Tensor, pass: Pass) -> Forward {
-        let (outputs, representation, regularizer) = self.run_heads(x, pass, None);
+        let Forward { outputs, representation, regularizer, auxiliary } = self.run_heads(x, pass, None);
         let outputs = outputs.into_iter().map(|o| o.expect("every head ran")).collect();
-        Forward { outputs, representation, regularizer }
+        Forward { outputs, representation, regularizer, auxiliary }
     }
 
     /// [`MultiTaskModel::run`] with only the heads of the tasks `active` marks (a stage of
@@ -183,7 +192,7 @@ impl MultiTaskModel {
         x: &Tensor,
         mut pass: Pass,
         active: Option<&[bool]>,
-    ) -> (Vec<Option<Tensor>>, Option<Representation>, Option<Tensor>) {
+    ) -> Forward<Option<Tensor>> {
         let s = x.size();
         let features = self.arch.forward(x, &mut pass);
         let outputs = self
@@ -195,8 +204,9 @@ impl MultiTaskModel {
                 active.is_none_or(|a| a[i]).then(|| h.forward(f, (s[2], s[3]), pass.train, pass.compute))
             })
             .collect();
+        let auxiliary = pass.take_auxiliary();
         let (representation, regularizer) = pass.into_parts();
-        (outputs, representation, regularizer)
+        Forward { outputs, representation, regularizer, auxiliary }
     }
 
     /// One output per task, in task order, each computed as for its own data group's images

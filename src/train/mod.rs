@@ -359,15 +359,18 @@ impl Trainer {
                 continue;
             }
             let pass = self.model.pass(Mode::Train, Some(at), heads).on_domain(g);
-            let (outputs, representation, regularizer) = self.model.run_heads(&batch.images, pass, subset);
+            let forward = self.model.run_heads(&batch.images, pass, subset);
             for (&i, y) in input.tasks.iter().zip(&batch.targets) {
-                if let Some(output) = &outputs[i] {
-                    losses[i] = Some(self.tasks[i].loss(output, y));
-                }
+                let Some(output) = &forward.outputs[i] else { continue };
+                let task = &self.tasks[i];
+                // Initial predictions (PAD-Net, MTI-Net) join their task's loss.
+                let aux = forward.auxiliary.iter().filter(|a| a.task == i);
+                let aux = aux.map(|a| task.loss(&a.prediction, y) * a.weight);
+                losses[i] = Some(aux.fold(task.loss(output, y), |sum, l| sum + l));
             }
             // One group when there is a representation: the config refuses the space otherwise.
-            out.representation = representation;
-            out.regularizers.extend(regularizer);
+            out.representation = forward.representation;
+            out.regularizers.extend(forward.regularizer);
         }
         // Every rank sees the global batch's mean loss per task (and so do the balancers).
         let active = self.active.iter().map(|&i| losses[i].take().expect("every task is in a group")).collect();

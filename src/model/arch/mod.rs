@@ -19,10 +19,13 @@
 pub mod cgc;
 pub mod cross_stitch;
 pub mod dselect_k;
+mod fusion;
 pub mod hps;
 pub mod ltb;
 pub mod mmoe;
 pub mod mtan;
+pub mod mtinet;
+pub mod padnet;
 pub mod ple;
 
 #[cfg(test)]
@@ -75,6 +78,8 @@ pub struct Build<'a> {
     pub root: &'a Path<'a>,
     pub backbone: &'a BackboneConfig,
     pub tasks: &'a [String],
+    /// What each task's head outputs (for architectures that make their own predictions).
+    pub outputs: &'a [super::HeadKind],
     pub in_channels: i64,
     pub image_size: i64,
 }
@@ -139,6 +144,8 @@ pub const ARCHITECTURES: &[Entry] = &[
     Entry { name: "ple", plan: ple::plan },
     Entry { name: "dselect_k", plan: dselect_k::plan },
     Entry { name: "ltb", plan: ltb::plan },
+    Entry { name: "padnet", plan: padnet::plan },
+    Entry { name: "mtinet", plan: mtinet::plan },
 ];
 
 pub fn architecture_names() -> Vec<&'static str> {
@@ -211,11 +218,28 @@ pub struct Pass {
     /// In representation space: every crossing, as (the tensor, its detached copy).
     crossings: Option<Vec<(Tensor, Tensor)>>,
     regularizer: Option<Tensor>,
+    auxiliary: Vec<Auxiliary>,
+}
+
+/// A task's extra prediction that the trainer scores with the task's own loss, `weight` times,
+/// and adds to that task's loss (PAD-Net's and MTI-Net's initial predictions).
+pub struct Auxiliary {
+    pub task: usize,
+    pub weight: f64,
+    /// In the shape of the task's head output, fp32.
+    pub prediction: Tensor,
 }
 
 impl Pass {
     pub fn new(train: bool, compute: Compute, step: Option<StepIndex>, representation: bool) -> Self {
-        Self { train, compute, step, crossings: representation.then(Vec::new), regularizer: None }
+        Self {
+            train,
+            compute,
+            step,
+            crossings: representation.then(Vec::new),
+            regularizer: None,
+            auxiliary: Vec::new(),
+        }
     }
 
     /// The same pass on data group `domain`'s images (see [`Compute::domain`]).
@@ -250,6 +274,16 @@ impl Pass {
             Some(sum) => sum + r,
             None => r,
         });
+    }
+
+    /// Records task `task`'s auxiliary prediction (see [`Auxiliary`]).
+    pub fn add_auxiliary(&mut self, task: usize, weight: f64, prediction: Tensor) {
+        self.auxiliary.push(Auxiliary { task, weight, prediction });
+    }
+
+    /// The auxiliary predictions recorded so far.
+    pub fn take_auxiliary(&mut self) -> Vec<Auxiliary> {
+        std::mem::take(&mut self.auxiliary)
     }
 
     /// The crossings (tensors, detached copies) when in representation space, and the

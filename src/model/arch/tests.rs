@@ -65,7 +65,7 @@ fn cases() -> Vec<(&'static str, &'static str)> {
     let mut cases = Vec::new();
     for a in architecture_names() {
         for b in ["conv", "resnet", "mlp", "resnet18", "resnet50_os8"] {
-            if b != "mlp" || !matches!(a, "mtan" | "ltb") {
+            if b != "mlp" || !matches!(a, "mtan" | "ltb" | "padnet" | "mtinet") {
                 cases.push((a, b));
             }
         }
@@ -89,12 +89,18 @@ fn fixed_noise(shape: &[i64], seed: u64) -> Tensor {
     Tensor::from_slice(&values).view(shape)
 }
 
-/// A loss per task whose gradient reaches every output value: `Σ r ⊙ output` for fixed r.
-fn losses(outputs: &[Tensor]) -> Vec<Tensor> {
-    outputs
+/// A loss per task whose gradient reaches every output value: `Σ r ⊙ output` for fixed r,
+/// plus the same of each of the task's auxiliary predictions (PAD-Net, MTI-Net).
+fn losses(forward: &crate::model::Forward) -> Vec<Tensor> {
+    let score = |o: &Tensor, seed: u64| (o * fixed_noise(&o.size(), seed).to_device(o.device())).sum(Kind::Float);
+    forward
+        .outputs
         .iter()
-        .zip(12..)
-        .map(|(o, seed)| (o * fixed_noise(&o.size(), seed).to_device(o.device())).sum(Kind::Float))
+        .enumerate()
+        .map(|(t, o)| {
+            let aux = forward.auxiliary.iter().filter(|a| a.task == t);
+            aux.zip(40..).fold(score(o, 12 + t as u64), |sum, (a, seed)| sum + score(&a.prediction, seed) * a.weight)
+        })
         .collect()
 }
 
@@ -137,7 +143,7 @@ fn each_loss_reaches_its_own_and_the_shared_parameters_only() {
         assert!(!shared.is_empty(), "{arch} {backbone}: nothing shared");
         let step = Some((7, 0));
         let forward = model.run(&x, model.pass(Mode::Train, step, HeadInput::Attached));
-        let losses = losses(&forward.outputs);
+        let losses = losses(&forward);
         let all: Vec<Tensor> = shared.iter().chain(private.iter().flatten()).map(Tensor::shallow_clone).collect();
         let mut shared_users = vec![0; shared.len()];
         for (t, loss) in losses.iter().enumerate() {
@@ -160,12 +166,17 @@ fn each_loss_reaches_its_own_and_the_shared_parameters_only() {
         // LTB samples one tree per step, and DSelect-k's smooth-step gates give an expert exactly
         // zero weight outside [-γ/2, γ/2]: a node or expert may serve no task, or one, this step.
         let sparse = arch == "ltb" || arch == "dselect_k";
-        let least = if sparse { 1 } else { 2 };
+        // MTI-Net's finer scales reach only the dense tasks: a per-image head reads the
+        // coarsest map alone, so with one dense task their modules serve that task only.
+        let least = if sparse || arch == "mtinet" { 1 } else { 2 };
         let names: Vec<String> =
             model.named_trainable().into_iter().map(|(n, _)| n).filter(|n| model.owner(n).is_none()).collect();
         for (name, users) in names.iter().zip(&shared_users) {
             if sparse && *users == 0 {
                 continue; // a column no sampled tree used, or an expert no gate selected
+            }
+            if arch == "mtinet" && name.contains(".se.") && *users == 0 {
+                continue; // a squeeze of one unit (width 3 / 4) whose ReLU is off for this batch
             }
             assert!(*users >= least, "{arch} {backbone}: shared '{name}' reached by {users} task(s)");
         }
@@ -199,14 +210,15 @@ fn the_representation_separates_shared_from_private_parameters() {
         };
         let step = Some((7, 0));
         let plain = model.run(&x, model.pass(Mode::Train, step, HeadInput::Attached));
-        losses(&plain.outputs).into_iter().reduce(|a, b| a + b).unwrap().backward();
+        losses(&plain).into_iter().reduce(|a, b| a + b).unwrap().backward();
         let want = grads();
         zero();
 
-        let rep = model.run(&x, model.pass(Mode::Train, step, HeadInput::Detached));
-        let (z, copies) = rep.representation.expect("representation recorded");
+        let mut rep = model.run(&x, model.pass(Mode::Train, step, HeadInput::Detached));
+        let rep_losses = losses(&rep);
+        let (z, copies) = rep.representation.take().expect("representation recorded");
         assert!(!z.is_empty(), "{arch} {backbone}: empty representation");
-        losses(&rep.outputs).into_iter().reduce(|a, b| a + b).unwrap().backward();
+        rep_losses.into_iter().reduce(|a, b| a + b).unwrap().backward();
         let direct = grads();
         for ((name, _), g) in params.iter().zip(&direct) {
             if model.owner(name).is_none() {
@@ -239,11 +251,11 @@ fn the_representation_separates_shared_from_private_parameters() {
 #[test]
 fn refused_combinations_are_one_line_user_errors() {
     for (arch, needle) in
-        [("mtan", "mtan needs a conv or resnet backbone"), ("ltb", "ltb needs a conv or resnet backbone")]
+        ["mtan", "ltb", "padnet", "mtinet"].map(|a| (a, format!("{a} needs a conv or resnet backbone")))
     {
         let cfg = config(&format!("{{kind: {arch}}}"), "mlp");
         let e = plan(&cfg.model.architecture, &cfg.model.backbone, 3).err().expect("refused");
-        assert!(is_user_error(&e) && e.to_string().contains(needle) && !e.to_string().contains('\n'), "{e}");
+        assert!(is_user_error(&e) && e.to_string().contains(&needle) && !e.to_string().contains('\n'), "{e}");
     }
     let mut cfg = config("{kind: ltb}", "conv");
     cfg.model.backbone.widths = vec![4];
@@ -255,6 +267,8 @@ fn refused_combinations_are_one_line_user_errors() {
         ("{kind: cgc, expert: 2}", "model.architecture.expert: not an option of architecture 'cgc'"),
         ("{kind: cross_stitch, self_weight: 0}", "model.architecture.self_weight: expected a number in (0, 1]"),
         ("{kind: hps, experts: 2}", "accepted: none"),
+        ("{kind: padnet, aux_weight: -1}", "model.architecture.aux_weight: expected a number in [0, 100]"),
+        ("{kind: mtinet, aux_weights: 1}", "not an option of architecture 'mtinet'; accepted: aux_weight"),
         ("{kind: moe}", "unknown architecture 'moe' (expected one of: hps, cross_stitch"),
     ] {
         let cfg = config(arch, "conv");
@@ -314,5 +328,24 @@ fn counting_without_allocating_matches_the_built_model() {
         let built: i64 = model.named_variables().iter().map(|(_, t)| t.numel() as i64).sum();
         let counted = MultiTaskModel::variable_count(&cfg, &heads(&cfg), channels, cfg.data.image_size).unwrap();
         assert_eq!(counted as i64, built, "{arch} {backbone}");
+    }
+}
+
+/// PAD-Net and MTI-Net record one initial prediction per task (per scale for MTI-Net) while
+/// training, each in its head's output shape, weighted by `aux_weight`; none when evaluating.
+#[test]
+fn fusion_architectures_record_initial_predictions_while_training() {
+    for (arch, per_task) in [("padnet", 1), ("mtinet", 3)] {
+        let cfg = config(&format!("{{kind: {arch}, aux_weight: 0.25}}"), "conv");
+        let model = MultiTaskModel::new(&cfg, &heads(&cfg), Device::Cpu, 3, 8).unwrap();
+        let x = batch(&model, &cfg);
+        let train = tch::no_grad(|| model.run(&x, model.pass(Mode::Train, Some((0, 0)), HeadInput::Attached)));
+        assert_eq!(train.auxiliary.len(), 3 * per_task, "{arch}");
+        for a in &train.auxiliary {
+            assert_eq!(a.prediction.size(), train.outputs[a.task].size(), "{arch} task {}", a.task);
+            assert_eq!(a.weight, 0.25);
+        }
+        let eval = tch::no_grad(|| model.run(&x, model.pass(Mode::Eval, None, HeadInput::Attached)));
+        assert!(eval.auxiliary.is_empty(), "{arch}");
     }
 }
