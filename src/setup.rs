@@ -98,8 +98,12 @@ impl Resolved {
         self.groups.len() > 1
     }
 
-    /// Image channels the model sees.
+    /// Image channels the model sees (for a table, the entries of a row's feature vector).
     pub fn in_channels(&self) -> i64 {
+        if let Some(fitted) = self.cfg.data.features.as_ref().and_then(|f| f.fitted.as_ref()) {
+            use crate::data::table::Layout;
+            return fitted.raw_width() as i64;
+        }
         if self.cfg.data.grayscale {
             1
         } else {
@@ -165,6 +169,7 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
         ))
     })?;
     cfg.data.root = root(&cfg.data, dataset, dir);
+    anchor_table_files(&mut cfg.data, dir);
     let b = &cfg.model.backbone;
     backbone::check(b).map_err(at)?;
     backbone::check_input_size(b, cfg.data.image_size, cfg.data.image_size).map_err(at)?;
@@ -177,6 +182,13 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
         check_task(&cfg, i, &task).map_err(at)?;
         task.kind.check(t).map_err(|e| at(format!("tasks[{i}].{e}")))?;
         tasks.push(task);
+    }
+    if !cfg.multi_input() {
+        check_data(&cfg.data, dataset, "data").map_err(at)?;
+        dataset.prepare(&mut cfg.data).map_err(|e| match crate::error::is_user_error(&e) {
+            true => user_error!("{origin}: {e}"),
+            false => e,
+        })?;
     }
     let groups = data_groups(&mut cfg, dir).map_err(at)?;
     for g in &groups {
@@ -312,6 +324,22 @@ fn check_data(d: &DataConfig, dataset: &dyn Dataset, at: &str) -> Result<(), Str
     Ok(())
 }
 
+/// The table dataset's files (`data.train`, `data.val`) made absolute against the config's
+/// directory, as `data.root` is.
+fn anchor_table_files(d: &mut DataConfig, dir: &Path) {
+    use crate::config::TableFile;
+    let anchor = |p: &mut String| {
+        let path = dir.join(&*p);
+        *p = normalize_path(&std::path::absolute(&path).unwrap_or(path)).display().to_string();
+    };
+    for file in [&mut d.train, &mut d.val].into_iter().flatten() {
+        match file {
+            TableFile::File(p) => anchor(p),
+            TableFile::Arrays(m) => m.values_mut().for_each(anchor),
+        }
+    }
+}
+
 /// `data.root` made absolute and normalized: relative to the config's directory when given,
 /// else the dataset's default relative to the working directory (none for generated data).
 fn root(d: &DataConfig, dataset: &dyn Dataset, dir: &Path) -> Option<String> {
@@ -422,6 +450,8 @@ fn describe(shape: TargetShape) -> &'static str {
         TargetShape::PerPixel => "a class per pixel",
         TargetShape::PerPixelDepth => "a value per pixel",
         TargetShape::PerPixelNormal => "a unit vector per pixel",
+        TargetShape::Binary => "a 0/1 label per row",
+        TargetShape::Value => "a value per row",
     }
 }
 

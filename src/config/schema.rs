@@ -116,6 +116,83 @@ pub struct DataConfig {
     /// subfolders, sorted by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<String>,
+    /// The `table` dataset: the training split's file (`.csv` with a header, `.parquet`,
+    /// `.npz`), or a mapping of column name to `.npy` file (relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TableFile>,
+    /// The `table` dataset: the validation split, in the training split's format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<TableFile>,
+    /// The `table` dataset: the columns the model reads (docs/TABLES.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<TableFeatures>,
+}
+
+/// Where a split of the `table` dataset is: one file, or one `.npy` array per column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TableFile {
+    File(String),
+    Arrays(std::collections::BTreeMap<String, String>),
+}
+
+/// The columns of a table the model reads, and what the training split taught about them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableFeatures {
+    /// Columns standardized with the training split's mean and standard deviation (a 2-d
+    /// array column counts as one column per entry of its second axis).
+    #[serde(default)]
+    pub numeric: Vec<String>,
+    /// Columns mapped through a vocabulary of the training split to an embedding.
+    #[serde(default)]
+    pub categorical: std::collections::BTreeMap<String, CategoricalFeature>,
+    /// Filled by the resolve step from the training split (never written by hand): the
+    /// standardization and vocabularies, so evaluation, predict and export map rows exactly
+    /// as training did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted: Option<FittedTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoricalFeature {
+    /// Width of the column's embedding.
+    pub dim: i64,
+    /// Keep only the most frequent values of the training split (ties: the smaller value
+    /// first); the others share the out-of-vocabulary index 0. Unset: every value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vocab: Option<usize>,
+}
+
+/// What the training split taught: the mapping every split goes through.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FittedTable {
+    pub numeric: Vec<FittedNumeric>,
+    pub categorical: Vec<FittedCategorical>,
+}
+
+/// A numeric column: `(x − mean) / std` per entry; a missing value becomes the mean (0 after
+/// standardizing) and, when `indicator`, sets an extra 0/1 feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FittedNumeric {
+    pub column: String,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    /// Whether the training split had missing values here (then one indicator per entry).
+    #[serde(default)]
+    pub indicator: bool,
+}
+
+/// A categorical column: value `vocab[i]` is index `i + 1`; anything else index 0 (OOV).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FittedCategorical {
+    pub column: String,
+    pub dim: i64,
+    pub vocab: Vec<String>,
 }
 
 impl DataConfig {
@@ -140,6 +217,9 @@ impl DataConfig {
             pet: PetOptions::default(),
             folder: FolderOptions::default(),
             classes: Vec::new(),
+            train: None,
+            val: None,
+            features: None,
         }
     }
 }

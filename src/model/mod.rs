@@ -5,6 +5,7 @@ pub mod backbone;
 pub mod export;
 pub mod heads;
 pub mod layers;
+pub mod table_input;
 
 pub use arch::{Pass, Representation, StepIndex};
 pub use heads::{HeadKind, HeadSpec};
@@ -48,6 +49,8 @@ pub enum HeadInput {
 pub struct MultiTaskModel {
     pub vs: VarStore,
     arch: Box<dyn Architecture>,
+    /// Table rows: the categorical columns' embeddings, before the architecture.
+    table_input: Option<table_input::TableInput>,
     heads: Vec<Head>,
     /// Per task, the paths of the variables it alone uses (its head included).
     private: Vec<Vec<String>>,
@@ -102,6 +105,13 @@ impl MultiTaskModel {
         Ok(layers::with_norm_layout(layout, move || {
             let root = vs.root();
             let tasks: Vec<String> = heads.iter().map(|h| h.task.clone()).collect();
+            let fitted = cfg.data.features.as_ref().and_then(|f| f.fitted.as_ref());
+            let table_input = fitted.and_then(|f| table_input::TableInput::new(&root, f));
+            // The architecture reads the embedded row.
+            let in_channels = match (fitted, &table_input) {
+                (Some(f), Some(_)) => table_input::TableInput::out_width(f),
+                _ => in_channels,
+            };
             let arch =
                 plan.build(&Build { root: &root, backbone: &m.backbone, tasks: &tasks, in_channels, image_size });
             let info = backbone::feature_info(&m.backbone);
@@ -134,7 +144,7 @@ impl MultiTaskModel {
             };
             let channels_last = cfg.speed.channels_last.is_on();
             let compute = Compute { kind, channels_last, domain: 0 };
-            Self { vs, arch, heads, private, domains, layout, compute, seed: cfg.seed }
+            Self { vs, arch, table_input, heads, private, domains, layout, compute, seed: cfg.seed }
         }))
     }
 
@@ -164,7 +174,8 @@ impl MultiTaskModel {
     /// group, in task order, with what the pass recorded.
     pub fn run(&self, x: &Tensor, mut pass: Pass) -> Forward {
         let s = x.size();
-        let features = self.arch.forward(x, &mut pass);
+        let embedded = self.table_input.as_ref().map(|t| t.forward(x));
+        let features = self.arch.forward(embedded.as_ref().unwrap_or(x), &mut pass);
         let outputs = self
             .heads
             .iter()

@@ -51,6 +51,8 @@ fn shape_name(shape: TargetShape) -> &'static str {
         TargetShape::PerPixel => "per_pixel",
         TargetShape::PerPixelDepth => "per_pixel_depth",
         TargetShape::PerPixelNormal => "per_pixel_normal",
+        TargetShape::Binary => "binary",
+        TargetShape::Value => "value",
     }
 }
 

@@ -3,11 +3,13 @@
 //! evaluation). Each kind is one file behind [`TaskKind`]; [`KINDS`] is the registry that
 //! `tasks[].kind` names. Everything downstream (config resolution, heads, the loader, Δm,
 //! checkpoint selection, `predict`) asks the kind, so a new kind is one file plus one line here.
+mod binary;
 mod classification;
 pub mod delta_m;
 mod normals;
 mod regression;
 mod segmentation;
+mod value;
 
 pub use delta_m::{delta_m, describe_delta_m, is_quality_metric, signed_percent, Baselines, DELTA_M_DIRECTION};
 pub use normals::{median_of_histogram, ANGLE_BIN, ANGLE_THRESHOLDS};
@@ -20,7 +22,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 /// Every task kind `tasks[].kind` accepts.
 pub const KINDS: &[&dyn TaskKind] =
-    &[&classification::Classification, &segmentation::Segmentation, &regression::Regression, &normals::Normals];
+    &[&classification::Classification, &segmentation::Segmentation, &regression::Regression, &normals::Normals, &binary::Binary, &value::Value];
 
 /// The kind called `name`.
 pub fn kind_named(name: &str) -> Option<&'static dyn TaskKind> {
@@ -109,6 +111,9 @@ pub trait QualityMeter {
     /// accumulators must therefore be sums and counts (confusion matrices, histograms), never
     /// means.
     fn reduce(&mut self, sum: &dyn Fn(&Tensor) -> Tensor);
+    /// In a distributed evaluation, replaces per-sample accumulators `v` (1-d) by
+    /// `gather(v)`: every rank's, concatenated, for metrics that are not sums (AUC).
+    fn gather(&mut self, _gather: &dyn Fn(&Tensor) -> Tensor) {}
 }
 
 /// A host count through `sum` (see [`QualityMeter::reduce`]).
@@ -197,6 +202,11 @@ impl Meter {
         self.quality.reduce(sum);
         self.loss_sum = sum(&self.loss_sum);
         self.count = reduce_count(self.count, sum);
+    }
+
+    /// Gathers per-sample accumulators over the ranks (see [`QualityMeter::gather`]).
+    pub fn gather(&mut self, gather: &dyn Fn(&Tensor) -> Tensor) {
+        self.quality.gather(gather);
     }
 
     /// `(metric, value)` in the order of [`Task::metrics`].

@@ -46,8 +46,18 @@ fn evaluate_on(
             g.sum_(&total);
             total
         };
+        // Every rank's 1-d `t`, concatenated in rank order (lengths may differ).
+        let gather = |t: &tch::Tensor| {
+            let len = tch::Tensor::from_slice(&[t.size()[0]]).to_device(t.device());
+            let lens: Vec<i64> = g.all_gather(&len).iter().map(|l| l.int64_value(&[0])).collect();
+            let max = lens.iter().copied().max().unwrap_or(0);
+            let parts = g.all_gather(&t.constant_pad_nd([0, max - t.size()[0]]));
+            let parts: Vec<tch::Tensor> = parts.iter().zip(&lens).map(|(p, &l)| p.narrow(0, 0, l)).collect();
+            tch::Tensor::cat(&parts, 0).to_device(t.device())
+        };
         for meter in &mut meters {
             meter.reduce(&sum);
+            meter.gather(&gather);
         }
     }
     ids.iter()

@@ -1,0 +1,186 @@
+//! `binary`: one 0/1 label per row (click, conversion, income over 50k), one logit per row.
+//! BCE with logits; AUC (exact, ties counted half, the Mann–Whitney statistic), logloss and
+//! accuracy at 0.5, all computed from every evaluated score: in a distributed evaluation the
+//! ranks' scores are gathered first, never per-rank AUCs averaged.
+use super::{Metric, Prediction, QualityMeter, Task, TaskKind};
+use crate::data::TargetShape;
+use crate::model::HeadKind;
+use tch::{Device, Kind, Reduction, Tensor};
+
+#[derive(Debug)]
+pub struct Binary;
+
+impl TaskKind for Binary {
+    fn name(&self) -> &'static str {
+        "binary"
+    }
+
+    fn target_shape(&self) -> TargetShape {
+        TargetShape::Binary
+    }
+
+    fn has_classes(&self) -> bool {
+        false
+    }
+
+    fn head(&self, _task: &Task) -> HeadKind {
+        HeadKind::Vector { outputs: 1 }
+    }
+
+    /// `output` `[N, 1]` logits, `target` int64 `[N]` of 0/1.
+    fn loss(&self, _task: &Task, output: &Tensor, target: &Tensor) -> Tensor {
+        bce_with_logits(&output.view([-1]), &target.to_kind(Kind::Float))
+    }
+
+    fn metrics(&self, _task: &Task) -> Vec<Metric> {
+        vec![Metric::higher("auc"), Metric::lower("logloss"), Metric::higher("accuracy")]
+    }
+
+    fn meter(&self, _task: &Task, _device: Device) -> Box<dyn QualityMeter> {
+        Box::new(Meter { scores: Vec::new(), labels: Vec::new() })
+    }
+
+    fn prediction(&self) -> Prediction {
+        Prediction::Class
+    }
+}
+
+/// Mean binary cross-entropy of `logits` against 0/1 float `labels` (PyTorch's
+/// `binary_cross_entropy_with_logits`).
+pub fn bce_with_logits(logits: &Tensor, labels: &Tensor) -> Tensor {
+    logits.binary_cross_entropy_with_logits::<Tensor>(labels, None, None, Reduction::Mean)
+}
+
+/// The area under the ROC curve of `scores` for 0/1 `labels`: the probability that a positive
+/// scores above a negative, ties counting half (Mann–Whitney U / (P·N), from average ranks).
+/// NaN when the labels hold one class only (the AUC is undefined, as scikit-learn says).
+pub fn auc(scores: &[f64], labels: &[bool]) -> f64 {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (mut rank_sum, mut positives) = (0f64, 0u64);
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        // Ranks i+1 ..= j+1 share their average.
+        let rank = (i + j + 2) as f64 / 2.0;
+        for &k in &order[i..=j] {
+            if labels[k] {
+                rank_sum += rank;
+                positives += 1;
+            }
+        }
+        i = j + 1;
+    }
+    let (p, n) = (positives as f64, (scores.len() as u64 - positives) as f64);
+    if p == 0.0 || n == 0.0 {
+        return f64::NAN;
+    }
+    (rank_sum - p * (p + 1.0) / 2.0) / (p * n)
+}
+
+/// Every score and label of the evaluation, kept on the device until [`QualityMeter::finish`].
+struct Meter {
+    scores: Vec<Tensor>,
+    labels: Vec<Tensor>,
+}
+
+impl Meter {
+    fn all(&self) -> (Vec<f64>, Vec<f64>) {
+        if self.scores.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let host = |v: &[Tensor]| Vec::<f64>::try_from(&Tensor::cat(v, 0).to_kind(Kind::Double).to_device(Device::Cpu));
+        (host(&self.scores).expect("scores"), host(&self.labels).expect("labels"))
+    }
+}
+
+impl QualityMeter for Meter {
+    fn update(&mut self, output: &Tensor, target: &Tensor) {
+        self.scores.push(output.detach().view([-1]).to_kind(Kind::Float));
+        self.labels.push(target.view([-1]).to_kind(Kind::Float));
+    }
+
+    fn finish(&self) -> Vec<(&'static str, f64)> {
+        let (scores, labels) = self.all();
+        let n = scores.len().max(1) as f64;
+        let positive: Vec<bool> = labels.iter().map(|&l| l > 0.5).collect();
+        // log(1 + e^-|s|) + max(s, 0) − s·y: the stable form of −y·log σ(s) − (1−y)·log(1−σ(s)).
+        let logloss =
+            scores.iter().zip(&labels).map(|(&s, &y)| (-s.abs()).exp().ln_1p() + s.max(0.0) - s * y).sum::<f64>() / n;
+        let correct = scores.iter().zip(&positive).filter(|(&s, &y)| (s > 0.0) == y).count() as f64;
+        vec![("auc", auc(&scores, &positive)), ("logloss", logloss), ("accuracy", correct / n)]
+    }
+
+    /// Nothing to sum: [`QualityMeter::gather`] brings every rank's scores together.
+    fn reduce(&mut self, _sum: &dyn Fn(&Tensor) -> Tensor) {}
+
+    fn gather(&mut self, gather: &dyn Fn(&Tensor) -> Tensor) {
+        let device = self.scores.first().map_or(Device::Cpu, |s| s.device());
+        let mine = |v: &[Tensor]| {
+            if v.is_empty() {
+                Tensor::zeros([0], (Kind::Float, device))
+            } else {
+                Tensor::cat(v, 0)
+            }
+        };
+        self.scores = vec![gather(&mine(&self.scores))];
+        self.labels = vec![gather(&mine(&self.labels))];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute force over every (positive, negative) pair: 1 when the positive scores higher,
+    /// ½ on a tie.
+    fn pairwise(scores: &[f64], labels: &[bool]) -> f64 {
+        let (mut wins, mut pairs) = (0.0, 0.0);
+        for (i, &a) in scores.iter().enumerate().filter(|(i, _)| labels[*i]) {
+            for (_, &b) in scores.iter().enumerate().filter(|(j, _)| !labels[*j]) {
+                wins += if a > b { 1.0 } else if a == b { 0.5 } else { 0.0 };
+                pairs += 1.0;
+            }
+            let _ = i;
+        }
+        wins / pairs
+    }
+
+    #[test]
+    fn auc_equals_the_pairwise_count_with_ties() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for n in [2usize, 7, 50, 301] {
+            // Scores on a coarse grid: many ties, within and across the classes.
+            let scores: Vec<f64> = (0..n).map(|_| rng.gen_range(0..6) as f64 / 2.0).collect();
+            let mut labels: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.3)).collect();
+            labels[0] = true;
+            labels[1] = false;
+            assert!((auc(&scores, &labels) - pairwise(&scores, &labels)).abs() < 1e-12, "n {n}");
+        }
+        assert_eq!(auc(&[0.1, 0.9], &[false, true]), 1.0);
+        assert_eq!(auc(&[0.5, 0.5], &[false, true]), 0.5);
+        assert!(auc(&[0.1, 0.2], &[true, true]).is_nan());
+    }
+
+    #[test]
+    fn loss_is_pytorch_bce_with_logits_and_metrics_read_every_score() {
+        let task = crate::tasks::test_task("binary", 0);
+        let logits = Tensor::from_slice(&[2.0f32, -1.0, 0.5, -3.0]).view([4, 1]);
+        let labels = Tensor::from_slice(&[1i64, 0, 0, 1]);
+        let loss = Binary.loss(&task, &logits, &labels).double_value(&[]);
+        let p = |s: f64| 1.0 / (1.0 + (-s).exp());
+        let want = -((p(2.0)).ln() + (1.0 - p(-1.0)).ln() + (1.0 - p(0.5)).ln() + p(-3.0).ln()) / 4.0;
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+        let mut m = Binary.meter(&task, Device::Cpu);
+        m.update(&logits.narrow(0, 0, 2), &labels.narrow(0, 0, 2));
+        m.update(&logits.narrow(0, 2, 2), &labels.narrow(0, 2, 2));
+        let got = m.finish();
+        assert!((got[1].1 - want).abs() < 1e-6);
+        assert_eq!(got[2].1, 0.5);
+        assert_eq!(got[0].1, 0.5); // 2.0 > 0.5, -1.0 ; -3.0 below both negatives
+    }
+}
