@@ -177,8 +177,8 @@ fn bad_tables_are_one_line_exit_2_and_write_nothing() {
     let cases: Vec<(&str, String, &str, Vec<&str>)> = vec![
         // (what, train.csv contents, config edit, needles)
         ("missing column", good.replace("a,b,city", "a,bb,city"), "", vec!["train.csv", "no column 'b'"]),
-        ("label outside {0, 1}", good.lines().enumerate().map(|(i, l)| if i == 5 { l.replace(",0,", ",2,").replace(",1,", ",2,") } else { l.to_string() }).collect::<Vec<_>>().join("\n"), "", vec!["train.csv", "column 'click'", "row 4", "not a binary label"]),
-        ("missing label", good.lines().enumerate().map(|(i, l)| if i == 3 { l.replace(",0,", ",,").replace(",1,", ",,") } else { l.to_string() }).collect::<Vec<_>>().join("\n"), "", vec!["train.csv", "column 'click'", "row 2", "missing"]),
+        ("label outside {0, 1}", good.lines().enumerate().map(|(i, l)| if i == 5 { l.replace(",0,", ",2,").replace(",1,", ",2,") } else { l.to_string() }).collect::<Vec<_>>().join("\n"), "", vec!["train.csv", "column 'click'", "row 5", "not a binary label"]),
+        ("missing label", good.lines().enumerate().map(|(i, l)| if i == 3 { l.replace(",0,", ",,").replace(",1,", ",,") } else { l.to_string() }).collect::<Vec<_>>().join("\n"), "", vec!["train.csv", "column 'click'", "row 3", "missing"]),
         ("empty file", String::new(), "", vec!["train.csv", "empty"]),
         ("header only", "a,b,city,click,score\n".into(), "", vec!["train.csv", "no rows"]),
         ("different columns", good.replace("score", "points"), "", vec!["val.csv", "'points'", "same columns"]),
