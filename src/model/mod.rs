@@ -71,6 +71,8 @@ pub struct Forward {
     pub representation: Option<Representation>,
     /// A term to backpropagate besides the task losses, on its own graph (DSelect-k).
     pub regularizer: Option<Tensor>,
+    /// Evaluation passes of gated architectures: (task, its expert weights `[N, experts]`).
+    pub gates: Vec<(usize, Tensor)>,
 }
 
 impl MultiTaskModel {
@@ -182,8 +184,9 @@ impl MultiTaskModel {
             .zip(&features)
             .map(|(h, f)| h.forward(f, (s[2], s[3]), pass.train, pass.compute))
             .collect();
+        let gates = pass.take_gates();
         let (representation, regularizer) = pass.into_parts();
-        Forward { outputs, representation, regularizer }
+        Forward { outputs, representation, regularizer, gates }
     }
 
     /// One output per task, in task order, each computed as for its own data group's images
@@ -211,6 +214,12 @@ impl MultiTaskModel {
     /// that group's tasks' outputs mean something when groups keep their own BatchNorm state).
     pub fn forward_on(&self, x: &Tensor, domain: usize, mode: Mode) -> Vec<Tensor> {
         self.run(x, self.pass(mode, None, HeadInput::Attached).on_domain(domain)).outputs
+    }
+
+    /// [`MultiTaskModel::forward_on`] in eval mode, with the gated architectures' expert
+    /// weights per task (see [`Forward::gates`]).
+    pub fn evaluate_on(&self, x: &Tensor, domain: usize) -> Forward {
+        self.run(x, self.pass(Mode::Eval, None, HeadInput::Attached).on_domain(domain))
     }
 
     /// The data group of each task, in task order.

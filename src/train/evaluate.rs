@@ -3,7 +3,6 @@
 use super::inputs::Inputs;
 use crate::data::loader::Loader;
 use crate::dist::Group;
-use crate::model::Mode;
 use crate::model::MultiTaskModel;
 use crate::tasks::Task;
 
@@ -31,9 +30,19 @@ fn evaluate_on(
     ranks: Option<&Group>,
 ) -> Vec<Vec<(String, f64)>> {
     let mut meters: Vec<_> = ids.iter().map(|&i| tasks[i].meter(model.device())).collect();
+    // Per task, the sum of its gate's expert weights over the samples, and their count.
+    let mut gates: Vec<Option<(tch::Tensor, i64)>> = tasks.iter().map(|_| None).collect();
     tch::no_grad(|| {
         for batch in loader.eval_batches() {
-            let outputs = model.forward_on(&batch.images, domain, Mode::Eval);
+            let forward = model.evaluate_on(&batch.images, domain);
+            for (t, w) in forward.gates.iter().filter(|(t, _)| ids.contains(t)) {
+                let sum = w.to_kind(tch::Kind::Double).sum_dim_intlist(0, false, tch::Kind::Double);
+                gates[*t] = Some(match gates[*t].take() {
+                    Some((s, n)) => (s + sum, n + w.size()[0]),
+                    None => (sum, w.size()[0]),
+                });
+            }
+            let outputs = forward.outputs;
             for ((&i, meter), target) in ids.iter().zip(meters.iter_mut()).zip(&batch.targets) {
                 let logits = &outputs[i];
                 meter.update(logits, target, &tasks[i].loss(logits, target));
@@ -59,9 +68,25 @@ fn evaluate_on(
             meter.reduce(&sum);
             meter.gather(&gather);
         }
+        for (s, n) in gates.iter_mut().flatten() {
+            *s = sum(s);
+            *n = crate::tasks::reduce_count(*n, &sum);
+        }
     }
     ids.iter()
         .zip(&meters)
-        .map(|(&i, m)| m.finish().into_iter().map(|(k, v)| (format!("{}.{k}", tasks[i].name), v)).collect())
+        .map(|(&i, m)| {
+            let mut metrics: Vec<(String, f64)> =
+                m.finish().into_iter().map(|(k, v)| (format!("{}.{k}", tasks[i].name), v)).collect();
+            metrics.extend(gate_means(&tasks[i].name, gates[i].as_ref()));
+            metrics
+        })
         .collect()
+}
+
+/// `("<task>.gate<k>", mean weight of expert k)` from a task's summed gate weights.
+fn gate_means(task: &str, gates: Option<&(tch::Tensor, i64)>) -> Vec<(String, f64)> {
+    let Some((sum, n)) = gates else { return Vec::new() };
+    let sums = Vec::<f64>::try_from(sum.to_device(tch::Device::Cpu)).unwrap_or_default();
+    sums.iter().enumerate().map(|(k, s)| (format!("{task}.gate{k}"), s / (*n).max(1) as f64)).collect()
 }

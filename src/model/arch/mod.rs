@@ -207,11 +207,13 @@ pub struct Pass {
     /// In representation space: every crossing, as (the tensor, its detached copy).
     crossings: Option<Vec<(Tensor, Tensor)>>,
     regularizer: Option<Tensor>,
+    /// Evaluation: each gated architecture's per-task expert weights (task, `[N, experts]`).
+    gates: Vec<(usize, Tensor)>,
 }
 
 impl Pass {
     pub fn new(train: bool, compute: Compute, step: Option<StepIndex>, representation: bool) -> Self {
-        Self { train, compute, step, crossings: representation.then(Vec::new), regularizer: None }
+        Self { train, compute, step, crossings: representation.then(Vec::new), regularizer: None, gates: Vec::new() }
     }
 
     /// The same pass on data group `domain`'s images (see [`Compute::domain`]).
@@ -250,6 +252,19 @@ impl Pass {
 
     /// The crossings (tensors, detached copies) when in representation space, and the
     /// regularizer.
+    /// Records task `task`'s gate weights `[N, experts]` (evaluation only: what
+    /// `<task>.gate<k>`, the mean weight of expert k, reports).
+    pub fn record_gate(&mut self, task: usize, weights: &Tensor) {
+        if !self.train {
+            self.gates.push((task, weights.detach()));
+        }
+    }
+
+    /// The gate weights recorded so far (see [`Pass::record_gate`]).
+    pub fn take_gates(&mut self) -> Vec<(usize, Tensor)> {
+        std::mem::take(&mut self.gates)
+    }
+
     pub fn into_parts(self) -> (Option<Representation>, Option<Tensor>) {
         let rep = self.crossings.map(|list| list.into_iter().unzip());
         (rep, self.regularizer)
