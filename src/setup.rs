@@ -183,6 +183,9 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
         task.kind.check(t).map_err(|e| at(format!("tasks[{i}].{e}")))?;
         tasks.push(task);
     }
+    for i in 0..tasks.len() {
+        tasks[i].given = given(&cfg, i, &tasks).map_err(at)?;
+    }
     if !cfg.multi_input() {
         check_data(&cfg.data, dataset, "data").map_err(at)?;
         dataset.prepare(&mut cfg.data).map_err(|e| match crate::error::is_user_error(&e) {
@@ -371,6 +374,29 @@ pub fn normalize_path(path: &Path) -> PathBuf {
         out.push(".");
     }
     out
+}
+
+/// ESMM: the index of the task `tasks[i].given` names, after its rules: both binary, one level
+/// deep, sharing one data section.
+fn given(cfg: &Config, i: usize, tasks: &[Task]) -> Result<Option<usize>, String> {
+    let Some(parent) = &cfg.tasks[i].given else { return Ok(None) };
+    let p = cfg.tasks.iter().position(|t| &t.name == parent).ok_or_else(|| {
+        let names: Vec<&str> = cfg.tasks.iter().map(|t| t.name.as_str()).collect();
+        format!("tasks[{i}].given: no task named '{parent}' (tasks: {})", names.join(", "))
+    })?;
+    if p == i {
+        return Err(format!("tasks[{i}].given: '{parent}' is this task itself"));
+    }
+    if tasks[i].kind.name() != "binary" || tasks[p].kind.name() != "binary" {
+        return Err(format!("tasks[{i}].given: ESMM conditions a binary task on a binary task; '{}' is {} and '{parent}' is {}", tasks[i].name, tasks[i].kind.name(), tasks[p].kind.name()));
+    }
+    if cfg.tasks[p].given.is_some() {
+        return Err(format!("tasks[{i}].given: '{parent}' is itself conditional; ESMM chains one level"));
+    }
+    if cfg.multi_input() {
+        return Err(format!("tasks[{i}].given: a conditional task reads its parent's rows; tasks with their own data cannot"));
+    }
+    Ok(Some(p))
 }
 
 /// The kind's facts against the task's entry and the backbone.

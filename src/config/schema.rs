@@ -547,6 +547,12 @@ pub struct TaskConfig {
     /// batches; see [`Config::task_data`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_yaml::Mapping>,
+    /// ESMM (Ma et al., SIGIR 2018): the name of the binary task this one is conditional on
+    /// (`cvr` given `ctr`). Its probability times the parent's is trained on every row against
+    /// (its label AND the parent's); its metrics are scored on the rows where the parent's
+    /// label is 1 (docs/TABLES.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given: Option<String>,
 }
 
 /// `train.epoch_by`'s default.

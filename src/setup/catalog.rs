@@ -68,6 +68,7 @@ fn task_kinds() -> Vec<Value> {
                 classes,
                 label_smoothing: 0.0,
                 ignore_index: crate::data::IGNORE_LABEL as i64,
+                given: None,
             };
             let metrics: Vec<Value> = task
                 .metrics()

@@ -2,6 +2,11 @@
 //! BCE with logits; AUC (exact, ties counted half, the Mann–Whitney statistic), logloss and
 //! accuracy at 0.5, all computed from every evaluated score: in a distributed evaluation the
 //! ranks' scores are gathered first, never per-rank AUCs averaged.
+//!
+//! ESMM (Ma et al., SIGIR 2018): a task `given` a parent reads `[own, parent]` logits and
+//! labels ([`super::paired`]). Its loss is the paper's CTCVR term, BCE of pCTCVR = pCVR × pCTR
+//! against (own label AND parent label) on every row; its AUC, logloss and accuracy score pCVR
+//! on the rows whose parent label is 1 (clicked), and `ctcvr_auc` scores pCTCVR on every row.
 use super::{Metric, Prediction, QualityMeter, Task, TaskKind};
 use crate::data::TargetShape;
 use crate::model::HeadKind;
@@ -27,17 +32,29 @@ impl TaskKind for Binary {
         HeadKind::Vector { outputs: 1 }
     }
 
-    /// `output` `[N, 1]` logits, `target` int64 `[N]` of 0/1.
+    /// `output` `[N, 1]` logits, `target` int64 `[N]` of 0/1; for a task `given` another,
+    /// `[N, 2]` and `[N, 2]` (own, parent): the CTCVR loss.
     fn loss(&self, _task: &Task, output: &Tensor, target: &Tensor) -> Tensor {
+        if output.size()[1] == 2 {
+            let (log_p, label) = ctcvr(output, target);
+            // log(1 − p) = log(−expm1(log p)), kept finite where p rounds to 1.
+            let log_not_p = (-log_p.clamp_max(-1e-7).expm1()).log();
+            return -(&label * &log_p + (label.rsub_scalar(1.0)) * log_not_p).mean(Kind::Float);
+        }
         bce_with_logits(&output.view([-1]), &target.to_kind(Kind::Float))
     }
 
-    fn metrics(&self, _task: &Task) -> Vec<Metric> {
-        vec![Metric::higher("auc"), Metric::lower("logloss"), Metric::higher("accuracy")]
+    fn metrics(&self, task: &Task) -> Vec<Metric> {
+        let mut m = vec![Metric::higher("auc"), Metric::lower("logloss"), Metric::higher("accuracy")];
+        if task.given.is_some() {
+            m.push(Metric::higher("ctcvr_auc"));
+        }
+        m
     }
 
-    fn meter(&self, _task: &Task, _device: Device) -> Box<dyn QualityMeter> {
-        Box::new(Meter { scores: Vec::new(), labels: Vec::new() })
+    fn meter(&self, task: &Task, _device: Device) -> Box<dyn QualityMeter> {
+        let joint = task.given.map(|_| Scores::default());
+        Box::new(Meter { own: Scores::default(), joint })
     }
 
     fn prediction(&self) -> Prediction {
@@ -81,53 +98,89 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> f64 {
     (rank_sum - p * (p + 1.0) / 2.0) / (p * n)
 }
 
-/// Every score and label of the evaluation, kept on the device until [`QualityMeter::finish`].
-struct Meter {
+/// ESMM: log pCTCVR = log σ(own) + log σ(parent), and the CTCVR label (own AND parent).
+fn ctcvr(output: &Tensor, target: &Tensor) -> (Tensor, Tensor) {
+    let log_p = output.select(1, 0).log_sigmoid() + output.select(1, 1).log_sigmoid();
+    let label = (target.select(1, 0) * target.select(1, 1)).to_kind(Kind::Float);
+    (log_p, label)
+}
+
+/// Scores and 0/1 labels, kept on the device until read.
+#[derive(Default)]
+struct Scores {
     scores: Vec<Tensor>,
     labels: Vec<Tensor>,
 }
 
-impl Meter {
-    fn all(&self) -> (Vec<f64>, Vec<f64>) {
+impl Scores {
+    fn push(&mut self, scores: Tensor, labels: Tensor) {
+        self.scores.push(scores.detach().to_kind(Kind::Float));
+        self.labels.push(labels.to_kind(Kind::Float));
+    }
+
+    fn host(&self) -> (Vec<f64>, Vec<f64>) {
         if self.scores.is_empty() {
             return (Vec::new(), Vec::new());
         }
         let host = |v: &[Tensor]| Vec::<f64>::try_from(&Tensor::cat(v, 0).to_kind(Kind::Double).to_device(Device::Cpu));
         (host(&self.scores).expect("scores"), host(&self.labels).expect("labels"))
     }
+
+    fn gather(&mut self, gather: &dyn Fn(&Tensor) -> Tensor) {
+        let cat = |v: &[Tensor]| match v.is_empty() {
+            true => Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+            false => Tensor::cat(v, 0),
+        };
+        self.scores = vec![gather(&cat(&self.scores))];
+        self.labels = vec![gather(&cat(&self.labels))];
+    }
+}
+
+/// Every score and label of the evaluation (the task's own; for ESMM also pCTCVR's).
+struct Meter {
+    own: Scores,
+    joint: Option<Scores>,
 }
 
 impl QualityMeter for Meter {
     fn update(&mut self, output: &Tensor, target: &Tensor) {
-        self.scores.push(output.detach().view([-1]).to_kind(Kind::Float));
-        self.labels.push(target.view([-1]).to_kind(Kind::Float));
+        match &mut self.joint {
+            None => self.own.push(output.view([-1]), target.view([-1])),
+            Some(joint) => {
+                let (log_p, label) = ctcvr(output, target);
+                joint.push(log_p, label);
+                // pCVR is scored where the parent's label is 1 (a clicked row).
+                let clicked = target.select(1, 1).eq(1).nonzero().view([-1]);
+                self.own.push(output.select(1, 0).index_select(0, &clicked), target.select(1, 0).index_select(0, &clicked));
+            }
+        }
     }
 
     fn finish(&self) -> Vec<(&'static str, f64)> {
-        let (scores, labels) = self.all();
+        let (scores, labels) = self.own.host();
         let n = scores.len().max(1) as f64;
         let positive: Vec<bool> = labels.iter().map(|&l| l > 0.5).collect();
         // log(1 + e^-|s|) + max(s, 0) − s·y: the stable form of −y·log σ(s) − (1−y)·log(1−σ(s)).
         let logloss =
             scores.iter().zip(&labels).map(|(&s, &y)| (-s.abs()).exp().ln_1p() + s.max(0.0) - s * y).sum::<f64>() / n;
         let correct = scores.iter().zip(&positive).filter(|(&s, &y)| (s > 0.0) == y).count() as f64;
-        vec![("auc", auc(&scores, &positive)), ("logloss", logloss), ("accuracy", correct / n)]
+        let mut out = vec![("auc", auc(&scores, &positive)), ("logloss", logloss), ("accuracy", correct / n)];
+        if let Some(joint) = &self.joint {
+            let (scores, labels) = joint.host();
+            let positive: Vec<bool> = labels.iter().map(|&l| l > 0.5).collect();
+            out.push(("ctcvr_auc", auc(&scores, &positive)));
+        }
+        out
     }
 
     /// Nothing to sum: [`QualityMeter::gather`] brings every rank's scores together.
     fn reduce(&mut self, _sum: &dyn Fn(&Tensor) -> Tensor) {}
 
     fn gather(&mut self, gather: &dyn Fn(&Tensor) -> Tensor) {
-        let device = self.scores.first().map_or(Device::Cpu, |s| s.device());
-        let mine = |v: &[Tensor]| {
-            if v.is_empty() {
-                Tensor::zeros([0], (Kind::Float, device))
-            } else {
-                Tensor::cat(v, 0)
-            }
-        };
-        self.scores = vec![gather(&mine(&self.scores))];
-        self.labels = vec![gather(&mine(&self.labels))];
+        self.own.gather(gather);
+        if let Some(joint) = &mut self.joint {
+            joint.gather(gather);
+        }
     }
 }
 

@@ -130,6 +130,22 @@ pub struct Task {
     pub classes: i64,
     pub label_smoothing: f64,
     pub ignore_index: i64,
+    /// ESMM: the index of the task this one is conditional on (`tasks[].given`, resolved by
+    /// the resolve step); its output and target then come paired with the parent's, see
+    /// [`paired`].
+    pub given: Option<usize>,
+}
+
+/// Task `i`'s output and target as its loss and meter read them: its own, or for a task
+/// `given` another, `[own, parent]` side by side (output `[N, 2]`, target `[N, 2]`).
+/// `target_of(j)` is task j's target.
+pub fn paired(tasks: &[Task], i: usize, outputs: &[Tensor], target_of: &dyn Fn(usize) -> Tensor) -> (Tensor, Tensor) {
+    match tasks[i].given {
+        None => (outputs[i].shallow_clone(), target_of(i)),
+        Some(p) => {
+            (Tensor::cat(&[&outputs[i], &outputs[p]], 1), Tensor::stack(&[target_of(i), target_of(p)], 1))
+        }
+    }
 }
 
 impl Task {
@@ -142,6 +158,7 @@ impl Task {
             classes: t.classes,
             label_smoothing: t.label_smoothing,
             ignore_index: t.ignore_index,
+            given: None,
         })
     }
 
@@ -240,6 +257,7 @@ pub(crate) fn test_task(kind: &str, classes: i64) -> Task {
         classes,
         label_smoothing: 0.0,
         ignore_index: 255,
+        given: None,
     }
 }
 

@@ -43,9 +43,13 @@ fn evaluate_on(
                 });
             }
             let outputs = forward.outputs;
-            for ((&i, meter), target) in ids.iter().zip(meters.iter_mut()).zip(&batch.targets) {
-                let logits = &outputs[i];
-                meter.update(logits, target, &tasks[i].loss(logits, target));
+            let target_of = |j: usize| {
+                let at = ids.iter().position(|&k| k == j).expect("a given task shares its parent's data");
+                batch.targets[at].shallow_clone()
+            };
+            for (&i, meter) in ids.iter().zip(meters.iter_mut()) {
+                let (output, target) = crate::tasks::paired(tasks, i, &outputs, &target_of);
+                meter.update(&output, &target, &tasks[i].loss(&output, &target));
             }
         }
     });

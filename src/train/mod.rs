@@ -326,8 +326,13 @@ impl Trainer {
         for (g, (input, batch)) in self.inputs.groups.iter().zip(batches).enumerate() {
             let pass = self.model.pass(Mode::Train, Some(at), heads).on_domain(g);
             let forward = self.model.run(&batch.images, pass);
-            for (&i, y) in input.tasks.iter().zip(&batch.targets) {
-                losses[i] = Some(self.tasks[i].loss(&forward.outputs[i], y));
+            let target_of = |j: usize| {
+                let at = input.tasks.iter().position(|&k| k == j).expect("a given task shares its parent's data");
+                batch.targets[at].shallow_clone()
+            };
+            for &i in &input.tasks {
+                let (output, y) = crate::tasks::paired(&self.tasks, i, &forward.outputs, &target_of);
+                losses[i] = Some(self.tasks[i].loss(&output, &y));
             }
             // One group when there is a representation: the config refuses the space otherwise.
             out.representation = forward.representation;
