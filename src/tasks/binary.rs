@@ -236,4 +236,30 @@ mod tests {
         assert_eq!(got[2].1, 0.5);
         assert_eq!(got[0].1, 0.5); // 2.0 > 0.5, -1.0 ; -3.0 below both negatives
     }
+
+    /// ESMM: the loss is BCE of σ(cvr)·σ(ctr) against click AND conversion on every row;
+    /// pCVR's metrics read the clicked rows only; ctcvr_auc every row.
+    #[test]
+    fn esmm_loss_is_ctcvr_bce_and_cvr_is_scored_on_clicked_rows() {
+        let mut task = crate::tasks::test_task("binary", 0);
+        task.given = Some(0);
+        // Columns: (cvr logit, ctr logit); labels (conversion, click).
+        let out = Tensor::from_slice(&[0.3f32, 1.0, -0.5, 2.0, 1.5, -1.0, 2.0, 0.5]).view([4, 2]);
+        let y = Tensor::from_slice(&[1i64, 1, 0, 1, 1, 0, 0, 0]).view([4, 2]);
+        let s = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let p = [s(0.3) * s(1.0), s(-0.5) * s(2.0), s(1.5) * s(-1.0), s(2.0) * s(0.5)];
+        let label = [1.0, 0.0, 0.0, 0.0]; // conversion 1 on an unclicked row is no CTCVR positive
+        let want = -p.iter().zip(label).map(|(p, y)| y * p.ln() + (1.0 - y) * (1.0 - p).ln()).sum::<f64>() / 4.0;
+        let got = Binary.loss(&task, &out, &y).double_value(&[]);
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        let mut m = Binary.meter(&task, Device::Cpu);
+        m.update(&out, &y);
+        let r = m.finish();
+        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), ["auc", "logloss", "accuracy", "ctcvr_auc"]);
+        // Clicked rows 0 and 1: cvr logits 0.3 (converted) and −0.5 (not): AUC 1, both right.
+        assert_eq!((r[0].1, r[2].1), (1.0, 1.0));
+        let ll = -(s(0.3).ln() + (1.0 - s(-0.5)).ln()) / 2.0;
+        assert!((r[1].1 - ll).abs() < 1e-9);
+        assert_eq!(r[3].1, 1.0, "row 0 has the highest pCTCVR");
+    }
 }
