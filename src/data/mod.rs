@@ -43,6 +43,7 @@ pub const DATASETS: &[&dyn Dataset] = &[
     &class_folders::OFFICE31,
     &class_folders::OFFICE_HOME,
     &table::Table,
+    &table::census::CensusIncome,
 ];
 
 /// The dataset called `name`.

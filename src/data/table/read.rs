@@ -38,6 +38,20 @@ impl RawTable {
     pub fn values(&self, column: &str) -> &Values {
         &self.columns[column]
     }
+
+    /// Its first `limit` rows (0: all of them).
+    pub fn first_rows(mut self, limit: usize) -> Self {
+        if limit > 0 && limit < self.rows {
+            self.rows = limit;
+            for v in self.columns.values_mut() {
+                match v {
+                    Values::Cells(c) => c.truncate(limit),
+                    Values::Array { data, width } => data.truncate(limit * *width),
+                }
+            }
+        }
+        self
+    }
 }
 
 /// Strings a CSV cell leaves empty, or writes for "no value", read as missing.
