@@ -388,13 +388,20 @@ fn given(cfg: &Config, i: usize, tasks: &[Task]) -> Result<Option<usize>, String
         return Err(format!("tasks[{i}].given: '{parent}' is this task itself"));
     }
     if tasks[i].kind.name() != "binary" || tasks[p].kind.name() != "binary" {
-        return Err(format!("tasks[{i}].given: ESMM conditions a binary task on a binary task; '{}' is {} and '{parent}' is {}", tasks[i].name, tasks[i].kind.name(), tasks[p].kind.name()));
+        return Err(format!(
+            "tasks[{i}].given: ESMM conditions a binary task on a binary task; '{}' is {} and '{parent}' is {}",
+            tasks[i].name,
+            tasks[i].kind.name(),
+            tasks[p].kind.name()
+        ));
     }
     if cfg.tasks[p].given.is_some() {
         return Err(format!("tasks[{i}].given: '{parent}' is itself conditional; ESMM chains one level"));
     }
     if cfg.multi_input() {
-        return Err(format!("tasks[{i}].given: a conditional task reads its parent's rows; tasks with their own data cannot"));
+        return Err(format!(
+            "tasks[{i}].given: a conditional task reads its parent's rows; tasks with their own data cannot"
+        ));
     }
     Ok(Some(p))
 }

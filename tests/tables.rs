@@ -177,14 +177,43 @@ fn bad_tables_are_one_line_exit_2_and_write_nothing() {
     let cases: Vec<(&str, String, &str, Vec<&str>)> = vec![
         // (what, train.csv contents, config edit, needles)
         ("missing column", good.replace("a,b,city", "a,bb,city"), "", vec!["train.csv", "no column 'b'"]),
-        ("label outside {0, 1}", good.lines().enumerate().map(|(i, l)| if i == 5 { l.replace(",0,", ",2,").replace(",1,", ",2,") } else { l.to_string() }).collect::<Vec<_>>().join("\n"), "", vec!["train.csv", "column 'click'", "row 5", "not a binary label"]),
-        ("missing label", good.lines().enumerate().map(|(i, l)| if i == 3 { l.replace(",0,", ",,").replace(",1,", ",,") } else { l.to_string() }).collect::<Vec<_>>().join("\n"), "", vec!["train.csv", "column 'click'", "row 3", "missing"]),
+        (
+            "label outside {0, 1}",
+            good.lines()
+                .enumerate()
+                .map(|(i, l)| if i == 5 { l.replace(",0,", ",2,").replace(",1,", ",2,") } else { l.to_string() })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "",
+            vec!["train.csv", "column 'click'", "row 5", "not a binary label"],
+        ),
+        (
+            "missing label",
+            good.lines()
+                .enumerate()
+                .map(|(i, l)| if i == 3 { l.replace(",0,", ",,").replace(",1,", ",,") } else { l.to_string() })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "",
+            vec!["train.csv", "column 'click'", "row 3", "missing"],
+        ),
         ("empty file", String::new(), "", vec!["train.csv", "empty"]),
         ("header only", "a,b,city,click,score\n".into(), "", vec!["train.csv", "no rows"]),
         ("different columns", good.replace("score", "points"), "", vec!["val.csv", "'points'", "same columns"]),
         ("column used twice", good.clone(), "numeric: [a, b, a]", vec!["column 'a' is used twice"]),
         ("target is a feature", good.clone(), "numeric: [a, b, click]", vec!["'click' is used twice"]),
-        ("one categorical value", good.replace(",c1,", ",c0,").replace(",c2,", ",c0,").replace(",c3,", ",c0,").replace(",c4,", ",c0,").replace(",c5,", ",c0,").replace(",c6,", ",c0,").replace(",c7,", ",c0,"), "", vec!["train.csv", "'city'", "only one value"]),
+        (
+            "one categorical value",
+            good.replace(",c1,", ",c0,")
+                .replace(",c2,", ",c0,")
+                .replace(",c3,", ",c0,")
+                .replace(",c4,", ",c0,")
+                .replace(",c5,", ",c0,")
+                .replace(",c6,", ",c0,")
+                .replace(",c7,", ",c0,"),
+            "",
+            vec!["train.csv", "'city'", "only one value"],
+        ),
     ];
     for (what, train, edit, needles) in cases {
         write(d, "train.csv", &train);
@@ -211,7 +240,12 @@ fn text_in_a_numeric_column_names_its_row() {
         .collect();
     write(d, "train.csv", &(bad.join("\n") + "\n"));
     write(d, "bad.yaml", &table_config("bad", "{kind: hps}", ""));
-    run_in(d, &["bad.yaml", "--run-dir", "run"]).assert_user_error(&["train.csv", "column 'a'", "row 7", "'oops' is not a number"]);
+    run_in(d, &["bad.yaml", "--run-dir", "run"]).assert_user_error(&[
+        "train.csv",
+        "column 'a'",
+        "row 7",
+        "'oops' is not a number",
+    ]);
     assert!(!d.join("run").exists());
 }
 
@@ -252,14 +286,16 @@ fn census_income_reads_the_published_format() {
             for (i, v) in [(0, age), (5, h % 50), (16, h % 7), (17, 0), (18, h % 11), (30, h % 5), (39, h % 52)] {
                 fields[i] = format!(" {v}");
             }
-            fields[4] = if rich { " Masters degree(MA MS MEng MEd MSW MBA)".into() } else { " High school graduate".into() };
+            fields[4] =
+                if rich { " Masters degree(MA MS MEng MEd MSW MBA)".into() } else { " High school graduate".into() };
             fields[7] = if single { " Never married".into() } else { " Married-civilian spouse present".into() };
             fields[21] = [" ?", " Utah", " Ohio"][(r % 3) as usize].into();
             fields[24] = " 1700.09".into();
             fields[41] = if rich { " 50000+.".into() } else { " - 50000.".into() };
             text += &(fields.join(",") + "\n");
         }
-        let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(root.join(file)).unwrap(), flate2::Compression::fast());
+        let mut gz =
+            flate2::write::GzEncoder::new(std::fs::File::create(root.join(file)).unwrap(), flate2::Compression::fast());
         gz.write_all(text.as_bytes()).unwrap();
         gz.finish().unwrap();
     }

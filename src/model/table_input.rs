@@ -26,8 +26,11 @@ impl TableInput {
         let p = root / EMBEDDINGS;
         // nn.Embedding's initialisation: N(0, 1).
         let init = Init::Randn { mean: 0.0, stdev: 1.0 };
-        let tables =
-            fitted.categorical.iter().map(|c| (&p / c.column.as_str()).var("weight", &[c.vocab.len() as i64 + 1, c.dim], init)).collect();
+        let tables = fitted
+            .categorical
+            .iter()
+            .map(|c| (&p / c.column.as_str()).var("weight", &[c.vocab.len() as i64 + 1, c.dim], init))
+            .collect();
         Some(Self { dense: fitted.dense_width() as i64, tables })
     }
 

@@ -151,7 +151,8 @@ impl QualityMeter for Meter {
                 joint.push(log_p, label);
                 // pCVR is scored where the parent's label is 1 (a clicked row).
                 let clicked = target.select(1, 1).eq(1).nonzero().view([-1]);
-                self.own.push(output.select(1, 0).index_select(0, &clicked), target.select(1, 0).index_select(0, &clicked));
+                self.own
+                    .push(output.select(1, 0).index_select(0, &clicked), target.select(1, 0).index_select(0, &clicked));
             }
         }
     }
@@ -194,7 +195,13 @@ mod tests {
         let (mut wins, mut pairs) = (0.0, 0.0);
         for (i, &a) in scores.iter().enumerate().filter(|(i, _)| labels[*i]) {
             for (_, &b) in scores.iter().enumerate().filter(|(j, _)| !labels[*j]) {
-                wins += if a > b { 1.0 } else if a == b { 0.5 } else { 0.0 };
+                wins += if a > b {
+                    1.0
+                } else if a == b {
+                    0.5
+                } else {
+                    0.0
+                };
                 pairs += 1.0;
             }
             let _ = i;

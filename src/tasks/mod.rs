@@ -21,8 +21,14 @@ use crate::model::HeadKind;
 use tch::{Device, Kind, Reduction, Tensor};
 
 /// Every task kind `tasks[].kind` accepts.
-pub const KINDS: &[&dyn TaskKind] =
-    &[&classification::Classification, &segmentation::Segmentation, &regression::Regression, &normals::Normals, &binary::Binary, &value::Value];
+pub const KINDS: &[&dyn TaskKind] = &[
+    &classification::Classification,
+    &segmentation::Segmentation,
+    &regression::Regression,
+    &normals::Normals,
+    &binary::Binary,
+    &value::Value,
+];
 
 /// The kind called `name`.
 pub fn kind_named(name: &str) -> Option<&'static dyn TaskKind> {
@@ -142,9 +148,7 @@ pub struct Task {
 pub fn paired(tasks: &[Task], i: usize, outputs: &[Tensor], target_of: &dyn Fn(usize) -> Tensor) -> (Tensor, Tensor) {
     match tasks[i].given {
         None => (outputs[i].shallow_clone(), target_of(i)),
-        Some(p) => {
-            (Tensor::cat(&[&outputs[i], &outputs[p]], 1), Tensor::stack(&[target_of(i), target_of(p)], 1))
-        }
+        Some(p) => (Tensor::cat(&[&outputs[i], &outputs[p]], 1), Tensor::stack(&[target_of(i), target_of(p)], 1)),
     }
 }
 

@@ -16,13 +16,48 @@ pub struct CensusIncome;
 
 /// The 42 columns of census-income.names, in file order (the names the MMoE reproductions use).
 pub const COLUMNS: [&str; 42] = [
-    "age", "class_worker", "det_ind_code", "det_occ_code", "education", "wage_per_hour", "hs_college",
-    "marital_stat", "major_ind_code", "major_occ_code", "race", "hisp_origin", "sex", "union_member",
-    "unemp_reason", "full_or_part_emp", "capital_gains", "capital_losses", "stock_dividends", "tax_filer_stat",
-    "region_prev_res", "state_prev_res", "det_hh_fam_stat", "det_hh_summ", "instance_weight", "mig_chg_msa",
-    "mig_chg_reg", "mig_move_reg", "mig_same", "mig_prev_sunbelt", "num_emp", "fam_under_18", "country_father",
-    "country_mother", "country_self", "citizenship", "own_or_self", "vet_question", "vet_benefits",
-    "weeks_worked", "year", "income_50k",
+    "age",
+    "class_worker",
+    "det_ind_code",
+    "det_occ_code",
+    "education",
+    "wage_per_hour",
+    "hs_college",
+    "marital_stat",
+    "major_ind_code",
+    "major_occ_code",
+    "race",
+    "hisp_origin",
+    "sex",
+    "union_member",
+    "unemp_reason",
+    "full_or_part_emp",
+    "capital_gains",
+    "capital_losses",
+    "stock_dividends",
+    "tax_filer_stat",
+    "region_prev_res",
+    "state_prev_res",
+    "det_hh_fam_stat",
+    "det_hh_summ",
+    "instance_weight",
+    "mig_chg_msa",
+    "mig_chg_reg",
+    "mig_move_reg",
+    "mig_same",
+    "mig_prev_sunbelt",
+    "num_emp",
+    "fam_under_18",
+    "country_father",
+    "country_mother",
+    "country_self",
+    "citizenship",
+    "own_or_self",
+    "vet_question",
+    "vet_benefits",
+    "weeks_worked",
+    "year",
+    "income_50k",
 ];
 
 /// The continuous columns (census-income.names); the others are categorical.
@@ -53,13 +88,15 @@ fn read_file(path: &Path, columns: &[String]) -> anyhow::Result<RawTable> {
     let source = path.display().to_string();
     crate::files::regular_len(path)?;
     let file = std::fs::File::open(path).map_err(|e| user_error!("{source}: cannot read: {e}"))?;
-    let mut reader =
-        csv::ReaderBuilder::new().has_headers(false).from_reader(flate2::read::GzDecoder::new(file));
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(flate2::read::GzDecoder::new(file));
     let at = |name: &str| COLUMNS.iter().position(|c| *c == name);
     let mut cells: BTreeMap<String, Vec<Cell>> = BTreeMap::new();
     for c in columns {
         if at(c).is_none() && c != NEVER_MARRIED {
-            return Err(user_error!("{source}: no column '{c}' (Census-Income has: {}, {NEVER_MARRIED})", COLUMNS.join(", ")));
+            return Err(user_error!(
+                "{source}: no column '{c}' (Census-Income has: {}, {NEVER_MARRIED})",
+                COLUMNS.join(", ")
+            ));
         }
         cells.insert(c.clone(), Vec::new());
     }
@@ -67,7 +104,12 @@ fn read_file(path: &Path, columns: &[String]) -> anyhow::Result<RawTable> {
     for (row, record) in reader.records().enumerate() {
         let record = record.map_err(|e| user_error!("{source}: not the Census-Income format: {e}"))?;
         if record.len() != COLUMNS.len() {
-            return Err(user_error!("{source}: row {}: {} fields, Census-Income has {}", row + 1, record.len(), COLUMNS.len()));
+            return Err(user_error!(
+                "{source}: row {}: {} fields, Census-Income has {}",
+                row + 1,
+                record.len(),
+                COLUMNS.len()
+            ));
         }
         for (name, col) in cells.iter_mut() {
             let cell = match name.as_str() {
@@ -115,7 +157,10 @@ impl Dataset for CensusIncome {
 
     fn check(&self, d: &DataConfig) -> Result<(), String> {
         if d.train.is_some() || d.val.is_some() {
-            return Err("data.train: census_income reads its published files from data.root; remove data.train / data.val".into());
+            return Err(
+                "data.train: census_income reads its published files from data.root; remove data.train / data.val"
+                    .into(),
+            );
         }
         match &d.features {
             Some(f) => super::check_features(f),

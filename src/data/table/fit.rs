@@ -19,11 +19,7 @@ pub fn numeric(t: &RawTable, column: &str) -> anyhow::Result<(Vec<f32>, usize)> 
                     Cell::Num(v) => *v as f32,
                     Cell::Text(s) => match s.parse::<f64>() {
                         Ok(v) if v.is_finite() => v as f32,
-                        _ => user_bail!(
-                            "{}: column '{column}', row {}: '{s}' is not a number",
-                            t.source,
-                            row + 1
-                        ),
+                        _ => user_bail!("{}: column '{column}', row {}: '{s}' is not a number", t.source, row + 1),
                     },
                 });
             }

@@ -22,7 +22,9 @@ pub struct Table;
 
 impl Table {
     pub(crate) fn features(d: &DataConfig) -> anyhow::Result<&TableFeatures> {
-        d.features.as_ref().ok_or_else(|| crate::user_error!("data.features: the table dataset needs its feature columns"))
+        d.features
+            .as_ref()
+            .ok_or_else(|| crate::user_error!("data.features: the table dataset needs its feature columns"))
     }
 }
 
@@ -47,7 +49,8 @@ fn files(d: &DataConfig) -> anyhow::Result<(&TableFile, &TableFile)> {
 /// Train and val must have the same columns (a table exported twice with a column renamed
 /// or dropped would otherwise map silently wrong).
 fn same_columns(train: &read::RawTable, val: &read::RawTable) -> anyhow::Result<()> {
-    let (a, b): (BTreeSet<&String>, BTreeSet<&String>) = (train.all_columns.iter().collect(), val.all_columns.iter().collect());
+    let (a, b): (BTreeSet<&String>, BTreeSet<&String>) =
+        (train.all_columns.iter().collect(), val.all_columns.iter().collect());
     if let Some(c) = a.symmetric_difference(&b).next() {
         let (has, lacks) = if a.contains(c) { (&train.source, &val.source) } else { (&val.source, &train.source) };
         user_bail!("{lacks}: no column '{c}', which {has} has: train and val must have the same columns");
@@ -78,8 +81,13 @@ pub fn prepare(rows: &dyn Rows, d: &mut DataConfig) -> anyhow::Result<()> {
     let f = Table::features(d)?;
     let columns = feature_columns(f);
     if let Some(fitted) = &f.fitted {
-        let fitted_columns: Vec<String> =
-            fitted.numeric.iter().map(|n| &n.column).chain(fitted.categorical.iter().map(|c| &c.column)).cloned().collect();
+        let fitted_columns: Vec<String> = fitted
+            .numeric
+            .iter()
+            .map(|n| &n.column)
+            .chain(fitted.categorical.iter().map(|c| &c.column))
+            .cloned()
+            .collect();
         if fitted_columns != columns {
             user_bail!(
                 "data.features.fitted: fitted for columns {fitted_columns:?}, not for the configured {columns:?}; remove it to fit again"
