@@ -42,6 +42,12 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         println!("wrote {} ({})", out.display(), tasks.join(", "));
     }
     if let Some(images) = &args.images {
+        if restored.run.cfg.data.features.is_some() {
+            mtl::user_bail!(
+                "--images: this run learned from a table, not images; predict on its rows with --input \
+                 (a safetensors 'input' [N, F, 1, 1] of mapped rows, see docs/TABLES.md)"
+            );
+        }
         let done = predict_folder(&restored, &chosen, images, out)?;
         for s in &done.skipped {
             eprintln!("skipped {s}");

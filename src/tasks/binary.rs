@@ -267,6 +267,39 @@ mod tests {
         assert_eq!((r[0].1, r[2].1), (1.0, 1.0));
         let ll = -(s(0.3).ln() + (1.0 - s(-0.5)).ln()) / 2.0;
         assert!((r[1].1 - ll).abs() < 1e-6); // logits kept as f32
-        assert_eq!(r[3].1, 1.0, "row 0 has the highest pCTCVR");
+        // pCTCVR: row 0 (the one positive) 0.42 beats rows 1 (0.33) and 2 (0.22), not row 3 (0.55).
+        assert!((r[3].1 - 2.0 / 3.0).abs() < 1e-12, "{}", r[3].1);
+    }
+
+    /// Two ranks' meters, each gathering the other's scores (what the evaluation's all-gather
+    /// does): both report the whole split's AUC, not the mean of the per-rank AUCs.
+    #[test]
+    fn ranks_gather_scores_rather_than_average_aucs() {
+        let task = crate::tasks::test_task("binary", 0);
+        let parts = [([3.0f32, 1.0, 2.0], [1i64, 0, 0]), ([0.5f32, -1.0, 4.0], [1i64, 0, 0])];
+        let meters: Vec<Box<dyn QualityMeter>> = parts
+            .iter()
+            .map(|(s, y)| {
+                let mut m = Binary.meter(&task, Device::Cpu);
+                m.update(&Tensor::from_slice(s).view([3, 1]), &Tensor::from_slice(y));
+                m
+            })
+            .collect();
+        let per_rank: Vec<f64> = meters.iter().map(|m| m.finish()[0].1).collect();
+        assert_eq!(per_rank, [1.0, 0.5]); // their mean, 0.75, is not the split's AUC
+        let all_scores = Tensor::from_slice(&[3.0f32, 1.0, 2.0, 0.5, -1.0, 4.0]);
+        let all_labels = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 0.0, 0.0]);
+        for mut m in meters {
+            // Scores are gathered first, then labels (the order Meter::gather asks in).
+            let calls = std::cell::Cell::new(0);
+            m.gather(&|_t| {
+                calls.set(calls.get() + 1);
+                if calls.get() == 1 { all_scores.shallow_clone() } else { all_labels.shallow_clone() }
+            });
+            let whole = m.finish()[0].1;
+            let want = auc(&[3.0, 1.0, 2.0, 0.5, -1.0, 4.0], &[true, false, false, true, false, false]);
+            assert_eq!(whole, want);
+            assert!((whole - 0.5).abs() < 1e-12, "{whole}");
+        }
     }
 }
