@@ -101,7 +101,6 @@ impl Resolved {
     /// Image channels the model sees (for a table, the entries of a row's feature vector).
     pub fn in_channels(&self) -> i64 {
         if let Some(fitted) = self.cfg.data.features.as_ref().and_then(|f| f.fitted.as_ref()) {
-            use crate::data::table::Layout;
             return fitted.raw_width() as i64;
         }
         if self.cfg.data.grayscale {

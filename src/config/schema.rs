@@ -173,6 +173,18 @@ pub struct FittedTable {
     pub categorical: Vec<FittedCategorical>,
 }
 
+impl FittedTable {
+    /// Standardized numeric entries and missing indicators: a row's first part.
+    pub fn dense_width(&self) -> usize {
+        self.numeric.iter().map(|n| n.mean.len() * (1 + n.indicator as usize)).sum()
+    }
+
+    /// Entries of a mapped row: the dense ones, then one vocabulary index per categorical column.
+    pub fn raw_width(&self) -> usize {
+        self.dense_width() + self.categorical.len()
+    }
+}
+
 /// A numeric column: `(x − mean) / std` per entry; a missing value becomes the mean (0 after
 /// standardizing) and, when `indicator`, sets an extra 0/1 feature.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,6 @@
 //! vocabulary index per categorical column, see `data::table`) into the dense entries
 //! followed by the columns' embeddings: what the backbone reads.
 use crate::config::FittedTable;
-use crate::data::table::Layout;
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 

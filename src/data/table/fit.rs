@@ -102,25 +102,6 @@ pub fn fit(train: &RawTable, f: &TableFeatures) -> anyhow::Result<FittedTable> {
     Ok(FittedTable { numeric: numeric_fits, categorical })
 }
 
-impl Layout for FittedTable {
-    fn fitted(&self) -> &FittedTable {
-        self
-    }
-}
-
-/// The feature vector's layout, known from the fitted mapping alone (the model is built from it).
-pub trait Layout {
-    fn fitted(&self) -> &FittedTable;
-    /// Standardized numeric entries and missing indicators: the vector's first part.
-    fn dense_width(&self) -> usize {
-        self.fitted().numeric.iter().map(|n| n.mean.len() * (1 + n.indicator as usize)).sum()
-    }
-    /// Dense entries plus one index per categorical column.
-    fn raw_width(&self) -> usize {
-        self.dense_width() + self.fitted().categorical.len()
-    }
-}
-
 /// A split's rows as float `[N, raw_width]`: dense entries, then vocabulary indices (exact in
 /// f32 below 2^24 values).
 pub fn features(t: &RawTable, fitted: &FittedTable) -> anyhow::Result<Vec<f32>> {

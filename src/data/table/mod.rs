@@ -14,7 +14,6 @@ pub mod read;
 use super::{Dataset, Loaded, Split, Splits, TargetShape, Wanted};
 use crate::config::{DataConfig, TableFeatures, TableFile};
 use crate::user_bail;
-pub use fit::Layout;
 use std::collections::{BTreeMap, BTreeSet};
 use tch::Tensor;
 
