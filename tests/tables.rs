@@ -62,7 +62,7 @@ fn fixtures(dir: &Path) {
 }
 
 fn last_eval(run: &Path) -> serde_json::Value {
-    metric_rows(run).into_iter().filter(|r| r["split"] == "val").last().expect("an evaluation")
+    metric_rows(run).into_iter().rfind(|r| r["split"] == "val").expect("an evaluation")
 }
 
 /// Binary and value tasks on a CSV table train to a useful AUC under hps and mmoe; the

@@ -267,7 +267,7 @@ mod tests {
         assert_eq!((r[0].1, r[2].1), (1.0, 1.0));
         let ll = -(s(0.3).ln() + (1.0 - s(-0.5)).ln()) / 2.0;
         assert!((r[1].1 - ll).abs() < 1e-6); // logits kept as f32
-        // pCTCVR: row 0 (the one positive) 0.42 beats rows 1 (0.33) and 2 (0.22), not row 3 (0.55).
+                                             // pCTCVR: row 0 (the one positive) 0.42 beats rows 1 (0.33) and 2 (0.22), not row 3 (0.55).
         assert!((r[3].1 - 2.0 / 3.0).abs() < 1e-12, "{}", r[3].1);
     }
 
@@ -294,7 +294,11 @@ mod tests {
             let calls = std::cell::Cell::new(0);
             m.gather(&|_t| {
                 calls.set(calls.get() + 1);
-                if calls.get() == 1 { all_scores.shallow_clone() } else { all_labels.shallow_clone() }
+                if calls.get() == 1 {
+                    all_scores.shallow_clone()
+                } else {
+                    all_labels.shallow_clone()
+                }
             });
             let whole = m.finish()[0].1;
             let want = auc(&[3.0, 1.0, 2.0, 0.5, -1.0, 4.0], &[true, false, false, true, false, false]);
