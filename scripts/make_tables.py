@@ -55,7 +55,7 @@ def ctr(out, rows, seed):
     cities = np.array([f"city{i}" for i in range(30)])
     for split, n in (("train", rows), ("val", max(rows // 4, 20))):
         age = rng.integers(18, 80, n).astype(float)
-        price = rng.lognormal(3, 1, n)
+        price = np.round(rng.lognormal(3, 1, n), 3)
         city = rng.zipf(1.5, n) % 30
         device = rng.integers(0, 3, n)
         logit_click = -1.0 + 0.8 * (device == 1) - 0.02 * (age - 40) + 0.3 * np.sin(city)

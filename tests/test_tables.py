@@ -163,3 +163,22 @@ def test_csv_and_parquet_give_the_same_run(runs):
     a, b = (last_val(r) for r in by_ext.values())
     a.pop("images_per_second", None), b.pop("images_per_second", None)
     assert a == b
+
+
+def test_predict_table_gives_the_evaluated_scores(runs):
+    """`predict --table` maps val rows with the run's fitted mapping: its probabilities score
+    the AUC the evaluation logged, and refusals are one line, exit 2, nothing written."""
+    (by_ext, _, va) = runs
+    run = by_ext["parquet"]
+    out = run.parent / "p.csv"
+    r = subprocess.run([str(BINARY), "predict", str(run), "--table", str(run.parent / "val.parquet"), "--out", str(out)],
+                       capture_output=True, text=True, env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "click" and len(lines) == 301
+    p = np.array([float(l) for l in lines[1:]])
+    assert abs(roc_auc_score(va["click"], p) - last_val(run)["click.auc"]) <= 1e-6
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-logits(run, va))), rtol=1e-5)
+    bad = subprocess.run([str(BINARY), "predict", str(run), "--table", str(run.parent / "val.parquet"), "--out",
+                          str(run.parent / "p.txt")], capture_output=True, text=True, env={"RUST_LOG": "warn"})
+    assert bad.returncode == 2 and bad.stderr.count("error:") == 1 and not (run.parent / "p.txt").exists()

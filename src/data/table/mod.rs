@@ -147,6 +147,19 @@ pub fn load(rows: &dyn Rows, d: &DataConfig, wanted: &[Wanted]) -> anyhow::Resul
     Ok(Loaded::Memory(Splits { train: split(false)?, val: split(true)? }))
 }
 
+/// The rows of `file` (any table format) mapped as the run's training rows were: float
+/// `[N, F, 1, 1]`, for `predict --table`. Targets are not read.
+pub fn map_rows(d: &DataConfig, file: &TableFile) -> anyhow::Result<Tensor> {
+    let f = Table::features(d)?;
+    let fitted = f
+        .fitted
+        .as_ref()
+        .ok_or_else(|| crate::user_error!("data.features.fitted: the run's config has no fitted mapping"))?;
+    let raw = read::read(file, &feature_columns(f))?;
+    let x = fit::features(&raw, fitted)?;
+    Ok(Tensor::from_slice(&x).view([raw.rows as i64, fitted.raw_width() as i64, 1, 1]))
+}
+
 /// The rules every table dataset's `data.features` follows.
 pub fn check_features(f: &TableFeatures) -> Result<(), String> {
     if f.numeric.is_empty() && f.categorical.is_empty() {
