@@ -98,8 +98,11 @@ impl Resolved {
         self.groups.len() > 1
     }
 
-    /// Image channels the model sees.
+    /// Image channels the model sees (for a table, the entries of a row's feature vector).
     pub fn in_channels(&self) -> i64 {
+        if let Some(fitted) = self.cfg.data.features.as_ref().and_then(|f| f.fitted.as_ref()) {
+            return fitted.raw_width() as i64;
+        }
         if self.cfg.data.grayscale {
             1
         } else {
@@ -191,6 +194,7 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
     })?;
     cfg.data.root = root(&cfg.data, dataset, dir);
     pretrained_weights(&mut cfg, dir).map_err(at)?;
+    anchor_table_files(&mut cfg.data, dir);
     let b = &cfg.model.backbone;
     backbone::check(b).map_err(at)?;
     backbone::check_input_size(b, cfg.data.image_size, cfg.data.image_size).map_err(at)?;
@@ -207,6 +211,16 @@ pub fn resolve(mut cfg: Config, origin: &str, dir: &Path) -> anyhow::Result<Reso
     if dataset.decodes_image_files() {
         // config.yaml records the decoder `auto` stood for: the run's pixels, decoded again.
         crate::data::jpeg::ImageDecode::of(&cfg.data).map_err(at)?.record(&mut cfg.data);
+    }
+    for i in 0..tasks.len() {
+        tasks[i].given = given(&cfg, i, &tasks).map_err(at)?;
+    }
+    if !cfg.multi_input() {
+        check_data(&cfg.data, dataset, "data").map_err(at)?;
+        dataset.prepare(&mut cfg.data).map_err(|e| match crate::error::is_user_error(&e) {
+            true => user_error!("{origin}: {e}"),
+            false => e,
+        })?;
     }
     let groups = data_groups(&mut cfg, dir).map_err(at)?;
     for g in &groups {
@@ -342,6 +356,22 @@ fn check_data(d: &DataConfig, dataset: &dyn Dataset, at: &str) -> Result<(), Str
     Ok(())
 }
 
+/// The table dataset's files (`data.train`, `data.val`) made absolute against the config's
+/// directory, as `data.root` is.
+fn anchor_table_files(d: &mut DataConfig, dir: &Path) {
+    use crate::config::TableFile;
+    let anchor = |p: &mut String| {
+        let path = dir.join(&*p);
+        *p = normalize_path(&std::path::absolute(&path).unwrap_or(path)).display().to_string();
+    };
+    for file in [&mut d.train, &mut d.val].into_iter().flatten() {
+        match file {
+            TableFile::File(p) => anchor(p),
+            TableFile::Arrays(m) => m.values_mut().for_each(anchor),
+        }
+    }
+}
+
 /// `data.root` made absolute and normalized: relative to the config's directory when given,
 /// else the dataset's default relative to the working directory (none for generated data).
 fn root(d: &DataConfig, dataset: &dyn Dataset, dir: &Path) -> Option<String> {
@@ -373,6 +403,36 @@ pub fn normalize_path(path: &Path) -> PathBuf {
         out.push(".");
     }
     out
+}
+
+/// ESMM: the index of the task `tasks[i].given` names, after its rules: both binary, one level
+/// deep, sharing one data section.
+fn given(cfg: &Config, i: usize, tasks: &[Task]) -> Result<Option<usize>, String> {
+    let Some(parent) = &cfg.tasks[i].given else { return Ok(None) };
+    let p = cfg.tasks.iter().position(|t| &t.name == parent).ok_or_else(|| {
+        let names: Vec<&str> = cfg.tasks.iter().map(|t| t.name.as_str()).collect();
+        format!("tasks[{i}].given: no task named '{parent}' (tasks: {})", names.join(", "))
+    })?;
+    if p == i {
+        return Err(format!("tasks[{i}].given: '{parent}' is this task itself"));
+    }
+    if tasks[i].kind.name() != "binary" || tasks[p].kind.name() != "binary" {
+        return Err(format!(
+            "tasks[{i}].given: ESMM conditions a binary task on a binary task; '{}' is {} and '{parent}' is {}",
+            tasks[i].name,
+            tasks[i].kind.name(),
+            tasks[p].kind.name()
+        ));
+    }
+    if cfg.tasks[p].given.is_some() {
+        return Err(format!("tasks[{i}].given: '{parent}' is itself conditional; ESMM chains one level"));
+    }
+    if cfg.multi_input() {
+        return Err(format!(
+            "tasks[{i}].given: a conditional task reads its parent's rows; tasks with their own data cannot"
+        ));
+    }
+    Ok(Some(p))
 }
 
 /// The kind's facts against the task's entry and the backbone.
@@ -461,6 +521,8 @@ fn describe(shape: TargetShape) -> &'static str {
         TargetShape::PerPixel => "a class per pixel",
         TargetShape::PerPixelDepth => "a value per pixel",
         TargetShape::PerPixelNormal => "a unit vector per pixel",
+        TargetShape::Binary => "a 0/1 label per row",
+        TargetShape::Value => "a value per row",
     }
 }
 

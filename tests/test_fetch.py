@@ -157,7 +157,7 @@ def test_the_shipped_sources_read_the_same_in_bash_as_in_python():
         if fields and fields[0] == "file":
             expected.setdefault(fields[1], []).append(" ".join(fields[2:]))
     names = lib("dataset_names").stdout.split()
-    assert names == ["cifar10_seg", "multimnist", "pet", "nyuv2"]
+    assert names == ["cifar10_seg", "multimnist", "pet", "nyuv2", "census_income"]
     for name in names:
         listed = lib('dataset_files "$1"', name).stdout.strip().splitlines()
         assert listed == expected[name], name

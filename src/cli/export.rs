@@ -54,6 +54,13 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     }
     let dir = checkpoint_dir(&args.run, &args.checkpoint)?;
     let mut restored = restore(&dir, Device::Cpu)?;
+    if restored.run.cfg.data.features.is_some() {
+        mtl::user_bail!(
+            "{}: a run on a table cannot be exported yet (its vocabularies and normalization are in its config.yaml; \
+             see docs/TABLES.md)",
+            args.run.display()
+        );
+    }
     let (h, w) = input_size(&restored, args.size.as_deref())?;
     if let Some(path) = &args.torchscript {
         let worst = export_torchscript(&mut restored, (h, w), path)?;

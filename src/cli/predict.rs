@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Args, Debug, Clone)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["images", "input"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["images", "input", "table"])))]
 pub struct PredictArgs {
     #[command(flatten)]
     checkpoint: CheckpointArgs,
@@ -25,6 +25,12 @@ pub struct PredictArgs {
     /// writes one tensor per task to --out (a safetensors file).
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
+    /// A run on a table: rows in any table format (.csv, .parquet, .npz) holding its feature
+    /// columns, mapped with the run's fitted standardization and vocabularies; writes a CSV to
+    /// --out, one line per row (binary: the probability; classification: the class and its
+    /// probability; value: the value).
+    #[arg(long, value_name = "FILE")]
+    table: Option<PathBuf>,
     /// Where the predictions go: a folder for --images, a safetensors file for --input.
     #[arg(long, value_name = "PATH", visible_alias = "output", required = true)]
     out: Option<PathBuf>,
@@ -41,7 +47,17 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         let tasks = predict_tensor_file(&restored, &chosen, input, out)?;
         println!("wrote {} ({})", out.display(), tasks.join(", "));
     }
+    if let Some(table) = &args.table {
+        let rows = predict_table(&restored, &chosen, table, out)?;
+        println!("predicted {rows} rows into {}", out.display());
+    }
     if let Some(images) = &args.images {
+        if restored.run.cfg.data.features.is_some() {
+            mtl::user_bail!(
+                "--images: this run learned from a table, not images; predict on its rows with --input \
+                 (a safetensors 'input' [N, F, 1, 1] of mapped rows, see docs/TABLES.md)"
+            );
+        }
         let done = predict_folder(&restored, &chosen, images, out)?;
         for s in &done.skipped {
             eprintln!("skipped {s}");
@@ -100,6 +116,53 @@ fn predict_tensor_file(r: &Restored, chosen: &[usize], input: &Path, output: &Pa
         chosen.iter().map(|&i| (names[i].clone(), outputs[i].to_device(Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&named, output).map_err(|e| user_error!("{}: cannot write: {e}", output.display()))?;
     Ok(named.into_iter().map(|(n, _)| n).collect())
+}
+
+/// `predict --table`: every row of `table` through the model, one CSV line per row.
+fn predict_table(r: &Restored, chosen: &[usize], table: &Path, out: &Path) -> anyhow::Result<usize> {
+    let cfg = &r.run.cfg;
+    if cfg.data.features.is_none() {
+        user_bail!("--table: this run learned from images, not a table; use --images or --input");
+    }
+    if out.extension().and_then(|e| e.to_str()) != Some("csv") {
+        user_bail!("--out: {}: table predictions are written as CSV (a .csv file)", out.display());
+    }
+    let file = mtl::config::TableFile::File(table.display().to_string());
+    let x = mtl::data::table::map_rows(&cfg.data, &file)?;
+    let n = x.size()[0];
+    let batch = cfg.data.eval_batch_size as i64;
+    let names = r.run.task_names();
+    let mut columns: Vec<Vec<String>> = chosen.iter().map(|_| Vec::new()).collect();
+    let mut header = Vec::new();
+    for &i in chosen {
+        match r.run.tasks[i].kind.name() {
+            "classification" => header.extend([names[i].clone(), format!("{}_probability", names[i])]),
+            _ => header.push(names[i].clone()),
+        }
+    }
+    for start in (0..n).step_by(batch as usize) {
+        let part = x.narrow(0, start, batch.min(n - start)).to_device(r.model.device());
+        let outputs = tch::no_grad(|| r.model.forward(&part, Mode::Eval));
+        for (col, &i) in columns.iter_mut().zip(chosen) {
+            let o = outputs[i].to_device(Device::Cpu).to_kind(Kind::Double);
+            match r.run.tasks[i].kind.name() {
+                "classification" => {
+                    let (p, c) = o.softmax(1, Kind::Double).max_dim(1, false);
+                    let (p, c) = (Vec::<f64>::try_from(p)?, Vec::<i64>::try_from(c)?);
+                    col.extend(c.iter().zip(&p).map(|(c, p)| format!("{c},{p}")));
+                }
+                "binary" => col.extend(Vec::<f64>::try_from(o.view([-1]).sigmoid())?.iter().map(|p| p.to_string())),
+                _ => col.extend(Vec::<f64>::try_from(o.view([-1]))?.iter().map(|v| v.to_string())),
+            }
+        }
+    }
+    let mut text = header.join(",") + "\n";
+    for row in 0..n as usize {
+        text += &columns.iter().map(|c| c[row].as_str()).collect::<Vec<_>>().join(",");
+        text.push('\n');
+    }
+    mtl::checkpoint::write_atomically(out, text.as_bytes())?;
+    Ok(n as usize)
 }
 
 /// What a folder prediction did.

@@ -132,6 +132,16 @@ pub struct DataConfig {
     /// pretrained weights (the normalization follows the weights), so config.yaml records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalization: Option<Normalization>,
+    /// The `table` dataset: the training split's file (`.csv` with a header, `.parquet`,
+    /// `.npz`), or a mapping of column name to `.npy` file (relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TableFile>,
+    /// The `table` dataset: the validation split, in the training split's format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<TableFile>,
+    /// The `table` dataset: the columns the model reads (docs/TABLES.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<TableFeatures>,
 }
 
 /// `data.normalization`: `{mean: [r, g, b], std: [r, g, b]}`.
@@ -140,6 +150,85 @@ pub struct DataConfig {
 pub struct Normalization {
     pub mean: [f64; 3],
     pub std: [f64; 3],
+}
+
+/// Where a split of the `table` dataset is: one file, or one `.npy` array per column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TableFile {
+    File(String),
+    Arrays(std::collections::BTreeMap<String, String>),
+}
+
+/// The columns of a table the model reads, and what the training split taught about them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableFeatures {
+    /// Columns standardized with the training split's mean and standard deviation (a 2-d
+    /// array column counts as one column per entry of its second axis).
+    #[serde(default)]
+    pub numeric: Vec<String>,
+    /// Columns mapped through a vocabulary of the training split to an embedding.
+    #[serde(default)]
+    pub categorical: std::collections::BTreeMap<String, CategoricalFeature>,
+    /// Filled by the resolve step from the training split (never written by hand): the
+    /// standardization and vocabularies, so evaluation, predict and export map rows exactly
+    /// as training did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted: Option<FittedTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoricalFeature {
+    /// Width of the column's embedding.
+    pub dim: i64,
+    /// Keep only the most frequent values of the training split (ties: the smaller value
+    /// first); the others share the out-of-vocabulary index 0. Unset: every value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vocab: Option<usize>,
+}
+
+/// What the training split taught: the mapping every split goes through.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FittedTable {
+    pub numeric: Vec<FittedNumeric>,
+    pub categorical: Vec<FittedCategorical>,
+}
+
+impl FittedTable {
+    /// Standardized numeric entries and missing indicators: a row's first part.
+    pub fn dense_width(&self) -> usize {
+        self.numeric.iter().map(|n| n.mean.len() * (1 + n.indicator as usize)).sum()
+    }
+
+    /// Entries of a mapped row: the dense ones, then one vocabulary index per categorical column.
+    pub fn raw_width(&self) -> usize {
+        self.dense_width() + self.categorical.len()
+    }
+}
+
+/// A numeric column: `(x − mean) / std` per entry; a missing value becomes the mean (0 after
+/// standardizing) and, when `indicator`, sets an extra 0/1 feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FittedNumeric {
+    pub column: String,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    /// Whether the training split had missing values here (then one indicator per entry).
+    #[serde(default)]
+    pub indicator: bool,
+}
+
+/// A categorical column: value `vocab[i]` is index `i + 1`; anything else index 0 (OOV).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FittedCategorical {
+    pub column: String,
+    pub dim: i64,
+    pub vocab: Vec<String>,
 }
 
 impl DataConfig {
@@ -173,6 +262,9 @@ impl DataConfig {
             folder: FolderOptions::default(),
             classes: Vec::new(),
             normalization: None,
+            train: None,
+            val: None,
+            features: None,
         }
     }
 }
@@ -620,6 +712,12 @@ pub struct TaskConfig {
     /// batches; see [`Config::task_data`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_yaml::Mapping>,
+    /// ESMM (Ma et al., SIGIR 2018): the name of the binary task this one is conditional on
+    /// (`cvr` given `ctr`). Its probability times the parent's is trained on every row against
+    /// (its label AND the parent's); its metrics are scored on the rows where the parent's
+    /// label is 1 (docs/TABLES.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given: Option<String>,
 }
 
 /// `train.epoch_by`'s default.

@@ -128,7 +128,8 @@ fn data(d: &DataConfig, at: &str) -> Check {
     count(d.train_size as u64, &key("train_size"), 0, 1 << 32)?;
     count(d.val_size as u64, &key("val_size"), 0, 1 << 32)?;
     ensure(
-        (8..=1024).contains(&d.image_size),
+        // A table's rows are 1×1 "images" (the resolve step records 1).
+        (8..=1024).contains(&d.image_size) || (d.features.is_some() && d.image_size == 1),
         &key("image_size"),
         format!("{} is out of range (8..=1024)", d.image_size),
     )?;

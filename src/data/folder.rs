@@ -265,7 +265,7 @@ fn check_shapes(wanted: &[Wanted]) -> anyhow::Result<()> {
             TargetShape::PerImage if w.target == MASK => {
                 user_bail!("tasks[{i}].target: 'mask' is per-pixel; a classification task learns a labels.csv column")
             }
-            TargetShape::PerPixelDepth | TargetShape::PerPixelNormal => {
+            TargetShape::PerPixelDepth | TargetShape::PerPixelNormal | TargetShape::Binary | TargetShape::Value => {
                 user_bail!("tasks[{i}].kind: the folder dataset has class labels only (labels.csv columns and mask)")
             }
             _ => {}

@@ -56,6 +56,8 @@ impl Shard {
 
 pub struct Loader {
     source: Source,
+    /// Table rows: float vectors already standardized, not uint8 pixels.
+    rows: bool,
     shard: Shard,
     tasks: Vec<TaskTarget>,
     mean: Tensor,
@@ -95,6 +97,9 @@ impl Loader {
             Source::Stream(s) => (s.device(), s.channels()),
         };
         let (m, s) = normalization;
+        // Table rows arrive as float vectors already standardized: nothing per channel.
+        let rows = matches!(&source, Source::Memory(s) if s.images.kind() == Kind::Float);
+        let channels = if rows { 1 } else { channels };
         let stat = |v: [f64; 3]| {
             let v: Vec<f32> =
                 if channels == 1 { vec![v.iter().sum::<f64>() as f32 / 3.0] } else { v.map(|x| x as f32).to_vec() };
@@ -125,6 +130,7 @@ impl Loader {
             seed,
             device,
             source,
+            rows,
             shard: Shard::WHOLE,
             order: RefCell::new(None),
             prefetch: RefCell::new(None),
@@ -243,7 +249,7 @@ impl Loader {
             .iter()
             .enumerate()
             .filter_map(|(i, t)| match t.shape {
-                TargetShape::PerImage => None,
+                TargetShape::PerImage | TargetShape::Binary | TargetShape::Value => None,
                 TargetShape::PerPixel => Some((i, Spatial::Labels { fill: IGNORE_LABEL as i64 })),
                 TargetShape::PerPixelDepth => Some((i, Spatial::Depth)),
                 TargetShape::PerPixelNormal => Some((i, Spatial::Normals)),
@@ -320,14 +326,17 @@ impl Loader {
     }
 
     fn batch_of(&self, images: Tensor, target: impl Fn(&str) -> Tensor) -> Batch {
-        let images = (images.to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std;
+        let images = match self.rows {
+            true => images,
+            false => (images.to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std,
+        };
         let targets = self
             .tasks
             .iter()
             .map(|t| {
                 let kind = match t.shape {
-                    TargetShape::PerImage | TargetShape::PerPixel => Kind::Int64,
-                    TargetShape::PerPixelDepth | TargetShape::PerPixelNormal => Kind::Float,
+                    TargetShape::PerImage | TargetShape::PerPixel | TargetShape::Binary => Kind::Int64,
+                    TargetShape::PerPixelDepth | TargetShape::PerPixelNormal | TargetShape::Value => Kind::Float,
                 };
                 target(&t.name).to_kind(kind)
             })

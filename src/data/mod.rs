@@ -26,6 +26,7 @@ pub mod resize;
 pub mod scenes;
 pub mod shapes;
 pub mod stream;
+pub mod table;
 
 use crate::config::{DataConfig, OnBadFile};
 use crate::user_bail;
@@ -44,6 +45,8 @@ pub const DATASETS: &[&dyn Dataset] = &[
     &folder::Folder,
     &class_folders::OFFICE31,
     &class_folders::OFFICE_HOME,
+    &table::Table,
+    &table::census::CensusIncome,
 ];
 
 /// The dataset called `name`.
@@ -109,6 +112,11 @@ pub trait Dataset: Sync {
     fn resolve_targets(&self, _d: &DataConfig, _wanted: &mut [Wanted]) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Fills what the resolve step learns from the files into the `data` section, so the
+    /// run's config.yaml records it (the table dataset's standardization and vocabularies).
+    fn prepare(&self, _d: &mut DataConfig) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Reads (or generates) both splits on the CPU; `wanted` are the targets the tasks read.
     fn load(&self, d: &DataConfig, seed: u64, wanted: &[Wanted]) -> anyhow::Result<Loaded>;
 }
@@ -169,6 +177,10 @@ pub enum TargetShape {
     /// One unit vector (x, y, z) per pixel: float16 `[N, 3, H, W]`, NaN where invalid. A
     /// horizontal flip negates x.
     PerPixelNormal,
+    /// One label in {0, 1} per sample (a table row): int64 `[N]`.
+    Binary,
+    /// One value per sample (a table row): float `[N]`.
+    Value,
 }
 
 impl TargetShape {
@@ -176,6 +188,7 @@ impl TargetShape {
     pub fn of_tensor(t: &Tensor) -> Option<TargetShape> {
         match (t.kind(), t.dim()) {
             (Kind::Int64, 1) => Some(TargetShape::PerImage),
+            (Kind::Float, 1) => Some(TargetShape::Value),
             (Kind::Uint8, 3) => Some(TargetShape::PerPixel),
             (Kind::Half | Kind::Float, 3) => Some(TargetShape::PerPixelDepth),
             (Kind::Half | Kind::Float, 4) => Some(TargetShape::PerPixelNormal),
@@ -306,7 +319,8 @@ pub fn load(dataset: &dyn Dataset, d: &DataConfig, seed: u64, wanted: &[Wanted])
 /// depth and normals float16).
 pub fn target_bytes(shape: TargetShape, px: u64) -> u64 {
     match shape {
-        TargetShape::PerImage => 8,
+        TargetShape::PerImage | TargetShape::Binary => 8,
+        TargetShape::Value => 4,
         TargetShape::PerPixel => px,
         TargetShape::PerPixelDepth => 2 * px,
         TargetShape::PerPixelNormal => 6 * px,

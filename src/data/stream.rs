@@ -205,7 +205,7 @@ enum BufMut<'a> {
 /// Values per sample of a target.
 fn per_sample(shape: TargetShape, px: usize) -> usize {
     match shape {
-        TargetShape::PerImage => 1,
+        TargetShape::PerImage | TargetShape::Binary | TargetShape::Value => 1,
         TargetShape::PerPixel | TargetShape::PerPixelDepth => px,
         TargetShape::PerPixelNormal => 3 * px,
     }

@@ -6,6 +6,7 @@ pub mod backbone;
 pub mod export;
 pub mod heads;
 pub mod layers;
+pub mod table_input;
 pub mod torchvision;
 
 pub use arch::{Auxiliary, Pass, Representation, StepIndex};
@@ -50,6 +51,8 @@ pub enum HeadInput {
 pub struct MultiTaskModel {
     pub vs: VarStore,
     arch: Box<dyn Architecture>,
+    /// Table rows: the categorical columns' embeddings, before the architecture.
+    table_input: Option<table_input::TableInput>,
     heads: Vec<Head>,
     /// Per task, the paths of the variables it alone uses (its head included).
     private: Vec<Vec<String>>,
@@ -76,6 +79,8 @@ pub struct Forward<O = Tensor> {
     pub regularizer: Option<Tensor>,
     /// Training only: extra predictions each scored by its task's loss and added to it.
     pub auxiliary: Vec<Auxiliary>,
+    /// Evaluation passes of gated architectures: (task, its expert weights `[N, experts]`).
+    pub gates: Vec<(usize, Tensor)>,
 }
 
 impl MultiTaskModel {
@@ -110,6 +115,13 @@ impl MultiTaskModel {
         let (model, norms) = layers::with_norm_layout(layout, move || {
             let root = vs.root();
             let tasks: Vec<String> = heads.iter().map(|h| h.task.clone()).collect();
+            let fitted = cfg.data.features.as_ref().and_then(|f| f.fitted.as_ref());
+            let table_input = fitted.and_then(|f| table_input::TableInput::new(&root, f));
+            // The architecture reads the embedded row.
+            let in_channels = match (fitted, &table_input) {
+                (Some(f), Some(_)) => table_input::TableInput::out_width(f),
+                _ => in_channels,
+            };
             let outputs: Vec<HeadKind> = heads.iter().map(|h| h.kind).collect();
             let arch = plan.build(&Build {
                 root: &root,
@@ -150,7 +162,19 @@ impl MultiTaskModel {
             let channels_last = cfg.speed.channels_last.is_on();
             let compute = Compute { kind, channels_last, domain: 0 };
             let params = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
-            Self { vs, arch, heads, private, domains, layout, compute, seed: cfg.seed, params, norms: Vec::new() }
+            Self {
+                vs,
+                arch,
+                table_input,
+                heads,
+                private,
+                domains,
+                layout,
+                compute,
+                seed: cfg.seed,
+                params,
+                norms: Vec::new(),
+            }
         });
         Ok(Self { norms, ..model })
     }
@@ -180,9 +204,9 @@ impl MultiTaskModel {
     /// Every head's fp32 outputs for a normalized float batch `[N, C, H, W]` of the pass's data
     /// group, in task order, with what the pass recorded.
     pub fn run(&self, x: &Tensor, pass: Pass) -> Forward {
-        let Forward { outputs, representation, regularizer, auxiliary } = self.run_heads(x, pass, None);
+        let Forward { outputs, representation, regularizer, auxiliary, gates } = self.run_heads(x, pass, None);
         let outputs = outputs.into_iter().map(|o| o.expect("every head ran")).collect();
-        Forward { outputs, representation, regularizer, auxiliary }
+        Forward { outputs, representation, regularizer, auxiliary, gates }
     }
 
     /// [`MultiTaskModel::run`] with only the heads of the tasks `active` marks (a stage of
@@ -194,7 +218,8 @@ impl MultiTaskModel {
         active: Option<&[bool]>,
     ) -> Forward<Option<Tensor>> {
         let s = x.size();
-        let features = self.arch.forward(x, &mut pass);
+        let embedded = self.table_input.as_ref().map(|t| t.forward(x));
+        let features = self.arch.forward(embedded.as_ref().unwrap_or(x), &mut pass);
         let outputs = self
             .heads
             .iter()
@@ -205,8 +230,9 @@ impl MultiTaskModel {
             })
             .collect();
         let auxiliary = pass.take_auxiliary();
+        let gates = pass.take_gates();
         let (representation, regularizer) = pass.into_parts();
-        Forward { outputs, representation, regularizer, auxiliary }
+        Forward { outputs, representation, regularizer, auxiliary, gates }
     }
 
     /// One output per task, in task order, each computed as for its own data group's images
@@ -234,6 +260,12 @@ impl MultiTaskModel {
     /// that group's tasks' outputs mean something when groups keep their own BatchNorm state).
     pub fn forward_on(&self, x: &Tensor, domain: usize, mode: Mode) -> Vec<Tensor> {
         self.run(x, self.pass(mode, None, HeadInput::Attached).on_domain(domain)).outputs
+    }
+
+    /// [`MultiTaskModel::forward_on`] in eval mode, with the gated architectures' expert
+    /// weights per task (see [`Forward::gates`]).
+    pub fn evaluate_on(&self, x: &Tensor, domain: usize) -> Forward {
+        self.run(x, self.pass(Mode::Eval, None, HeadInput::Attached).on_domain(domain))
     }
 
     /// The data group of each task, in task order.

@@ -66,6 +66,8 @@ fn shape_name(shape: TargetShape) -> &'static str {
         TargetShape::PerPixel => "per_pixel",
         TargetShape::PerPixelDepth => "per_pixel_depth",
         TargetShape::PerPixelNormal => "per_pixel_normal",
+        TargetShape::Binary => "binary",
+        TargetShape::Value => "value",
     }
 }
 
@@ -81,6 +83,7 @@ fn task_kinds() -> Vec<Value> {
                 classes,
                 label_smoothing: 0.0,
                 ignore_index: crate::data::IGNORE_LABEL as i64,
+                given: None,
             };
             let metrics: Vec<Value> = task
                 .metrics()

@@ -35,7 +35,13 @@ impl Baselines {
 /// Whether a logged `<task>.<key>` is a quality metric: losses are what is optimised, not
 /// measured, and weights are the balancer's.
 pub fn is_quality_metric(key: &str) -> bool {
-    key.rsplit_once('.').is_some_and(|(_, m)| m != super::LOSS.name && m != "weight")
+    key.rsplit_once('.').is_some_and(|(_, m)| m != super::LOSS.name && m != "weight" && !is_gate_weight(m))
+}
+
+/// `gate<k>`: a gated architecture's mean weight of expert k (what the task reads, not how
+/// well it does).
+pub fn is_gate_weight(metric: &str) -> bool {
+    metric.strip_prefix("gate").is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Δm of `metrics` against `baselines` over the quality metrics both have, each signed by its

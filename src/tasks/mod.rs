@@ -3,11 +3,13 @@
 //! evaluation). Each kind is one file behind [`TaskKind`]; [`KINDS`] is the registry that
 //! `tasks[].kind` names. Everything downstream (config resolution, heads, the loader, Δm,
 //! checkpoint selection, `predict`) asks the kind, so a new kind is one file plus one line here.
+mod binary;
 mod classification;
 pub mod delta_m;
 mod normals;
 mod regression;
 mod segmentation;
+mod value;
 
 pub use delta_m::{delta_m, describe_delta_m, is_quality_metric, signed_percent, Baselines, DELTA_M_DIRECTION};
 pub use normals::{median_of_histogram, ANGLE_BIN, ANGLE_THRESHOLDS};
@@ -19,8 +21,14 @@ use crate::model::HeadKind;
 use tch::{Device, Kind, Reduction, Tensor};
 
 /// Every task kind `tasks[].kind` accepts.
-pub const KINDS: &[&dyn TaskKind] =
-    &[&classification::Classification, &segmentation::Segmentation, &regression::Regression, &normals::Normals];
+pub const KINDS: &[&dyn TaskKind] = &[
+    &classification::Classification,
+    &segmentation::Segmentation,
+    &regression::Regression,
+    &normals::Normals,
+    &binary::Binary,
+    &value::Value,
+];
 
 /// The kind called `name`.
 pub fn kind_named(name: &str) -> Option<&'static dyn TaskKind> {
@@ -109,6 +117,9 @@ pub trait QualityMeter {
     /// accumulators must therefore be sums and counts (confusion matrices, histograms), never
     /// means.
     fn reduce(&mut self, sum: &dyn Fn(&Tensor) -> Tensor);
+    /// In a distributed evaluation, replaces per-sample accumulators `v` (1-d) by
+    /// `gather(v)`: every rank's, concatenated, for metrics that are not sums (AUC).
+    fn gather(&mut self, _gather: &dyn Fn(&Tensor) -> Tensor) {}
 }
 
 /// A host count through `sum` (see [`QualityMeter::reduce`]).
@@ -125,6 +136,25 @@ pub struct Task {
     pub classes: i64,
     pub label_smoothing: f64,
     pub ignore_index: i64,
+    /// ESMM: the index of the task this one is conditional on (`tasks[].given`, resolved by
+    /// the resolve step); its output and target then come paired with the parent's, see
+    /// [`paired`].
+    pub given: Option<usize>,
+}
+
+/// Task `i`'s output and target as its loss and meter read them: its own, or for a task
+/// `given` another, `[own, parent]` side by side (output `[N, 2]`, target `[N, 2]`).
+/// `output_of(j)` and `target_of(j)` are task j's output and target.
+pub fn paired(
+    tasks: &[Task],
+    i: usize,
+    output_of: &dyn Fn(usize) -> Tensor,
+    target_of: &dyn Fn(usize) -> Tensor,
+) -> (Tensor, Tensor) {
+    match tasks[i].given {
+        None => (output_of(i), target_of(i)),
+        Some(p) => (Tensor::cat(&[output_of(i), output_of(p)], 1), Tensor::stack(&[target_of(i), target_of(p)], 1)),
+    }
 }
 
 impl Task {
@@ -137,6 +167,7 @@ impl Task {
             classes: t.classes,
             label_smoothing: t.label_smoothing,
             ignore_index: t.ignore_index,
+            given: None,
         })
     }
 
@@ -199,6 +230,11 @@ impl Meter {
         self.count = reduce_count(self.count, sum);
     }
 
+    /// Gathers per-sample accumulators over the ranks (see [`QualityMeter::gather`]).
+    pub fn gather(&mut self, gather: &dyn Fn(&Tensor) -> Tensor) {
+        self.quality.gather(gather);
+    }
+
     /// `(metric, value)` in the order of [`Task::metrics`].
     pub fn finish(&self) -> Vec<(&'static str, f64)> {
         let mut out = self.quality.finish();
@@ -230,6 +266,7 @@ pub(crate) fn test_task(kind: &str, classes: i64) -> Task {
         classes,
         label_smoothing: 0.0,
         ignore_index: 255,
+        given: None,
     }
 }
 

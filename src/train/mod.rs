@@ -353,20 +353,29 @@ impl Trainer {
         let mut losses: Vec<Option<Tensor>> = self.tasks.iter().map(|_| None).collect();
         let mut out = StepForward { losses: Vec::new(), representation: None, regularizers: Vec::new() };
         let mask: Vec<bool> = (0..self.tasks.len()).map(|i| self.active.contains(&i)).collect();
-        let subset = (self.active.len() < self.tasks.len()).then_some(mask.as_slice());
+        // Heads that run: the active tasks' and those of the tasks they are `given` (ESMM).
+        let runs: Vec<bool> = (0..self.tasks.len())
+            .map(|i| mask[i] || self.active.iter().any(|&j| self.tasks[j].given == Some(i)))
+            .collect();
+        let subset = (self.active.len() < self.tasks.len()).then_some(runs.as_slice());
         for (g, (input, batch)) in self.inputs.groups.iter().zip(batches).enumerate() {
             if !input.tasks.iter().any(|&i| mask[i]) {
                 continue;
             }
             let pass = self.model.pass(Mode::Train, Some(at), heads).on_domain(g);
             let forward = self.model.run_heads(&batch.images, pass, subset);
-            for (&i, y) in input.tasks.iter().zip(&batch.targets) {
-                let Some(output) = &forward.outputs[i] else { continue };
+            let target_of = |j: usize| {
+                let at = input.tasks.iter().position(|&k| k == j).expect("a given task shares its parent's data");
+                batch.targets[at].shallow_clone()
+            };
+            let output_of = |j: usize| forward.outputs[j].as_ref().expect("an active task's head ran").shallow_clone();
+            for &i in input.tasks.iter().filter(|&&i| mask[i]) {
                 let task = &self.tasks[i];
+                let (output, y) = crate::tasks::paired(&self.tasks, i, &output_of, &target_of);
                 // Initial predictions (PAD-Net, MTI-Net) join their task's loss.
                 let aux = forward.auxiliary.iter().filter(|a| a.task == i);
-                let aux = aux.map(|a| task.loss(&a.prediction, y) * a.weight);
-                losses[i] = Some(aux.fold(task.loss(output, y), |sum, l| sum + l));
+                let aux = aux.map(|a| task.loss(&a.prediction, &target_of(i)) * a.weight);
+                losses[i] = Some(aux.fold(task.loss(&output, &y), |sum, l| sum + l));
             }
             // One group when there is a representation: the config refuses the space otherwise.
             out.representation = forward.representation;

@@ -182,7 +182,7 @@ mod tests {
     fn the_shipped_file_lists_every_public_dataset_with_pinned_checksums() {
         let sources = parse(SHIPPED).unwrap();
         let names: Vec<&str> = sources.iter().map(|s| s.dataset.as_str()).collect();
-        assert_eq!(names, ["cifar10_seg", "multimnist", "pet", "nyuv2"]);
+        assert_eq!(names, ["cifar10_seg", "multimnist", "pet", "nyuv2", "census_income"]);
         for s in &sources {
             assert!(crate::data::dataset_named(&s.dataset).is_some(), "{} is not a registered dataset", s.dataset);
             assert!(s.root.starts_with("data/"), "{}", s.root);
@@ -192,12 +192,12 @@ mod tests {
         assert_eq!(cifar.checksum, Some(Checksum::Md5("c32a1d4ab5d03f1284b67883e8d87530".into())));
         assert_eq!(cifar.urls, ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]);
         assert_eq!((cifar.bytes, cifar.unpack()), (Some(170052171), Unpack::TarGz));
-        // Only NYUv2 comes without a published checksum.
+        // Only NYUv2 and Census-Income come without a published checksum.
         let unpinned: Vec<&str> = sources
             .iter()
             .flat_map(|s| s.files.iter().filter(|f| f.checksum.is_none()).map(|_| s.dataset.as_str()))
             .collect();
-        assert_eq!(unpinned, ["nyuv2"]);
+        assert_eq!(unpinned, ["nyuv2", "census_income", "census_income"]);
         assert_eq!(sources[1].files.iter().map(|f| f.unpack()).collect::<Vec<_>>(), [Unpack::AsIs; 4]);
     }
 

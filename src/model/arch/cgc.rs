@@ -76,10 +76,13 @@ impl Architecture for Cgc {
         self.own
             .iter()
             .zip(&self.gates)
-            .map(|(own, g)| {
+            .enumerate()
+            .map(|(t, (own, g))| {
                 let own: Vec<Vec<Tensor>> = own.iter().map(|e| e.forward(x, train, c)).collect();
                 let all: Vec<&Vec<Tensor>> = shared.iter().chain(&own).collect();
-                mix(&gate(g, x, c), &all)
+                let weights = gate(g, x, c);
+                pass.record_gate(t, &weights);
+                mix(&weights, &all)
             })
             .collect()
     }

@@ -140,9 +140,12 @@ impl Architecture for DselectK {
         (0..self.gates.len())
             .map(|t| {
                 let (weights, _) = self.select(t, x, c);
+                pass.record_gate(t, &weights);
                 if pass.train {
                     // From a second evaluation of the gate: a graph of its own (see Pass::add_regularizer).
-                    let (_, selectors) = self.select(t, x, c);
+                    // On the detached input: a table's embedded rows are themselves on the loss graph,
+                    // so the regularizer trains the gates, not the embeddings (images: no change).
+                    let (_, selectors) = self.select(t, &x.detach(), c);
                     pass.add_regularizer(self.regularizer(&selectors));
                 }
                 mix(&weights, &all)

@@ -55,7 +55,15 @@ impl Architecture for Mmoe {
             })
             .collect();
         let all: Vec<&Vec<Tensor>> = outputs.iter().collect();
-        self.gates.iter().map(|g| mix(&gate(g, x, pass.compute), &all)).collect()
+        let weights: Vec<Tensor> = self.gates.iter().map(|g| gate(g, x, pass.compute)).collect();
+        weights
+            .iter()
+            .enumerate()
+            .map(|(t, w)| {
+                pass.record_gate(t, w);
+                mix(w, &all)
+            })
+            .collect()
     }
 
     fn private(&self, task: usize) -> Vec<String> {

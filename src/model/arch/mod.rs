@@ -219,6 +219,8 @@ pub struct Pass {
     crossings: Option<Vec<(Tensor, Tensor)>>,
     regularizer: Option<Tensor>,
     auxiliary: Vec<Auxiliary>,
+    /// Evaluation: each gated architecture's per-task expert weights (task, `[N, experts]`).
+    gates: Vec<(usize, Tensor)>,
 }
 
 /// A task's extra prediction that the trainer scores with the task's own loss, `weight` times,
@@ -239,6 +241,7 @@ impl Pass {
             crossings: representation.then(Vec::new),
             regularizer: None,
             auxiliary: Vec::new(),
+            gates: Vec::new(),
         }
     }
 
@@ -288,6 +291,19 @@ impl Pass {
 
     /// The crossings (tensors, detached copies) when in representation space, and the
     /// regularizer.
+    /// Records task `task`'s gate weights `[N, experts]` (evaluation only: what
+    /// `<task>.gate<k>`, the mean weight of expert k, reports).
+    pub fn record_gate(&mut self, task: usize, weights: &Tensor) {
+        if !self.train {
+            self.gates.push((task, weights.detach()));
+        }
+    }
+
+    /// The gate weights recorded so far (see [`Pass::record_gate`]).
+    pub fn take_gates(&mut self) -> Vec<(usize, Tensor)> {
+        std::mem::take(&mut self.gates)
+    }
+
     pub fn into_parts(self) -> (Option<Representation>, Option<Tensor>) {
         let rep = self.crossings.map(|list| list.into_iter().unzip());
         (rep, self.regularizer)

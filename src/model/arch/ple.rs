@@ -102,7 +102,11 @@ impl Architecture for Ple {
                     (shallow(&own_out[t]), inputs[t].shallow_clone())
                 };
                 let experts: Vec<Tensor> = shared_read.iter().chain(&own_read).map(Tensor::shallow_clone).collect();
-                let mixed = weighted_sum(&gate(&self.gates[t][i], &input_read, c), &experts);
+                let weights = gate(&self.gates[t][i], &input_read, c);
+                if last {
+                    pass.record_gate(t, &weights);
+                }
+                let mixed = weighted_sum(&weights, &experts);
                 if maps || last {
                     let head_reads = if private_gates {
                         mixed.shallow_clone()

@@ -1,0 +1,185 @@
+//! What the training split teaches (standardization and vocabularies) and the mapping every
+//! split goes through: rows → one float feature vector (standardized numeric entries, missing
+//! indicators, then one vocabulary index per categorical column) and the tasks' targets.
+use super::read::{Cell, RawTable, Values};
+use crate::config::{FittedCategorical, FittedNumeric, FittedTable, TableFeatures};
+use crate::data::{TargetShape, Wanted};
+use crate::user_bail;
+use std::collections::HashMap;
+
+/// A column's numeric values, `width` per row (NaN: missing); text is an error naming the row.
+pub fn numeric(t: &RawTable, column: &str) -> anyhow::Result<(Vec<f32>, usize)> {
+    match t.values(column) {
+        Values::Array { data, width } => Ok((data.clone(), *width)),
+        Values::Cells(cells) => {
+            let mut out = Vec::with_capacity(cells.len());
+            for (row, cell) in cells.iter().enumerate() {
+                out.push(match cell {
+                    Cell::Missing => f32::NAN,
+                    Cell::Num(v) => *v as f32,
+                    Cell::Text(s) => match s.parse::<f64>() {
+                        Ok(v) if v.is_finite() => v as f32,
+                        _ => user_bail!("{}: column '{column}', row {}: '{s}' is not a number", t.source, row + 1),
+                    },
+                });
+            }
+            Ok((out, 1))
+        }
+    }
+}
+
+/// A column's values as vocabulary keys (`None`: missing). Integers print without a decimal
+/// point, so `3` in a CSV and `3.0` in an array are the same value.
+pub fn keys(t: &RawTable, column: &str) -> anyhow::Result<Vec<Option<String>>> {
+    let num = |v: f64| if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") };
+    match t.values(column) {
+        Values::Array { width, .. } if *width != 1 => {
+            user_bail!("{}: column '{column}' has {width} values per row; a categorical column has one", t.source)
+        }
+        Values::Array { data, .. } => Ok(data.iter().map(|&v| (!v.is_nan()).then(|| num(v as f64))).collect()),
+        Values::Cells(cells) => Ok(cells
+            .iter()
+            .map(|c| match c {
+                Cell::Missing => None,
+                Cell::Num(v) => Some(num(*v)),
+                Cell::Text(s) => Some(s.clone()),
+            })
+            .collect()),
+    }
+}
+
+/// Standardization and vocabularies from the training split.
+pub fn fit(train: &RawTable, f: &TableFeatures) -> anyhow::Result<FittedTable> {
+    let mut numeric_fits = Vec::new();
+    for column in &f.numeric {
+        let (values, width) = numeric(train, column)?;
+        let (mut sum, mut sq, mut count) = (vec![0f64; width], vec![0f64; width], vec![0u64; width]);
+        for row in values.chunks(width) {
+            for (j, &v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
+                sum[j] += v as f64;
+                count[j] += 1;
+            }
+        }
+        let mean: Vec<f64> = sum.iter().zip(&count).map(|(s, &c)| if c > 0 { s / c as f64 } else { 0.0 }).collect();
+        for row in values.chunks(width) {
+            for (j, &v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
+                sq[j] += (v as f64 - mean[j]).powi(2);
+            }
+        }
+        if count.iter().all(|&c| c == 0) {
+            user_bail!("{}: numeric column '{column}' has no value in any row", train.source);
+        }
+        // Population std (numpy's and scikit-learn's StandardScaler's); a constant entry keeps
+        // its scale (std 1) rather than dividing by zero.
+        let std = sq
+            .iter()
+            .zip(&count)
+            .map(|(s, &c)| if c > 0 { (s / c as f64).sqrt() } else { 0.0 })
+            .map(|s| if s > 1e-12 { s } else { 1.0 })
+            .collect();
+        let indicator = count.iter().any(|&c| (c as usize) < train.rows);
+        numeric_fits.push(FittedNumeric { column: column.clone(), mean, std, indicator });
+    }
+    let mut categorical = Vec::new();
+    for (column, spec) in &f.categorical {
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for k in keys(train, column)?.into_iter().flatten() {
+            *counts.entry(k).or_default() += 1;
+        }
+        if counts.len() < 2 {
+            user_bail!(
+                "{}: categorical column '{column}' has {} in the training split: nothing to learn from it; drop it",
+                train.source,
+                if counts.is_empty() { "no value".to_string() } else { "only one value".to_string() }
+            );
+        }
+        let mut by_count: Vec<(String, u64)> = counts.into_iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        by_count.truncate(spec.max_vocab.unwrap_or(usize::MAX));
+        let vocab = by_count.into_iter().map(|(k, _)| k).collect();
+        categorical.push(FittedCategorical { column: column.clone(), dim: spec.dim, vocab });
+    }
+    Ok(FittedTable { numeric: numeric_fits, categorical })
+}
+
+/// A split's rows as float `[N, raw_width]`: dense entries, then vocabulary indices (exact in
+/// f32 below 2^24 values).
+pub fn features(t: &RawTable, fitted: &FittedTable) -> anyhow::Result<Vec<f32>> {
+    let width = fitted.raw_width();
+    let mut out = vec![0f32; t.rows * width];
+    let mut at = 0;
+    let mut indicators = Vec::new();
+    for n in &fitted.numeric {
+        let (values, w) = numeric(t, &n.column)?;
+        if w != n.mean.len() {
+            user_bail!(
+                "{}: column '{}' has {w} values per row; the training split had {}",
+                t.source,
+                n.column,
+                n.mean.len()
+            );
+        }
+        for (r, row) in values.chunks(w).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                out[r * width + at + j] = if v.is_nan() { 0.0 } else { ((v as f64 - n.mean[j]) / n.std[j]) as f32 };
+            }
+        }
+        if n.indicator {
+            indicators.push((values, w));
+        }
+        at += w;
+    }
+    for (values, w) in indicators {
+        for (r, row) in values.chunks(w).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                out[r * width + at + j] = v.is_nan() as u8 as f32;
+            }
+        }
+        at += w;
+    }
+    for c in &fitted.categorical {
+        let index: HashMap<&str, usize> = c.vocab.iter().enumerate().map(|(i, v)| (v.as_str(), i + 1)).collect();
+        for (r, k) in keys(t, &c.column)?.iter().enumerate() {
+            out[r * width + at] = k.as_deref().and_then(|k| index.get(k)).copied().unwrap_or(0) as f32;
+        }
+        at += 1;
+    }
+    Ok(out)
+}
+
+/// A task's target column: classes (int64, `0..classes`), 0/1 labels (int64) or values
+/// (float). A missing label, a label that is no class, or a binary label other than 0/1 is an
+/// error naming the row. Classes 0 are inferred as the largest label + 1.
+pub fn target(t: &RawTable, w: &Wanted) -> anyhow::Result<(tch::Tensor, i64)> {
+    let (values, width) = numeric(t, &w.target)?;
+    if width != 1 {
+        user_bail!("{}: target column '{}' has {width} values per row; a target has one", t.source, w.target);
+    }
+    let bad = |row: usize, what: String| -> anyhow::Error {
+        crate::user_error!("{}: column '{}', row {}: {what}", t.source, w.target, row + 1)
+    };
+    if let Some(row) = values.iter().position(|v| v.is_nan()) {
+        return Err(bad(row, "the label is missing".into()));
+    }
+    match w.shape {
+        TargetShape::Value => Ok((tch::Tensor::from_slice(&values), 0)),
+        TargetShape::Binary => {
+            if let Some(row) = values.iter().position(|&v| v != 0.0 && v != 1.0) {
+                return Err(bad(row, format!("{} is not a binary label (0 or 1)", values[row])));
+            }
+            let labels: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+            Ok((tch::Tensor::from_slice(&labels), 2))
+        }
+        _ => {
+            if let Some(row) = values.iter().position(|&v| v < 0.0 || v.fract() != 0.0) {
+                return Err(bad(row, format!("{} is not a class (0, 1, 2, …)", values[row])));
+            }
+            let labels: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+            let classes = if w.classes > 0 { w.classes } else { labels.iter().max().map_or(0, |m| m + 1).max(2) };
+            if let Some(row) = labels.iter().position(|&l| l >= classes) {
+                return Err(bad(row, format!("label {} is outside 0..{classes}", labels[row])));
+            }
+            Ok((tch::Tensor::from_slice(&labels), classes))
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `table`: rows of numeric and categorical columns (CSV with a header, Parquet, `.npz`, or one
+//! `.npy` array per column), with the tasks' targets as columns (docs/TABLES.md).
+//!
+//! The resolve step fits the mapping on the training split ([`Dataset::prepare`]: means and
+//! standard deviations, vocabularies) and records it in the config (`data.features.fitted`),
+//! so the run's config.yaml maps rows for evaluation, `predict` and `export` exactly as
+//! training did. A split is held in memory as float `[N, F, 1, 1]` "images" whose F entries
+//! are the standardized numeric values, the missing-value indicators and one vocabulary
+//! index per categorical column (the model embeds those, see `model::table_input`).
+pub mod census;
+pub mod fit;
+pub mod read;
+
+use super::{Dataset, Loaded, Split, Splits, TargetShape, Wanted};
+use crate::config::{DataConfig, TableFeatures, TableFile};
+use crate::user_bail;
+use std::collections::{BTreeMap, BTreeSet};
+use tch::Tensor;
+
+pub struct Table;
+
+impl Table {
+    pub(crate) fn features(d: &DataConfig) -> anyhow::Result<&TableFeatures> {
+        d.features
+            .as_ref()
+            .ok_or_else(|| crate::user_error!("data.features: the table dataset needs its feature columns"))
+    }
+}
+
+/// The feature columns in the order the config lists them.
+fn feature_columns(f: &TableFeatures) -> Vec<String> {
+    f.numeric.iter().chain(f.categorical.keys()).cloned().collect()
+}
+
+/// Reads `file`'s feature and target columns, limited to the first `limit` rows (0: all).
+fn read_split(file: &TableFile, columns: &[String], limit: usize) -> anyhow::Result<read::RawTable> {
+    Ok(read::read(file, columns)?.first_rows(limit))
+}
+
+fn files(d: &DataConfig) -> anyhow::Result<(&TableFile, &TableFile)> {
+    match (&d.train, &d.val) {
+        (Some(t), Some(v)) => Ok((t, v)),
+        (None, _) => user_bail!("data.train: the table dataset needs its training split's file"),
+        (_, None) => user_bail!("data.val: the table dataset needs its validation split's file"),
+    }
+}
+
+/// Train and val must have the same columns (a table exported twice with a column renamed
+/// or dropped would otherwise map silently wrong).
+fn same_columns(train: &read::RawTable, val: &read::RawTable) -> anyhow::Result<()> {
+    let (a, b): (BTreeSet<&String>, BTreeSet<&String>) =
+        (train.all_columns.iter().collect(), val.all_columns.iter().collect());
+    if let Some(c) = a.symmetric_difference(&b).next() {
+        let (has, lacks) = if a.contains(c) { (&train.source, &val.source) } else { (&val.source, &train.source) };
+        user_bail!("{lacks}: no column '{c}', which {has} has: train and val must have the same columns");
+    }
+    Ok(())
+}
+
+/// Where a table dataset's splits come from: the rows of the wanted columns.
+pub trait Rows: Sync {
+    /// The training split (`val` false) or the validation split, limited to
+    /// `data.train_size` / `data.val_size` rows (0: all).
+    fn read(&self, d: &DataConfig, val: bool, columns: &[String]) -> anyhow::Result<read::RawTable>;
+}
+
+impl Rows for Table {
+    fn read(&self, d: &DataConfig, val: bool, columns: &[String]) -> anyhow::Result<read::RawTable> {
+        let (train, v) = files(d)?;
+        match val {
+            false => read_split(train, columns, d.train_size),
+            true => read_split(v, columns, d.val_size),
+        }
+    }
+}
+
+/// Fits the mapping on the training split into `data.features.fitted` (kept when present).
+pub fn prepare(rows: &dyn Rows, d: &mut DataConfig) -> anyhow::Result<()> {
+    d.image_size = 1;
+    let f = Table::features(d)?;
+    let columns = feature_columns(f);
+    if let Some(fitted) = &f.fitted {
+        let fitted_columns: Vec<String> = fitted
+            .numeric
+            .iter()
+            .map(|n| &n.column)
+            .chain(fitted.categorical.iter().map(|c| &c.column))
+            .cloned()
+            .collect();
+        if fitted_columns != columns {
+            user_bail!(
+                "data.features.fitted: fitted for columns {fitted_columns:?}, not for the configured {columns:?}; remove it to fit again"
+            );
+        }
+        return Ok(());
+    }
+    let raw = rows.read(d, false, &columns)?;
+    let fitted = fit::fit(&raw, f)?;
+    d.features.as_mut().expect("checked").fitted = Some(fitted);
+    Ok(())
+}
+
+/// Checks the targets against both splits and fills `classes` from the training split.
+pub fn resolve_targets(rows: &dyn Rows, d: &DataConfig, wanted: &mut [Wanted]) -> anyhow::Result<()> {
+    let f = Table::features(d)?;
+    let features: BTreeSet<String> = feature_columns(f).into_iter().collect();
+    for (i, w) in wanted.iter().enumerate() {
+        if features.contains(&w.target) {
+            user_bail!("tasks[{i}].target: column '{}' is used twice: it is also a feature (data.features)", w.target);
+        }
+        if matches!(w.shape, TargetShape::PerPixel | TargetShape::PerPixelDepth | TargetShape::PerPixelNormal) {
+            user_bail!("tasks[{i}].kind: a table has one target value per row, nothing per pixel");
+        }
+    }
+    let targets: Vec<String> = wanted.iter().map(|w| w.target.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let train = rows.read(d, false, &targets)?;
+    let val = rows.read(d, true, &targets)?;
+    same_columns(&train, &val)?;
+    for w in wanted.iter_mut() {
+        let (_, classes) = fit::target(&train, w)?;
+        let _ = fit::target(&val, &Wanted { classes, ..w.clone() })?; // checks val's labels too
+        if w.shape == TargetShape::PerImage {
+            w.classes = classes;
+        }
+    }
+    Ok(())
+}
+
+/// Both splits mapped through the fitted mapping: float `[N, F, 1, 1]` rows and the targets.
+pub fn load(rows: &dyn Rows, d: &DataConfig, wanted: &[Wanted]) -> anyhow::Result<Loaded> {
+    let f = Table::features(d)?;
+    let fitted = f.fitted.as_ref().expect("the resolve step fits the table");
+    let mut columns = feature_columns(f);
+    columns.extend(wanted.iter().map(|w| w.target.clone()));
+    let columns: Vec<String> = columns.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+    let split = |val: bool| -> anyhow::Result<Split> {
+        let raw = rows.read(d, val, &columns)?;
+        let width = fitted.raw_width() as i64;
+        let x = fit::features(&raw, fitted)?;
+        let images = Tensor::from_slice(&x).view([raw.rows as i64, width, 1, 1]);
+        let mut targets = BTreeMap::new();
+        for w in wanted {
+            targets.insert(w.target.clone(), fit::target(&raw, w)?.0);
+        }
+        Ok(Split { images, targets })
+    };
+    Ok(Loaded::Memory(Splits { train: split(false)?, val: split(true)? }))
+}
+
+/// The rows of `file` (any table format) mapped as the run's training rows were: float
+/// `[N, F, 1, 1]`, for `predict --table`. Targets are not read.
+pub fn map_rows(d: &DataConfig, file: &TableFile) -> anyhow::Result<Tensor> {
+    let f = Table::features(d)?;
+    let fitted = f
+        .fitted
+        .as_ref()
+        .ok_or_else(|| crate::user_error!("data.features.fitted: the run's config has no fitted mapping"))?;
+    let raw = read::read(file, &feature_columns(f))?;
+    let x = fit::features(&raw, fitted)?;
+    Ok(Tensor::from_slice(&x).view([raw.rows as i64, fitted.raw_width() as i64, 1, 1]))
+}
+
+/// The rules every table dataset's `data.features` follows.
+pub fn check_features(f: &TableFeatures) -> Result<(), String> {
+    if f.numeric.is_empty() && f.categorical.is_empty() {
+        return Err("data.features: names no column (numeric: [...], categorical: {col: {dim: 8}})".into());
+    }
+    let mut seen = BTreeSet::new();
+    for c in feature_columns(f) {
+        if !seen.insert(c.clone()) {
+            return Err(format!("data.features: column '{c}' is used twice"));
+        }
+    }
+    for (c, spec) in &f.categorical {
+        if spec.dim < 1 {
+            return Err(format!("data.features.categorical.{c}.dim: {} (an embedding is at least 1 wide)", spec.dim));
+        }
+        if spec.max_vocab == Some(0) {
+            return Err(format!("data.features.categorical.{c}.max_vocab: 0 keeps no value; at least 1"));
+        }
+    }
+    Ok(())
+}
+
+impl Dataset for Table {
+    fn name(&self) -> &'static str {
+        "table"
+    }
+
+    fn targets(&self, _d: &DataConfig) -> Option<Vec<super::TargetInfo>> {
+        None
+    }
+
+    /// Unused: the rows are standardized by the fitted mapping, not per channel.
+    fn normalization(&self) -> ([f64; 3], [f64; 3]) {
+        ([0.0; 3], [1.0; 3])
+    }
+
+    fn check(&self, d: &DataConfig) -> Result<(), String> {
+        let f = Self::features(d).map_err(|e| e.to_string())?;
+        files(d).map_err(|e| e.to_string())?;
+        if d.grayscale {
+            return Err("data.grayscale: a table has no images; remove the key".into());
+        }
+        check_features(f)
+    }
+
+    fn prepare(&self, d: &mut DataConfig) -> anyhow::Result<()> {
+        prepare(self, d)
+    }
+
+    fn resolve_targets(&self, d: &DataConfig, wanted: &mut [Wanted]) -> anyhow::Result<()> {
+        resolve_targets(self, d, wanted)
+    }
+
+    fn load(&self, d: &DataConfig, _seed: u64, wanted: &[Wanted]) -> anyhow::Result<Loaded> {
+        load(self, d, wanted)
+    }
+}
