@@ -53,24 +53,44 @@ pub fn run(args: BaselinesArgs) -> anyhow::Result<ExitCode> {
 /// sharing (a single-task network: the backbone and the task's head, whatever the
 /// architecture of the multi-task run), static weighting, no Δm, BEST following the task's
 /// main metric.
-fn single_task(r: &Resolved, task: &str) -> anyhow::Result<Resolved> {
+pub fn single_task(r: &Resolved, task: &str) -> anyhow::Result<Resolved> {
     let Some(i) = r.tasks.iter().position(|t| t.name == task) else {
         mtl::user_bail!("no task named '{task}' in {}", r.cfg.name);
     };
+    let single = task_subset(r, &[i], format!("{}-stl-{task}", r.cfg.name));
+    mtl::setup::resolve(single, &format!("{} (single-task {task})", r.cfg.name), Path::new("."))
+}
+
+/// The config that trains the tasks `keep` (indices, in order) of `r` with its recipe, named
+/// `name`: their heads only, no Δm and no affinity measurement; BEST follows the monitored
+/// metric when its task is kept, the first kept task's main metric otherwise. One task trains
+/// a single-task network (hard sharing, static weighting); several keep the architecture and
+/// the balancing method.
+pub fn task_subset(r: &Resolved, keep: &[usize], name: String) -> Config {
     let cfg = &r.cfg;
-    let mut single: Config = cfg.clone();
-    single.name = format!("{}-stl-{task}", cfg.name);
-    single.tasks = vec![cfg.tasks[i].clone()];
-    single.model.heads.retain(|k, _| k == task);
-    single.model.architecture = Default::default();
-    single.balance = Default::default();
-    single.train.baselines = None;
-    // A task with its own data keeps it (and its seed, derived from the task's name).
-    single.train.epoch_by = mtl::config::EPOCH_BY_LARGEST.into();
-    let main = r.tasks[i].main_metric();
-    single.checkpoint.monitor = format!("{task}.{}", main.name);
-    single.checkpoint.mode = if main.higher_is_better { MonitorMode::Max } else { MonitorMode::Min };
-    mtl::setup::resolve(single, &format!("{} (single-task {task})", cfg.name), Path::new("."))
+    let mut sub: Config = cfg.clone();
+    sub.name = name;
+    sub.tasks = keep.iter().map(|&i| cfg.tasks[i].clone()).collect();
+    sub.model.heads.retain(|k, _| sub.tasks.iter().any(|t| &t.name == k));
+    if keep.len() == 1 {
+        sub.model.architecture = Default::default();
+        sub.balance = Default::default();
+        // A task with its own data keeps it (and its seed, derived from the task's name).
+        sub.train.epoch_by = mtl::config::EPOCH_BY_LARGEST.into();
+    }
+    if !sub.tasks.iter().any(|t| t.name == sub.train.epoch_by) {
+        sub.train.epoch_by = mtl::config::EPOCH_BY_LARGEST.into();
+    }
+    sub.train.baselines = None;
+    sub.report.affinity = None;
+    let monitored = cfg.checkpoint.monitor.split_once('.').map(|(t, _)| t.to_string());
+    if keep.len() == 1 || !monitored.is_some_and(|t| sub.tasks.iter().any(|k| k.name == t)) {
+        let first = &r.tasks[keep[0]];
+        let main = first.main_metric();
+        sub.checkpoint.monitor = format!("{}.{}", first.name, main.name);
+        sub.checkpoint.mode = if main.higher_is_better { MonitorMode::Max } else { MonitorMode::Min };
+    }
+    sub
 }
 
 #[cfg(test)]

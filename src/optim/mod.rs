@@ -109,6 +109,36 @@ impl Optimizer {
         let _ = p.g_add_(&d.g_mul_scalar(-lr));
     }
 
+    /// The flat parameters after a step along `grads` alone (a flat gradient, laid out as
+    /// [`FlatParams::grads`]) with learning rate `lr`, computed from the current state without
+    /// changing it: TAG's lookahead (docs/TRANSFER.md). The step is the optimizer's, less what
+    /// does not depend on `grads`: SGD `p − lr·g`; AdamW `p − lr·g / (√v̂ + ε)` with `v̂` the
+    /// bias-corrected second moment after taking `g` in. Momentum (the past steps' direction)
+    /// and weight decay move every lookahead alike, and measured on `shapes` they swamped the
+    /// task's own part (a step on random labels then "helped" a task more than its own step).
+    /// Gradient clipping applies to `grads` as to a step's gradient.
+    pub fn lookahead(&self, lr: f64, grads: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let p = &self.flat.params;
+            let mut g = grads.shallow_clone();
+            if self.cfg.grad_clip > 0.0 {
+                let coef = (g.norm() + 1e-6).reciprocal().g_mul_scalar(self.cfg.grad_clip).clamp_max(1.0);
+                g = g * coef;
+            }
+            match self.cfg.kind {
+                OptimKind::Adamw => {
+                    let b2 = self.cfg.betas.1;
+                    let bias2 = 1.0 - b2.powi((self.steps + 1) as i32);
+                    let (_, v) = &self.buffers[1];
+                    let v = v * b2 + (&g * &g) * (1.0 - b2);
+                    let denom = (v / bias2).sqrt() + self.cfg.eps;
+                    p - (g / denom) * lr
+                }
+                OptimKind::Sgd => p - g * lr,
+            }
+        })
+    }
+
     /// State tensors keyed `<buffer>.<variable name>`, for the checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();

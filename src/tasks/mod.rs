@@ -5,6 +5,7 @@
 //! checkpoint selection, `predict`) asks the kind, so a new kind is one file plus one line here.
 mod classification;
 pub mod delta_m;
+pub mod grouping;
 mod normals;
 mod regression;
 mod segmentation;

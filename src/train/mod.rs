@@ -1,9 +1,11 @@
 //! The training loop: data → model → losses → balancer → optimizer, with evaluation,
 //! reporting and checkpoints at their boundaries.
+pub mod affinity;
 mod best;
 mod checkpoint_policy;
 pub mod evaluate;
 mod health;
+pub mod heatmap;
 pub mod inputs;
 pub mod norm_gap;
 pub mod parallel;
@@ -116,6 +118,8 @@ pub struct Trainer {
     shared: Vec<Tensor>,
     head_params: Vec<Vec<Tensor>>,
     task_names: Vec<String>,
+    /// `report.affinity`: transfer between tasks, measured at some steps (see [`affinity`]).
+    affinity: Option<affinity::AffinityMeter>,
 }
 
 /// A step's forward passes: the per-task losses, the shared representation (single-input
@@ -185,6 +189,7 @@ impl Trainer {
         let zeros = || Tensor::zeros([t], (Kind::Double, device));
         let Resolved { cfg, tasks, monitor, .. } = r;
         let checkpoints = CheckpointPolicy::new(&cfg.checkpoint);
+        let affinity = cfg.report.affinity.map(|a| affinity::AffinityMeter::new(a.every, tasks.len()));
         let mut trainer = Self {
             cfg,
             device,
@@ -210,6 +215,7 @@ impl Trainer {
             shared,
             head_params,
             task_names,
+            affinity,
         };
         if let Some(dir) = &opts.resume {
             resume::restore(&mut trainer, dir)?;
@@ -262,6 +268,7 @@ impl Trainer {
     pub fn step(&mut self) -> anyhow::Result<()> {
         let Position { step, epoch, .. } = self.at;
         let batches = self.inputs.train_batches(step);
+        self.measure_affinity(&batches)?;
         let undo = (self.cfg.train.on_nonfinite == OnNonFinite::SkipStep)
             .then(|| Undo::capture(&self.model, self.balancer.as_ref()));
         crate::rng::seed_torch(self.cfg.seed, step);
@@ -458,6 +465,7 @@ impl Trainer {
         t.push(("loop.epoch_loss".into(), self.epoch_loss.shallow_clone()));
         t.push(("loop.window_weight".into(), self.window_weight.shallow_clone()));
         t.push((Skips::TENSOR.into(), self.skips.to_tensor()));
+        t.extend(self.affinity.iter().flat_map(affinity::AffinityMeter::state));
         t
     }
 
@@ -513,6 +521,7 @@ impl Trainer {
         let summary = self.train_loop()?;
         if self.ranks.is_first() {
             self.draw_curves();
+            self.draw_affinity();
         }
         self.ranks.finish();
         Ok(summary)
@@ -566,6 +575,7 @@ impl Trainer {
                 let means = Self::drain(&mut self.epoch_loss, &self.task_names, "loss", counted);
                 let means: Vec<f64> = means.into_iter().map(|(_, v)| v).collect();
                 self.balancer.end_epoch(epoch_before, &means);
+                self.report_affinity(&mut log, step, epoch_before + 1)?;
             }
             // Only the real end of training evaluates; a max_steps stop is a pause, like Ctrl-C,
             // so a run paused and resumed logs exactly what an uninterrupted one does.
@@ -715,6 +725,39 @@ impl Trainer {
         let Device::Cuda(_) = self.device else { return None };
         let (free, total) = crate::setup::device_memory(self.device)?;
         Some(total.saturating_sub(free) as f64 / (1u64 << 20) as f64)
+    }
+
+    /// At an epoch's end: the epoch's affinity row in metrics.jsonl (and TensorBoard), and the
+    /// whole run's averages in `affinity.json` (rank 0).
+    fn report_affinity(&mut self, log: &mut RunLog, step: u64, epoch: u64) -> anyhow::Result<()> {
+        let Some(meter) = self.affinity.as_mut() else { return Ok(()) };
+        let Some(summary) = meter.end_epoch(&self.task_names) else { return Ok(()) };
+        log.append(&report::record(step, epoch, affinity::SPLIT, &summary.row_values()))?;
+        if self.ranks.is_first() {
+            let run = meter.run.summary(&self.task_names, meter.every);
+            let json = serde_json::to_string_pretty(&run)?;
+            crate::checkpoint::write_atomically(&self.run.root.join(affinity::FILE), json.as_bytes())?;
+            tracing::info!(
+                "affinity: {} steps measured so far, {:.3} s per measurement",
+                run.steps,
+                run.seconds_per_step
+            );
+        }
+        Ok(())
+    }
+
+    /// `affinity.png`: the run's mean affinity and gradient-cosine matrices. A failure is
+    /// logged, never fatal.
+    fn draw_affinity(&self) {
+        let Some(meter) = &self.affinity else { return };
+        if meter.run.steps == 0 {
+            return;
+        }
+        let summary = meter.run.summary(&self.task_names, meter.every);
+        let png = self.run.root.join("affinity.png");
+        if let Err(e) = heatmap::affinity_heatmap(&self.cfg.name, &summary, &png) {
+            tracing::warn!("could not draw {}: {e:#}", png.display());
+        }
     }
 
     /// `curves.png` from the whole `metrics.jsonl` (see [`plot::task_chart`]), the best
