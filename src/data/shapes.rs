@@ -531,6 +531,26 @@ mod tests {
         }
     }
 
+    /// `noise` is independent of the image and roughly uniform; `kind_flip` is `kind` on warm
+    /// colours and `kind + 5` on cool ones.
+    #[test]
+    fn derived_targets_have_their_documented_relations() {
+        let s = load(&cfg(600, 8, 16), 4).unwrap();
+        let col = |k: &str| Vec::<i64>::try_from(&s.train.targets[k]).unwrap();
+        let (kind, color, flip, noise) = (col("kind"), col("color"), col("kind_flip"), col("noise"));
+        for i in 0..kind.len() {
+            let want = if color[i] < 3 { kind[i] } else { (kind[i] + 5) % 10 };
+            assert_eq!(flip[i], want);
+        }
+        let mut counts = [0usize; 10];
+        noise.iter().for_each(|&n| counts[n as usize] += 1);
+        assert!(counts.iter().all(|&c| (30..=90).contains(&c)), "{counts:?}");
+        let same = kind.iter().zip(&noise).filter(|(a, b)| a == b).count();
+        assert!(same < 100, "noise agrees with kind {same} times in 600");
+        let other = load(&cfg(600, 8, 16), 5).unwrap();
+        assert!(!other.train.targets["noise"].equal(&s.train.targets["noise"]), "noise follows the seed");
+    }
+
     #[test]
     fn zero_sizes_mean_defaults() {
         let s = load(&cfg(0, 0, 16), 0).unwrap();

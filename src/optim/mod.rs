@@ -276,6 +276,42 @@ mod tests {
         }
     }
 
+    /// A lookahead changes nothing, and is the step's rule less momentum and decay: plain SGD
+    /// from a fresh optimizer, AdamW `p − lr·g/(|g| + ε)` at the first step, by hand.
+    #[test]
+    fn lookahead_follows_the_update_rule_without_changing_state() {
+        for (cfg, want) in [
+            (
+                OptimConfig { kind: OptimKind::Sgd, momentum: 0.9, weight_decay: 0.1, ..OptimConfig::default() },
+                1.0 - 0.1 * 0.5,
+            ),
+            (OptimConfig { weight_decay: 0.01, ..OptimConfig::default() }, 1.0 - 0.1 * 0.5 / (0.5 + 1e-8)),
+        ] {
+            let (_vs, w, flat) = one_param(1.0);
+            let mut opt = Optimizer::new(&cfg, flat, true);
+            let before: Vec<Tensor> = opt.state().into_iter().map(|(_, t)| t.copy()).collect();
+            let g = Tensor::from_slice(&[0.5f32]);
+            let ahead = opt.lookahead(0.1, &g).double_value(&[0]);
+            assert!((ahead - want).abs() < 1e-6, "{cfg:?}: {ahead} vs {want}");
+            assert_eq!(w.double_value(&[0]), 1.0);
+            assert_eq!(opt.steps, 0);
+            for ((_, t), b) in opt.state().iter().zip(&before) {
+                assert!(t.equal(b));
+            }
+            // After real steps the lookahead uses the second moment they left (AdamW).
+            opt.zero_grad();
+            (w.sum(Kind::Float) * 2.0).backward();
+            opt.step(0.1);
+            if cfg.kind == OptimKind::Adamw {
+                let p = w.double_value(&[0]);
+                let v = 0.999 * 0.001 * 4.0 + 0.001 * 0.25;
+                let denom = (v / (1.0 - 0.999f64.powi(2))).sqrt() + 1e-8;
+                let want = p - 0.1 * 0.5 / denom;
+                assert!((opt.lookahead(0.1, &g).double_value(&[0]) - want).abs() < 1e-6);
+            }
+        }
+    }
+
     #[test]
     fn state_round_trips_by_variable_name() {
         let (_vs, w, flat) = one_param(1.0);
