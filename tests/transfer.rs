@@ -81,6 +81,13 @@ fn groups_reads_the_run_and_refuses_bad_input(dir: &Path, on: &Path, off: &Path)
         assert!(text.contains("name: kind") || text.contains("name: seg"), "{text}");
         assert!(!text.contains("affinity"), "group runs do not measure: {text}");
     }
+    // compare: a transfer row for the run that measured it, none for the other.
+    let out = run_in(dir, &["compare", on.to_str().unwrap(), off.to_str().unwrap()]);
+    out.assert_ok();
+    let stdout = out.stdout();
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("→") && !l.contains("i→j")).collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert!(rows[0].starts_with(&format!("| {} |", on.display())), "{}", rows[0]);
     let off = off.to_str().unwrap();
     let on = on.to_str().unwrap();
     run_in(dir, &["groups", off, "--budget", "1"]).assert_user_error(&["affinity.json", "report.affinity"]);
