@@ -166,3 +166,48 @@ report: {affinity: {every: 2}, tensorboard: false}
     let cos = |i: usize, j: usize| s["cosine"][i][j].as_f64().unwrap();
     assert!(cos(kind, dup) > cos(kind, flip) && cos(kind, flip) > cos(kind, noise), "cosine: {s}");
 }
+
+/// Two ranks at half the batch each (synchronized BatchNorm) measure the matrices one process
+/// measures on the whole batch: the losses are the global batch's and the per-task gradients
+/// are averaged over the ranks before the lookahead.
+#[test]
+fn two_ranks_measure_the_global_batch() {
+    let tmp = tempdir().unwrap();
+    // Plain heads, no augmentation: nothing whose draws follow the rank's share of the batch.
+    let config = r#"name: d
+seed: 3
+device: cpu
+threads: 1
+data: {dataset: shapes, train_size: 96, val_size: 40, image_size: 16, batch_size: 16, eval_batch_size: 20}
+model:
+  backbone: {kind: conv, widths: [4, 8], depth: 1}
+  sync_batchnorm: true
+tasks:
+  - {name: kind, kind: classification, target: kind, classes: 10}
+  - {name: seg, kind: segmentation, target: mask, classes: 11}
+  - {name: noise, kind: classification, target: noise, classes: 10}
+optim: {kind: adamw, lr: 0.01}
+train: {epochs: 1, eval_every: 1, log_every: 2}
+checkpoint: {every: 1, keep_last: 1}
+report: {affinity: {every: 2}, tensorboard: false}
+"#;
+    write(tmp.path(), "d.yaml", config);
+    run_in(tmp.path(), &["d.yaml", "--run-dir", "one"]).assert_ok();
+    run_in(tmp.path(), &["d.yaml", "--run-dir", "two", "--nproc", "2", "--set", "data.batch_size=8"]).assert_ok();
+    let (a, b) = (affinity_json(&tmp.path().join("one")), affinity_json(&tmp.path().join("two")));
+    assert_eq!(a["steps"], b["steps"]);
+    for key in ["affinity", "cosine"] {
+        let flat = |v: &Value| -> Vec<f64> {
+            v[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+                .collect()
+        };
+        let scale = flat(&a).iter().fold(0f64, |m, x| m.max(x.abs()));
+        for (x, y) in flat(&a).iter().zip(flat(&b)) {
+            assert!((x - y).abs() <= 1e-3 * scale, "{key}: {x} vs {y}\n{a}\n{b}");
+        }
+    }
+}

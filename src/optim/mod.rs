@@ -113,18 +113,18 @@ impl Optimizer {
     /// [`FlatParams::grads`]) with learning rate `lr`, computed from the current state without
     /// changing it: TAG's lookahead (docs/TRANSFER.md). The step is the optimizer's, less what
     /// does not depend on `grads`: SGD `p − lr·g`; AdamW `p − lr·g / (√v̂ + ε)` with `v̂` the
-    /// bias-corrected second moment after taking `g` in. Momentum (the past steps' direction)
-    /// and weight decay move every lookahead alike, and measured on `shapes` they swamped the
-    /// task's own part (a step on random labels then "helped" a task more than its own step).
-    /// Gradient clipping applies to `grads` as to a step's gradient.
+    /// bias-corrected second moment after taking `g` in. Momentum (the past steps' direction,
+    /// nine tenths of an Adam step) and weight decay would move every lookahead alike and
+    /// drown the differences between tasks. Gradient clipping applies to `grads` as to a
+    /// step's gradient.
     pub fn lookahead(&self, lr: f64, grads: &Tensor) -> Tensor {
         tch::no_grad(|| {
             let p = &self.flat.params;
-            let mut g = grads.shallow_clone();
-            if self.cfg.grad_clip > 0.0 {
-                let coef = (g.norm() + 1e-6).reciprocal().g_mul_scalar(self.cfg.grad_clip).clamp_max(1.0);
-                g = g * coef;
-            }
+            // A new tensor, never `*=`: `grads` is the caller's.
+            let g = match self.cfg.grad_clip > 0.0 {
+                true => grads * (grads.norm() + 1e-6).reciprocal().g_mul_scalar(self.cfg.grad_clip).clamp_max(1.0),
+                false => grads.shallow_clone(),
+            };
             match self.cfg.kind {
                 OptimKind::Adamw => {
                     let b2 = self.cfg.betas.1;
