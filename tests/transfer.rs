@@ -19,6 +19,24 @@ fn affinity_json(run: &Path) -> Value {
     v
 }
 
+/// Classification tasks `(name, target)` on 16-px shapes with plain heads and no
+/// augmentation, AdamW at 0.01, affinity every 2 steps; `data` adds the sizes.
+fn plain_config(name: &str, seed: u64, data: &str, widths: &str, tasks: &[(&str, &str)], epochs: u64) -> String {
+    let tasks: String = tasks
+        .iter()
+        .map(|(n, t)| format!("  - {{name: {n}, kind: classification, target: {t}, classes: 10}}\n"))
+        .collect();
+    format!(
+        "name: {name}\nseed: {seed}\ndevice: cpu\nthreads: 1\n\
+         data: {{dataset: shapes, val_size: 64, image_size: 16, eval_batch_size: 64, {data}}}\n\
+         model:\n  backbone: {{kind: conv, widths: {widths}, depth: 1}}\ntasks:\n{tasks}\
+         optim: {{kind: adamw, lr: 0.01}}\n\
+         train: {{epochs: {epochs}, eval_every: {epochs}, log_every: 16}}\n\
+         checkpoint: {{every: {epochs}, keep_last: 1}}\n\
+         report: {{affinity: {{every: 2}}, tensorboard: false}}\n"
+    )
+}
+
 fn with_affinity(config: &str, every: u64) -> String {
     format!("{config}report: {{affinity: {{every: {every}}}}}\n")
 }
@@ -138,24 +156,9 @@ fn resume_continues_the_affinity_averages_exactly() {
 #[test]
 fn constructed_tasks_rank_duplicate_related_unrelated() {
     let tmp = tempdir().unwrap();
-    let config = r#"name: known
-seed: 1
-device: cpu
-threads: 1
-data: {dataset: shapes, train_size: 512, val_size: 64, image_size: 16, batch_size: 32, eval_batch_size: 64}
-model:
-  backbone: {kind: conv, widths: [8, 16], depth: 1}
-tasks:
-  - {name: kind, kind: classification, target: kind, classes: 10}
-  - {name: dup, kind: classification, target: kind, classes: 10}
-  - {name: flip, kind: classification, target: kind_flip, classes: 10}
-  - {name: noise, kind: classification, target: noise, classes: 10}
-optim: {kind: adamw, lr: 0.01}
-train: {epochs: 6, eval_every: 6, log_every: 16}
-checkpoint: {every: 6, keep_last: 1}
-report: {affinity: {every: 2}, tensorboard: false}
-"#;
-    write(tmp.path(), "known.yaml", config);
+    let tasks = [("kind", "kind"), ("dup", "kind"), ("flip", "kind_flip"), ("noise", "noise")];
+    let config = plain_config("known", 1, "train_size: 512, batch_size: 32", "[8, 16]", &tasks, 6);
+    write(tmp.path(), "known.yaml", &config);
     run_in(tmp.path(), &["known.yaml", "--run-dir", "known"]).assert_ok();
     let s = affinity_json(&tmp.path().join("known"));
     let z = |i: usize, j: usize| s["affinity"][i][j].as_f64().unwrap();
@@ -174,24 +177,10 @@ report: {affinity: {every: 2}, tensorboard: false}
 fn two_ranks_measure_the_global_batch() {
     let tmp = tempdir().unwrap();
     // Plain heads, no augmentation: nothing whose draws follow the rank's share of the batch.
-    let config = r#"name: d
-seed: 3
-device: cpu
-threads: 1
-data: {dataset: shapes, train_size: 96, val_size: 40, image_size: 16, batch_size: 16, eval_batch_size: 20}
-model:
-  backbone: {kind: conv, widths: [4, 8], depth: 1}
-  sync_batchnorm: true
-tasks:
-  - {name: kind, kind: classification, target: kind, classes: 10}
-  - {name: seg, kind: segmentation, target: mask, classes: 11}
-  - {name: noise, kind: classification, target: noise, classes: 10}
-optim: {kind: adamw, lr: 0.01}
-train: {epochs: 1, eval_every: 1, log_every: 2}
-checkpoint: {every: 1, keep_last: 1}
-report: {affinity: {every: 2}, tensorboard: false}
-"#;
-    write(tmp.path(), "d.yaml", config);
+    let tasks = [("kind", "kind"), ("noise", "noise")];
+    let config = plain_config("d", 3, "train_size: 96, batch_size: 16", "[4, 8]", &tasks, 1)
+        .replace("model:\n", "model:\n  sync_batchnorm: true\n");
+    write(tmp.path(), "d.yaml", &config);
     run_in(tmp.path(), &["d.yaml", "--run-dir", "one"]).assert_ok();
     run_in(tmp.path(), &["d.yaml", "--run-dir", "two", "--nproc", "2", "--set", "data.batch_size=8"]).assert_ok();
     let (a, b) = (affinity_json(&tmp.path().join("one")), affinity_json(&tmp.path().join("two")));
