@@ -98,6 +98,7 @@ fn groups_reads_the_run_and_refuses_bad_input(dir: &Path, on: &Path, off: &Path)
         let text = std::fs::read_to_string(c.path()).unwrap();
         assert!(text.contains("name: kind") || text.contains("name: seg"), "{text}");
         assert!(!text.contains("affinity"), "group runs do not measure: {text}");
+        mtl::config::Config::parse(&text, &c.path().display().to_string(), &[]).expect("a valid config");
     }
     // compare: a transfer row for the run that measured it, none for the other.
     let out = run_in(dir, &["compare", on.to_str().unwrap(), off.to_str().unwrap()]);

@@ -137,11 +137,11 @@ fn resolve_run_config(run: &Path) -> anyhow::Result<Resolved> {
     mtl::setup::load(Some(&path), &[])
 }
 
-/// `<name>-group-<task>+<task>` (with `-s<seed>` when training several seeds).
+/// `<name>-group-<task>-<task>` (with `-s<seed>` when training seeds): a valid config name.
 fn group_name(base: &Resolved, group: &[usize], seed: Option<u64>) -> String {
     let names: Vec<&str> = group.iter().map(|&i| base.tasks[i].name.as_str()).collect();
     let seed = seed.map(|s| format!("-s{s}")).unwrap_or_default();
-    format!("{}-group-{}{seed}", base.cfg.name, names.join("+"))
+    format!("{}-group-{}{seed}", base.cfg.name, names.join("-"))
 }
 
 fn seeds(args: &GroupsArgs, base: &Resolved) -> Vec<u64> {
