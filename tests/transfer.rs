@@ -100,6 +100,14 @@ fn groups_reads_the_run_and_refuses_bad_input(dir: &Path, on: &Path, off: &Path)
         assert!(!text.contains("affinity"), "group runs do not measure: {text}");
         mtl::config::Config::parse(&text, &c.path().display().to_string(), &[]).expect("a valid config");
     }
+    // --train with one network: the grouping is the all-in-one network, so the same Δm.
+    let out = run_in(dir, &["groups", on.to_str().unwrap(), "--budget", "1", "--train", "--runs", "trained"]);
+    out.assert_ok();
+    let stdout = out.stdout();
+    let value = |label: &str| {
+        stdout.lines().find(|l| l.trim_start().starts_with(label)).map(|l| l[label.len() + 2..].trim().to_string())
+    };
+    assert!(value("the grouping").is_some() && value("the grouping") == value("all in one"), "{stdout}");
     // compare: a transfer row for the run that measured it, none for the other.
     let out = run_in(dir, &["compare", on.to_str().unwrap(), off.to_str().unwrap()]);
     out.assert_ok();

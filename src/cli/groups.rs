@@ -211,10 +211,12 @@ fn measure_groupings(
     let mut outcome = Outcome { delta_m: vec![Vec::new(); groupings.len()], all_in_one: Vec::new() };
     for &seed in seeds {
         let r = with_seed(base, seed, &args.set)?;
-        // Every network any grouping uses, and the all-in-one one, trained once per seed.
+        // Every network any grouping uses, trained once per seed.
         let mut networks: BTreeMap<Vec<usize>, Vec<(String, f64)>> = BTreeMap::new();
         let mut wanted: Vec<Vec<usize>> = groupings.iter().flat_map(|g| g.groups.iter().cloned()).collect();
+        // The all-in-one network, and every task alone: the baselines Δm is measured against.
         wanted.push((0..t).collect());
+        wanted.extend((0..t).map(|i| vec![i]));
         wanted.sort();
         wanted.dedup();
         for g in wanted {
