@@ -174,7 +174,7 @@ fn with_seed(base: &Resolved, seed: u64, sets: &[String]) -> anyhow::Result<Reso
 }
 
 /// Δm of each grouping, every seed: each task's metrics come from the network serving it
-/// (a task alone is its own baseline). Returns the printed table; `None` where Δm is undefined.
+/// (a task alone is its own baseline, so it adds 0).
 struct Outcome {
     /// Per grouping, per seed.
     delta_m: Vec<Vec<f64>>,
