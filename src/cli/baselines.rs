@@ -53,37 +53,65 @@ pub fn run(args: BaselinesArgs) -> anyhow::Result<ExitCode> {
 /// sharing (a single-task network: the backbone and the task's head, whatever the
 /// architecture of the multi-task run), static weighting, no Δm, BEST following the task's
 /// main metric.
-fn single_task(r: &Resolved, task: &str) -> anyhow::Result<Resolved> {
+pub fn single_task(r: &Resolved, task: &str) -> anyhow::Result<Resolved> {
     let Some(i) = r.tasks.iter().position(|t| t.name == task) else {
         mtl::user_bail!("no task named '{task}' in {}", r.cfg.name);
     };
-    let cfg = &r.cfg;
-    let mut single = alone(cfg, cfg.tasks[i].clone(), format!("{}-stl-{task}", cfg.name));
-    let main = r.tasks[i].main_metric();
-    single.checkpoint.monitor = format!("{task}.{}", main.name);
-    single.checkpoint.mode = if main.higher_is_better { MonitorMode::Max } else { MonitorMode::Min };
-    mtl::setup::resolve(single, &format!("{} (single-task {task})", cfg.name), Path::new("."))
+    let single = task_subset(r, &[i], format!("{}-stl-{task}", r.cfg.name));
+    mtl::setup::resolve(single, &format!("{} (single-task {task})", r.cfg.name), Path::new("."))
 }
 
-/// `cfg`'s recipe for `task` alone, named `name`: hard parameter sharing, static weighting, no
-/// Δm, no stages (they schedule several tasks; the single task trains every epoch), and the
-/// `optim.groups` that do not name another task's head. A task with its own data keeps it
-/// (and its seed, derived from the task's name).
+/// The config that trains the tasks `keep` (indices, in order) of `r` with its recipe, named
+/// `name` (see [`restrict`]); BEST follows the monitored metric when its task is kept, the
+/// first kept task's main metric otherwise. One task trains a single-task network (hard
+/// sharing, static weighting, see [`alone`]); several keep the architecture and the balancing
+/// method.
+pub fn task_subset(r: &Resolved, keep: &[usize], name: String) -> Config {
+    let cfg = &r.cfg;
+    let mut sub = match keep {
+        [i] => alone(cfg, cfg.tasks[*i].clone(), name),
+        _ => restrict(cfg, keep.iter().map(|&i| cfg.tasks[i].clone()).collect(), name),
+    };
+    let monitored = cfg.checkpoint.monitor.split_once('.').map(|(t, _)| t.to_string());
+    if keep.len() == 1 || !monitored.is_some_and(|t| sub.tasks.iter().any(|k| k.name == t)) {
+        let first = &r.tasks[keep[0]];
+        let main = first.main_metric();
+        sub.checkpoint.monitor = format!("{}.{}", first.name, main.name);
+        sub.checkpoint.mode = if main.higher_is_better { MonitorMode::Max } else { MonitorMode::Min };
+    }
+    sub
+}
+
+/// `cfg`'s recipe for `task` alone, named `name`: [`restrict`]ed to it, with hard parameter
+/// sharing and static weighting. A task with its own data keeps it (and its seed, derived
+/// from the task's name).
 pub(super) fn alone(cfg: &Config, task: TaskConfig, name: String) -> Config {
-    let mut single: Config = cfg.clone();
-    single.name = name;
-    let others: Vec<String> =
-        cfg.tasks.iter().filter(|t| t.name != task.name).map(|t| format!("heads.{}.", t.name)).collect();
-    let own = |g: &mtl::config::ParamGroup| !others.iter().any(|o| g.pattern.starts_with(o.as_str()));
-    single.optim.groups.retain(own);
-    single.model.heads.retain(|k, _| *k == task.name);
-    single.tasks = vec![task];
+    let mut single = restrict(cfg, vec![task], name);
     single.model.architecture = Default::default();
     single.balance = Default::default();
-    single.train.baselines = None;
-    single.train.stages = Vec::new();
     single.train.epoch_by = mtl::config::EPOCH_BY_LARGEST.into();
     single
+}
+
+/// `cfg`'s recipe for `tasks` only, named `name`: their heads, the `optim.groups` that do not
+/// name another task's head, no Δm, no affinity measurement and no stages (they schedule the
+/// full set of tasks; the subset trains every epoch).
+fn restrict(cfg: &Config, tasks: Vec<TaskConfig>, name: String) -> Config {
+    let mut sub: Config = cfg.clone();
+    sub.name = name;
+    let kept = |n: &str| tasks.iter().any(|t| t.name == n);
+    let others: Vec<String> =
+        cfg.tasks.iter().filter(|t| !kept(&t.name)).map(|t| format!("heads.{}.", t.name)).collect();
+    sub.optim.groups.retain(|g| !others.iter().any(|o| g.pattern.starts_with(o.as_str())));
+    sub.model.heads.retain(|k, _| kept(k));
+    if !kept(&sub.train.epoch_by) {
+        sub.train.epoch_by = mtl::config::EPOCH_BY_LARGEST.into();
+    }
+    sub.tasks = tasks;
+    sub.train.baselines = None;
+    sub.train.stages = Vec::new();
+    sub.report.affinity = None;
+    sub
 }
 
 #[cfg(test)]

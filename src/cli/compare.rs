@@ -13,6 +13,7 @@ use clap::Args;
 use mtl::balance::GradientSpace;
 use mtl::checkpoint::RunDir;
 use mtl::tasks::{delta_m, is_quality_metric, signed_percent, Baselines, DELTA_M_DIRECTION};
+use mtl::train::affinity::Summary;
 use mtl::train::plot::{Best, Chart, Series, Split, DELTA_M_PANEL};
 use mtl::train::report::{last_val, metric_values, read_records};
 use mtl::user_bail;
@@ -44,6 +45,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     if let Some(summary) = seed_summary(&rows, &groups) {
         table.push('\n');
         table.push_str(&summary);
+    }
+    if let Some(transfer) = transfer_table(&rows) {
+        table.push('\n');
+        table.push_str(&transfer);
     }
     let notes = configuration_notes(&groups);
     if !notes.is_empty() {
@@ -134,6 +139,45 @@ fn summarise(run: &Path, baselines: Option<&Baselines>) -> anyhow::Result<RunSum
             })
             .collect(),
     })
+}
+
+/// A Markdown table with one row per run that measured transfer between its tasks
+/// (`report.affinity`, docs/TRANSFER.md): measured steps and their cost, the mean off-diagonal
+/// lookahead affinity and gradient cosine, and the pairs that helped and hurt most. `None`
+/// when no run measured it.
+fn transfer_table(rows: &[RunSummary]) -> Option<String> {
+    let measured: Vec<(&RunSummary, Summary)> =
+        rows.iter().filter_map(|r| Some((r, Summary::read(&r.run).ok()?))).collect();
+    if measured.is_empty() {
+        return None;
+    }
+    let mut out = String::from(
+        "| run | measured steps | s/measurement | mean affinity | mean cosine | most helpful i→j | most harmful i→j |\n",
+    );
+    out.push_str(&format!("|{}\n", " --- |".repeat(7)));
+    for (r, s) in measured {
+        let t = s.tasks.len();
+        let pairs: Vec<(usize, usize)> =
+            (0..t).flat_map(|i| (0..t).map(move |j| (i, j))).filter(|(i, j)| i != j).collect();
+        let mean = |m: &[Vec<f64>]| pairs.iter().map(|&(i, j)| m[i][j]).sum::<f64>() / pairs.len().max(1) as f64;
+        let by = |(i, j): (usize, usize)| s.affinity[i][j];
+        let most = pairs.iter().copied().max_by(|&a, &b| by(a).total_cmp(&by(b)));
+        let least = pairs.iter().copied().min_by(|&a, &b| by(a).total_cmp(&by(b)));
+        let name = |p: Option<(usize, usize)>| {
+            p.map(|(i, j)| format!("{}→{} {:+.2e}", s.tasks[i], s.tasks[j], s.affinity[i][j])).unwrap_or("–".into())
+        };
+        out.push_str(&format!(
+            "| {} | {} | {:.3} | {:+.2e} | {:+.3} | {} | {} |\n",
+            shown(r),
+            s.steps,
+            s.seconds_per_step,
+            mean(&s.affinity),
+            mean(&s.cosine),
+            name(most),
+            name(least)
+        ));
+    }
+    Some(out)
 }
 
 /// Config keys (and sections) that do not change what a run learns: labels, where and how fast

@@ -7,6 +7,7 @@ mod bench;
 mod compare;
 mod eval;
 mod export;
+mod groups;
 mod launcher;
 mod list;
 mod logs;
@@ -81,6 +82,10 @@ enum Command {
     /// Print a table of runs (run directory, method, seed, per-task metrics, Δm, time per step)
     /// and draw a chart; runs whose configs differ only in the seed are also averaged as seeds.
     Compare(compare::CompareArgs),
+    /// Which tasks should share a network: the best grouping under a budget from a run's
+    /// measured affinity (report.affinity), its configs, and with --train its Δm; with
+    /// --exhaustive, every grouping of a config trained and compared with the prediction.
+    Groups(groups::GroupsArgs),
     /// Time the training step (warm-up excluded; median of repetitions) and print images/s and
     /// peak memory; scripts/bench.sh runs it side by side with PyTorch. Set the batch size and
     /// threads with --set data.batch_size=N --set threads=N.
@@ -184,6 +189,7 @@ pub fn main() -> ExitCode {
         )),
         Some(Command::Export(args)) => export::run(args),
         Some(Command::Probe(args)) => probe::run(args),
+        Some(Command::Groups(args)) => groups::run(args),
         Some(Command::List(args)) => list::run(args),
         None => train_or_launch(cli.train),
     };

@@ -1114,6 +1114,18 @@ pub struct ReportConfig {
     /// prediction and target (0: none).
     #[serde(default = "default_preview_images")]
     pub preview_images: usize,
+    /// Measure how the tasks help each other while training (docs/TRANSFER.md): TAG's
+    /// lookahead affinity and the gradient cosine, every `every` steps. Training is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityConfig>,
+}
+
+/// `report.affinity`: when inter-task affinity is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffinityConfig {
+    /// Measure at every `every`-th step (steps 0, N, 2N, ...), on that step's own batch.
+    pub every: u64,
 }
 
 fn yes() -> bool {
@@ -1126,7 +1138,7 @@ fn default_preview_images() -> usize {
 
 impl Default for ReportConfig {
     fn default() -> Self {
-        Self { tensorboard: true, preview_images: default_preview_images() }
+        Self { tensorboard: true, preview_images: default_preview_images(), affinity: None }
     }
 }
 

@@ -25,6 +25,10 @@ pub fn validate(cfg: &Config) -> Check {
     train(cfg)?;
     stages(cfg)?;
     checkpoint(cfg)?;
+    if let Some(a) = &cfg.report.affinity {
+        ensure(a.every >= 1, "report.affinity.every", "must be at least 1 (a step count)")?;
+        ensure(cfg.tasks.len() >= 2, "report.affinity", "needs at least two tasks")?;
+    }
     ensure(
         cfg.report.preview_images <= 64,
         "report.preview_images",

@@ -41,7 +41,29 @@ pub const TARGETS: &[TargetInfo] = &[
     TargetInfo { name: "count", shape: TargetShape::PerImage, classes: MAX_SHAPES as i64 },
     TargetInfo { name: "color", shape: TargetShape::PerImage, classes: COLOR_NAMES.len() as i64 },
     TargetInfo { name: "mask", shape: TargetShape::PerPixel, classes: KIND_NAMES.len() as i64 + 1 },
+    // Derived targets with known relations to `kind`, for measuring transfer between tasks
+    // (docs/TRANSFER.md): labels independent of the image, and `kind` relabelled by colour.
+    TargetInfo { name: "noise", shape: TargetShape::PerImage, classes: KIND_NAMES.len() as i64 },
+    TargetInfo { name: "kind_flip", shape: TargetShape::PerImage, classes: KIND_NAMES.len() as i64 },
 ];
+
+/// `noise`: a uniform label in 0..10 drawn for the sample alone, independent of its pixels (a
+/// task nothing can be learnt for but the training set by heart).
+fn noise_label(seed: u64, val: bool, index: u64) -> u8 {
+    (rng::derive_seed(seed, rng::Purpose::DataBuild, 2 * index + u64::from(val)) % KIND_NAMES.len() as u64) as u8
+}
+
+/// `kind_flip`: `kind` for the warm colour families (red, yellow, green), `kind + 5 (mod 10)`
+/// for the cool ones: learnable, but only by features that tell the same kind apart by colour,
+/// which is what `kind` wants them not to do.
+fn kind_flip_label(l: &Labels) -> u8 {
+    let n = KIND_NAMES.len() as u8;
+    if (l.color as usize) < COLOR_NAMES.len() / 2 {
+        l.kind
+    } else {
+        (l.kind + n / 2) % n
+    }
+}
 
 /// Nominal shape sizes at 32 px, as the radius of a circle of the same area; scaled with the
 /// image side. The ranges do not overlap, so before occlusion the main shape has at least
@@ -166,6 +188,11 @@ fn generate(seed: u64, val: bool, n: usize, size: usize) -> Split {
         ("count".to_string(), column(|l| l.count)),
         ("color".to_string(), column(|l| l.color)),
         ("mask".to_string(), Tensor::from_slice(&masks).view([n as i64, side, side])),
+        ("kind_flip".to_string(), column(kind_flip_label)),
+        (
+            "noise".to_string(),
+            Tensor::from_slice(&(0..n as u64).map(|i| noise_label(seed, val, i) as i64).collect::<Vec<_>>()),
+        ),
     ]);
     Split { images: Tensor::from_slice(&images).view([n as i64, 3, side, side]), targets }
 }
@@ -489,6 +516,26 @@ mod tests {
                 other => panic!("shapes has no {other:?} target"),
             }
         }
+    }
+
+    /// `noise` is independent of the image and roughly uniform; `kind_flip` is `kind` on warm
+    /// colours and `kind + 5` on cool ones.
+    #[test]
+    fn derived_targets_have_their_documented_relations() {
+        let s = load(&cfg(600, 8, 16), 4).unwrap();
+        let col = |k: &str| Vec::<i64>::try_from(&s.train.targets[k]).unwrap();
+        let (kind, color, flip, noise) = (col("kind"), col("color"), col("kind_flip"), col("noise"));
+        for i in 0..kind.len() {
+            let want = if color[i] < 3 { kind[i] } else { (kind[i] + 5) % 10 };
+            assert_eq!(flip[i], want);
+        }
+        let mut counts = [0usize; 10];
+        noise.iter().for_each(|&n| counts[n as usize] += 1);
+        assert!(counts.iter().all(|&c| (30..=90).contains(&c)), "{counts:?}");
+        let same = kind.iter().zip(&noise).filter(|(a, b)| a == b).count();
+        assert!(same < 100, "noise agrees with kind {same} times in 600");
+        let other = load(&cfg(600, 8, 16), 5).unwrap();
+        assert!(!other.train.targets["noise"].equal(&s.train.targets["noise"]), "noise follows the seed");
     }
 
     #[test]

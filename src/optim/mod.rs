@@ -181,6 +181,40 @@ impl Optimizer {
         let _ = p.g_add_(&d.g_mul_scalar(-lr));
     }
 
+    /// The flat parameters after a step along `grads` alone (a flat gradient, laid out as
+    /// [`FlatParams::grads`]) with learning rate `lr` (times each group's `lr_scale`; frozen
+    /// variables stay), computed from the current state without changing it: TAG's lookahead
+    /// (docs/TRANSFER.md). The step is the optimizer's, less what does not depend on `grads`:
+    /// SGD `p − lr·g`; AdamW `p − lr·g / (√v̂ + ε)` with `v̂` the bias-corrected second moment
+    /// after taking `g` in. Momentum (the past steps' direction, nine tenths of an Adam step)
+    /// and weight decay would move every lookahead alike and drown the differences between
+    /// tasks. Gradient clipping applies to `grads` as to a step's gradient.
+    pub fn lookahead(&self, lr: f64, grads: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            // A new tensor, never `*=`: `grads` is the caller's.
+            let g = match self.cfg.grad_clip > 0.0 {
+                true => grads * (grads.norm() + 1e-6).reciprocal().g_mul_scalar(self.cfg.grad_clip).clamp_max(1.0),
+                false => grads.shallow_clone(),
+            };
+            let ahead = self.flat.params.copy();
+            for s in self.segments() {
+                let cut = |t: &Tensor| t.narrow(0, s.offset, s.len);
+                let g = cut(&g);
+                let direction = match self.cfg.kind {
+                    OptimKind::Adamw => {
+                        let b2 = self.cfg.betas.1;
+                        let bias2 = 1.0 - b2.powi(s.t as i32);
+                        let v = cut(&self.buffers[1].1) * b2 + (&g * &g) * (1.0 - b2);
+                        &g / ((v / bias2).sqrt() + self.cfg.eps)
+                    }
+                    OptimKind::Sgd => g,
+                };
+                let _ = cut(&ahead).g_sub_(&(direction * (lr * s.setting.lr_scale)));
+            }
+            ahead
+        })
+    }
+
     /// State tensors keyed `<buffer>.<variable name>`, for the checkpoint; and `step.<name>`
     /// for a variable whose update count differs from the optimizer's (one frozen for a while).
     pub fn state(&self) -> Vec<(String, Tensor)> {
@@ -470,6 +504,54 @@ mod tests {
             assert!(err(&a, &ra) < 1e-6 && err(&b, &rb) < 1e-6, "{:?}: {a} vs {ra}, {b} vs {rb}", cfg.kind);
             assert!(!b.equal(&init_b), "b trained after it was unfrozen");
         }
+    }
+
+    /// A lookahead changes nothing, and is the step's rule less momentum and decay: plain SGD
+    /// from a fresh optimizer, AdamW `p − lr·g/(|g| + ε)` at the first step, by hand.
+    #[test]
+    fn lookahead_follows_the_update_rule_without_changing_state() {
+        for (cfg, want) in [
+            (
+                OptimConfig { kind: OptimKind::Sgd, momentum: 0.9, weight_decay: 0.1, ..OptimConfig::default() },
+                1.0 - 0.1 * 0.5,
+            ),
+            (OptimConfig { weight_decay: 0.01, ..OptimConfig::default() }, 1.0 - 0.1 * 0.5 / (0.5 + 1e-8)),
+        ] {
+            let (_vs, w, flat) = one_param(1.0);
+            let mut opt = Optimizer::new(&cfg, flat, true);
+            let before: Vec<Tensor> = opt.state().into_iter().map(|(_, t)| t.copy()).collect();
+            let g = Tensor::from_slice(&[0.5f32]);
+            let ahead = opt.lookahead(0.1, &g).double_value(&[0]);
+            assert!((ahead - want).abs() < 1e-6, "{cfg:?}: {ahead} vs {want}");
+            assert_eq!(w.double_value(&[0]), 1.0);
+            assert_eq!(opt.steps, 0);
+            for ((_, t), b) in opt.state().iter().zip(&before) {
+                assert!(t.equal(b));
+            }
+            // After real steps the lookahead uses the second moment they left (AdamW).
+            opt.zero_grad();
+            (w.sum(Kind::Float) * 2.0).backward();
+            opt.step(0.1);
+            if cfg.kind == OptimKind::Adamw {
+                let p = w.double_value(&[0]);
+                let v = 0.999 * 0.001 * 4.0 + 0.001 * 0.25;
+                let denom = (v / (1.0 - 0.999f64.powi(2))).sqrt() + 1e-8;
+                let want = p - 0.1 * 0.5 / denom;
+                assert!((opt.lookahead(0.1, &g).double_value(&[0]) - want).abs() < 1e-6);
+            }
+        }
+    }
+
+    /// The lookahead follows the groups: a frozen variable stays, another moves at its
+    /// `lr_scale` (SGD: `p − lr·scale·g`).
+    #[test]
+    fn lookahead_follows_the_groups() {
+        let cfg = OptimConfig { kind: OptimKind::Sgd, momentum: 0.9, ..OptimConfig::default() };
+        let mut opt = two_params(&cfg, &[]);
+        opt.set_settings(vec![VarSetting { frozen: false, lr_scale: 0.5, weight_decay: 0.0 }, VarSetting::FROZEN]);
+        let ahead = opt.lookahead(0.1, &Tensor::from_slice(&[2.0f32, 3.0]));
+        let got = Vec::<f32>::try_from(&ahead).unwrap();
+        assert!((got[0] - (1.0 - 0.1 * 0.5 * 2.0)).abs() < 1e-6 && got[1] == -2.0, "{got:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod binary;
 mod classification;
 pub mod delta_m;
+pub mod grouping;
 mod normals;
 mod regression;
 mod segmentation;

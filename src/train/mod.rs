@@ -1,9 +1,11 @@
 //! The training loop: data → model → losses → balancer → optimizer, with evaluation,
 //! reporting and checkpoints at their boundaries.
+pub mod affinity;
 mod best;
 mod checkpoint_policy;
 pub mod evaluate;
 mod health;
+pub mod heatmap;
 pub mod inputs;
 pub mod norm_gap;
 pub mod parallel;
@@ -128,6 +130,8 @@ pub struct Trainer {
     stage: usize,
     /// The tasks that train in the current stage (the balancer's tasks), in config order.
     active: Vec<usize>,
+    /// `report.affinity`: transfer between tasks, measured at some steps (see [`affinity`]).
+    affinity: Option<affinity::AffinityMeter>,
 }
 
 /// A step's forward passes: the per-task losses, the shared representation (single-input
@@ -206,6 +210,7 @@ impl Trainer {
         let zeros = || Tensor::zeros([t], (Kind::Double, device));
         let Resolved { cfg, tasks, monitor, .. } = r;
         let checkpoints = CheckpointPolicy::new(&cfg.checkpoint);
+        let affinity = cfg.report.affinity.map(|a| affinity::AffinityMeter::new(a.every, tasks.len()));
         let mut trainer = Self {
             cfg,
             device,
@@ -235,6 +240,7 @@ impl Trainer {
             stages,
             stage: 0,
             active: (0..t as usize).collect(),
+            affinity,
         };
         trainer.enter_stage(0)?;
         if let Some(dir) = &opts.resume {
@@ -289,6 +295,7 @@ impl Trainer {
         self.follow_stages()?;
         let Position { step, epoch, .. } = self.at;
         let batches = self.inputs.train_batches(step);
+        self.measure_affinity(&batches)?;
         let undo = (self.cfg.train.on_nonfinite == OnNonFinite::SkipStep)
             .then(|| Undo::capture(&self.model, self.balancer.as_ref()));
         crate::rng::seed_torch(self.cfg.seed, step);
@@ -431,6 +438,10 @@ impl Trainer {
         let (shared, mut own) = self.model.param_groups();
         self.head_params = self.active.iter().map(|&i| std::mem::take(&mut own[i])).collect();
         self.shared = shared;
+        if let Some(meter) = self.affinity.as_mut() {
+            // The shared parameters that train may differ from the last stage's.
+            meter.shared_mask = None;
+        }
         if self.balancer.space() == GradientSpace::Params && self.shared.is_empty() {
             user_bail!(
                 "{at}: balance.method {} combines the tasks' gradients on the shared parameters, but none of them \
@@ -605,6 +616,7 @@ impl Trainer {
         t.push(("loop.epoch_loss".into(), self.epoch_loss.shallow_clone()));
         t.push(("loop.window_weight".into(), self.window_weight.shallow_clone()));
         t.push((Skips::TENSOR.into(), self.skips.to_tensor()));
+        t.extend(self.affinity.iter().flat_map(affinity::AffinityMeter::state));
         t
     }
 
@@ -660,6 +672,7 @@ impl Trainer {
         let summary = self.train_loop()?;
         if self.ranks.is_first() {
             self.draw_curves();
+            self.draw_affinity();
         }
         self.ranks.finish();
         Ok(summary)
@@ -717,6 +730,7 @@ impl Trainer {
                 let means = Self::drain(&mut self.epoch_loss, &self.task_names, "loss", counted);
                 let means: Vec<f64> = self.active.iter().map(|&i| means[i].1).collect();
                 self.balancer.end_epoch(epoch_before, &means);
+                self.report_affinity(&mut log, step, epoch_before + 1)?;
             }
             let stage_done = epoch_done && self.at.epoch == self.stages.list[self.stage].end_epoch;
             // Only the real end of training evaluates; a max_steps stop is a pause, like Ctrl-C,
@@ -872,6 +886,39 @@ impl Trainer {
         let Device::Cuda(_) = self.device else { return None };
         let (free, total) = crate::setup::device_memory(self.device)?;
         Some(total.saturating_sub(free) as f64 / (1u64 << 20) as f64)
+    }
+
+    /// At an epoch's end: the epoch's affinity row in metrics.jsonl (and TensorBoard), and the
+    /// whole run's averages in `affinity.json` (rank 0).
+    fn report_affinity(&mut self, log: &mut RunLog, step: u64, epoch: u64) -> anyhow::Result<()> {
+        let Some(meter) = self.affinity.as_mut() else { return Ok(()) };
+        let Some(summary) = meter.end_epoch(&self.task_names) else { return Ok(()) };
+        log.append(&report::record(step, epoch, affinity::SPLIT, &summary.row_values()))?;
+        if self.ranks.is_first() {
+            let run = meter.run.summary(&self.task_names, meter.every);
+            let json = serde_json::to_string_pretty(&run)?;
+            crate::checkpoint::write_atomically(&self.run.root.join(affinity::FILE), json.as_bytes())?;
+            tracing::info!(
+                "affinity: {} steps measured so far, {:.3} s per measurement",
+                run.steps,
+                run.seconds_per_step
+            );
+        }
+        Ok(())
+    }
+
+    /// `affinity.png`: the run's mean affinity and gradient-cosine matrices. A failure is
+    /// logged, never fatal.
+    fn draw_affinity(&self) {
+        let Some(meter) = &self.affinity else { return };
+        if meter.run.steps == 0 {
+            return;
+        }
+        let summary = meter.run.summary(&self.task_names, meter.every);
+        let png = self.run.root.join("affinity.png");
+        if let Err(e) = heatmap::affinity_heatmap(&self.cfg.name, &summary, &png) {
+            tracing::warn!("could not draw {}: {e:#}", png.display());
+        }
     }
 
     /// `curves.png` from the whole `metrics.jsonl` (see [`plot::task_chart`]), the best

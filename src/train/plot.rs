@@ -83,7 +83,7 @@ pub const TITLE_HEIGHT: u32 = 48;
 
 /// The family every text style here uses; it is also registered as "serif" and "monospace"
 /// so no plotters default can ask for a font that is not there.
-const FAMILY: &str = "sans-serif";
+pub(super) const FAMILY: &str = "sans-serif";
 
 /// Tableau-10, the matplotlib default cycle.
 const PALETTE: [RGBColor; 10] = [
@@ -108,7 +108,31 @@ fn centre() -> Pos {
     Pos::new(HPos::Center, VPos::Center)
 }
 
-fn register_fonts() -> Result<()> {
+/// Writes an RGB image as a PNG through a temporary file renamed into place.
+pub(super) fn save_png(path: &Path, buf: &[u8], (w, h): (u32, u32)) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut tmp_name = path.file_name().ok_or_else(|| anyhow!("{} names no file", path.display()))?.to_owned();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> Result<()> {
+        let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
+        image::ImageEncoder::write_image(
+            image::codecs::png::PngEncoder::new(&mut out),
+            buf,
+            w,
+            h,
+            image::ExtendedColorType::Rgb8,
+        )?;
+        out.flush()?;
+        Ok(())
+    };
+    write().with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+pub(super) fn register_fonts() -> Result<()> {
     static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         let regular = dejavu::sans::regular();
@@ -172,27 +196,7 @@ impl Chart {
         let (w, h) = self.image_size();
         let mut buf = vec![255u8; (w * h * 3) as usize];
         self.render(&mut buf, (w, h))?;
-
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let mut tmp_name = path.file_name().ok_or_else(|| anyhow!("{} names no file", path.display()))?.to_owned();
-        tmp_name.push(".tmp");
-        let tmp = path.with_file_name(tmp_name);
-        let write = || -> Result<()> {
-            let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
-            image::ImageEncoder::write_image(
-                image::codecs::png::PngEncoder::new(&mut out),
-                &buf,
-                w,
-                h,
-                image::ExtendedColorType::Rgb8,
-            )?;
-            out.flush()?;
-            Ok(())
-        };
-        write().with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        save_png(path, &buf, (w, h))
     }
 
     fn render(&self, buf: &mut [u8], (w, h): (u32, u32)) -> Result<()> {
@@ -356,7 +360,7 @@ pub fn draw_texts(img: &mut image::RgbImage, texts: &[(&str, (i32, i32))], size:
     root.present().map_err(plot_err)
 }
 
-fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(super) fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")
 }
 

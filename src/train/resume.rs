@@ -133,6 +133,10 @@ pub fn restore(trainer: &mut Trainer, dir: &Path) -> anyhow::Result<()> {
         trainer.skips = Skips::from_tensor(t)
             .ok_or_else(|| user_error!("{}: tensor '{}' is malformed", state_file.display(), Skips::TENSOR))?;
     }
+    if let Some(meter) = trainer.affinity.as_mut() {
+        let lookup = |k: &str| loaded.train_tensors.iter().find(|(n, _)| n == k).map(|(_, t)| t.shallow_clone());
+        meter.load_state(&lookup).map_err(|e| user_error!("{}: {e}", state_file.display()))?;
+    }
     check_position(&loaded, trainer.steps_per_epoch())?;
     trainer.at = Position { step: loaded.state.step, epoch: loaded.state.epoch, position: loaded.state.position };
     check_data_positions(&loaded, &trainer.data_positions())?;
