@@ -172,3 +172,57 @@ fn settings_the_backbone_cannot_have_are_refused() {
     let rates_without_aspp = config("kind: resnet18").replace("model:\n", "model:\n  heads: {kind: {rates: [6]}}\n");
     refused(tmp.path(), &rates_without_aspp, &[], &["model.heads.kind.rates: only an aspp head has rates"]);
 }
+
+/// Published weights under the fine-tuning controls: a resnet18 loaded from a file (values
+/// unlike mtl's initialization), its stem and `layer1` frozen by `optim.groups`, BatchNorm
+/// frozen, and two stages (one task, then both). The frozen tensors end bit-identical to the
+/// file's, BatchNorm statistics included; the rest of the backbone trained away from it.
+#[test]
+fn pretrained_weights_under_groups_freeze_bn_and_stages() {
+    let tmp = tempdir().unwrap();
+    tch::manual_seed(11);
+    let file: Vec<(String, Tensor)> = resnet18_state_dict()
+        .into_iter()
+        .map(|(k, t)| match t.kind() {
+            Kind::Float if k.ends_with("running_var") => (k, t.rand_like() + 0.5),
+            Kind::Float => (k, t.randn_like() * 0.05),
+            _ => (k, t),
+        })
+        .collect();
+    save(&tmp.path().join("w.safetensors"), &file);
+    let yaml = config("kind: resnet18, pretrained: w.safetensors")
+        .replace("model:\n", "model:\n  freeze_bn: true\n")
+        .replace(
+            "tasks:\n  - {name: kind, kind: classification, target: kind, classes: 10}\n",
+            "tasks:\n  - {name: kind, kind: classification, target: kind, classes: 10}\n  \
+             - {name: color, kind: classification, target: color, classes: 6}\n",
+        )
+        .replace(
+            "train: {epochs: 1}\n",
+            "optim: {kind: adamw, lr: 0.01, groups: [{match: 'backbone.stem.*', freeze: true}, \
+             {match: 'backbone.layer1.*', freeze: true}, {match: 'backbone.*', lr_scale: 0.1}]}\n\
+             train: {stages: [{epochs: 1, tasks: [kind]}, {epochs: 1, tasks: all}]}\n",
+        );
+    write(tmp.path(), "c.yaml", &yaml);
+    run_in(tmp.path(), &["c.yaml", "--run-dir", "run"]).assert_ok();
+    let trained = final_weights(&tmp.path().join("run"));
+    let in_file = |name: &str| -> Option<Vec<f64>> {
+        let key = to_torchvision(name.strip_prefix("backbone.")?);
+        let t = &file.iter().find(|(k, _)| *k == key)?.1;
+        Some(Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap())
+    };
+    let (mut frozen, mut moved) = (0, 0);
+    for (name, value) in &trained {
+        let Some(loaded) = in_file(name) else { continue };
+        let is_norm = name.contains(".bn");
+        if name.starts_with("backbone.stem.") || name.starts_with("backbone.layer1.") || is_norm {
+            assert_eq!(value, &loaded, "{name} is frozen but differs from the file");
+            frozen += 1;
+        } else if value != &loaded {
+            moved += 1;
+        }
+    }
+    assert!(frozen > 20 && moved > 10, "frozen {frozen}, trained {moved}");
+    let recorded = std::fs::read_to_string(tmp.path().join("run/config.yaml")).unwrap();
+    assert!(recorded.contains("normalization"), "ImageNet normalization recorded: {recorded}");
+}

@@ -336,7 +336,10 @@ impl Group {
         if !self.inner.hosts_store {
             return;
         }
-        let deadline = Instant::now() + watch::BEAT * 8;
+        // Long enough for a rank slowed by a loaded machine (a 2-core runner with three ranks
+        // took more than 8 beats): a rank that posts after the store is gone prints its own
+        // line, a second one for the same failure.
+        let deadline = Instant::now() + watch::BEAT * 20;
         while Instant::now() < deadline {
             match self.inner.store.add(&self.key(watch::FAILED_SEEN), 0) {
                 Ok(n) if n as usize + 1 >= self.inner.world => return,
