@@ -165,19 +165,40 @@ def load_average() -> float:
     return float(open("/proc/loadavg").read().split()[0])
 
 
-def timed(cmd, env=None, onednn=False) -> tuple[float, float]:
-    """Seconds one process takes, and with ``onednn`` the milliseconds it spent inside oneDNN's
-    primitives: the process runs with ``ONEDNN_VERBOSE=1`` and the execution times oneDNN prints
-    (``onednn_verbose,...,exec,cpu,<primitive>,...,<ms>``) are summed."""
+def timed(cmd, env=None, onednn=False) -> tuple[float, float, float]:
+    """Seconds one process takes; with ``onednn`` the milliseconds it spent inside oneDNN's
+    primitives (the process runs with ``ONEDNN_VERBOSE=1`` and the execution times oneDNN prints,
+    ``onednn_verbose,...,exec,cpu,<primitive>,...,<ms>``, are summed); and its peak resident
+    memory in MiB: the kernel's high-water mark ``VmHWM`` of the process's own address space,
+    read every 20 ms until it exits (``ru_maxrss`` would not do: it keeps the high-water mark of
+    the forking parent's copy, this script's, across the exec)."""
     if onednn:
         env = dict(env or os.environ, ONEDNN_VERBOSE="1")
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, stdout=subprocess.PIPE if onednn else subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       env=env, text=True)
-    dt = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"bench_process: {' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stderr[-2000:]}")
-    return dt, onednn_ms(r.stdout) if onednn else 0.0
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out if onednn else subprocess.DEVNULL, stderr=err, env=env)
+        peak_kib = 0
+        while p.poll() is None:
+            peak_kib = max(peak_kib, high_water_kib(p.pid))
+            time.sleep(0.02)
+        dt = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        if p.returncode != 0:
+            raise SystemExit(f"bench_process: {' '.join(map(str, cmd))} failed ({p.returncode}):\n{err.read()[-2000:]}")
+        return dt, onednn_ms(out.read()) if onednn else 0.0, peak_kib / 1024
+
+
+def high_water_kib(pid: int) -> int:
+    """``VmHWM`` of a running process in KiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def onednn_ms(verbose: str) -> float:
@@ -253,6 +274,7 @@ def main(argv=None) -> int:
         # 22.6 s for 10 steps, 17.6 s for 160), and the start-up does not cancel.
         timed(torch_cmd("compile", args.n1), env)
     per_step = {s: [] for s in sides}
+    peak_mib = {s: [] for s in sides}  # each long run's peak resident memory
     in_onednn = {s: [] for s in sides}  # seconds per step inside oneDNN, with --onednn
     loads = []
     for r in range(args.rounds):
@@ -264,10 +286,12 @@ def main(argv=None) -> int:
             times, onednn = [], []
             for steps in (args.n1, args.n2):
                 cmd = mtl_cmd(steps) if side == "mtl" else torch_cmd(side[len("torch-"):], steps)
-                times.append(timed(cmd, env)[0])
+                seconds, _, peak = timed(cmd, env)
+                times.append(seconds)
                 if args.onednn:  # a second, untimed process: the verbose printing costs time
                     cmd = mtl_cmd(steps) if side == "mtl" else cmd
                     onednn.append(timed(cmd, env, onednn=True)[1] / 1000)
+            peak_mib[side].append(peak)  # the long run's
             per_step[side].append((times[1] - times[0]) / (args.n2 - args.n1))
             if args.onednn:
                 in_onednn[side].append((onednn[1] - onednn[0]) / (args.n2 - args.n1))
@@ -278,8 +302,9 @@ def main(argv=None) -> int:
     print(f"\n{name}, {args.device}, batch {args.batch}, threads {args.threads}, steps {args.n1}/{args.n2}, {args.rounds} rounds, "
           f"load average {min(loads):.1f}–{max(loads):.1f}\n")
     split = " oneDNN ms/step | outside oneDNN |" if args.onednn else ""
-    print(f"| side | ms/step median [min–max] | images/s (median) | mtl's speed-up: paired ratio median [min–max] |{split}")
-    print("|---|---|---|---|" + ("---|---|" if args.onednn else ""))
+    print(f"| side | ms/step median [min–max] | images/s (median) | mtl's speed-up: paired ratio median [min–max] "
+          f"| peak RSS MiB (max) |{split}")
+    print("|---|---|---|---|---|" + ("---|---|" if args.onednn else ""))
     for side in sides:
         ms = [1000 * v for v in per_step[side]]
         ratio = "–"
@@ -290,7 +315,7 @@ def main(argv=None) -> int:
         outside = [m - i for m, i in zip(ms, inside)]
         cells = f" {statistics.median(inside):.1f} | {statistics.median(outside):.1f} |" if args.onednn else ""
         print(f"| {side} | {statistics.median(ms):.1f} [{min(ms):.1f}–{max(ms):.1f}] | "
-              f"{1000 * args.batch / statistics.median(ms):.1f} | {ratio} |{cells}")
+              f"{1000 * args.batch / statistics.median(ms):.1f} | {ratio} | {max(peak_mib[side]):.0f} |{cells}")
     if args.onednn:
         # The ceiling: mtl's speed-up over the fastest variant if mtl spent nothing outside oneDNN.
         best = min((s for s in sides if s != "mtl"), key=lambda s: statistics.median(per_step[s]))
@@ -299,7 +324,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps({"config": name, "device": args.device, "args": mtl_args, "batch": args.batch, "threads": args.threads,
-                                "n1": args.n1, "n2": args.n2, "per_step_seconds": per_step, "load": loads,
+                                "n1": args.n1, "n2": args.n2, "per_step_seconds": per_step, "peak_rss_mib": peak_mib, "load": loads,
                                 "onednn_seconds_per_step": in_onednn if args.onednn else None}) + "\n")
     subprocess.run(["rm", "-rf", str(work)])
     return 0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measured transfer on tasks with known relations (configs/shapes_transfer.yaml: `kind`, its
-# duplicate, the related per-pixel `seg` and colour-relabelled `flip`, the unrelated `noise`),
+# duplicate, the related per-pixel `seg` and colour-relabelled `flip`, the unrelated `noise`, the
+# conflicting `color`),
 # for several seeds; prints, per seed, the mean lookahead affinity onto `kind` and from it, and
 # the gradient cosine with it (docs/TRANSFER.md shows the output).
 #   SEEDS="0 1 2" scripts/transfer_known.sh [OUT_DIR] [--set KEY=VALUE ...]   (MTL_BIN overrides the binary)

@@ -24,7 +24,7 @@ def test_only_execution_lines_are_summed(tmp_path):
     ]
     script = tmp_path / "fake.py"
     script.write_text("import sys\n" + "".join(f"print({line!r})\n" for line in lines))
-    seconds, ms = bench_process.timed([sys.executable, str(script)], dict(os.environ), onednn=True)
+    seconds, ms, _ = bench_process.timed([sys.executable, str(script)], dict(os.environ), onednn=True)
     assert ms == 4.0 and seconds > 0
 
 
@@ -37,14 +37,23 @@ def test_a_libtorch_process_reports_its_convolutions():
     )
     env = dict(os.environ)
     t0 = time.perf_counter()
-    _, few = bench_process.timed([sys.executable, "-c", code.replace("N", "2")], env, onednn=True)
-    _, many = bench_process.timed([sys.executable, "-c", code.replace("N", "12")], env, onednn=True)
+    _, few, _ = bench_process.timed([sys.executable, "-c", code.replace("N", "2")], env, onednn=True)
+    _, many, _ = bench_process.timed([sys.executable, "-c", code.replace("N", "12")], env, onednn=True)
     wall = 1000 * (time.perf_counter() - t0)
     assert 0 < few < many < wall, (few, many, wall)
-    _, off = bench_process.timed([sys.executable, "-c", code.replace("N", "2")], env)
+    _, off, _ = bench_process.timed([sys.executable, "-c", code.replace("N", "2")], env)
     assert off == 0.0
 
 
 def test_a_failing_process_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="failed"):
         bench_process.timed([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), onednn=True)
+
+
+def test_peak_memory_is_the_process_own():
+    """The peak resident memory is each process's alone: 300 MiB touched shows, and a small
+    process run afterwards does not inherit it."""
+    big = "import time\nb = bytearray(300 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(0.2)\n"
+    _, _, peak_big = bench_process.timed([sys.executable, "-c", big], dict(os.environ))
+    _, _, peak_small = bench_process.timed([sys.executable, "-c", "import time; time.sleep(0.2)"], dict(os.environ))
+    assert peak_big > 300 and peak_small < 100, (peak_big, peak_small)

@@ -24,7 +24,10 @@ fn affinity_json(run: &Path) -> Value {
 fn plain_config(name: &str, seed: u64, data: &str, widths: &str, tasks: &[(&str, &str)], epochs: u64) -> String {
     let tasks: String = tasks
         .iter()
-        .map(|(n, t)| format!("  - {{name: {n}, kind: classification, target: {t}, classes: 10}}\n"))
+        .map(|(n, t)| {
+            let classes = if *t == "color" { 6 } else { 10 };
+            format!("  - {{name: {n}, kind: classification, target: {t}, classes: {classes}}}\n")
+        })
         .collect();
     format!(
         "name: {name}\nseed: {seed}\ndevice: cpu\nthreads: 1\n\
@@ -159,22 +162,26 @@ fn resume_continues_the_affinity_averages_exactly() {
 }
 
 /// Tasks with known relations to `kind` on generated shapes: its duplicate, `kind_flip` (the
-/// same label on warm colours, shifted by five on cool ones: related but different) and
-/// `noise` (labels independent of the image). The affinity onto `kind`, and from it, ranks
-/// them duplicate > related > unrelated, and the unrelated task does not help.
+/// same label on warm colours, shifted by five on cool ones: related but different), `noise`
+/// (labels independent of the image: unrelated) and `color` (the colour family, independent of
+/// the kind but read from the same small shared features: competing for them, conflicting). The
+/// affinity onto `kind`, and from it, ranks them duplicate > related > unrelated > conflicting,
+/// and the unrelated task does not help.
 #[test]
-fn constructed_tasks_rank_duplicate_related_unrelated() {
+fn constructed_tasks_rank_duplicate_related_unrelated_conflicting() {
     let tmp = tempdir().unwrap();
-    let tasks = [("kind", "kind"), ("dup", "kind"), ("flip", "kind_flip"), ("noise", "noise")];
+    let tasks = [("kind", "kind"), ("dup", "kind"), ("flip", "kind_flip"), ("noise", "noise"), ("color", "color")];
     let config = plain_config("known", 1, "train_size: 512, batch_size: 32", "[8, 16]", &tasks, 6);
     write(tmp.path(), "known.yaml", &config);
     run_in(tmp.path(), &["known.yaml", "--run-dir", "known"]).assert_ok();
     let s = affinity_json(&tmp.path().join("known"));
     let z = |i: usize, j: usize| s["affinity"][i][j].as_f64().unwrap();
-    let (kind, dup, flip, noise) = (0, 1, 2, 3);
-    assert!(z(dup, kind) > z(flip, kind) && z(flip, kind) > z(noise, kind), "onto kind: {s}");
-    assert!(z(kind, dup) > z(kind, flip) && z(kind, flip) > z(kind, noise), "from kind: {s}");
+    let (kind, dup, flip, noise, color) = (0, 1, 2, 3, 4);
+    let ranked = |v: [f64; 4]| v.windows(2).all(|w| w[0] > w[1]);
+    assert!(ranked([z(dup, kind), z(flip, kind), z(noise, kind), z(color, kind)]), "onto kind: {s}");
+    assert!(ranked([z(kind, dup), z(kind, flip), z(kind, noise), z(kind, color)]), "from kind: {s}");
     assert!(z(noise, kind) < 0.1 * z(flip, kind), "noise labels do not help: {s}");
+    assert!(z(color, kind) < 0.0 && z(kind, color) < 0.0, "the competing task hurts both ways: {s}");
     let cos = |i: usize, j: usize| s["cosine"][i][j].as_f64().unwrap();
     assert!(cos(kind, dup) > cos(kind, flip) && cos(kind, flip) > cos(kind, noise), "cosine: {s}");
 }

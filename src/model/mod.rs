@@ -211,12 +211,7 @@ impl MultiTaskModel {
 
     /// [`MultiTaskModel::run`] with only the heads of the tasks `active` marks (a stage of
     /// `train.stages`; None: all): the others do not run, so nothing of theirs changes.
-    pub fn run_heads(
-        &self,
-        x: &Tensor,
-        mut pass: Pass,
-        active: Option<&[bool]>,
-    ) -> Forward<Option<Tensor>> {
+    pub fn run_heads(&self, x: &Tensor, mut pass: Pass, active: Option<&[bool]>) -> Forward<Option<Tensor>> {
         let s = x.size();
         let embedded = self.table_input.as_ref().map(|t| t.forward(x));
         let features = self.arch.forward(embedded.as_ref().unwrap_or(x), &mut pass);
