@@ -45,6 +45,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Task kinds whose targets are float maps (NaN: no value), with mtl's losses (src/tasks).
+DENSE_VALUES = ("regression", "normals")
+
+
+def task_loss(kind, out, y, ignore_index, label_smoothing):
+    """mtl's loss of a task kind: cross-entropy; masked L1 over finite depth; 1 − cosine over
+    pixels with a finite normal. Means over the valid pixels, without a host read."""
+    import torch.nn.functional as F
+    if kind == "regression":
+        valid = y.isfinite()
+        err = ((out.squeeze(1) - y.nan_to_num(0.0)).abs()).where(valid, 0.0)
+        return err.sum() / valid.sum().clamp_min(1)
+    if kind == "normals":
+        valid = y.isfinite().all(1)
+        cos = (out * y.nan_to_num(0.0)).sum(1)
+        return (1.0 - cos).where(valid, 0.0).sum() / valid.sum().clamp_min(1)
+    return F.cross_entropy(out, y, ignore_index=ignore_index, label_smoothing=label_smoothing)
+
+
 # ---------------------------------------------------------------------------------------------
 # The PyTorch side: one training process (`bench_process.py --worker EXPORT N VARIANT THREADS`).
 # ---------------------------------------------------------------------------------------------
@@ -80,6 +99,8 @@ def worker(export: Path, steps: int, variant: str, threads: int, device: str) ->
     batch = int(cfg["data"]["batch_size"])
     aug = cfg["data"].get("augment") or {}
     pad, hflip = int(aug.get("crop_padding", 0)), bool(aug.get("hflip", False))
+    if (pad or hflip) and any(t["kind"] in DENSE_VALUES for t in cfg["tasks"]):
+        raise SystemExit("bench_process: the worker augments class labels only; set data.augment={} for depth/normals")
 
     o = cfg["optim"]
     kw = {"fused": True} if variant == "fused" else {"foreach": True}
@@ -137,13 +158,13 @@ def worker(export: Path, steps: int, variant: str, threads: int, device: str) ->
         idx = perm[pos * batch:(pos + 1) * batch]
         pos += 1
         x = (images[idx].float() / 255.0 - mean) / std
-        ys = [t[idx].long() for t in targets]
+        ys = [t[idx].float() if k["kind"] in DENSE_VALUES else t[idx].long() for t, k in zip(targets, tasks)]
         if pad or hflip:
             x, ys = augment(x, ys)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
         outs = list(fwd(x).values())
-        losses = [F.cross_entropy(out, y, ignore_index=ig, label_smoothing=ls) for out, y, (ig, ls, _) in zip(outs, ys, losses_spec)]
+        losses = [task_loss(k["kind"], out, y, ig, ls) for out, y, k, (ig, ls, _) in zip(outs, ys, tasks, losses_spec)]
         loss = sum(wt * l for l, (_, _, wt) in zip(losses, losses_spec))
         opt.zero_grad(set_to_none=True)
         loss.backward()
