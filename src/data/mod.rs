@@ -131,6 +131,34 @@ pub fn generated_sizes(d: &DataConfig, defaults: (usize, usize)) -> (usize, usiz
     (or_default(d.train_size, defaults.0), or_default(d.val_size, defaults.1))
 }
 
+/// What a generated dataset (`shapes`, `scenes`) is: its name, the image sides it renders, its
+/// split sizes when the config gives none, and how it renders `n` samples of a split
+/// (`generate(seed, val, n, side)`).
+pub struct Generator {
+    pub name: &'static str,
+    pub image_sizes: std::ops::RangeInclusive<i64>,
+    pub default_sizes: (usize, usize),
+    pub generate: fn(u64, bool, usize, usize) -> Split,
+}
+
+impl Generator {
+    /// Both splits (train: `data.train_size`, val: `data.val_size`, the defaults when 0).
+    pub fn splits(&self, cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
+        let (name, sizes) = (self.name, &self.image_sizes);
+        if !sizes.contains(&cfg.image_size) {
+            user_bail!(
+                "data.image_size: {name} renders {}..={} px images, got {}",
+                sizes.start(),
+                sizes.end(),
+                cfg.image_size
+            );
+        }
+        let side = cfg.image_size as usize;
+        let (train, val) = generated_sizes(cfg, self.default_sizes);
+        Ok(Splits { train: (self.generate)(seed, false, train, side), val: (self.generate)(seed, true, val, side) })
+    }
+}
+
 /// A generated dataset's rule for its sizes, as [`Dataset::check`] reports it.
 pub fn check_generated_sizes(d: &DataConfig) -> Result<(), String> {
     for (key, n) in [("train_size", d.train_size), ("val_size", d.val_size)] {

@@ -21,7 +21,6 @@
 use super::{check_generated_sizes, generated_sizes, Dataset, Loaded, Split, Splits, TargetInfo, TargetShape, Wanted};
 use crate::config::DataConfig;
 use crate::rng::{self, Purpose};
-use crate::user_bail;
 use rand::{Rng, RngCore};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
@@ -81,15 +80,13 @@ impl Dataset for Scenes {
 
 /// Generates both splits (train: `data.train_size`, val: `data.val_size`, defaults when 0).
 pub fn load(cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
-    if !(MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE).contains(&cfg.image_size) {
-        user_bail!(
-            "data.image_size: scenes renders {MIN_IMAGE_SIZE}..={MAX_IMAGE_SIZE} px images, got {}",
-            cfg.image_size
-        );
-    }
-    let size = cfg.image_size as usize;
-    let (train, val) = generated_sizes(cfg, (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE));
-    Ok(Splits { train: generate(seed, false, train, size), val: generate(seed, true, val, size) })
+    let generator = super::Generator {
+        name: "scenes",
+        image_sizes: MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE,
+        default_sizes: (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE),
+        generate,
+    };
+    generator.splits(cfg, seed)
 }
 
 /// One rendered sample: image uint8 CHW, per-pixel labels row-major, normals CHW.
