@@ -36,8 +36,8 @@ use tch::{Kind, Tensor};
 
 /// Every dataset `data.dataset` names.
 pub const DATASETS: &[&dyn Dataset] = &[
-    &shapes::Shapes,
-    &scenes::Scenes,
+    &shapes::SHAPES,
+    &scenes::SCENES,
     &cifar10::Cifar10Seg,
     &multimnist::MultiMnist,
     &pet::Pet,
@@ -136,9 +136,37 @@ pub fn generated_sizes(d: &DataConfig, defaults: (usize, usize)) -> (usize, usiz
 /// (`generate(seed, val, n, side)`).
 pub struct Generator {
     pub name: &'static str,
+    pub targets: &'static [TargetInfo],
     pub image_sizes: std::ops::RangeInclusive<i64>,
     pub default_sizes: (usize, usize),
     pub generate: fn(u64, bool, usize, usize) -> Split,
+}
+
+impl Dataset for Generator {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn targets(&self, _d: &DataConfig) -> Option<Vec<TargetInfo>> {
+        Some(self.targets.to_vec())
+    }
+
+    fn normalization(&self) -> ([f64; 3], [f64; 3]) {
+        // Rendered colours spread over the whole range: a fixed, not a measured, normalization.
+        ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    }
+
+    fn planned_samples(&self, d: &DataConfig) -> Option<(usize, usize)> {
+        Some(generated_sizes(d, self.default_sizes))
+    }
+
+    fn check(&self, d: &DataConfig) -> Result<(), String> {
+        check_generated_sizes(d)
+    }
+
+    fn load(&self, d: &DataConfig, seed: u64, _wanted: &[Wanted]) -> anyhow::Result<Loaded> {
+        Ok(Loaded::Memory(self.splits(d, seed)?))
+    }
 }
 
 impl Generator {

@@ -18,7 +18,7 @@
 //!
 //! Like `shapes`, every sample is a pure function of (seed, split, index) drawn from
 //! `rng::stream(seed, SyntheticTrain | SyntheticVal, index)`, and generation runs on every core.
-use super::{check_generated_sizes, generated_sizes, Dataset, Loaded, Split, Splits, TargetInfo, TargetShape, Wanted};
+use super::{Generator, Split, Splits, TargetInfo, TargetShape};
 use crate::config::DataConfig;
 use crate::rng::{self, Purpose};
 use rand::{Rng, RngCore};
@@ -50,43 +50,17 @@ pub const TARGETS: &[TargetInfo] = &[
 ];
 
 /// The generated scenes dataset.
-pub struct Scenes;
-
-impl Dataset for Scenes {
-    fn name(&self) -> &'static str {
-        "scenes"
-    }
-
-    fn targets(&self, _d: &DataConfig) -> Option<Vec<TargetInfo>> {
-        Some(TARGETS.to_vec())
-    }
-
-    fn normalization(&self) -> ([f64; 3], [f64; 3]) {
-        ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-    }
-
-    fn planned_samples(&self, d: &DataConfig) -> Option<(usize, usize)> {
-        Some(generated_sizes(d, (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE)))
-    }
-
-    fn check(&self, d: &DataConfig) -> Result<(), String> {
-        check_generated_sizes(d)
-    }
-
-    fn load(&self, d: &DataConfig, seed: u64, _wanted: &[Wanted]) -> anyhow::Result<Loaded> {
-        Ok(Loaded::Memory(load(d, seed)?))
-    }
-}
+pub const SCENES: Generator = Generator {
+    name: "scenes",
+    targets: TARGETS,
+    image_sizes: MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE,
+    default_sizes: (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE),
+    generate,
+};
 
 /// Generates both splits (train: `data.train_size`, val: `data.val_size`, defaults when 0).
 pub fn load(cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
-    let generator = super::Generator {
-        name: "scenes",
-        image_sizes: MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE,
-        default_sizes: (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE),
-        generate,
-    };
-    generator.splits(cfg, seed)
+    SCENES.splits(cfg, seed)
 }
 
 /// One rendered sample: image uint8 CHW, per-pixel labels row-major, normals CHW.

@@ -11,7 +11,7 @@
 //! the main shape stays clearly the largest by visible area, so `kind` and `color` are
 //! well-defined. Shapes are sized by area rather than radius, so thin kinds (bars, rings) are
 //! not systematically smaller than solid ones.
-use super::{check_generated_sizes, generated_sizes, Dataset, Loaded, Split, Splits, TargetInfo, TargetShape, Wanted};
+use super::{Generator, Split, Splits, TargetInfo, TargetShape};
 use crate::config::DataConfig;
 use crate::rng::{self, Purpose};
 use rand::{Rng, RngCore};
@@ -96,43 +96,17 @@ pub struct Labels {
 }
 
 /// The generated shapes dataset.
-pub struct Shapes;
-
-impl Dataset for Shapes {
-    fn name(&self) -> &'static str {
-        "shapes"
-    }
-
-    fn targets(&self, _d: &DataConfig) -> Option<Vec<TargetInfo>> {
-        Some(TARGETS.to_vec())
-    }
-
-    fn normalization(&self) -> ([f64; 3], [f64; 3]) {
-        ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-    }
-
-    fn planned_samples(&self, d: &DataConfig) -> Option<(usize, usize)> {
-        Some(generated_sizes(d, (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE)))
-    }
-
-    fn check(&self, d: &DataConfig) -> Result<(), String> {
-        check_generated_sizes(d)
-    }
-
-    fn load(&self, d: &DataConfig, seed: u64, _wanted: &[Wanted]) -> anyhow::Result<Loaded> {
-        Ok(Loaded::Memory(load(d, seed)?))
-    }
-}
+pub const SHAPES: Generator = Generator {
+    name: "shapes",
+    targets: TARGETS,
+    image_sizes: MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE,
+    default_sizes: (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE),
+    generate,
+};
 
 /// Generates both splits (train: `data.train_size`, val: `data.val_size`, defaults when 0).
 pub fn load(cfg: &DataConfig, seed: u64) -> anyhow::Result<Splits> {
-    let generator = super::Generator {
-        name: "shapes",
-        image_sizes: MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE,
-        default_sizes: (DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE),
-        generate,
-    };
-    generator.splits(cfg, seed)
+    SHAPES.splits(cfg, seed)
 }
 
 /// Renders sample `index` of the train (`val == false`) or val split at `size` × `size` px.
