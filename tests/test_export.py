@@ -188,3 +188,147 @@ def test_the_archive_is_a_plain_torchscript_zip(binary, tmp_path):
     # Loads without asking for the description, and moves to another device like any module.
     module = torch.jit.load(str(tmp_path / "m.pt"), map_location="cpu")
     assert "forward" in module.code
+
+
+# --- a run on a table (docs/TABLES.md, "Export") ----------------------------------------------
+
+TABLE_TASKS = [{"name": "click", "kind": "binary", "target": "click"},
+               {"name": "buy", "kind": "binary", "target": "buy", "given": "click"},
+               {"name": "spend", "kind": "value", "target": "spend"},
+               {"name": "tier", "kind": "classification", "target": "tier", "classes": 3}]
+
+
+def write_shop(path: Path, n: int, seed: int):
+    """A CSV of raw rows with every case the mapping handles: missing numbers, a 1-d and a
+    numeric-looking categorical column, a city only the held-out rows have."""
+    rng = np.random.default_rng(seed)
+    city = np.array([f"c{c}" for c in rng.integers(0, 6 if seed == 1 else 8, n)])
+    device = rng.integers(0, 3, n)
+    age = rng.integers(18, 70, n).astype(float)
+    age[rng.random(n) < 0.1] = np.nan
+    price = rng.normal(10, 3, n).round(2)
+    click = (rng.random(n) < 0.5).astype(int)
+    buy = click * (rng.random(n) < 0.3)
+    spend = (np.nan_to_num(age, nan=40) / 10 + rng.normal(0, 1, n)).round(3)
+    tier = rng.integers(0, 3, n)
+    cell = lambda v: "" if isinstance(v, float) and np.isnan(v) else str(v)  # noqa: E731
+    rows = zip(age, price, city, device, click, buy, spend, tier)
+    path.write_text("age,price,city,device,click,buy,spend,tier\n"
+                    + "".join(",".join(cell(v) for v in r) + "\n" for r in rows))
+
+
+def train_table(binary, tmp: Path, architecture: dict = None) -> dict:
+    write_shop(tmp / "train.csv", 300, 1)
+    write_shop(tmp / "val.csv", 120, 2)
+    cfg = {"name": "table", "seed": 5, "device": "cpu", "threads": 1,
+           "data": {"dataset": "table", "train": "train.csv", "val": "val.csv", "batch_size": 32,
+                    "eval_batch_size": 64, "augment": {"crop_padding": 0, "hflip": False},
+                    "features": {"numeric": ["age", "price"],
+                                 "categorical": {"city": {"dim": 3}, "device": {"dim": 2}}}},
+           "model": {"architecture": architecture or {"kind": "mmoe", "experts": 2},
+                     "backbone": {"kind": "mlp", "widths": [8, 6], "norm": "none"}},
+           "tasks": TABLE_TASKS, "optim": {"kind": "adamw", "lr": 0.01}, "train": {"epochs": 1, "log_every": 5},
+           "checkpoint": {"monitor": "click.auc", "mode": "max"}}
+    (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert_ok(mtl(binary, tmp, "c.yaml", "--run-dir", "run"))
+    return cfg
+
+
+def map_with_description(table: dict, rows: dict) -> np.ndarray:
+    """Raw rows (column → CSV cells) → the exported module's input, from the description alone."""
+    missing_text = table["rules"]["missing_text"]
+    numeric = {n["column"]: n for n in table["numeric"]}
+    categorical = {c["column"]: c for c in table["categorical"]}
+
+    def missing(v):
+        return v is None or v in missing_text
+
+    def key(v):
+        return v  # CSV cells are text: the key as it is
+
+    out = []
+    for e in table["row"]:
+        values, j = rows[e["column"]], e["entry"]
+        if e["is"] == "standardized":
+            n = numeric[e["column"]]
+            out.append([0.0 if missing(v) else (float(np.float32(v)) - n["mean"][j]) / n["std"][j] for v in values])
+        elif e["is"] == "missing":
+            out.append([1.0 if missing(v) else 0.0 for v in values])
+        else:
+            c = categorical[e["column"]]
+            out.append([c["oov_index"] if missing(v) else c["vocabulary"].get(key(v), c["oov_index"]) for v in values])
+    return np.array(out, dtype=np.float64).T.astype(np.float32)
+
+
+def predictions(tasks: list, outputs) -> dict:
+    """What `predict --table` writes, from the exported module's outputs."""
+    columns = {}
+    for t, o in zip(tasks, outputs):
+        o = np.asarray(o, dtype=np.float64)
+        if t["kind"] == "classification":
+            p = np.exp(o - o.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            columns[t["name"]], columns[f"{t['name']}_probability"] = p.argmax(1), p.max(1)
+        elif t["kind"] == "binary":
+            columns[t["name"]] = 1 / (1 + np.exp(-o[:, 0]))
+        else:
+            columns[t["name"]] = o[:, 0]
+    return columns
+
+
+def test_table_exports_map_raw_rows_from_their_description(binary, tmp_path):
+    """A table run exports to TorchScript and ONNX; held-out raw rows mapped with nothing but
+    the description (`mtl.json`, in the archive and in the ONNX metadata) give what
+    `mtl-train predict --table` gives, to 1e-5."""
+    import csv
+
+    import onnx
+    import onnxruntime
+
+    cfg = train_table(binary, tmp_path)
+    assert_ok(mtl(binary, tmp_path, "export", "run", "--torchscript", "model.pt", "--onnx", "model.onnx"))
+    extra = {"mtl.json": ""}
+    module = torch.jit.load(str(tmp_path / "model.pt"), _extra_files=extra)
+    described = json.loads(extra["mtl.json"])
+    from_onnx = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert dict(json.loads(from_onnx["mtl.json"]), format="") == dict(described, format="")
+    table = described["input"]["table"]
+    assert table["columns"] == ["age", "price", "city", "device"] and table["hashing"] is False
+    assert described["input"]["shape"] == ["N", 2 + 1 + 2]  # age, price, age's indicator, 2 indices
+    assert [(t["name"], t["kind"], t["given"]) for t in described["tasks"]] == [
+        (t["name"], t["kind"], t.get("given")) for t in cfg["tasks"]]
+    assert table["categorical"][1]["vocabulary"].keys() == {"0", "1", "2"}
+
+    with open(tmp_path / "val.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    rows = {c: [r[c] for r in records] for c in table["columns"]}
+    x = map_with_description(table, rows)
+    assert (x[:, 3] == 0).any(), "cities only the held-out rows have are out of vocabulary"
+
+    r = mtl(binary, tmp_path, "predict", "run", "--table", "val.csv", "--out", "p.csv")
+    assert_ok(r)
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    want = {h: np.array([float(l.split(",")[i]) for l in lines[1:]]) for i, h in enumerate(lines[0].split(","))}
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        scripted = [t.numpy() for t in module(torch.from_numpy(x))]
+    for name, outputs in (("torchscript", scripted), ("onnx", session.run(None, {"input": x}))):
+        got = predictions(described["tasks"], outputs)
+        assert list(got) == list(want)
+        for column in want:
+            np.testing.assert_allclose(got[column], want[column], rtol=TOL, atol=1e-6, err_msg=f"{name}: {column}")
+
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_user_error(mtl(binary, tmp_path, "export", "run", "--torchscript", "m.pt", "--size", "4"), "--size", "table")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("architecture", [{"kind": "hps"}, {"kind": "cgc"}, {"kind": "ple"},
+                                          {"kind": "dselect_k", "experts": 3}, {"kind": "cross_stitch"}])
+def test_every_table_architecture_exports(binary, tmp_path, architecture):
+    """The other architectures on rows trace with a free batch dimension: `export` checks the
+    file against mtl on a batch size the tracer did not see before keeping it."""
+    train_table(binary, tmp_path, architecture)
+    r = mtl(binary, tmp_path, "export", "run", "--torchscript", "model.pt")
+    assert_ok(r)
+    assert "input [N, 5]" in r.stdout and (tmp_path / "model.pt").is_file()

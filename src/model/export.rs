@@ -27,13 +27,24 @@ extern "C" {
     ) -> *mut c_char;
 }
 
+/// What the model reads of an exported module's input: a normalized image batch as it is; a
+/// table run's mapped rows `[N, F]` as `[N, F, 1, 1]` (a server has rows, not pictures; the
+/// reshape is traced, so the module takes `[N, F]`).
+pub fn model_input(x: &Tensor) -> Tensor {
+    if x.dim() == 2 {
+        x.unsqueeze(-1).unsqueeze(-1)
+    } else {
+        x.shallow_clone()
+    }
+}
+
 /// The module's class name, as `print(module)` shows it.
 const MODULE_NAME: &str = "MultiTaskModel";
 /// The traced method: what `module(x)` calls.
 const METHOD: &str = "forward";
 
-/// Traces `model`'s eval-mode forward on `example` (a normalized NCHW float batch on the
-/// model's device) and saves the TorchScript module to `path`. The variables stop requiring
+/// Traces `model`'s eval-mode forward on `example` (a normalized NCHW float batch, or a table
+/// run's mapped rows `[N, F]`, on the model's device) and saves the TorchScript module to `path`. The variables stop requiring
 /// gradients while the tracer runs (it refuses to record a tensor that requires one as a
 /// constant) and require them again afterwards.
 pub fn save_traced(model: &mut MultiTaskModel, example: &Tensor, path: &Path) -> anyhow::Result<()> {
@@ -57,7 +68,7 @@ fn trace_and_save(model: &MultiTaskModel, example: &Tensor, path: &Path) -> anyh
     }
     // The tracer records what runs between its start and end: the forward, on the input the
     // tracer knows (`input`, the very tensor registered above).
-    let mut outputs = model.forward(&input, Mode::Eval);
+    let mut outputs = model.forward(&model_input(&input), Mode::Eval);
     let pointers: Vec<*mut torch_sys::C_tensor> = outputs.iter_mut().map(Tensor::as_mut_ptr).collect();
     // SAFETY: `module` is the live module of the trace begun above, `pointers` are live tensors
     // for the duration of the call; a non-null result is a malloc'd message we free.

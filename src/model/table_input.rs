@@ -38,17 +38,15 @@ impl TableInput {
         fitted.dense_width() as i64 + fitted.categorical.iter().map(|c| c.dim).sum::<i64>()
     }
 
-    /// `x` float `[N, F, 1, 1]` → `[N, out_width, 1, 1]`.
+    /// `x` float `[N, F, 1, 1]` → `[N, out_width, 1, 1]`. No size is read from `x`: a traced
+    /// export keeps its batch dimension free.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let n = x.size()[0];
-        let flat = x.view([n, -1]);
+        let flat = x.flatten(1, -1);
         let mut parts = vec![flat.narrow(1, 0, self.dense)];
         for (i, table) in self.tables.iter().enumerate() {
             let index = flat.select(1, self.dense + i as i64).to_kind(Kind::Int64);
             parts.push(Tensor::embedding(table, &index, -1, false, false));
         }
-        let h = Tensor::cat(&parts, 1);
-        let w = h.size()[1];
-        h.view([n, w, 1, 1])
+        Tensor::cat(&parts, 1).unsqueeze(-1).unsqueeze(-1)
     }
 }

@@ -55,7 +55,7 @@ impl RawTable {
 }
 
 /// Strings a CSV cell leaves empty, or writes for "no value", read as missing.
-const MISSING_TEXT: &[&str] = &["", "NA", "NaN", "nan", "null", "NULL", "?"];
+pub const MISSING_TEXT: &[&str] = &["", "NA", "NaN", "nan", "null", "NULL", "?"];
 
 /// Reads the `wanted` columns of `file` (paths already absolute).
 pub fn read(file: &TableFile, wanted: &[String]) -> anyhow::Result<RawTable> {

@@ -318,7 +318,8 @@ pub fn weighted_sum(weights: &Tensor, items: &[Tensor]) -> Tensor {
     let k = items.len() as i64;
     let mut shape = vec![k];
     let w = if weights.dim() == 2 {
-        shape.push(weights.size()[0]);
+        // -1, not the batch size read here: a traced export keeps its batch dimension free.
+        shape.push(-1);
         weights.tr()
     } else {
         weights.shallow_clone()
