@@ -268,7 +268,9 @@ fn resume_mid_epoch_is_bit_identical() {
     std::fs::create_dir(d.join("imgs")).unwrap();
     run_in(d, &["export", "straight", "--torchscript", "m.pt", "--size", "4"]).assert_user_error(&["--size", "table"]);
     run_in(d, &["predict", "straight", "--images", "imgs", "--out", "p"]).assert_user_error(&["--images", "table"]);
-    assert!(!d.join("m.pt").exists() && !d.join("p").exists());
+    run_in(d, &["predict", "straight", "--table", "val.csv", "--out", "p.txt"])
+        .assert_user_error(&["p.txt", ".parquet"]);
+    assert!(!d.join("m.pt").exists() && !d.join("p").exists() && !d.join("p.txt").exists());
 }
 
 /// Census-Income as published (gzipped, no header, `?` for missing, 42 fields): a small file of

@@ -318,3 +318,29 @@ def test_twin_mapping_is_mtls(shop_dir):
     t = shop(150, 6)
     columns = {c: t[c].tolist() for c in ("age", "score", "city", "device")}
     np.testing.assert_array_equal(mtl_torch.map_rows(fitted, columns), x[:, :, 0, 0].numpy())
+
+
+def test_predict_table_writes_parquet_with_the_csvs_values(shop_dir):
+    """`--out P.parquet` writes the CSV's columns (a classification task's class as int64, its
+    probability, binary probabilities, values) with the same values."""
+    d = shop_dir / "parquet-out"
+    d.mkdir()
+    for split in ("train", "val"):
+        (d / f"{split}.csv").write_text((shop_dir / f"{split}.csv").read_text())
+    config = ARCH_CONFIG.format(ext="csv", arch=ARCHITECTURES["hps"]).replace(
+        "  - {name: spend, kind: value, target: spend}",
+        "  - {name: spend, kind: value, target: spend}\n  - {name: tier, kind: classification, target: tier}")
+    (d / "c.yaml").write_text(config)
+    r = subprocess.run([str(BINARY), "c.yaml", "--run-dir", "run"], cwd=d, capture_output=True, text=True,
+                       env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    want = predict_csv(d / "run", d / "val.csv", d / "p.csv")
+    r = subprocess.run([str(BINARY), "predict", "run", "--checkpoint", "latest", "--table", "val.csv", "--out",
+                        "p.parquet"], cwd=d, capture_output=True, text=True, env={"RUST_LOG": "warn"})
+    assert r.returncode == 0, r.stderr
+    got = pq.read_table(d / "p.parquet")
+    assert got.column_names == list(want) == ["click", "buy", "spend", "tier", "tier_probability"]
+    assert got.schema.field("tier").type == pa.int64() and got.schema.field("click").type == pa.float64()
+    for name in want:
+        np.testing.assert_array_equal(got.column(name).to_numpy(), want[name], err_msg=name)
+

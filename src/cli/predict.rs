@@ -26,12 +26,13 @@ pub struct PredictArgs {
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
     /// A run on a table: rows in any table format (.csv, .parquet, .npz) holding its feature
-    /// columns, mapped with the run's fitted standardization and vocabularies; writes a CSV to
-    /// --out, one line per row (binary: the probability; classification: the class and its
-    /// probability; value: the value).
+    /// columns, mapped with the run's fitted standardization and vocabularies; writes --out as
+    /// CSV (.csv) or Parquet (.parquet), one row per row (binary: the probability;
+    /// classification: the class and its probability; value: the value).
     #[arg(long, value_name = "FILE")]
     table: Option<PathBuf>,
-    /// Where the predictions go: a folder for --images, a safetensors file for --input.
+    /// Where the predictions go: a folder for --images, a safetensors file for --input, a .csv
+    /// or .parquet file for --table.
     #[arg(long, value_name = "PATH", visible_alias = "output", required = true)]
     out: Option<PathBuf>,
     /// Run only these tasks' heads (repeat the flag or give a comma list); default: every task.
@@ -118,51 +119,78 @@ fn predict_tensor_file(r: &Restored, chosen: &[usize], input: &Path, output: &Pa
     Ok(named.into_iter().map(|(n, _)| n).collect())
 }
 
-/// `predict --table`: every row of `table` through the model, one CSV line per row.
+/// How `predict --table` writes its predictions: by `--out`'s extension.
+#[derive(Clone, Copy)]
+enum TableOut {
+    Csv,
+    Parquet,
+}
+
+impl TableOut {
+    fn of(out: &Path) -> anyhow::Result<Self> {
+        match out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("csv") => Ok(TableOut::Csv),
+            Some("parquet") => Ok(TableOut::Parquet),
+            _ => user_bail!(
+                "--out: {}: table predictions are written as CSV (.csv) or Parquet (.parquet)",
+                out.display()
+            ),
+        }
+    }
+}
+
+/// `predict --table`: every row of `table` through the model, one row of predictions per row.
 fn predict_table(r: &Restored, chosen: &[usize], table: &Path, out: &Path) -> anyhow::Result<usize> {
+    use mtl::data::table::write;
     let cfg = &r.run.cfg;
     if cfg.data.features.is_none() {
         user_bail!("--table: this run learned from images, not a table; use --images or --input");
     }
-    if out.extension().and_then(|e| e.to_str()) != Some("csv") {
-        user_bail!("--out: {}: table predictions are written as CSV (a .csv file)", out.display());
-    }
+    let format = TableOut::of(out)?;
     let file = mtl::config::TableFile::File(table.display().to_string());
     let x = mtl::data::table::map_rows(&cfg.data, &file)?;
     let n = x.size()[0];
     let batch = cfg.data.eval_batch_size as i64;
-    let names = r.run.task_names();
-    let mut columns: Vec<Vec<String>> = chosen.iter().map(|_| Vec::new()).collect();
-    let mut header = Vec::new();
-    for &i in chosen {
-        match r.run.tasks[i].kind.name() {
-            "classification" => header.extend([names[i].clone(), format!("{}_probability", names[i])]),
-            _ => header.push(names[i].clone()),
-        }
+    if n == 0 {
+        user_bail!("--table: {}: holds no rows to predict", table.display());
     }
+    let mut outputs: Vec<Vec<Tensor>> = chosen.iter().map(|_| Vec::new()).collect();
     for start in (0..n).step_by(batch as usize) {
         let part = x.narrow(0, start, batch.min(n - start)).to_device(r.model.device());
-        let outputs = tch::no_grad(|| r.model.forward(&part, Mode::Eval));
-        for (col, &i) in columns.iter_mut().zip(chosen) {
-            let o = outputs[i].to_device(Device::Cpu).to_kind(Kind::Double);
-            match r.run.tasks[i].kind.name() {
-                "classification" => {
-                    let (p, c) = o.softmax(1, Kind::Double).max_dim(1, false);
-                    let (p, c) = (Vec::<f64>::try_from(p)?, Vec::<i64>::try_from(c)?);
-                    col.extend(c.iter().zip(&p).map(|(c, p)| format!("{c},{p}")));
-                }
-                "binary" => col.extend(Vec::<f64>::try_from(o.view([-1]).sigmoid())?.iter().map(|p| p.to_string())),
-                _ => col.extend(Vec::<f64>::try_from(o.view([-1]))?.iter().map(|v| v.to_string())),
-            }
+        let batch_outputs = tch::no_grad(|| r.model.forward(&part, Mode::Eval));
+        for (all, &i) in outputs.iter_mut().zip(chosen) {
+            all.push(batch_outputs[i].to_device(Device::Cpu));
         }
     }
-    let mut text = header.join(",") + "\n";
-    for row in 0..n as usize {
-        text += &columns.iter().map(|c| c[row].as_str()).collect::<Vec<_>>().join(",");
-        text.push('\n');
+    let mut columns = Vec::new();
+    for (all, &i) in outputs.iter().zip(chosen) {
+        let task = &r.run.tasks[i];
+        columns.extend(task_columns(&task.name, task.kind.name(), &Tensor::cat(all, 0))?);
     }
-    mtl::checkpoint::write_atomically(out, text.as_bytes())?;
+    let bytes = match format {
+        TableOut::Csv => write::csv(&columns).into_bytes(),
+        TableOut::Parquet => write::parquet(&columns)?,
+    };
+    mtl::checkpoint::write_atomically(out, &bytes)?;
     Ok(n as usize)
+}
+
+/// One task's outputs as its named prediction columns: classification the class (`<task>`)
+/// and its probability (`<task>_probability`), binary the probability, value the value.
+fn task_columns(name: &str, kind: &str, output: &Tensor) -> anyhow::Result<mtl::data::table::write::Columns> {
+    use mtl::data::table::write::Values;
+    let o = output.to_kind(Kind::Double);
+    Ok(match kind {
+        "classification" => {
+            let (p, c) = o.softmax(1, Kind::Double).max_dim(1, false);
+            vec![
+                (name.to_string(), Values::Int(Vec::try_from(c)?)),
+                (format!("{name}_probability"), Values::Float(Vec::try_from(p)?)),
+            ]
+        }
+        "binary" => vec![(name.to_string(), Values::Float(Vec::try_from(o.view([-1]).sigmoid())?))],
+        _ => vec![(name.to_string(), Values::Float(Vec::try_from(o.view([-1]))?))],
+    })
 }
 
 /// What a folder prediction did.

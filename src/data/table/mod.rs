@@ -10,6 +10,7 @@
 pub mod census;
 pub mod fit;
 pub mod read;
+pub mod write;
 
 use super::{Dataset, Loaded, Split, Splits, TargetShape, Wanted};
 use crate::config::{DataConfig, TableFeatures, TableFile};
