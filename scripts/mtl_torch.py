@@ -833,6 +833,7 @@ def _numeric(column, name: str):
 
 
 def _keys(column, name: str) -> list:
+    """Vocabulary keys (None: missing): text as it is, numbers as ``_rust_number`` prints them."""
     import numpy as np
 
     if isinstance(column, np.ndarray):
@@ -848,10 +849,10 @@ def map_rows(fitted: dict, table) -> "np.ndarray":
     (missing: 0), then the indicators (1 where missing) of the columns that have them, then
     each categorical column's vocabulary index (``vocab[i]`` is i + 1; anything else 0).
 
-    ``fitted`` is ``table_mapping(config)``; ``table`` maps column names to values: a dict,
-    a pandas DataFrame, a pyarrow Table, or ``read_table``'s result. A NumPy array of numbers is read as
-    ``.npy`` columns are (float32); lists, Series and pyarrow arrays as CSV/Parquet cells
-    (None and NaN missing, strings as text). Reshape to ``[N, F, 1, 1]`` for the twin."""
+    ``fitted`` is ``table_mapping(config)``; ``table`` maps column names to values: a dict, a
+    pandas DataFrame, a pyarrow Table, or ``read_table``'s result. A NumPy array of numbers is
+    read as ``.npy`` columns are (float32); lists, Series and pyarrow arrays as CSV/Parquet
+    cells (None and NaN missing, strings as text). The twin takes the result as it is."""
     import numpy as np
 
     columns = {}
@@ -879,7 +880,7 @@ def map_rows(fitted: dict, table) -> "np.ndarray":
     for spec in fitted["categorical"]:
         index = {v: i + 1 for i, v in enumerate(spec["vocab"])}
         keys = _keys(columns[spec["column"]], spec["column"])
-        indices.append(np.array([[index.get(k, 0)] for k in keys], dtype=np.float32).reshape(n, 1))
+        indices.append(np.array([index.get(k, 0) for k in keys], dtype=np.float32).reshape(n, 1))
     out = np.concatenate(dense + indicators + indices, axis=1)
     return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -1783,7 +1784,9 @@ def ctcvr(model: MultiTaskModel, outputs: "OrderedDict[str, torch.Tensor]") -> "
     )
 
 
-def table_predictions(model: MultiTaskModel, outputs: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+def table_predictions(
+    model: MultiTaskModel, outputs: "OrderedDict[str, torch.Tensor]"
+) -> "OrderedDict[str, torch.Tensor]":
     """The columns ``mtl-train predict --table`` writes, from ``model``'s outputs: a ``binary``
     task's probability (σ of its logit; pCVR for an ESMM child), a ``value`` task's value, a
     ``classification`` task's class and ``<task>_probability``. float64 ``[N]`` each."""
@@ -1929,7 +1932,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--onnx", help="write the model as ONNX to this file")
     ap.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="with --onnx: input height and width")
-    ap.add_argument("--metadata", help="with --onnx: a file whose text goes into the model's metadata_props as mtl.json")
+    ap.add_argument("--metadata",
+                    help="with --onnx: a file whose text goes into the model's metadata_props as mtl.json")
     args = ap.parse_args(argv)
     if (args.input is None) != (args.output is None):
         ap.error("--input and --output go together")

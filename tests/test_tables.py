@@ -244,7 +244,8 @@ def write_csv(path: Path, t: dict):
 
 def predict_csv(run: Path, table_file: Path, out: Path) -> dict:
     r = subprocess.run([str(BINARY), "predict", str(run), "--checkpoint", "latest", "--table", str(table_file),
-                        "--out", str(out)], capture_output=True, text=True, env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"})
+                        "--out", str(out)], capture_output=True, text=True,
+                       env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     lines = out.read_text().splitlines()
     header = lines[0].split(",")

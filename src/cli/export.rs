@@ -298,14 +298,17 @@ fn table_description(fitted: &FittedTable) -> serde_json::Value {
             json!({"column": c.column, "dim": c.dim, "vocabulary": vocabulary, "oov_index": 0})
         })
         .collect();
+    let columns: Vec<&String> =
+        fitted.numeric.iter().map(|n| &n.column).chain(fitted.categorical.iter().map(|c| &c.column)).collect();
     json!({
-        "columns": fitted.numeric.iter().map(|n| &n.column).chain(fitted.categorical.iter().map(|c| &c.column)).collect::<Vec<_>>(),
+        "columns": columns,
         "row": row,
         "numeric": numeric,
         "categorical": categorical,
         "hashing": false,
         "rules": {
-            "standardized": "(x - mean[entry]) / std[entry] in float64, stored as float32; a missing x gives 0",
+            "standardized": "x as float32, then (x - mean[entry]) / std[entry] in float64, stored as float32; \
+                             a missing x gives 0",
             "missing": "1 where the column's entry is missing, else 0",
             "index": "vocabulary[key] or oov_index (unseen and missing values), as a float",
             "key": "text as it is; a number that is an integer below 1e15 without a decimal point (3.0 is '3'), \

@@ -44,9 +44,9 @@ const MODULE_NAME: &str = "MultiTaskModel";
 const METHOD: &str = "forward";
 
 /// Traces `model`'s eval-mode forward on `example` (a normalized NCHW float batch, or a table
-/// run's mapped rows `[N, F]`, on the model's device) and saves the TorchScript module to `path`. The variables stop requiring
-/// gradients while the tracer runs (it refuses to record a tensor that requires one as a
-/// constant) and require them again afterwards.
+/// run's mapped rows `[N, F]`, on the model's device) and saves the TorchScript module to
+/// `path`. The variables stop requiring gradients while the tracer runs (it refuses to record
+/// a tensor that requires one as a constant) and require them again afterwards.
 pub fn save_traced(model: &mut MultiTaskModel, example: &Tensor, path: &Path) -> anyhow::Result<()> {
     model.vs.freeze();
     let saved = tch::no_grad(|| trace_and_save(model, example, path));
