@@ -195,6 +195,19 @@ pub struct CategoricalFeature {
 pub struct FittedTable {
     pub numeric: Vec<FittedNumeric>,
     pub categorical: Vec<FittedCategorical>,
+    /// Set when the mapped splits would not fit in `data.max_memory_mb`: how the table is
+    /// streamed. Recorded because it decides the data order (docs/TABLES.md, "Streaming").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<TableStream>,
+}
+
+/// The layout of a streamed table: chunks of at most `chunk_rows` rows, shuffled in windows of
+/// at most `window_rows` rows (at least one chunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableStream {
+    pub chunk_rows: usize,
+    pub window_rows: usize,
 }
 
 impl FittedTable {

@@ -1,0 +1,245 @@
+//! A table too large for `data.max_memory_mb`, read while training: a reader thread follows
+//! the epoch's [`Order`], one window of mapped rows in memory at a time, and keeps
+//! `data.prefetch_batches` batches ready in a bounded channel. Rows go through the fitted
+//! mapping ([`super::mapped`]) exactly as the in-memory path maps them, so a batch is the same
+//! float rows whichever way it was read; only the order differs (windows, not one permutation).
+//!
+//! Every rank reads the whole sequence and keeps its slice of each global batch, as ranks do
+//! with images ([`crate::data::loader::Shard`]); evaluation reads the file in order and deals
+//! its batches out in turn, as `Loader::eval_batches` does.
+use super::chunks::Chunks;
+use super::order::Order;
+use crate::config::FittedTable;
+use crate::data::stream::Ahead;
+use crate::data::{Split, TargetShape, Wanted};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tch::Device;
+
+/// A streamed split of a table.
+pub struct RowStream {
+    split: Arc<Shared>,
+    prefetch: usize,
+    device: Device,
+}
+
+/// What the reader threads share.
+struct Shared {
+    chunks: Chunks,
+    /// The columns a chunk is read with: features and targets.
+    columns: Vec<String>,
+    fitted: FittedTable,
+    wanted: Vec<Wanted>,
+    window_rows: usize,
+}
+
+impl Shared {
+    fn chunk(&self, i: usize) -> anyhow::Result<Split> {
+        super::mapped(&self.chunks.read(i, &self.columns)?, &self.fitted, &self.wanted)
+    }
+
+    /// The rows of window `w` of `epoch`, in training order.
+    fn window(&self, order: &Order, epoch: u64, w: usize, chunks: &[usize]) -> anyhow::Result<Split> {
+        let parts = chunks.iter().map(|&c| self.chunk(c)).collect::<anyhow::Result<Vec<_>>>()?;
+        let rows = Split::cat(parts);
+        let order: Vec<i64> = order.rows_of(epoch, w, rows.len()).into_iter().map(|k| k as i64).collect();
+        Ok(rows.select(&order))
+    }
+}
+
+impl RowStream {
+    /// `chunks` read with `columns`, mapped through `fitted`; the training order's windows hold
+    /// at most `window_rows` rows.
+    pub fn new(
+        chunks: Chunks,
+        columns: Vec<String>,
+        fitted: FittedTable,
+        wanted: Vec<Wanted>,
+        window_rows: usize,
+        prefetch: usize,
+    ) -> Self {
+        let split = Arc::new(Shared { chunks, columns, fitted, wanted, window_rows });
+        Self { split, prefetch, device: Device::Cpu }
+    }
+
+    pub fn len(&self) -> usize {
+        self.split.chunks.rows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn to_device(self, device: Device) -> Self {
+        Self { device, ..self }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Entries of a mapped row (the "channels" of its `[N, F, 1, 1]` rows).
+    pub fn width(&self) -> i64 {
+        self.split.fitted.raw_width() as i64
+    }
+
+    pub fn target_shape(&self, name: &str) -> Option<TargetShape> {
+        self.split.wanted.iter().find(|w| w.target == name).map(|w| w.shape)
+    }
+
+    /// The training order for `seed` (see [`Order`]).
+    pub fn order(&self, seed: u64) -> Order {
+        Order::new(seed, self.split.chunks.chunks.iter().map(|c| c.rows).collect(), self.split.window_rows)
+    }
+
+    /// Training batches from global step `start` on, in the order of `seed`: step g is rows
+    /// `[p·global + offset, +b)` of epoch `g / steps_per_epoch`'s sequence, p = `g % steps_per_epoch`.
+    pub fn train(
+        &self,
+        seed: u64,
+        start: u64,
+        steps_per_epoch: u64,
+        global: usize,
+        offset: usize,
+        b: usize,
+    ) -> RowPrefetcher {
+        let split = self.split.clone();
+        let order = self.order(seed);
+        RowPrefetcher::start(start, self.prefetch, move |tx| {
+            let mut g = start;
+            loop {
+                let (epoch, first) = (g / steps_per_epoch, g % steps_per_epoch);
+                let windows = order.windows(epoch);
+                // The window holding the first row this epoch still needs, and those after it.
+                let from = (first as usize) * global;
+                let w0 = windows.iter().position(|w| w.start + w.rows > from).expect("a full batch lies in the epoch");
+                let (split, order) = (&split, &order);
+                let blocks =
+                    windows[w0..].iter().enumerate().map(move |(k, w)| split.window(order, epoch, w0 + k, &w.chunks));
+                let mut cursor = Cursor::new(blocks, windows[w0].start);
+                for p in first..steps_per_epoch {
+                    let lo = p as usize * global + offset;
+                    if !tx(g, cursor.take(lo, lo + b)) {
+                        return;
+                    }
+                    g += 1;
+                }
+            }
+        })
+    }
+
+    /// Evaluation batches of `batch` rows in file order (the last may be smaller): this rank's
+    /// share, batches `rank`, `rank + world`, …; and how many there are.
+    pub fn eval(&self, batch: usize, rank: usize, world: usize) -> (u64, RowPrefetcher) {
+        let n = self.len();
+        let all = n.div_ceil(batch);
+        let mine = (all.saturating_sub(rank)).div_ceil(world) as u64;
+        let split = self.split.clone();
+        let prefetcher = RowPrefetcher::start(0, self.prefetch, move |tx| {
+            let blocks = (0..split.chunks.chunks.len()).map(|i| split.chunk(i));
+            let mut cursor = Cursor::new(blocks, 0);
+            for k in 0..mine {
+                let lo = (k as usize * world + rank) * batch;
+                if !tx(k, cursor.take(lo, (lo + batch).min(n))) {
+                    return;
+                }
+            }
+        });
+        (mine, prefetcher)
+    }
+
+    /// Maps every row of the split once, keeping nothing: a bad cell anywhere is found before
+    /// training starts, with its file, column and row.
+    pub fn check(&self) -> anyhow::Result<()> {
+        (0..self.split.chunks.chunks.len()).try_for_each(|i| self.split.chunk(i).map(drop))
+    }
+}
+
+/// A sequence of rows read block by block (windows, or chunks in file order), cut into
+/// batches; only the block being cut is held.
+struct Cursor<I> {
+    blocks: I,
+    block: Option<Split>,
+    /// Position of the block's first row in the sequence.
+    start: usize,
+}
+
+impl<I: Iterator<Item = anyhow::Result<Split>>> Cursor<I> {
+    /// A sequence whose first block starts at position `start`.
+    fn new(blocks: I, start: usize) -> Self {
+        Self { blocks, block: None, start }
+    }
+
+    /// Rows `[lo, hi)` of the sequence; `lo` is never before an earlier call's `hi`.
+    fn take(&mut self, lo: usize, hi: usize) -> anyhow::Result<Split> {
+        let mut parts = Vec::new();
+        let mut at = lo;
+        while at < hi {
+            while self.block.as_ref().is_none_or(|b| self.start + b.len() <= at) {
+                if let Some(b) = self.block.take() {
+                    self.start += b.len();
+                }
+                let next = self.blocks.next().ok_or_else(|| anyhow::anyhow!("the rows ended before row {at}"))?;
+                self.block = Some(next?);
+            }
+            let block = self.block.as_ref().expect("read above");
+            let from = at - self.start;
+            let to = (hi - self.start).min(block.len());
+            parts.push(block.narrow(from, to - from));
+            at = self.start + to;
+        }
+        Ok(Split::cat(parts))
+    }
+}
+
+/// A reader thread working ahead of the trainer; dropping it stops the thread.
+pub struct RowPrefetcher {
+    rx: Option<Receiver<(u64, anyhow::Result<Split>)>>,
+    handle: Option<JoinHandle<()>>,
+    next: u64,
+}
+
+/// Sends batch g; false once the receiver is gone.
+type Deliver<'a> = &'a dyn Fn(u64, anyhow::Result<Split>) -> bool;
+
+impl RowPrefetcher {
+    /// Runs `read` on a thread that can be `depth` batches ahead of [`Ahead::next_batch`].
+    fn start(first: u64, depth: usize, read: impl FnOnce(Deliver) + Send + 'static) -> Self {
+        let (tx, rx) = sync_channel(depth.max(1));
+        let handle = std::thread::spawn(move || {
+            read(&|g, batch| {
+                let failed = batch.is_err();
+                tx.send((g, batch)).is_ok() && !failed
+            })
+        });
+        Self { rx: Some(rx), handle: Some(handle), next: first }
+    }
+}
+
+impl Ahead for RowPrefetcher {
+    fn position(&self) -> u64 {
+        self.next
+    }
+
+    fn next_batch(&mut self) -> anyhow::Result<Split> {
+        let g = self.next;
+        let rx = self.rx.as_ref().expect("open until dropped");
+        let (tag, batch) = rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the table reader stopped before batch {g} (see its panic above)"))?;
+        assert_eq!(tag, g, "table reader out of step");
+        self.next += 1;
+        batch
+    }
+}
+
+impl Drop for RowPrefetcher {
+    fn drop(&mut self) {
+        // Closing the channel makes a blocked or finishing reader return.
+        self.rx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
