@@ -336,3 +336,36 @@ impl Dataset for Table {
         load(self, d, wanted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CategoricalFeature;
+
+    /// A CSV table fitted chunk by chunk (chunks of 7 rows, the second pass too) gets exactly
+    /// the numbers the whole table gets: means, standard deviations, indicators, vocabularies.
+    #[test]
+    fn fitting_in_chunks_equals_fitting_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        let mut text = String::from("a,b,city\n");
+        for r in 0..503u64 {
+            let h = r.wrapping_mul(2654435761) % 1000;
+            let a = if r % 7 == 3 { String::new() } else { format!("{}", h as f64 / 37.0 - 11.3) };
+            text += &format!("{a},{},c{}\n", (h % 13) as f64 * 1e-3 + 1e6, (h * h) % 11);
+        }
+        std::fs::write(&path, text).unwrap();
+        let file = TableFile::File(path.display().to_string());
+        let f = TableFeatures {
+            numeric: vec!["a".into(), "b".into()],
+            categorical: [("city".to_string(), CategoricalFeature { dim: 2, max_vocab: Some(6) })].into(),
+            fitted: None,
+        };
+        let columns = feature_columns(&f);
+        let whole = fit::fit(&read::read(&file, &columns).unwrap(), &f).unwrap();
+        let chunked = fit_chunks(&Chunks::open(&file, 7, 0).unwrap().unwrap(), &columns, &f).unwrap();
+        assert_eq!(whole, chunked);
+        assert!(whole.numeric[0].indicator && !whole.numeric[1].indicator);
+        assert_eq!(whole.categorical[0].vocab.len(), 6);
+    }
+}

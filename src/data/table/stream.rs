@@ -243,3 +243,94 @@ impl Drop for RowPrefetcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TableFile;
+    use tch::Tensor;
+
+    /// `n` rows `x = id / 2, id` in a CSV file read in chunks of 7, windows of 30 rows; `id` is
+    /// the target, so a batch says which rows it holds.
+    fn ids_table(dir: &std::path::Path, n: usize) -> RowStream {
+        let path = dir.join("ids.csv");
+        let text: String = (0..n).map(|r| format!("{},{r}\n", r as f64 / 2.0)).collect();
+        std::fs::write(&path, format!("x,id\n{text}")).unwrap();
+        let file = TableFile::File(path.display().to_string());
+        let features = crate::config::TableFeatures { numeric: vec!["x".into()], ..Default::default() };
+        let fitted =
+            super::super::fit::fit(&super::super::read::read(&file, &["x".into()]).unwrap(), &features).unwrap();
+        let wanted = vec![Wanted { target: "id".into(), shape: TargetShape::Value, classes: 0 }];
+        let chunks = Chunks::open(&file, 7, 0).unwrap().unwrap();
+        RowStream::new(chunks, vec!["id".into(), "x".into()], fitted, wanted, 30, 2)
+    }
+
+    fn ids(s: &Split) -> Vec<i64> {
+        Vec::<f32>::try_from(&s.targets["id"]).unwrap().into_iter().map(|v| v as i64).collect()
+    }
+
+    fn batches(p: &mut RowPrefetcher, n: usize) -> Vec<Split> {
+        (0..n).map(|_| p.next_batch().unwrap()).collect()
+    }
+
+    /// Two ranks of batch 8 read, between them, one process's global batches of 16: the same
+    /// rows in the same order, rank 0 the first half, rank 1 the second, none twice in an
+    /// epoch; and the mapped features come with their rows.
+    #[test]
+    fn ranks_read_disjoint_halves_of_the_global_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ids_table(dir.path(), 100);
+        let spe = 100 / 16;
+        let whole = batches(&mut s.train(3, 0, spe, 16, 0, 16), 3 * spe as usize);
+        let ranks: Vec<Vec<Split>> =
+            (0..2).map(|r| batches(&mut s.train(3, 0, spe, 16, r * 8, 8), 3 * spe as usize)).collect();
+        for epoch in 0..3 {
+            let mut seen = Vec::new();
+            for g in epoch * spe as usize..(epoch + 1) * spe as usize {
+                let (a, b) = (ids(&ranks[0][g]), ids(&ranks[1][g]));
+                assert_eq!([a.clone(), b.clone()].concat(), ids(&whole[g]), "batch {g}");
+                let x = Tensor::cat(&[&ranks[0][g].images, &ranks[1][g].images], 0);
+                assert!(x.equal(&whole[g].images));
+                seen.extend(a.into_iter().chain(b));
+            }
+            let n = seen.len();
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), n, "epoch {epoch}: a row read twice");
+            assert!(seen.iter().all(|&i| (0..100).contains(&i)));
+        }
+        assert_ne!(ids(&whole[0]), ids(&whole[spe as usize]), "each epoch has its own order");
+    }
+
+    /// Starting at any step (a resume) reads the batches the uninterrupted sequence has there.
+    #[test]
+    fn starting_mid_epoch_reads_the_uninterrupted_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ids_table(dir.path(), 100);
+        let all: Vec<Vec<i64>> = batches(&mut s.train(5, 0, 12, 8, 0, 8), 30).iter().map(ids).collect();
+        for start in [1u64, 5, 11, 12, 17] {
+            let mut p = s.train(5, start, 12, 8, 0, 8);
+            for g in start as usize..30 {
+                assert_eq!(p.position(), g as u64);
+                assert_eq!(ids(&p.next_batch().unwrap()), all[g], "from {start}: batch {g}");
+            }
+        }
+    }
+
+    /// Evaluation reads the file in order; ranks take batches in turn and cover it once.
+    #[test]
+    fn evaluation_shards_cover_the_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ids_table(dir.path(), 100);
+        for world in [1, 2, 3] {
+            let mut seen: Vec<Vec<i64>> = Vec::new();
+            for rank in 0..world {
+                let (n, mut p) = s.eval(9, rank, world);
+                let mine = batches(&mut p, n as usize);
+                seen.extend(mine.iter().map(ids));
+            }
+            seen.sort_by_key(|b| b[0]);
+            assert_eq!(seen.concat(), (0..100).collect::<Vec<_>>(), "world {world}");
+        }
+    }
+}
