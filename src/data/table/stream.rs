@@ -120,7 +120,7 @@ impl RowStream {
                 let mut cursor = Cursor::new(blocks, windows[w0].start);
                 for p in first..steps_per_epoch {
                     let lo = p as usize * global + offset;
-                    if !tx(g, cursor.take(lo, lo + b)) {
+                    if !tx(g, cursor.take(lo, lo + b).map_err(changed)) {
                         return;
                     }
                     g += 1;
@@ -141,7 +141,7 @@ impl RowStream {
             let mut cursor = Cursor::new(blocks, 0);
             for k in 0..mine {
                 let lo = (k as usize * world + rank) * batch;
-                if !tx(k, cursor.take(lo, (lo + batch).min(n))) {
+                if !tx(k, cursor.take(lo, (lo + batch).min(n)).map_err(changed)) {
                     return;
                 }
             }
@@ -154,6 +154,13 @@ impl RowStream {
     pub fn check(&self) -> anyhow::Result<()> {
         (0..self.split.chunks.chunks.len()).try_for_each(|i| self.split.chunk(i).map(drop))
     }
+}
+
+/// A bad row met while training: every row was mapped when the run started ([`RowStream::check`]),
+/// so the file changed since. The trainer stops (no checkpoint is half-written: they are
+/// written whole, then renamed).
+fn changed(e: anyhow::Error) -> anyhow::Error {
+    crate::user_error!("{e:#} (the file changed on disk after every row was checked at start-up)")
 }
 
 /// A sequence of rows read block by block (windows, or chunks in file order), cut into
