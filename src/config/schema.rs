@@ -90,7 +90,8 @@ pub struct DataConfig {
     pub augment: AugmentConfig,
     /// Most memory (MB, fractions allowed) the decoded dataset may take when held in memory,
     /// train and val together. A dataset that needs more streams from disk through the decode
-    /// threads (pet, folder, nyuv2) or is refused with its size (shapes, cifar10_seg, multimnist).
+    /// threads (pet, folder, nyuv2; a CSV or Parquet table in windows, docs/TABLES.md) or is
+    /// refused with its size (shapes, cifar10_seg, multimnist, `.npz`/`.npy` tables).
     #[serde(default = "default_max_memory_mb", skip_serializing_if = "is_default_max_memory_mb")]
     pub max_memory_mb: f64,
     /// Threads that decode image and array files: `auto` (also written 0; the rule is in

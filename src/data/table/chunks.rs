@@ -1,12 +1,18 @@
-//! A CSV or Parquet split as chunks of rows that can be read one at a time, in any order:
-//! Parquet's row groups (cut into parts of at most `chunk_rows`), a CSV file's blocks of
-//! `chunk_rows` records, each found again by the byte offset of its first record (recorded in
-//! one pass over the file). Fitting, checking and streaming a table larger than memory read
-//! it this way, one chunk in memory at a time.
+//! A CSV or Parquet split as chunks of at most `chunk_rows` rows, read one at a time: a CSV
+//! file's blocks of records, each found again by the byte offset of its first record (recorded
+//! in one pass over the file), and Parquet's row groups, cut into parts. Fitting, checking and
+//! streaming a table larger than memory read it this way, one chunk of cells in memory at a
+//! time.
+//!
+//! A CSV block can be read in any order. A Parquet part in the middle of its row group can only
+//! be reached by decoding the group from its start, so the parts of a group form a *unit* that is
+//! read in order, by one [`ChunkReader`] that keeps the group open from one part to the next.
 use super::read::{self, RawTable};
 use crate::config::TableFile;
 use crate::user_error;
+use parquet::record::reader::RowIter;
 use std::io::{Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// The formats that can be read in chunks.
@@ -73,33 +79,89 @@ impl Chunks {
         self.chunks.iter().map(|c| c.rows).sum()
     }
 
-    /// The `wanted` columns of chunk `i`.
-    pub fn read(&self, i: usize, wanted: &[String]) -> anyhow::Result<RawTable> {
-        let chunk = self.chunks[i];
-        let source = self.source.clone();
-        match chunk.at {
-            At::Csv(byte) => {
-                let mut file =
-                    std::fs::File::open(&self.path).map_err(|e| user_error!("{source}: cannot read: {e}"))?;
-                file.seek(SeekFrom::Start(byte)).map_err(|e| user_error!("{source}: cannot read: {e}"))?;
-                let mut reader =
-                    csv::ReaderBuilder::new().has_headers(false).from_reader(std::io::BufReader::new(file));
-                let header = self.all_columns.clone();
-                read::csv_rows(source, header, wanted, reader.records(), chunk.first_row, chunk.rows)
-            }
-            At::Parquet { group, skip } => {
-                let (_, reader) = read::open_parquet(&self.path)?;
-                let mut table = read::parquet_table(source, self.all_columns.clone(), wanted, chunk.first_row)?;
-                read::add_parquet_rows(&mut table, &reader, group, skip, chunk.rows)?;
-                Ok(table)
+    /// The chunks that are read one after another, in order: each CSV block alone, each
+    /// Parquet row group's parts together.
+    pub fn units(&self) -> Vec<Range<usize>> {
+        let mut units: Vec<Range<usize>> = Vec::new();
+        for (i, c) in self.chunks.iter().enumerate() {
+            match (c.at, units.last_mut()) {
+                (At::Parquet { skip, .. }, Some(unit)) if skip > 0 => unit.end = i + 1,
+                _ => units.push(i..i + 1),
             }
         }
+        units
+    }
+
+    /// A reader of this split's chunks.
+    pub fn reader(&self) -> ChunkReader<'_> {
+        ChunkReader { chunks: self, open: None }
     }
 
     /// Reads every chunk in file order, handing each to `f`.
     pub fn for_each(&self, wanted: &[String], mut f: impl FnMut(RawTable) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        (0..self.chunks.len()).try_for_each(|i| f(self.read(i, wanted)?))
+        let mut reader = self.reader();
+        (0..self.chunks.len()).try_for_each(|i| f(reader.read(i, wanted)?))
     }
+}
+
+/// Reads chunks of one split; a Parquet row group stays open while its parts are read in order.
+pub struct ChunkReader<'a> {
+    chunks: &'a Chunks,
+    open: Option<OpenGroup>,
+}
+
+/// A Parquet row group being read: the rows from `next` on.
+struct OpenGroup {
+    group: usize,
+    next: usize,
+    rows: RowIter<'static>,
+}
+
+impl ChunkReader<'_> {
+    /// The `wanted` columns of chunk `i`.
+    pub fn read(&mut self, i: usize, wanted: &[String]) -> anyhow::Result<RawTable> {
+        let (chunks, chunk) = (self.chunks, self.chunks.chunks[i]);
+        let source = chunks.source.clone();
+        match chunk.at {
+            At::Csv(byte) => {
+                let mut file =
+                    std::fs::File::open(&chunks.path).map_err(|e| user_error!("{source}: cannot read: {e}"))?;
+                file.seek(SeekFrom::Start(byte)).map_err(|e| user_error!("{source}: cannot read: {e}"))?;
+                let mut reader =
+                    csv::ReaderBuilder::new().has_headers(false).from_reader(std::io::BufReader::new(file));
+                let header = chunks.all_columns.clone();
+                read::csv_rows(source, header, wanted, reader.records(), chunk.first_row, chunk.rows)
+            }
+            At::Parquet { group, skip } => {
+                let mut table = read::parquet_table(source, chunks.all_columns.clone(), wanted, chunk.first_row)?;
+                let mut open = match self.open.take() {
+                    Some(open) if open.group == group && open.next == skip => open,
+                    // Another group, or a part after a jump (a resume): decode from the group's start.
+                    _ => {
+                        let mut rows = group_rows(chunks, group)?;
+                        for row in rows.by_ref().take(skip) {
+                            row.map_err(|e| read::bad_parquet(&chunks.source, e))?;
+                        }
+                        OpenGroup { group, next: skip, rows }
+                    }
+                };
+                read::add_parquet_rows(&mut table, open.rows.by_ref().take(chunk.rows))?;
+                open.next += chunk.rows;
+                self.open = Some(open);
+                Ok(table)
+            }
+        }
+    }
+}
+
+/// The rows of row group `g` alone, from an iterator that owns its file.
+fn group_rows(chunks: &Chunks, g: usize) -> anyhow::Result<RowIter<'static>> {
+    use parquet::file::serialized_reader::{ReadOptionsBuilder, SerializedFileReader};
+    let source = &chunks.source;
+    let file = std::fs::File::open(&chunks.path).map_err(|e| user_error!("{source}: cannot read: {e}"))?;
+    let options = ReadOptionsBuilder::new().with_predicate(Box::new(move |_, i| i == g)).build();
+    let reader = SerializedFileReader::new_with_options(file, options).map_err(|e| read::bad_parquet(source, e))?;
+    Ok(RowIter::from_file_into(Box::new(reader)))
 }
 
 type Index = (String, Vec<String>, Vec<Chunk>);

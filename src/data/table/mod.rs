@@ -148,10 +148,10 @@ fn row_bytes(fitted: &FittedTable) -> usize {
 /// How the table streams when both splits' mapped rows would take more than
 /// `data.max_memory_mb` (`None`: it is held in memory, or a split's format is read whole).
 ///
-/// A quarter of the limit goes to the shuffle window of mapped rows, and a chunk is a
-/// sixteenth of a window, so a window mixes rows from at least 16 places in the file; the
-/// rest covers the chunk being parsed (its cells take several times its mapped rows), the
-/// batches queued ahead and the model.
+/// A quarter of the limit goes to the shuffle window of mapped rows (twice that while it is
+/// permuted), and a chunk is a sixteenth of a window, so a window mixes rows from at least 16
+/// places in the file; the rest covers the chunk being parsed (its cells take several times
+/// its mapped rows) and the batches queued ahead.
 fn stream_layout(rows: &dyn Rows, d: &DataConfig, fitted: &FittedTable) -> anyhow::Result<Option<TableStream>> {
     let (Some(train), Some(val)) = (rows.chunks(d, false, usize::MAX)?, rows.chunks(d, true, usize::MAX)?) else {
         return Ok(None);
@@ -228,6 +228,16 @@ pub fn load(rows: &dyn Rows, d: &DataConfig, wanted: &[Wanted]) -> anyhow::Resul
             let chunks = rows.chunks(d, val, layout.chunk_rows)?.ok_or_else(|| {
                 crate::user_error!("data.features.fitted.stream: the table streams, but its files cannot be read in chunks (CSV or Parquet)")
             })?;
+            let parts = chunks.units().iter().map(|u| u.len()).max().unwrap_or(1);
+            if !val && parts > 1 {
+                tracing::warn!(
+                    "data: {}: Parquet row groups cut into up to {parts} chunks of {} rows, read together: \
+                     their rows mix only within a window; row groups of at most {} rows shuffle better",
+                    chunks.source,
+                    layout.chunk_rows,
+                    layout.chunk_rows
+                );
+            }
             let split = stream::RowStream::new(
                 chunks,
                 columns.clone(),

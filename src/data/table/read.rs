@@ -151,7 +151,9 @@ fn read_parquet(path: &Path, wanted: &[String]) -> anyhow::Result<RawTable> {
     let mut table = parquet_table(source, header, wanted, 0)?;
     // Row group by row group: only one group's pages are decoded at a time.
     for g in 0..reader.num_row_groups() {
-        add_parquet_rows(&mut table, &reader, g, 0, usize::MAX)?;
+        let group = reader.get_row_group(g).map_err(|e| bad_parquet(&table.source, e))?;
+        let rows = group.get_row_iter(None).map_err(|e| bad_parquet(&table.source, e))?;
+        add_parquet_rows(&mut table, rows)?;
     }
     Ok(table)
 }
@@ -192,28 +194,19 @@ pub(super) fn parquet_table(
     Ok(RawTable { source, first_row, rows: 0, all_columns: header, columns })
 }
 
-/// Appends rows `skip..skip + take` of row group `g` to `table`.
+/// Appends `rows` (of a Parquet file's record reader) to `table`.
 pub(super) fn add_parquet_rows(
     table: &mut RawTable,
-    reader: &ParquetReader,
-    g: usize,
-    skip: usize,
-    take: usize,
+    rows: impl Iterator<Item = parquet::errors::Result<parquet::record::Row>>,
 ) -> anyhow::Result<()> {
-    use parquet::file::reader::FileReader;
-    let bad = |e| bad_parquet(&table.source, e);
-    let group = reader.get_row_group(g).map_err(bad)?;
-    let rows = group.get_row_iter(None).map_err(bad)?.skip(skip).take(take);
-    let mut added = 0;
     for row in rows {
         for (name, field) in row.map_err(|e| bad_parquet(&table.source, e))?.get_column_iter() {
             if let Some(Values::Cells(col)) = table.columns.get_mut(name.as_str()) {
                 col.push(parquet_cell(field));
             }
         }
-        added += 1;
+        table.rows += 1;
     }
-    table.rows += added;
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! Every rank reads the whole sequence and keeps its slice of each global batch, as ranks do
 //! with images ([`crate::data::loader::Shard`]); evaluation reads the file in order and deals
 //! its batches out in turn, as `Loader::eval_batches` does.
-use super::chunks::Chunks;
+use super::chunks::{ChunkReader, Chunks};
 use super::order::Order;
 use crate::config::FittedTable;
 use crate::data::stream::Ahead;
@@ -35,13 +35,20 @@ struct Shared {
 }
 
 impl Shared {
-    fn chunk(&self, i: usize) -> anyhow::Result<Split> {
-        super::mapped(&self.chunks.read(i, &self.columns)?, &self.fitted, &self.wanted)
+    fn chunk(&self, reader: &mut ChunkReader, i: usize) -> anyhow::Result<Split> {
+        super::mapped(&reader.read(i, &self.columns)?, &self.fitted, &self.wanted)
     }
 
     /// The rows of window `w` of `epoch`, in training order.
-    fn window(&self, order: &Order, epoch: u64, w: usize, chunks: &[usize]) -> anyhow::Result<Split> {
-        let parts = chunks.iter().map(|&c| self.chunk(c)).collect::<anyhow::Result<Vec<_>>>()?;
+    fn window(
+        &self,
+        reader: &mut ChunkReader,
+        order: &Order,
+        epoch: u64,
+        w: usize,
+        chunks: &[usize],
+    ) -> anyhow::Result<Split> {
+        let parts = chunks.iter().map(|&c| self.chunk(reader, c)).collect::<anyhow::Result<Vec<_>>>()?;
         let rows = Split::cat(parts);
         let order: Vec<i64> = order.rows_of(epoch, w, rows.len()).into_iter().map(|k| k as i64).collect();
         Ok(rows.select(&order))
@@ -89,8 +96,9 @@ impl RowStream {
     }
 
     /// The training order for `seed` (see [`Order`]).
-    pub fn order(&self, seed: u64) -> Order {
-        Order::new(seed, self.split.chunks.chunks.iter().map(|c| c.rows).collect(), self.split.window_rows)
+    fn order(&self, seed: u64) -> Order {
+        let chunks = &self.split.chunks;
+        Order::new(seed, chunks.chunks.iter().map(|c| c.rows).collect(), chunks.units(), self.split.window_rows)
     }
 
     /// Training batches from global step `start` on, in the order of `seed`: step g is rows
@@ -107,6 +115,7 @@ impl RowStream {
         let split = self.split.clone();
         let order = self.order(seed);
         RowPrefetcher::start(start, self.prefetch, move |tx| {
+            let mut reader = split.chunks.reader();
             let mut g = start;
             loop {
                 let (epoch, first) = (g / steps_per_epoch, g % steps_per_epoch);
@@ -114,9 +123,11 @@ impl RowStream {
                 // The window holding the first row this epoch still needs, and those after it.
                 let from = (first as usize) * global;
                 let w0 = windows.iter().position(|w| w.start + w.rows > from).expect("a full batch lies in the epoch");
-                let (split, order) = (&split, &order);
-                let blocks =
-                    windows[w0..].iter().enumerate().map(move |(k, w)| split.window(order, epoch, w0 + k, &w.chunks));
+                let (split, order, reader) = (&split, &order, &mut reader);
+                let blocks = windows[w0..]
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, w)| split.window(reader, order, epoch, w0 + k, &w.chunks));
                 let mut cursor = Cursor::new(blocks, windows[w0].start);
                 for p in first..steps_per_epoch {
                     let lo = p as usize * global + offset;
@@ -137,7 +148,8 @@ impl RowStream {
         let mine = (all.saturating_sub(rank)).div_ceil(world) as u64;
         let split = self.split.clone();
         let prefetcher = RowPrefetcher::start(0, self.prefetch, move |tx| {
-            let blocks = (0..split.chunks.chunks.len()).map(|i| split.chunk(i));
+            let mut reader = split.chunks.reader();
+            let blocks = (0..split.chunks.chunks.len()).map(|i| split.chunk(&mut reader, i));
             let mut cursor = Cursor::new(blocks, 0);
             for k in 0..mine {
                 let lo = (k as usize * world + rank) * batch;
@@ -152,7 +164,8 @@ impl RowStream {
     /// Maps every row of the split once, keeping nothing: a bad cell anywhere is found before
     /// training starts, with its file, column and row.
     pub fn check(&self) -> anyhow::Result<()> {
-        (0..self.split.chunks.chunks.len()).try_for_each(|i| self.split.chunk(i).map(drop))
+        let mut reader = self.split.chunks.reader();
+        (0..self.split.chunks.chunks.len()).try_for_each(|i| self.split.chunk(&mut reader, i).map(drop))
     }
 }
 
