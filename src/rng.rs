@@ -31,6 +31,11 @@ pub enum Purpose {
     /// this seed; index = [`name_index`] of the first task reading it (by name, so the task's
     /// single-task baseline draws the same data).
     DataGroup = 10,
+    /// A streamed table's chunk order: index = epoch.
+    TableChunks = 11,
+    /// A streamed table's row order within a window: seeded from (seed, this, epoch), index =
+    /// window.
+    TableRows = 12,
 }
 
 /// SplitMix64 finaliser: spreads nearby inputs over the whole 64-bit range.

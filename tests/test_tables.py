@@ -82,11 +82,11 @@ def write(d: Path, name: str, t: dict):
     (d / f"{name}.csv").write_text("\n".join(lines) + "\n")
 
 
-def train(d: Path, ext: str) -> Path:
+def train(d: Path, ext: str, *overrides: str, name: str = "") -> Path:
     (d / f"{ext}.yaml").write_text(CONFIG.format(ext=ext))
-    run = d / f"run-{ext}"
-    r = subprocess.run([str(BINARY), f"{ext}.yaml", "--run-dir", run.name], cwd=d, capture_output=True, text=True,
-                       env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"})
+    run = d / f"run-{name or ext}"
+    r = subprocess.run([str(BINARY), f"{ext}.yaml", "--run-dir", run.name, *overrides], cwd=d, capture_output=True,
+                       text=True, env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     return run
 
@@ -136,6 +136,20 @@ def test_auc_and_logloss_equal_scikit_learn_on_the_same_predictions(runs):
     assert abs(logged["click.logloss"] - log_loss(va["click"], p)) <= 1e-5
     assert abs(logged["click.accuracy"] - np.mean((scores > 0) == (va["click"] == 1))) <= 1e-9
     assert auc > 0.6, auc
+
+
+def test_a_streamed_parquet_table_fits_the_same_mapping_and_scores_as_scikit_learn(runs):
+    """Below its mapped rows' size (1000 rows × 32 bytes), `data.max_memory_mb` makes the Parquet
+    table stream (its row groups of 70 cut into chunks): the fitted mapping is the in-memory
+    run's, and the AUC it logs is scikit-learn's on logits recomputed from its weights."""
+    (by_ext, tr, va) = runs
+    run = train(by_ext["parquet"].parent, "parquet", "--set", "data.max_memory_mb=0.01", name="streamed")
+    fitted = yaml.safe_load((run / "config.yaml").read_text())["data"]["features"]["fitted"]
+    memory = yaml.safe_load((by_ext["parquet"] / "config.yaml").read_text())["data"]["features"]["fitted"]
+    assert fitted.pop("stream")["chunk_rows"] < 70
+    assert fitted == memory
+    auc = roc_auc_score(va["click"], logits(run, va))
+    assert abs(last_val(run)["click.auc"] - auc) <= 1e-6
 
 
 def test_standardization_and_vocabulary_are_the_train_splits(runs):

@@ -514,7 +514,7 @@ fn export_data(r: &Resolved, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("config.yaml"), cfg.to_yaml())?;
     let train = match mtl::data::load(r.dataset, &cfg.data, cfg.seed, &r.wanted(&r.groups[0]))?.train {
         mtl::data::Source::Memory(split) => split,
-        mtl::data::Source::Stream(_) => {
+        mtl::data::Source::Stream(_) | mtl::data::Source::Rows(_) => {
             mtl::user_bail!("bench --export: the PyTorch side needs a dataset held in memory, not a streamed one")
         }
     };

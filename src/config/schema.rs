@@ -90,7 +90,8 @@ pub struct DataConfig {
     pub augment: AugmentConfig,
     /// Most memory (MB, fractions allowed) the decoded dataset may take when held in memory,
     /// train and val together. A dataset that needs more streams from disk through the decode
-    /// threads (pet, folder, nyuv2) or is refused with its size (shapes, cifar10_seg, multimnist).
+    /// threads (pet, folder, nyuv2; a CSV or Parquet table in windows, docs/TABLES.md) or is
+    /// refused with its size (shapes, cifar10_seg, multimnist, `.npz`/`.npy` tables).
     #[serde(default = "default_max_memory_mb", skip_serializing_if = "is_default_max_memory_mb")]
     pub max_memory_mb: f64,
     /// Threads that decode image and array files: `auto` (also written 0; the rule is in
@@ -195,6 +196,19 @@ pub struct CategoricalFeature {
 pub struct FittedTable {
     pub numeric: Vec<FittedNumeric>,
     pub categorical: Vec<FittedCategorical>,
+    /// Set when the mapped splits would not fit in `data.max_memory_mb`: how the table is
+    /// streamed. Recorded because it decides the data order (docs/TABLES.md, "Streaming").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<TableStream>,
+}
+
+/// The layout of a streamed table: chunks of at most `chunk_rows` rows, shuffled in windows of
+/// at most `window_rows` rows (at least one chunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableStream {
+    pub chunk_rows: usize,
+    pub window_rows: usize,
 }
 
 impl FittedTable {

@@ -303,7 +303,7 @@ mod tests {
     fn files(l: Loaded) -> FileSources {
         match l {
             Loaded::Files(f) => f,
-            Loaded::Memory(_) => panic!("class folders are read file by file"),
+            Loaded::Memory(_) | Loaded::Sources(_) => panic!("class folders are read file by file"),
         }
     }
 

@@ -10,7 +10,7 @@
 //! with the numbers one process would draw for those samples. The global sample order is
 //! therefore a one-process run's at batch `world` × `data.batch_size`, at any world size.
 use super::augment::{self, Spatial};
-use super::stream::{Plan, Prefetcher};
+use super::stream::{Ahead, Plan};
 use super::{Source, Split, TargetShape, IGNORE_LABEL};
 use crate::config::DataConfig;
 use crate::rng::{stream, Purpose};
@@ -70,8 +70,8 @@ pub struct Loader {
     device: Device,
     /// The permutation of the epoch last asked for (recomputing it every step would be waste).
     order: RefCell<Option<(u64, Tensor)>>,
-    /// Streamed training split: the decode threads working ahead.
-    prefetch: RefCell<Option<Prefetcher>>,
+    /// Streamed training split: the threads working ahead.
+    prefetch: RefCell<Option<Box<dyn Ahead>>>,
 }
 
 /// The sample order of `epoch`: a permutation of 0..n from `(seed, Shuffle, epoch)`.
@@ -95,10 +95,15 @@ impl Loader {
         let (device, channels) = match &source {
             Source::Memory(s) => (s.images.device(), s.images.size()[1]),
             Source::Stream(s) => (s.device(), s.channels()),
+            Source::Rows(s) => (s.device(), s.width()),
         };
         let (m, s) = normalization;
         // Table rows arrive as float vectors already standardized: nothing per channel.
-        let rows = matches!(&source, Source::Memory(s) if s.images.kind() == Kind::Float);
+        let rows = match &source {
+            Source::Memory(s) => s.images.kind() == Kind::Float,
+            Source::Stream(_) => false,
+            Source::Rows(_) => true,
+        };
         let channels = if rows { 1 } else { channels };
         let stat = |v: [f64; 3]| {
             let v: Vec<f32> =
@@ -111,6 +116,7 @@ impl Loader {
                 let shape = match &source {
                     Source::Memory(s) => s.targets.get(&t.target).and_then(TargetShape::of_tensor),
                     Source::Stream(s) => s.target_shape(&t.target),
+                    Source::Rows(s) => s.target_shape(&t.target),
                 };
                 let shape = shape.unwrap_or_else(|| {
                     panic!("the dataset has no usable target '{}' (validation lets none through)", t.target)
@@ -175,6 +181,7 @@ impl Loader {
         match &self.source {
             Source::Memory(s) => s.images.size()[1],
             Source::Stream(s) => s.channels(),
+            Source::Rows(s) => s.width(),
         }
     }
 
@@ -188,6 +195,7 @@ impl Loader {
         match &self.source {
             Source::Memory(s) => (s.images.size()[2], s.images.size()[3]),
             Source::Stream(s) => s.image_hw(),
+            Source::Rows(_) => (1, 1),
         }
     }
 
@@ -225,20 +233,20 @@ impl Loader {
             }
             Source::Stream(s) => {
                 let spe = self.steps_per_epoch();
-                let g = epoch * spe + position;
-                let mut prefetch = self.prefetch.borrow_mut();
-                if prefetch.as_ref().is_none_or(|p| p.position() != g) {
-                    *prefetch = None; // stops the old threads before new ones start
-                    let (seed, n, b) = (self.seed, self.len(), b as usize);
-                    let (global, offset) = (global as usize, part.offset as usize);
+                let (seed, n, b) = (self.seed, self.len(), b as usize);
+                let (global, offset) = (global as usize, part.offset as usize);
+                self.ahead(epoch * spe + position, |g| {
                     let plan: Plan = Arc::new(move |g| {
                         let at = (g % spe) as usize * global + offset;
                         epoch_permutation(seed, g / spe, n)[at..at + b].to_vec()
                     });
-                    *prefetch = Some(s.prefetch(plan, g, None));
-                }
-                let split = prefetch.as_mut().expect("just started").next_batch().unwrap_or_else(|e| panic!("{e:#}"));
-                self.convert(split)
+                    Box::new(s.prefetch(plan, g, None))
+                })
+            }
+            Source::Rows(s) => {
+                let spe = self.steps_per_epoch();
+                let (global, offset, b) = (global as usize, part.offset as usize, b as usize);
+                self.ahead(epoch * spe + position, |g| Box::new(s.train(self.seed, g, spe, global, offset, b)))
             }
         };
         if self.crop_padding == 0 && !self.hflip && self.max_scale <= 1.0 {
@@ -274,6 +282,18 @@ impl Loader {
         self.remap_ignored(Batch { images, targets })
     }
 
+    /// Streamed training batch `g`, from the threads working ahead; they are (re)started by
+    /// `start(g)` when they are not at `g` (the first step, or after a jump such as a resume).
+    fn ahead(&self, g: u64, start: impl FnOnce(u64) -> Box<dyn Ahead>) -> Batch {
+        let mut prefetch = self.prefetch.borrow_mut();
+        if prefetch.as_ref().is_none_or(|p| p.position() != g) {
+            *prefetch = None; // stops the old threads before new ones start
+            *prefetch = Some(start(g));
+        }
+        let split = prefetch.as_mut().expect("just started").next_batch().unwrap_or_else(|e| panic!("{e:#}"));
+        self.convert(split)
+    }
+
     /// Evaluation batches in dataset order (the last one may be smaller); in a distributed run
     /// this rank's share of them: batches `rank`, `rank + world`, ….
     pub fn eval_batches(&self) -> Box<dyn Iterator<Item = Batch> + '_> {
@@ -294,13 +314,21 @@ impl Loader {
             Source::Stream(s) => {
                 let batches = mine as u64;
                 let plan: Plan = Arc::new(move |g| (start(g as i64)..(start(g as i64) + bs).min(n)).collect());
-                let mut prefetch = s.prefetch(plan, 0, Some(batches));
-                Box::new((0..batches).map(move |_| {
-                    let split = prefetch.next_batch().unwrap_or_else(|e| panic!("{e:#}"));
-                    self.remap_ignored(self.convert(split))
-                }))
+                self.drain(Box::new(s.prefetch(plan, 0, Some(batches))), batches)
+            }
+            Source::Rows(s) => {
+                let (batches, prefetch) = s.eval(bs as usize, rank, world);
+                self.drain(Box::new(prefetch), batches)
             }
         }
+    }
+
+    /// The first `batches` batches of a streamed evaluation.
+    fn drain(&self, mut prefetch: Box<dyn Ahead>, batches: u64) -> Box<dyn Iterator<Item = Batch> + '_> {
+        Box::new((0..batches).map(move |_| {
+            let split = prefetch.next_batch().unwrap_or_else(|e| panic!("{e:#}"));
+            self.remap_ignored(self.convert(split))
+        }))
     }
 
     fn epoch_order(&self, epoch: u64) -> Tensor {

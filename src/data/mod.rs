@@ -197,10 +197,12 @@ pub fn check_generated_sizes(d: &DataConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// What [`Dataset::load`] returns: splits already in memory, or files to decode.
+/// What [`Dataset::load`] returns: splits already in memory, files to decode, or splits the
+/// dataset streams itself (a table larger than memory).
 pub enum Loaded {
     Memory(Splits),
     Files(stream::FileSources),
+    Sources(Sources),
 }
 
 /// A target the tasks ask the dataset for.
@@ -295,6 +297,29 @@ impl Split {
         size(&self.images) + self.targets.values().map(size).sum::<u64>()
     }
 
+    /// Samples `start..start + len`.
+    pub fn narrow(&self, start: usize, len: usize) -> Split {
+        let (start, len) = (start as i64, len as i64);
+        Split {
+            images: self.images.narrow(0, start, len),
+            targets: self.targets.iter().map(|(k, v)| (k.clone(), v.narrow(0, start, len))).collect(),
+        }
+    }
+
+    /// The samples of `parts`, one after another (parts with the same targets).
+    pub fn cat(parts: Vec<Split>) -> Split {
+        if parts.len() == 1 {
+            return parts.into_iter().next().expect("one part");
+        }
+        let images: Vec<&Tensor> = parts.iter().map(|p| &p.images).collect();
+        let targets = parts[0]
+            .targets
+            .keys()
+            .map(|k| (k.clone(), Tensor::cat(&parts.iter().map(|p| &p.targets[k]).collect::<Vec<_>>(), 0)))
+            .collect();
+        Split { images: Tensor::cat(&images, 0), targets }
+    }
+
     /// The samples at `indices` (in that order).
     pub fn select(&self, indices: &[i64]) -> Split {
         let idx = Tensor::from_slice(indices).to_device(self.images.device());
@@ -312,10 +337,12 @@ pub struct Splits {
     pub val: Split,
 }
 
-/// A split as the loader reads it: in memory, or streamed from its files.
+/// A split as the loader reads it: in memory, streamed from its files (one set per sample),
+/// or streamed from a table's rows.
 pub enum Source {
     Memory(Split),
     Stream(stream::Streamed),
+    Rows(table::stream::RowStream),
 }
 
 impl Source {
@@ -323,6 +350,7 @@ impl Source {
         match self {
             Source::Memory(s) => s.len(),
             Source::Stream(s) => s.len(),
+            Source::Rows(s) => s.len(),
         }
     }
 
@@ -335,11 +363,12 @@ impl Source {
         match self {
             Source::Memory(s) => Source::Memory(s.to_device(device)),
             Source::Stream(s) => Source::Stream(s.to_device(device)),
+            Source::Rows(s) => Source::Rows(s.to_device(device)),
         }
     }
 
     pub fn is_streamed(&self) -> bool {
-        matches!(self, Source::Stream(_))
+        !matches!(self, Source::Memory(_))
     }
 }
 
@@ -368,6 +397,7 @@ pub fn load(dataset: &dyn Dataset, d: &DataConfig, seed: u64, wanted: &[Wanted])
             Ok(Sources { train: Source::Memory(splits.train), val: Source::Memory(splits.val) })
         }
         Loaded::Files(files) => stream::load_files(dataset, d, &files),
+        Loaded::Sources(sources) => Ok(sources),
     }
 }
 

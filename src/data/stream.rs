@@ -427,14 +427,20 @@ pub struct Prefetcher {
     next: u64,
 }
 
-impl Prefetcher {
-    /// The index of the batch [`Prefetcher::next_batch`] returns.
-    pub fn position(&self) -> u64 {
+/// Batches prepared ahead of the trainer by other threads, handed out in order.
+pub trait Ahead {
+    /// The index of the batch [`Ahead::next_batch`] returns.
+    fn position(&self) -> u64;
+    /// The next batch in order (waits for the thread preparing it).
+    fn next_batch(&mut self) -> anyhow::Result<Split>;
+}
+
+impl Ahead for Prefetcher {
+    fn position(&self) -> u64 {
         self.next
     }
 
-    /// The next batch in order (waits for its decode thread).
-    pub fn next_batch(&mut self) -> anyhow::Result<Split> {
+    fn next_batch(&mut self) -> anyhow::Result<Split> {
         let g = self.next;
         let w = ((g - self.start) % self.receivers.len() as u64) as usize;
         let (tag, batch) = self.receivers[w]

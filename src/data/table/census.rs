@@ -130,7 +130,7 @@ fn read_file(path: &Path, columns: &[String]) -> anyhow::Result<RawTable> {
     if rows == 0 {
         crate::user_bail!("{source}: the table has no rows");
     }
-    Ok(RawTable { source, rows, all_columns, columns })
+    Ok(RawTable { source, first_row: 0, rows, all_columns, columns })
 }
 
 impl Rows for CensusIncome {

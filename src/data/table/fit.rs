@@ -19,7 +19,11 @@ pub fn numeric(t: &RawTable, column: &str) -> anyhow::Result<(Vec<f32>, usize)> 
                     Cell::Num(v) => *v as f32,
                     Cell::Text(s) => match s.parse::<f64>() {
                         Ok(v) if v.is_finite() => v as f32,
-                        _ => user_bail!("{}: column '{column}', row {}: '{s}' is not a number", t.source, row + 1),
+                        _ => user_bail!(
+                            "{}: column '{column}', row {}: '{s}' is not a number",
+                            t.source,
+                            t.row_number(row)
+                        ),
                     },
                 });
             }
@@ -48,58 +52,139 @@ pub fn keys(t: &RawTable, column: &str) -> anyhow::Result<Vec<Option<String>>> {
     }
 }
 
-/// Standardization and vocabularies from the training split.
+/// Standardization and vocabularies from the training split held whole.
 pub fn fit(train: &RawTable, f: &TableFeatures) -> anyhow::Result<FittedTable> {
-    let mut numeric_fits = Vec::new();
-    for column in &f.numeric {
-        let (values, width) = numeric(train, column)?;
-        let (mut sum, mut sq, mut count) = (vec![0f64; width], vec![0f64; width], vec![0u64; width]);
-        for row in values.chunks(width) {
-            for (j, &v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
-                sum[j] += v as f64;
-                count[j] += 1;
+    let mut fitter = Fitter::new(f);
+    fitter.add(train)?;
+    if fitter.needs_deviations() {
+        fitter.add_deviations(train)?;
+    }
+    fitter.finish()
+}
+
+/// Standardization and vocabularies gathered chunk by chunk, in file order: row and value
+/// counts and sums in a first pass over the chunks ([`Fitter::add`]), squared deviations from
+/// the mean in a second ([`Fitter::add_deviations`], only with numeric columns). The float
+/// operations are the same, in the same order, however the split is cut, so a file fitted in
+/// chunks gets the numbers it gets fitted whole, bit for bit. (A one-pass variance such as
+/// Welford's differs in the last bits, which would change every in-memory run's weights.)
+/// Memory: a few numbers per numeric entry, and the value counts of the categorical columns.
+pub struct Fitter<'a> {
+    f: &'a TableFeatures,
+    source: String,
+    rows: usize,
+    /// Per numeric column: its moments, sized by the first chunk's width.
+    numeric: Vec<Option<Moments>>,
+    /// Per categorical column: how often each value occurs.
+    counts: Vec<HashMap<String, u64>>,
+}
+
+struct Moments {
+    sum: Vec<f64>,
+    count: Vec<u64>,
+    /// Set once the first pass is over.
+    mean: Vec<f64>,
+    sq: Vec<f64>,
+}
+
+impl<'a> Fitter<'a> {
+    pub fn new(f: &'a TableFeatures) -> Self {
+        Self {
+            f,
+            source: String::new(),
+            rows: 0,
+            numeric: f.numeric.iter().map(|_| None).collect(),
+            counts: f.categorical.iter().map(|_| HashMap::new()).collect(),
+        }
+    }
+
+    /// First pass: the next chunk's counts and sums.
+    pub fn add(&mut self, chunk: &RawTable) -> anyhow::Result<()> {
+        self.source.clone_from(&chunk.source);
+        self.rows += chunk.rows;
+        for (column, moments) in self.f.numeric.iter().zip(&mut self.numeric) {
+            let (values, width) = numeric(chunk, column)?;
+            let m = moments.get_or_insert_with(|| Moments {
+                sum: vec![0.0; width],
+                count: vec![0; width],
+                mean: Vec::new(),
+                sq: vec![0.0; width],
+            });
+            if m.sum.len() != width {
+                user_bail!("{}: column '{column}' changes its width within the file", chunk.source);
+            }
+            for row in values.chunks(width) {
+                for (j, &v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
+                    m.sum[j] += v as f64;
+                    m.count[j] += 1;
+                }
             }
         }
-        let mean: Vec<f64> = sum.iter().zip(&count).map(|(s, &c)| if c > 0 { s / c as f64 } else { 0.0 }).collect();
-        for row in values.chunks(width) {
-            for (j, &v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
-                sq[j] += (v as f64 - mean[j]).powi(2);
+        for (column, counts) in self.f.categorical.keys().zip(&mut self.counts) {
+            for k in keys(chunk, column)?.into_iter().flatten() {
+                *counts.entry(k).or_default() += 1;
             }
         }
-        if count.iter().all(|&c| c == 0) {
-            user_bail!("{}: numeric column '{column}' has no value in any row", train.source);
-        }
-        // Population std (numpy's and scikit-learn's StandardScaler's); a constant entry keeps
-        // its scale (std 1) rather than dividing by zero.
-        let std = sq
-            .iter()
-            .zip(&count)
-            .map(|(s, &c)| if c > 0 { (s / c as f64).sqrt() } else { 0.0 })
-            .map(|s| if s > 1e-12 { s } else { 1.0 })
-            .collect();
-        let indicator = count.iter().any(|&c| (c as usize) < train.rows);
-        numeric_fits.push(FittedNumeric { column: column.clone(), mean, std, indicator });
+        Ok(())
     }
-    let mut categorical = Vec::new();
-    for (column, spec) in &f.categorical {
-        let mut counts: HashMap<String, u64> = HashMap::new();
-        for k in keys(train, column)?.into_iter().flatten() {
-            *counts.entry(k).or_default() += 1;
-        }
-        if counts.len() < 2 {
-            user_bail!(
-                "{}: categorical column '{column}' has {} in the training split: nothing to learn from it; drop it",
-                train.source,
-                if counts.is_empty() { "no value".to_string() } else { "only one value".to_string() }
-            );
-        }
-        let mut by_count: Vec<(String, u64)> = counts.into_iter().collect();
-        by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        by_count.truncate(spec.max_vocab.unwrap_or(usize::MAX));
-        let vocab = by_count.into_iter().map(|(k, _)| k).collect();
-        categorical.push(FittedCategorical { column: column.clone(), dim: spec.dim, vocab });
+
+    /// Whether [`Fitter::finish`] needs a second pass through [`Fitter::add_deviations`].
+    pub fn needs_deviations(&self) -> bool {
+        !self.f.numeric.is_empty()
     }
-    Ok(FittedTable { numeric: numeric_fits, categorical })
+
+    /// Second pass: the next chunk's squared deviations from the means of the first.
+    pub fn add_deviations(&mut self, chunk: &RawTable) -> anyhow::Result<()> {
+        for (column, m) in self.f.numeric.iter().zip(&mut self.numeric) {
+            let m = m.as_mut().expect("the first pass saw every column");
+            if m.mean.is_empty() {
+                m.mean = m.sum.iter().zip(&m.count).map(|(s, &c)| if c > 0 { s / c as f64 } else { 0.0 }).collect();
+            }
+            let (values, width) = numeric(chunk, column)?;
+            for row in values.chunks(width) {
+                for (j, &v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
+                    m.sq[j] += (v as f64 - m.mean[j]).powi(2);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> anyhow::Result<FittedTable> {
+        let mut numeric_fits = Vec::new();
+        for (column, m) in self.f.numeric.iter().zip(self.numeric) {
+            let m = m.expect("the first pass saw every column");
+            if m.count.iter().all(|&c| c == 0) {
+                user_bail!("{}: numeric column '{column}' has no value in any row", self.source);
+            }
+            // Population std (numpy's and scikit-learn's StandardScaler's); a constant entry
+            // keeps its scale (std 1) rather than dividing by zero.
+            let std =
+                m.sq.iter()
+                    .zip(&m.count)
+                    .map(|(s, &c)| if c > 0 { (s / c as f64).sqrt() } else { 0.0 })
+                    .map(|s| if s > 1e-12 { s } else { 1.0 })
+                    .collect();
+            let indicator = m.count.iter().any(|&c| (c as usize) < self.rows);
+            numeric_fits.push(FittedNumeric { column: column.clone(), mean: m.mean, std, indicator });
+        }
+        let mut categorical = Vec::new();
+        for ((column, spec), counts) in self.f.categorical.iter().zip(self.counts) {
+            if counts.len() < 2 {
+                user_bail!(
+                    "{}: categorical column '{column}' has {} in the training split: nothing to learn from it; drop it",
+                    self.source,
+                    if counts.is_empty() { "no value" } else { "only one value" }
+                );
+            }
+            let mut by_count: Vec<(String, u64)> = counts.into_iter().collect();
+            by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            by_count.truncate(spec.max_vocab.unwrap_or(usize::MAX));
+            let vocab = by_count.into_iter().map(|(k, _)| k).collect();
+            categorical.push(FittedCategorical { column: column.clone(), dim: spec.dim, vocab });
+        }
+        Ok(FittedTable { numeric: numeric_fits, categorical, stream: None })
+    }
 }
 
 /// A split's rows as float `[N, raw_width]`: dense entries, then vocabulary indices (exact in
@@ -156,7 +241,7 @@ pub fn target(t: &RawTable, w: &Wanted) -> anyhow::Result<(tch::Tensor, i64)> {
         user_bail!("{}: target column '{}' has {width} values per row; a target has one", t.source, w.target);
     }
     let bad = |row: usize, what: String| -> anyhow::Error {
-        crate::user_error!("{}: column '{}', row {}: {what}", t.source, w.target, row + 1)
+        crate::user_error!("{}: column '{}', row {}: {what}", t.source, w.target, t.row_number(row))
     };
     if let Some(row) = values.iter().position(|v| v.is_nan()) {
         return Err(bad(row, "the label is missing".into()));

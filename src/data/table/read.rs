@@ -23,11 +23,14 @@ pub enum Values {
     Array { data: Vec<f32>, width: usize },
 }
 
-/// The wanted columns of one split, by name.
+/// The wanted columns of one split (or of one chunk of it), by name.
 #[derive(Debug)]
 pub struct RawTable {
     /// The file (or the files, for arrays) as errors name them.
     pub source: String,
+    /// Data rows of the file before this table's first one (0 for a whole split), so errors
+    /// about a chunk name the row as the file counts it.
+    pub first_row: usize,
     pub rows: usize,
     /// Every column the file has, in its order (to compare splits).
     pub all_columns: Vec<String>,
@@ -37,6 +40,11 @@ pub struct RawTable {
 impl RawTable {
     pub fn values(&self, column: &str) -> &Values {
         &self.columns[column]
+    }
+
+    /// The file's row number (counted from 1) of this table's row `row` (counted from 0).
+    pub fn row_number(&self, row: usize) -> usize {
+        self.first_row + row + 1
     }
 
     /// Its first `limit` rows (0: all of them).
@@ -81,7 +89,7 @@ pub fn read(file: &TableFile, wanted: &[String]) -> anyhow::Result<RawTable> {
     Ok(table)
 }
 
-fn missing_column(source: &str, column: &str, all: &[String]) -> anyhow::Error {
+pub(super) fn missing_column(source: &str, column: &str, all: &[String]) -> anyhow::Error {
     let shown: Vec<&str> = all.iter().take(12).map(String::as_str).collect();
     let more = if all.len() > 12 { format!(", … ({} in all)", all.len()) } else { String::new() };
     user_error!("{source}: no column '{column}' (it has: {}{more})", shown.join(", "))
@@ -89,20 +97,43 @@ fn missing_column(source: &str, column: &str, all: &[String]) -> anyhow::Error {
 
 fn read_csv(path: &Path, wanted: &[String]) -> anyhow::Result<RawTable> {
     let source = path.display().to_string();
-    let bad = |e: csv::Error| user_error!("{source}: not a readable CSV file: {e}");
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_path(path).map_err(bad)?;
-    let header: Vec<String> = reader.headers().map_err(bad)?.iter().map(|h| h.trim().to_string()).collect();
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_path(path).map_err(|e| bad_csv(&source, e))?;
+    let header = csv_header(&source, &mut reader)?;
+    csv_rows(source, header, wanted, reader.records(), 0, usize::MAX)
+}
+
+pub(super) fn bad_csv(source: &str, e: csv::Error) -> anyhow::Error {
+    user_error!("{source}: not a readable CSV file: {e}")
+}
+
+/// The column names of a CSV file's header line (trimmed); an empty file is an error.
+pub(super) fn csv_header<R: std::io::Read>(source: &str, reader: &mut csv::Reader<R>) -> anyhow::Result<Vec<String>> {
+    let header: Vec<String> =
+        reader.headers().map_err(|e| bad_csv(source, e))?.iter().map(|h| h.trim().to_string()).collect();
     if header.is_empty() || header.iter().all(String::is_empty) {
         crate::user_bail!("{source}: the file is empty (a CSV table starts with a header line)");
     }
+    Ok(header)
+}
+
+/// At most `limit` records as the `wanted` columns of a table whose first row is the file's
+/// data row `first_row` (counted from 0).
+pub(super) fn csv_rows(
+    source: String,
+    header: Vec<String>,
+    wanted: &[String],
+    records: impl Iterator<Item = csv::Result<csv::StringRecord>>,
+    first_row: usize,
+    limit: usize,
+) -> anyhow::Result<RawTable> {
     let mut at = Vec::new();
     for w in wanted {
         at.push(header.iter().position(|h| h == w).ok_or_else(|| missing_column(&source, w, &header))?);
     }
     let mut cells: Vec<Vec<Cell>> = wanted.iter().map(|_| Vec::new()).collect();
     let mut rows = 0;
-    for record in reader.records() {
-        let record = record.map_err(bad)?;
+    for record in records.take(limit) {
+        let record = record.map_err(|e| bad_csv(&source, e))?;
         for (col, &i) in cells.iter_mut().zip(&at) {
             let text = record.get(i).unwrap_or("").trim();
             col.push(if MISSING_TEXT.contains(&text) { Cell::Missing } else { Cell::Text(text.to_string()) });
@@ -110,38 +141,73 @@ fn read_csv(path: &Path, wanted: &[String]) -> anyhow::Result<RawTable> {
         rows += 1;
     }
     let columns = wanted.iter().cloned().zip(cells.into_iter().map(Values::Cells)).collect();
-    Ok(RawTable { source, rows, all_columns: header, columns })
+    Ok(RawTable { source, first_row, rows, all_columns: header, columns })
 }
 
 fn read_parquet(path: &Path, wanted: &[String]) -> anyhow::Result<RawTable> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::reader::FileReader;
+    let (source, reader) = open_parquet(path)?;
+    let header = parquet_header(&reader);
+    let mut table = parquet_table(source, header, wanted, 0)?;
+    // Row group by row group: only one group's pages are decoded at a time.
+    for g in 0..reader.num_row_groups() {
+        let group = reader.get_row_group(g).map_err(|e| bad_parquet(&table.source, e))?;
+        let rows = group.get_row_iter(None).map_err(|e| bad_parquet(&table.source, e))?;
+        add_parquet_rows(&mut table, rows)?;
+    }
+    Ok(table)
+}
+
+pub(super) type ParquetReader = parquet::file::reader::SerializedFileReader<std::fs::File>;
+
+pub(super) fn bad_parquet(source: &str, e: parquet::errors::ParquetError) -> anyhow::Error {
+    user_error!("{source}: not a readable Parquet file: {e}")
+}
+
+pub(super) fn open_parquet(path: &Path) -> anyhow::Result<(String, ParquetReader)> {
     let source = path.display().to_string();
-    let bad = |e: parquet::errors::ParquetError| user_error!("{source}: not a readable Parquet file: {e}");
     let file = std::fs::File::open(path).map_err(|e| user_error!("{source}: cannot read: {e}"))?;
-    let reader = SerializedFileReader::new(file).map_err(bad)?;
+    let reader = ParquetReader::new(file).map_err(|e| bad_parquet(&source, e))?;
+    Ok((source, reader))
+}
+
+/// The column names of a Parquet file's schema.
+pub(super) fn parquet_header(reader: &ParquetReader) -> Vec<String> {
+    use parquet::file::reader::FileReader;
     let schema = reader.metadata().file_metadata().schema_descr();
-    let header: Vec<String> = schema.root_schema().get_fields().iter().map(|f| f.name().to_string()).collect();
+    schema.root_schema().get_fields().iter().map(|f| f.name().to_string()).collect()
+}
+
+/// An empty table of the `wanted` columns (each checked to exist), to add rows to.
+pub(super) fn parquet_table(
+    source: String,
+    header: Vec<String>,
+    wanted: &[String],
+    first_row: usize,
+) -> anyhow::Result<RawTable> {
     for w in wanted {
         if !header.contains(w) {
             return Err(missing_column(&source, w, &header));
         }
     }
-    let mut cells: BTreeMap<&str, Vec<Cell>> = wanted.iter().map(|w| (w.as_str(), Vec::new())).collect();
-    let mut rows = 0;
-    // Row group by row group: only one group's pages are decoded at a time.
-    for g in 0..reader.num_row_groups() {
-        let group = reader.get_row_group(g).map_err(bad)?;
-        for row in group.get_row_iter(None).map_err(bad)? {
-            for (name, field) in row.map_err(bad)?.get_column_iter() {
-                if let Some(col) = cells.get_mut(name.as_str()) {
-                    col.push(parquet_cell(field));
-                }
+    let columns = wanted.iter().map(|w| (w.clone(), Values::Cells(Vec::new()))).collect();
+    Ok(RawTable { source, first_row, rows: 0, all_columns: header, columns })
+}
+
+/// Appends `rows` (of a Parquet file's record reader) to `table`.
+pub(super) fn add_parquet_rows(
+    table: &mut RawTable,
+    rows: impl Iterator<Item = parquet::errors::Result<parquet::record::Row>>,
+) -> anyhow::Result<()> {
+    for row in rows {
+        for (name, field) in row.map_err(|e| bad_parquet(&table.source, e))?.get_column_iter() {
+            if let Some(Values::Cells(col)) = table.columns.get_mut(name.as_str()) {
+                col.push(parquet_cell(field));
             }
-            rows += 1;
         }
+        table.rows += 1;
     }
-    let columns = cells.into_iter().map(|(k, v)| (k.to_string(), Values::Cells(v))).collect();
-    Ok(RawTable { source, rows, all_columns: header, columns })
+    Ok(())
 }
 
 fn parquet_cell(field: &parquet::record::Field) -> Cell {
@@ -219,5 +285,5 @@ fn from_arrays(source: String, header: Vec<String>, arrays: BTreeMap<String, npy
         }
         columns.insert(name, Values::Array { data: a.data, width });
     }
-    Ok(RawTable { source, rows: rows.unwrap_or(0), all_columns: header, columns })
+    Ok(RawTable { source, first_row: 0, rows: rows.unwrap_or(0), all_columns: header, columns })
 }
