@@ -49,7 +49,44 @@ fn lerp(start: f32, end: f32, w: f32) -> f32 {
     }
 }
 
-fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+/// `fn $name(args)` calling `$body(args)`, compiled also for AVX-512 and AVX2 and run in the
+/// widest the CPU has. Why: a Rust build targets baseline x86-64 (SSE2), so the loops above
+/// would run four lanes wide where libtorch's own kernels pick the CPU's widest at run time;
+/// the update is compute-bound on its square root and division. The result does not depend
+/// on the width: every lane does the same IEEE operations in the same order (Rust never
+/// contracts a multiply and an add into an FMA), so the weights are bit-identical.
+macro_rules! widest_simd {
+    (fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked on the line above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked on the line above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+widest_simd!(fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) => adamw_loop);
+widest_simd!(fn sgd_chunk(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, s: SgdStep) => sgd_loop);
+
+#[inline(always)]
+fn adamw_loop(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
     let n = p.len();
     let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
     for i in 0..n {
@@ -64,7 +101,8 @@ fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWS
     }
 }
 
-fn sgd_chunk(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, s: SgdStep) {
+#[inline(always)]
+fn sgd_loop(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, s: SgdStep) {
     let n = p.len();
     let g = &g[..n];
     match buf {

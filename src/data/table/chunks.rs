@@ -110,10 +110,11 @@ pub struct ChunkReader<'a> {
     open: Option<OpenGroup>,
 }
 
-/// A Parquet row group being read: the rows from `next` on.
+/// A Parquet row group being read: the rows from `next` on, of the `wanted` columns.
 struct OpenGroup {
     group: usize,
     next: usize,
+    wanted: Vec<String>,
     rows: RowIter<'static>,
 }
 
@@ -135,14 +136,15 @@ impl ChunkReader<'_> {
             At::Parquet { group, skip } => {
                 let mut table = read::parquet_table(source, chunks.all_columns.clone(), wanted, chunk.first_row)?;
                 let mut open = match self.open.take() {
-                    Some(open) if open.group == group && open.next == skip => open,
-                    // Another group, or a part after a jump (a resume): decode from the group's start.
+                    Some(open) if open.group == group && open.next == skip && open.wanted == wanted => open,
+                    // Another group or other columns, or a part after a jump (a resume): decode
+                    // from the group's start.
                     _ => {
-                        let mut rows = group_rows(chunks, group)?;
+                        let mut rows = group_rows(chunks, group, wanted)?;
                         for row in rows.by_ref().take(skip) {
                             row.map_err(|e| read::bad_parquet(&chunks.source, e))?;
                         }
-                        OpenGroup { group, next: skip, rows }
+                        OpenGroup { group, next: skip, wanted: wanted.to_vec(), rows }
                     }
                 };
                 read::add_parquet_rows(&mut table, open.rows.by_ref().take(chunk.rows))?;
@@ -154,14 +156,15 @@ impl ChunkReader<'_> {
     }
 }
 
-/// The rows of row group `g` alone, from an iterator that owns its file.
-fn group_rows(chunks: &Chunks, g: usize) -> anyhow::Result<RowIter<'static>> {
+/// The `wanted` columns of row group `g` alone, from an iterator that owns its file.
+fn group_rows(chunks: &Chunks, g: usize, wanted: &[String]) -> anyhow::Result<RowIter<'static>> {
     use parquet::file::serialized_reader::{ReadOptionsBuilder, SerializedFileReader};
     let source = &chunks.source;
     let file = std::fs::File::open(&chunks.path).map_err(|e| user_error!("{source}: cannot read: {e}"))?;
     let options = ReadOptionsBuilder::new().with_predicate(Box::new(move |_, i| i == g)).build();
     let reader = SerializedFileReader::new_with_options(file, options).map_err(|e| read::bad_parquet(source, e))?;
-    Ok(RowIter::from_file_into(Box::new(reader)))
+    let projection = read::parquet_projection(&reader, wanted).map_err(|e| read::bad_parquet(source, e))?;
+    RowIter::from_file_into(Box::new(reader)).project(projection).map_err(|e| read::bad_parquet(source, e))
 }
 
 type Index = (String, Vec<String>, Vec<Chunk>);
@@ -237,5 +240,43 @@ mod tests {
             let read::Values::Cells(all) = whole.values("x") else { panic!() };
             assert_eq!(seen, all[..n]);
         }
+    }
+
+    /// Each read decodes only the columns it asks for, and a row group left open for one set of
+    /// columns is not reused for another.
+    #[test]
+    fn parquet_chunks_read_the_wanted_columns_whichever_were_read_before() {
+        use super::super::write::{self, Values};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let a: Vec<f64> = (0..10).map(|r| r as f64 * 0.5).collect();
+        let b: Vec<i64> = (0..10).map(|r| 100 + r).collect();
+        let columns = vec![
+            ("a".to_string(), Values::Float(a.clone())),
+            ("b".to_string(), Values::Int(b.clone())),
+            ("c".to_string(), Values::Float(vec![7.0; 10])),
+        ];
+        std::fs::write(&path, write::parquet(&columns).unwrap()).unwrap();
+        let file = TableFile::File(path.display().to_string());
+        let (_, reader) = read::open_parquet(&path).unwrap();
+        let projected = read::parquet_projection(&reader, &["c".into(), "a".into()]).unwrap().unwrap();
+        let names: Vec<&str> = projected.get_fields().iter().map(|f| f.name()).collect();
+        assert_eq!(names, ["a", "c"], "the wanted columns, in the file's order");
+        assert!(read::parquet_projection(&reader, &[]).unwrap().is_none());
+        let num = |t: &RawTable, c: &str| -> Vec<f64> {
+            let read::Values::Cells(cells) = t.values(c) else { panic!() };
+            cells.iter().map(|x| if let read::Cell::Num(v) = x { *v } else { panic!("{x:?}") }).collect()
+        };
+        let chunks = Chunks::open(&file, 4, 0).unwrap().unwrap();
+        let mut reader = chunks.reader();
+        let first = reader.read(0, &["a".into()]).unwrap();
+        assert_eq!((first.columns.len(), num(&first, "a")), (1, a[..4].to_vec()));
+        // The next part of the same group, other columns: decoded afresh, from the right row.
+        let second = reader.read(1, &["b".into(), "c".into()]).unwrap();
+        assert_eq!(num(&second, "b"), b[4..8].iter().map(|&v| v as f64).collect::<Vec<_>>());
+        assert_eq!(num(&second, "c"), [7.0; 4]);
+        let whole = read::read(&file, &["b".into()]).unwrap();
+        assert_eq!(whole.columns.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(num(&whole, "b"), b.iter().map(|&v| v as f64).collect::<Vec<_>>());
     }
 }

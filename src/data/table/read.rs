@@ -149,10 +149,11 @@ fn read_parquet(path: &Path, wanted: &[String]) -> anyhow::Result<RawTable> {
     let (source, reader) = open_parquet(path)?;
     let header = parquet_header(&reader);
     let mut table = parquet_table(source, header, wanted, 0)?;
+    let projection = parquet_projection(&reader, wanted).map_err(|e| bad_parquet(&table.source, e))?;
     // Row group by row group: only one group's pages are decoded at a time.
     for g in 0..reader.num_row_groups() {
         let group = reader.get_row_group(g).map_err(|e| bad_parquet(&table.source, e))?;
-        let rows = group.get_row_iter(None).map_err(|e| bad_parquet(&table.source, e))?;
+        let rows = group.get_row_iter(projection.clone()).map_err(|e| bad_parquet(&table.source, e))?;
         add_parquet_rows(&mut table, rows)?;
     }
     Ok(table)
@@ -176,6 +177,25 @@ pub(super) fn parquet_header(reader: &ParquetReader) -> Vec<String> {
     use parquet::file::reader::FileReader;
     let schema = reader.metadata().file_metadata().schema_descr();
     schema.root_schema().get_fields().iter().map(|f| f.name().to_string()).collect()
+}
+
+/// The file's schema cut to the `wanted` columns (each checked to exist by [`parquet_table`]):
+/// the record reader then decodes only their pages, not every column of a wide file. None when
+/// nothing is wanted: rows are still counted, and an empty projection would yield none.
+pub(super) fn parquet_projection(
+    reader: &ParquetReader,
+    wanted: &[String],
+) -> parquet::errors::Result<Option<parquet::schema::types::Type>> {
+    use parquet::file::reader::FileReader;
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let schema = reader.metadata().file_metadata().schema_descr();
+    let fields = schema.root_schema().get_fields().iter().filter(|f| wanted.iter().any(|w| w == f.name()));
+    parquet::schema::types::Type::group_type_builder(schema.root_schema().name())
+        .with_fields(fields.cloned().collect())
+        .build()
+        .map(Some)
 }
 
 /// An empty table of the `wanted` columns (each checked to exist), to add rows to.
