@@ -54,6 +54,18 @@ BatchNorm is a ``DomainBatchNorm2d`` keeping a set per group (``bn.domains.<g>.*
 head with group ``g``'s). ``normalize`` applies the top-level dataset's statistics; a task whose
 data is another dataset's normalizes with that one's (docs/MULTI_INPUT.md).
 
+A run on a table (``data.dataset: table``, docs/TABLES.md) takes mapped rows ``[N, F, 1, 1]``
+(or ``[N, F]``): the standardized numeric entries, the missing indicators, then one vocabulary
+index per categorical column, which ``embeddings.<column>`` embed before the ``mlp`` trunk;
+``binary`` tasks return one logit, ``value`` tasks one value. ``map_rows`` maps raw rows with
+the run's fitted mapping exactly as mtl-train does (``read_table`` reads a file as mtl-train
+reads it), ``table_predictions`` gives what ``mtl-train predict --table`` writes and ``ctcvr``
+ESMM's joint probability::
+
+    fitted = table_mapping(model.config)
+    x = torch.from_numpy(map_rows(fitted, read_table("rows.parquet", table_columns(fitted))))
+    probabilities = table_predictions(model, model(x))
+
 Only fp32 is modelled: a run trained with ``precision: bf16`` loads and runs here in fp32, so
 its outputs differ from the Rust bf16 forward by bf16 rounding.
 """
@@ -94,6 +106,13 @@ __all__ = [
     "export_onnx",
     "DomainBatchNorm2d",
     "data_groups",
+    "table_mapping",
+    "table_width",
+    "table_columns",
+    "map_rows",
+    "read_table",
+    "ctcvr",
+    "table_predictions",
 ]
 
 # The BatchNorm settings of src/model/layers.rs.
@@ -614,7 +633,11 @@ def _get(d: Optional[dict], key: str, default):
 
 
 def input_shape(config: dict) -> Tuple[int, int, int]:
-    """``(C, H, W)`` of the images the model sees: 1 channel if ``data.grayscale`` else 3."""
+    """``(C, H, W)`` of the input the model takes: for images 1 channel if ``data.grayscale``
+    else 3; for a table run ``(F, 1, 1)``, its mapped rows (``table_width``)."""
+    fitted = table_mapping(config)
+    if fitted is not None:
+        return (table_width(fitted), 1, 1)
     data = config.get("data") or {}
     size = int(_get(data, "image_size", 32))
     return (1 if _get(data, "grayscale", False) else 3, size, size)
@@ -698,6 +721,204 @@ def normalize(images: torch.Tensor, config: dict) -> torch.Tensor:
     return (images.float() / 255.0 - m) / sd
 
 
+# --- tables (src/data/table/fit.rs, src/model/table_input.rs) ---------------------------------
+
+# CSV cells that are missing values (src/data/table/read.rs).
+MISSING_TEXT = ("", "NA", "NaN", "nan", "null", "NULL", "?")
+
+
+def table_mapping(config: dict) -> Optional[dict]:
+    """A table run's fitted mapping (``data.features.fitted``): ``numeric`` [{column, mean,
+    std, indicator}] and ``categorical`` [{column, dim, vocab}]; None for an image run."""
+    features = (config.get("data") or {}).get("features") or {}
+    return features.get("fitted")
+
+
+def table_columns(fitted: dict) -> List[str]:
+    """The feature columns a mapped row is made of: the numeric ones, then the categorical ones."""
+    return [n["column"] for n in fitted["numeric"]] + [c["column"] for c in fitted["categorical"]]
+
+
+def dense_width(fitted: dict) -> int:
+    """Standardized numeric entries and missing indicators: a mapped row's first part."""
+    return sum(len(n["mean"]) * (2 if n.get("indicator") else 1) for n in fitted["numeric"])
+
+
+def table_width(fitted: dict) -> int:
+    """Entries of a mapped row: the dense ones, then one vocabulary index per categorical column."""
+    return dense_width(fitted) + len(fitted["categorical"])
+
+
+class Embeddings(Heads):
+    """``embeddings.<column>``: one ``nn.Embedding(len(vocab) + 1, dim)`` per categorical
+    column (row 0 the out-of-vocabulary value). ``forward`` turns mapped rows ``[N, F, 1, 1]``
+    (or ``[N, F]``) into the dense entries followed by every column's embedding, ``[N, W, 1,
+    1]``: what the backbone reads."""
+
+    def __init__(self, fitted: dict):
+        super().__init__()
+        self.dense = dense_width(fitted)
+        for c in fitted["categorical"]:
+            self.add(c["column"], nn.Embedding(len(c["vocab"]) + 1, int(c["dim"])))
+        self.width = self.dense + sum(int(c["dim"]) for c in fitted["categorical"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = torch.flatten(x, 1)
+        parts = [flat[:, : self.dense]]
+        for i, name in enumerate(self.names()):
+            # Indices travel as floats (exact below 2^24); truncation as Rust's to_kind(Int64).
+            parts.append(self[name](flat[:, self.dense + i].long()))
+        return torch.cat(parts, 1)[:, :, None, None]
+
+
+def _rust_number(v: float) -> str:
+    """A number as a vocabulary key, as fit.rs prints it: integers without a decimal point
+    (``3`` and ``3.0`` are one value), others as Rust's ``{}`` does (shortest round trip, never
+    an exponent)."""
+    import numpy as np
+
+    if math.isfinite(v) and v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return np.format_float_positional(v, unique=True, trim="-")
+
+
+def _cells(values) -> list:
+    """A column as mtl's reader sees cells: None (missing), a float, or text."""
+    if hasattr(values, "to_pylist"):  # pyarrow arrays and columns
+        values = values.to_pylist()
+    elif hasattr(values, "tolist"):  # pandas Series, NumPy arrays of text
+        values = values.tolist()
+    out = []
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out.append(None)
+        elif isinstance(v, (bool, int, float)):
+            out.append(float(v))
+        else:
+            out.append(str(v))
+    return out
+
+
+def _column(values):
+    """A NumPy array of numbers is an array column (float32, 1-d or N × width, NaN missing,
+    as .npy and .npz are read); anything else (lists, pandas Series, pyarrow arrays) is cells."""
+    import numpy as np
+
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        return values.astype(np.float32)
+    return _cells(values)
+
+
+def _numeric(column, name: str):
+    """float32 ``[N, width]`` (NaN missing); text that is no number is an error naming the row."""
+    import numpy as np
+
+    if isinstance(column, np.ndarray):
+        return column.reshape(len(column), -1)
+    out = np.empty((len(column), 1), dtype=np.float32)
+    for row, c in enumerate(column):
+        if c is None:
+            out[row, 0] = np.nan
+        elif isinstance(c, float):
+            out[row, 0] = c
+        else:
+            try:
+                v = float(c)
+            except ValueError:
+                v = math.nan
+            if not math.isfinite(v):
+                raise ValueError(f"column {name!r}, row {row + 1}: {c!r} is not a number")
+            out[row, 0] = v
+    return out
+
+
+def _keys(column, name: str) -> list:
+    import numpy as np
+
+    if isinstance(column, np.ndarray):
+        if column.ndim != 1:
+            raise ValueError(f"column {name!r} has {column.shape[1]} values per row; a categorical column has one")
+        return [None if math.isnan(v) else _rust_number(float(v)) for v in column.tolist()]
+    return [c if c is None or isinstance(c, str) else _rust_number(c) for c in column]
+
+
+def map_rows(fitted: dict, table) -> "np.ndarray":
+    """Raw rows → mtl's mapped rows, float32 ``[N, F]`` (``table_width``), exactly as
+    src/data/table/fit.rs ``features``: each numeric column's entries ``(x − mean) / std``
+    (missing: 0), then the indicators (1 where missing) of the columns that have them, then
+    each categorical column's vocabulary index (``vocab[i]`` is i + 1; anything else 0).
+
+    ``fitted`` is ``table_mapping(config)``; ``table`` maps column names to values: a dict,
+    a pandas DataFrame, a pyarrow Table, or ``read_table``'s result. A NumPy array of numbers is read as
+    ``.npy`` columns are (float32); lists, Series and pyarrow arrays as CSV/Parquet cells
+    (None and NaN missing, strings as text). Reshape to ``[N, F, 1, 1]`` for the twin."""
+    import numpy as np
+
+    columns = {}
+    for c in table_columns(fitted):
+        try:
+            columns[c] = _column(table[c])
+        except KeyError:
+            raise KeyError(f"no column {c!r} in the table") from None
+    rows = {len(v) for v in columns.values()}
+    if len(rows) != 1:
+        raise ValueError(f"the columns have different lengths ({sorted(rows)})")
+    n = rows.pop()
+    dense, indicators, indices = [], [], []
+    for spec in fitted["numeric"]:
+        v = _numeric(columns[spec["column"]], spec["column"])
+        if v.shape[1] != len(spec["mean"]):
+            raise ValueError(f"column {spec['column']!r} has {v.shape[1]} values per row; the training split had "
+                             f"{len(spec['mean'])}")
+        missing = np.isnan(v)
+        # f32 values, f64 arithmetic, an f32 result: as fit.rs.
+        z = ((v.astype(np.float64) - np.array(spec["mean"])) / np.array(spec["std"])).astype(np.float32)
+        dense.append(np.where(missing, np.float32(0), z))
+        if spec.get("indicator"):
+            indicators.append(missing.astype(np.float32))
+    for spec in fitted["categorical"]:
+        index = {v: i + 1 for i, v in enumerate(spec["vocab"])}
+        keys = _keys(columns[spec["column"]], spec["column"])
+        indices.append(np.array([[index.get(k, 0)] for k in keys], dtype=np.float32).reshape(n, 1))
+    out = np.concatenate(dense + indicators + indices, axis=1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def read_table(path: Union[str, Path], columns: Sequence[str]) -> dict:
+    """``columns`` of a table file as mtl-train reads them (src/data/table/read.rs): a CSV's
+    cells as trimmed text (``MISSING_TEXT`` missing), a Parquet file's values (pyarrow; null
+    and NaN missing), a ``.npz``'s arrays. The result goes to ``map_rows``."""
+    import numpy as np
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        import csv
+
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader)]
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise KeyError(f"{p}: no column {missing[0]!r}")
+            at = [header.index(c) for c in columns]
+            cells = {c: [] for c in columns}
+            for record in reader:
+                for c, i in zip(columns, at):
+                    text = record[i].strip() if i < len(record) else ""
+                    cells[c].append(None if text in MISSING_TEXT else text)
+        return cells
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(p, columns=list(columns))
+        return {c: _cells(t.column(c).to_pylist()) for c in columns}
+    if suffix == ".npz":
+        with np.load(p) as z:
+            return {c: z[c].astype(np.float32) for c in columns}
+    raise ValueError(f"{p}: a table is a .csv, .parquet or .npz file")
+
+
 class MultiTaskModel(nn.Module):
     """Hard parameter sharing (``model.architecture.kind: hps``, the default): one shared
     ``backbone`` and ``heads.<task>``, one head per task. The other architectures subclass it
@@ -735,6 +956,13 @@ class MultiTaskModel(nn.Module):
         act = _get(bb, "activation", "relu")
         activate(torch.zeros(1), act)  # validates the name
         c_in, h, w = input_shape(config)
+        # A table's mapped rows reach the trunk through the embeddings (dense entries, then
+        # every categorical column's embedding): the trunk reads that width.
+        fitted = table_mapping(config)
+        self.table = fitted is not None
+        self.embeddings = Embeddings(fitted) if self.table and fitted["categorical"] else None
+        if self.embeddings is not None:
+            c_in = self.embeddings.width
         self.in_channels = c_in
         self.image_size = h
         bn = norm == "batch"
@@ -759,6 +987,8 @@ class MultiTaskModel(nn.Module):
         self.bn = bn
         self.act = act
         self.task_names: List[str] = [t["name"] for t in config["tasks"]]
+        # ESMM: a task `given` a parent (its probability is conditional on the parent's).
+        self.given: Dict[str, str] = {t["name"]: t["given"] for t in config["tasks"] if t.get("given")}
         self.options = architecture_options(config)
         self.build_trunk()
 
@@ -802,6 +1032,10 @@ class MultiTaskModel(nn.Module):
                     act,
                     flatten,
                 )
+            elif tkind in ("binary", "value"):
+                # One logit (binary) or one value per row: a classification head with one output.
+                head = ClassificationHead(channels[-1], int(_get(hc, "hidden", 0)), float(_get(hc, "dropout", 0.0)),
+                                          1, act)
             elif tkind == "segmentation":
                 head = SegmentationHead(channels, width, classes, bn, act)
             elif tkind == "regression":
@@ -810,7 +1044,7 @@ class MultiTaskModel(nn.Module):
                 head = DenseHead(channels, width, NORMAL_CHANNELS, bn, act, normalize=True)
             else:
                 raise ValueError(
-                    f"unknown task kind {tkind!r} (classification, segmentation, regression, normals)"
+                    f"unknown task kind {tkind!r} (classification, segmentation, regression, normals, binary, value)"
                 )
             self.heads.add(name, head)
             self.task_kinds[name] = tkind
@@ -854,14 +1088,22 @@ class MultiTaskModel(nn.Module):
 
     # -- the model ----------------------------------------------------------------------------
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """What the trunk reads: images as they are; a table's mapped rows ``[N, F, 1, 1]`` (or
+        ``[N, F]``) with their categorical indices embedded, ``[N, W, 1, 1]``."""
+        if not self.table:
+            return x
+        if self.embeddings is not None:
+            return self.embeddings(x)
+        return torch.flatten(x, 1)[:, :, None, None]
+
     def features(self, x: torch.Tensor) -> List[torch.Tensor]:
-        return self.task_features(x)[0]
+        return self.task_features(self.embed(x))[0]
 
     def forward(self, x: torch.Tensor, domain: Optional[int] = None) -> "OrderedDict[str, torch.Tensor]":
         """Every task's output, each as for its own data group's images (with that group's
         BatchNorm state when groups keep their own: one pass per group); with ``domain``, every
         head on one pass with that group's state."""
-        out_hw = (int(x.shape[2]), int(x.shape[3]))
         groups = self.norm_layout[0]
         if groups > 1 and domain is None:
             out: Dict[str, torch.Tensor] = {}
@@ -871,6 +1113,8 @@ class MultiTaskModel(nn.Module):
                     out.update((n, both[n]) for n, g in zip(self.task_names, self.domain_of) if g == d)
             return OrderedDict((n, out[n]) for n in self.task_names)
         self.use_domain(domain or 0)
+        x = self.embed(x)
+        out_hw = (int(x.shape[2]), int(x.shape[3]))
         feats = self.task_features(x)
         return OrderedDict(
             (name, self.heads[name](f, out_hw).float()) for name, f in zip(self.task_names, feats)
@@ -1530,6 +1774,35 @@ def predict(model: MultiTaskModel, x: torch.Tensor) -> "OrderedDict[str, torch.T
     return OrderedDict((k, v.detach().float().cpu().contiguous()) for k, v in out.items())
 
 
+def ctcvr(model: MultiTaskModel, outputs: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+    """ESMM: for each task ``given`` a parent, pCTCVR = σ(own) · σ(parent), computed as
+    src/tasks/binary.rs does (exp of the summed log-sigmoids), ``[N]`` by task name."""
+    return OrderedDict(
+        (name, (F.logsigmoid(outputs[name][:, 0]) + F.logsigmoid(outputs[parent][:, 0])).exp())
+        for name, parent in model.given.items()
+    )
+
+
+def table_predictions(model: MultiTaskModel, outputs: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+    """The columns ``mtl-train predict --table`` writes, from ``model``'s outputs: a ``binary``
+    task's probability (σ of its logit; pCVR for an ESMM child), a ``value`` task's value, a
+    ``classification`` task's class and ``<task>_probability``. float64 ``[N]`` each."""
+    columns: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for name, out in outputs.items():
+        kind = model.task_kinds[name]
+        out = out.double()
+        if kind == "classification":
+            p, c = out.softmax(1).max(1)
+            columns[name], columns[f"{name}_probability"] = c.double(), p
+        elif kind == "binary":
+            columns[name] = out[:, 0].sigmoid()
+        elif kind == "value":
+            columns[name] = out[:, 0]
+        else:
+            raise ValueError(f"task {name!r}: a {kind} task does not predict on table rows")
+    return columns
+
+
 class TupleOutputs(nn.Module):
     """The model with its outputs as a tuple in task order (what ONNX and TorchScript carry)."""
 
@@ -1541,22 +1814,35 @@ class TupleOutputs(nn.Module):
         return tuple(self.model(x).values())
 
 
+def example_input(config: dict, n: int, gen: torch.Generator, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """``n`` valid inputs: random normalized images ``[n, C, H, W]``, or for a table run mapped
+    rows ``[n, F]`` of random standardized entries and random vocabulary indices."""
+    fitted = table_mapping(config)
+    if fitted is None:
+        c, h, w = input_shape(config)
+        h, w = size or (h, w)
+        return torch.randn(n, c, h, w, generator=gen)
+    parts = [torch.randn(n, dense_width(fitted), generator=gen)]
+    for c in fitted["categorical"]:
+        parts.append(torch.randint(len(c["vocab"]) + 1, (n, 1), generator=gen).float())
+    return torch.cat(parts, 1)
+
+
 def export_onnx(
-    model: MultiTaskModel, path: Union[str, Path], size: Optional[Tuple[int, int]] = None
+    model: MultiTaskModel, path: Union[str, Path], size: Optional[Tuple[int, int]] = None,
+    metadata: Optional[str] = None,
 ) -> float:
-    """Writes ``model`` (eval mode) as ONNX to ``path``: input ``input`` ``[N, C, H, W]`` with N
-    free, one output per task named after it. Checks the file with ``onnx.checker`` and returns
-    the largest relative difference to ``model`` that onnxruntime gives on a batch of another
-    size (NaN when onnxruntime is not installed)."""
+    """Writes ``model`` (eval mode) as ONNX to ``path``: input ``input`` ``[N, C, H, W]`` (a
+    table run's mapped rows: ``[N, F]``) with N free, one output per task named after it, and
+    ``metadata`` (mtl-train export's description) as ``metadata_props["mtl.json"]``. Checks the
+    file with ``onnx.checker`` and returns the largest relative difference to ``model`` that
+    onnxruntime gives on a batch of another size (NaN when onnxruntime is not installed)."""
     import onnx
 
-    c, h, w = input_shape(model.config)
-    if size is not None:
-        h, w = size
     model = model.eval()
     wrapped = TupleOutputs(model).eval()
     gen = torch.Generator().manual_seed(0)
-    example = torch.randn(2, c, h, w, generator=gen)
+    example = example_input(model.config, 2, gen, size)
     batch = torch.export.Dim("batch", min=1)
     # The exporter reports every step and warns about operators this model does not use.
     import logging
@@ -1576,12 +1862,16 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
+    if metadata is not None:
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, {"mtl.json": metadata})
+        onnx.save(proto, str(path))
     onnx.checker.check_model(str(path), full_check=True)
     try:
         import onnxruntime
     except ImportError:
         return float("nan")
-    probe = torch.randn(3, c, h, w, generator=gen)
+    probe = example_input(model.config, 3, gen, size)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": probe.numpy()})
     with torch.no_grad():
@@ -1639,6 +1929,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--onnx", help="write the model as ONNX to this file")
     ap.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="with --onnx: input height and width")
+    ap.add_argument("--metadata", help="with --onnx: a file whose text goes into the model's metadata_props as mtl.json")
     args = ap.parse_args(argv)
     if (args.input is None) != (args.output is None):
         ap.error("--input and --output go together")
@@ -1668,11 +1959,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 __import__(package)
             except ImportError:
                 raise SystemExit(f"mtl_torch: --onnx needs the {package} package: pip install onnx onnxscript")
-        worst = export_onnx(model.cpu(), args.onnx, tuple(args.size) if args.size else None)
-        c, h, w = input_shape(model.config)
-        h, w = args.size or (h, w)
+        metadata = Path(args.metadata).read_text(encoding="utf-8") if args.metadata else None
+        worst = export_onnx(model.cpu(), args.onnx, tuple(args.size) if args.size else None, metadata)
+        shape = list(example_input(model.config, 1, torch.Generator(), tuple(args.size) if args.size else None).shape)
+        shape = ", ".join(["N"] + [str(d) for d in shape[1:]])
         check = "onnxruntime not installed" if worst != worst else f"onnxruntime vs PyTorch: {worst:.1e}"
-        print(f"wrote {args.onnx} (ONNX, input [N, {c}, {h}, {w}], outputs {', '.join(model.task_names)}; {check})")
+        print(f"wrote {args.onnx} (ONNX, input [{shape}], outputs {', '.join(model.task_names)}; {check})")
         if model.config.get("precision") == "bf16":
             print("note: the run computes in bf16, the ONNX model in fp32: outputs differ by bf16 rounding")
         if worst == worst and worst > 1e-4:
