@@ -12,8 +12,14 @@
   ctr        Impressions with numeric and categorical columns (some missing), a click label
              and a conversion label that is 1 only on clicked rows (the ESMM setting):
              train.csv, val.csv (and .parquet with pyarrow).
+  impressions  A CTR-like table at benchmark scale (needs pyarrow): train.parquet and
+             val.parquet (--rows / 10 rows) with 13 numeric columns n0..n12 (heavy-tailed
+             counts and prices, four with missing values), 8 categorical columns c0..c7 of
+             int64 ids (Zipf-distributed; cardinalities 4 to 200,000; c3 with missing values)
+             and two binary tasks, click and like, whose logits share a latent score (label
+             correlation set by --rho).
 
-Usage: python scripts/make_tables.py {tutorial,synthetic,ctr} OUT_DIR [--rows N] [--seed S] [--rho R]
+Usage: python scripts/make_tables.py {tutorial,synthetic,ctr,impressions} OUT_DIR [--rows N] [--seed S] [--rho R]
 """
 import argparse
 import os
@@ -80,9 +86,47 @@ def ctr(out, rows, seed):
         pq.write_table(table, os.path.join(out, f"{split}.parquet"), row_group_size=max(n // 3, 1))
 
 
+# impressions: each categorical column's cardinality and Zipf exponent.
+IMPRESSION_CATEGORIES = [(4, 2.0), (12, 1.8), (60, 1.6), (300, 1.4), (2000, 1.3), (10000, 1.2), (50000, 1.15), (200000, 1.1)]
+
+
+def impressions(out, rows, seed, rho):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    # Per-id effects on the two latent scores (shared by both splits, as a real ad system's are).
+    effects = [(rng.normal(0, 0.5, card), rng.normal(0, 0.5, card)) for card, _ in IMPRESSION_CATEGORIES]
+    w1, w2 = rng.normal(0, 0.4, 13), rng.normal(0, 0.4, 13)
+    for split, n in (("train", rows), ("val", max(rows // 10, 20))):
+        cols, z = {}, np.empty((n, 13))
+        for j in range(13):
+            # Counts (Criteo's I1..I13 are counts), lognormal prices and a few uniform scores.
+            v = (rng.poisson(rng.gamma(1 + j % 3, 3.0, n)).astype(float) if j < 7
+                 else np.round(rng.lognormal(2 + j % 2, 1, n), 2) if j < 10 else rng.random(n))
+            z[:, j] = (np.log1p(v) - np.log1p(v).mean()) / (np.log1p(v).std() + 1e-9)
+            missing = rng.random(n) < (0.2 if j in (2, 5) else 0.05 if j in (8, 11) else 0.0)
+            cols[f"n{j}"] = pa.array(np.where(missing, np.nan, v), mask=missing)
+        s1, s2 = z @ w1, z @ w2
+        for k, (card, a) in enumerate(IMPRESSION_CATEGORIES):
+            ids = (rng.zipf(a, n) - 1) % card
+            # Ids are scrambled so that frequency does not follow the id.
+            ids = (ids * 2654435761 + k) % card
+            s1, s2 = s1 + effects[k][0][ids], s2 + effects[k][1][ids]
+            missing = rng.random(n) < 0.1 if k == 3 else np.zeros(n, bool)
+            cols[f"c{k}"] = pa.array(ids.astype(np.int64), mask=missing)
+        latent = s2 / (s2.std() + 1e-9)
+        s1 = s1 / (s1.std() + 1e-9)
+        p_click = 1 / (1 + np.exp(-(-1.5 + s1)))
+        p_like = 1 / (1 + np.exp(-(-2.0 + rho * s1 + np.sqrt(1 - rho**2) * latent)))
+        cols["click"] = (rng.random(n) < p_click).astype(np.int64)
+        cols["like"] = (rng.random(n) < p_like).astype(np.int64)
+        pq.write_table(pa.table(cols), os.path.join(out, f"{split}.parquet"), row_group_size=1 << 17)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=["tutorial", "synthetic", "ctr"])
+    p.add_argument("kind", choices=["tutorial", "synthetic", "ctr", "impressions"])
     p.add_argument("out")
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
@@ -93,6 +137,8 @@ def main():
         tutorial(a.out, a.rows, a.seed)
     elif a.kind == "synthetic":
         synthetic(a.out, a.rows, a.seed, a.rho)
+    elif a.kind == "impressions":
+        impressions(a.out, a.rows, a.seed, a.rho)
     else:
         ctr(a.out, a.rows, a.seed)
 
