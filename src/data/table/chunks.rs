@@ -7,6 +7,7 @@
 //! A CSV block can be read in any order. A Parquet part in the middle of its row group can only
 //! be reached by decoding the group from its start, so the parts of a group form a *unit* that is
 //! read in order, by one [`ChunkReader`] that keeps the group open from one part to the next.
+use super::parquet_columns::GroupColumns;
 use super::read::{self, RawTable};
 use crate::config::TableFile;
 use crate::user_error;
@@ -115,7 +116,38 @@ struct OpenGroup {
     group: usize,
     next: usize,
     wanted: Vec<String>,
-    rows: RowIter<'static>,
+    rows: GroupRows,
+}
+
+/// An open row group's readers: its column chunks, or the record reader where a wanted
+/// column is of a type only that converts.
+enum GroupRows {
+    Columns(GroupColumns),
+    Records(RowIter<'static>),
+}
+
+impl GroupRows {
+    /// Row group `g`'s `wanted` columns, from row `skip` on.
+    fn open(chunks: &Chunks, g: usize, skip: usize, wanted: &[String]) -> anyhow::Result<Self> {
+        let source = &chunks.source;
+        if let Some(mut columns) = GroupColumns::open(&read::open_parquet(&chunks.path)?.1, g, wanted, source)? {
+            columns.skip(skip, source)?;
+            return Ok(Self::Columns(columns));
+        }
+        let mut rows = group_rows(chunks, g, wanted)?;
+        for row in rows.by_ref().take(skip) {
+            row.map_err(|e| read::bad_parquet(source, e))?;
+        }
+        Ok(Self::Records(rows))
+    }
+
+    /// Appends the next `rows` rows to `table`.
+    fn read(&mut self, rows: usize, table: &mut RawTable) -> anyhow::Result<()> {
+        match self {
+            Self::Columns(columns) => columns.read(rows, table),
+            Self::Records(records) => read::add_parquet_rows(table, records.by_ref().take(rows)),
+        }
+    }
 }
 
 impl ChunkReader<'_> {
@@ -139,15 +171,14 @@ impl ChunkReader<'_> {
                     Some(open) if open.group == group && open.next == skip && open.wanted == wanted => open,
                     // Another group or other columns, or a part after a jump (a resume): decode
                     // from the group's start.
-                    _ => {
-                        let mut rows = group_rows(chunks, group, wanted)?;
-                        for row in rows.by_ref().take(skip) {
-                            row.map_err(|e| read::bad_parquet(&chunks.source, e))?;
-                        }
-                        OpenGroup { group, next: skip, wanted: wanted.to_vec(), rows }
-                    }
+                    _ => OpenGroup {
+                        group,
+                        next: skip,
+                        wanted: wanted.to_vec(),
+                        rows: GroupRows::open(chunks, group, skip, wanted)?,
+                    },
                 };
-                read::add_parquet_rows(&mut table, open.rows.by_ref().take(chunk.rows))?;
+                open.rows.read(chunk.rows, &mut table)?;
                 open.next += chunk.rows;
                 self.open = Some(open);
                 Ok(table)

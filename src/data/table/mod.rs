@@ -16,6 +16,7 @@ pub mod census;
 pub mod chunks;
 pub mod fit;
 pub mod order;
+mod parquet_columns;
 pub mod read;
 pub mod stream;
 pub mod write;

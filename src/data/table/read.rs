@@ -149,6 +149,9 @@ fn read_parquet(path: &Path, wanted: &[String]) -> anyhow::Result<RawTable> {
     let (source, reader) = open_parquet(path)?;
     let header = parquet_header(&reader);
     let mut table = parquet_table(source, header, wanted, 0)?;
+    if super::parquet_columns::read(&reader, wanted, &mut table)? {
+        return Ok(table);
+    }
     let projection = parquet_projection(&reader, wanted).map_err(|e| bad_parquet(&table.source, e))?;
     // Row group by row group: only one group's pages are decoded at a time.
     for g in 0..reader.num_row_groups() {
