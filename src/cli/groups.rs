@@ -261,11 +261,12 @@ fn measure_groupings(
     affinity_every: Option<u64>,
 ) -> anyhow::Result<Outcome> {
     let device = mtl::setup::device(&base.cfg.device)?;
-    mtl::setup::init_runtime(&base.cfg, device);
     let t = base.tasks.len();
     let mut outcome = Outcome { delta_m: vec![Vec::new(); groupings.len()], all_in_one: Vec::new() };
     for &seed in seeds {
         let r = with_seed(base, seed, &args.set)?;
+        // After the overrides: `--set threads=N` is a process-wide setting.
+        mtl::setup::init_runtime(&r.cfg, device);
         // Every network any grouping uses, trained once per seed.
         let mut networks: BTreeMap<Vec<usize>, Vec<(String, f64)>> = BTreeMap::new();
         let mut wanted: Vec<Vec<usize>> = groupings.iter().flat_map(|g| g.groups.iter().cloned()).collect();
