@@ -341,9 +341,9 @@ fn exhaustive(args: &GroupsArgs) -> anyhow::Result<ExitCode> {
     if t < 2 {
         user_bail!("{}: {t} task; groupings need at least two", config.display());
     }
-    let groupings: Vec<Grouping> = candidates(t).into_iter().map(|p| partition(p, t)).collect();
+    let mut groupings: Vec<Grouping> = candidates(t).into_iter().map(|p| partition(p, t)).collect();
     let seeds = seeds(args, &base);
-    let outcome = measure_groupings(args, &base, &groupings, &seeds, Some(args.every))?;
+    let mut delta_m = measure_groupings(args, &base, &groupings, &seeds, Some(args.every))?.delta_m;
     // The affinity of each seed's all-in-one run, pooled over the seeds.
     let all: Vec<usize> = (0..t).collect();
     let mut summaries = Vec::new();
@@ -356,7 +356,19 @@ fn exhaustive(args: &GroupsArgs) -> anyhow::Result<ExitCode> {
     let (tasks, estimate) = pooled(&summaries, &runs)?;
     println!("affinity of the all-in-one runs, pooled over seeds {seeds:?} (mean ± standard error):");
     print!("{}", affinity_table(tasks, &estimate));
-    print!("{}", compare(&base, &groupings, &outcome.delta_m, &estimate, args.z, &seeds));
+    // The search's own pick, which may serve a task from a network it shares with tasks served
+    // elsewhere (not a partition): its networks are trained already for T ≤ 4.
+    let pick = grouping::best_grouping(&estimate.lower_bound(args.z), t);
+    let chosen = match groupings.iter().position(|g| g.groups == pick.groups && g.served_by == pick.served_by) {
+        Some(k) => k,
+        None => {
+            let measured = measure_groupings(args, &base, std::slice::from_ref(&pick), &seeds, Some(args.every))?;
+            delta_m.extend(measured.delta_m);
+            groupings.push(pick);
+            groupings.len() - 1
+        }
+    };
+    print!("{}", compare(&base, &groupings, chosen, &delta_m, &estimate, args.z, &seeds));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -378,11 +390,12 @@ fn candidates(t: usize) -> Vec<Vec<Vec<usize>>> {
 }
 
 /// Every grouping's predicted score (at the bound, and TAG's at the mean) beside its real Δm
-/// per seed, best predicted first; the rank correlations; whether the predicted best is the
-/// real best or within the seeds' spread of it.
+/// per seed, best predicted first; the rank correlations; whether the search's pick, `chosen`,
+/// is the real best or within the seeds' spread of it.
 fn compare(
     base: &Resolved,
     groupings: &[Grouping],
+    chosen: usize,
     delta_m: &[Vec<f64>],
     estimate: &Estimate,
     z: f64,
@@ -405,14 +418,9 @@ fn compare(
     );
     out.push_str(&format!("  {:<40} {:>10} {:>10}  {:>22}\n", "grouping", "predicted", "TAG", "real Δm"));
     for &k in &order {
-        let text: Vec<String> = groupings[k]
-            .groups
-            .iter()
-            .map(|g| format!("{{{}}}", g.iter().map(|&i| base.tasks[i].name.as_str()).collect::<Vec<_>>().join(",")))
-            .collect();
         out.push_str(&format!(
             "  {:<40} {:>+10.5} {:>+10.5}  {:>22}\n",
-            text.join(" "),
+            grouping_text(base, &groupings[k]),
             predicted[k],
             tag[k],
             mean_spread(&delta_m[k])
@@ -428,7 +436,6 @@ fn compare(
         rho(&tag)
     ));
     let best_real = (0..real.len()).min_by(|&a, &b| real[a].total_cmp(&real[b])).unwrap_or(0);
-    let chosen = order[0];
     let verdict = if chosen == best_real {
         "the same grouping".to_string()
     } else if within_spread(&delta_m[chosen], &delta_m[best_real]) {
@@ -442,6 +449,19 @@ fn compare(
         mean_spread(&delta_m[best_real])
     ));
     out
+}
+
+/// `{kind,seg} {color}`; a network that serves only some of its tasks names them:
+/// `{kind,seg}→kind`.
+fn grouping_text(base: &Resolved, g: &Grouping) -> String {
+    let name = |i: usize| base.tasks[i].name.as_str();
+    let network = |(k, group): (usize, &Vec<usize>)| {
+        let served: Vec<&str> = (0..g.served_by.len()).filter(|&j| g.served_by[j] == k).map(name).collect();
+        let members: Vec<&str> = group.iter().map(|&i| name(i)).collect();
+        let only = if served.len() < members.len() { format!("→{}", served.join(",")) } else { String::new() };
+        format!("{{{}}}{only}", members.join(","))
+    };
+    g.groups.iter().enumerate().map(network).collect::<Vec<_>>().join(" ")
 }
 
 /// Whether `chosen`'s mean Δm is within one seed standard deviation (the larger of the two
