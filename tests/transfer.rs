@@ -124,6 +124,12 @@ fn groups_reads_the_run_and_refuses_bad_input(dir: &Path, on: &Path, off: &Path)
     run_in(dir, &["groups", on, "--budget", "0"]).assert_user_error(&["--budget", "0", "1..=2"]);
     run_in(dir, &["groups", on, "--budget", "3"]).assert_user_error(&["--budget", "3"]);
     run_in(dir, &["groups", on]).assert_user_error(&["--budget"]);
+    // Runs given together are pooled (here one run twice); z = 0 counts the means as TAG does.
+    let out = run_in(dir, &["groups", on, on, "--budget", "2", "--z", "0"]);
+    out.assert_ok();
+    assert!(out.stdout().contains("from 2 run(s)") && out.stdout().contains("mean − 0·SE"), "{}", out.stdout());
+    run_in(dir, &["groups", on, "--budget", "1", "--z=-1"]).assert_user_error(&["--z", "-1"]);
+    run_in(dir, &["groups", on, on, "--exhaustive"]).assert_user_error(&["--exhaustive", "one config"]);
     run_in(dir, &["groups", "nowhere", "--budget", "1"]).assert_user_error(&["nowhere"]);
     std::fs::write(Path::new(on).join("affinity.json"), "{\"tasks\": [\"kind\"]").unwrap();
     run_in(dir, &["groups", on, "--budget", "1"]).assert_user_error(&["affinity.json"]);

@@ -82,8 +82,9 @@ enum Command {
     /// Print a table of runs (run directory, method, seed, per-task metrics, Δm, time per step)
     /// and draw a chart; runs whose configs differ only in the seed are also averaged as seeds.
     Compare(compare::CompareArgs),
-    /// Which tasks should share a network: the best grouping under a budget from a run's
-    /// measured affinity (report.affinity), its configs, and with --train its Δm; with
+    /// Which tasks should share a network: the best grouping under a budget from the measured
+    /// affinity of one or more runs (report.affinity), each affinity counted only as far as it
+    /// stands out of its spread (--z), its configs, and with --train its Δm; with
     /// --exhaustive, every grouping of a config trained and compared with the prediction.
     Groups(groups::GroupsArgs),
     /// Time the training step (warm-up excluded; median of repetitions) and print images/s and

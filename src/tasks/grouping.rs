@@ -8,10 +8,73 @@
 //! than one); each task is served by the group that gives it the most, and the grouping's
 //! score is the sum over tasks of what they are served.
 //!
+//! Counting only what is measured: the search runs on [`Estimate::lower_bound`], each affinity
+//! less `z` standard errors, so a group is worth forming only where its members' gains are
+//! distinguishable from zero. The mean of the pairs' bounds is itself a bound on `s(j, G)`
+//! whatever the pairs' correlation (a sum's standard deviation is at most the sum of its
+//! terms'), so no correlation has to be known.
+//!
 //! Exact search: any grouping induces a partition of the tasks by serving group, so the best
 //! score is the best partition into at most `budget` parts S, each worth
 //! `best(S) = max_{G ⊇ S} Σ_{j ∈ S} s(j, G)`. `best` over every S costs O(T · 3^T), the
 //! partition O(budget · 3^T): at T = 12, about 6 million and 6 million steps (milliseconds).
+
+/// The default `z` of [`Estimate::lower_bound`]: a one-sided 95 % bound, so a task is counted
+/// as gaining from its group only when a gain is 95 % likely on its own measurement.
+pub const DEFAULT_Z: f64 = 1.645;
+
+/// One run's measured affinity: the mean of `Z_{i→j}` over `steps` measured steps and the
+/// (population) standard deviation of the per-step values.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAffinity<'a> {
+    pub mean: &'a [Vec<f64>],
+    pub std: &'a [Vec<f64>],
+    pub steps: u64,
+}
+
+/// The affinity with its standard error, pooled over one or more runs of the same tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    pub mean: Vec<Vec<f64>>,
+    pub se: Vec<Vec<f64>>,
+}
+
+impl Estimate {
+    /// The mean over the runs of their means, and its standard error: within a run, the
+    /// per-step spread over √(steps − 1) (the sample standard error; steps in sequence are
+    /// treated as independent draws); across runs (seeds), the larger of the run means'
+    /// own spread over √runs and the within-run errors combined, so that a few seeds which
+    /// happen to agree do not claim more precision than each measurement has. None without
+    /// runs, with a run of fewer than two measured steps (no spread), or with matrices of
+    /// different sizes.
+    pub fn pool(runs: &[RunAffinity]) -> Option<Self> {
+        let t = runs.first()?.mean.len();
+        let square = |m: &[Vec<f64>]| m.len() == t && m.iter().all(|r| r.len() == t);
+        if runs.iter().any(|r| r.steps < 2 || !square(r.mean) || !square(r.std)) {
+            return None;
+        }
+        let n = runs.len() as f64;
+        let cell = |i: usize, j: usize| -> (f64, f64) {
+            let means: Vec<f64> = runs.iter().map(|r| r.mean[i][j]).collect();
+            let mean = means.iter().sum::<f64>() / n;
+            let within_var: f64 =
+                runs.iter().map(|r| r.std[i][j].powi(2) / (r.steps - 1) as f64).sum::<f64>() / (n * n);
+            let between_var = match runs.len() {
+                1 => 0.0,
+                _ => means.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / (n - 1.0) / n,
+            };
+            (mean, within_var.max(between_var).sqrt())
+        };
+        let cells: Vec<Vec<(f64, f64)>> = (0..t).map(|i| (0..t).map(|j| cell(i, j)).collect()).collect();
+        let part = |pick: fn(&(f64, f64)) -> f64| cells.iter().map(|row| row.iter().map(pick).collect()).collect();
+        Some(Self { mean: part(|c| c.0), se: part(|c| c.1) })
+    }
+
+    /// Each affinity less `z` standard errors: what the search counts.
+    pub fn lower_bound(&self, z: f64) -> Vec<Vec<f64>> {
+        self.mean.iter().zip(&self.se).map(|(m, s)| m.iter().zip(s).map(|(m, s)| m - z * s).collect()).collect()
+    }
+}
 
 /// The most tasks [`best_grouping`] searches over exactly.
 pub const MAX_TASKS: usize = 12;
@@ -59,7 +122,8 @@ pub fn score(affinity: &[Vec<f64>], groups: &[Vec<usize>]) -> Option<f64> {
 }
 
 /// The grouping of at most `budget` networks with the highest [`score`] (exact). Among equal
-/// scores it prefers fewer networks, then smaller ones. `affinity` must be square, with
+/// scores it splits: the network serving the first task as small as it can be, then the
+/// next task's, and so on, so sharing that gains nothing measurable is not formed. `affinity` must be square, with
 /// 1..=[`MAX_TASKS`] tasks, and `budget` ≥ 1.
 pub fn best_grouping(affinity: &[Vec<f64>], budget: usize) -> Grouping {
     let t = affinity.len();
@@ -89,12 +153,13 @@ pub fn best_grouping(affinity: &[Vec<f64>], budget: usize) -> Grouping {
             let low = m & m.wrapping_neg();
             let mut top = parts[b - 1][m];
             let rest = m ^ low;
-            // Every part S of m that holds m's lowest task.
+            // Every part S of m that holds m's lowest task, largest first: on a tie the later,
+            // smaller part (and the split over fewer parts before it) gives way.
             let mut r = rest;
             loop {
                 let s = r | low;
                 let v = best[s].0 + parts[b - 1][m ^ s].0;
-                if v > top.0 + 1e-12 {
+                if v > f64::NEG_INFINITY && v >= top.0 - 1e-12 {
                     top = (v, s);
                 }
                 if r == 0 {
@@ -260,6 +325,70 @@ mod tests {
         let hurt = vec![vec![-0.1; 3]; 3];
         assert_eq!(best_grouping(&hurt, 3).groups, vec![vec![0], vec![1], vec![2]]);
         assert_eq!(best_grouping(&hurt, 3).score, 0.0);
+    }
+
+    /// Three tasks whose affinity is `off` everywhere but between tasks 0 and 1 (`pair`), each
+    /// measured over `steps` steps with per-step spread `std`.
+    fn three_tasks(pair: f64, off: f64, std: f64, steps: u64) -> Estimate {
+        let mut mean = vec![vec![off; 3]; 3];
+        (mean[0][1], mean[1][0]) = (pair, pair);
+        let std = vec![vec![std; 3]; 3];
+        Estimate::pool(&[RunAffinity { mean: &mean, std: &std, steps }]).expect("a run with a spread")
+    }
+
+    #[test]
+    fn a_gain_within_its_noise_does_not_group_and_a_clear_one_does() {
+        // shapes_methods' kind↔seg: +0.0002 on average, but a step's value spreads ±0.004 over
+        // 17 steps (standard error 0.001); the others clearly hurt each other.
+        let noisy = three_tasks(0.0002, -0.01, 0.004, 17);
+        assert!((noisy.se[0][1] - 0.001).abs() < 1e-12);
+        assert_eq!(best_grouping(&noisy.mean, 3).groups, vec![vec![0, 1], vec![2]], "the point estimate shares");
+        let honest = best_grouping(&noisy.lower_bound(DEFAULT_Z), 3);
+        assert_eq!(honest.groups, vec![vec![0], vec![1], vec![2]], "the bound does not");
+        assert_eq!(honest.score, 0.0);
+        // Ten times the gain over the same noise: 0.002 − 1.645 · 0.001 > 0 still groups.
+        let clear = three_tasks(0.002, -0.01, 0.004, 17);
+        assert_eq!(best_grouping(&clear.lower_bound(DEFAULT_Z), 3).groups, vec![vec![0, 1], vec![2]]);
+        // z = 0 is TAG's point estimate.
+        assert_eq!(noisy.lower_bound(0.0), noisy.mean);
+    }
+
+    #[test]
+    fn under_a_tight_budget_the_least_harmful_bound_shares() {
+        // Two networks for three tasks: 0 and 1 hurt each other a little, precisely; 0 and 2
+        // neither help nor hurt on average but could hurt a lot; 1 and 2 hurt clearly.
+        let mean = vec![vec![0.0, -0.001, 0.0], vec![-0.001, 0.0, -0.02], vec![0.0, -0.02, 0.0]];
+        let mut std = vec![vec![0.001; 3]; 3];
+        (std[0][2], std[2][0]) = (0.04, 0.04);
+        let e = Estimate::pool(&[RunAffinity { mean: &mean, std: &std, steps: 17 }]).unwrap();
+        assert_eq!(best_grouping(&e.mean, 2).groups, vec![vec![0, 2], vec![1]], "the point estimate risks it");
+        assert_eq!(best_grouping(&e.lower_bound(DEFAULT_Z), 2).groups, vec![vec![0, 1], vec![2]]);
+    }
+
+    #[test]
+    fn ties_split_rather_than_share() {
+        let zero = vec![vec![0.0; 3]; 3];
+        assert_eq!(best_grouping(&zero, 3).groups, vec![vec![0], vec![1], vec![2]]);
+        assert_eq!(best_grouping(&zero, 2).groups.len(), 2);
+        assert_eq!(best_grouping(&zero, 1).groups, vec![vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn pooled_error_is_the_seeds_spread_or_the_runs_own_whichever_is_larger() {
+        let m = |v: f64| vec![vec![v; 2]; 2];
+        let (std, agree, apart) = (m(0.3), [m(0.1), m(0.1), m(0.1)], [m(0.0), m(0.1), m(0.2)]);
+        fn runs<'a>(means: &'a [Vec<Vec<f64>>], std: &'a [Vec<f64>], steps: u64) -> Vec<RunAffinity<'a>> {
+            means.iter().map(|mean| RunAffinity { mean, std, steps }).collect()
+        }
+        // Seeds that agree: the within-run errors, 0.3 / √9 each, combined over three runs.
+        let e = Estimate::pool(&runs(&agree, &std, 10)).unwrap();
+        assert!((e.mean[0][1] - 0.1).abs() < 1e-12);
+        assert!((e.se[0][1] - 0.1 / 3f64.sqrt()).abs() < 1e-12, "{}", e.se[0][1]);
+        // Seeds 0.1 apart, each measured precisely: their spread, 0.1 / √3.
+        let e = Estimate::pool(&runs(&apart, &std, 10_001)).unwrap();
+        assert!((e.se[0][1] - 0.1 / 3f64.sqrt()).abs() < 1e-12, "{}", e.se[0][1]);
+        assert!(Estimate::pool(&runs(&agree, &std, 1)).is_none(), "one step has no spread");
+        assert!(Estimate::pool(&[]).is_none());
     }
 
     #[test]

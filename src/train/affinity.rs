@@ -150,6 +150,11 @@ impl Summary {
         out
     }
 
+    /// The affinity as one run's measurement, for pooling ([`crate::tasks::grouping::Estimate`]).
+    pub fn measured(&self) -> crate::tasks::grouping::RunAffinity<'_> {
+        crate::tasks::grouping::RunAffinity { mean: &self.affinity, std: &self.affinity_std, steps: self.steps }
+    }
+
     /// Reads a run's `affinity.json`. Missing or unreadable: a user error naming the file.
     pub fn read(run_dir: &std::path::Path) -> anyhow::Result<Self> {
         let path = run_dir.join(FILE);
