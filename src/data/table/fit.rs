@@ -32,24 +32,41 @@ pub fn numeric(t: &RawTable, column: &str) -> anyhow::Result<(Vec<f32>, usize)> 
     }
 }
 
-/// A column's values as vocabulary keys (`None`: missing). Integers print without a decimal
-/// point, so `3` in a CSV and `3.0` in an array are the same value.
-pub fn keys(t: &RawTable, column: &str) -> anyhow::Result<Vec<Option<String>>> {
-    let num = |v: f64| if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") };
+/// Calls `f` with each of a column's values as a vocabulary key, in row order (`None`:
+/// missing). Integers print without a decimal point, so `3` in a CSV and `3.0` in an array are
+/// the same value. Numbers are printed into one reused buffer: a key is only borrowed.
+pub fn for_each_key(t: &RawTable, column: &str, mut f: impl FnMut(Option<&str>)) -> anyhow::Result<()> {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let mut num = |v: f64, f: &mut dyn FnMut(Option<&str>)| {
+        text.clear();
+        let _ = if v.fract() == 0.0 && v.abs() < 1e15 { write!(text, "{}", v as i64) } else { write!(text, "{v}") };
+        f(Some(&text));
+    };
     match t.values(column) {
         Values::Array { width, .. } if *width != 1 => {
             user_bail!("{}: column '{column}' has {width} values per row; a categorical column has one", t.source)
         }
-        Values::Array { data, .. } => Ok(data.iter().map(|&v| (!v.is_nan()).then(|| num(v as f64))).collect()),
-        Values::Cells(cells) => Ok(cells
-            .iter()
-            .map(|c| match c {
-                Cell::Missing => None,
-                Cell::Num(v) => Some(num(*v)),
-                Cell::Text(s) => Some(s.clone()),
-            })
-            .collect()),
+        Values::Array { data, .. } => {
+            for &v in data {
+                if v.is_nan() {
+                    f(None)
+                } else {
+                    num(v as f64, &mut f)
+                }
+            }
+        }
+        Values::Cells(cells) => {
+            for c in cells {
+                match c {
+                    Cell::Missing => f(None),
+                    Cell::Num(v) => num(*v, &mut f),
+                    Cell::Text(s) => f(Some(s)),
+                }
+            }
+        }
     }
+    Ok(())
 }
 
 /// Standardization and vocabularies from the training split held whole.
@@ -121,9 +138,13 @@ impl<'a> Fitter<'a> {
             }
         }
         for (column, counts) in self.f.categorical.keys().zip(&mut self.counts) {
-            for k in keys(chunk, column)?.into_iter().flatten() {
-                *counts.entry(k).or_default() += 1;
-            }
+            for_each_key(chunk, column, |k| {
+                let Some(k) = k else { return };
+                match counts.get_mut(k) {
+                    Some(count) => *count += 1,
+                    None => drop(counts.insert(k.to_string(), 1)),
+                }
+            })?;
         }
         Ok(())
     }
@@ -224,9 +245,11 @@ pub fn features(t: &RawTable, fitted: &FittedTable) -> anyhow::Result<Vec<f32>> 
     }
     for c in &fitted.categorical {
         let index: HashMap<&str, usize> = c.vocab.iter().enumerate().map(|(i, v)| (v.as_str(), i + 1)).collect();
-        for (r, k) in keys(t, &c.column)?.iter().enumerate() {
-            out[r * width + at] = k.as_deref().and_then(|k| index.get(k)).copied().unwrap_or(0) as f32;
-        }
+        let mut r = 0;
+        for_each_key(t, &c.column, |k| {
+            out[r * width + at] = k.and_then(|k| index.get(k)).copied().unwrap_or(0) as f32;
+            r += 1;
+        })?;
         at += 1;
     }
     Ok(out)
