@@ -61,6 +61,9 @@ impl Resolved {
         if self.cfg.speed.fused_optimizer == crate::config::Toggle::On && device != Device::Cpu {
             user_bail!("speed.fused_optimizer: true runs on the CPU only; use auto on {device:?}");
         }
+        if self.cfg.speed.flush_denormal && (device != Device::Cpu || !self.cfg.speed.fused_optimizer.is_on()) {
+            user_bail!("speed.flush_denormal: true applies to the fused CPU update; it needs device cpu and speed.fused_optimizer not false");
+        }
         Ok(())
     }
 

@@ -81,6 +81,7 @@ const BAD_SETS: &[(&str, &[&str])] = &[
     ("checkpoint.mode", &["maxi"]),
     ("speed.channels_last", &["yes", "3"]),
     ("speed.fused_optimizer", &["maybe"]),
+    ("speed.flush_denormal", &["maybe", "1"]),
     ("foo", &["1"]),
     ("data.foo", &["1"]),
     ("model.backbone.foo", &["1"]),

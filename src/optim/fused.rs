@@ -125,6 +125,53 @@ fn sgd_loop(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, s: SgdStep) {
     }
 }
 
+/// The calling thread's floating-point control (x86's MXCSR: rounding, flush-to-zero), which
+/// the threads that take chunks of its update run with: a new thread starts with the default.
+#[derive(Debug, Clone, Copy)]
+struct FpControl(#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] u32);
+
+impl FpControl {
+    #[allow(deprecated)] // _mm_getcsr/_mm_setcsr: deprecated for inline assembly, which says no more
+    fn current() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: reading MXCSR has no preconditions on x86-64 (SSE is baseline).
+        return Self(unsafe { std::arch::x86_64::_mm_getcsr() });
+        #[cfg(not(target_arch = "x86_64"))]
+        Self(0)
+    }
+
+    #[allow(deprecated)]
+    fn apply(self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a value read from MXCSR, or one with only the FTZ/DAZ bits added: valid.
+        unsafe {
+            std::arch::x86_64::_mm_setcsr(self.0)
+        }
+    }
+}
+
+/// While it lives, subnormal inputs and results of float arithmetic on this thread (and on the
+/// threads the update hands chunks to) are zero (`speed.flush_denormal`); dropping it restores
+/// the previous setting. Elsewhere than x86-64, it does nothing.
+pub struct FlushDenormal(FpControl);
+
+impl FlushDenormal {
+    /// Flush-to-zero (bit 15) and denormals-are-zero (bit 6) of MXCSR.
+    const BITS: u32 = 0x8040;
+
+    pub fn set() -> Self {
+        let before = FpControl::current();
+        FpControl(before.0 | Self::BITS).apply();
+        Self(before)
+    }
+}
+
+impl Drop for FlushDenormal {
+    fn drop(&mut self) {
+        self.0.apply();
+    }
+}
+
 /// Elements per thread below which splitting is not worth a thread start. The update is
 /// memory-bound, and a thread of ours competes with libtorch's OpenMP workers, which spin for a
 /// while after the backward pass: on a 2-core CPU (docs/results/BENCHMARKS.md, "Tables") a
@@ -185,12 +232,16 @@ pub fn adamw(params: &Tensor, grads: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Ten
         return adamw_chunk(p, g, m, v, s);
     }
     let chunk = p.len().div_ceil(threads);
+    let control = FpControl::current();
     // The calling thread takes the first chunk; the others get a thread each.
     std::thread::scope(|scope| {
         let mut parts = p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(m.chunks_mut(chunk)).zip(v.chunks_mut(chunk));
         let (((p0, g0), m0), v0) = parts.next().expect("at least one chunk");
         for (((p, g), m), v) in parts {
-            scope.spawn(move || adamw_chunk(p, g, m, v, s));
+            scope.spawn(move || {
+                control.apply();
+                adamw_chunk(p, g, m, v, s)
+            });
         }
         adamw_chunk(p0, g0, m0, v0, s);
     });
@@ -209,13 +260,17 @@ pub fn sgd(params: &Tensor, grads: &Tensor, momentum_buffer: Option<&Tensor>, s:
         return sgd_chunk(p, g, buf, s);
     }
     let chunk = p.len().div_ceil(threads);
+    let control = FpControl::current();
     // The calling thread takes the first chunk; the others get a thread each.
     std::thread::scope(|scope| match buf {
         None => {
             let mut parts = p.chunks_mut(chunk).zip(g.chunks(chunk));
             let (p0, g0) = parts.next().expect("at least one chunk");
             for (p, g) in parts {
-                scope.spawn(move || sgd_chunk(p, g, None, s));
+                scope.spawn(move || {
+                    control.apply();
+                    sgd_chunk(p, g, None, s)
+                });
             }
             sgd_chunk(p0, g0, None, s);
         }
@@ -223,7 +278,10 @@ pub fn sgd(params: &Tensor, grads: &Tensor, momentum_buffer: Option<&Tensor>, s:
             let mut parts = p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(buf.chunks_mut(chunk));
             let ((p0, g0), b0) = parts.next().expect("at least one chunk");
             for ((p, g), b) in parts {
-                scope.spawn(move || sgd_chunk(p, g, Some(b), s));
+                scope.spawn(move || {
+                    control.apply();
+                    sgd_chunk(p, g, Some(b), s)
+                });
             }
             sgd_chunk(p0, g0, Some(b0), s);
         }
@@ -280,5 +338,53 @@ mod tests {
         let one = run(1);
         assert!(one.equal(&run(3)) && one.equal(&run(8)));
         assert!(!one.equal(&Tensor::cat(&buffers(n)[..], 0).narrow(0, 0, 3 * n)));
+    }
+
+    /// `speed.flush_denormal`: a moment decaying into the subnormal range stays there without
+    /// it (the IEEE result, as PyTorch computes it) and becomes zero with it; the setting is
+    /// the thread's again afterwards, and the threads that take chunks inherit it.
+    #[test]
+    fn flushing_denormals_zeroes_subnormal_results_only_while_set() {
+        let tiny = f32::MIN_POSITIVE * 4.0; // normal; times 0.1 it is subnormal
+        let run = |flush: bool| {
+            let p = Tensor::from_slice(&[1.0f32, 2.0]);
+            let g = Tensor::from_slice(&[0.0f32, 0.5]);
+            let m = Tensor::from_slice(&[tiny, 0.25]);
+            let v = Tensor::from_slice(&[1.0f32, 1.0]);
+            let s = AdamWStep {
+                decay: 1.0,
+                one_minus_b1: 0.9,
+                b2: 0.999,
+                one_minus_b2: 0.001,
+                bias2_sqrt: 1.0,
+                eps: 1e-8,
+                neg_step_size: -0.001,
+            };
+            // The low six bits are sticky exception flags that arithmetic sets; the rest controls.
+            let control = || FpControl::current().0 & !0x3f;
+            let before = control();
+            {
+                let _flushing = flush.then(FlushDenormal::set);
+                adamw(&p, &g, &m, &v, s, 1);
+            }
+            assert_eq!(control(), before, "the thread's setting is restored");
+            Vec::<f32>::try_from(&m).unwrap()
+        };
+        let kept = run(false);
+        assert!(kept[0] > 0.0 && kept[0] < f32::MIN_POSITIVE, "IEEE keeps the subnormal: {kept:?}");
+        assert_eq!(kept[0], lerp(tiny, 0.0, 0.9));
+        let flushed = run(true);
+        assert_eq!(flushed[0], 0.0);
+        assert_eq!(flushed[1], kept[1], "normal numbers are untouched");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let _flushing = FlushDenormal::set();
+            let control = FpControl::current();
+            let inherited = std::thread::spawn(move || {
+                control.apply();
+                FpControl::current().0 & FlushDenormal::BITS
+            });
+            assert_eq!(inherited.join().unwrap(), FlushDenormal::BITS);
+        }
     }
 }

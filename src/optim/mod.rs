@@ -26,6 +26,8 @@ pub struct Optimizer {
     /// Whether CPU buffers take the single-pass path of [`fused`] (`speed.fused_optimizer`;
     /// the tests turn it off to compare it with the tensor-op path CUDA takes).
     fused: bool,
+    /// Whether the fused update flushes subnormal numbers to zero (`speed.flush_denormal`).
+    flush_denormal: bool,
 }
 
 /// A run of neighbouring variables that update alike: one set of kernels for all of them.
@@ -53,7 +55,22 @@ impl Optimizer {
         let buffers = names.iter().map(|&n| (n, flat.params.zeros_like())).collect();
         let n = flat.names.len();
         let settings = vec![VarSetting::plain(cfg.weight_decay); n];
-        Self { cfg: cfg.clone(), flat, buffers, steps: 0, settings, var_steps: vec![0; n], fused }
+        Self {
+            cfg: cfg.clone(),
+            flat,
+            buffers,
+            steps: 0,
+            settings,
+            var_steps: vec![0; n],
+            fused,
+            flush_denormal: false,
+        }
+    }
+
+    /// The fused CPU update flushes subnormal numbers to zero (`speed.flush_denormal`).
+    pub fn flushing_denormals(mut self, on: bool) -> Self {
+        self.flush_denormal = on;
+        self
     }
 
     /// How each variable (in buffer order, `flat.names`) trains from now on. Frozen ones are
@@ -142,6 +159,7 @@ impl Optimizer {
                 eps: self.cfg.eps as f32,
                 neg_step_size: (-lr / bias1) as f32,
             };
+            let _flushing = self.flush_denormal.then(fused::FlushDenormal::set);
             return fused::adamw(&p, &g, &m, &v, step, tch::get_num_threads().max(1) as usize);
         }
         if weight_decay != 0.0 {
@@ -167,6 +185,7 @@ impl Optimizer {
                 first: s.t == 1,
                 neg_lr: -lr as f32,
             };
+            let _flushing = self.flush_denormal.then(fused::FlushDenormal::set);
             return fused::sgd(&p, &g, state.first(), step, tch::get_num_threads().max(1) as usize);
         }
         let mut d = if weight_decay != 0.0 { &g + p.g_mul_scalar(weight_decay) } else { g.shallow_clone() };

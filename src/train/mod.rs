@@ -201,7 +201,8 @@ impl Trainer {
         stages.check_patterns(&model).map_err(|e| user_error!("{e}"))?;
         let fused = cfg.speed.fused_optimizer.is_on();
         let optimizer =
-            Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable(), model.compute().channels_last), fused);
+            Optimizer::new(&cfg.optim, FlatParams::new(model.named_trainable(), model.compute().channels_last), fused)
+                .flushing_denormals(cfg.speed.flush_denormal);
         let spe = inputs.steps_per_epoch();
         let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.epochs * spe, spe);
         let balancer = balance::build(cfg)?;
