@@ -104,6 +104,10 @@ fn bad_commands() -> Vec<(Vec<&'static str>, &'static str)> {
         (vec!["nan-lr.yaml"], "optim.lr"),
         // Flags.
         (vec!["t.yaml", "--device", "gpu"], "device"),
+        (
+            vec!["t.yaml", "--set", "speed.flush_denormal=true", "--set", "speed.fused_optimizer=false"],
+            "speed.flush_denormal",
+        ),
         (vec!["t.yaml", "--resume", "nowhere/step-000001"], "nowhere"),
         (vec!["t.yaml", "--run-dir", "t2", "--init-from", "missing.safetensors"], "missing.safetensors"),
         (vec!["t.yaml", "--run-dir", "t2", "--init-from", "garbage.yaml"], "garbage.yaml"),
